@@ -1,0 +1,353 @@
+"""What orchestration code sees: ``ctx`` and the ``ctx.step`` primitives.
+
+``ctx.step.*`` return awaitables whose ``__await__`` yields a request object to the core
+(the :class:`~durable_core.RunMachine` drives the coroutine with ``send``/``throw``). The
+core answers memoized requests at once and turns new ones into commands.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._backoff import stable_unit
+from ._cel import Expression, compile_expression
+from ._durations import from_ms, parse_duration, parse_instant
+from ._errors import InvalidEventError, ValidationError
+from ._events import Event
+from ._model import derive_uuid
+
+if TYPE_CHECKING:
+    from ._function import Function
+    from ._machine import RunMachine
+
+__all__ = ["Context", "Steps"]
+
+T = TypeVar("T")
+
+# Set by drivers while a step body runs, so ``ctx.attempt`` inside a body reads the attempt
+# of that step.
+current_attempt: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "durable_core_current_attempt", default=None
+)
+
+_MAX_WAIT = dt.timedelta(days=366)
+
+
+def _check_id(step_id: object, method: str) -> str:
+    if not isinstance(step_id, str) or not step_id:
+        raise ValidationError(
+            f"ctx.step.{method}(id): a step id must be a non-empty string, got {step_id!r}; "
+            "name each step, e.g. ctx.step.run('fetch-user', fetch_user)",
+            field="step.id",
+        )
+    return step_id
+
+
+class StepRequest:
+    """Base of the requests a ``ctx.step.*`` awaitable yields to the core. Don't subclass."""
+
+    __slots__ = ("awaited", "id")
+    kind = ""
+
+    def __init__(self, step_id: str) -> None:
+        self.id = step_id
+        self.awaited = False
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        if self.awaited:
+            raise ValidationError(
+                f"step {self.id!r} was awaited twice; call ctx.step.* again for a new step",
+                field="step.id",
+            )
+        self.awaited = True
+        return (yield self)
+
+
+class RunRequest(StepRequest):
+    """``ctx.step.run``."""
+
+    __slots__ = ("args", "fn", "kwargs")
+    kind = "run"
+
+    def __init__(
+        self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        super().__init__(step_id)
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+
+class SleepRequest(StepRequest):
+    """``ctx.step.sleep`` / ``ctx.step.sleep_until``: exactly one of the two is set."""
+
+    __slots__ = ("duration", "until")
+    kind = "sleep"
+
+    def __init__(
+        self, step_id: str, duration: dt.timedelta | None, until: dt.datetime | None
+    ) -> None:
+        super().__init__(step_id)
+        self.duration = duration
+        self.until = until
+
+
+class WaitRequest(StepRequest):
+    """``ctx.step.wait_for_event``."""
+
+    __slots__ = ("event", "expression", "if_", "timeout", "timeout_at")
+    kind = "wait_for_event"
+
+    def __init__(
+        self,
+        step_id: str,
+        event: str,
+        timeout: dt.timedelta | None,
+        timeout_at: dt.datetime | None,
+        if_: str | None,
+        expression: Expression | None,
+    ) -> None:
+        super().__init__(step_id)
+        self.event = event
+        self.timeout = timeout
+        self.timeout_at = timeout_at
+        self.if_ = if_
+        self.expression = expression
+
+
+class InvokeRequest(StepRequest):
+    """``ctx.step.invoke``."""
+
+    __slots__ = ("data", "function", "timeout")
+    kind = "invoke"
+
+    def __init__(
+        self, step_id: str, function: Function, data: dict[str, Any], timeout: dt.timedelta
+    ) -> None:
+        super().__init__(step_id)
+        self.function = function
+        self.data = data
+        self.timeout = timeout
+
+
+class SendRequest(StepRequest):
+    """``ctx.step.send_event``."""
+
+    __slots__ = ("events",)
+    kind = "send_event"
+
+    def __init__(self, step_id: str, events: tuple[Event, ...]) -> None:
+        super().__init__(step_id)
+        self.events = events
+
+
+class GatherRequest:
+    """``ctx.gather``: several step requests started together."""
+
+    __slots__ = ("awaited", "requests")
+
+    def __init__(self, requests: tuple[StepRequest, ...]) -> None:
+        self.requests = requests
+        self.awaited = False
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        if self.awaited:
+            raise ValidationError("a ctx.gather(...) was awaited twice", field="gather")
+        self.awaited = True
+        return (yield self)
+
+
+class Steps:
+    """The step primitives, reached as ``ctx.step``. Each returns an awaitable; await it."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def run(self, id: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` (sync or async) once, durably; returns its result.
+
+        The result is recorded as JSON: on replay the recorded value is returned without
+        calling ``fn``. If ``fn`` has a return annotation (an attrs class, a dataclass, a
+        datetime...), the value is rebuilt into that type. Failures are retried per the
+        function's ``retries``; when they run out, a :class:`~durable_core.StepError` is
+        raised here.
+        """
+        _check_id(id, "run")
+        if not callable(fn):
+            raise ValidationError(
+                f"ctx.step.run({id!r}, fn): fn must be callable, got {type(fn).__name__}",
+                field="step.fn",
+            )
+        return RunRequest(id, fn, args, kwargs)
+
+    def sleep(self, id: str, duration: str | float | dt.timedelta, /) -> Any:
+        """Pause the run for ``duration`` (``"1h30m"``, seconds, or a timedelta; at most
+        366 days). Durable: the run resumes after a restart at the same instant."""
+        _check_id(id, "sleep")
+        td = parse_duration(duration, field=f"step.sleep({id!r}).duration")
+        return SleepRequest(id, td, None)
+
+    def sleep_until(self, id: str, until: str | dt.datetime, /) -> Any:
+        """Pause the run until ``until`` (an aware datetime or an ISO-8601 string with an
+        offset). A time in the past returns at once."""
+        _check_id(id, "sleep_until")
+        when = parse_instant(until, field=f"step.sleep_until({id!r}).until")
+        return SleepRequest(id, None, when)
+
+    def wait_for_event(
+        self,
+        id: str,
+        /,
+        *,
+        event: str,
+        timeout: str | float | dt.timedelta | dt.datetime,
+        if_: str | None = None,
+    ) -> Any:
+        """Wait for the first event named ``event`` sent after this step starts and for
+        which the CEL expression ``if_`` (over ``event``, the trigger, and ``async``, the
+        candidate) is true. Returns the :class:`Event`, or ``None`` after ``timeout``."""
+        _check_id(id, "wait_for_event")
+        if not isinstance(event, str) or not event:
+            raise ValidationError(
+                f"ctx.step.wait_for_event({id!r}, event=...): an event name is required",
+                field="step.wait_for_event.event",
+            )
+        field = f"step.wait_for_event({id!r}).timeout"
+        if isinstance(timeout, dt.datetime):
+            td, at = None, parse_instant(timeout, field=field)
+        else:
+            td, at = parse_duration(timeout, field=field, maximum=_MAX_WAIT), None
+        expression = None
+        if if_ is not None:
+            expression = compile_expression(
+                if_, field=f"step.wait_for_event({id!r}).if_", variables=("event", "async")
+            )
+        return WaitRequest(id, event, td, at, if_, expression)
+
+    def invoke(
+        self,
+        id: str,
+        /,
+        *,
+        function: Function | str,
+        data: dict[str, Any] | None = None,
+        timeout: str | float | dt.timedelta = dt.timedelta(days=366),
+    ) -> Any:
+        """Start ``function`` as a child run with ``data`` as its event data and wait for it.
+        Returns the child's output; raises :class:`~durable_core.StepError` if the child
+        fails or does not finish within ``timeout`` (default one year)."""
+        _check_id(id, "invoke")
+        func = self._ctx._machine.function.app.resolve(function)
+        payload = {} if data is None else data
+        if not isinstance(payload, dict):
+            raise ValidationError(
+                f"ctx.step.invoke({id!r}, data=...): data must be a dict, got "
+                f"{type(payload).__name__}",
+                field="step.invoke.data",
+            )
+        td = parse_duration(timeout, field=f"step.invoke({id!r}).timeout", maximum=_MAX_WAIT)
+        return InvokeRequest(id, func, payload, td)
+
+    def send_event(self, id: str, events: Event | Sequence[Event], /) -> Any:
+        """Send one event or a list, exactly once per run (memoized). Returns their ids;
+        events without an ``id`` get one that is stable across replays."""
+        _check_id(id, "send_event")
+        batch = (events,) if isinstance(events, Event) else tuple(events)
+        for i, e in enumerate(batch):
+            if not isinstance(e, Event):
+                raise InvalidEventError(
+                    f"ctx.step.send_event({id!r}): item {i} is {type(e).__name__}, not an Event",
+                    field="step.send_event.events",
+                )
+        return SendRequest(id, batch)
+
+
+class Context:
+    """The run's view of itself, passed to every durable function as ``ctx``.
+
+    ``event``/``events`` are the triggering event(s), ``run_id`` the run, ``step`` the step
+    primitives, ``logger`` a replay-aware logger. ``now()``, ``random()`` and ``uuid4()``
+    return the same values when the run is replayed.
+    """
+
+    __slots__ = ("_machine", "_random_count", "event", "events", "logger", "run_id", "step")
+
+    def __init__(self, machine: RunMachine, events: Sequence[Event]) -> None:
+        self._machine = machine
+        self.run_id: str = machine.run_id
+        self.events: tuple[Event, ...] = tuple(events)
+        self.event: Event = self.events[0]
+        self.step = Steps(self)
+        self.logger: logging.LoggerAdapter[logging.Logger] = RunLogger(machine)
+        self._random_count = 0
+
+    @property
+    def function_id(self) -> str:
+        """The id of the running function."""
+        return self._machine.function.id
+
+    @property
+    def attempt(self) -> int:
+        """0-based attempt number: of the current step inside a step body, else of the
+        run's orchestration code (re-entries after it raised outside a step)."""
+        cur = current_attempt.get()
+        if cur is not None and cur[0] == self.run_id:
+            return cur[1]
+        return self._machine.run_attempt
+
+    def now(self) -> dt.datetime:
+        """A deterministic "current" time (aware, UTC): the time of the latest step result
+        the code has seen, or the run's start. The same on every replay."""
+        return from_ms(self._machine.clock_ms)
+
+    def random(self) -> float:
+        """A deterministic float in [0, 1), the same sequence on every replay."""
+        self._random_count += 1
+        return stable_unit(self.run_id, "random", self._random_count)
+
+    def uuid4(self) -> uuid.UUID:
+        """A deterministic UUID, the same sequence on every replay."""
+        self._random_count += 1
+        return derive_uuid(self.run_id, "uuid", self._random_count)
+
+    def gather(self, *steps: Any) -> Any:
+        """Run several steps in parallel; returns their results as a tuple, in order.
+
+        Waits for every step to settle; if any failed for good, raises the
+        :class:`~durable_core.StepError` of the first one (in argument order)."""
+        items: Iterable[Any] = steps[0] if len(steps) == 1 and isinstance(
+            steps[0], list | tuple
+        ) else steps
+        requests = tuple(items)
+        for i, r in enumerate(requests):
+            if not isinstance(r, StepRequest):
+                raise ValidationError(
+                    f"ctx.gather: argument {i} is {type(r).__name__}; pass ctx.step.* calls "
+                    "(not awaited)",
+                    field="gather",
+                )
+        return GatherRequest(requests)
+
+
+_logger = logging.getLogger("durable_core.run")
+
+
+class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """``ctx.logger``: a logger that stays silent while its run is replaying, so a record
+    is emitted once, not again each time the journal is replayed. Records carry ``run_id``."""
+
+    def __init__(self, machine: RunMachine) -> None:
+        super().__init__(_logger, {"run_id": machine.run_id})
+        self._machine = machine
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log unless the run is replaying."""
+        if not self._machine.replaying:
+            super().log(level, msg, *args, **kwargs)

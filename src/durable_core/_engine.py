@@ -1,0 +1,383 @@
+"""The engine loop shared by every driver: routes events, claims runs, feeds machines and
+turns their commands into store commits.
+
+It is synchronous and single-threaded, does no I/O of its own (it calls the store it was
+given) and reads no clock: every method takes ``now`` (ms). The trio :class:`Worker` and the
+virtual-clock :class:`~durable_core.testing.TestEngine` both drive it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ._durations import from_ms, to_ms
+from ._events import Event
+from ._function import App, Function
+from ._machine import RunMachine
+from ._model import (
+    AppendJournal,
+    CancelRequested,
+    ClearWait,
+    Command,
+    CompleteRun,
+    EmitEvents,
+    ExecuteStep,
+    FailRun,
+    RegisterWait,
+    RunStarted,
+    SendSignal,
+    SetRunState,
+    Signal,
+    SignalReceived,
+    StartRun,
+    StepCompleted,
+    StepFailed,
+    TimerFired,
+)
+from ._store_api import Claim, CommitBatch, NewRun, RunWrite, Store, StoredEvent, WaitRecord
+from ._cel import compile_expression
+
+__all__ = ["CRON_EVENT", "Engine", "Plan"]
+
+CRON_EVENT = "durable/scheduled.timer"
+
+
+class _Live:
+    """A run this engine holds: its machine, lease epoch and consumed inbox position."""
+
+    __slots__ = ("epoch", "leased", "machine", "signals")
+
+    def __init__(self, machine: RunMachine, epoch: int) -> None:
+        self.machine = machine
+        self.epoch = epoch
+        self.signals = 0
+        self.leased = True
+
+
+class Plan:
+    """The outcome of feeding inputs: a batch to commit, then steps to execute.
+
+    Commit ``batch`` first (through :meth:`Engine.commit`); only the steps of runs whose
+    writes were accepted may then run.
+    """
+
+    __slots__ = ("batch", "steps")
+
+    def __init__(self, batch: CommitBatch, steps: list[ExecuteStep]) -> None:
+        self.batch = batch
+        self.steps = steps
+
+
+class Engine:
+    """Drives :class:`RunMachine` instances against a :class:`Store`.
+
+    ``owner`` names this engine in leases; ``entropy(n)`` returns n random bytes for new run
+    and event ids (the only entropy the engine uses, and never for replayed values).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        *,
+        owner: str,
+        entropy: Callable[[int], bytes],
+        lease_ms: int = 30_000,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.owner = owner
+        self.lease_ms = lease_ms
+        self._entropy = entropy
+        self.live: dict[str, _Live] = {}
+        self._cron: list[tuple[str, Function, Any]] = [
+            (f"{f.id}|{t.cron}", f, t) for f in app.functions.values() for t in f.cron_triggers
+        ]
+        self._cron_cursors: dict[str, int] | None = None
+        self.stale_writes = 0
+
+    # ------------------------------------------------------------------ ids
+
+    def new_id(self, prefix: str, now: int) -> str:
+        """A new, time-sortable id: ``prefix`` + 12 hex digits of ms + 16 random hex digits."""
+        return f"{prefix}{now:012x}{self._entropy(8).hex()}"
+
+    # ------------------------------------------------------------------ events
+
+    def prepare_events(self, events: Iterable[Event], now: int) -> list[str]:
+        """Events as JSON texts with ``id`` and ``ts`` filled in."""
+        texts = []
+        for e in events:
+            if e.id is None or e.ts is None:
+                e = Event(e.name, e.data, id=e.id or self.new_id("e_", now), ts=e.ts or now)
+            texts.append(e.to_json())
+        return texts
+
+    def send(self, events: Iterable[Event], now: int) -> list[StoredEvent]:
+        """Durably accept events; returns them as stored (ids and duplicate flags)."""
+        return self.store.append_events(self.prepare_events(events, now), now)
+
+    def route(self, now: int, limit: int = 500) -> int:
+        """Start runs and resolve waits for events not yet routed. Returns how many events
+        were routed."""
+        events = self.store.unrouted_events(limit)
+        if not events:
+            return 0
+        runs: list[NewRun] = []
+        signals: list[tuple[str, Signal]] = []
+        waits: dict[str, list[WaitRecord]] = {}
+        for ev in events:
+            raw = json.loads(ev.data)
+            for func in self.app.triggered_by(raw):
+                runs.append(
+                    NewRun(
+                        id=self.new_id("r_", now), function_id=func.id, events=(ev.data,),
+                        event_ids=(ev.id,), created_at=now, idempotency_key=f"event:{ev.id}",
+                    )
+                )
+            if ev.name not in waits:
+                waits[ev.name] = self.store.find_waits(ev.name, now)
+            for w in waits[ev.name]:
+                if wait_matches(w, raw):
+                    signals.append(
+                        (w.run_id, Signal("event", key=ev.id, payload=ev.data, position=w.position))
+                    )
+        self.store.commit(
+            CommitBatch(
+                now=now, runs=tuple(runs), signals=tuple(signals),
+                routed_events=tuple(e.seq for e in events),
+            )
+        )
+        return len(events)
+
+    # ------------------------------------------------------------------ cron
+
+    def next_cron_tick(self, now: int) -> int | None:
+        """When the next cron tick falls due (ms), or None without cron triggers."""
+        if not self._cron:
+            return None
+        cursors = self._cursors(now)
+        return min(
+            to_ms(t.schedule.next_after(from_ms(cursors[key]))) for key, _f, t in self._cron
+        )
+
+    def _cursors(self, now: int) -> dict[str, int]:
+        if self._cron_cursors is None:
+            stored = self.store.cron_cursors()
+            # A schedule seen for the first time starts now: no backfill before it existed.
+            self._cron_cursors = {key: stored.get(key, now) for key, _f, _t in self._cron}
+        return self._cron_cursors
+
+    def schedule_cron(self, now: int) -> int:
+        """Create one run per cron tick that has fallen due (each tick at most once, even
+        across restarts and several workers). Returns how many runs were created."""
+        if not self._cron:
+            return 0
+        cursors = self._cursors(now)
+        runs: list[NewRun] = []
+        moved: list[tuple[str, int]] = []
+        for key, func, trig in self._cron:
+            tick = to_ms(trig.schedule.next_after(from_ms(cursors[key])))
+            while tick <= now:
+                at = from_ms(tick).isoformat().replace("+00:00", "Z")
+                eid = f"cron:{func.id}:{trig.cron}:{tick}"
+                ev = Event(CRON_EVENT, {"cron": trig.cron, "scheduledAt": at}, id=eid, ts=tick)
+                runs.append(
+                    NewRun(
+                        id=self.new_id("r_", now), function_id=func.id, events=(ev.to_json(),),
+                        event_ids=(eid,), created_at=now, idempotency_key=eid,
+                    )
+                )
+                cursors[key] = tick
+                moved.append((key, tick))
+                tick = to_ms(trig.schedule.next_after(from_ms(tick)))
+        if moved:
+            self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved)))
+        return len(runs)
+
+    # ------------------------------------------------------------------ runs
+
+    def claim(self, now: int, limit: int = 100) -> Plan | None:
+        """Claim runs that need work and feed them; returns the plan, or None if idle."""
+        claims = self.store.claim_runs(self.owner, now, self.lease_ms, limit)
+        if not claims:
+            return None
+        return self.feed_claims(claims, now)
+
+    def feed_claims(self, claims: Sequence[Claim], now: int) -> Plan:
+        """Feed claimed runs their due inputs (start/replay, timers, signals)."""
+        out: list[tuple[_Live, list[Command]]] = []
+        for claim in claims:
+            live = self._adopt(claim)
+            cmds: list[Command] = []
+            m = live.machine
+            if any(s.kind == "cancel" for _, s in claim.signals):
+                cancel = next(s for _, s in claim.signals if s.kind == "cancel")
+                cmds += m.handle(CancelRequested(cancel.payload, now))
+            else:
+                cmds += m.handle(RunStarted(now))
+                deadline = m.next_deadline()
+                if deadline is not None and deadline <= now:
+                    cmds += m.handle(TimerFired(now))
+                for _seq, signal in claim.signals:
+                    cmds += m.handle(SignalReceived(signal, now))
+            if claim.signals:
+                live.signals = max(seq for seq, _ in claim.signals)
+            out.append((live, cmds))
+        return self._plan(out, now, force=True)
+
+    def _adopt(self, claim: Claim) -> _Live:
+        run = claim.run
+        live = self.live.get(run.id)
+        if live is not None and len(live.machine.entries) == len(claim.journal):
+            live.epoch = run.epoch
+            live.leased = True
+            return live
+        func = self.app.get(run.function_id)
+        machine = RunMachine(
+            func,
+            run.id,
+            [Event.from_json(t) for t in run.events],
+            run.created_at,
+            claim.journal,
+            parent_run_id=run.parent_run_id,
+        )
+        live = self.live[run.id] = _Live(machine, run.epoch)
+        return live
+
+    def step_finished(
+        self, step: ExecuteStep, value: Any, error: BaseException | None, now: int
+    ) -> Plan:
+        """A step body returned ``value`` (or raised ``error``)."""
+        live = self.live.get(step.run_id)
+        if live is None:
+            return Plan(CommitBatch(now=now), [])
+        if error is None:
+            cmds = live.machine.handle(StepCompleted(step.position, step.attempt, value, now))
+        else:
+            cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
+        return self._plan([(live, cmds)], now)
+
+    def _plan(self, items: Sequence[tuple[_Live, list[Command]]], now: int, *,
+              force: bool = False) -> Plan:
+        runs: list[NewRun] = []
+        events: list[str] = []
+        writes: list[RunWrite] = []
+        waits_add: list[WaitRecord] = []
+        waits_remove: list[tuple[str, int]] = []
+        signals: list[tuple[str, Signal]] = []
+        steps: list[ExecuteStep] = []
+        for live, cmds in items:
+            m = live.machine
+            entries: tuple[Any, ...] = ()
+            status: str | None = None
+            wake_at: int | None = None
+            output = None
+            error = None
+            for c in cmds:
+                t = type(c)
+                if t is AppendJournal:
+                    entries += c.entries  # type: ignore[union-attr]
+                elif t is ExecuteStep:
+                    steps.append(c)  # type: ignore[arg-type]
+                elif t is SetRunState:
+                    status, wake_at = c.status, c.wake_at  # type: ignore[union-attr]
+                elif t is CompleteRun:
+                    status, output = "completed", c.output  # type: ignore[union-attr]
+                elif t is FailRun:
+                    status, error = c.status, c.error  # type: ignore[union-attr]
+                elif t is RegisterWait:
+                    assert isinstance(c, RegisterWait)
+                    waits_add.append(
+                        WaitRecord(c.run_id, c.position, c.event, c.if_, c.trigger_event,
+                                   c.expires_at)
+                    )
+                elif t is ClearWait:
+                    waits_remove.append((c.run_id, c.position))  # type: ignore[union-attr]
+                elif t is EmitEvents:
+                    events.extend(c.events)  # type: ignore[union-attr]
+                elif t is StartRun:
+                    assert isinstance(c, StartRun)
+                    eid = json.loads(c.event)["id"]
+                    runs.append(
+                        NewRun(id=c.run_id, function_id=c.function_id, events=(c.event,),
+                               event_ids=(eid,), created_at=now, parent_run_id=c.parent_run_id)
+                    )
+                elif t is SendSignal:
+                    signals.append((c.run_id, c.signal))  # type: ignore[union-attr]
+            release = not m.done and not m.running_steps()
+            if release and status is None:
+                status, wake_at = m.status, m.next_deadline()
+            if entries or status is not None or release or force or live.signals:
+                writes.append(
+                    RunWrite(
+                        run_id=m.run_id, epoch=live.epoch, entries=entries, status=status,
+                        wake_at=wake_at, output=output, error=error,
+                        consumed_signals=live.signals, release=release,
+                    )
+                )
+                live.signals = 0
+            if m.done:
+                steps = [s for s in steps if s.run_id != m.run_id]
+            live.leased = not release and not m.done
+        batch = CommitBatch(
+            now=now, runs=tuple(runs), events=tuple(events), writes=tuple(writes),
+            waits_add=tuple(waits_add), waits_remove=tuple(waits_remove),
+            signals=tuple(signals),
+        )
+        return Plan(batch, steps)
+
+    def commit(self, plans: Sequence[Plan]) -> list[ExecuteStep]:
+        """Commit the batches of several plans in one store transaction (group commit);
+        returns the steps that may now run. Runs whose writes were fenced are dropped."""
+        if not plans:
+            return []
+        batch = plans[0].batch if len(plans) == 1 else merge_batches([p.batch for p in plans])
+        fenced = self.store.commit(batch)
+        steps = [s for p in plans for s in p.steps]
+        if fenced:
+            self.stale_writes += len(fenced)
+            for run_id in fenced:
+                self.live.pop(run_id, None)
+            steps = [s for s in steps if s.run_id not in fenced]
+        for w in batch.writes:
+            live = self.live.get(w.run_id)
+            if live is not None and live.machine.done:
+                del self.live[w.run_id]
+        return steps
+
+    def leased_runs(self) -> list[str]:
+        """Runs whose lease this engine holds (they have step bodies in flight)."""
+        return [run_id for run_id, live in self.live.items() if live.leased]
+
+    def forget(self, run_ids: Iterable[str]) -> None:
+        """Drop cached machines (e.g. after their lease was lost)."""
+        for run_id in run_ids:
+            self.live.pop(run_id, None)
+
+
+def merge_batches(batches: Sequence[CommitBatch]) -> CommitBatch:
+    """One batch holding all of ``batches``, in order."""
+    return CommitBatch(
+        now=max(b.now for b in batches),
+        runs=tuple(x for b in batches for x in b.runs),
+        events=tuple(x for b in batches for x in b.events),
+        writes=tuple(x for b in batches for x in b.writes),
+        waits_add=tuple(x for b in batches for x in b.waits_add),
+        waits_remove=tuple(x for b in batches for x in b.waits_remove),
+        signals=tuple(x for b in batches for x in b.signals),
+        routed_events=tuple(x for b in batches for x in b.routed_events),
+        cron=tuple(x for b in batches for x in b.cron),
+    )
+
+
+def wait_matches(wait: WaitRecord, event: dict[str, Any]) -> bool:
+    """Whether an event (dict form) satisfies a registered wait's name and CEL condition."""
+    if event["name"] != wait.event:
+        return False
+    if wait.if_ is None:
+        return True
+    expr = compile_expression(wait.if_, field="wait_for_event.if_", variables=("event", "async"))
+    return expr.matches({"event": json.loads(wait.trigger_event), "async": event})

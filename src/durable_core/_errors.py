@@ -1,0 +1,154 @@
+"""The exception hierarchy. Every error the engine raises derives from :class:`DurableError`.
+
+Errors a user raises on purpose (:class:`NonRetriableError`, :class:`RetryAfterError`) and the
+error the engine raises into orchestration code (:class:`StepError`) live here too, so that one
+``except DurableError`` catches everything the library produces.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+__all__ = [
+    "DeterminismError",
+    "DurableError",
+    "FunctionConfigError",
+    "InvalidCronError",
+    "InvalidDurationError",
+    "InvalidEventError",
+    "InvalidExpressionError",
+    "LeaseLostError",
+    "LimitExceededError",
+    "NonRetriableError",
+    "RetryAfterError",
+    "RunNotFoundError",
+    "SerializationError",
+    "StepError",
+    "StoreError",
+    "UnknownFunctionError",
+    "ValidationError",
+]
+
+
+class DurableError(Exception):
+    """Base class of every error raised by durable-core."""
+
+
+class ValidationError(DurableError, ValueError):
+    """Bad input, rejected before anything changed.
+
+    ``field`` names the offending field (``"trigger[0].if_"``, ``"event.name"``, ...) so a
+    caller can point at it; the message says what is wrong and how to fix it.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidEventError(ValidationError):
+    """An event is malformed (empty or over-long name, ``data`` not a JSON object, too large)."""
+
+
+class InvalidDurationError(ValidationError):
+    """A duration or point in time could not be parsed, or is out of range."""
+
+
+class InvalidCronError(ValidationError):
+    """A cron expression (or its ``TZ=`` prefix) is invalid."""
+
+
+class InvalidExpressionError(ValidationError):
+    """A CEL expression does not compile, or failed to evaluate."""
+
+
+class FunctionConfigError(ValidationError):
+    """A function definition is invalid (bad id, retries, trigger list, duplicate id...)."""
+
+
+class UnknownFunctionError(ValidationError):
+    """A function id was named that the app does not define."""
+
+
+class LimitExceededError(ValidationError):
+    """A documented limit was exceeded (steps per run, output size, run state, event size)."""
+
+
+class SerializationError(ValidationError):
+    """A value could not be converted to or from JSON."""
+
+
+class DeterminismError(DurableError):
+    """Orchestration code did something that cannot be replayed deterministically.
+
+    Raised when, on replay, the code asks for a step that does not match the journal (another
+    id or kind at that position), or when orchestration code awaits something other than a
+    ``ctx`` primitive. ``position``, ``recorded`` and ``requested`` say where and what.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None = None,
+        position: int | None = None,
+        recorded: str | None = None,
+        requested: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.position = position
+        self.recorded = recorded
+        self.requested = requested
+
+
+class NonRetriableError(DurableError):
+    """Raise from a step (or orchestration code) to fail at once, without further retries."""
+
+
+class RetryAfterError(DurableError):
+    """Raise from a step to retry it after a given delay instead of the backoff table.
+
+    ``after`` is seconds (int or float), a :class:`datetime.timedelta`, a duration string such
+    as ``"30s"``, or an aware :class:`datetime.datetime` (retry at that time). The delay is
+    clamped to [1 s, 24 h].
+    """
+
+    def __init__(
+        self, message: str, after: float | _dt.timedelta | str | _dt.datetime
+    ) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+class StepError(DurableError):
+    """Raised into orchestration code when a step failed for good.
+
+    Catch it to write a fallback. ``step_id`` is the step (with its counter suffix, if any),
+    ``error_type`` the original exception's type name and ``error_message`` its message.
+    """
+
+    def __init__(self, step_id: str, error_type: str, error_message: str) -> None:
+        super().__init__(f"step {step_id!r} failed: {error_type}: {error_message}")
+        self.step_id = step_id
+        self.error_type = error_type
+        self.error_message = error_message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StepError, (self.step_id, self.error_type, self.error_message))
+
+
+class StoreError(DurableError):
+    """A store could not carry out an operation."""
+
+
+class LeaseLostError(StoreError):
+    """A write was fenced: the worker no longer holds the run's lease (another worker took it)."""
+
+
+class RunNotFoundError(StoreError, KeyError):
+    """No run has the given id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "run not found"

@@ -1,0 +1,152 @@
+"""Events: the user-level facts that trigger functions, resolve waits and cancel runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidEventError
+
+__all__ = ["MAX_EVENT_BYTES", "MAX_EVENT_NAME_BYTES", "Event"]
+
+MAX_EVENT_NAME_BYTES = 512
+MAX_EVENT_BYTES = 512 * 1024
+# Inngest accepts timestamps in [1980-01-01, 2100-01-01).
+_MIN_TS = 315_532_800_000
+_MAX_TS = 4_102_444_800_000
+
+
+def _check_name(_inst: Event, _attr: attrs.Attribute[str], name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidEventError(
+            f"event.name: must be a non-empty string, got {name!r}; name events like "
+            "'order/created'",
+            field="event.name",
+        )
+    if len(name.encode("utf-8")) > MAX_EVENT_NAME_BYTES:
+        raise InvalidEventError(
+            f"event.name: {len(name.encode('utf-8'))} bytes is over the limit of "
+            f"{MAX_EVENT_NAME_BYTES} bytes; use a shorter name",
+            field="event.name",
+        )
+
+
+def _check_data(_inst: Event, _attr: attrs.Attribute[Any], data: object) -> None:
+    if not isinstance(data, Mapping):
+        raise InvalidEventError(
+            f"event.data: must be a JSON object (a dict), got {type(data).__name__}; "
+            "wrap the value, e.g. data={'value': ...}",
+            field="event.data",
+        )
+
+
+def _check_id(_inst: Event, _attr: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidEventError(
+            f"event.id: must be a non-empty string or None, got {value!r}", field="event.id"
+        )
+
+
+def _check_ts(_inst: Event, _attr: attrs.Attribute[int | None], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEventError(
+            f"event.ts: must be an int of milliseconds since the epoch, got {value!r}",
+            field="event.ts",
+        )
+    if not _MIN_TS <= value < _MAX_TS:
+        raise InvalidEventError(
+            f"event.ts: {value} is outside [1980-01-01, 2100-01-01) in ms since the epoch; "
+            "pass milliseconds, not seconds",
+            field="event.ts",
+        )
+
+
+def _copy_data(data: Any) -> Any:
+    # Copy a mapping so later mutation of the caller's dict cannot change the event; anything
+    # else is left for the validator to reject with a clear message.
+    return dict(data) if isinstance(data, Mapping) else data
+
+
+@attrs.frozen(eq=True)
+class Event:
+    """A user-level fact sent to the engine.
+
+    ``name`` is a non-empty string of at most 512 bytes (``"order/created"``); ``data`` a JSON
+    object; ``id`` an optional dedupe key (a second event with the same id within 24 hours
+    triggers nothing); ``ts`` milliseconds since the epoch, filled in by the engine when
+    ``None``. The whole event must serialize to at most 512 KiB of JSON.
+
+    Raises :class:`~durable_core.InvalidEventError` naming the field when any of this fails.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    data: dict[str, Any] = attrs.field(
+        factory=dict, converter=_copy_data, validator=_check_data
+    )
+    id: str | None = attrs.field(default=None, validator=_check_id)
+    ts: int | None = attrs.field(default=None, validator=_check_ts)
+
+    def __attrs_post_init__(self) -> None:
+        size = len(self.to_json().encode("utf-8"))
+        if size > MAX_EVENT_BYTES:
+            raise InvalidEventError(
+                f"event: {size} bytes of JSON is over the limit of {MAX_EVENT_BYTES} bytes "
+                f"(event {self.name!r}); store large payloads elsewhere and send a reference",
+                field="event",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a JSON-compatible dict (the shape CEL expressions see)."""
+        return {"name": self.name, "data": self.data, "id": self.id, "ts": self.ts}
+
+    def to_json(self) -> str:
+        """The event as compact JSON. Raises InvalidEventError if ``data`` is not JSON."""
+        try:
+            return json.dumps(
+                self.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidEventError(
+                f"event.data: not JSON-serializable ({exc}); send only dicts, lists, strings, "
+                "numbers, booleans and None",
+                field="event.data",
+            ) from None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Event:
+        """Build an event from its dict form, validating every field."""
+        if not isinstance(raw, Mapping):
+            raise InvalidEventError(
+                f"event: expected a JSON object with 'name' and 'data', got {type(raw).__name__}",
+                field="event",
+            )
+        unknown = set(raw) - {"name", "data", "id", "ts"}
+        if unknown:
+            raise InvalidEventError(
+                f"event: unknown field(s) {sorted(unknown)}; allowed: name, data, id, ts",
+                field="event",
+            )
+        if "name" not in raw:
+            raise InvalidEventError("event.name: missing; every event needs a name",
+                                    field="event.name")
+        data = raw.get("data")
+        return cls(
+            name=raw["name"],
+            data={} if data is None else data,
+            id=raw.get("id"),
+            ts=raw.get("ts"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        """Parse and validate an event from JSON text."""
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise InvalidEventError(f"event: invalid JSON ({exc})", field="event") from None
+        return cls.from_dict(raw)

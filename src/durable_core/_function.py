@@ -1,0 +1,272 @@
+"""Apps, functions and triggers: what the user registers."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from ._cel import Expression, compile_expression
+from ._cron import CronSchedule
+from ._errors import (
+    FunctionConfigError,
+    UnknownFunctionError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
+
+MAX_TRIGGERS = 10
+MAX_RETRIES = 20
+DEFAULT_RETRIES = 4
+DEFAULT_MAX_STEPS = 1_000
+ABSOLUTE_MAX_STEPS = 10_000
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+
+FunctionBody = Callable[["Context"], Awaitable[Any]]
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+@attrs.frozen
+class EventTrigger:
+    """Start a run for each event named ``event`` for which the CEL filter ``if_`` is true.
+
+    The filter sees the event as ``event`` (``event.name``, ``event.data``, ``event.id``,
+    ``event.ts``). It is compiled when the trigger is created.
+    """
+
+    event: str
+    if_: str | None = None
+    expression: Expression | None = attrs.field(default=None, eq=False, repr=False)
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        """Whether an event (in dict form) fires this trigger."""
+        if event["name"] != self.event:
+            return False
+        return self.expression is None or self.expression.matches({"event": event})
+
+
+@attrs.frozen
+class CronTrigger:
+    """Start one run per tick of a 5-field cron schedule (``"TZ=Europe/Paris 0 12 * * 5"``)."""
+
+    cron: str
+    schedule: CronSchedule | None = attrs.field(default=None, eq=False, repr=False)
+
+
+Trigger = EventTrigger | CronTrigger
+
+
+def on_event(name: str, *, if_: str | None = None) -> EventTrigger:
+    """A trigger on events named ``name``, optionally filtered by a CEL expression over
+    ``event`` (for example ``"event.data.amount > 100"``).
+
+    Raises :class:`~durable_core.InvalidExpressionError` for a filter that does not compile.
+    """
+    if not isinstance(name, str) or not name:
+        raise FunctionConfigError(
+            f"on_event(name): must be a non-empty event name, got {name!r}", field="trigger.event"
+        )
+    if if_ is not None and not isinstance(if_, str):
+        raise FunctionConfigError(
+            f"on_event(if_): must be a CEL expression string, got {if_!r}", field="trigger.if_"
+        )
+    # The filter is compiled when the function is registered, so the error can name it.
+    return EventTrigger(event=name, if_=if_)
+
+
+def on_cron(cron: str) -> CronTrigger:
+    """A trigger on a 5-field cron schedule with an optional ``TZ=``/``CRON_TZ=`` prefix
+    (UTC without one). The schedule is checked when the function is registered; an invalid
+    one raises :class:`~durable_core.InvalidCronError` naming the function."""
+    if not isinstance(cron, str):
+        raise FunctionConfigError(
+            f"on_cron(cron): must be a string such as '0 12 * * 5', got {cron!r}",
+            field="trigger.cron",
+        )
+    return CronTrigger(cron=cron)
+
+
+def _bind(trigger: Trigger, function_id: str, index: int) -> Trigger:
+    """The trigger with its expression compiled; errors name the function and the field."""
+    field = f"trigger[{index}]"
+    try:
+        if isinstance(trigger, EventTrigger) and trigger.if_ is not None:
+            field += ".if_"
+            expr = compile_expression(trigger.if_, field=field, variables=("event",))
+            return attrs.evolve(trigger, expression=expr)
+        if isinstance(trigger, CronTrigger):
+            field += ".cron"
+            return attrs.evolve(trigger, schedule=CronSchedule.parse(trigger.cron, field=field))
+    except ValidationError as exc:
+        raise type(exc)(f"function {function_id!r}: {exc}", field=field) from None
+    return trigger
+
+
+@attrs.frozen(eq=False)
+class Function:
+    """A function registered on an :class:`App`; returned by ``@app.function``.
+
+    Pass it (or its id) to ``ctx.step.invoke(function=...)``. Calling it directly is not
+    supported: send an event, or invoke it from another function.
+    """
+
+    id: str
+    fn: FunctionBody = attrs.field(repr=False)
+    triggers: tuple[Trigger, ...]
+    retries: int
+    max_steps: int
+    app: App = attrs.field(repr=False)
+
+    @property
+    def event_triggers(self) -> tuple[EventTrigger, ...]:
+        """The event triggers of this function."""
+        return tuple(t for t in self.triggers if isinstance(t, EventTrigger))
+
+    @property
+    def cron_triggers(self) -> tuple[CronTrigger, ...]:
+        """The cron triggers of this function."""
+        return tuple(t for t in self.triggers if isinstance(t, CronTrigger))
+
+
+class App:
+    """A named collection of durable functions.
+
+    >>> app = App("shop")
+    >>> @app.function(id="hello", trigger=on_event("demo/hello"))
+    ... async def hello(ctx):
+    ...     return "hi"
+    """
+
+    def __init__(self, id: str) -> None:
+        if not isinstance(id, str) or not _ID_RE.match(id):
+            raise FunctionConfigError(
+                f"App(id): {id!r} is not a valid app id; use 1-128 letters, digits and "
+                "'_.:/-', starting with a letter or digit",
+                field="app.id",
+            )
+        self.id = id
+        self._functions: dict[str, Function] = {}
+        self._by_event: dict[str, list[tuple[Function, EventTrigger]]] = {}
+
+    def function(
+        self,
+        *,
+        id: str,
+        trigger: Trigger | Sequence[Trigger] | None = None,
+        retries: int = DEFAULT_RETRIES,
+        max_steps: int = DEFAULT_MAX_STEPS,
+    ) -> Callable[[FunctionBody], Function]:
+        """Register ``async def fn(ctx)`` as a durable function.
+
+        ``trigger`` is one trigger or a list of up to 10 (``on_event``/``on_cron``); a
+        function without triggers can still be invoked. ``retries`` (0-20, default 4) is the
+        number of retries of each step, and of orchestration code that raises outside a step.
+        ``max_steps`` (default 1,000, at most 10,000) bounds the steps of one run.
+        """
+        if not isinstance(id, str) or not _ID_RE.match(id):
+            raise FunctionConfigError(
+                f"function id {id!r} is invalid; use 1-128 letters, digits and '_.:/-', "
+                "starting with a letter or digit",
+                field="id",
+            )
+        if id in self._functions:
+            raise FunctionConfigError(
+                f"function {id!r}: another function of app {self.id!r} already has this id; "
+                "ids must be unique within an app",
+                field="id",
+            )
+        if trigger is None:
+            triggers: tuple[Any, ...] = ()
+        elif isinstance(trigger, EventTrigger | CronTrigger):
+            triggers = (trigger,)
+        elif isinstance(trigger, Sequence) and not isinstance(trigger, str):
+            triggers = tuple(trigger)
+        else:
+            raise FunctionConfigError(
+                f"function {id!r}: trigger: expected on_event(...), on_cron(...) or a list of "
+                f"them, got {type(trigger).__name__}",
+                field="trigger",
+            )
+        if len(triggers) > MAX_TRIGGERS:
+            raise FunctionConfigError(
+                f"function {id!r}: trigger: {len(triggers)} triggers is over the limit of "
+                f"{MAX_TRIGGERS}",
+                field="trigger",
+            )
+        for i, t in enumerate(triggers):
+            if not isinstance(t, EventTrigger | CronTrigger):
+                raise FunctionConfigError(
+                    f"function {id!r}: trigger[{i}]: expected on_event(...) or on_cron(...), "
+                    f"got {t!r}",
+                    field=f"trigger[{i}]",
+                )
+        triggers = tuple(_bind(t, id, i) for i, t in enumerate(triggers))
+        if isinstance(retries, bool) or not isinstance(retries, int) or not (
+            0 <= retries <= MAX_RETRIES
+        ):
+            raise FunctionConfigError(
+                f"function {id!r}: retries: must be an int in [0, {MAX_RETRIES}], got {retries!r}",
+                field="retries",
+            )
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not (
+            1 <= max_steps <= ABSOLUTE_MAX_STEPS
+        ):
+            raise FunctionConfigError(
+                f"function {id!r}: max_steps: must be an int in [1, {ABSOLUTE_MAX_STEPS}], "
+                f"got {max_steps!r}",
+                field="max_steps",
+            )
+
+        def register(fn: FunctionBody) -> Function:
+            if not inspect.iscoroutinefunction(fn):
+                raise FunctionConfigError(
+                    f"function {id!r}: {getattr(fn, '__name__', fn)!r} must be an "
+                    "'async def fn(ctx)'",
+                    field="fn",
+                )
+            func = Function(
+                id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self
+            )
+            self._functions[id] = func
+            for t in func.event_triggers:
+                self._by_event.setdefault(t.event, []).append((func, t))
+            return func
+
+        return register
+
+    @property
+    def functions(self) -> dict[str, Function]:
+        """The registered functions by id (a copy)."""
+        return dict(self._functions)
+
+    def get(self, function_id: str) -> Function:
+        """The function with this id; :class:`UnknownFunctionError` if there is none."""
+        try:
+            return self._functions[function_id]
+        except KeyError:
+            known = ", ".join(sorted(self._functions)) or "none"
+            raise UnknownFunctionError(
+                f"unknown function {function_id!r} in app {self.id!r}; known: {known}",
+                field="function_id",
+            ) from None
+
+    def resolve(self, function: Function | str) -> Function:
+        """A function given as a :class:`Function` or an id."""
+        if isinstance(function, Function):
+            return function
+        return self.get(function)
+
+    def triggered_by(self, event: dict[str, Any]) -> list[Function]:
+        """The functions an event (in dict form) starts, in registration order."""
+        out: list[Function] = []
+        for func, trig in self._by_event.get(event["name"], ()):
+            if trig.matches(event) and func not in out:
+                out.append(func)
+        return out

@@ -1,0 +1,43 @@
+"""Stores: persistence behind one contract (:class:`durable_core.Store`).
+
+``MemoryStore`` is the reference implementation. ``stores.open(url)`` picks a store by URL.
+"""
+
+from __future__ import annotations
+
+from durable_core._store_api import (
+    Claim,
+    CommitBatch,
+    NewRun,
+    RunRecord,
+    RunWrite,
+    Store,
+    StoredEvent,
+    WaitRecord,
+)
+
+from ._memory import MemoryStore
+
+__all__ = [
+    "Claim",
+    "CommitBatch",
+    "MemoryStore",
+    "NewRun",
+    "RunRecord",
+    "RunWrite",
+    "Store",
+    "StoredEvent",
+    "WaitRecord",
+    "open",
+]
+
+
+def open(url: str) -> Store:  # noqa: A001 - the documented name
+    """Open a store by URL: ``memory://``; SQLite and Postgres URLs once their stores exist."""
+    if url in ("memory://", "memory:"):
+        return MemoryStore()
+    from durable_core._errors import ValidationError
+
+    raise ValidationError(
+        f"store url {url!r}: unsupported scheme; use memory://", field="store"
+    )
