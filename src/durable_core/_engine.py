@@ -348,6 +348,23 @@ class Engine:
                 del self.live[w.run_id]
         return steps
 
+    def release_all(self, now: int) -> None:
+        """Give up every lease this engine holds (graceful stop). Runs with step bodies that
+        were not executed are left due at once, so another worker picks them up."""
+        writes = []
+        for run_id, live in self.live.items():
+            if not live.leased or live.machine.done:
+                continue
+            m = live.machine
+            wake = now if m.running_steps() else m.next_deadline()
+            writes.append(
+                RunWrite(run_id=run_id, epoch=live.epoch, status=m.status, wake_at=wake,
+                         release=True)
+            )
+        if writes:
+            self.store.commit(CommitBatch(now=now, writes=tuple(writes)))
+        self.live.clear()
+
     def leased_runs(self) -> list[str]:
         """Runs whose lease this engine holds (they have step bodies in flight)."""
         return [run_id for run_id, live in self.live.items() if live.leased]

@@ -1,0 +1,256 @@
+"""The ``durable`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._errors import DurableError
+from ._events import Event
+from ._function import App
+from ._views import RunView
+
+DEFAULT_STORE = "sqlite:///durable.db"
+
+
+def _open_store(url: str) -> Any:
+    import stores
+
+    return stores.open(url)
+
+
+def _load_app(spec: str) -> App:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"durable: expected 'package.module:app', got {spec!r}")
+    sys.path.insert(0, ".")
+    module = importlib.import_module(module_name)
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise SystemExit(f"durable: {spec!r} is not a durable_core.App")
+    return app
+
+
+def format_timeline(run: RunView) -> str:
+    """A run's step timeline as text."""
+    t0 = run.created_at
+    took = "" if run.ended_at is None else f" in {(run.ended_at - t0) / 1000:.1f}s"
+    lines = [f"run {run.id}  {run.function_id}  {run.status}{took}"]
+    for s in run.steps:
+        start = f"+{((s.started_at or t0) - t0) / 1000:6.1f}s"
+        detail = ""
+        if s.error is not None:
+            detail = f"  {s.error.type}: {s.error.message}"
+        elif s.output is not None:
+            detail = "  -> " + json.dumps(s.output, ensure_ascii=False)[:80]
+        tries = f"  attempts={s.attempts}" if s.kind == "run" else ""
+        lines.append(f"  {start}  {s.id:<20} {s.kind:<15} {s.status:<10}{tries}{detail}")
+    if run.error is not None:
+        lines.append(f"  error: {run.error.type}: {run.error.message}")
+    elif run.status == "completed":
+        lines.append("  output: " + json.dumps(run.output, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import trio
+
+    from ._worker import Worker
+    from .demo import app
+
+    store = _open_store(args.store)
+    worker = Worker(app, store, poll_interval=0.1)
+
+    async def main() -> list[str]:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            print(f"durable demo: worker started on {args.store}")
+            await worker.send(
+                [
+                    Event("order/created", {"orderId": 1, "amount": 150.0}),
+                    Event("order/created", {"orderId": 2, "amount": 40.0}),
+                    Event("order/created", {"orderId": 3, "amount": 999.0}),
+                ]
+            )
+            print("sent 3 orders (order 2 is below the amount filter and starts no run)")
+            run_ids = await _wait_for(store, "waiting", 2)
+            print("both runs charged the card (one retry each), slept, and now wait to ship")
+            await worker.send(Event("order/shipped", {"orderId": 1, "carrier": "DHL"}))
+            await worker.send(Event("order/shipped", {"orderId": 3, "carrier": "UPS"}))
+            print("sent the two shipping events")
+            await _wait_for(store, "completed", 2, run_ids)
+            worker.stop()
+            return run_ids
+
+    async def _wait_for(
+        store: Any, status: str, count: int, ids: list[str] | None = None
+    ) -> list[str]:
+        with trio.fail_after(60):
+            while True:
+                runs = [
+                    r for r in store.list_runs(function_id="process-order", limit=1000)
+                    if ids is None or r.id in ids
+                ]
+                runs = runs[:count] if ids is None else runs
+                if len(runs) == count and all(r.status == status for r in runs):
+                    return [r.id for r in runs]
+                await trio.sleep(0.1)
+
+    started = time.monotonic()
+    run_ids = trio.run(main)
+    from ._client import Client
+
+    client = Client(store)
+    print()
+    for run_id in reversed(run_ids):
+        print(format_timeline(client.get_run(run_id)))
+        print()
+    print(f"done in {time.monotonic() - started:.1f}s; runs are stored in {args.store}")
+    store.close()
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import trio
+
+    from ._worker import Worker
+
+    app = _load_app(args.app)
+    store = _open_store(args.store)
+    worker = Worker(app, store, max_runs=args.max_runs)
+    print(f"durable worker {worker.owner}: app {app.id!r} on {args.store} (Ctrl-C to stop)")
+    trio.run(lambda: worker.run(handle_signals=True))
+    store.close()
+    return 0
+
+
+def _print(obj: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False) if as_json else text)
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from ._client import Client
+
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        raise DurableError(f"--data: invalid JSON ({exc})") from None
+    event = Event(args.name, data, id=args.id)
+    client = Client(_open_store(args.store))
+    ids = client.send(event)
+    _print({"ids": ids}, args.json, "\n".join(ids))
+    return 0
+
+
+def _cmd_runs_list(args: argparse.Namespace) -> int:
+    from ._client import Client
+
+    client = Client(_open_store(args.store))
+    runs = client.list_runs(args.function, args.status, args.event, limit=args.limit)
+    text = "\n".join(
+        f"{r.id}  {r.function_id:<24} {r.status:<10} steps={len(r.steps)}" for r in runs
+    ) or "no runs"
+    _print([r.to_dict() for r in runs], args.json, text)
+    return 0
+
+
+def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from ._client import Client
+
+    run = Client(_open_store(args.store)).get_run(args.run_id)
+    _print(run.to_dict(), args.json, format_timeline(run))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    store = _open_store(args.store)
+    run = store.get_run(args.run_id)
+    doc = {
+        "format": "durable-core-journal/1",
+        "run": {"id": run.id, "function_id": run.function_id, "status": run.status,
+                "events": [json.loads(e) for e in run.events], "created_at": run.created_at,
+                "output": None if run.output is None else json.loads(run.output)},
+        "journal": [
+            {"seq": e.seq, "op": e.op, "position": e.position, "step_id": e.step_id,
+             "kind": e.kind, "ts": e.ts, "data": json.loads(e.data)}
+            for e in store.load_journal(args.run_id)
+        ],
+    }
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``durable`` command."""
+    p = argparse.ArgumentParser(prog="durable", description="durable-core command line")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def store_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", default=DEFAULT_STORE,
+                        help=f"store URL (default {DEFAULT_STORE}; also memory://, "
+                             "postgresql://user@host:port/db)")
+
+    sp = sub.add_parser("demo", help="run the order-workflow demo")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_demo)
+
+    sp = sub.add_parser("worker", help="run a worker for an app until SIGINT/SIGTERM")
+    sp.add_argument("app", help="package.module:app")
+    sp.add_argument("--max-runs", type=int, default=1000)
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_worker)
+
+    sp = sub.add_parser("send", help="send an event")
+    sp.add_argument("name")
+    sp.add_argument("--data", default="{}", help="event data as a JSON object")
+    sp.add_argument("--id", default=None, help="dedupe id")
+    sp.add_argument("--json", action="store_true")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_send)
+
+    runs = sub.add_parser("runs", help="list or show runs")
+    rsub = runs.add_subparsers(dest="runs_command", required=True)
+    sp = rsub.add_parser("list", help="list runs, newest first")
+    sp.add_argument("--function", default=None)
+    sp.add_argument("--status", default=None)
+    sp.add_argument("--event", default=None, help="runs started by this event id")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--json", action="store_true")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_runs_list)
+    sp = rsub.add_parser("show", help="show a run's step timeline")
+    sp.add_argument("run_id")
+    sp.add_argument("--json", action="store_true")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_runs_show)
+
+    sp = sub.add_parser("export", help="export a run's journal as JSON (for replay tests)")
+    sp.add_argument("run_id")
+    sp.add_argument("-o", "--output", default=None)
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_export)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``durable`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DurableError as exc:
+        print(f"durable: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

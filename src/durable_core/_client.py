@@ -1,0 +1,70 @@
+"""A plain synchronous client: send events and inspect runs from any code."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+from ._engine import Engine
+from ._events import Event
+from ._function import App
+from ._model import Signal
+from ._store_api import CommitBatch, Store
+from ._views import RunView, run_view
+from ._worker import wall_clock_ms
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Send events and read runs, synchronously and thread-safely.
+
+    Use it from sync code or from asyncio applications (call it in a thread executor if a
+    blocking store would stall your loop). Events are accepted durably before ``send``
+    returns; a worker (``durable worker`` or :class:`durable_core.Worker`) runs the functions.
+    """
+
+    def __init__(self, store: Store, *, clock: object = None) -> None:
+        self.store = store
+        self._clock = wall_clock_ms if clock is None else clock
+        self._lock = threading.Lock()
+        self._engine = Engine(App("client"), store, owner="client", entropy=os.urandom)
+
+    def _now(self) -> int:
+        return int(self._clock())  # type: ignore[operator]
+
+    def send(self, events: Event | Sequence[Event]) -> list[str]:
+        """Durably accept one event or a list; returns their ids (in order)."""
+        batch = [events] if isinstance(events, Event) else list(events)
+        with self._lock:
+            stored = self._engine.send(batch, self._now())
+        return [e.id for e in stored]
+
+    def get_run(self, run_id: str) -> RunView:
+        """One run with its steps; raises :class:`~durable_core.RunNotFoundError`."""
+        return run_view(self.store.get_run(run_id), self.store.load_journal(run_id))
+
+    def list_runs(
+        self,
+        function_id: str | None = None,
+        status: str | None = None,
+        event_id: str | None = None,
+        *,
+        limit: int = 100,
+    ) -> list[RunView]:
+        """Runs matching the filters, newest first."""
+        return [
+            run_view(r, self.store.load_journal(r.id))
+            for r in self.store.list_runs(
+                function_id=function_id, status=status, event_id=event_id, limit=limit
+            )
+        ]
+
+    def cancel_run(self, run_id: str, reason: str = "cancelled by request") -> None:
+        """Ask for a run to be cancelled; a worker ends it with status ``cancelled``.
+        Raises :class:`~durable_core.RunNotFoundError` for an unknown run."""
+        self.store.get_run(run_id)
+        self.store.commit(
+            CommitBatch(now=self._now(), signals=((run_id, Signal("cancel", run_id, reason)),))
+        )

@@ -1,0 +1,297 @@
+"""The trio driver: claims runs, executes step bodies, commits what the core decides.
+
+One :class:`Worker` runs many runs concurrently. Each live run gets one trio task that awaits
+its own step bodies in turn (async bodies directly, sync ones in a thread), so a step costs
+no task spawn. Results from many runs are committed together: with an in-memory store inline,
+with a blocking store (SQLite, Postgres) by one committer task that hands a whole batch to a
+thread, so one transaction (one fsync) serves many steps. A step's next body never starts
+before its predecessor's memo is durable.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from ._context import current_attempt
+from ._engine import Engine, Plan
+from ._events import Event
+from ._function import App
+from ._model import ExecuteStep
+from ._store_api import Store
+
+__all__ = ["Worker", "wall_clock_ms"]
+
+log = logging.getLogger("durable_core.worker")
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch from the system clock (the default worker clock)."""
+    return time.time_ns() // 1_000_000
+
+
+class _Pending:
+    __slots__ = ("done", "error", "step", "steps", "value")
+
+    def __init__(self, step: ExecuteStep, value: Any, error: BaseException | None) -> None:
+        self.step = step
+        self.value = value
+        self.error = error
+        self.steps: list[ExecuteStep] = []
+        self.done = trio.Event()
+
+
+class Worker:
+    """Run an app's functions against a store until stopped.
+
+    ``clock`` returns the current time in ms (default: the system clock; pass one based on
+    ``trio.current_time()`` to run under trio's ``MockClock``). ``max_runs`` bounds the runs
+    with step bodies in flight; ``lease_ms`` is how long a claim lasts without renewal;
+    ``poll_interval`` (seconds) bounds how long an idle worker waits before checking the
+    store again.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        max_runs: int = 1_000,
+        lease_ms: int = 30_000,
+        poll_interval: float = 0.5,
+        batch_limit: int = 1_000,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.owner = owner or f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.clock = clock
+        self.max_runs = max_runs
+        self.lease_ms = lease_ms
+        self.poll_interval = poll_interval
+        self.batch_limit = batch_limit
+        self.engine = Engine(app, store, owner=self.owner, entropy=os.urandom, lease_ms=lease_ms)
+        self._blocking = bool(getattr(store, "blocking", True))
+        self._limiter = trio.CapacityLimiter(1)
+        self._queue: list[_Pending] = []
+        self._queue_ready = trio.Event()
+        self._wakeup = trio.Event()
+        self._active = 0
+        self._stopping = False
+        self._stopped = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.steps_executed = 0
+        self.commits = 0
+
+    # ------------------------------------------------------------------ public API
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Work until :meth:`stop` is called (or SIGINT/SIGTERM with ``handle_signals``).
+
+        Stopping is graceful: no new claims; step bodies in flight finish and their results
+        are committed; runs are released so another worker can take them at once.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self._blocking:
+                nursery.start_soon(self._committer)
+            nursery.start_soon(self._renewer)
+            if handle_signals:
+                nursery.start_soon(self._signal_watcher)
+            task_status.started()
+            try:
+                await self._main_loop()
+            finally:
+                with trio.CancelScope(shield=True):
+                    while self._active:
+                        await trio.sleep(0.01)
+                    await self._call(self.engine.release_all, self.clock())
+                    self._stopped.set()
+                nursery.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully (safe to call from the trio thread)."""
+        self._stopping = True
+        self._wakeup.set()
+
+    async def send(self, events: Event | Sequence[Event]) -> list[str]:
+        """Durably accept events and wake the worker; returns their ids."""
+        batch = [events] if isinstance(events, Event) else list(events)
+        stored = await self._call(self.engine.send, batch, self.clock())
+        self._wakeup.set()
+        return [e.id for e in stored]
+
+    def wake(self) -> None:
+        """Make an idle worker look at the store now (e.g. after another process wrote)."""
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ loop
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._blocking:
+            return await trio.to_thread.run_sync(
+                functools.partial(fn, *args), limiter=self._limiter
+            )
+        return fn(*args)
+
+    async def _main_loop(self) -> None:
+        while not self._stopping:
+            self._wakeup = trio.Event()
+            now = self.clock()
+            steps = await self._call(self._tick, now)
+            for step in steps:
+                self._spawn(step)
+            if steps or self._stopping:
+                await trio.lowlevel.checkpoint()
+                continue
+            wake = await self._call(self._next_wake, now)
+            timeout = self.poll_interval
+            if wake is not None:
+                timeout = min(timeout, max(0.0, (wake - self.clock()) / 1000))
+            with trio.move_on_after(timeout):
+                await self._wakeup.wait()
+
+    def _tick(self, now: int) -> list[ExecuteStep]:
+        """One pass over the store (runs in the engine's thread for blocking stores)."""
+        engine = self.engine
+        created = engine.schedule_cron(now)
+        routed = engine.route(now, self.batch_limit)
+        room = self.max_runs - self._active
+        steps: list[ExecuteStep] = []
+        if room > 0:
+            plan = engine.claim(now, min(room, self.batch_limit))
+            if plan is not None:
+                steps = engine.commit([plan])
+                self.commits += 1
+                if not steps and (plan.batch.runs or plan.batch.signals or plan.batch.events):
+                    created += 1
+        if (created or routed) and not steps:
+            # Work was created (runs, signals): look again at once.
+            self._wakeup.set()
+        return steps
+
+    def _next_wake(self, now: int) -> int | None:
+        wakes = [w for w in (self.store.next_wake_at(), self.engine.next_cron_tick(now))
+                 if w is not None]
+        return min(wakes, default=None)
+
+    def _spawn(self, step: ExecuteStep) -> None:
+        assert self._nursery is not None
+        self._active += 1
+        self._nursery.start_soon(self._drive, step)
+
+    async def _drive(self, step: ExecuteStep) -> None:
+        """Execute a chain of steps of one run: body, commit, next body..."""
+        try:
+            while True:
+                value, error = await self._execute(step)
+                steps = await self._submit(step, value, error)
+                if not steps or self._stopping:
+                    return
+                step = steps[0]
+                for extra in steps[1:]:
+                    self._spawn(extra)
+        finally:
+            self._active -= 1
+            if self._active < self.max_runs:
+                self._wakeup.set()
+
+    async def _execute(self, step: ExecuteStep) -> tuple[Any, BaseException | None]:
+        self.steps_executed += 1
+        token = current_attempt.set((step.run_id, step.attempt))
+        try:
+            fn = step.fn
+            if inspect.iscoroutinefunction(fn):
+                value = await fn(*step.args, **step.kwargs)
+            else:
+                value = await trio.to_thread.run_sync(
+                    functools.partial(fn, *step.args, **step.kwargs)
+                )
+                if inspect.isawaitable(value):
+                    value = await value
+            return value, None
+        except Exception as exc:
+            return None, exc
+        finally:
+            current_attempt.reset(token)
+
+    async def _submit(
+        self, step: ExecuteStep, value: Any, error: BaseException | None
+    ) -> list[ExecuteStep]:
+        if not self._blocking:
+            plan = self.engine.step_finished(step, value, error, self.clock())
+            steps = self.engine.commit([plan])
+            self.commits += 1
+            self._after_commit(plan)
+            return steps
+        pending = _Pending(step, value, error)
+        self._queue.append(pending)
+        self._queue_ready.set()
+        await pending.done.wait()
+        return pending.steps
+
+    def _after_commit(self, plan: Plan) -> None:
+        b = plan.batch
+        if b.runs or b.signals or b.events:
+            self._wakeup.set()
+
+    async def _committer(self) -> None:
+        """Group commit: take every pending result, commit them in one transaction."""
+        while True:
+            await self._queue_ready.wait()
+            self._queue_ready = trio.Event()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                await self._call(self._commit_batch, batch, self.clock())
+            finally:
+                for p in batch:
+                    p.done.set()
+
+    def _commit_batch(self, batch: list[_Pending], now: int) -> None:
+        engine = self.engine
+        plans = [engine.step_finished(p.step, p.value, p.error, now) for p in batch]
+        steps = engine.commit(plans)
+        self.commits += 1
+        for plan in plans:
+            self._after_commit(plan)
+        owner: dict[str, _Pending] = {}
+        for p in batch:
+            owner.setdefault(p.step.run_id, p)
+        for s in steps:
+            owner[s.run_id].steps.append(s)
+
+    async def _renewer(self) -> None:
+        while True:
+            await trio.sleep(self.lease_ms / 3000)
+            run_ids = self.engine.leased_runs()
+            if run_ids:
+                lost = await self._call(
+                    self.store.renew, self.owner, run_ids, self.clock(), self.lease_ms
+                )
+                if lost:
+                    log.warning("lost the lease of %d run(s); another worker took them", len(lost))
+                    self.engine.forget(lost)
+
+    async def _signal_watcher(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+                self.stop()
+                return
