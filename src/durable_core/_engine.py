@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ._cel import compile_expression
 from ._durations import from_ms, to_ms
 from ._events import Event
 from ._function import App, Function
@@ -37,7 +38,6 @@ from ._model import (
     TimerFired,
 )
 from ._store_api import Claim, CommitBatch, NewRun, RunWrite, Store, StoredEvent, WaitRecord
-from ._cel import compile_expression
 
 __all__ = ["CRON_EVENT", "Engine", "Plan"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -29,7 +29,7 @@ DEFAULT_MAX_STEPS = 1_000
 ABSOLUTE_MAX_STEPS = 10_000
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
-FunctionBody = Callable[["Context"], Awaitable[Any]]
+FunctionBody = Callable[["Context"], Coroutine[Any, Any, Any]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 

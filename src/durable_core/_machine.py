@@ -10,6 +10,7 @@ effects.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -525,8 +526,8 @@ class RunMachine:
                 now,
                 error=ErrorInfo(
                     "InvokeTimeoutError",
-                    f"timed out waiting for invoked function {rec.sched and rec.sched['function']!r}"
-                    " to finish",
+                    "timed out waiting for invoked function "
+                    f"{rec.sched and rec.sched['function']!r} to finish",
                 ),
             )
         else:
@@ -682,8 +683,9 @@ class RunMachine:
         self.output = text
         self._persist.append(CompleteRun(self.run_id, text, now))
         if self.parent_run_id is not None:
+            payload = '{"output":' + text + "}"
             self._persist.append(
-                SendSignal(self.parent_run_id, Signal("invoke", self.run_id, '{"output":' + text + "}"))
+                SendSignal(self.parent_run_id, Signal("invoke", self.run_id, payload))
             )
 
     def _finish_err(self, err: BaseException, now: int) -> None:
@@ -719,15 +721,16 @@ class RunMachine:
         self._persist.append(FailRun(self.run_id, info, now, status=status))
         if self.parent_run_id is not None:
             payload = json.dumps({"error": info.to_dict()}, separators=(",", ":"))
-            self._persist.append(SendSignal(self.parent_run_id, Signal("invoke", self.run_id, payload)))
+            self._persist.append(
+                SendSignal(self.parent_run_id, Signal("invoke", self.run_id, payload))
+            )
 
     def _cancel(self, reason: str, now: int) -> None:
         coro, self._coro = self._coro, None
         if coro is not None:
-            try:
+            # RuntimeError: the code awaited a step in a finally block; nothing more will run.
+            with contextlib.suppress(RuntimeError):
                 coro.close()
-            except RuntimeError:
-                pass  # the code awaited a step in a finally block; nothing more will run
         self._fail(_Cancelled(reason or "run cancelled"), now, status="cancelled")
 
     def _end(self) -> None:

@@ -8,11 +8,12 @@ orchestration code sees is the same on the first execution and on every replay.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import typing
 import weakref
-from types import UnionType
 from collections.abc import Callable
+from types import UnionType
 from typing import Any
 
 from cattrs.preconf.json import make_converter
@@ -84,8 +85,6 @@ def return_hint(fn: Callable[..., Any]) -> Any:
     if hint is type(None) or hint is Any or typing.get_origin(hint) in (typing.Union, UnionType):
         # Unions and Any give no single type to rebuild: keep the JSON value as it is.
         hint = None
-    try:
+    with contextlib.suppress(TypeError):
         _HINTS[fn] = hint
-    except TypeError:
-        pass
     return hint
