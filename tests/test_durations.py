@@ -113,7 +113,14 @@ def test_invalid_duration_message_says_how_to_fix() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["367d", "53w", 366 * 86400 + 1, timedelta(days=366, microseconds=1), 1e300, "1" + "0" * 30 + "d"],
+    [
+        "367d",
+        "53w",
+        366 * 86400 + 1,
+        timedelta(days=366, microseconds=1),
+        1e300,
+        "1" + "0" * 30 + "d",
+    ],
 )
 def test_parse_duration_enforces_the_default_maximum(value: str | float | timedelta) -> None:
     with pytest.raises(InvalidDurationError) as info:
@@ -236,7 +243,7 @@ def test_parse_instant_rejects_naive_values_and_explains(value: str | datetime) 
 
 @pytest.mark.parametrize("value", ["tomorrow", "", "2024-13-01T00:00:00Z", 1714564800, None])
 def test_parse_instant_rejects_garbage(value: object) -> None:
-    with pytest.raises(InvalidDurationError, match="^f: "):
+    with pytest.raises(InvalidDurationError, match=r"^f: "):
         parse_instant(value, field="f")  # type: ignore[arg-type]
 
 
@@ -272,3 +279,38 @@ def test_to_ms_floors_to_the_millisecond(dt: datetime) -> None:
     ms = to_ms(dt)
     assert from_ms(ms) <= dt < from_ms(ms + 1)
     assert abs(ms / 1000 - dt.timestamp()) < 0.002
+
+
+# --- the pure core stays pure -----------------------------------------------------------------
+
+FORBIDDEN_MODULES = {
+    "trio",
+    "sqlite3",
+    "psycopg",
+    "socket",
+    "threading",
+    "asyncio",
+    "random",
+    "time",
+}
+PURE_MODULES = ["_durations", "_cron", "_cel", "_backoff"]
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_modules_import_nothing_impure_and_never_read_the_clock(module: str) -> None:
+    import ast
+    import importlib
+
+    path = importlib.import_module(f"durable_core.{module}").__file__
+    assert path is not None
+    with open(path, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Attribute):
+            assert node.attr not in {"now", "utcnow", "today", "monotonic", "perf_counter"}
+    assert not imported & FORBIDDEN_MODULES

@@ -64,7 +64,7 @@ def stable_unit(*parts: str | int) -> float:
                 "convert the value to a string first"
             )
         tag = b"s" if isinstance(part, str) else b"i"
-        payload = (part if isinstance(part, str) else str(part)).encode("utf-8")
+        payload = (part if isinstance(part, str) else str(part)).encode("utf-8", "surrogatepass")
         digest.update(tag + str(len(payload)).encode("ascii") + b":" + payload)
     top = int.from_bytes(digest.digest()[:8], "big") >> 11  # 53 bits
     return top / float(1 << 53)

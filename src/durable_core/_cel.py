@@ -76,11 +76,15 @@ _BINDING_MACROS: Final = {
     "reduce": 2,
 }
 # Functions and methods cel-python can call; anything else can never evaluate.
-_KNOWN_FUNCTIONS: Final = frozenset(base_functions) | frozenset(_BINDING_MACROS) | {
-    "has",
-    "dyn",
-    "min",
-}
+_KNOWN_FUNCTIONS: Final = (
+    frozenset(base_functions)
+    | frozenset(_BINDING_MACROS)
+    | {
+        "has",
+        "dyn",
+        "min",
+    }
+)
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -294,18 +298,29 @@ class _ConversionError(Exception):
     pass
 
 
+# cel-python's constructors are pure-Python ``__new__`` methods (IntType's costs ~4.5 us as it
+# builds a range-checking wrapper on every call); for values already known to be of the right
+# builtin type and range, the builtin constructors give identical objects much faster.
+_STRING = celtypes.StringType
+_INT = celtypes.IntType
+_DOUBLE = celtypes.DoubleType
+
+
 def _to_cel(value: Any) -> Any:
     kind = type(value)
     if kind is str:
-        return celtypes.StringType(value)
+        return str.__new__(_STRING, value)
     if kind is dict:
         return _map_to_cel(value)
     if kind is int:
         if _INT64_MIN <= value <= _INT64_MAX:
-            return celtypes.IntType(value)
-        return celtypes.DoubleType(value)
+            return int.__new__(_INT, value)
+        try:
+            return float.__new__(_DOUBLE, value)
+        except OverflowError:
+            raise _ConversionError("an integer too large for a double") from None
     if kind is float:
-        return celtypes.DoubleType(value)
+        return float.__new__(_DOUBLE, value)
     if kind is bool:
         return celtypes.BoolType(value)
     if value is None:
@@ -348,18 +363,18 @@ def _to_cel_slow(value: Any) -> Any:
         return celtypes.TimestampType(value)
     if isinstance(value, _dt.timedelta):
         return celtypes.DurationType(value)
-    raise _ConversionError(type(value).__name__)
+    raise _ConversionError(f"a value of type {type(value).__name__}")
 
 
 def _map_to_cel(value: Mapping[Any, Any]) -> Any:
     result = celtypes.MapType()
     for key, item in value.items():
         if type(key) is str:
-            cel_key: Any = celtypes.StringType(key)
+            cel_key: Any = str.__new__(_STRING, key)
         elif isinstance(key, str | int):  # bool is an int, and a valid CEL key
             cel_key = _to_cel(key)
         else:
-            raise _ConversionError(f"{type(key).__name__} (as a map key)")
+            raise _ConversionError(f"a map key of type {type(key).__name__}")
         dict.__setitem__(result, cel_key, _to_cel(item))
     return result
 
@@ -371,7 +386,8 @@ def _needed_to_cel(value: Any, need: _Need) -> Any:
     result = celtypes.MapType()
     for key, sub_need in need.items():
         if key in value:
-            dict.__setitem__(result, celtypes.StringType(key), _needed_to_cel(value[key], sub_need))
+            converted = _needed_to_cel(value[key], sub_need)
+            dict.__setitem__(result, str.__new__(_STRING, key), converted)
     return result
 
 
@@ -395,14 +411,31 @@ def _from_cel(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_from_cel(item) for item in value]
     if isinstance(value, _dt.datetime):
-        return _dt.datetime.combine(value.date(), value.timetz())
+        # Plain datetime in UTC (cel-python uses its own tzinfo class).
+        return _dt.datetime.combine(value.date(), value.timetz()).astimezone(_dt.UTC)
     if isinstance(value, _dt.timedelta):
         return _dt.timedelta(
             days=value.days, seconds=value.seconds, microseconds=value.microseconds
         )
-    if isinstance(value, type):
-        return getattr(value, "__name__", str(value))
+    if isinstance(value, type):  # type(x) gives a class; return its CEL name
+        return _CEL_TYPE_NAMES.get(value, value.__name__)
     return value
+
+
+_CEL_TYPE_NAMES: Final[dict[type, str]] = {
+    celtypes.BoolType: "bool",
+    celtypes.BytesType: "bytes",
+    celtypes.DoubleType: "double",
+    celtypes.DurationType: "google.protobuf.Duration",
+    celtypes.IntType: "int",
+    celtypes.ListType: "list",
+    celtypes.MapType: "map",
+    celtypes.StringType: "string",
+    celtypes.TimestampType: "google.protobuf.Timestamp",
+    celtypes.TypeType: "type",
+    celtypes.UintType: "uint",
+    type(None): "null_type",
+}
 
 
 # --- compilation ---------------------------------------------------------------------------
@@ -476,7 +509,7 @@ def compile_expression(
     if not isinstance(source, str):
         raise InvalidExpressionError(
             f"{field}: a CEL expression must be a string, not {type(source).__name__}; "
-            f"write e.g. \"event.data.amount > 100\", see {_CEL_SPEC}",
+            f'write e.g. "event.data.amount > 100", see {_CEL_SPEC}',
             field=field,
         )
     variables = tuple(variables)
@@ -484,7 +517,7 @@ def compile_expression(
         compiled = _compile(source, variables)
     except _CompileFailure as failure:
         raise InvalidExpressionError(
-            f"{field}: invalid CEL expression {source!r} ({failure}); fix the expression, "
+            f"{field}: invalid CEL expression {_quote(source)} ({failure}); fix the expression, "
             f"see {_CEL_SPEC}",
             field=field,
         ) from None
@@ -517,7 +550,7 @@ class Expression:
             return _from_cel(self._compiled.program.evaluate(context))
         except Exception as error:  # CELEvalError, or an internal cel-python error
             raise InvalidExpressionError(
-                f"{self.field}: evaluating CEL expression {self.source!r} failed "
+                f"{self.field}: evaluating CEL expression {_quote(self.source)} failed "
                 f"({_describe(error)}); check that the fields it reads exist (guard them with "
                 "has(...)) and have the types it expects",
                 field=self.field,
@@ -547,12 +580,19 @@ class Expression:
                     context[name] = _needed_to_cel(activation[name], need)
                 except _ConversionError as error:
                     raise InvalidExpressionError(
-                        f"{self.field}: cannot pass a {error} inside {name!r} to the CEL "
-                        f"expression {self.source!r}; use JSON-like values (dict, list, str, "
+                        f"{self.field}: cannot pass {error} inside {name!r} to the CEL "
+                        f"expression {_quote(self.source)}; use JSON-like values (dict, list, str, "
                         "int, float, bool, None)",
                         field=self.field,
                     ) from None
         return context
+
+
+def _quote(source: str, limit: int = 200) -> str:
+    """``repr(source)``, shortened for error messages."""
+    if len(source) <= limit:
+        return repr(source)
+    return repr(source[:limit]) + f"... ({len(source)} characters)"
 
 
 def _describe(error: Exception) -> str:

@@ -65,9 +65,7 @@ def _zone(name: str) -> _dt.tzinfo:
 
 def _is_repeated_wall_time(local: _dt.datetime) -> bool:
     """True if ``local`` is the second occurrence of a wall-clock time repeated by a fall-back."""
-    return local.fold == 1 and (
-        local.replace(fold=0).utcoffset() != local.utcoffset()
-    )
+    return local.fold == 1 and (local.replace(fold=0).utcoffset() != local.utcoffset())
 
 
 @attrs.frozen
@@ -122,9 +120,7 @@ class CronSchedule:
             fields = spec.split()
             if len(fields) != 5:
                 extra = (
-                    " (seconds and years fields are not supported)"
-                    if len(fields) in (6, 7)
-                    else ""
+                    " (seconds and years fields are not supported)" if len(fields) in (6, 7) else ""
                 )
                 raise InvalidCronError(
                     f"{field}: cron schedule {text!r} has {len(fields)} fields, expected "
@@ -173,8 +169,16 @@ class CronSchedule:
                 f"{dt.isoformat()}; pass e.g. datetime(..., tzinfo=timezone.utc)",
                 field="dt",
             )
-        proto, hour_is_wildcard = _prototype(self.spec)
-        zone = _zone(self.tz)
+        try:
+            proto, hour_is_wildcard = _prototype(self.spec)
+            zone = _zone(self.tz)
+        except (ValueError, KeyError, OSError) as exc:
+            # Only reachable for a CronSchedule built without parse() (e.g. deserialised).
+            raise InvalidCronError(
+                f"cron schedule {self.expression!r} is invalid ({exc}); build schedules "
+                "with CronSchedule.parse()",
+                field="cron",
+            ) from None
         current = dt.astimezone(_UTC)
         # The loop only repeats to skip repeated wall-clock times after a fall-back (at most
         # one per matching minute of the repeated hour) or, defensively, a non-advancing tick.

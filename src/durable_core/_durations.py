@@ -145,9 +145,7 @@ def _parse_duration_string(
 ) -> _dt.timedelta:
     text = value.strip()
     if not text:
-        raise InvalidDurationError(
-            f"{field}: empty duration string; {_DURATION_HINT}", field=field
-        )
+        raise InvalidDurationError(f"{field}: empty duration string; {_DURATION_HINT}", field=field)
     if text.startswith("-"):
         raise InvalidDurationError(
             f"{field}: duration {value!r} is negative; {_NEGATIVE_HINT}",
