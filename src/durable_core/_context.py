@@ -77,7 +77,8 @@ class RunRequest(StepRequest):
     def __init__(
         self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        super().__init__(step_id)
+        self.id = step_id
+        self.awaited = False
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -179,7 +180,8 @@ class Steps:
         function's ``retries``; when they run out, a :class:`~durable_core.StepError` is
         raised here.
         """
-        _check_id(id, "run")
+        if type(id) is not str or not id:
+            _check_id(id, "run")
         if not callable(fn):
             raise ValidationError(
                 f"ctx.step.run({id!r}, fn): fn must be callable, got {type(fn).__name__}",

@@ -262,6 +262,13 @@ class Engine:
 
     def _plan(self, items: Sequence[tuple[_Live, list[Command]]], now: int, *,
               force: bool = False) -> Plan:
+        if len(items) == 1 and not force:
+            live, cmds = items[0]
+            if (len(cmds) == 2 and type(cmds[0]) is AppendJournal
+                    and type(cmds[1]) is ExecuteStep and not live.signals):
+                # The hot path: a step's memo, then the next step of the same run.
+                write = RunWrite(live.machine.run_id, live.epoch, cmds[0].entries)
+                return Plan(CommitBatch(now, writes=(write,)), [cmds[1]])
         runs: list[NewRun] = []
         events: list[str] = []
         writes: list[RunWrite] = []

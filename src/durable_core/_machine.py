@@ -85,36 +85,26 @@ _UNSET: Any = object()
 
 
 class _Step:
-    """What the machine knows about the step at one position (built from the journal)."""
+    """What the machine knows about the step at one position (built from the journal).
 
-    __slots__ = (
-        "done",
-        "done_ts",
-        "error",
-        "failures",
-        "journaled",
-        "kind",
-        "live",
-        "output",
-        "position",
-        "retry_at",
-        "sched",
-        "step_id",
-    )
+    Defaults live on the class so that creating a record (once per step) sets three
+    attributes, not twelve.
+    """
+
+    done = False
+    done_ts = 0
+    output: str | None = None
+    error: ErrorInfo | None = None
+    failures = 0
+    retry_at: int | None = None
+    sched: dict[str, Any] | None = None
+    journaled = False
+    live: Any = _UNSET  # the value handed to code on the live path
 
     def __init__(self, position: int, step_id: str, kind: str) -> None:
         self.position = position
         self.step_id = step_id
         self.kind = kind
-        self.done = False
-        self.done_ts = 0
-        self.output: str | None = None
-        self.error: ErrorInfo | None = None
-        self.failures = 0
-        self.retry_at: int | None = None
-        self.sched: dict[str, Any] | None = None
-        self.journaled = False
-        self.live: Any = _UNSET  # the value handed to code on the live path
 
 
 class RunMachine:
@@ -145,6 +135,7 @@ class RunMachine:
         self.started_at = started_at
         self.parent_run_id = parent_run_id
         self.status = "queued"
+        self._ended = False
         self.output: str | None = None
         self.error: ErrorInfo | None = None
         self.entries: list[JournalEntry] = []
@@ -186,7 +177,7 @@ class RunMachine:
     @property
     def done(self) -> bool:
         """True once the run completed, failed or was cancelled."""
-        return self.status in ("completed", "failed", "cancelled")
+        return self._ended
 
     def next_deadline(self) -> int | None:
         """When (ms) the machine next needs :class:`TimerFired`, or None."""
@@ -198,7 +189,7 @@ class RunMachine:
 
     def handle(self, inp: Input) -> list[Command]:
         """Feed one input; returns the commands to carry out, persistence first."""
-        if not self.done:
+        if not self._ended:
             if type(inp) is StepCompleted:
                 self._on_step_completed(inp)
             elif type(inp) is StepFailed:
@@ -328,6 +319,25 @@ class RunMachine:
             value, exc = res
 
     def _on_request(self, req: Any, now: int) -> Any:
+        if type(req) is RunRequest and self._next_pos not in self._steps:
+            # The hot path: a new ``run`` step past the end of the journal.
+            step_id = req.id
+            count = self._id_counts.get(step_id, 0)
+            self._id_counts[step_id] = count + 1
+            pos = self._next_pos
+            if pos >= self.function.max_steps:
+                raise self._too_many_steps(step_id if count == 0 else f"{step_id}:{count}", pos)
+            self._next_pos = pos + 1
+            rec = self._steps[pos] = _Step(
+                pos, step_id if count == 0 else f"{step_id}:{count}", "run"
+            )
+            self._requests[pos] = req
+            self._running[pos] = 0
+            self._execute.append(
+                ExecuteStep(self.run_id, pos, rec.step_id, 0, req.fn, req.args, req.kwargs)
+            )
+            self._parked = (req, (pos,))
+            return _PARKED
         if isinstance(req, StepRequest):
             rec = self._assign(req)
             if rec.done:
@@ -360,12 +370,7 @@ class RunMachine:
         key = req.id if count == 0 else f"{req.id}:{count}"
         pos = self._next_pos
         if pos >= self.function.max_steps:
-            raise LimitExceededError(
-                f"run {self.run_id}: step {key!r} would be step {pos + 1} of the run, over the "
-                f"limit of {self.function.max_steps}; raise max_steps (up to 10,000) or split "
-                "the work with ctx.step.invoke",
-                field="max_steps",
-            )
+            raise self._too_many_steps(key, pos)
         self._next_pos = pos + 1
         rec = self._steps.get(pos)
         if rec is None:
@@ -383,6 +388,14 @@ class RunMachine:
             )
         self._requests[pos] = req
         return rec
+
+    def _too_many_steps(self, key: str, pos: int) -> LimitExceededError:
+        return LimitExceededError(
+            f"run {self.run_id}: step {key!r} would be step {pos + 1} of the run, over the "
+            f"limit of {self.function.max_steps}; raise max_steps (up to 10,000) or split "
+            "the work with ctx.step.invoke",
+            field="max_steps",
+        )
 
     def _result(self, rec: _Step, req: StepRequest) -> tuple[Any, BaseException | None]:
         if rec.done_ts > self.clock_ms:
@@ -426,7 +439,7 @@ class RunMachine:
         if parked is None or pos not in parked[1]:
             return
         req, positions = parked
-        if not all(self._steps[p].done for p in positions):
+        if len(positions) > 1 and not all(self._steps[p].done for p in positions):
             return
         self._parked = None
         if isinstance(req, GatherRequest):
@@ -556,28 +569,49 @@ class RunMachine:
     # ------------------------------------------------------------------ inputs
 
     def _on_step_completed(self, inp: StepCompleted) -> None:
+        # This is the per-step hot path: it is written flat on purpose.
         pos = inp.position
-        if self._running.get(pos) != inp.attempt:
+        running = self._running
+        if running.get(pos) != inp.attempt:
             return  # a duplicate or stale delivery: the memo, once written, never changes
-        del self._running[pos]
+        del running[pos]
         rec = self._steps[pos]
-        req = self._requests[pos]
-        assert isinstance(req, RunRequest)
-        try:
-            text = dumps(inp.value, what=f"step {rec.step_id!r} output")
-        except SerializationError as exc:
-            self._complete(rec, inp.now, error=ErrorInfo.from_exception(exc))
+        value = inp.value
+        now = inp.now
+        t = type(value)
+        if t is int or t is str or value is None or t is bool:
+            text = dumps(value, what="")
+            live = value
         else:
+            req = self._requests[pos]
+            assert isinstance(req, RunRequest)
+            try:
+                text = dumps(value, what=f"step {rec.step_id!r} output")
+            except SerializationError as exc:
+                self._complete(rec, now, error=ErrorInfo.from_exception(exc))
+                self._settle(pos, now)
+                return
             if len(text) > MAX_STEP_OUTPUT_BYTES:
                 err = LimitExceededError(
                     f"step {rec.step_id!r} output is {len(text)} bytes of JSON, over the limit of "
                     f"{MAX_STEP_OUTPUT_BYTES}; store large data elsewhere and return a reference",
                     field="output",
                 )
-                self._complete(rec, inp.now, error=ErrorInfo.from_exception(err))
-            else:
-                live = roundtrip(inp.value, text, return_hint(req.fn))
-                self._complete(rec, inp.now, output=text, live=live)
+                self._complete(rec, now, error=ErrorInfo.from_exception(err))
+                self._settle(pos, now)
+                return
+            live = roundtrip(value, text, return_hint(req.fn))
+        # Inlined _complete() for a successful ``run`` step.
+        entry = JournalEntry(
+            len(self.entries), "completed", pos, rec.step_id, "run", now, '{"output":' + text + "}"
+        )
+        self.entries.append(entry)
+        self._new.append(entry)
+        rec.journaled = rec.done = True
+        rec.done_ts = now
+        rec.output = text
+        rec.live = live
+        self._state_bytes += len(text)
         if self._state_bytes > MAX_RUN_STATE_BYTES:
             self._fail(
                 LimitExceededError(
@@ -585,10 +619,19 @@ class RunMachine:
                     f"limit of {MAX_RUN_STATE_BYTES}; return smaller step outputs",
                     field="run state",
                 ),
-                inp.now,
+                now,
             )
             return
-        self._settle(pos, inp.now)
+        parked = self._parked
+        if parked is not None and parked[1] == (pos,):
+            # Inlined _settle()/_result() for a single awaited step.
+            self._parked = None
+            if now > self.clock_ms:
+                self.clock_ms = now
+            rec.live = _UNSET
+            self._drive(now, live, None)
+        else:
+            self._settle(pos, now)
 
     def _on_step_failed(self, inp: StepFailed) -> None:
         pos, now, exc = inp.position, inp.now, inp.error
@@ -734,6 +777,7 @@ class RunMachine:
         self._fail(_Cancelled(reason or "run cancelled"), now, status="cancelled")
 
     def _end(self) -> None:
+        self._ended = True
         for pos, rec in self._steps.items():
             if rec.kind == "wait_for_event" and not rec.done and pos in self._timers:
                 self._persist.append(ClearWait(self.run_id, pos))
@@ -747,19 +791,21 @@ class RunMachine:
         out: list[Command] = []
         if self._new:
             out.append(AppendJournal(self.run_id, tuple(self._new)))
-            self._new = []
+            self._new.clear()
         if self._persist:
             out.extend(self._persist)
             self._persist = []
-        if not self.done:
+        if self._running and not self._timers and self._reported[0] == "running":
+            pass  # the hot path: a step finished and the next one started
+        elif not self._ended:
             state = (self._current_status(), self.next_deadline())
             if state != self._reported:
                 self._reported = state
                 self.status = state[0]
                 out.append(SetRunState(self.run_id, state[0], state[1]))
         if self._execute:
-            out.extend(self._execute)
-            self._execute = []
+            out += self._execute
+            self._execute.clear()
         return out
 
     def _current_status(self) -> str:

@@ -1,5 +1,10 @@
 """Value classes that cross the boundary between the pure core and its drivers.
 
+The records created once per step (``JournalEntry``, ``StepCompleted``, ``StepFailed``,
+``ExecuteStep``, ``AppendJournal``) are ``NamedTuple``s: immutable like the attrs classes
+used elsewhere, and three times cheaper to build (130-190 ns against 430 ns for a frozen
+attrs class of seven fields), which matters on the per-step hot path.
+
 *Inputs* are facts fed to a :class:`~durable_core.RunMachine`, named in the past tense, each
 carrying ``now`` (milliseconds since the epoch). *Commands* are what the machine asks the
 outside world to do, named in the imperative. *Records* are what stores keep. All of them are
@@ -12,7 +17,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -94,8 +99,7 @@ class ErrorInfo:
 # --------------------------------------------------------------------------- journal
 
 
-@attrs.frozen
-class JournalEntry:
+class JournalEntry(NamedTuple):
     """One record of a run's journal: a memo or a decision. Entries never change once written.
 
     ``seq`` is the entry's dense index in the journal. ``op`` is one of:
@@ -154,8 +158,7 @@ class RunStarted:
     now: int
 
 
-@attrs.frozen
-class StepCompleted:
+class StepCompleted(NamedTuple):
     """The body of the ``run`` step at ``position`` returned ``value``."""
 
     position: int
@@ -164,8 +167,7 @@ class StepCompleted:
     now: int
 
 
-@attrs.frozen
-class StepFailed:
+class StepFailed(NamedTuple):
     """The body of the ``run`` step at ``position`` raised ``error``."""
 
     position: int
@@ -203,8 +205,7 @@ Input = RunStarted | StepCompleted | StepFailed | TimerFired | SignalReceived | 
 # --------------------------------------------------------------------------- commands
 
 
-@attrs.frozen
-class AppendJournal:
+class AppendJournal(NamedTuple):
     """Persist ``entries`` at the end of the run's journal (fenced by the run's lease)."""
 
     run_id: str
@@ -220,8 +221,7 @@ class SetRunState:
     wake_at: int | None
 
 
-@attrs.frozen
-class ExecuteStep:
+class ExecuteStep(NamedTuple):
     """Run a step body: ``fn(*args, **kwargs)``; answer with StepCompleted/StepFailed carrying
     the same ``position`` and ``attempt``. Never started before earlier persistence commands
     of the same batch are durable."""
@@ -230,9 +230,9 @@ class ExecuteStep:
     position: int
     step_id: str
     attempt: int
-    fn: Callable[..., Any] = attrs.field(repr=False)
-    args: tuple[Any, ...] = attrs.field(repr=False)
-    kwargs: Mapping[str, Any] = attrs.field(repr=False)
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
 
 
 @attrs.frozen

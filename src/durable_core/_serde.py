@@ -27,13 +27,21 @@ converter = make_converter()
 teach it a type of your own (``converter.register_unstructure_hook(...)``)."""
 
 _SCALARS = (str, int, float, bool, type(None))
+_encode_str = json.encoder.encode_basestring  # the C implementation when available
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def dumps(value: Any, *, what: str) -> str:
     """Serialize ``value`` to compact JSON text; ``what`` names it in the error message."""
-    if type(value) in _SCALARS and type(value) is not float:
-        return _encoder.encode(value)
+    t = type(value)
+    if t is int:
+        return int.__repr__(value)
+    if t is str:
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    if t is bool:
+        return "true" if value else "false"
     try:
         return _encoder.encode(converter.unstructure(value))
     except (TypeError, ValueError, OverflowError) as exc:
@@ -48,7 +56,7 @@ def dumps(value: Any, *, what: str) -> str:
 def loads(text: str, hint: Any = None) -> Any:
     """Parse JSON text; structure it into ``hint`` when a type is given."""
     raw = json.loads(text)
-    if hint is None or hint is Any:
+    if hint is None or hint is Any or (type(raw) in _SCALARS and hint in _SCALARS):
         return raw
     try:
         return converter.structure(raw, hint)
@@ -64,7 +72,7 @@ def roundtrip(value: Any, text: str, hint: Any) -> Any:
     Scalars come back unchanged; everything else is rebuilt from its JSON, so live runs and
     replays see identical values.
     """
-    if type(value) in _SCALARS and (hint is None or hint is Any or type(value) is hint):
+    if type(value) in _SCALARS and type(value) is not float:
         return value
     return loads(text, hint)
 

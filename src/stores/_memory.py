@@ -107,8 +107,10 @@ class MemoryStore:
             for w in batch.writes:
                 if w.run_id in fenced:
                     continue
-                run = self._runs[w.run_id]
                 self._journals[w.run_id].extend(w.entries)
+                if w.status is None and not w.release and not w.consumed_signals:
+                    continue  # journal only: the hot path
+                run = self._runs[w.run_id]
                 changes: dict[str, object] = {"updated_at": batch.now}
                 if w.status is not None:
                     changes["status"] = w.status

@@ -1,0 +1,221 @@
+"""Step overhead: plain function calls against the same work done as durable steps.
+
+Run with ``nox -s bench`` or ``python benchmarks/step_overhead.py [--quick] [--json FILE]``.
+
+Measured, in one run, for 1, 10, 100 and 1,000 steps per run and 1 and 1,000 concurrent
+runs:
+
+(a) the pure core (``RunMachine``) on a virtual clock, its commands carried out by a
+    minimal loop: the cost of orchestration itself;
+(b) the trio ``Worker`` with the in-memory store and async step bodies: the whole engine
+    (routing, claims, journal commits) minus disk;
+(b-sync) the same with sync step bodies, which pay a thread hop each.
+
+Each line reports the time per step of the durable version, of the plain version, and the
+difference: the overhead a step adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from durable_core import App, Context, Event, on_event
+from durable_core._machine import RunMachine
+from durable_core._model import ExecuteStep, RunStarted, StepCompleted
+from durable_core._worker import Worker
+from stores import MemoryStore
+
+
+def work(i: int) -> int:
+    """The step body: trivial, so what is measured is the engine."""
+    return i + 1
+
+
+async def awork(i: int) -> int:
+    """The async step body."""
+    return i + 1
+
+
+def make_app(n_steps: int) -> tuple[App, Any, Any]:
+    app = App("bench")
+
+    @app.function(id="sync-steps", trigger=on_event("bench/sync"), max_steps=10_000)
+    async def sync_steps(ctx: Context) -> int:
+        total = 0
+        for i in range(n_steps):
+            total += await ctx.step.run("s", work, i)
+        return total
+
+    @app.function(id="async-steps", trigger=on_event("bench/async"), max_steps=10_000)
+    async def async_steps(ctx: Context) -> int:
+        total = 0
+        for i in range(n_steps):
+            total += await ctx.step.run("s", awork, i)
+        return total
+
+    return app, sync_steps, async_steps
+
+
+def best_of(repeat: int, fn: Callable[[], float]) -> float:
+    return min(fn() for _ in range(repeat))
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def plain_sync(n: int, c: int) -> float:
+    t = time.perf_counter()
+    for _ in range(c):
+        total = 0
+        for i in range(n):
+            total += work(i)
+    return time.perf_counter() - t
+
+
+def plain_async(n: int, c: int) -> float:
+    async def one() -> None:
+        total = 0
+        for i in range(n):
+            total += await awork(i)
+
+    async def main() -> float:
+        t = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(c):
+                nursery.start_soon(one)
+        return time.perf_counter() - t
+
+    return trio.run(main)
+
+
+# --------------------------------------------------------------------------- (a) pure core
+
+
+def core(n: int, c: int) -> float:
+    _app, fn, _ = make_app(n)
+    events = [Event("bench/sync", {})]
+    t = time.perf_counter()
+    machines = [RunMachine(fn, f"r{k}", events, 0) for k in range(c)]
+    pending: list[tuple[RunMachine, ExecuteStep]] = []
+    for m in machines:
+        for cmd in m.handle(RunStarted(0)):
+            if type(cmd) is ExecuteStep:
+                pending.append((m, cmd))
+    now = 0
+    while pending:
+        nxt = []
+        for m, s in pending:
+            value = s.fn(*s.args)
+            for cmd in m.handle(StepCompleted(s.position, s.attempt, value, now)):
+                if type(cmd) is ExecuteStep:
+                    nxt.append((m, cmd))
+        pending = nxt
+    elapsed = time.perf_counter() - t
+    assert all(m.status == "completed" for m in machines)
+    return elapsed
+
+
+# --------------------------------------------------------------------------- (b) worker
+
+
+class _CountingStore(MemoryStore):
+    """A memory store that tells the benchmark when the last run ended (no polling)."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.ended = 0
+        self.all_done = trio.Event()
+
+    def commit(self, batch: Any) -> set[str]:
+        fenced = super().commit(batch)
+        for w in batch.writes:
+            if w.status == "completed" and w.run_id not in fenced:
+                self.ended += 1
+        if self.ended >= self.expected:
+            self.all_done.set()
+        return fenced
+
+
+def worker(n: int, c: int, *, sync_bodies: bool) -> float:
+    app, _, _ = make_app(n)
+    store = _CountingStore(c)
+    name = "bench/sync" if sync_bodies else "bench/async"
+
+    async def main() -> float:
+        w = Worker(app, store, max_runs=max(c, 1), batch_limit=1000)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(w.run)
+            t = time.perf_counter()
+            await w.send([Event(name, {}) for _ in range(c)])
+            await store.all_done.wait()
+            elapsed = time.perf_counter() - t
+            w.stop()
+        return elapsed
+
+    return trio.run(main)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    steps_list = [1, 10, 100] if args.quick else [1, 10, 100, 1000]
+    concurrency = [1, 100] if args.quick else [1, 1000]
+    repeat = 2 if args.quick else 3
+
+    print(f"# step overhead ({platform.python_implementation()} {platform.python_version()}, "
+          f"{platform.machine()}, {os.cpu_count()} cpus, trio {trio.__version__})")
+    print(f"{'path':<12} {'steps':>6} {'runs':>6} {'durable µs/step':>16} "
+          f"{'plain µs/step':>14} {'overhead µs':>12} {'steps/s':>10}")
+    rows = []
+    for c in concurrency:
+        for n in steps_list:
+            total = n * c
+            cases: list[tuple[str, Callable[[], float], Callable[[], float]]] = [
+                ("core", lambda: core(n, c), lambda: plain_sync(n, c)),
+                ("worker", lambda: worker(n, c, sync_bodies=False), lambda: plain_async(n, c)),
+            ]
+            if total <= 100_000:
+                cases.append(
+                    ("worker-sync", lambda: worker(n, c, sync_bodies=True),
+                     lambda: plain_sync(n, c))
+                )
+            for label, durable, plain in cases:
+                d = best_of(repeat, durable) / total * 1e6
+                p = best_of(repeat, plain) / total * 1e6
+                row = {"path": label, "steps": n, "runs": c, "durable_us": round(d, 3),
+                       "plain_us": round(p, 3), "overhead_us": round(d - p, 3),
+                       "steps_per_s": round(1e6 / d)}
+                rows.append(row)
+                print(f"{label:<12} {n:>6} {c:>6} {d:>16.2f} {p:>14.3f} {d - p:>12.2f} "
+                      f"{1e6 / d:>10.0f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"python": sys.version, "rows": rows}, f, indent=2)
+    # Linearity: per-step cost at 1,000 steps against 10 steps, one run.
+    core_rows = {r["steps"]: r["durable_us"] for r in rows if r["path"] == "core" and r["runs"] == 1}
+    if 10 in core_rows and max(core_rows) >= 100:
+        ratio = core_rows[max(core_rows)] / core_rows[10]
+        print(f"# linearity (core, 1 run): µs/step at {max(core_rows)} steps / at 10 steps = "
+              f"{ratio:.2f} (1.0 = perfectly linear)")
+    _ = statistics  # keep the import for users extending the script
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
