@@ -6,6 +6,8 @@ crashes, restarts, retries and long waits. See the README for a tutorial.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._context import Context, Steps
 from ._engine import Engine
 from ._errors import (
@@ -35,10 +37,15 @@ from ._serde import converter
 from ._store_api import Store
 from ._views import RunView, StepView
 
+if TYPE_CHECKING:
+    from ._client import Client
+    from ._worker import Worker
+
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Client",
     "Context",
     "CronTrigger",
     "DeterminismError",
@@ -69,6 +76,7 @@ __all__ = [
     "StoreError",
     "UnknownFunctionError",
     "ValidationError",
+    "Worker",
     "__version__",
     "converter",
     "on_cron",

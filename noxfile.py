@@ -1,0 +1,40 @@
+"""Task runner: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (Postgres tests skip loudly if the server is down, off CI)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the sources, tests and benchmarks."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over src/."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: step overhead (and store throughput when present)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "benchmarks/step_overhead.py", *session.posargs)
+    import pathlib
+
+    if pathlib.Path("benchmarks/store_throughput.py").exists():
+        session.run("python", "benchmarks/store_throughput.py", *session.posargs)
