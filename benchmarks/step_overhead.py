@@ -187,13 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in steps_list:
             total = n * c
             cases: list[tuple[str, Callable[[], float], Callable[[], float]]] = [
-                ("core", lambda: core(n, c), lambda: plain_sync(n, c)),
-                ("worker", lambda: worker(n, c, sync_bodies=False), lambda: plain_async(n, c)),
+                ("core", lambda n=n, c=c: core(n, c), lambda n=n, c=c: plain_sync(n, c)),
+                ("worker", lambda n=n, c=c: worker(n, c, sync_bodies=False),
+                 lambda n=n, c=c: plain_async(n, c)),
             ]
             if total <= 100_000:
                 cases.append(
-                    ("worker-sync", lambda: worker(n, c, sync_bodies=True),
-                     lambda: plain_sync(n, c))
+                    ("worker-sync", lambda n=n, c=c: worker(n, c, sync_bodies=True),
+                     lambda n=n, c=c: plain_sync(n, c))
                 )
             for label, durable, plain in cases:
                 d = best_of(repeat, durable) / total * 1e6
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"python": sys.version, "rows": rows}, f, indent=2)
     # Linearity: per-step cost at 1,000 steps against 10 steps, one run.
-    core_rows = {r["steps"]: r["durable_us"] for r in rows if r["path"] == "core" and r["runs"] == 1}
+    core_rows = {r["steps"]: r["durable_us"] for r in rows
+                 if r["path"] == "core" and r["runs"] == 1}
     if 10 in core_rows and max(core_rows) >= 100:
         ratio = core_rows[max(core_rows)] / core_rows[10]
         print(f"# linearity (core, 1 run): µs/step at {max(core_rows)} steps / at 10 steps = "

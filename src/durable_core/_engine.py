@@ -97,6 +97,9 @@ class Engine:
         ]
         self._cron_cursors: dict[str, int] | None = None
         self.stale_writes = 0
+        """Writes the store rejected because this engine's lease epoch was stale."""
+        self.discarded_results = 0
+        """Step results dropped because the run's lease was lost before they arrived."""
 
     # ------------------------------------------------------------------ ids
 
@@ -253,6 +256,7 @@ class Engine:
         """A step body returned ``value`` (or raised ``error``)."""
         live = self.live.get(step.run_id)
         if live is None:
+            self.discarded_results += 1  # the lease was lost: another worker owns the run
             return Plan(CommitBatch(now=now), [])
         if error is None:
             cmds = live.machine.handle(StepCompleted(step.position, step.attempt, value, now))
