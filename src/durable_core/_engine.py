@@ -75,6 +75,7 @@ class Engine:
 
     ``owner`` names this engine in leases; ``entropy(n)`` returns n random bytes for new run
     and event ids (the only entropy the engine uses, and never for replayed values).
+    ``cache_size`` bounds the parked machines kept in memory between claims.
     """
 
     def __init__(
@@ -85,8 +86,10 @@ class Engine:
         owner: str,
         entropy: Callable[[int], bytes],
         lease_ms: int = 30_000,
+        cache_size: int = 10_000,
     ) -> None:
         self.app = app
+        self.cache_size = cache_size
         self.store = store
         self.owner = owner
         self.lease_ms = lease_ms
@@ -357,7 +360,16 @@ class Engine:
             live = self.live.get(w.run_id)
             if live is not None and live.machine.done:
                 del self.live[w.run_id]
+        if len(self.live) > self.cache_size:
+            self._evict()
         return steps
+
+    def _evict(self) -> None:
+        """Drop the oldest parked machines beyond ``cache_size`` (they are rebuilt by replay
+        when their run is claimed again)."""
+        excess = len(self.live) - self.cache_size
+        for run_id in [r for r, live in self.live.items() if not live.leased][:excess]:
+            del self.live[run_id]
 
     def release_all(self, now: int) -> None:
         """Give up every lease this engine holds (graceful stop). Runs with step bodies that

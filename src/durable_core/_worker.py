@@ -111,6 +111,8 @@ class Worker:
             if self._blocking:
                 nursery.start_soon(self._committer)
             nursery.start_soon(self._renewer)
+            if callable(getattr(self.store, "wait_for_notify", None)):
+                nursery.start_soon(self._listener)
             if handle_signals:
                 nursery.start_soon(self._signal_watcher)
             task_status.started()
@@ -288,6 +290,14 @@ class Worker:
                 if lost:
                     log.warning("lost the lease of %d run(s); another worker took them", len(lost))
                     self.engine.forget(lost)
+
+    async def _listener(self) -> None:
+        """Wake the main loop when another process writes (PostgreSQL LISTEN/NOTIFY)."""
+        wait = self.store.wait_for_notify  # type: ignore[attr-defined]
+        while True:
+            notified = await trio.to_thread.run_sync(wait, 1.0, abandon_on_cancel=True)
+            if notified:
+                self._wakeup.set()
 
     async def _signal_watcher(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

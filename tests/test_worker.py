@@ -1,0 +1,204 @@
+"""The trio Worker on trio's MockClock: virtual time, real concurrency, the memory store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from durable_core import App, Context, Event, Worker, on_cron, on_event
+from stores import MemoryStore
+
+BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def mock_ms() -> int:
+    return BASE_MS + int(trio.current_time() * 1000)
+
+
+def run_virtual(fn: Callable[[], Awaitable[Any]]) -> Any:
+    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def wait_until(pred: Callable[[], bool], timeout: float = 3 * 86_400.0) -> None:
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.5)
+
+
+def statuses(store: MemoryStore) -> list[str]:
+    return sorted(r.status for r in store.list_runs())
+
+
+def test_worker_runs_sleeps_waits_and_threads_in_virtual_time() -> None:
+    app = App("w")
+    threads: list[str] = []
+
+    def sync_body(x: int) -> int:
+        threads.append(threading.current_thread().name)
+        return x + 1
+
+    async def async_body(x: int) -> int:
+        await trio.sleep(5)  # real trio awaits are fine inside step bodies
+        return x * 10
+
+    @app.function(id="flow", trigger=on_event("go"))
+    async def flow(ctx: Context) -> dict[str, Any]:
+        a = await ctx.step.run("sync", sync_body, 1)
+        b = await ctx.step.run("async", async_body, a)
+        await ctx.step.sleep("nap", "2h")
+        ev = await ctx.step.wait_for_event("wait", event="ok", timeout="1d",
+                                            if_="async.data.k == event.data.k")
+        return {"a": a, "b": b, "k": None if ev is None else ev.data["k"]}
+
+    store = MemoryStore()
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=30, clock=mock_ms)
+        async with trio.open_nursery() as n:
+            await n.start(w.run)
+            await w.send([Event("go", {"k": 1}), Event("go", {"k": 2})])
+            await wait_until(lambda: statuses(store) == ["waiting", "waiting"])
+            assert trio.current_time() >= 2 * 3600  # the sleep took virtual time
+            await w.send(Event("ok", {"k": 2}))
+            await wait_until(lambda: "completed" in statuses(store))
+            await trio.sleep(86_400)
+            await wait_until(lambda: statuses(store) == ["completed", "completed"])
+            w.stop()
+
+    run_virtual(main)
+    outputs = sorted(r.output or "" for r in store.list_runs())
+    assert outputs == ['{"a":2,"b":20,"k":2}', '{"a":2,"b":20,"k":null}']
+    assert threads and all(name != threading.main_thread().name for name in threads)
+
+
+def test_cron_ticks_once_each_in_the_worker() -> None:
+    app = App("c")
+
+    @app.function(id="tick", trigger=on_cron("*/10 * * * *"))
+    async def tick(ctx: Context) -> str:
+        return str(ctx.event.data["scheduledAt"])
+
+    store = MemoryStore()
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=30, clock=mock_ms)
+        async with trio.open_nursery() as n:
+            await n.start(w.run)
+            await trio.sleep(3600 + 1)
+            await wait_until(lambda: len(store.list_runs(status="completed")) == 6)
+            w.stop()
+
+    run_virtual(main)
+    ticks = sorted(r.output or "" for r in store.list_runs())
+    assert len(ticks) == len(set(ticks)) == 6
+    assert ticks[0] == '"2026-01-01T00:10:00Z"' and ticks[-1] == '"2026-01-01T01:00:00Z"'
+
+
+def test_crashed_worker_is_replaced_without_rerunning_committed_steps() -> None:
+    app = App("r")
+    calls: list[str] = []
+    gate = trio.Event()
+
+    async def step(name: str) -> str:
+        calls.append(name)
+        if name == "b" and not gate.is_set():
+            await trio.sleep_forever()  # the first worker "crashes" while b is in flight
+        return name
+
+    @app.function(id="abc", trigger=on_event("go"))
+    async def abc(ctx: Context) -> list[str]:
+        return [await ctx.step.run(n, step, n) for n in ("a", "b", "c")]
+
+    store = MemoryStore()
+
+    async def main() -> None:
+        first = Worker(app, store, poll_interval=30, clock=mock_ms, lease_ms=10_000)
+        async with trio.open_nursery() as n:
+            await n.start(first.run)
+            await first.send(Event("go", {}))
+            await wait_until(lambda: calls == ["a", "b"])
+            n.cancel_scope.cancel()  # crash: no graceful release, the lease stays behind
+        gate.set()
+        second = Worker(app, store, poll_interval=30, clock=mock_ms, lease_ms=10_000)
+        async with trio.open_nursery() as n:
+            await n.start(second.run)
+            await wait_until(lambda: statuses(store) == ["completed"])
+            second.stop()
+
+    run_virtual(main)
+    assert calls == ["a", "b", "b", "c"]  # only the step in flight ran again
+    assert store.list_runs()[0].output == '["a","b","c"]'
+
+
+def test_graceful_stop_releases_runs_for_another_worker() -> None:
+    app = App("g")
+    calls: list[int] = []
+
+    async def body(i: int) -> int:
+        calls.append(i)
+        await trio.sleep(1)
+        return i
+
+    @app.function(id="many", trigger=on_event("go"))
+    async def many(ctx: Context) -> int:
+        return sum([await ctx.step.run("s", body, i) for i in range(5)])
+
+    store = MemoryStore()
+
+    async def main() -> None:
+        first = Worker(app, store, poll_interval=30, clock=mock_ms)
+        async with trio.open_nursery() as n:
+            await n.start(first.run)
+            await first.send(Event("go", {}))
+            await wait_until(lambda: len(calls) == 2)
+            first.stop()  # the step in flight finishes and is committed; then release
+        run = store.list_runs()[0]
+        assert run.lease_owner is None and run.status != "completed"
+        second = Worker(app, store, poll_interval=30, clock=mock_ms)
+        async with trio.open_nursery() as n:
+            await n.start(second.run)
+            await wait_until(lambda: statuses(store) == ["completed"], timeout=60)
+            second.stop()
+
+    run_virtual(main)
+    assert calls == [0, 1, 2, 3, 4]
+    assert store.list_runs()[0].output == "10"
+
+
+@pytest.mark.parametrize("bodies", ["async", "sync"])
+def test_parallel_steps_in_the_worker(bodies: str) -> None:
+    app = App("p")
+
+    def sync_body(i: int) -> int:
+        return i * i
+
+    async def async_body(i: int) -> int:
+        await trio.sleep(i)
+        return i * i
+
+    body = sync_body if bodies == "sync" else async_body
+
+    @app.function(id="fan", trigger=on_event("go"))
+    async def fan(ctx: Context) -> list[int]:
+        results = await ctx.gather(*[ctx.step.run(f"sq{i}", body, i) for i in range(5)])
+        return list(results)
+
+    store = MemoryStore()
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=30, clock=mock_ms)
+        async with trio.open_nursery() as n:
+            await n.start(w.run)
+            await w.send(Event("go", {}))
+            await wait_until(lambda: statuses(store) == ["completed"])
+            if bodies == "async":
+                assert trio.current_time() < 6  # ran concurrently: ~4 s, not 0+1+2+3+4
+            w.stop()
+
+    run_virtual(main)
+    assert store.list_runs()[0].output == "[0,1,4,9,16]"
