@@ -146,7 +146,8 @@ class Engine:
             if ev.name not in waits:
                 waits[ev.name] = self.store.find_waits(ev.name, now)
             for w in waits[ev.name]:
-                if wait_matches(w, raw):
+                # No lookback: only events appended after the wait was registered match.
+                if ev.seq > w.after_seq and wait_matches(w, raw):
                     signals.append(
                         (w.run_id, Signal("event", key=ev.id, payload=ev.data, position=w.position))
                     )

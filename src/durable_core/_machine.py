@@ -76,6 +76,11 @@ _RUN_TIMER = -1  # timer key of a run-level retry
 _FATAL = (StepError, NonRetriableError, DeterminismError, ValidationError)
 
 
+def _utf8_len(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (cheap for ASCII, the common case)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
 class _Parked:
     pass
 
@@ -143,6 +148,7 @@ class RunMachine:
         self._children: dict[str, int] = {}
         self._run_failures = 0
         self._run_retry_at: int | None = None
+        self._ended_entry: JournalEntry | None = None
         self._state_bytes = 0
         for entry in journal:
             self._apply(entry)
@@ -216,6 +222,9 @@ class RunMachine:
             self._run_failures += 1
             self._run_retry_at = int(data["retry_at"])
             return
+        if e.op == "run_ended":
+            self._ended_entry = e
+            return
         rec = self._steps.get(e.position)
         if rec is None:
             rec = self._steps[e.position] = _Step(e.position, e.step_id, e.kind)
@@ -228,7 +237,7 @@ class RunMachine:
                 rec.error = ErrorInfo.from_dict(data["error"])
             else:
                 rec.output = json.dumps(data["output"], separators=(",", ":"))
-                self._state_bytes += len(rec.output)
+                self._state_bytes += _utf8_len(rec.output)
         elif e.op == "attempt_failed":
             data = e.payload()
             rec.failures = int(data["attempt"]) + 1
@@ -263,7 +272,7 @@ class RunMachine:
         else:
             assert output is not None
             data = '{"output":' + output + "}"
-            self._state_bytes += len(output)
+            self._state_bytes += _utf8_len(output)
         self._journal(rec, "completed", now, data)
         rec.done = True
         rec.done_ts = now
@@ -285,6 +294,7 @@ class RunMachine:
         self._begin_attempt(now)
 
     def _begin_attempt(self, now: int) -> None:
+        self._timers.pop(_RUN_TIMER, None)
         self._ctx = Context(self, self.events)
         self._next_pos = 0
         self._id_counts = {}
@@ -292,6 +302,8 @@ class RunMachine:
         self._parked = None
         self._steps = {p: r for p, r in self._steps.items() if r.journaled}
         self._horizon = max(self._steps, default=-1) + 1
+        if self._ended_entry is not None:
+            self._horizon = self.function.max_steps + 1  # the whole run is a replay
         self.clock_ms = max(self.started_at, self._run_retry_at or 0)
         self.status = "running"
         self._coro = self.function.fn(self._ctx)
@@ -321,16 +333,12 @@ class RunMachine:
     def _on_request(self, req: Any, now: int) -> Any:
         if type(req) is RunRequest and self._next_pos not in self._steps:
             # The hot path: a new ``run`` step past the end of the journal.
-            step_id = req.id
-            count = self._id_counts.get(step_id, 0)
-            self._id_counts[step_id] = count + 1
+            key = self._key(req.id)
             pos = self._next_pos
             if pos >= self.function.max_steps:
-                raise self._too_many_steps(step_id if count == 0 else f"{step_id}:{count}", pos)
+                raise self._too_many_steps(key, pos)
             self._next_pos = pos + 1
-            rec = self._steps[pos] = _Step(
-                pos, step_id if count == 0 else f"{step_id}:{count}", "run"
-            )
+            rec = self._steps[pos] = _Step(pos, key, "run")
             self._requests[pos] = req
             self._running[pos] = 0
             self._execute.append(
@@ -364,10 +372,22 @@ class RunMachine:
             requested=repr(req),
         )
 
+    def _key(self, step_id: str) -> str:
+        """The step's unique key: its id, then ``id:1``, ``id:2``... for repeats. A key taken
+        by an explicit id (a step named ``fetch:1``) is skipped, so keys never collide."""
+        counts = self._id_counts
+        count = counts.get(step_id, 0)
+        key = step_id if count == 0 else f"{step_id}:{count}"
+        while key in counts and key != step_id:
+            count += 1
+            key = f"{step_id}:{count}"
+        counts[step_id] = count + 1
+        if key != step_id:
+            counts.setdefault(key, 1)
+        return key
+
     def _assign(self, req: StepRequest) -> _Step:
-        count = self._id_counts.get(req.id, 0)
-        self._id_counts[req.id] = count + 1
-        key = req.id if count == 0 else f"{req.id}:{count}"
+        key = self._key(req.id)
         pos = self._next_pos
         if pos >= self.function.max_steps:
             raise self._too_many_steps(key, pos)
@@ -579,7 +599,9 @@ class RunMachine:
         value = inp.value
         now = inp.now
         t = type(value)
-        if t is int or t is str or value is None or t is bool:
+        if (t is int or t is str or value is None or t is bool) and not (
+            t is str and len(value) > MAX_STEP_OUTPUT_BYTES // 4
+        ):
             text = dumps(value, what="")
             live = value
         else:
@@ -591,9 +613,10 @@ class RunMachine:
                 self._complete(rec, now, error=ErrorInfo.from_exception(exc))
                 self._settle(pos, now)
                 return
-            if len(text) > MAX_STEP_OUTPUT_BYTES:
+            size = _utf8_len(text)
+            if size > MAX_STEP_OUTPUT_BYTES:
                 err = LimitExceededError(
-                    f"step {rec.step_id!r} output is {len(text)} bytes of JSON, over the limit of "
+                    f"step {rec.step_id!r} output is {size} bytes of JSON, over the limit of "
                     f"{MAX_STEP_OUTPUT_BYTES}; store large data elsewhere and return a reference",
                     field="output",
                 )
@@ -611,7 +634,7 @@ class RunMachine:
         rec.done_ts = now
         rec.output = text
         rec.live = live
-        self._state_bytes += len(text)
+        self._state_bytes += _utf8_len(text)
         if self._state_bytes > MAX_RUN_STATE_BYTES:
             self._fail(
                 LimitExceededError(
@@ -623,7 +646,7 @@ class RunMachine:
             )
             return
         parked = self._parked
-        if parked is not None and parked[1] == (pos,):
+        if parked is not None and parked[1] == (pos,) and type(parked[0]) is RunRequest:
             # Inlined _settle()/_result() for a single awaited step.
             self._parked = None
             if now > self.clock_ms:
@@ -644,7 +667,13 @@ class RunMachine:
             self._settle(pos, now)
             return
         if isinstance(exc, RetryAfterError):
-            delay = retry_after_delay(exc.after, from_ms(now))
+            try:
+                delay = retry_after_delay(exc.after, from_ms(now))
+            except ValidationError as bad:
+                # A bug in the step's code: retrying cannot fix it. Fail the step, clearly.
+                self._complete(rec, now, error=ErrorInfo.from_exception(bad))
+                self._settle(pos, now)
+                return
         else:
             delay = retry_delay(self.run_id, rec.step_id, inp.attempt)
         retry_at = now + _ms(delay)
@@ -711,10 +740,11 @@ class RunMachine:
         except SerializationError as exc:
             self._fail(exc, now)
             return
-        if len(text) > MAX_STEP_OUTPUT_BYTES:
+        if _utf8_len(text) > MAX_STEP_OUTPUT_BYTES:
             self._fail(
                 LimitExceededError(
-                    f"run {self.run_id}: output is {len(text)} bytes of JSON, over the limit of "
+                    f"run {self.run_id}: output is {_utf8_len(text)} bytes of JSON, over the "
+                    "limit of "
                     f"{MAX_STEP_OUTPUT_BYTES}",
                     field="output",
                 ),
@@ -724,6 +754,7 @@ class RunMachine:
         self._end()
         self.status = "completed"
         self.output = text
+        self._record_end(now, '{"status":"completed","output":' + text + "}")
         self._persist.append(CompleteRun(self.run_id, text, now))
         if self.parent_run_id is not None:
             payload = '{"output":' + text + "}"
@@ -736,7 +767,11 @@ class RunMachine:
             self._fail(err, now)
             return
         if isinstance(err, RetryAfterError):
-            delay = retry_after_delay(err.after, from_ms(now))
+            try:
+                delay = retry_after_delay(err.after, from_ms(now))
+            except ValidationError as bad:
+                self._fail(bad, now)
+                return
         else:
             delay = retry_delay(self.run_id, "<run>", self._run_failures)
         retry_at = now + _ms(delay)
@@ -761,6 +796,9 @@ class RunMachine:
         self._end()
         self.status = status
         self.error = info
+        self._record_end(
+            now, json.dumps({"status": status, "error": info.to_dict()}, separators=(",", ":"))
+        )
         self._persist.append(FailRun(self.run_id, info, now, status=status))
         if self.parent_run_id is not None:
             payload = json.dumps({"error": info.to_dict()}, separators=(",", ":"))
@@ -775,6 +813,15 @@ class RunMachine:
             with contextlib.suppress(RuntimeError):
                 coro.close()
         self._fail(_Cancelled(reason or "run cancelled"), now, status="cancelled")
+
+    def _record_end(self, now: int, data: str) -> None:
+        """Journal the run's end (once: a replay of an ended run writes nothing)."""
+        if self._ended_entry is not None:
+            return
+        entry = JournalEntry(len(self.entries), "run_ended", -1, "", "", now, data)
+        self.entries.append(entry)
+        self._new.append(entry)
+        self._ended_entry = entry
 
     def _end(self) -> None:
         self._ended = True

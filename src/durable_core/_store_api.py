@@ -90,6 +90,10 @@ class WaitRecord:
     if_: str | None
     trigger_event: str
     expires_at: int
+    after_seq: int = 0
+    """Set by the store when the wait is first registered: the last event ``seq`` in the log
+    at that moment (after the batch's own events). Only later events can match the wait.
+    Registering the same (run, position) again keeps the original value."""
 
 
 class RunWrite(NamedTuple):

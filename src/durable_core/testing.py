@@ -125,13 +125,14 @@ class TestEngine:
         """Send one event or a list, then process everything that can happen without time
         passing. Returns the runs the events started."""
         batch = [events] if isinstance(events, Event) else list(events)
-        stored = self.engine.send(batch, self._now)
+        sent_at = self._now
+        stored = self.engine.send(batch, sent_at)
         self._settle()
         ids = {e.id for e in stored if not e.duplicate}
         return [
             RunHandle(self, r.id)
             for r in reversed(self.store.list_runs(limit=1_000_000))
-            if ids.intersection(r.event_ids)
+            if r.created_at >= sent_at and ids.intersection(r.event_ids)
         ]
 
     def advance(self, duration: str | float | dt.timedelta) -> None:

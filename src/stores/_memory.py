@@ -70,7 +70,9 @@ class MemoryStore:
     def unrouted_events(self, limit: int) -> list[StoredEvent]:
         """See :meth:`durable_core.Store.unrouted_events`."""
         with self._lock:
-            out = []
+            out: list[StoredEvent] = []
+            if limit <= 0:
+                return out
             for ev in self._unrouted.values():
                 out.append(ev)
                 if len(out) >= limit:
@@ -97,8 +99,8 @@ class MemoryStore:
                     fenced.add(w.run_id)
                     continue
                 expected = length.get(w.run_id, len(self._journals[w.run_id]))
-                if w.entries and w.entries[0].seq != expected:
-                    fenced.add(w.run_id)
+                if any(e.seq != expected + i for i, e in enumerate(w.entries)):
+                    fenced.add(w.run_id)  # entries must continue the journal densely
                 length[w.run_id] = expected + len(w.entries)
             for text in batch.events:
                 self._append_event(text, batch.now)
@@ -130,7 +132,10 @@ class MemoryStore:
                         self._inbox[w.run_id] = [s for s in box if s[0] > w.consumed_signals]
             for wait in batch.waits_add:
                 if wait.run_id not in fenced:
-                    self._waits.setdefault(wait.event, {})[(wait.run_id, wait.position)] = wait
+                    waits = self._waits.setdefault(wait.event, {})
+                    key = (wait.run_id, wait.position)
+                    if key not in waits:  # re-registering keeps the original after_seq
+                        waits[key] = attrs.evolve(wait, after_seq=len(self._events))
             for run_id, pos in batch.waits_remove:
                 if run_id in fenced:
                     continue
@@ -193,7 +198,9 @@ class MemoryStore:
     def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[Claim]:
         """See :meth:`durable_core.Store.claim_runs`."""
         with self._lock:
-            out = []
+            out: list[Claim] = []
+            if limit <= 0:
+                return out
             for run_id in self._run_order:
                 run = self._runs[run_id]
                 if self._claimable(run, now):
@@ -268,7 +275,9 @@ class MemoryStore:
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         with self._lock:
-            out = []
+            out: list[RunRecord] = []
+            if limit <= 0:
+                return out
             for run_id in reversed(self._run_order):
                 run = self._runs[run_id]
                 if function_id is not None and run.function_id != function_id:
