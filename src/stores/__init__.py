@@ -17,6 +17,7 @@ from durable_core._store_api import (
 )
 
 from ._memory import MemoryStore
+from ._sqlite import SQLiteStore
 
 __all__ = [
     "Claim",
@@ -25,6 +26,7 @@ __all__ = [
     "NewRun",
     "RunRecord",
     "RunWrite",
+    "SQLiteStore",
     "Store",
     "StoredEvent",
     "WaitRecord",
@@ -33,11 +35,15 @@ __all__ = [
 
 
 def open(url: str) -> Store:  # noqa: A001 - the documented name
-    """Open a store by URL: ``memory://``; SQLite and Postgres URLs once their stores exist."""
+    """Open a store by URL: ``memory://``, ``sqlite:///path.db`` (see
+    :meth:`SQLiteStore.from_url`); Postgres URLs once that store exists."""
     if url in ("memory://", "memory:"):
         return MemoryStore()
+    if url.startswith("sqlite:"):
+        return SQLiteStore.from_url(url)
     from durable_core._errors import ValidationError
 
     raise ValidationError(
-        f"store url {url!r}: unsupported scheme; use memory://", field="store"
+        f"store url {url!r}: unsupported scheme; supported: memory://, sqlite:///path.db",
+        field="store",
     )

@@ -133,9 +133,9 @@ class MemoryStore:
             for wait in batch.waits_add:
                 if wait.run_id not in fenced:
                     waits = self._waits.setdefault(wait.event, {})
-                    key = (wait.run_id, wait.position)
-                    if key not in waits:  # re-registering keeps the original after_seq
-                        waits[key] = attrs.evolve(wait, after_seq=len(self._events))
+                    wkey = (wait.run_id, wait.position)
+                    if wkey not in waits:  # re-registering keeps the original after_seq
+                        waits[wkey] = attrs.evolve(wait, after_seq=len(self._events))
             for run_id, pos in batch.waits_remove:
                 if run_id in fenced:
                     continue
