@@ -14,6 +14,7 @@ from typing import Any
 
 from ._cel import compile_expression
 from ._durations import from_ms, to_ms
+from ._errors import StoreError
 from ._events import Event
 from ._function import App, Function
 from ._machine import RunMachine
@@ -103,6 +104,8 @@ class Engine:
         """Writes the store rejected because this engine's lease epoch was stale."""
         self.discarded_results = 0
         """Step results dropped because the run's lease was lost before they arrived."""
+        self.failed_commits = 0
+        """Commits that raised (their runs were dropped from memory and will be rebuilt)."""
 
     # ------------------------------------------------------------------ ids
 
@@ -350,7 +353,16 @@ class Engine:
         if not plans:
             return []
         batch = plans[0].batch if len(plans) == 1 else merge_batches([p.batch for p in plans])
-        fenced = self.store.commit(batch)
+        try:
+            fenced = self.store.commit(batch)
+        except Exception as exc:
+            # The outcome is unknown (applied or not). The machines of these runs may be ahead
+            # of the store: drop them; the runs are rebuilt from the store when claimed again.
+            self.failed_commits += 1
+            self.forget(w.run_id for w in batch.writes)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"store commit failed: {type(exc).__name__}: {exc}") from exc
         steps = [s for p in plans for s in p.steps]
         if fenced:
             self.stale_writes += len(fenced)

@@ -26,6 +26,7 @@ from ._context import current_attempt
 from ._engine import Engine, Plan
 from ._events import Event
 from ._function import App
+from ._errors import StoreError
 from ._model import ExecuteStep
 from ._store_api import Store
 
@@ -155,7 +156,12 @@ class Worker:
         while not self._stopping:
             self._wakeup = trio.Event()
             now = self.clock()
-            steps = await self._call(self._tick, now)
+            try:
+                steps = await self._call(self._tick, now)
+            except StoreError as exc:
+                log.warning("store error, retrying in %.1fs: %s", self.poll_interval, exc)
+                await trio.sleep(self.poll_interval)
+                continue
             for step in steps:
                 self._spawn(step)
             if steps or self._stopping:
@@ -237,7 +243,11 @@ class Worker:
     ) -> list[ExecuteStep]:
         if not self._blocking:
             plan = self.engine.step_finished(step, value, error, self.clock())
-            steps = self.engine.commit([plan])
+            try:
+                steps = self.engine.commit([plan])
+            except StoreError as exc:
+                log.warning("commit failed; the run will be retried from the store: %s", exc)
+                return []
             self.commits += 1
             self._after_commit(plan)
             return steps
@@ -262,6 +272,9 @@ class Worker:
                 continue
             try:
                 await self._call(self._commit_batch, batch, self.clock())
+            except StoreError as exc:
+                log.warning("group commit failed; its runs will be retried from the store: %s",
+                            exc)
             finally:
                 for p in batch:
                     p.done.set()
