@@ -754,9 +754,9 @@ class RunMachine:
         self._end()
         self.status = "completed"
         self.output = text
-        self._record_end(now, '{"status":"completed","output":' + text + "}")
+        first = self._record_end(now, '{"status":"completed","output":' + text + "}")
         self._persist.append(CompleteRun(self.run_id, text, now))
-        if self.parent_run_id is not None:
+        if self.parent_run_id is not None and first:
             payload = '{"output":' + text + "}"
             self._persist.append(
                 SendSignal(self.parent_run_id, Signal("invoke", self.run_id, payload))
@@ -796,11 +796,11 @@ class RunMachine:
         self._end()
         self.status = status
         self.error = info
-        self._record_end(
+        first = self._record_end(
             now, json.dumps({"status": status, "error": info.to_dict()}, separators=(",", ":"))
         )
         self._persist.append(FailRun(self.run_id, info, now, status=status))
-        if self.parent_run_id is not None:
+        if self.parent_run_id is not None and first:
             payload = json.dumps({"error": info.to_dict()}, separators=(",", ":"))
             self._persist.append(
                 SendSignal(self.parent_run_id, Signal("invoke", self.run_id, payload))
@@ -814,14 +814,16 @@ class RunMachine:
                 coro.close()
         self._fail(_Cancelled(reason or "run cancelled"), now, status="cancelled")
 
-    def _record_end(self, now: int, data: str) -> None:
-        """Journal the run's end (once: a replay of an ended run writes nothing)."""
+    def _record_end(self, now: int, data: str) -> bool:
+        """Journal the run's end. Returns False when replaying a run that already ended:
+        then nothing is written and nobody is told again."""
         if self._ended_entry is not None:
-            return
+            return False
         entry = JournalEntry(len(self.entries), "run_ended", -1, "", "", now, data)
         self.entries.append(entry)
         self._new.append(entry)
         self._ended_entry = entry
+        return True
 
     def _end(self) -> None:
         self._ended = True

@@ -209,33 +209,51 @@ class TestEngine:
 
     def _execute(self, step: ExecuteStep) -> tuple[Any, BaseException | None]:
         self.steps_executed += 1
-        fn: Callable[..., Any] = step.fn
-        base_id = step.step_id.split(":")[0] if step.step_id not in self.mocks else step.step_id
-        if step.step_id in self.mocks or base_id in self.mocks:
-            mock = self.mocks.get(step.step_id, self.mocks.get(base_id))
+        return execute_body(step, self.mocks)
+
+
+def _mock_for(step_id: str, mocks: dict[str, Any]) -> tuple[bool, Any]:
+    """The mock for a step key (``fetch:1``) or its base id (``fetch``), if any."""
+    if step_id in mocks:
+        return True, mocks[step_id]
+    base, sep, suffix = step_id.rpartition(":")
+    if sep and suffix.isdigit() and base in mocks:
+        return True, mocks[base]
+    return False, None
+
+
+def execute_body(
+    step: ExecuteStep, mocks: dict[str, Any] | None = None
+) -> tuple[Any, BaseException | None]:
+    """Run a step body synchronously (async bodies under ``trio.run`` with an autojumping
+    MockClock), with ``ctx.attempt`` set. Returns ``(value, None)`` or ``(None, error)``."""
+    fn: Callable[..., Any] = step.fn
+    if mocks:
+        found, mock = _mock_for(step.step_id, mocks)
+        if found:
             if not callable(mock):
                 return mock, None
             fn = mock
-        token = current_attempt.set((step.run_id, step.attempt))
-        try:
-            if inspect.iscoroutinefunction(fn):
-                import trio
-                import trio.testing
+    token = current_attempt.set((step.run_id, step.attempt))
+    try:
+        if inspect.iscoroutinefunction(fn):
+            import trio
+            import trio.testing
 
-                result = trio.run(
-                    lambda: fn(*step.args, **step.kwargs),
-                    clock=trio.testing.MockClock(autojump_threshold=0),
+            result = trio.run(
+                lambda: fn(*step.args, **step.kwargs),
+                clock=trio.testing.MockClock(autojump_threshold=0),
+            )
+        else:
+            result = fn(*step.args, **step.kwargs)
+            if inspect.isawaitable(result):
+                raise ValidationError(
+                    f"step {step.step_id!r}: the body returned an awaitable; pass the async "
+                    "function itself, not the result of calling it",
+                    field="step.fn",
                 )
-            else:
-                result = fn(*step.args, **step.kwargs)
-                if inspect.isawaitable(result):
-                    raise ValidationError(
-                        f"step {step.step_id!r}: the body returned an awaitable; pass the async "
-                        "function itself, not the result of calling it",
-                        field="step.fn",
-                    )
-            return result, None
-        except Exception as exc:
-            return None, exc
-        finally:
-            current_attempt.reset(token)
+        return result, None
+    except Exception as exc:
+        return None, exc
+    finally:
+        current_attempt.reset(token)

@@ -17,6 +17,7 @@ from durable_core._store_api import (
 )
 
 from ._memory import MemoryStore
+from ._postgres import PostgresStore
 from ._sqlite import SQLiteStore
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "CommitBatch",
     "MemoryStore",
     "NewRun",
+    "PostgresStore",
     "RunRecord",
     "RunWrite",
     "SQLiteStore",
@@ -34,16 +36,20 @@ __all__ = [
 ]
 
 
-def open(url: str) -> Store:  # noqa: A001 - the documented name
+def open(url: str) -> Store:
     """Open a store by URL: ``memory://``, ``sqlite:///path.db`` (see
-    :meth:`SQLiteStore.from_url`); Postgres URLs once that store exists."""
+    :meth:`SQLiteStore.from_url`), ``postgresql://user@host:5432/db?schema=name`` (or
+    ``postgres://``; see :meth:`PostgresStore.from_url`)."""
     if url in ("memory://", "memory:"):
         return MemoryStore()
     if url.startswith("sqlite:"):
         return SQLiteStore.from_url(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore.from_url(url)
     from durable_core._errors import ValidationError
 
     raise ValidationError(
-        f"store url {url!r}: unsupported scheme; supported: memory://, sqlite:///path.db",
+        f"store url {url!r}: unsupported scheme; supported: memory://, sqlite:///path.db, "
+        "postgresql://user@host/db",
         field="store",
     )

@@ -1,0 +1,848 @@
+"""The SQLite store: the store contract on one SQLite file, shared safely by several processes.
+
+The file is in WAL mode with ``synchronous=FULL`` by default (every commit is durable when it
+returns; ``NORMAL`` trades the last commits on power loss for speed). Every write is one
+``BEGIN IMMEDIATE`` transaction, and a busy timeout makes several processes on one file take
+turns instead of failing. One connection serves the whole store behind a lock, so the store
+is safe to call from any thread.
+
+The schema is versioned (``PRAGMA user_version``): opening an older file migrates it inside
+an immediate transaction (so processes opening a fresh file at once do not race), and a file
+written by a newer version is refused with a :class:`~durable_core.StoreError`.
+
+Semantics follow the reference :class:`~stores.MemoryStore` exactly; ``stores.testing``
+checks both against the contract and against each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from durable_core._errors import RunNotFoundError, StoreError, ValidationError
+from durable_core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
+from durable_core._store_api import (
+    DEDUPE_WINDOW_MS,
+    Claim,
+    CommitBatch,
+    NewRun,
+    RunRecord,
+    StoredEvent,
+    WaitRecord,
+)
+
+__all__ = ["SCHEMA_VERSION", "SYNCHRONOUS_MODES", "SQLiteStore"]
+
+_T = TypeVar("_T")
+
+SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
+"""Accepted ``synchronous`` settings (``OFF`` is refused: it breaks the durability promise)."""
+
+_CHUNK = 500  # host parameters per IN (...) list; far below SQLite's limit
+_TERMINAL_SQL = "('cancelled', 'completed', 'failed')"
+assert frozenset(_TERMINAL_SQL.strip("()").replace("'", "").split(", ")) == TERMINAL_STATUSES
+
+_RUN_COLUMNS = (
+    "id, function_id, status, events, event_ids, created_at, updated_at, wake_at, output, "
+    "error, parent_run_id, idempotency_key, ended_at, epoch, lease_owner, lease_expires"
+)
+_JOURNAL_COLUMNS = "run_id, seq, op, position, step_id, kind, ts, data"
+_EVENT_COLUMNS = "seq, id, name, data, ts, duplicate"
+
+# Runs that need work (see MemoryStore._claimable): not terminal, lease free or expired, and
+# queued, due, holding signals, or abandoned by an expired lease. Each arm of the union is
+# served by an index, so the cost follows the runs that need work, not the table size.
+_CLAIMABLE_SQL = f"""
+SELECT id FROM runs
+WHERE seq IN (
+    SELECT seq FROM runs WHERE status = 'queued'
+    UNION ALL SELECT seq FROM runs WHERE wake_at <= :now
+    UNION ALL SELECT seq FROM runs WHERE lease_owner IS NOT NULL
+    UNION ALL SELECT runs.seq FROM signals JOIN runs ON runs.id = signals.run_id
+)
+AND status NOT IN {_TERMINAL_SQL}
+AND (lease_owner IS NULL OR COALESCE(lease_expires, 0) <= :now)
+ORDER BY seq
+LIMIT :limit
+"""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _migrate_v1(db: Any) -> None:
+    """Version 1: the core tables and the indexes of the claim and routing paths."""
+    db["events"].create(
+        {"seq": int, "id": str, "name": str, "data": str, "ts": int, "duplicate": int,
+         "routed": int},
+        pk="seq",
+        not_null=["id", "name", "data", "ts", "duplicate", "routed"],
+    )
+    # Duplicates are stored with routed=1: there is nothing to route for them.
+    db["events"].create_index(["id", "duplicate", "seq"], index_name="events_by_id")
+    db["events"].create_index(["routed", "seq"], index_name="events_unrouted")
+    db["runs"].create(
+        {"seq": int, "id": str, "function_id": str, "status": str, "events": str,
+         "event_ids": str, "created_at": int, "updated_at": int, "wake_at": int,
+         "output": str, "error": str, "parent_run_id": str, "idempotency_key": str,
+         "ended_at": int, "epoch": int, "lease_owner": str, "lease_expires": int},
+        pk="seq",
+        not_null=["id", "function_id", "status", "events", "event_ids", "created_at",
+                  "updated_at", "epoch"],
+    )
+    db["runs"].create_index(["id"], index_name="runs_id", unique=True)
+    db["runs"].create_index(["status", "seq"], index_name="runs_status")
+    db["runs"].create_index(["wake_at"], index_name="runs_wake_at")
+    db["runs"].create_index(["lease_owner"], index_name="runs_lease_owner")
+    db["journal"].create(
+        {"run_id": str, "seq": int, "op": str, "position": int, "step_id": str, "kind": str,
+         "ts": int, "data": str},
+        pk=("run_id", "seq"),
+        not_null=["run_id", "seq", "op", "position", "step_id", "kind", "ts", "data"],
+    )
+    db["waits"].create(
+        {"event": str, "run_id": str, "position": int, "if_": str, "trigger_event": str,
+         "expires_at": int},
+        pk=("event", "run_id", "position"),
+        not_null=["event", "run_id", "position", "trigger_event", "expires_at"],
+    )
+    db["waits"].create_index(["run_id", "position"], index_name="waits_by_run")
+    db["signals"].create(
+        {"seq": int, "run_id": str, "kind": str, "key": str, "payload": str, "position": int},
+        pk="seq",
+        not_null=["run_id", "kind", "key", "payload", "position"],
+    )
+    db["signals"].create_index(["run_id", "seq"], index_name="signals_by_run")
+    db["idempotency"].create(
+        {"function_id": str, "key": str, "run_id": str, "created_at": int},
+        pk=("function_id", "key"),
+        not_null=["function_id", "key", "run_id", "created_at"],
+    )
+    db["cron"].create({"key": str, "tick": int}, pk="key", not_null=["tick"])
+    # Counters that must never go back (signal seqs are never reused, even after deletes).
+    db["meta"].create({"key": str, "value": int}, pk="key", not_null=["value"])
+    db.execute("INSERT INTO meta (key, value) VALUES ('signal_seq', 0)")
+
+
+def _migrate_v2(db: Any) -> None:
+    """Version 2: ``run_events`` for ``list_runs(event_id=...)``, and the listing index."""
+    db["run_events"].create(
+        {"event_id": str, "run_id": str},
+        pk=("event_id", "run_id"),
+        not_null=["event_id", "run_id"],
+    )
+    rows = [
+        (event_id, run_id)
+        for run_id, event_ids in db.execute("SELECT id, event_ids FROM runs").fetchall()
+        for event_id in json.loads(event_ids)
+    ]
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO run_events (event_id, run_id) VALUES (?, ?)", rows
+    )
+    db["runs"].create_index(["function_id", "seq"], index_name="runs_function")
+
+
+def _migrate_v3(db: Any) -> None:
+    """Version 3: ``waits.after_seq``, the last event seq when the wait was registered.
+
+    Waits registered before it get 0 (every event in the log may match them, as before)."""
+    db["waits"].add_column("after_seq", int, not_null_default=0)
+
+
+_MIGRATIONS: tuple[Callable[[Any], None], ...] = (_migrate_v1, _migrate_v2, _migrate_v3)
+"""``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""The schema version this code writes (``PRAGMA user_version``)."""
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _check_not_newer(version: int, path: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"SQLite store {path!r} has schema version {version}, but this durable-core "
+            f"supports schema version {SCHEMA_VERSION} at most; upgrade durable-core to open it"
+        )
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switch the file to WAL mode (persistent, so usually already done).
+
+    Switching needs an exclusive lock, and when several processes open a fresh file at once
+    SQLite reports the contention as "database is locked" without calling the busy handler;
+    so retry, with a short backoff, for up to the busy timeout.
+    """
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        id=row[0], function_id=row[1], status=row[2], events=tuple(json.loads(row[3])),
+        created_at=row[5], updated_at=row[6], wake_at=row[7], output=row[8],
+        error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
+        parent_run_id=row[10], idempotency_key=row[11], ended_at=row[12], epoch=row[13],
+        lease_owner=row[14], lease_expires=row[15], event_ids=tuple(json.loads(row[4])),
+    )
+
+
+def _entry_from_row(row: Sequence[Any]) -> JournalEntry:
+    return JournalEntry(
+        seq=row[1], op=row[2], position=row[3], step_id=row[4], kind=row[5], ts=row[6],
+        data=row[7],
+    )
+
+
+def _event_from_row(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        seq=row[0], id=row[1], name=row[2], data=row[3], ts=row[4], duplicate=bool(row[5])
+    )
+
+
+def _error_json(error: ErrorInfo | None) -> str | None:
+    return None if error is None else json.dumps(error.to_dict())
+
+
+class _RunState:
+    """The mutable columns of a run while a commit applies its writes."""
+
+    __slots__ = (
+        "ended_at", "epoch", "error", "lease_expires", "lease_owner", "length", "output",
+        "status", "updated_at", "wake_at",
+    )
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        (self.status, self.wake_at, self.output, self.error, self.ended_at, self.updated_at,
+         self.lease_owner, self.lease_expires, self.epoch, self.length) = row
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class SQLiteStore:
+    """A store in one SQLite file (or in memory with ``":memory:"``); see the store contract.
+
+    ``synchronous`` is ``"FULL"`` (default: durable on return, one fsync per commit),
+    ``"NORMAL"`` (faster; a power loss may drop the last commits) or ``"EXTRA"``.
+    ``busy_timeout_ms`` is how long a call waits for another process's write to finish.
+    """
+
+    blocking = True
+    """Calls do file I/O: async drivers call them from worker threads."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        sync = synchronous.upper()
+        if sync not in SYNCHRONOUS_MODES:
+            raise ValidationError(
+                f"synchronous={synchronous!r}: use one of {', '.join(SYNCHRONOUS_MODES)}",
+                field="synchronous",
+            )
+        self._path = os.fspath(path)
+        self._synchronous = sync
+        self._lock = threading.Lock()
+        try:
+            conn = sqlite3.connect(
+                self._path, timeout=busy_timeout_ms / 1000, isolation_level=None,
+                check_same_thread=False, cached_statements=256,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self._path!r}: {exc}") from exc
+        try:
+            _enable_wal(conn, busy_timeout_ms)
+            conn.execute(f"PRAGMA synchronous = {sync}")  # one of SYNCHRONOUS_MODES
+            self._db = sqlite_utils.Database(
+                conn, execute_plugins=False, recursive_triggers=False
+            )
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open SQLite store {self._path!r}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """Open a store from a SQLAlchemy-style URL.
+
+        ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` name a file;
+        ``sqlite://`` and ``sqlite:///:memory:`` give an in-memory database. The query
+        parameter ``synchronous`` (``FULL``, ``NORMAL`` or ``EXTRA``) is accepted. The path
+        is taken literally (no percent-decoding).
+        """
+        scheme, sep, rest = url.partition("://")
+        if scheme != "sqlite" or not sep:
+            raise ValidationError(
+                f"store url {url!r}: not a sqlite:// url (use sqlite:///path.db)", field="store"
+            )
+        location, _, query = rest.partition("?")
+        if location and not location.startswith("/"):
+            raise ValidationError(
+                f"store url {url!r}: a SQLite url has no host; use sqlite:///relative.db "
+                "or sqlite:////absolute.db",
+                field="store",
+            )
+        path = location[1:] or ":memory:"
+        params = urllib.parse.parse_qs(query, keep_blank_values=True)
+        unknown = sorted(set(params) - {"synchronous"})
+        if unknown:
+            raise ValidationError(
+                f"store url {url!r}: unknown parameter(s) {', '.join(unknown)}; "
+                "supported: synchronous",
+                field="store",
+            )
+        synchronous = params.get("synchronous", ["FULL"])[-1]
+        return cls(path, synchronous=synchronous)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = _user_version(conn)
+        _check_not_newer(version, self._path)
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-check under the write lock: another process may have migrated meanwhile.
+            version = _user_version(conn)
+            _check_not_newer(version, self._path)
+            for step in _MIGRATIONS[version:]:
+                step(self._db)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def path(self) -> str:
+        """The database file (``":memory:"`` for an in-memory store)."""
+        return self._path
+
+    @property
+    def synchronous(self) -> str:
+        """The ``synchronous`` setting in force (``FULL``, ``NORMAL`` or ``EXTRA``)."""
+        return self._synchronous
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database."""
+        with self._read() as conn:
+            return _user_version(conn)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r}, synchronous={self._synchronous!r})"
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"SQLite store {self._path!r} is closed")
+        return self._conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction, committed on success, rolled back on error."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
+                raise
+
+    def close(self) -> None:
+        """Close the connection; later calls raise :class:`~durable_core.StoreError`."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # ------------------------------------------------------------------ events
+
+    def append_events(self, events: Sequence[str], now: int) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.append_events`."""
+        if not events:
+            return []
+        with self._write() as conn:
+            return self._insert_events(conn, events, now)
+
+    @staticmethod
+    def _insert_events(
+        conn: sqlite3.Connection, texts: Sequence[str], now: int
+    ) -> list[StoredEvent]:
+        parsed = [json.loads(text) for text in texts]
+        # ts of the latest non-duplicate event per id: the dedupe window runs from it.
+        latest: dict[Any, int | None] = {}
+        for raw in parsed:
+            if raw["id"] not in latest:
+                row = conn.execute(
+                    "SELECT ts FROM events WHERE id = ? AND duplicate = 0 "
+                    "ORDER BY seq DESC LIMIT 1",
+                    (raw["id"],),
+                ).fetchone()
+                latest[raw["id"]] = None if row is None else row[0]
+        seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        out: list[StoredEvent] = []
+        for text, raw in zip(texts, parsed, strict=True):
+            prev = latest[raw["id"]]
+            dup = prev is not None and now - prev < DEDUPE_WINDOW_MS
+            seq += 1
+            ev = StoredEvent(
+                seq=seq, id=raw["id"], name=raw["name"], data=text, ts=int(raw["ts"]),
+                duplicate=dup,
+            )
+            if not dup:
+                latest[ev.id] = ev.ts
+            out.append(ev)
+        conn.executemany(
+            "INSERT INTO events (seq, id, name, data, ts, duplicate, routed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(e.seq, e.id, e.name, e.data, e.ts, int(e.duplicate), int(e.duplicate))
+             for e in out],
+        )
+        return out
+
+    def unrouted_events(self, limit: int) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.unrouted_events`."""
+        if limit <= 0:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE routed = 0 AND duplicate = 0 "
+                "ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_event_from_row(r) for r in rows]
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        """See :meth:`durable_core.Store.get_event` (duplicates are never returned)."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ? AND duplicate = 0 "
+                "ORDER BY seq DESC LIMIT 1",
+                (event_id,),
+            ).fetchone()
+        return None if row is None else _event_from_row(row)
+
+    # ------------------------------------------------------------------ commit
+
+    def commit(self, batch: CommitBatch) -> set[str]:
+        """See :meth:`durable_core.Store.commit`. One immediate transaction, batched."""
+        with self._write() as conn:
+            return self._commit(conn, batch)
+
+    def _commit(self, conn: sqlite3.Connection, batch: CommitBatch) -> set[str]:
+        now = batch.now
+        states = self._run_states(conn, list(dict.fromkeys(w.run_id for w in batch.writes)))
+        # Validate every write first so a rejected run leaves nothing half-applied. A batch
+        # may hold several writes for one run (group commit): check them in order.
+        fenced: set[str] = set()
+        length: dict[str, int] = {}
+        for w in batch.writes:
+            state = states.get(w.run_id)
+            if state is None or state.epoch != w.epoch or state.status in TERMINAL_STATUSES:
+                fenced.add(w.run_id)
+                continue
+            expected = length.get(w.run_id, state.length)
+            if any(e.seq != expected + i for i, e in enumerate(w.entries)):
+                fenced.add(w.run_id)
+            length[w.run_id] = expected + len(w.entries)
+        if batch.events:
+            self._insert_events(conn, batch.events, now)
+        if batch.runs:
+            self._create_runs(conn, batch.runs)
+        if batch.writes:
+            self._apply_writes(conn, batch, states, fenced)
+        waits_add = [w for w in batch.waits_add if w.run_id not in fenced]
+        if waits_add:
+            # Only events after the last one in the log (this batch's included) may match a
+            # new wait; registering the same wait again keeps the original record.
+            after: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            conn.executemany(
+                "INSERT OR IGNORE INTO waits "
+                "(event, run_id, position, if_, trigger_event, expires_at, after_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(w.event, w.run_id, w.position, w.if_, w.trigger_event, w.expires_at, after)
+                 for w in waits_add],
+            )
+        waits_remove = [(r, p) for r, p in batch.waits_remove if r not in fenced]
+        if waits_remove:
+            conn.executemany("DELETE FROM waits WHERE run_id = ? AND position = ?", waits_remove)
+        if batch.signals:
+            self._insert_signals(conn, batch.signals)
+        if batch.routed_events:
+            conn.executemany(
+                "UPDATE events SET routed = 1 WHERE seq = ?",
+                [(seq,) for seq in batch.routed_events],
+            )
+        if batch.cron:
+            # Cursors only move forward (a new key needs a tick > -1, like the reference).
+            conn.executemany(
+                "INSERT INTO cron (key, tick) SELECT ?1, ?2 WHERE ?2 > -1 "
+                "ON CONFLICT (key) DO UPDATE SET tick = excluded.tick "
+                "WHERE excluded.tick > cron.tick",
+                list(batch.cron),
+            )
+        return fenced
+
+    @staticmethod
+    def _run_states(conn: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, _RunState]:
+        states: dict[str, _RunState] = {}
+        for chunk in _chunks(run_ids):
+            rows = conn.execute(
+                "SELECT id, status, wake_at, output, error, ended_at, updated_at, lease_owner, "
+                "lease_expires, epoch, "
+                "(SELECT COALESCE(MAX(j.seq) + 1, 0) FROM journal AS j WHERE j.run_id = runs.id) "
+                f"FROM runs WHERE id IN ({_marks(len(chunk))})",
+                chunk,
+            ).fetchall()
+            for row in rows:
+                states[row[0]] = _RunState(row[1:])
+        return states
+
+    @staticmethod
+    def _existing_runs(conn: sqlite3.Connection, run_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(run_ids):
+            found.update(
+                r[0] for r in conn.execute(
+                    f"SELECT id FROM runs WHERE id IN ({_marks(len(chunk))})", chunk
+                )
+            )
+        return found
+
+    def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun]) -> None:
+        seen = self._existing_runs(conn, list(dict.fromkeys(r.id for r in runs)))
+        idem: dict[tuple[str, str], int | None] = {}
+        for new in runs:
+            if new.idempotency_key is not None:
+                k = (new.function_id, new.idempotency_key)
+                if k not in idem:
+                    row = conn.execute(
+                        "SELECT created_at FROM idempotency WHERE function_id = ? AND key = ?",
+                        k,
+                    ).fetchone()
+                    idem[k] = None if row is None else row[0]
+        run_rows: list[tuple[Any, ...]] = []
+        idem_rows: list[tuple[str, str, str, int]] = []
+        event_rows: list[tuple[str, str]] = []
+        for new in runs:
+            if new.id in seen:
+                continue
+            if new.idempotency_key is not None:
+                k = (new.function_id, new.idempotency_key)
+                prev = idem[k]
+                if prev is not None and new.created_at - prev < DEDUPE_WINDOW_MS:
+                    continue
+                idem[k] = new.created_at
+                idem_rows.append((*k, new.id, new.created_at))
+            seen.add(new.id)
+            run_rows.append((
+                new.id, new.function_id, json.dumps(list(new.events)),
+                json.dumps(list(new.event_ids)), new.created_at, new.created_at,
+                new.parent_run_id, new.idempotency_key,
+            ))
+            event_rows.extend((event_id, new.id) for event_id in new.event_ids)
+        conn.executemany(
+            "INSERT INTO runs (id, function_id, status, events, event_ids, created_at, "
+            "updated_at, parent_run_id, idempotency_key, epoch) "
+            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0)",
+            run_rows,
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO idempotency (function_id, key, run_id, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            idem_rows,
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO run_events (event_id, run_id) VALUES (?, ?)", event_rows
+        )
+
+    @staticmethod
+    def _apply_writes(
+        conn: sqlite3.Connection, batch: CommitBatch, states: dict[str, _RunState],
+        fenced: set[str],
+    ) -> None:
+        now = batch.now
+        journal: list[tuple[Any, ...]] = []
+        consumed: list[tuple[str, int]] = []
+        changed: dict[str, _RunState] = {}
+        for w in batch.writes:
+            if w.run_id in fenced:
+                continue
+            journal.extend(
+                (w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
+                for e in w.entries
+            )
+            if w.status is None and not w.release and not w.consumed_signals:
+                continue  # journal only (the hot path): the run record stays as it is
+            state = states[w.run_id]
+            state.updated_at = now
+            terminal = w.status in TERMINAL_STATUSES
+            if w.status is not None:
+                state.status = w.status
+                state.wake_at = w.wake_at
+                if terminal:
+                    state.output = w.output
+                    state.error = _error_json(w.error)
+                    state.ended_at = now
+                    state.wake_at = None
+            if w.release or terminal:
+                state.lease_owner = None
+                state.lease_expires = None
+            if w.consumed_signals:
+                consumed.append((w.run_id, w.consumed_signals))
+            changed[w.run_id] = state
+        if journal:
+            conn.executemany(
+                f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                journal,
+            )
+        if changed:
+            conn.executemany(
+                "UPDATE runs SET status = ?, wake_at = ?, output = ?, error = ?, ended_at = ?, "
+                "updated_at = ?, lease_owner = ?, lease_expires = ? WHERE id = ?",
+                [(s.status, s.wake_at, s.output, s.error, s.ended_at, s.updated_at,
+                  s.lease_owner, s.lease_expires, run_id) for run_id, s in changed.items()],
+            )
+        if consumed:
+            conn.executemany("DELETE FROM signals WHERE run_id = ? AND seq <= ?", consumed)
+
+    def _insert_signals(
+        self, conn: sqlite3.Connection, signals: Sequence[tuple[str, Signal]]
+    ) -> None:
+        exists = self._existing_runs(conn, list(dict.fromkeys(r for r, _ in signals)))
+        seq: int = conn.execute("SELECT value FROM meta WHERE key = 'signal_seq'").fetchone()[0]
+        rows = []
+        for run_id, s in signals:
+            if run_id in exists:
+                seq += 1
+                rows.append((seq, run_id, s.kind, s.key, s.payload, s.position))
+        if rows:
+            conn.executemany(
+                "INSERT INTO signals (seq, run_id, kind, key, payload, position) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'signal_seq'", (seq,))
+
+    # ------------------------------------------------------------------ claims
+
+    def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[Claim]:
+        """See :meth:`durable_core.Store.claim_runs` (select and lease in one transaction)."""
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            ids = [r[0] for r in conn.execute(_CLAIMABLE_SQL, {"now": now, "limit": limit})]
+            return self._claim(conn, ids, owner, now, lease_ms)
+
+    def claim_run(self, owner: str, run_id: str, now: int, lease_ms: int) -> Claim | None:
+        """See :meth:`durable_core.Store.claim_run`."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT status, lease_owner, lease_expires FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None or row[0] in TERMINAL_STATUSES:
+                return None
+            if row[1] is not None and (row[2] or 0) > now:
+                return None
+            return self._claim(conn, [run_id], owner, now, lease_ms)[0]
+
+    @staticmethod
+    def _claim(
+        conn: sqlite3.Connection, ids: list[str], owner: str, now: int, lease_ms: int
+    ) -> list[Claim]:
+        if not ids:
+            return []
+        conn.executemany(
+            "UPDATE runs SET epoch = epoch + 1, lease_owner = ?, lease_expires = ? WHERE id = ?",
+            [(owner, now + lease_ms, run_id) for run_id in ids],
+        )
+        runs: dict[str, RunRecord] = {}
+        journals: dict[str, list[JournalEntry]] = {}
+        inbox: dict[str, list[tuple[int, Signal]]] = {}
+        for chunk in _chunks(ids):
+            marks = _marks(len(chunk))
+            for row in conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE id IN ({marks})", chunk
+            ):
+                runs[row[0]] = _run_from_row(row)
+            for row in conn.execute(
+                f"SELECT {_JOURNAL_COLUMNS} FROM journal WHERE run_id IN ({marks}) "
+                "ORDER BY run_id, seq",
+                chunk,
+            ):
+                journals.setdefault(row[0], []).append(_entry_from_row(row))
+            for run_id, seq, kind, key, payload, position in conn.execute(
+                "SELECT run_id, seq, kind, key, payload, position FROM signals "
+                f"WHERE run_id IN ({marks}) ORDER BY seq",
+                chunk,
+            ):
+                inbox.setdefault(run_id, []).append((seq, Signal(kind, key, payload, position)))
+        return [
+            Claim(
+                run=runs[run_id],
+                journal=tuple(journals.get(run_id, ())),
+                signals=tuple(inbox.get(run_id, ())),
+            )
+            for run_id in ids
+        ]
+
+    def renew(self, owner: str, run_ids: Sequence[str], now: int, lease_ms: int) -> set[str]:
+        """See :meth:`durable_core.Store.renew`."""
+        unique = list(dict.fromkeys(run_ids))
+        if not unique:
+            return set()
+        with self._write() as conn:
+            held: set[str] = set()
+            for chunk in _chunks(unique):
+                held.update(
+                    r[0] for r in conn.execute(
+                        f"SELECT id FROM runs WHERE id IN ({_marks(len(chunk))}) "
+                        f"AND lease_owner = ? AND status NOT IN {_TERMINAL_SQL}",
+                        (*chunk, owner),
+                    )
+                )
+            conn.executemany(
+                "UPDATE runs SET lease_expires = ? WHERE id = ?",
+                [(now + lease_ms, run_id) for run_id in unique if run_id in held],
+            )
+        return {run_id for run_id in unique if run_id not in held}
+
+    # ------------------------------------------------------------------ queries
+
+    def find_waits(self, event_name: str, now: int) -> list[WaitRecord]:
+        """See :meth:`durable_core.Store.find_waits`."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT run_id, position, event, if_, trigger_event, expires_at, after_seq "
+                "FROM waits "
+                "WHERE event = ? AND expires_at > ? ORDER BY rowid",
+                (event_name, now),
+            ).fetchall()
+        return [WaitRecord(*row) for row in rows]
+
+    def next_wake_at(self) -> int | None:
+        """See :meth:`durable_core.Store.next_wake_at`."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT wake_at FROM runs WHERE wake_at IS NOT NULL "
+                f"AND status NOT IN {_TERMINAL_SQL} ORDER BY wake_at LIMIT 1"
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def cron_cursors(self) -> dict[str, int]:
+        """See :meth:`durable_core.Store.cron_cursors`."""
+        with self._read() as conn:
+            return {key: tick for key, tick in conn.execute("SELECT key, tick FROM cron")}
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """See :meth:`durable_core.Store.get_run`."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+        if row is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        return _run_from_row(row)
+
+    def load_journal(self, run_id: str) -> list[JournalEntry]:
+        """See :meth:`durable_core.Store.load_journal`."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_JOURNAL_COLUMNS} FROM journal WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+        return [_entry_from_row(r) for r in rows]
+
+    def list_runs(
+        self,
+        *,
+        function_id: str | None = None,
+        status: str | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """See :meth:`durable_core.Store.list_runs`."""
+        if limit <= 0:
+            return []
+        clauses: list[str] = []
+        params: list[Any] = []
+        if function_id is not None:
+            clauses.append("function_id = ?")
+            params.append(function_id)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if event_id is not None:
+            clauses.append("id IN (SELECT run_id FROM run_events WHERE event_id = ?)")
+            params.append(event_id)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs {where}ORDER BY seq DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [_run_from_row(r) for r in rows]

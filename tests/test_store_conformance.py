@@ -1,0 +1,551 @@
+"""The store conformance suite (``stores.testing``) against MemoryStore and SQLiteStore, plus
+SQLite-only tests: durability across reopen, schema migrations, several processes on one
+file, ``stores.open`` URLs, and a (printed, not asserted) commit-rate measurement."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+import stores
+from durable_core._errors import StoreError, ValidationError
+from durable_core._model import ErrorInfo, JournalEntry, Signal
+from durable_core._store_api import CommitBatch, RunRecord, RunWrite, WaitRecord
+from stores import MemoryStore, SQLiteStore
+from stores import _sqlite as sqlite_module
+from stores._sqlite import _MIGRATIONS, SCHEMA_VERSION
+
+pytest.register_assert_rewrite("stores.testing")  # show values when a suite assert fails
+
+from stores.testing import (  # noqa: E402
+    LEASE,
+    T0,
+    StoreConformance,
+    claim,
+    create,
+    entries,
+    event_json,
+    make_state_machine,
+    new_run,
+    write,
+)
+
+
+class TestMemoryStore(StoreConformance):
+    """The reference store against its own contract."""
+
+    def make_store(self) -> MemoryStore:
+        return MemoryStore()
+
+
+class TestSQLiteStore(StoreConformance):
+    """The SQLite store, one new file per store."""
+
+    @pytest.fixture(autouse=True)
+    def _dir(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.count = 0
+
+    def make_store(self) -> SQLiteStore:
+        self.count += 1
+        return SQLiteStore(self.dir / f"store-{self.count}.db")
+
+
+class TestSQLiteMemoryStore(StoreConformance):
+    """The SQLite store on an in-memory database (``sqlite://``)."""
+
+    stateful_settings = settings(StoreConformance.stateful_settings, max_examples=10)
+
+    def make_store(self) -> SQLiteStore:
+        store = stores.open("sqlite://")
+        assert isinstance(store, SQLiteStore)
+        return store
+
+
+# --------------------------------------------------------------------------- the suite has teeth
+
+
+class _LimitZeroLists(MemoryStore):
+    def list_runs(self, *, function_id: str | None = None, status: str | None = None,
+                  event_id: str | None = None, limit: int = 100) -> list[RunRecord]:
+        return super().list_runs(function_id=function_id, status=status, event_id=event_id,
+                                 limit=max(limit, 1))
+
+
+class _HidesFencing(MemoryStore):
+    def commit(self, batch: CommitBatch) -> set[str]:
+        super().commit(batch)
+        return set()
+
+
+class _CronGoesBack(MemoryStore):
+    def commit(self, batch: CommitBatch) -> set[str]:
+        fenced = super().commit(batch)
+        self._cron.update(batch.cron)
+        return fenced
+
+
+class _ExpiredLeasesStayHeld(MemoryStore):
+    def _claimable(self, run: RunRecord, now: int) -> bool:
+        return run.lease_owner is None and super()._claimable(run, now)
+
+
+class _KeepsConsumedSignals(MemoryStore):
+    def commit(self, batch: CommitBatch) -> set[str]:
+        writes = tuple(w._replace(consumed_signals=0) for w in batch.writes)
+        return super().commit(batch._replace(writes=writes))
+
+
+@pytest.mark.parametrize(
+    ("mutant", "test_name"),
+    [
+        (_LimitZeroLists, "test_list_runs_limit_zero_returns_nothing"),
+        (_HidesFencing, "test_stale_epoch_write_is_fenced_and_nothing_of_it_applied"),
+        (_CronGoesBack, "test_cron_cursors_only_move_forward"),
+        (_ExpiredLeasesStayHeld, "test_expired_lease_can_be_claimed_again"),
+        (_KeepsConsumedSignals, "test_signals_inbox_is_consumed_up_to_seq"),
+    ],
+)
+def test_the_suite_catches_a_broken_store(mutant: type[MemoryStore], test_name: str) -> None:
+    with pytest.raises(AssertionError):
+        getattr(TestMemoryStore(), test_name)(mutant())
+
+
+@pytest.mark.parametrize("mutant", [_ExpiredLeasesStayHeld, _KeepsConsumedSignals])
+def test_the_state_machine_catches_a_broken_store(mutant: type[MemoryStore]) -> None:
+    hunt = settings(
+        max_examples=1000, stateful_step_count=80, deadline=None, database=None,
+        derandomize=True,  # a fixed search: the mutant is found the same way every time
+        phases=[Phase.generate], report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+    )
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(  # type: ignore[no-untyped-call]
+            make_state_machine(mutant), settings=hunt
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def snapshot(store: SQLiteStore) -> dict[str, Any]:
+    """Everything observable without changing anything."""
+    runs = store.list_runs(limit=10_000)
+    return {
+        "runs": runs,
+        "journals": {r.id: store.load_journal(r.id) for r in runs},
+        "unrouted": store.unrouted_events(10_000),
+        "events": {i: store.get_event(i) for i in ("e1", "e2", "e3")},
+        "waits": store.find_waits("paid", T0),
+        "cron": store.cron_cursors(),
+        "wake": store.next_wake_at(),
+    }
+
+
+def populate(store: SQLiteStore) -> dict[str, int]:
+    """A bit of everything; returns the epochs of the claimed runs."""
+    store.append_events([event_json("e1"), event_json("e2"), event_json("e1")], T0)
+    [first, *_] = store.unrouted_events(10)
+    create(store, new_run("r1", key="k", event_ids=("e1",)), new_run("r2"), new_run("r3"))
+    epochs = {c.run.id: c.run.epoch for c in store.claim_runs("w1", T0, LEASE, 10)}
+    sig = Signal("event", "e2", event_json("e2"), 0)
+    assert write(
+        store,
+        RunWrite("r1", epochs["r1"], entries(0, 2), status="waiting", release=True),
+        RunWrite("r2", epochs["r2"], entries(0, 1), status="sleeping", wake_at=T0 + 500,
+                 release=True),
+        RunWrite("r3", epochs["r3"], entries(0, 3), status="failed",
+                 error=ErrorInfo("E", "boom")),
+        now=T0 + 1,
+        waits_add=(WaitRecord("r1", 1, "paid", "true", event_json("e1"), T0 + 10_000),),
+        signals=(("r1", sig),),
+        routed_events=(first.seq,),
+        cron=(("f|* * * * *", T0),),
+    ) == set()
+    return epochs
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def test_reopening_a_file_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    epochs = populate(store)
+    before = snapshot(store)
+    [signal_seq] = [s for s, _ in claim(store, "r1", now=T0 + 2).signals]
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.get_run("r1")
+
+    store = SQLiteStore(path)
+    try:
+        after = snapshot(store)
+        # r1 was claimed once more after the snapshot: only its lease and epoch moved.
+        assert after["runs"][2].epoch == epochs["r1"] + 1
+        assert [r.id for r in after["runs"]] == ["r3", "r2", "r1"]
+        before["runs"][2] = after["runs"][2]
+        assert after == before
+        # Dedupe windows, idempotency keys, seq counters and fencing survive the reopen.
+        [dup] = store.append_events([event_json("e2", ts=T0 + 5)], T0 + 5)
+        assert dup.duplicate
+        create(store, new_run("r9", key="k", created_at=T0 + 5))
+        assert [r.id for r in store.list_runs()] == ["r3", "r2", "r1"]
+        assert write(store, RunWrite("r1", epochs["r1"], entries(2, 3))) == {"r1"}
+        new = Signal("cancel", "c", '"stop"')
+        assert store.commit(CommitBatch(now=T0 + 6, signals=(("r2", new),))) == set()
+        [(seq, got)] = claim(store, "r2", now=T0 + 7).signals
+        assert got == new
+        assert seq > signal_seq
+        assert claim(store, "r1", owner="w2", now=T0 + 2 + LEASE).signals[0][0] == signal_seq
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    _MIGRATIONS[0](sqlite_utils.Database(conn, execute_plugins=False))
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO runs (id, function_id, status, events, event_ids, created_at, updated_at,"
+        " epoch) VALUES ('old', 'fn', 'queued', ?, ?, 5, 5, 0)",
+        (json.dumps([event_json("e1")]), json.dumps(["e1", "e2"])),
+    )
+    conn.execute(
+        "INSERT INTO waits (event, run_id, position, if_, trigger_event, expires_at) "
+        "VALUES ('paid', 'old', 0, NULL, '{}', 99)"
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    assert "run_events" not in sqlite_utils.Database(path).table_names()
+
+    store = SQLiteStore(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 3
+        # v2: run_events is filled from the runs already there.
+        old = store.get_run("old")
+        assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
+        assert store.list_runs(event_id="e2") == [old]
+        assert store.list_runs(function_id="fn") == [old]
+        create(store, new_run("new", event_ids=("e2",)))
+        assert [r.id for r in store.list_runs(event_id="e2")] == ["new", "old"]
+        # v3: waits registered before after_seq existed may match every event.
+        assert store.find_waits("paid", 0) == [WaitRecord("old", 0, "paid", None, "{}", 99, 0)]
+    finally:
+        store.close()
+    db = sqlite_utils.Database(path)
+    assert "run_events" in db.table_names()
+    assert "runs_function" in {i.name for i in db.table("runs").indexes}
+
+
+def test_a_newer_schema_is_refused_with_both_versions(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.close()
+    with pytest.raises(StoreError) as info:
+        SQLiteStore(path)
+    message = str(info.value)
+    assert f"schema version {SCHEMA_VERSION + 5}" in message
+    assert f"schema version {SCHEMA_VERSION} at most" in message
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 5
+    conn.close()
+
+
+def test_a_failed_migration_leaves_the_file_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(db: Any) -> None:
+        db.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("migration 2 failed")
+
+    monkeypatch.setattr(sqlite_module, "_MIGRATIONS", (_MIGRATIONS[0], broken))
+    path = tmp_path / "broken.db"
+    with pytest.raises(RuntimeError, match="migration 2 failed"):
+        SQLiteStore(path)
+    db = sqlite_utils.Database(path)
+    assert db.table_names() == []
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
+    monkeypatch.undo()
+    store = SQLiteStore(path)
+    assert store.schema_version == SCHEMA_VERSION
+    store.close()
+
+
+def test_schema_tables_and_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "schema.db"
+    SQLiteStore(path).close()
+    db = sqlite_utils.Database(path)
+    assert set(db.table_names()) == {
+        "events", "runs", "journal", "waits", "signals", "idempotency", "cron", "meta",
+        "run_events",
+    }
+    assert db.table("journal").pks == ["run_id", "seq"]
+    assert db.table("run_events").pks == ["event_id", "run_id"]
+    indexes = {i.name: (i.columns, i.unique) for i in db.table("runs").indexes}
+    assert indexes["runs_id"] == (["id"], 1)
+    assert indexes["runs_status"] == (["status", "seq"], 0)
+    assert indexes["runs_wake_at"] == (["wake_at"], 0)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+_OPEN_CHILD = """
+import json, sys
+from durable_core._store_api import CommitBatch, NewRun
+from stores import SQLiteStore
+print("ready", flush=True)
+sys.stdin.readline()
+store = SQLiteStore(sys.argv[1])
+run = NewRun(id="run-" + sys.argv[2], function_id="f", events=(), event_ids=(), created_at=1)
+fenced = store.commit(CommitBatch(now=1, runs=(run,)))
+print(json.dumps({"version": store.schema_version, "fenced": sorted(fenced),
+                  "run": store.get_run(run.id).id}), flush=True)
+store.close()
+"""
+
+_WORK_CHILD = """
+import json, sys
+from durable_core._model import JournalEntry
+from durable_core._store_api import CommitBatch, NewRun, RunWrite
+from stores import SQLiteStore
+path, owner, own = sys.argv[1], sys.argv[2], int(sys.argv[3])
+NOW, FOREVER = 1_000, 10**12
+store = SQLiteStore(path)
+print("ready", flush=True)
+sys.stdin.readline()
+claimed = []
+
+def work():
+    claims = store.claim_runs(owner, NOW, FOREVER, 5)
+    writes = tuple(
+        RunWrite(c.run.id, c.run.epoch,
+                 (JournalEntry(len(c.journal), "completed", 0, "s", "run", NOW, "{}"),),
+                 status="completed", output=json.dumps(owner))
+        for c in claims
+    )
+    fenced = store.commit(CommitBatch(now=NOW, writes=writes))
+    assert fenced == set(), fenced
+    claimed.extend(c.run.id for c in claims)
+    return bool(claims)
+
+for i in range(own):
+    run = NewRun(id=f"{owner}-{i}", function_id="f", events=(), event_ids=(), created_at=NOW)
+    assert store.commit(CommitBatch(now=NOW, runs=(run,))) == set()
+    work()
+while work():
+    pass
+store.close()
+print(json.dumps(claimed), flush=True)
+"""
+
+
+def run_gated(args: list[list[str]]) -> list[str]:
+    """Start one Python child per argument list, wait until each is ready, release them all
+    at once, and return their last output lines (asserting they succeeded)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", *a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        for a in args
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+    return [out.strip().splitlines()[-1] for out, _ in results]
+
+
+def test_processes_opening_a_fresh_file_at_once_all_succeed(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    n = 6
+    outs = [json.loads(o) for o in run_gated([[_OPEN_CHILD, str(path), str(i)]
+                                              for i in range(n)])]
+    assert outs == [{"version": SCHEMA_VERSION, "fenced": [], "run": f"run-{i}"}
+                    for i in range(n)]
+    store = SQLiteStore(path)
+    try:
+        assert sorted(r.id for r in store.list_runs()) == [f"run-{i}" for i in range(n)]
+    finally:
+        store.close()
+
+
+def test_two_processes_committing_and_claiming_never_share_a_run(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    store = SQLiteStore(path)
+    create(store, *(new_run(f"pre-{i:03d}", created_at=1_000) for i in range(150)))
+    store.close()
+    owners, own = ("alpha", "beta"), 40
+    outs = run_gated([[_WORK_CHILD, str(path), o, str(own)] for o in owners])
+    claimed = {o: json.loads(out) for o, out in zip(owners, outs, strict=True)}
+    everything = [r for ids in claimed.values() for r in ids]
+    expected = {f"pre-{i:03d}" for i in range(150)}
+    expected |= {f"{o}-{i}" for o in owners for i in range(own)}
+    assert len(everything) == len(set(everything))  # nobody claimed a run twice
+    assert set(everything) == expected
+    store = SQLiteStore(path)
+    try:
+        for owner, ids in claimed.items():
+            for run_id in ids:
+                run = store.get_run(run_id)
+                assert (run.status, run.output, run.epoch) == ("completed", json.dumps(owner), 1)
+                assert len(store.load_journal(run_id)) == 1
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- urls, options
+
+
+def test_open_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").mkdir()
+    cases = {
+        "sqlite:///rel/a.db": ("rel/a.db", "FULL"),
+        f"sqlite:///{tmp_path}/b.db": (f"{tmp_path}/b.db", "FULL"),  # sqlite:////abs/b.db
+        "sqlite:///rel/c.db?synchronous=NORMAL": ("rel/c.db", "NORMAL"),
+        "sqlite://": (":memory:", "FULL"),
+        "sqlite:///:memory:": (":memory:", "FULL"),
+        "sqlite:///:memory:?synchronous=normal": (":memory:", "NORMAL"),
+    }
+    assert f"sqlite:///{tmp_path}/b.db".startswith("sqlite:////")
+    for url, (path, sync) in cases.items():
+        store = stores.open(url)
+        try:
+            assert isinstance(store, SQLiteStore)
+            assert (store.path, store.synchronous) == (path, sync), url
+            level = store._connection().execute("PRAGMA synchronous").fetchone()[0]
+            assert level == {"FULL": 2, "NORMAL": 1}[sync]
+            create(store, new_run("r1"))
+            assert store.get_run("r1").status == "queued"
+        finally:
+            store.close()
+    assert (tmp_path / "rel" / "a.db").exists()
+    assert (tmp_path / "b.db").exists()
+    # Two in-memory stores are two databases.
+    a, b = stores.open("sqlite://"), stores.open("sqlite://")
+    create(a, new_run("only-a"))
+    assert b.list_runs() == []
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("sqlite:///x.db?journal=off", "journal"),
+        ("sqlite://host/x.db", "no host"),
+        ("sqlite:///x.db?synchronous=OFF", "synchronous"),
+    ],
+)
+def test_bad_sqlite_urls_are_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, needle: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=needle):
+        stores.open(url)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_unknown_scheme_lists_the_supported_ones() -> None:
+    with pytest.raises(ValidationError) as info:
+        stores.open("mysql://localhost/db")
+    assert "memory://" in str(info.value)
+    assert "sqlite://" in str(info.value)
+    assert info.value.field == "store"
+
+
+def test_bad_synchronous_setting_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as info:
+        SQLiteStore(tmp_path / "x.db", synchronous="OFF")
+    assert info.value.field == "synchronous"
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_blocking_and_repr(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "x.db", synchronous="normal")
+    try:
+        assert store.blocking is True
+        assert repr(store) == f"SQLiteStore({str(tmp_path / 'x.db')!r}, synchronous='NORMAL')"
+    finally:
+        store.close()
+    store.close()  # closing twice is harmless
+
+
+# --------------------------------------------------------------------------- performance
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_commit_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                     synchronous: str) -> None:
+    """Measures group-commit throughput (printed, not asserted)."""
+    store = SQLiteStore(tmp_path / "bench.db", synchronous=synchronous)
+    try:
+        create(store, *(new_run(f"r{i:03d}") for i in range(100)))
+        epochs = {c.run.id: c.run.epoch for c in store.claim_runs("w", T0, 10**12, 100)}
+        ids = sorted(epochs)
+
+        def one(seq: int, run_id: str) -> RunWrite:
+            e = JournalEntry(seq, "completed", seq, f"s{seq}", "run", T0, '{"output": 1}')
+            return RunWrite(run_id, epochs[run_id], (e,), status="running")
+
+        n_single = 300
+        start = time.perf_counter()
+        for seq in range(n_single):
+            assert store.commit(CommitBatch(now=T0, writes=(one(seq, ids[0]),))) == set()
+        single = time.perf_counter() - start
+
+        n_batches = 30
+        start = time.perf_counter()
+        for seq in range(n_batches):
+            writes = (*(one(seq, r) for r in ids[1:]), one(n_single + seq, ids[0]))
+            batch = CommitBatch(now=T0, writes=writes)
+            assert store.commit(batch) == set()
+        batched = time.perf_counter() - start
+
+        assert len(store.load_journal(ids[0])) == n_single + n_batches
+        assert all(len(store.load_journal(r)) == n_batches for r in ids[1:])
+        with capsys.disabled():
+            print(
+                f"\n[SQLiteStore synchronous={synchronous}] "
+                f"1 write/1 entry: {n_single / single:,.0f} commits/s "
+                f"({single / n_single * 1e6:,.0f} us each); "
+                f"100 writes: {n_batches / batched:,.0f} commits/s "
+                f"({batched / n_batches * 1e3:,.2f} ms each, "
+                f"{100 * n_batches / batched:,.0f} run writes/s)"
+            )
+    finally:
+        store.close()
