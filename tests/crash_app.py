@@ -1,6 +1,6 @@
 """The app the crash and multi-worker tests run in separate processes.
 
-Every step body appends a line ``run_id step_id token`` to the side-effect log (fsynced) and
+Every step body appends a line ``run_id step_id token pid`` to the side-effect log (fsynced) and
 returns the token, so a test can tell which execution's result was recorded and whether a
 step ran again after its memo was committed.
 """
@@ -20,7 +20,7 @@ def effect(run_id: str, step_id: str, value: int) -> dict[str, Any]:
     """A side effect that leaves a trace, then returns a value derived from the input."""
     token = uuid.uuid4().hex
     with open(os.environ["DURABLE_EFFECT_LOG"], "a", encoding="utf-8") as f:
-        f.write(f"{run_id} {step_id} {token}\n")
+        f.write(f"{run_id} {step_id} {token} {os.getpid()}\n")
         f.flush()
         os.fsync(f.fileno())
     return {"token": token, "value": value * 2}
