@@ -168,20 +168,10 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .testing import export_run
+
     store = _open_store(args.store)
-    run = store.get_run(args.run_id)
-    doc = {
-        "format": "durable-core-journal/1",
-        "run": {"id": run.id, "function_id": run.function_id, "status": run.status,
-                "events": [json.loads(e) for e in run.events], "created_at": run.created_at,
-                "output": None if run.output is None else json.loads(run.output)},
-        "journal": [
-            {"seq": e.seq, "op": e.op, "position": e.position, "step_id": e.step_id,
-             "kind": e.kind, "ts": e.ts, "data": json.loads(e.data)}
-            for e in store.load_journal(args.run_id)
-        ],
-    }
-    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    text = json.dumps(export_run(store, args.run_id), indent=2, ensure_ascii=False)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")

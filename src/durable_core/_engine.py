@@ -262,8 +262,10 @@ class Engine:
     ) -> Plan:
         """A step body returned ``value`` (or raised ``error``)."""
         live = self.live.get(step.run_id)
-        if live is None:
-            self.discarded_results += 1  # the lease was lost: another worker owns the run
+        if live is None or not live.machine.is_current(step):
+            # The lease was lost (another worker owns the run), or the run's machine was
+            # rebuilt since this body was dispatched: the result belongs to nobody.
+            self.discarded_results += 1
             return Plan(CommitBatch(now=now), [])
         if error is None:
             cmds = live.machine.handle(StepCompleted(step.position, step.attempt, value, now))
@@ -383,6 +385,13 @@ class Engine:
         excess = len(self.live) - self.cache_size
         for run_id in [r for r, live in self.live.items() if not live.leased][:excess]:
             del self.live[run_id]
+
+    def is_current(self, step: ExecuteStep) -> bool:
+        """Whether a dispatched step should still run: its run is held by this engine and its
+        machine still waits for exactly this dispatch. Check it right before running a body
+        whose start may have been delayed."""
+        live = self.live.get(step.run_id)
+        return live is not None and live.machine.is_current(step)
 
     def release_all(self, now: int) -> None:
         """Give up every lease this engine holds (graceful stop). Runs with step bodies that

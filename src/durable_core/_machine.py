@@ -143,6 +143,8 @@ class RunMachine:
         self._ended = False
         self.output: str | None = None
         self.error: ErrorInfo | None = None
+        self.failure: BaseException | None = None
+        """The exception that failed the run, when it failed in this process."""
         self.entries: list[JournalEntry] = []
         self._steps: dict[int, _Step] = {}
         self._children: dict[str, int] = {}
@@ -157,6 +159,7 @@ class RunMachine:
         self._ctx: Context | None = None
         self._timers: dict[int, int] = {}
         self._running: dict[int, int] = {}
+        self._dispatched: dict[int, ExecuteStep] = {}
         self._requests: dict[int, StepRequest] = {}
         self._parked: tuple[Any, tuple[int, ...]] | None = None
         self._next_pos = 0
@@ -188,6 +191,11 @@ class RunMachine:
     def next_deadline(self) -> int | None:
         """When (ms) the machine next needs :class:`TimerFired`, or None."""
         return min(self._timers.values()) if self._timers else None
+
+    def is_current(self, step: ExecuteStep) -> bool:
+        """Whether ``step`` is a body this machine is waiting for (not one dispatched by an
+        earlier incarnation of the run, e.g. before its machine was rebuilt)."""
+        return self._dispatched.get(step.position) is step
 
     def running_steps(self) -> dict[int, int]:
         """Positions of step bodies being executed, with their attempt numbers."""
@@ -341,9 +349,9 @@ class RunMachine:
             rec = self._steps[pos] = _Step(pos, key, "run")
             self._requests[pos] = req
             self._running[pos] = 0
-            self._execute.append(
-                ExecuteStep(self.run_id, pos, rec.step_id, 0, req.fn, req.args, req.kwargs)
-            )
+            cmd = ExecuteStep(self.run_id, pos, rec.step_id, 0, req.fn, req.args, req.kwargs)
+            self._dispatched[pos] = cmd
+            self._execute.append(cmd)
             self._parked = (req, (pos,))
             return _PARKED
         if isinstance(req, StepRequest):
@@ -569,17 +577,17 @@ class RunMachine:
     def _start_body(self, rec: _Step, req: StepRequest) -> None:
         assert isinstance(req, RunRequest)
         self._running[rec.position] = rec.failures
-        self._execute.append(
-            ExecuteStep(
-                run_id=self.run_id,
-                position=rec.position,
-                step_id=rec.step_id,
-                attempt=rec.failures,
-                fn=req.fn,
-                args=req.args,
-                kwargs=req.kwargs,
-            )
+        cmd = ExecuteStep(
+            run_id=self.run_id,
+            position=rec.position,
+            step_id=rec.step_id,
+            attempt=rec.failures,
+            fn=req.fn,
+            args=req.args,
+            kwargs=req.kwargs,
         )
+        self._dispatched[rec.position] = cmd
+        self._execute.append(cmd)
 
     def _trigger(self) -> str:
         if self._trigger_json is None:
@@ -796,6 +804,7 @@ class RunMachine:
         self._end()
         self.status = status
         self.error = info
+        self.failure = err
         first = self._record_end(
             now, json.dumps({"status": status, "error": info.to_dict()}, separators=(",", ":"))
         )

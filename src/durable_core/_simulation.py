@@ -353,6 +353,9 @@ class Simulation:
     def _execute(self, step: ExecuteStep) -> None:
         from .testing import execute_body
 
+        if not self.engine.is_current(step):
+            self.stats["stale_dispatches"] += 1  # the run was rebuilt since its dispatch
+            return
         k = self.stats["executions"]
         self.stats["executions"] += 1
         plan = self.plan

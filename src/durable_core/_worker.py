@@ -24,9 +24,9 @@ import trio
 
 from ._context import current_attempt
 from ._engine import Engine, Plan
+from ._errors import StoreError
 from ._events import Event
 from ._function import App
-from ._errors import StoreError
 from ._model import ExecuteStep
 from ._store_api import Store
 
@@ -207,6 +207,8 @@ class Worker:
         """Execute a chain of steps of one run: body, commit, next body..."""
         try:
             while True:
+                if not self.engine.is_current(step):
+                    return  # the run was rebuilt or taken over since this step was dispatched
                 value, error = await self._execute(step)
                 steps = await self._submit(step, value, error)
                 if not steps or self._stopping:

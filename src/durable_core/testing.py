@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import itertools
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,10 +27,24 @@ from ._errors import RunNotFoundError, ValidationError
 from ._events import Event
 from ._function import App
 from ._model import ErrorInfo, ExecuteStep
+from ._simulation import CrashTestReport, FaultPlan, InvariantViolation, Simulation, crash_test
 from ._store_api import Store
 from ._views import RunView, StepView, run_view
 
-__all__ = ["RunHandle", "TestEngine"]
+JOURNAL_FORMAT = "durable-core-journal/1"
+
+__all__ = [
+    "CrashTestReport",
+    "FaultPlan",
+    "InvariantViolation",
+    "RunHandle",
+    "Simulation",
+    "TestEngine",
+    "crash_test",
+    "export_run",
+    "replay",
+    "replay_folder",
+]
 
 
 class RunHandle:
@@ -257,3 +272,123 @@ def execute_body(
         return None, exc
     finally:
         current_attempt.reset(token)
+
+
+# --------------------------------------------------------------------------- replay testing
+
+
+def export_run(store: Store, run_id: str) -> dict[str, Any]:
+    """A run and its journal as a JSON-compatible document (what ``durable export`` writes)."""
+    import json
+
+    run = store.get_run(run_id)
+    return {
+        "format": JOURNAL_FORMAT,
+        "run": {
+            "id": run.id, "function_id": run.function_id, "status": run.status,
+            "events": [json.loads(e) for e in run.events], "created_at": run.created_at,
+            "parent_run_id": run.parent_run_id,
+            "output": None if run.output is None else json.loads(run.output),
+            "error": None if run.error is None else run.error.to_dict(),
+        },
+        "journal": [
+            {"seq": e.seq, "op": e.op, "position": e.position, "step_id": e.step_id,
+             "kind": e.kind, "ts": e.ts, "data": json.loads(e.data)}
+            for e in store.load_journal(run_id)
+        ],
+    }
+
+
+def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunView:
+    """Replay an exported run (a file written by ``durable export``, or its parsed JSON)
+    against the current code of ``app``, with no side effects.
+
+    Raises :class:`~durable_core.DeterminismError` showing the first diverging step
+    (recorded against requested) if the code no longer follows the journal, if it asks for
+    a new step where the recorded run had ended, or if it returns another output.
+    """
+    import json
+
+    from ._errors import DeterminismError
+    from ._machine import RunMachine
+    from ._model import CompleteRun, ExecuteStep, FailRun, JournalEntry, RunStarted
+
+    if isinstance(journal, dict):
+        doc = journal
+        source = "<journal>"
+    else:
+        source = os.fspath(journal)
+        with open(source, encoding="utf-8") as f:
+            doc = json.load(f)
+    if doc.get("format") != JOURNAL_FORMAT:
+        raise ValidationError(
+            f"{source}: not a durable-core journal export (format {doc.get('format')!r}, "
+            f"expected {JOURNAL_FORMAT!r}); write one with `durable export RUN_ID -o FILE`",
+            field="format",
+        )
+    run = doc["run"]
+    entries = [
+        JournalEntry(e["seq"], e["op"], e["position"], e["step_id"], e["kind"], e["ts"],
+                     json.dumps(e["data"], separators=(",", ":"), ensure_ascii=False))
+        for e in doc["journal"]
+    ]
+    function = app.get(run["function_id"])
+    machine = RunMachine(
+        function, run["id"], [Event.from_dict(e) for e in run["events"]], run["created_at"],
+        entries, parent_run_id=run.get("parent_run_id"),
+    )
+    now = max([run["created_at"], *(e.ts for e in entries)])
+    cmds = machine.handle(RunStarted(now))
+    if isinstance(machine.failure, DeterminismError):
+        raise machine.failure
+    ended = run["status"] in ("completed", "failed", "cancelled")
+    new_steps = [c for c in cmds if isinstance(c, ExecuteStep)]
+    if ended and new_steps:
+        step = new_steps[0]
+        raise DeterminismError(
+            f"run {run['id']}: the recorded run had ended ({run['status']}) but the code now "
+            f"asks for a new step {step.step_id!r} at position {step.position}",
+            run_id=run["id"], position=step.position, recorded=f"run {run['status']}",
+            requested=step.step_id,
+        )
+    done = [c for c in cmds if isinstance(c, CompleteRun | FailRun)]
+    if run["status"] == "completed":
+        got = json.loads(done[0].output) if done and isinstance(done[0], CompleteRun) else None
+        if not done or not isinstance(done[0], CompleteRun) or got != run["output"]:
+            raise DeterminismError(
+                f"run {run['id']}: the recorded run returned {run['output']!r}, the code now "
+                f"{'returns ' + repr(got) if done else 'does not finish'}",
+                run_id=run["id"], recorded=repr(run["output"]), requested=repr(got),
+            )
+    from ._store_api import RunRecord
+
+    record = RunRecord(
+        id=run["id"], function_id=run["function_id"], status=machine.status,
+        events=tuple(json.dumps(e) for e in run["events"]), created_at=run["created_at"],
+        updated_at=now, output=machine.output, error=machine.error,
+    )
+    return run_view(record, entries)
+
+
+def replay_folder(app: App, folder: str | os.PathLike[str]) -> int:
+    """Replay every ``*.json`` export in ``folder`` against ``app``; returns how many were
+    checked. Raises the first :class:`~durable_core.DeterminismError`, naming the file. Call
+    it from a test so that a non-deterministic change fails before it is deployed::
+
+        def test_recorded_runs_still_replay():
+            replay_folder(app, "tests/journals")
+    """
+    import pathlib
+
+    from ._errors import DeterminismError
+
+    paths = sorted(pathlib.Path(folder).glob("*.json"))
+    for path in paths:
+        try:
+            replay(app, path)
+        except DeterminismError as exc:
+            raise DeterminismError(
+                f"{path.name}: {exc}", run_id=exc.run_id, position=exc.position,
+                recorded=exc.recorded, requested=exc.requested,
+            ) from exc
+    return len(paths)
