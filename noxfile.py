@@ -38,3 +38,14 @@ def bench(session: nox.Session) -> None:
 
     if pathlib.Path("benchmarks/store_throughput.py").exists():
         session.run("python", "benchmarks/store_throughput.py", *session.posargs)
+
+
+@nox.session
+def crash(session: nox.Session) -> None:
+    """The simulation tests with the thorough Hypothesis profile (thousands of examples),
+    plus the process crash tests."""
+    session.install("-e", ".[dev]")
+    session.run(
+        "pytest", "-s", "tests/test_simulation.py", "tests/test_crash.py", *session.posargs,
+        env={"DURABLE_SIM_PROFILE": "thorough"},
+    )

@@ -38,6 +38,7 @@ from ._store_api import Store
 from ._views import RunView, StepView
 
 if TYPE_CHECKING:
+    from ._background import BackgroundWorker
     from ._client import Client
     from ._worker import Worker
 
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "BackgroundWorker",
     "Client",
     "Context",
     "CronTrigger",
@@ -95,4 +97,8 @@ def __getattr__(name: str) -> object:
         from ._client import Client
 
         return Client
+    if name == "BackgroundWorker":
+        from ._background import BackgroundWorker
+
+        return BackgroundWorker
     raise AttributeError(f"module 'durable_core' has no attribute {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._engine import Engine
 from ._events import Event
@@ -23,10 +23,15 @@ class Client:
     Use it from sync code or from asyncio applications (call it in a thread executor if a
     blocking store would stall your loop). Events are accepted durably before ``send``
     returns; a worker (``durable worker`` or :class:`durable_core.Worker`) runs the functions.
+    ``on_send`` is called after each send or cancel (a :class:`BackgroundWorker` wakes its
+    worker with it).
     """
 
-    def __init__(self, store: Store, *, clock: object = None) -> None:
+    def __init__(
+        self, store: Store, *, clock: object = None, on_send: Callable[[], None] | None = None
+    ) -> None:
         self.store = store
+        self._on_send = on_send
         self._clock = wall_clock_ms if clock is None else clock
         self._lock = threading.Lock()
         self._engine = Engine(App("client"), store, owner="client", entropy=os.urandom)
@@ -39,6 +44,8 @@ class Client:
         batch = [events] if isinstance(events, Event) else list(events)
         with self._lock:
             stored = self._engine.send(batch, self._now())
+        if self._on_send is not None:
+            self._on_send()
         return [e.id for e in stored]
 
     def get_run(self, run_id: str) -> RunView:
@@ -68,3 +75,5 @@ class Client:
         self.store.commit(
             CommitBatch(now=self._now(), signals=((run_id, Signal("cancel", run_id, reason)),))
         )
+        if self._on_send is not None:
+            self._on_send()
