@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -63,20 +64,16 @@ class BackgroundWorker:
     def wake(self) -> None:
         """Make the worker look at the store now (thread-safe)."""
         if self._token is not None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self.worker.wake, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop gracefully (in-flight steps finish and are committed) and join the thread."""
         if self._thread is None:
             return
         if self._token is not None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self.worker.stop, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise RuntimeError(f"the worker did not stop within {timeout}s")
