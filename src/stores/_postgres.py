@@ -1,0 +1,1274 @@
+"""The PostgreSQL store: the store contract on psycopg 3 and a connection pool.
+
+Everything lives in one schema (``durable`` by default), so several applications (or tests)
+can share a database. The schema is created and migrated on open; a version row in its
+``meta`` table records how far. Opening is safe from many processes at once (migrations run
+under a transaction-scoped advisory lock).
+
+Performance: a commit of run writes (journal entries, status changes, inbox consumption,
+waits, signals, routed marks, cron cursors) is a single SQL statement, so a single round trip;
+fencing is checked inside it, under the run rows' locks. Only batches that append events or
+create runs need a second round trip, for deduplication. Arrays are sent in binary and bulk
+inserts use ``unnest``, so a batch of hundreds of writes costs little more than one.
+
+Concurrency: writes to a run are fenced by its lease epoch (and journal length) on the
+latest row version; claims use ``FOR NO KEY UPDATE SKIP LOCKED`` so that concurrent workers
+never claim the same run and never wait for each other. Event appends are serialized by a
+counter row that hands out event seqs (so the log is dense and in commit order, and
+concurrent appends of one event id agree on which copy is the original); run creation takes
+transaction-scoped advisory locks on run ids and idempotency keys. Locks are always taken in
+the same order (advisory locks, event counter, run rows by id, then waits, events and cron
+rows), so commits do not deadlock one another; a deadlock would be retried.
+
+Every commit that creates events, runs or signals sends a ``NOTIFY`` on a channel named after
+the schema; :meth:`PostgresStore.wait_for_notify` blocks until one arrives. Polling remains the
+fallback: notifications are a latency optimisation, never needed for correctness.
+
+Limitations: PostgreSQL ``text`` cannot hold NUL characters (``"\\x00"``), nor can Python
+strings with lone surrogates be encoded; such values raise :class:`~durable_core.StoreError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import select
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Any, LiteralString, NamedTuple, TypeVar
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from durable_core._errors import RunNotFoundError, StoreError, ValidationError
+from durable_core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
+from durable_core._store_api import (
+    DEDUPE_WINDOW_MS,
+    Claim,
+    CommitBatch,
+    NewRun,
+    RunRecord,
+    StoredEvent,
+    WaitRecord,
+)
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+_T = TypeVar("_T")
+_Conn = psycopg.Connection[tuple[Any, ...]]
+_Cursor = psycopg.Cursor[tuple[Any, ...]]
+
+_TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
+_MIN = "(-9223372036854775807 - 1)"  # runs.due_at of runs that are claimable at any time
+assert frozenset({"completed", "failed", "cancelled"}) == TERMINAL_STATUSES
+
+_TABLES = (
+    "meta", "events", "runs", "run_events", "idem", "journal", "inbox", "waits", "cron",
+    "counters", "signal_seq",
+)
+
+# ---------------------------------------------------------------------------- migrations
+# Each entry upgrades the schema by one version. Never edit a released migration: append.
+# ``{name}`` is replaced by the schema-qualified identifier of ``name`` (see _TABLES).
+
+_MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
+    # 1: the tables.
+    (
+        # Event seqs come from a counter row, locked until commit: event appends are
+        # serialized, so seq order is commit order and a dense, gap-free log.
+        "CREATE TABLE {counters} (name text PRIMARY KEY, value bigint NOT NULL)",
+        "INSERT INTO {counters} (name, value) VALUES ('events', 0)",
+        "CREATE SEQUENCE {signal_seq}",
+        """CREATE TABLE {events} (
+            seq bigint PRIMARY KEY,
+            id text NOT NULL,
+            name text NOT NULL,
+            data text NOT NULL,
+            ts bigint NOT NULL,
+            duplicate boolean NOT NULL,
+            routed boolean NOT NULL)""",
+        "CREATE INDEX events_by_id ON {events} (id, seq) WHERE NOT duplicate",
+        "CREATE INDEX events_unrouted ON {events} (seq) WHERE NOT routed",
+        # due_at: the earliest ``now`` at which the run is claimable (NULL: never, as things
+        # stand). It folds the claimability rule into one indexable column.
+        """CREATE TABLE {runs} (
+            id text PRIMARY KEY,
+            ord bigserial NOT NULL,
+            function_id text NOT NULL,
+            status text NOT NULL,
+            events text[] NOT NULL,
+            event_ids text[] NOT NULL,
+            created_at bigint NOT NULL,
+            updated_at bigint NOT NULL,
+            wake_at bigint,
+            output text,
+            error_type text,
+            error_message text,
+            parent_run_id text,
+            idempotency_key text,
+            ended_at bigint,
+            epoch bigint NOT NULL DEFAULT 0,
+            lease_owner text,
+            lease_expires bigint,
+            journal_len bigint NOT NULL DEFAULT 0,
+            inbox_count bigint NOT NULL DEFAULT 0,
+            due_at bigint GENERATED ALWAYS AS (
+                CASE
+                    WHEN status IN ('completed', 'failed', 'cancelled') THEN NULL
+                    WHEN lease_owner IS NOT NULL THEN COALESCE(lease_expires, 0)
+                    WHEN status = 'queued' OR inbox_count > 0 THEN (-9223372036854775807 - 1)
+                    ELSE wake_at
+                END) STORED) WITH (fillfactor = 75)""",
+        # Claims read the runs that are queued or signalled (due_at = MIN) in ord order,
+        # and those due by time (MIN < due_at <= now); leased and sleeping runs are never
+        # scanned.
+        "CREATE INDEX runs_due ON {runs} (due_at, ord) WHERE due_at IS NOT NULL",
+        """CREATE INDEX runs_wake ON {runs} (wake_at)
+            WHERE wake_at IS NOT NULL AND status NOT IN ('completed', 'failed', 'cancelled')""",
+        """CREATE TABLE {idem} (
+            function_id text NOT NULL,
+            key text NOT NULL,
+            run_id text NOT NULL,
+            created_at bigint NOT NULL,
+            PRIMARY KEY (key, function_id))""",
+        """CREATE TABLE {journal} (
+            run_id text NOT NULL,
+            seq bigint NOT NULL,
+            op text NOT NULL,
+            position bigint NOT NULL,
+            step_id text NOT NULL,
+            kind text NOT NULL,
+            ts bigint NOT NULL,
+            data text NOT NULL,
+            PRIMARY KEY (run_id, seq))""",
+        """CREATE TABLE {inbox} (
+            seq bigint PRIMARY KEY,
+            run_id text NOT NULL,
+            kind text NOT NULL,
+            key text NOT NULL,
+            payload text NOT NULL,
+            position bigint NOT NULL)""",
+        "CREATE INDEX inbox_by_run ON {inbox} (run_id, seq)",
+        """CREATE TABLE {waits} (
+            event text NOT NULL,
+            run_id text NOT NULL,
+            position bigint NOT NULL,
+            if_ text,
+            trigger_event text NOT NULL,
+            expires_at bigint NOT NULL,
+            after_seq bigint NOT NULL,
+            ord bigserial NOT NULL,
+            PRIMARY KEY (event, run_id, position))""",
+        "CREATE INDEX waits_by_run ON {waits} (run_id, position)",
+        "CREATE TABLE {cron} (key text PRIMARY KEY, tick bigint NOT NULL)",
+    ),
+    # 2: list_runs filters: indexes, and an index table of the runs' triggering event ids.
+    (
+        # Newest first. On -ord, so that claims (ORDER BY ord) cannot pick it and scan the
+        # whole table in creation order: they go through runs_due.
+        "CREATE INDEX runs_newest ON {runs} ((-ord))",
+        "CREATE INDEX runs_by_function ON {runs} (function_id, ord)",
+        "CREATE INDEX runs_by_status ON {runs} (status, ord)",
+        """CREATE TABLE {run_events} (
+            event_id text NOT NULL,
+            run_id text NOT NULL,
+            PRIMARY KEY (event_id, run_id))""",
+        "INSERT INTO {run_events} (event_id, run_id) "
+        "SELECT DISTINCT unnest(event_ids), id FROM {runs}",
+    ),
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""The schema version this code creates and understands."""
+
+
+def _render(template: LiteralString, schema: str) -> LiteralString:
+    """``template`` with ``{table}`` replaced by the quoted, schema-qualified identifier."""
+    idents = {name: sql.Identifier(schema, name) for name in _TABLES}
+    # Built only from a literal template and quoted identifiers: safe to use as a query.
+    return sql.SQL(template).format(schema=sql.Identifier(schema), **idents).as_string(None)
+
+
+def _migrate(conn: _Conn, schema: str, target: int = SCHEMA_VERSION) -> int:
+    """Bring ``schema`` to version ``target`` (creating it if needed); returns the version
+    found before. Runs in one transaction under an advisory lock, so concurrent openers
+    queue rather than race. ``conn`` must be in autocommit mode."""
+    meta = _render("{meta}", schema)
+    # Fast path: already at the target version, no lock (and no CREATE privilege) needed.
+    if _exists(conn, meta):
+        found = _read_version(conn, schema)
+        _check_not_newer(schema, found)
+        if found >= target:
+            return found
+    with conn.transaction():
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            ("durable-core:migrate:" + schema,),
+        )
+        conn.execute(_render("CREATE SCHEMA IF NOT EXISTS {schema}", schema))
+        conn.execute(
+            _render("CREATE TABLE IF NOT EXISTS {meta} (key text PRIMARY KEY, value text)", schema)
+        )
+        found = _read_version(conn, schema)
+        _check_not_newer(schema, found)
+        for version in range(found + 1, target + 1):
+            for stmt in _MIGRATIONS[version - 1]:
+                conn.execute(_render(stmt, schema))
+        if target > found:
+            conn.execute(
+                _render(
+                    "INSERT INTO {meta} (key, value) VALUES ('version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    schema,
+                ),
+                (str(target),),
+            )
+    return found
+
+
+def _exists(conn: _Conn, qualified: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,)).fetchone()
+    return bool(row and row[0])
+
+
+def _read_version(conn: _Conn, schema: str) -> int:
+    row = conn.execute(
+        _render("SELECT value FROM {meta} WHERE key = 'version'", schema)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _check_not_newer(schema: str, found: int) -> None:
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"postgres schema {schema!r} is at version {found}, newer than version "
+            f"{SCHEMA_VERSION} that this durable-core understands; upgrade durable-core "
+            "(or use another schema)"
+        )
+
+
+# ---------------------------------------------------------------------------- queries
+
+_RUN_COLS: LiteralString = (
+    "r.id, r.function_id, r.status, r.events, r.created_at, r.updated_at, r.wake_at, "
+    "r.output, r.error_type, r.error_message, r.parent_run_id, r.idempotency_key, "
+    "r.ended_at, r.epoch, r.lease_owner, r.lease_expires, r.event_ids"
+)
+_EVENT_COLS: LiteralString = "seq, id, name, data, ts, duplicate"
+_JOURNAL_COLS: LiteralString = "run_id, seq, op, position, step_id, kind, ts, data"
+
+
+class _CoreShape(NamedTuple):
+    """Which parts a batch's core statement needs (one prepared statement per shape)."""
+
+    writes: bool
+    record: bool  # some write changes the run record, not only the journal
+    consumed: bool
+    entries: bool
+    signals: bool
+    waits_add: bool
+    waits_remove: bool
+    routed: bool
+    cron: bool
+    notify: bool
+
+
+class _Queries:
+    """Every statement, rendered once for one schema."""
+
+    def __init__(self, schema: str) -> None:
+        def r(template: LiteralString) -> LiteralString:
+            return _render(template, schema)
+
+        self._schema = schema
+        self._core_cache: dict[_CoreShape, LiteralString] = {}
+        self._list_cache: dict[tuple[bool, bool, bool], LiteralString] = {}
+        self.event_seqs = r(
+            "UPDATE {counters} SET value = value + %s WHERE name = 'events' RETURNING value"
+        )
+        self.signal_seq = _render("{signal_seq}", schema)
+        self.advisory: LiteralString = (
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k"
+        )
+        self.prev_events = r(
+            "SELECT DISTINCT ON (id) id, ts FROM {events} "
+            "WHERE id = ANY(%b::text[]) AND NOT duplicate ORDER BY id, seq DESC"
+        )
+        self.insert_events = r(
+            "INSERT INTO {events} (seq, id, name, data, ts, duplicate, routed) "
+            "SELECT u.seq, u.id, u.name, u.data, u.ts, u.dup, u.dup FROM unnest("
+            "%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::boolean[]"
+            ") AS u(seq, id, name, data, ts, dup)"
+        )
+        self.existing_runs = r("SELECT id FROM {runs} WHERE id = ANY(%b::text[])")
+        self.idem_get = r(
+            "SELECT i.function_id, i.key, i.created_at FROM {idem} AS i "
+            "JOIN unnest(%b::text[], %b::text[]) AS u(f, k) ON i.function_id = u.f AND i.key = u.k "
+            "WHERE i.key = ANY(%b::text[])"
+        )
+        self.insert_run = r(
+            "INSERT INTO {runs} (id, function_id, status, events, event_ids, created_at, "
+            "updated_at, parent_run_id, idempotency_key) "
+            "VALUES (%s, %s, 'queued', %b::text[], %b::text[], %s, %s, %s, %s)"
+        )
+        self.insert_run_events = r(
+            "INSERT INTO {run_events} (event_id, run_id) "
+            "SELECT * FROM unnest(%b::text[], %b::text[]) ON CONFLICT DO NOTHING"
+        )
+        self.idem_put = r(
+            "INSERT INTO {idem} (function_id, key, run_id, created_at) "
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) "
+            "ON CONFLICT (function_id, key) DO UPDATE "
+            "SET run_id = excluded.run_id, created_at = excluded.created_at"
+        )
+        self.notify: LiteralString = "SELECT pg_notify(%s, '')"
+        # A claim returns each run with its journal and inbox as parallel arrays. They are
+        # read in the claiming statement's snapshot, which may predate the run's current
+        # version (when a concurrent writer committed while we waited): the caller compares
+        # the journal with journal_len and re-reads it if it is short.
+        claimed: LiteralString = (
+            "SELECT c.*, j.seq, j.op, j.position, j.step_id, j.kind, j.ts, j.data, "
+            "i.seq, i.kind, i.key, i.payload, i.position FROM c "
+            "LEFT JOIN LATERAL (SELECT array_agg(s.seq) AS seq, array_agg(s.op) AS op, "
+            "array_agg(s.position) AS position, array_agg(s.step_id) AS step_id, "
+            "array_agg(s.kind) AS kind, array_agg(s.ts) AS ts, array_agg(s.data) AS data "
+            "FROM (SELECT * FROM {journal} WHERE run_id = c.id ORDER BY seq) AS s) AS j ON true "
+            "LEFT JOIN LATERAL (SELECT array_agg(s.seq) AS seq, array_agg(s.kind) AS kind, "
+            "array_agg(s.key) AS key, array_agg(s.payload) AS payload, "
+            "array_agg(s.position) AS position "
+            "FROM (SELECT * FROM {inbox} WHERE run_id = c.id ORDER BY seq) AS s) AS i ON true "
+            "ORDER BY c.ord"
+        )
+        # Two candidate sets, each read through runs_due and locked (skipping rows locked by
+        # others): the oldest runs waiting with due_at = MIN (queued, or with signals), and
+        # the oldest runs due by time. The oldest ``limit`` of both are claimed (the other
+        # candidates' locks end with the statement). Written so that any plan is cheap: the
+        # generic plans cached for prepared statements cannot see the parameters.
+        self.claim_runs = r(
+            "WITH q1 AS (SELECT id, ord FROM {runs} WHERE due_at = " + _MIN + " "
+            "ORDER BY due_at, ord LIMIT %(limit)s FOR NO KEY UPDATE SKIP LOCKED), "
+            "q2 AS (SELECT id, ord FROM {runs} WHERE due_at > " + _MIN + " "
+            "AND due_at <= %(now)s ORDER BY ord LIMIT %(limit)s "
+            "FOR NO KEY UPDATE SKIP LOCKED), "
+            "picked AS (SELECT id FROM (SELECT * FROM q1 UNION ALL SELECT * FROM q2) AS a "
+            "ORDER BY ord LIMIT %(limit)s), "
+            "c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
+            "lease_expires = %(expires)s WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) "
+            "RETURNING r.ord, r.journal_len, " + _RUN_COLS + ") " + claimed
+        )
+        self.claim_run = r(
+            "WITH c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
+            "lease_expires = %(expires)s WHERE r.id = %(id)s "
+            "AND r.status NOT IN " + _TERMINAL_SQL + " "
+            "AND (r.lease_owner IS NULL OR COALESCE(r.lease_expires, 0) <= %(now)s) "
+            "RETURNING r.ord, r.journal_len, " + _RUN_COLS + ") " + claimed
+        )
+        self.renew = r(
+            "WITH held AS (SELECT id FROM {runs} WHERE id = ANY(%(ids)b::text[]) "
+            "AND lease_owner = %(owner)s AND status NOT IN " + _TERMINAL_SQL + " "
+            "ORDER BY id FOR NO KEY UPDATE) "
+            "UPDATE {runs} AS r SET lease_expires = %(expires)s "
+            "WHERE r.id = ANY(ARRAY(SELECT id FROM held)) RETURNING r.id"
+        )
+        self.unrouted = r(
+            "SELECT " + _EVENT_COLS + " FROM {events} WHERE NOT routed ORDER BY seq LIMIT %s"
+        )
+        self.get_event = r(
+            "SELECT " + _EVENT_COLS + " FROM {events} WHERE id = %s AND NOT duplicate "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        self.find_waits = r(
+            "SELECT run_id, position, event, if_, trigger_event, expires_at, after_seq "
+            "FROM {waits} "
+            "WHERE event = %s AND expires_at > %s ORDER BY ord"
+        )
+        self.next_wake = r(
+            "SELECT min(wake_at) FROM {runs} "
+            "WHERE wake_at IS NOT NULL AND status NOT IN " + _TERMINAL_SQL
+        )
+        self.cron = r("SELECT key, tick FROM {cron}")
+        self.get_run = r("SELECT " + _RUN_COLS + " FROM {runs} AS r WHERE r.id = %s")
+        self.load_journal = r(
+            "SELECT " + _JOURNAL_COLS + " FROM {journal} WHERE run_id = %s ORDER BY seq"
+        )
+
+    def list_runs(self, function_id: bool, status: bool, event_id: bool) -> LiteralString:
+        """The list_runs query for a combination of filters."""
+        key = (function_id, status, event_id)
+        query = self._list_cache.get(key)
+        if query is None:
+            conds: list[LiteralString] = ["true"]
+            if function_id:
+                conds.append("r.function_id = %(function_id)s")
+            if status:
+                conds.append("r.status = %(status)s")
+            if event_id:
+                conds.append(
+                    "r.id IN (SELECT run_id FROM {run_events} WHERE event_id = %(event_id)s)"
+                )
+            order: LiteralString = "r.ord DESC" if len(conds) > 1 else "-r.ord"
+            query = _render(
+                "SELECT " + _RUN_COLS + " FROM {runs} AS r WHERE " + " AND ".join(conds)
+                + " ORDER BY " + order + " LIMIT %(limit)s",
+                self._schema,
+            )
+            self._list_cache[key] = query
+        return query
+
+    def core(self, shape: _CoreShape) -> LiteralString:
+        """The one statement that applies a batch's run writes (fenced), journal entries,
+        inbox changes, waits, routed marks and cron cursors (see ``_core_sql``). Its result
+        row holds the ids of the written runs that passed fencing."""
+        query = self._core_cache.get(shape)
+        if query is None:
+            query = _render(_core_sql(shape), self._schema)
+            self._core_cache[shape] = query
+        return query
+
+
+_U: LiteralString = (
+    "u AS (SELECT * FROM unnest(%(u_id)b::text[], %(u_epoch)b::bigint[], "
+    "%(u_expect)b::bigint[], %(u_n)b::bigint[], %(u_write)b::boolean[], "
+    "%(u_set_status)b::boolean[], %(u_status)b::text[], %(u_wake_at)b::bigint[], "
+    "%(u_set_end)b::boolean[], %(u_output)b::text[], %(u_error_type)b::text[], "
+    "%(u_error_message)b::text[], %(u_release)b::boolean[], %(u_consumed)b::bigint[], "
+    "%(u_nsig)b::bigint[], %(u_touch)b::boolean[]) AS u(id, epoch, expect, n, write, "
+    "set_status, status, wake_at, set_end, output, error_type, error_message, release, "
+    "consumed, nsig, touch))"
+)
+_U_JOURNAL: LiteralString = (  # journal-only writes: the hot path
+    "u AS (SELECT * FROM unnest(%(u_id)b::text[], %(u_epoch)b::bigint[], "
+    "%(u_expect)b::bigint[], %(u_n)b::bigint[]) AS u(id, epoch, expect, n))"
+)
+
+
+def _set_run(ok: LiteralString) -> LiteralString:
+    """SET clauses applying a folded write (from row ``x``) where ``ok`` holds."""
+    return (
+        "status = CASE WHEN " + ok + " AND x.set_status THEN x.status ELSE r.status END, "
+        "wake_at = CASE WHEN " + ok + " AND x.set_status THEN x.wake_at ELSE r.wake_at END, "
+        "output = CASE WHEN " + ok + " AND x.set_end THEN x.output ELSE r.output END, "
+        "error_type = CASE WHEN " + ok + " AND x.set_end THEN x.error_type "
+        "ELSE r.error_type END, "
+        "error_message = CASE WHEN " + ok + " AND x.set_end THEN x.error_message "
+        "ELSE r.error_message END, "
+        "ended_at = CASE WHEN " + ok + " AND x.set_end THEN %(now)s ELSE r.ended_at END, "
+        "lease_owner = CASE WHEN " + ok + " AND x.release THEN NULL ELSE r.lease_owner END, "
+        "lease_expires = CASE WHEN " + ok + " AND x.release THEN NULL "
+        "ELSE r.lease_expires END, "
+        "journal_len = CASE WHEN " + ok + " THEN r.journal_len + x.n ELSE r.journal_len END, "
+        "updated_at = CASE WHEN " + ok + " AND x.touch THEN %(now)s ELSE r.updated_at END"
+    )
+
+
+def _core_sql(shape: _CoreShape) -> LiteralString:
+    ctes: list[LiteralString] = []
+    if shape.signals or shape.consumed:
+        # Locking variant: ``lk`` locks every run written or signalled, in id order, and
+        # reads its fencing state; ``ok`` lists the written runs that pass. Inbox changes
+        # adjust runs.inbox_count in the same (single) UPDATE of each run row.
+        ctes.append(_U)
+        ctes.append(
+            "lk AS (SELECT r.id, r.epoch, r.status, r.journal_len FROM {runs} AS r "
+            "WHERE r.id = ANY(%(u_id)b::text[]) ORDER BY r.id FOR NO KEY UPDATE)"
+        )
+        ctes.append(
+            "ok AS (SELECT u.id FROM u JOIN lk ON lk.id = u.id WHERE u.write "
+            "AND lk.epoch = u.epoch AND lk.status NOT IN " + _TERMINAL_SQL + " "
+            "AND (u.expect IS NULL OR lk.journal_len = u.expect))"
+        )
+        if shape.consumed:
+            # Deletes only rows visible to this statement; RETURNING counts exactly those.
+            ctes.append(
+                "d AS (DELETE FROM {inbox} AS i USING u WHERE i.run_id = ANY(%(u_id)b::text[]) "
+                "AND i.run_id = u.id "
+                "AND u.consumed > 0 AND i.seq <= u.consumed AND u.id IN (SELECT id FROM ok) "
+                "RETURNING i.run_id)"
+            )
+            ctes.append("dc AS (SELECT run_id, count(*) AS n FROM d GROUP BY run_id)")
+        if shape.signals:
+            # Numbers are drawn only for runs locked by lk, so each run's signals get
+            # increasing numbers in commit order: a claim never sees a gap that a slower
+            # transaction fills later (and a consumed_signals mark would then delete).
+            ctes.append(
+                "sg AS (INSERT INTO {inbox} (seq, run_id, kind, key, payload, position) "
+                "SELECT nextval(%(signal_seq)s::regclass), s.run_id, s.kind, s.key, "
+                "s.payload, s.position FROM unnest(%(s_run)b::text[], %(s_kind)b::text[], "
+                "%(s_key)b::text[], %(s_payload)b::text[], %(s_position)b::bigint[]) "
+                "WITH ORDINALITY AS s(run_id, kind, key, payload, position, o) "
+                "WHERE s.run_id IN (SELECT id FROM lk) ORDER BY s.o)"
+            )
+        deleted: LiteralString = "COALESCE(dc.n, 0)" if shape.consumed else "0"
+        join_dc: LiteralString = " LEFT JOIN dc ON dc.run_id = u.id" if shape.consumed else ""
+        ctes.append(
+            "x AS MATERIALIZED (SELECT u.*, u.id IN (SELECT id FROM ok) AS ok, "
+            + deleted + " AS deleted FROM u" + join_dc + ")"
+        )
+        ctes.append(
+            "upd AS (UPDATE {runs} AS r SET " + _set_run("x.ok") + ", "
+            "inbox_count = r.inbox_count + x.nsig - x.deleted "
+            "FROM x WHERE r.id = ANY(%(u_id)b::text[]) AND r.id = x.id "
+            "AND (x.ok OR x.nsig > 0))"
+        )
+    elif shape.writes:
+        # Plain variant: the UPDATE itself checks fencing (re-checked on the latest row
+        # version if a concurrent commit got there first) and locks the rows it changes.
+        ctes.append(_U if shape.record else _U_JOURNAL)
+        sets = _set_run("true") if shape.record else "journal_len = r.journal_len + x.n"
+        ctes.append(
+            "upd AS (UPDATE {runs} AS r SET " + sets + " FROM u AS x "
+            "WHERE r.id = ANY(%(u_id)b::text[]) AND r.id = x.id AND r.epoch = x.epoch "
+            "AND r.status NOT IN " + _TERMINAL_SQL + " "
+            "AND (x.expect IS NULL OR r.journal_len = x.expect) RETURNING r.id)"
+        )
+        ctes.append("ok AS (SELECT id FROM upd)")
+    if shape.entries:
+        ctes.append(
+            "j AS (INSERT INTO {journal} (" + _JOURNAL_COLS + ") SELECT e.* FROM unnest("
+            "%(j_run)b::text[], %(j_seq)b::bigint[], %(j_op)b::text[], "
+            "%(j_position)b::bigint[], %(j_step_id)b::text[], %(j_kind)b::text[], "
+            "%(j_ts)b::bigint[], %(j_data)b::text[]) AS e(" + _JOURNAL_COLS + ") "
+            "WHERE e.run_id IN (SELECT id FROM ok))"
+        )
+    # Waits of runs whose writes were fenced are dropped; waits of runs not written apply.
+    wait_filter: LiteralString = ""
+    if shape.writes:
+        written: LiteralString = (
+            "SELECT id FROM u WHERE u.write" if shape.signals or shape.consumed
+            else "SELECT id FROM u"
+        )
+        wait_filter = (
+            " AND (w.run_id NOT IN (" + written + ") OR w.run_id IN (SELECT id FROM ok))"
+        )
+    if shape.waits_add:
+        ctes.append(
+            "wa AS (INSERT INTO {waits} (event, run_id, position, if_, trigger_event, "
+            "expires_at, after_seq) SELECT w.event, w.run_id, w.position, w.if_, "
+            "w.trigger_event, w.expires_at, (SELECT COALESCE(max(seq), 0) FROM {events}) "
+            "FROM unnest(%(wa_event)b::text[], %(wa_run)b::text[], "
+            "%(wa_position)b::bigint[], %(wa_if)b::text[], %(wa_trigger)b::text[], "
+            "%(wa_expires)b::bigint[]) WITH ORDINALITY AS w(event, run_id, position, if_, "
+            "trigger_event, expires_at, o) WHERE true" + wait_filter + " ORDER BY w.o "
+            "ON CONFLICT (event, run_id, position) DO NOTHING)"
+        )
+    if shape.waits_remove:
+        ctes.append(
+            "wr AS (DELETE FROM {waits} AS v USING unnest(%(wr_run)b::text[], "
+            "%(wr_position)b::bigint[]) AS w(run_id, position) "
+            "WHERE v.run_id = ANY(%(wr_run)b::text[]) AND v.run_id = w.run_id "
+            "AND v.position = w.position" + wait_filter + ")"
+        )
+    if shape.routed:
+        ctes.append(
+            "rt AS (UPDATE {events} SET routed = true WHERE seq IN (SELECT seq FROM {events} "
+            "WHERE seq = ANY(%(routed)b::bigint[]) AND NOT routed ORDER BY seq FOR UPDATE))"
+        )
+    if shape.cron:
+        ctes.append(
+            "cr AS (INSERT INTO {cron} AS c (key, tick) SELECT k.key, k.tick "
+            "FROM unnest(%(cron_key)b::text[], %(cron_tick)b::bigint[]) AS k(key, tick) "
+            "ORDER BY k.key ON CONFLICT (key) DO UPDATE SET tick = excluded.tick "
+            "WHERE c.tick < excluded.tick)"
+        )
+    # The main query runs before the data-modifying CTEs it does not read. Reading all of
+    # ``lk`` there takes the run row locks first, in id order, and before ``upd`` changes
+    # those rows (a row changed by this statement would no longer show up in ``lk``).
+    result: LiteralString = "NULL::bigint, NULL::text[]"
+    if shape.signals or shape.consumed:
+        result = "(SELECT count(*) FROM lk), ARRAY(SELECT id FROM ok)"
+    elif shape.writes:
+        result = "NULL::bigint, ARRAY(SELECT id FROM ok)"
+    if shape.notify:
+        result += ", pg_notify(%(channel)s, '')"
+    return "WITH " + ", ".join(ctes) + " SELECT " + result if ctes else "SELECT " + result
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+def _run(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        id=row[0], function_id=row[1], status=row[2], events=tuple(row[3]),
+        created_at=row[4], updated_at=row[5], wake_at=row[6], output=row[7],
+        error=None if row[8] is None else ErrorInfo(type=row[8], message=row[9]),
+        parent_run_id=row[10], idempotency_key=row[11], ended_at=row[12], epoch=row[13],
+        lease_owner=row[14], lease_expires=row[15], event_ids=tuple(row[16]),
+    )
+
+
+def _event(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        seq=row[0], id=row[1], name=row[2], data=row[3], ts=row[4], duplicate=row[5]
+    )
+
+
+def _entry(row: Sequence[Any]) -> JournalEntry:
+    return JournalEntry(
+        seq=row[1], op=row[2], position=row[3], step_id=row[4], kind=row[5], ts=row[6],
+        data=row[7],
+    )
+
+
+def _claim(row: Sequence[Any]) -> tuple[Claim, bool]:
+    """A claim from a claim query row, and whether its journal is complete."""
+    run = _run(row[2:19])
+    journal: tuple[JournalEntry, ...] = ()
+    if row[19] is not None:
+        journal = tuple(
+            JournalEntry(seq=seq, op=op, position=pos, step_id=sid, kind=kind, ts=ts, data=data)
+            for seq, op, pos, sid, kind, ts, data in zip(*row[19:26], strict=True)
+        )
+    signals: tuple[tuple[int, Signal], ...] = ()
+    if row[26] is not None:
+        signals = tuple(
+            (seq, Signal(kind=kind, key=key, payload=payload, position=pos))
+            for seq, kind, key, payload, pos in zip(*row[26:31], strict=True)
+        )
+    return Claim(run=run, journal=journal, signals=signals), len(journal) == row[1]
+
+
+def _parse_event(text: str) -> tuple[str, str, int, str]:
+    raw = json.loads(text)
+    return str(raw["id"]), str(raw["name"]), int(raw["ts"]), text
+
+
+def _lock_key(schema: str, kind: str, *parts: str) -> int:
+    """A signed 64-bit advisory-lock key for a deduplication key (collisions only cost
+    some needless waiting)."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in (schema, kind, *parts):
+        b = part.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(4, "big"))
+        h.update(b)
+    return int.from_bytes(h.digest(), "big", signed=True)
+
+
+class _RunWrites:
+    """The folded effect of a batch's writes (and signals) on one run."""
+
+    __slots__ = (
+        "bad", "consumed", "end", "entries", "epoch", "expect", "n", "nsig", "release",
+        "status", "touch", "write",
+    )
+
+    def __init__(self) -> None:
+        self.write = False
+        self.bad = False  # fenced whatever the stored state
+        self.epoch = 0
+        self.expect: int | None = None  # the journal length the writes continue
+        self.n = 0
+        self.entries: list[JournalEntry] = []
+        self.status: tuple[str, int | None] | None = None
+        self.end: tuple[str | None, ErrorInfo | None] | None = None
+        self.release = False
+        self.consumed = 0
+        self.nsig = 0
+        self.touch = False  # some write changes the record (not only the journal)
+
+
+def _fold(batch: CommitBatch) -> dict[str, _RunWrites]:
+    """Fold the batch's writes per run, in order (later writes override earlier fields, as
+    if applied one after the other), and count the signals sent to each run."""
+    out: dict[str, _RunWrites] = {}
+    for w in batch.writes:
+        f = out.get(w.run_id)
+        if f is None:
+            f = out[w.run_id] = _RunWrites()
+            f.write = True
+            f.epoch = w.epoch
+        if w.epoch != f.epoch:
+            f.bad = True  # at most one of the epochs can be current
+        if w.entries:
+            first = w.entries[0].seq
+            if any(e.seq != first + i for i, e in enumerate(w.entries)):
+                f.bad = True
+            if f.expect is None:
+                f.expect = first - f.n
+            elif f.expect != first - f.n:
+                f.bad = True
+            f.entries.extend(w.entries)
+        f.n += len(w.entries)
+        terminal = w.status in TERMINAL_STATUSES
+        if w.status is not None:
+            f.status = (w.status, None if terminal else w.wake_at)
+            if terminal:
+                f.end = (w.output, w.error)
+        if w.release or terminal:
+            f.release = True
+        if w.consumed_signals:
+            f.consumed = max(f.consumed, w.consumed_signals)
+        if w.status is not None or w.release or w.consumed_signals:
+            f.touch = True
+    for run_id, _signal in batch.signals:
+        f = out.get(run_id)
+        if f is None:
+            f = out[run_id] = _RunWrites()
+        f.nsig += 1
+    return out
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+def _configure(conn: _Conn) -> None:
+    """Set up a pooled connection. Our statements are all keyed lookups whose best plan does
+    not depend on the parameters, so reuse generic plans instead of re-planning every
+    execution (for the big commit statement planning costs more than executing)."""
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_ATTEMPTS = 3
+
+
+class PostgresStore:
+    """A store in a PostgreSQL database (see the store contract, :class:`durable_core.Store`).
+
+    ``url`` is a libpq connection string or URL (``postgresql://user@host:5432/db``);
+    ``schema`` names the schema holding the tables (created and migrated on open);
+    ``pool_min``/``pool_max`` size the connection pool. Thread-safe. Raises
+    :class:`~durable_core.StoreError` if the server is unreachable or the schema was
+    created by a newer version of durable-core.
+    """
+
+    blocking = True
+
+    def __init__(
+        self, url: str, *, schema: str = "durable", pool_min: int = 1, pool_max: int = 8
+    ) -> None:
+        if not schema or len(schema.encode("utf-8", "surrogatepass")) > 63 or "\x00" in schema:
+            raise ValidationError(
+                f"postgres schema name {schema!r} must be 1 to 63 bytes without NUL",
+                field="schema",
+            )
+        self.schema = schema
+        self._url = url
+        self._closed = False
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                _migrate(conn, schema)
+        except psycopg.Error as exc:
+            raise StoreError(f"postgres store: cannot open schema {schema!r}: {exc}") from exc
+        self._q = _Queries(schema)
+        self._pool: ConnectionPool[_Conn] = ConnectionPool(
+            url, min_size=pool_min, max_size=pool_max, kwargs={"autocommit": True},
+            configure=_configure, open=True, name=f"durable-core:{schema}",
+        )
+        self._listen_lock = threading.Lock()
+        self._listener: _Conn | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """Open a store from a ``postgresql://`` (or ``postgres://``) URL; an optional
+        ``schema`` query parameter names the schema (``...?schema=myapp``)."""
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        schema = "durable"
+        rest = []
+        for key, value in query:
+            if key == "schema":
+                schema = value
+            else:
+                rest.append((key, value))
+        clean = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest)))
+        return cls(clean, schema=schema)
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore schema={self.schema!r}>"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _run_conn(self, fn: Callable[[_Conn], _T], *, idempotent: bool = False) -> _T:
+        """Call ``fn`` with a pooled connection and turn psycopg errors into StoreError.
+        Deadlocks (the transaction was rolled back) are retried; so is a lost connection
+        (e.g. after a server restart) when ``fn`` is idempotent."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._pool.connection() as conn:
+                    return fn(conn)
+            except _RETRYABLE as exc:
+                if attempt + 1 == _ATTEMPTS:
+                    raise StoreError(f"postgres store: {exc}") from exc
+            except (PoolClosed, PoolTimeout) as exc:
+                raise StoreError(f"postgres store: {exc}") from exc
+            except psycopg.OperationalError as exc:
+                if not idempotent or attempt > 0:
+                    raise StoreError(f"postgres store: {exc}") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"postgres store: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read(self, query: LiteralString, params: Sequence[Any] | dict[str, Any]
+              ) -> list[tuple[Any, ...]]:
+        """Run an idempotent statement and fetch its rows."""
+        return self._run_conn(
+            lambda conn: conn.execute(query, params).fetchall(), idempotent=True
+        )
+
+    @staticmethod
+    def _transaction(conn: _Conn, body: Callable[[psycopg.Pipeline], _T]) -> _T:
+        """Run ``body`` between BEGIN and COMMIT in pipeline mode (statements are sent
+        without waiting; ``pipeline.sync()`` waits for the results queued so far)."""
+        try:
+            with conn.pipeline() as pipe:
+                conn.execute("BEGIN")
+                out = body(pipe)
+                conn.execute("COMMIT")
+            return out
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ events
+
+    def append_events(self, events: Sequence[str], now: int) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.append_events`."""
+        if not events:
+            return []
+        parsed = [_parse_event(text) for text in events]
+
+        def body(conn: _Conn) -> list[StoredEvent]:
+            def tx(pipe: psycopg.Pipeline) -> list[StoredEvent]:
+                reads = self._read_events(conn, parsed)
+                pipe.sync()
+                stored = self._insert_events(conn, parsed, now, reads)
+                conn.execute(self._q.notify, (self.schema,))
+                return stored
+
+            return self._transaction(conn, tx)
+
+        return self._run_conn(body)
+
+    def _read_events(
+        self, conn: _Conn, parsed: list[tuple[str, str, int, str]]
+    ) -> tuple[_Cursor, _Cursor]:
+        """Queue the seq allocation, whose row lock (held until commit) serializes event
+        appends, then the dedupe reads, which therefore see every earlier append."""
+        seqs = conn.execute(self._q.event_seqs, (len(parsed),))
+        prev = conn.execute(self._q.prev_events, (sorted({p[0] for p in parsed}),))
+        return prev, seqs
+
+    def _insert_events(
+        self, conn: _Conn, parsed: list[tuple[str, str, int, str]], now: int,
+        cursors: tuple[_Cursor, _Cursor],
+    ) -> list[StoredEvent]:
+        prev_cur, seq_cur = cursors
+        # The ts of the latest non-duplicate event per id (the reference store measures the
+        # dedupe window from the original event's own ts).
+        latest: dict[str, int] = {row[0]: row[1] for row in prev_cur.fetchall()}
+        [(last,)] = seq_cur.fetchall()
+        seqs = range(last - len(parsed) + 1, last + 1)
+        out: list[StoredEvent] = []
+        for seq, (eid, name, ts, text) in zip(seqs, parsed, strict=True):
+            prev = latest.get(eid)
+            dup = prev is not None and now - prev < DEDUPE_WINDOW_MS
+            if not dup:
+                latest[eid] = ts
+            out.append(StoredEvent(seq=seq, id=eid, name=name, data=text, ts=ts, duplicate=dup))
+        conn.execute(
+            self._q.insert_events,
+            (
+                [e.seq for e in out], [e.id for e in out], [e.name for e in out],
+                [e.data for e in out], [e.ts for e in out], [e.duplicate for e in out],
+            ),
+        )
+        return out
+
+    def unrouted_events(self, limit: int) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.unrouted_events`."""
+        return [_event(row) for row in self._read(self._q.unrouted, (max(limit, 0),))]
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        """See :meth:`durable_core.Store.get_event`. Like the reference store, this is the
+        latest event with this id that was not a duplicate."""
+        rows = self._read(self._q.get_event, (event_id,))
+        return _event(rows[0]) if rows else None
+
+    # ------------------------------------------------------------------ commit
+
+    def commit(self, batch: CommitBatch) -> set[str]:
+        """See :meth:`durable_core.Store.commit`.
+
+        A batch of run writes, waits, signals, routed marks and cron cursors is one SQL
+        statement (one round trip, its own transaction): fencing is checked in it, under row
+        locks taken in id order. Events and new runs need deduplication first: then the
+        commit is an explicit transaction of two round trips (advisory locks and reads;
+        inserts, the same statement and COMMIT).
+        """
+        if not (
+            batch.runs or batch.events or batch.writes or batch.waits_add
+            or batch.waits_remove or batch.signals or batch.routed_events or batch.cron
+        ):
+            return set()
+        parsed = [_parse_event(text) for text in batch.events]
+        folded = _fold(batch)
+        if not parsed and not batch.runs:
+            shape, params = self._core(batch, folded, set(), notify=bool(batch.signals))
+            query = self._q.core(shape)
+            row = self._run_conn(lambda conn: conn.execute(query, params).fetchone())
+            return self._fenced(batch, row)
+
+        keys: set[int] = set()
+        for new in batch.runs:
+            keys.add(_lock_key(self.schema, "run", new.id))
+            if new.idempotency_key is not None:
+                keys.add(_lock_key(self.schema, "idem", new.function_id, new.idempotency_key))
+        idem = sorted({
+            (n.function_id, n.idempotency_key) for n in batch.runs if n.idempotency_key is not None
+        })
+        q = self._q
+
+        def tx(conn: _Conn, pipe: psycopg.Pipeline) -> _Cursor:
+            # Lock order, everywhere: advisory locks (sorted), the event counter, run rows
+            # (sorted), then waits, event and cron rows.
+            if keys:
+                conn.execute(q.advisory, (sorted(keys),))
+            event_reads = self._read_events(conn, parsed) if parsed else None
+            run_reads = None
+            if batch.runs:
+                run_reads = (
+                    conn.execute(q.existing_runs, (sorted({n.id for n in batch.runs}),)),
+                    conn.execute(q.idem_get, ([f for f, _ in idem], [k for _, k in idem],
+                                              [k for _, k in idem]))
+                    if idem else None,
+                )
+            pipe.sync()
+            if event_reads is not None:
+                self._insert_events(conn, parsed, batch.now, event_reads)
+            created: set[str] = set()
+            if run_reads is not None:
+                created = self._create_runs(conn, batch.runs, run_reads)
+            # The reference store checks writes against the state before the batch: a write
+            # to a run this batch creates is fenced.
+            shape, params = self._core(batch, folded, created, notify=True)
+            return conn.execute(q.core(shape), params)  # read after COMMIT: one round trip
+
+        row = self._run_conn(
+            lambda conn: self._transaction(conn, lambda pipe: tx(conn, pipe)).fetchone()
+        )
+        return self._fenced(batch, row)
+
+    @staticmethod
+    def _fenced(batch: CommitBatch, row: tuple[Any, ...] | None) -> set[str]:
+        if not batch.writes:
+            return set()
+        accepted = set(row[1]) if row is not None and row[1] is not None else set()
+        return {w.run_id for w in batch.writes} - accepted
+
+    def _core(
+        self, batch: CommitBatch, folded: dict[str, _RunWrites], prefenced: set[str], *,
+        notify: bool,
+    ) -> tuple[_CoreShape, dict[str, Any]]:
+        """The shape and parameters of the core statement for ``batch``."""
+        params: dict[str, Any] = {"now": batch.now}
+        runs = sorted(folded.items())  # id order: the order run rows get locked
+        entries: list[tuple[str, JournalEntry]] = []
+        consumed = record = False
+        if runs:
+            fs = [f for _, f in runs]
+            for run_id, f in runs:
+                if f.write and not f.bad and run_id not in prefenced:
+                    entries.extend((run_id, e) for e in f.entries)
+                consumed = consumed or f.consumed > 0
+                record = record or f.touch
+            params.update(
+                u_id=[run_id for run_id, _ in runs],
+                u_epoch=[
+                    None if f.bad or run_id in prefenced or not f.write else f.epoch
+                    for run_id, f in runs
+                ],
+                u_expect=[f.expect for f in fs],
+                u_n=[f.n for f in fs],
+            )
+        if record or consumed or batch.signals:
+            params.update(
+                u_write=[f.write for f in fs],
+                u_set_status=[f.status is not None for f in fs],
+                u_status=[f.status[0] if f.status else None for f in fs],
+                u_wake_at=[f.status[1] if f.status else None for f in fs],
+                u_set_end=[f.end is not None for f in fs],
+                u_output=[f.end[0] if f.end else None for f in fs],
+                u_error_type=[f.end[1].type if f.end and f.end[1] else None for f in fs],
+                u_error_message=[f.end[1].message if f.end and f.end[1] else None for f in fs],
+                u_release=[f.release for f in fs],
+                u_consumed=[f.consumed for f in fs],
+                u_nsig=[f.nsig for f in fs],
+                u_touch=[f.touch for f in fs],
+            )
+        if entries:
+            params.update(
+                j_run=[rid for rid, _ in entries], j_seq=[e.seq for _, e in entries],
+                j_op=[e.op for _, e in entries], j_position=[e.position for _, e in entries],
+                j_step_id=[e.step_id for _, e in entries], j_kind=[e.kind for _, e in entries],
+                j_ts=[e.ts for _, e in entries], j_data=[e.data for _, e in entries],
+            )
+        if batch.signals:
+            sigs = batch.signals
+            params.update(
+                signal_seq=self._q.signal_seq,
+                s_run=[rid for rid, _ in sigs], s_kind=[s.kind for _, s in sigs],
+                s_key=[s.key for _, s in sigs], s_payload=[s.payload for _, s in sigs],
+                s_position=[s.position for _, s in sigs],
+            )
+        # A wait added and removed in the same batch ends up removed (adds apply first).
+        # Registering a wait again changes nothing: like the reference store, the first
+        # registration is kept whole (the contract only promises to keep its after_seq).
+        removed = set(batch.waits_remove)
+        adds: dict[tuple[str, str, int], WaitRecord] = {}
+        for wait in batch.waits_add:
+            if (wait.run_id, wait.position) not in removed:
+                adds.setdefault((wait.event, wait.run_id, wait.position), wait)
+        if adds:
+            ws = list(adds.values())
+            params.update(
+                wa_event=[w.event for w in ws], wa_run=[w.run_id for w in ws],
+                wa_position=[w.position for w in ws], wa_if=[w.if_ for w in ws],
+                wa_trigger=[w.trigger_event for w in ws], wa_expires=[w.expires_at for w in ws],
+            )
+        if removed:
+            rs = sorted(removed)
+            params.update(wr_run=[r for r, _ in rs], wr_position=[p for _, p in rs])
+        if batch.routed_events:
+            params["routed"] = sorted(set(batch.routed_events))
+        ticks: dict[str, int] = {}
+        for key, tick in batch.cron:
+            if tick > ticks.get(key, -1):
+                ticks[key] = tick
+        if ticks:
+            params.update(cron_key=list(ticks), cron_tick=list(ticks.values()))
+        if notify:
+            params["channel"] = self.schema
+        shape = _CoreShape(
+            writes=bool(batch.writes), record=record, consumed=consumed,
+            entries=bool(entries), signals=bool(batch.signals), waits_add=bool(adds),
+            waits_remove=bool(removed), routed=bool(batch.routed_events), cron=bool(ticks),
+            notify=notify,
+        )
+        return shape, params
+
+    def _create_runs(
+        self, conn: _Conn, runs: Sequence[NewRun], cursors: tuple[_Cursor, _Cursor | None]
+    ) -> set[str]:
+        existing = {row[0] for row in cursors[0].fetchall()}
+        idem: dict[tuple[str, str], int] = {
+            (r[0], r[1]): r[2] for r in (cursors[1].fetchall() if cursors[1] else ())
+        }
+        idem_put: dict[tuple[str, str], tuple[str, int]] = {}
+        create: list[NewRun] = []
+        for new in runs:
+            if new.id in existing:
+                continue
+            if new.idempotency_key is not None:
+                k = (new.function_id, new.idempotency_key)
+                prev = idem.get(k)
+                if prev is not None and new.created_at - prev < DEDUPE_WINDOW_MS:
+                    continue
+                idem[k] = new.created_at
+                idem_put[k] = (new.id, new.created_at)
+            existing.add(new.id)
+            create.append(new)
+        if create:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    self._q.insert_run,
+                    [
+                        (n.id, n.function_id, list(n.events), list(n.event_ids), n.created_at,
+                         n.created_at, n.parent_run_id, n.idempotency_key)
+                        for n in create
+                    ],
+                )
+        links = [(e, n.id) for n in create for e in n.event_ids]
+        if links:
+            conn.execute(self._q.insert_run_events, ([e for e, _ in links], [r for _, r in links]))
+        if idem_put:
+            conn.execute(
+                self._q.idem_put,
+                (
+                    [f for f, _ in idem_put], [k for _, k in idem_put],
+                    [v[0] for v in idem_put.values()], [v[1] for v in idem_put.values()],
+                ),
+            )
+        return {n.id for n in create}
+
+    # ------------------------------------------------------------------ claims
+
+    def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[Claim]:
+        """See :meth:`durable_core.Store.claim_runs`. Claims the oldest claimable runs first
+        (one statement); runs locked by concurrent transactions are skipped, not awaited."""
+        if limit <= 0:
+            return []
+        params = {"now": now, "limit": limit, "owner": owner, "expires": now + lease_ms}
+        return self._run_conn(
+            lambda conn: self._claims(conn, conn.execute(self._q.claim_runs, params).fetchall())
+        )
+
+    def claim_run(self, owner: str, run_id: str, now: int, lease_ms: int) -> Claim | None:
+        """See :meth:`durable_core.Store.claim_run`."""
+        params = {"now": now, "owner": owner, "expires": now + lease_ms, "id": run_id}
+        claims = self._run_conn(
+            lambda conn: self._claims(conn, conn.execute(self._q.claim_run, params).fetchall())
+        )
+        return claims[0] if claims else None
+
+    def _claims(self, conn: _Conn, rows: list[tuple[Any, ...]]) -> list[Claim]:
+        out = []
+        for row in rows:
+            claim, complete = _claim(row)
+            if not complete:
+                # A writer committed between our snapshot and our lock: re-read the journal
+                # (no one else can append to it now that we hold the lease).
+                journal = conn.execute(self._q.load_journal, (claim.run.id,)).fetchall()
+                claim = Claim(claim.run, tuple(_entry(r) for r in journal), claim.signals)
+            out.append(claim)
+        return out
+
+    def renew(self, owner: str, run_ids: Sequence[str], now: int, lease_ms: int) -> set[str]:
+        """See :meth:`durable_core.Store.renew`."""
+        if not run_ids:
+            return set()
+        rows = self._read(
+            self._q.renew, {"ids": list(run_ids), "owner": owner, "expires": now + lease_ms}
+        )
+        return set(run_ids) - {row[0] for row in rows}
+
+    # ------------------------------------------------------------------ queries
+
+    def find_waits(self, event_name: str, now: int) -> list[WaitRecord]:
+        """See :meth:`durable_core.Store.find_waits`."""
+        return [
+            WaitRecord(run_id=row[0], position=row[1], event=row[2], if_=row[3],
+                       trigger_event=row[4], expires_at=row[5], after_seq=row[6])
+            for row in self._read(self._q.find_waits, (event_name, now))
+        ]
+
+    def next_wake_at(self) -> int | None:
+        """See :meth:`durable_core.Store.next_wake_at`."""
+        rows = self._read(self._q.next_wake, ())
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    def cron_cursors(self) -> dict[str, int]:
+        """See :meth:`durable_core.Store.cron_cursors`."""
+        return {row[0]: row[1] for row in self._read(self._q.cron, ())}
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """See :meth:`durable_core.Store.get_run`."""
+        rows = self._read(self._q.get_run, (run_id,))
+        if not rows:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        return _run(rows[0])
+
+    def load_journal(self, run_id: str) -> list[JournalEntry]:
+        """See :meth:`durable_core.Store.load_journal`."""
+        return [_entry(row) for row in self._read(self._q.load_journal, (run_id,))]
+
+    def list_runs(
+        self,
+        *,
+        function_id: str | None = None,
+        status: str | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """See :meth:`durable_core.Store.list_runs`."""
+        query = self._q.list_runs(function_id is not None, status is not None,
+                                  event_id is not None)
+        params = {"function_id": function_id, "status": status, "event_id": event_id,
+                  "limit": max(limit, 0)}
+        return [_run(row) for row in self._read(query, params)]
+
+    # ------------------------------------------------------------------ notifications
+
+    def wait_for_notify(self, timeout_s: float) -> bool:
+        """Block until a commit (from any process) created events, runs or signals in this
+        schema, or until ``timeout_s`` seconds passed. Returns True if woken by a
+        notification, False on timeout or when the store is closed.
+
+        Uses one dedicated connection, opened (and ``LISTEN``-ing) on the first call:
+        notifications sent before that are not seen, so callers should poll after the first
+        call. Concurrent callers take turns. A True result may be spurious (e.g. after the
+        listening connection was lost and re-opened); callers just poll the store.
+        """
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        if not self._listen_lock.acquire(timeout=max(timeout_s, 0.0)):
+            return False
+        try:
+            if self._closed:
+                return False
+            try:
+                conn = self._listener or self._listen()
+            except psycopg.Error as exc:
+                raise StoreError(
+                    f"postgres store: cannot listen for notifications: {exc}"
+                ) from exc
+            try:
+                return self._wait(conn, deadline)
+            except (psycopg.Error, OSError):
+                # Notifications may have been missed: listen again at once (so that none
+                # sent from now on is missed) and let the caller poll.
+                self._drop_listener()
+                with contextlib.suppress(psycopg.Error):
+                    self._listen()
+                return True
+        finally:
+            self._listen_lock.release()
+
+    def _listen(self) -> _Conn:
+        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+        try:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.schema)))
+        except BaseException:
+            conn.close()
+            raise
+        self._listener = conn
+        return conn
+
+    def _wait(self, conn: _Conn, deadline: float) -> bool:
+        pg = conn.pgconn
+        wake = self._wake_r.fileno()
+        while True:
+            pg.consume_input()
+            got = False
+            while pg.notifies() is not None:
+                got = True
+            if got:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            ready, _, _ = select.select([pg.socket, wake], [], [], remaining)
+            if wake in ready:
+                return False
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            finally:
+                self._listener = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the pool and the listening connection (wakes a blocked
+        :meth:`wait_for_notify`). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        with self._listen_lock:
+            self._drop_listener()
+            self._wake_r.close()
+            self._wake_w.close()
+        self._pool.close()
