@@ -70,3 +70,28 @@ def test_asyncio_application() -> None:
                 await asyncio.sleep(0.005)
 
     assert asyncio.run(asyncio.wait_for(main(), 20)) == "hello BO"
+
+
+def test_cancel_reaches_a_run_executing_steps_back_to_back() -> None:
+    app = App("busy")
+    done: list[int] = []
+
+    def work(i: int) -> int:
+        done.append(i)
+        time.sleep(0.002)
+        return i
+
+    @app.function(id="busy", trigger=on_event("busy"), max_steps=10_000)
+    async def busy(ctx: Context) -> int:
+        for i in range(5000):
+            await ctx.step.run("w", work, i)
+        return 1
+
+    store = MemoryStore()
+    with BackgroundWorker(app, store, poll_interval=5) as bg:
+        [eid] = bg.client.send(Event("busy", {}))
+        wait_for(lambda: len(done) > 10)
+        [run] = bg.client.list_runs(event_id=eid)
+        bg.client.cancel_run(run.id)
+        wait_for(lambda: bg.client.get_run(run.id).status == "cancelled")
+    assert len(done) < 5000  # stopped well before the end: the cancel did not wait for it

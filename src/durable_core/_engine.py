@@ -386,6 +386,16 @@ class Engine:
         for run_id in [r for r, live in self.live.items() if not live.leased][:excess]:
             del self.live[run_id]
 
+    def cancel_live(self, run_ids: Iterable[str], now: int) -> Plan:
+        """Cancel runs this engine holds (a cancel arrived while they were executing)."""
+        items = []
+        for run_id in run_ids:
+            live = self.live.get(run_id)
+            if live is not None and not live.machine.done:
+                items.append((live, live.machine.handle(CancelRequested("cancelled by request",
+                                                                         now))))
+        return self._plan(items, now)
+
     def is_current(self, step: ExecuteStep) -> bool:
         """Whether a dispatched step should still run: its run is held by this engine and its
         machine still waits for exactly this dispatch. Check it right before running a body

@@ -183,6 +183,11 @@ class Store(Protocol):
         """Unexpired waits for events named ``event_name``."""
         ...
 
+    def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
+        """The runs among ``run_ids`` with a cancel signal in their inbox (a worker executing
+        a run's steps back to back checks this, so a cancel need not wait for a release)."""
+        ...
+
     def next_wake_at(self) -> int | None:
         """The earliest ``wake_at`` of a non-terminal run, or None."""
         ...

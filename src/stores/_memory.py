@@ -238,6 +238,14 @@ class MemoryStore:
         with self._lock:
             return [w for w in self._waits.get(event_name, {}).values() if w.expires_at > now]
 
+    def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
+        """See :meth:`durable_core.Store.cancel_requested`."""
+        with self._lock:
+            return {
+                r for r in run_ids
+                if any(sig.kind == "cancel" for _seq, sig in self._inbox.get(r, ()))
+            }
+
     def next_wake_at(self) -> int | None:
         """See :meth:`durable_core.Store.next_wake_at`."""
         with self._lock:

@@ -389,6 +389,9 @@ class _Queries:
             "FROM {waits} "
             "WHERE event = %s AND expires_at > %s ORDER BY ord"
         )
+        self.cancel_requested = r(
+            "SELECT DISTINCT run_id FROM {inbox} WHERE kind = 'cancel' AND run_id = ANY(%s)"
+        )
         self.next_wake = r(
             "SELECT min(wake_at) FROM {runs} "
             "WHERE wake_at IS NOT NULL AND status NOT IN " + _TERMINAL_SQL
@@ -1151,6 +1154,12 @@ class PostgresStore:
                        trigger_event=row[4], expires_at=row[5], after_seq=row[6])
             for row in self._read(self._q.find_waits, (event_name, now))
         ]
+
+    def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
+        """See :meth:`durable_core.Store.cancel_requested`."""
+        if not run_ids:
+            return set()
+        return {row[0] for row in self._read(self._q.cancel_requested, (list(run_ids),))}
 
     def next_wake_at(self) -> int | None:
         """See :meth:`durable_core.Store.next_wake_at`."""

@@ -784,6 +784,20 @@ class SQLiteStore:
             ).fetchall()
         return [WaitRecord(*row) for row in rows]
 
+    def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
+        """See :meth:`durable_core.Store.cancel_requested`."""
+        out: set[str] = set()
+        with self._read() as conn:
+            for chunk in _chunks(list(run_ids)):
+                out.update(
+                    row[0] for row in conn.execute(
+                        "SELECT DISTINCT run_id FROM signals WHERE kind = 'cancel' AND run_id IN "
+                        f"({_marks(len(chunk))})",
+                        tuple(chunk),
+                    )
+                )
+        return out
+
     def next_wake_at(self) -> int | None:
         """See :meth:`durable_core.Store.next_wake_at`."""
         with self._read() as conn:

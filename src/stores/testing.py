@@ -787,6 +787,24 @@ class StoreConformance:
             assert write(store, w) == set()
         assert seen == sorted(set(seen))
 
+    def test_cancel_requested_reports_runs_with_a_cancel_in_their_inbox(
+        self, store: Store
+    ) -> None:
+        """Only runs with a pending cancel signal are reported; consuming it clears it."""
+        create(store, new_run("r1"), new_run("r2"), new_run("r3"))
+        batch = CommitBatch(now=T0, signals=(
+            ("r1", Signal("cancel", "r1", "stop")),
+            ("r2", Signal("event", "k", "{}", 0)),
+        ))
+        assert store.commit(batch) == set()
+        assert store.cancel_requested(["r1", "r2", "r3", "unknown"]) == {"r1"}
+        assert store.cancel_requested([]) == set()
+        c = claim(store, "r1")
+        [(seq, _sig)] = c.signals
+        w = RunWrite("r1", c.run.epoch, status="waiting", consumed_signals=seq, release=True)
+        assert write(store, w) == set()
+        assert store.cancel_requested(["r1"]) == set()
+
     # ------------------------------------------------------------------ waits
 
     def test_waits_add_find_remove(self, store: Store) -> None:
