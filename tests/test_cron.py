@@ -385,7 +385,10 @@ def test_next_after_is_strictly_after_and_a_valid_tick(text: str, dt: datetime) 
 def test_next_after_skips_no_tick(text: str, dt: datetime, fraction: float) -> None:
     schedule = CronSchedule.parse(text, field=FIELD)
     tick = schedule.next_after(dt)
-    between = dt + (tick - dt) * fraction
+    # Arithmetic on an aware local datetime is wall-clock arithmetic and drops ``fold``
+    # (PEP 495): an ambiguous input would move an hour. Step between instants in UTC.
+    start = dt.astimezone(UTC)
+    between = start + (tick - start) * fraction
     if between < tick:
         assert schedule.next_after(between) == tick
 
