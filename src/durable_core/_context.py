@@ -51,12 +51,13 @@ def _check_id(step_id: object, method: str) -> str:
 class StepRequest:
     """Base of the requests a ``ctx.step.*`` awaitable yields to the core. Don't subclass."""
 
-    __slots__ = ("awaited", "id")
+    __slots__ = ("awaited", "id", "position")
     kind = ""
 
     def __init__(self, step_id: str) -> None:
         self.id = step_id
         self.awaited = False
+        self.position = -1  # set by the core when it assigns the step a position
 
     def __await__(self) -> Generator[Any, Any, Any]:
         if self.awaited:
@@ -79,6 +80,7 @@ class RunRequest(StepRequest):
     ) -> None:
         self.id = step_id
         self.awaited = False
+        self.position = -1
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -306,7 +308,8 @@ class Context:
 
     def now(self) -> dt.datetime:
         """A deterministic "current" time (aware, UTC): the time of the latest step result
-        the code has seen, or the run's start. The same on every replay."""
+        the code has seen, or the run's start (or, after orchestration code raised and was
+        re-entered, the time of that retry). The same on every replay."""
         return from_ms(self._machine.clock_ms)
 
     def random(self) -> float:

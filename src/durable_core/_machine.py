@@ -158,7 +158,6 @@ class RunMachine:
         self._coro: Coroutine[Any, Any, Any] | None = None
         self._ctx: Context | None = None
         self._timers: dict[int, int] = {}
-        self._running: dict[int, int] = {}
         self._dispatched: dict[int, ExecuteStep] = {}
         self._requests: dict[int, StepRequest] = {}
         self._parked: tuple[Any, tuple[int, ...]] | None = None
@@ -199,7 +198,7 @@ class RunMachine:
 
     def running_steps(self) -> dict[int, int]:
         """Positions of step bodies being executed, with their attempt numbers."""
-        return dict(self._running)
+        return {pos: cmd.attempt for pos, cmd in self._dispatched.items()}
 
     def handle(self, inp: Input) -> list[Command]:
         """Feed one input; returns the commands to carry out, persistence first."""
@@ -288,6 +287,8 @@ class RunMachine:
         rec.error = error
         rec.live = live
         self._timers.pop(rec.position, None)
+        self._requests.pop(rec.position, None)
+        self._dispatched.pop(rec.position, None)
         if rec.kind == "wait_for_event":
             self._persist.append(ClearWait(self.run_id, rec.position))
 
@@ -341,14 +342,24 @@ class RunMachine:
     def _on_request(self, req: Any, now: int) -> Any:
         if type(req) is RunRequest and self._next_pos not in self._steps:
             # The hot path: a new ``run`` step past the end of the journal.
-            key = self._key(req.id)
+            step_id = req.id
+            counts = self._id_counts
+            count = counts.get(step_id, 0)
+            if count and ":" not in step_id:
+                key = f"{step_id}:{count}"
+                if key in counts:
+                    key = self._key(step_id)
+                else:
+                    counts[step_id] = count + 1
+            else:
+                key = self._key(step_id)
             pos = self._next_pos
             if pos >= self.function.max_steps:
                 raise self._too_many_steps(key, pos)
             self._next_pos = pos + 1
             rec = self._steps[pos] = _Step(pos, key, "run")
             self._requests[pos] = req
-            self._running[pos] = 0
+            req.position = pos
             cmd = ExecuteStep(self.run_id, pos, rec.step_id, 0, req.fn, req.args, req.kwargs)
             self._dispatched[pos] = cmd
             self._execute.append(cmd)
@@ -381,17 +392,22 @@ class RunMachine:
         )
 
     def _key(self, step_id: str) -> str:
-        """The step's unique key: its id, then ``id:1``, ``id:2``... for repeats. A key taken
-        by an explicit id (a step named ``fetch:1``) is skipped, so keys never collide."""
+        """The step's unique key: its id, then ``id:1``, ``id:2``... for repeats. A key that
+        is already taken (an explicit id ``fetch:1`` next to a repeated ``fetch``) is skipped,
+        so keys never collide."""
         counts = self._id_counts
         count = counts.get(step_id, 0)
-        key = step_id if count == 0 else f"{step_id}:{count}"
-        while key in counts and key != step_id:
+        while True:
+            key = step_id if count == 0 else f"{step_id}:{count}"
             count += 1
-            key = f"{step_id}:{count}"
-        counts[step_id] = count + 1
-        if key != step_id:
-            counts.setdefault(key, 1)
+            if count == 1:
+                # A first sighting: taken only if it equals an earlier repeat's key.
+                base, sep, n = key.rpartition(":")
+                if not (sep and n.isdigit() and counts.get(base, 0) > int(n)):
+                    break
+            elif key not in counts:  # a repeat: taken only by an explicit id
+                break
+        counts[step_id] = count
         return key
 
     def _assign(self, req: StepRequest) -> _Step:
@@ -415,6 +431,7 @@ class RunMachine:
                 requested=f"{key} ({req.kind})",
             )
         self._requests[pos] = req
+        req.position = pos
         return rec
 
     def _too_many_steps(self, key: str, pos: int) -> LimitExceededError:
@@ -455,11 +472,9 @@ class RunMachine:
             return None, first_error
         return tuple(values), None
 
-    def _position_of(self, req: StepRequest) -> int:
-        for pos, r in self._requests.items():
-            if r is req:
-                return pos
-        raise AssertionError("request not assigned")  # pragma: no cover
+    @staticmethod
+    def _position_of(req: StepRequest) -> int:
+        return req.position
 
     def _settle(self, pos: int, now: int) -> None:
         """A step finished; resume the code if it was waiting on it (and its siblings)."""
@@ -556,8 +571,9 @@ class RunMachine:
         if until > now:
             self._timers[rec.position] = until
             return _PARKED
+        req = self._requests[rec.position]
         self._expire(rec, now)
-        return self._result(rec, self._requests[rec.position])
+        return self._result(rec, req)
 
     def _expire(self, rec: _Step, now: int) -> None:
         """A sleep, wait or invoke reached its deadline."""
@@ -576,7 +592,6 @@ class RunMachine:
 
     def _start_body(self, rec: _Step, req: StepRequest) -> None:
         assert isinstance(req, RunRequest)
-        self._running[rec.position] = rec.failures
         cmd = ExecuteStep(
             run_id=self.run_id,
             position=rec.position,
@@ -599,19 +614,23 @@ class RunMachine:
     def _on_step_completed(self, inp: StepCompleted) -> None:
         # This is the per-step hot path: it is written flat on purpose.
         pos = inp.position
-        running = self._running
-        if running.get(pos) != inp.attempt:
+        cmd = self._dispatched.get(pos)
+        if cmd is None or cmd.attempt != inp.attempt:
             return  # a duplicate or stale delivery: the memo, once written, never changes
-        del running[pos]
         rec = self._steps[pos]
         value = inp.value
         now = inp.now
         t = type(value)
-        if (t is int or t is str or value is None or t is bool) and not (
+        if t is int:
+            text = int.__repr__(value)  # JSON and ASCII
+            live = value
+            size = len(text)
+        elif (t is str or value is None or t is bool) and not (
             t is str and len(value) > MAX_STEP_OUTPUT_BYTES // 4
         ):
             text = dumps(value, what="")
             live = value
+            size = _utf8_len(text)
         else:
             req = self._requests[pos]
             assert isinstance(req, RunRequest)
@@ -642,7 +661,9 @@ class RunMachine:
         rec.done_ts = now
         rec.output = text
         rec.live = live
-        self._state_bytes += _utf8_len(text)
+        del self._requests[pos]
+        del self._dispatched[pos]  # (also: no longer running)
+        self._state_bytes += size
         if self._state_bytes > MAX_RUN_STATE_BYTES:
             self._fail(
                 LimitExceededError(
@@ -666,9 +687,10 @@ class RunMachine:
 
     def _on_step_failed(self, inp: StepFailed) -> None:
         pos, now, exc = inp.position, inp.now, inp.error
-        if self._running.get(pos) != inp.attempt:
+        cmd = self._dispatched.get(pos)
+        if cmd is None or cmd.attempt != inp.attempt:
             return
-        del self._running[pos]
+        del self._dispatched[pos]
         rec = self._steps[pos]
         if isinstance(exc, NonRetriableError) or inp.attempt >= self.function.retries:
             self._complete(rec, now, error=ErrorInfo.from_exception(exc))
@@ -840,20 +862,28 @@ class RunMachine:
             if rec.kind == "wait_for_event" and not rec.done and pos in self._timers:
                 self._persist.append(ClearWait(self.run_id, pos))
         self._timers.clear()
-        self._running.clear()
+        self._dispatched.clear()
         self._parked = None
 
     # ------------------------------------------------------------------ output
 
     def _flush(self) -> list[Command]:
-        out: list[Command] = []
+        new, execute = self._new, self._execute
+        if (len(new) == 1 and len(execute) == 1 and not self._persist and not self._timers
+                and self._reported[0] == "running"):
+            # The hot path: one memo, then the next step's body.
+            out: list[Command] = [AppendJournal(self.run_id, (new[0],)), execute[0]]
+            new.clear()
+            execute.clear()
+            return out
+        out = []
         if self._new:
             out.append(AppendJournal(self.run_id, tuple(self._new)))
             self._new.clear()
         if self._persist:
             out.extend(self._persist)
             self._persist = []
-        if self._running and not self._timers and self._reported[0] == "running":
+        if self._dispatched and not self._timers and self._reported[0] == "running":
             pass  # the hot path: a step finished and the next one started
         elif not self._ended:
             state = (self._current_status(), self.next_deadline())
@@ -867,7 +897,7 @@ class RunMachine:
         return out
 
     def _current_status(self) -> str:
-        if self._running:
+        if self._dispatched:
             return "running"
         parked = self._parked
         if parked is not None:
