@@ -9,6 +9,7 @@ runs:
     minimal loop: the cost of orchestration itself;
 (b) the trio ``Worker`` with the in-memory store and async step bodies: the whole engine
     (routing, claims, journal commits) minus disk;
+(b+gc) the same with ``Worker(tune_gc=True)`` (as ``durable worker`` runs);
 (b-sync) the same with sync step bodies, which pay a thread hop each.
 
 Each line reports the time per step of the durable version, of the plain version, and the
@@ -147,13 +148,13 @@ class _CountingStore(MemoryStore):
         return fenced
 
 
-def worker(n: int, c: int, *, sync_bodies: bool) -> float:
+def worker(n: int, c: int, *, sync_bodies: bool, tune_gc: bool = False) -> float:
     app, _, _ = make_app(n)
     store = _CountingStore(c)
     name = "bench/sync" if sync_bodies else "bench/async"
 
     async def main() -> float:
-        w = Worker(app, store, max_runs=max(c, 1), batch_limit=1000)
+        w = Worker(app, store, max_runs=max(c, 1), batch_limit=1000, tune_gc=tune_gc)
         async with trio.open_nursery() as nursery:
             await nursery.start(w.run)
             t = time.perf_counter()
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             cases: list[tuple[str, Callable[[], float], Callable[[], float]]] = [
                 ("core", lambda n=n, c=c: core(n, c), lambda n=n, c=c: plain_sync(n, c)),
                 ("worker", lambda n=n, c=c: worker(n, c, sync_bodies=False),
+                 lambda n=n, c=c: plain_async(n, c)),
+                ("worker+gc", lambda n=n, c=c: worker(n, c, sync_bodies=False, tune_gc=True),
                  lambda n=n, c=c: plain_async(n, c)),
             ]
             if total <= 100_000:

@@ -23,7 +23,8 @@ def main() -> None:
     url, stats = sys.argv[1], sys.argv[2]
     lease_ms = int(os.environ.get("DURABLE_LEASE_MS", "600"))
     store = stores.open(url)
-    worker = Worker(app, store, lease_ms=lease_ms, poll_interval=0.02, max_runs=200)
+    worker = Worker(app, store, lease_ms=lease_ms, poll_interval=0.02, max_runs=200,
+                    tune_gc=True)
     trio.run(lambda: worker.run(handle_signals=True))
     with open(stats, "w", encoding="utf-8") as f:
         json.dump({"stale_writes": worker.engine.stale_writes,

@@ -122,7 +122,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     app = _load_app(args.app)
     store = _open_store(args.store)
-    worker = Worker(app, store, max_runs=args.max_runs)
+    worker = Worker(app, store, max_runs=args.max_runs, tune_gc=True)
     print(f"durable worker {worker.owner}: app {app.id!r} on {args.store} (Ctrl-C to stop)")
     trio.run(lambda: worker.run(handle_signals=True))
     store.close()

@@ -11,6 +11,7 @@ before its predecessor's memo is durable.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import logging
 import os
@@ -58,7 +59,10 @@ class Worker:
     ``trio.current_time()`` to run under trio's ``MockClock``). ``max_runs`` bounds the runs
     with step bodies in flight; ``lease_ms`` is how long a claim lasts without renewal;
     ``poll_interval`` (seconds) bounds how long an idle worker waits before checking the
-    store again.
+    store again. ``tune_gc`` raises CPython's garbage-collection thresholds while the worker
+    runs (``durable worker`` does): with thousands of live runs, the default thresholds make
+    the collector rescan them every few hundred allocations, which doubles the per-step cost
+    (see docs/benchmarks.md). It changes a process-wide setting, hence off by default.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Worker:
         lease_ms: int = 30_000,
         poll_interval: float = 0.5,
         batch_limit: int = 1_000,
+        tune_gc: bool = False,
     ) -> None:
         self.app = app
         self.store = store
@@ -81,6 +86,7 @@ class Worker:
         self.lease_ms = lease_ms
         self.poll_interval = poll_interval
         self.batch_limit = batch_limit
+        self.tune_gc = tune_gc
         self.engine = Engine(app, store, owner=self.owner, entropy=os.urandom, lease_ms=lease_ms)
         self._blocking = bool(getattr(store, "blocking", True))
         self._limiter = trio.CapacityLimiter(1)
@@ -107,6 +113,16 @@ class Worker:
         Stopping is graceful: no new claims; step bodies in flight finish and their results
         are committed; runs are released so another worker can take them at once.
         """
+        previous_gc = gc.get_threshold()
+        if self.tune_gc:
+            gc.set_threshold(50_000, 50, 100)
+        try:
+            await self._run(handle_signals, task_status)
+        finally:
+            if self.tune_gc:
+                gc.set_threshold(*previous_gc)
+
+    async def _run(self, handle_signals: bool, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self._blocking:
