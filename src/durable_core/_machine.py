@@ -86,6 +86,7 @@ class _Parked:
 
 
 _PARKED = _Parked()
+_DONE = _Parked()  # a step that finished as soon as it started
 _UNSET: Any = object()
 
 
@@ -255,6 +256,21 @@ class RunMachine:
             if child:
                 self._children[child] = e.position
 
+    def _refold(self) -> None:
+        """Rebuild the step table from the journal. Records are dropped once the code has
+        consumed their memo (so a long live run keeps no per-step objects alive for the
+        garbage collector to rescan); re-entering the code from the top needs them again."""
+        entries = self.entries
+        self.entries = []
+        self._steps = {}
+        self._children = {}
+        self._run_failures = 0
+        self._run_retry_at = None
+        self._ended_entry = None
+        self._state_bytes = 0
+        for entry in entries:
+            self._apply(entry)
+
     def _journal(self, rec: _Step, op: str, now: int, data: str) -> JournalEntry:
         entry = JournalEntry(
             seq=len(self.entries), op=op, position=rec.position, step_id=rec.step_id,
@@ -309,7 +325,7 @@ class RunMachine:
         self._id_counts = {}
         self._requests = {}
         self._parked = None
-        self._steps = {p: r for p, r in self._steps.items() if r.journaled}
+        self._refold()
         self._horizon = max(self._steps, default=-1) + 1
         if self._ended_entry is not None:
             self._horizon = self.function.max_steps + 1  # the whole run is a replay
@@ -370,6 +386,8 @@ class RunMachine:
             if rec.done:
                 return self._result(rec, req)
             res = self._begin_step(rec, req, now)
+            if res is _DONE:  # finished at once (a send, a sleep already due)
+                return self._result(rec, req)
             if res is _PARKED:
                 self._parked = (req, (rec.position,))
             return res
@@ -443,6 +461,8 @@ class RunMachine:
         )
 
     def _result(self, rec: _Step, req: StepRequest) -> tuple[Any, BaseException | None]:
+        """The memo handed to the code (the record is then no longer needed: see _refold)."""
+        del self._steps[rec.position]
         if rec.done_ts > self.clock_ms:
             self.clock_ms = rec.done_ts
         if rec.error is not None:
@@ -558,7 +578,7 @@ class RunMachine:
                 texts.append(Event(e.name, e.data, id=eid, ts=e.ts or now).to_json())
             self._persist.append(EmitEvents(tuple(texts)))
             self._complete(rec, now, output=json.dumps(ids), live=ids)
-            return self._result(rec, req)
+            return _DONE
         raise AssertionError(kind)  # pragma: no cover
 
     def _schedule(self, rec: _Step, now: int, sched: dict[str, Any]) -> None:
@@ -571,9 +591,8 @@ class RunMachine:
         if until > now:
             self._timers[rec.position] = until
             return _PARKED
-        req = self._requests[rec.position]
         self._expire(rec, now)
-        return self._result(rec, req)
+        return _DONE
 
     def _expire(self, rec: _Step, now: int) -> None:
         """A sleep, wait or invoke reached its deadline."""
@@ -678,6 +697,7 @@ class RunMachine:
         if parked is not None and parked[1] == (pos,) and type(parked[0]) is RunRequest:
             # Inlined _settle()/_result() for a single awaited step.
             self._parked = None
+            del self._steps[pos]
             if now > self.clock_ms:
                 self.clock_ms = now
             rec.live = _UNSET
