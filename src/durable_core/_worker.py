@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+import types
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,15 +42,28 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_CO_COROUTINE = inspect.CO_COROUTINE
+
+
+def _is_async(fn: Any) -> bool:
+    """``inspect.iscoroutinefunction`` with a fast path for plain functions (per step)."""
+    code = getattr(fn, "__code__", None)
+    if code is not None and type(fn) is types.FunctionType:
+        return bool(code.co_flags & _CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn)
+
+
 class _Pending:
     __slots__ = ("done", "error", "step", "steps", "value")
 
-    def __init__(self, step: ExecuteStep, value: Any, error: BaseException | None) -> None:
+    def __init__(
+        self, step: ExecuteStep, value: Any, error: BaseException | None, done: trio.Event
+    ) -> None:
         self.step = step
         self.value = value
         self.error = error
         self.steps: list[ExecuteStep] = []
-        self.done = trio.Event()
+        self.done = done  # shared by every result of one group commit
 
 
 class Worker:
@@ -92,6 +106,7 @@ class Worker:
         self._limiter = trio.CapacityLimiter(1)
         self._queue: list[_Pending] = []
         self._queue_ready = trio.Event()
+        self._batch_done = trio.Event()
         self._wakeup = trio.Event()
         self._active = 0
         self._stopping = False
@@ -242,7 +257,7 @@ class Worker:
         token = current_attempt.set((step.run_id, step.attempt))
         try:
             fn = step.fn
-            if inspect.iscoroutinefunction(fn):
+            if _is_async(fn):
                 value = await fn(*step.args, **step.kwargs)
             else:
                 value = await trio.to_thread.run_sync(
@@ -260,20 +275,31 @@ class Worker:
         self, step: ExecuteStep, value: Any, error: BaseException | None
     ) -> list[ExecuteStep]:
         if not self._blocking:
-            plan = self.engine.step_finished(step, value, error, self.clock())
-            try:
-                steps = self.engine.commit([plan])
-            except StoreError as exc:
-                log.warning("commit failed; the run will be retried from the store: %s", exc)
-                return []
-            self.commits += 1
-            self._after_commit(plan)
-            return steps
-        pending = _Pending(step, value, error)
+            return self._commit_inline(step, value, error)
+        if self._active <= 1 and not self._queue and self._limiter.borrowed_tokens == 0:
+            # A lone run: nothing to group with, and a thread hop (~100-200 µs here) would
+            # cost as much as the commit itself. Commit on the trio thread, holding the
+            # engine's limiter so no thread call can touch the engine meanwhile.
+            async with self._limiter:
+                return self._commit_inline(step, value, error)
+        pending = _Pending(step, value, error, self._batch_done)
         self._queue.append(pending)
         self._queue_ready.set()
         await pending.done.wait()
         return pending.steps
+
+    def _commit_inline(
+        self, step: ExecuteStep, value: Any, error: BaseException | None
+    ) -> list[ExecuteStep]:
+        plan = self.engine.step_finished(step, value, error, self.clock())
+        try:
+            steps = self.engine.commit([plan])
+        except StoreError as exc:
+            log.warning("commit failed; the run will be retried from the store: %s", exc)
+            return []
+        self.commits += 1
+        self._after_commit(plan)
+        return steps
 
     def _after_commit(self, plan: Plan) -> None:
         b = plan.batch
@@ -286,6 +312,7 @@ class Worker:
             await self._queue_ready.wait()
             self._queue_ready = trio.Event()
             batch, self._queue = self._queue, []
+            done, self._batch_done = self._batch_done, trio.Event()
             if not batch:
                 continue
             try:
@@ -294,8 +321,7 @@ class Worker:
                 log.warning("group commit failed; its runs will be retried from the store: %s",
                             exc)
             finally:
-                for p in batch:
-                    p.done.set()
+                done.set()
 
     def _commit_batch(self, batch: list[_Pending], now: int) -> None:
         engine = self.engine

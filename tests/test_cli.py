@@ -1,0 +1,75 @@
+"""The ``durable`` command line, against a SQLite file."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from durable_core import Client, Event
+from durable_core._cli import main
+from durable_core.testing import TestEngine, replay
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_send_list_show_export(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import stores
+    from durable_core.demo import app
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    tricky = "o'; DROP TABLE runs; -- ✓"
+    code, out, _ = run_cli(capsys, "send", "order/created", "--data",
+                           json.dumps({"orderId": 1, "amount": 500.0}), "--id", tricky,
+                           "--store", url, "--json")
+    assert code == 0 and json.loads(out) == {"ids": [tricky]}
+    # Run the function on that store (a TestEngine drives the same engine).
+    store = stores.open(url)
+    engine = TestEngine(app, store=store)
+    engine.advance("1m")
+    engine.send(Event("order/shipped", {"orderId": 1, "carrier": "DHL"}))
+    [run] = Client(store).list_runs(event_id=tricky)
+    assert run.status == "completed"
+    store.close()
+
+    code, out, _ = run_cli(capsys, "runs", "list", "--store", url, "--event", tricky, "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [run.id]
+    code, out, _ = run_cli(capsys, "runs", "list", "--store", url, "--status", "failed")
+    assert code == 0 and out.strip() == "no runs"
+    code, out, _ = run_cli(capsys, "runs", "show", run.id, "--store", url)
+    assert code == 0 and "charge-card" in out and "completed" in out
+    target = tmp_path / "run.json"
+    code, _, _ = run_cli(capsys, "export", run.id, "--store", url, "-o", str(target))
+    assert code == 0
+    assert replay(app, target).status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["send", "", "--data", "{}"], "event.name"),
+        (["send", "a", "--data", "[1]"], "event.data"),
+        (["send", "a", "--data", "{nope"], "--data: invalid JSON"),
+        (["runs", "show", "missing"], "no run with id 'missing'"),
+        (["runs", "list", "--store", "mysql://x"], "unsupported scheme"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                                    args: list[str], message: str) -> None:
+    if "--store" not in args:
+        args = [*args, "--store", f"sqlite:///{tmp_path / 'e.db'}"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert message in err
+
+
+def test_worker_requires_a_module_and_an_app(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="package.module:app"):
+        main(["worker", "nocolon", "--store", "memory://"])
+    with pytest.raises(SystemExit, match="not a durable_core.App"):
+        main(["worker", "json:dumps", "--store", "memory://"])
