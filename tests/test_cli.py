@@ -69,7 +69,7 @@ def test_bad_input_is_a_clear_error(tmp_path: pathlib.Path, capsys: pytest.Captu
 
 
 def test_worker_requires_a_module_and_an_app(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit, match="package.module:app"):
+    with pytest.raises(SystemExit, match=r"package\.module:app"):
         main(["worker", "nocolon", "--store", "memory://"])
-    with pytest.raises(SystemExit, match="not a durable_core.App"):
+    with pytest.raises(SystemExit, match=r"not a durable_core\.App"):
         main(["worker", "json:dumps", "--store", "memory://"])
