@@ -989,7 +989,7 @@ class StoreConformance:
 
     def test_stateful_matches_the_reference_store(self) -> None:
         """Random operations give the same results as the reference store."""
-        run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        run_state_machine_as_test(  # type: ignore[no-untyped-call, unused-ignore]
             make_state_machine(self.make_store), settings=self.stateful_settings
         )
 
