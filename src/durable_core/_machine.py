@@ -676,10 +676,6 @@ class RunMachine:
         )
         self.entries.append(entry)
         self._new.append(entry)
-        rec.journaled = rec.done = True
-        rec.done_ts = now
-        rec.output = text
-        rec.live = live
         del self._requests[pos]
         del self._dispatched[pos]  # (also: no longer running)
         self._state_bytes += size
@@ -694,16 +690,21 @@ class RunMachine:
             )
             return
         parked = self._parked
-        if parked is not None and parked[1] == (pos,) and type(parked[0]) is RunRequest:
-            # Inlined _settle()/_result() for a single awaited step.
+        if (parked is not None and type(parked[0]) is RunRequest
+                and parked[0].position == pos):
+            # Inlined _settle()/_result() for the awaited step: the code takes the value at
+            # once, so the record is dropped without being filled in.
             self._parked = None
             del self._steps[pos]
             if now > self.clock_ms:
                 self.clock_ms = now
-            rec.live = _UNSET
             self._drive(now, live, None)
-        else:
-            self._settle(pos, now)
+            return
+        rec.journaled = rec.done = True
+        rec.done_ts = now
+        rec.output = text
+        rec.live = live
+        self._settle(pos, now)
 
     def _on_step_failed(self, inp: StepFailed) -> None:
         pos, now, exc = inp.position, inp.now, inp.error
