@@ -183,9 +183,15 @@ def postgres_factory() -> Iterator[Callable[[], Any]]:
 
 def _explore(program: list[Any], plan: FaultPlan, factory: Callable[[], Any]) -> None:
     expected = simulate(APP, program, None, factory())
-    expected.check()
-    sim = simulate(APP, program, plan, factory())
-    sim.check(expected.outcomes())
+    try:
+        expected.check()
+        sim = simulate(APP, program, plan, factory())
+        try:
+            sim.check(expected.outcomes())
+        finally:
+            sim.inner.close()  # one example's connections must not outlive it
+    finally:
+        expected.inner.close()
     EXPLORED["examples"] += 1
     for key in ("crashes", "failed_writes", "unknown_writes", "duplicate_results",
                 "step_errors", "hung_steps", "duplicate_events", "duplicate_timers",
