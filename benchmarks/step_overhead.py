@@ -32,7 +32,7 @@ import trio
 
 from durable_core import App, Context, Event, on_event
 from durable_core._machine import RunMachine
-from durable_core._model import ExecuteStep, RunStarted, StepCompleted
+from durable_core._model import ExecuteStep, RunStarted
 from durable_core._worker import Worker
 from stores import MemoryStore
 
@@ -117,7 +117,7 @@ def core(n: int, c: int) -> float:
         nxt = []
         for m, s in pending:
             value = s.fn(*s.args)
-            for cmd in m.handle(StepCompleted(s.position, s.attempt, value, now)):
+            for cmd in m.step_completed(s.position, s.attempt, value, now):
                 if type(cmd) is ExecuteStep:
                     nxt.append((m, cmd))
         pending = nxt

@@ -34,7 +34,6 @@ from ._model import (
     Signal,
     SignalReceived,
     StartRun,
-    StepCompleted,
     StepFailed,
     TimerFired,
 )
@@ -268,7 +267,7 @@ class Engine:
             self.discarded_results += 1
             return Plan(CommitBatch(now=now), [])
         if error is None:
-            cmds = live.machine.handle(StepCompleted(step.position, step.attempt, value, now))
+            cmds = live.machine.step_completed(step.position, step.attempt, value, now)
         else:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
         return self._plan([(live, cmds)], now)

@@ -136,6 +136,7 @@ class RunMachine:
         if not events:
             raise ValidationError("a run needs at least one triggering event", field="events")
         self.function = function
+        self._max_steps = function.max_steps
         self.run_id = run_id
         self.events = tuple(events)
         self.started_at = started_at
@@ -346,6 +347,32 @@ class RunMachine:
             except Exception as err:
                 self._finish_err(err, now)
                 return
+            if type(req) is RunRequest and self._next_pos not in self._steps:
+                # The hot path: a new ``run`` step past the end of the journal.
+                step_id = req.id
+                counts = self._id_counts
+                count = counts.get(step_id, 0)
+                if count and ":" not in step_id:
+                    key = f"{step_id}:{count}"
+                    if key in counts:
+                        key = self._key(step_id)
+                    else:
+                        counts[step_id] = count + 1
+                else:
+                    key = self._key(step_id)
+                pos = self._next_pos
+                if pos >= self._max_steps:
+                    value, exc = None, self._too_many_steps(key, pos)
+                    continue
+                self._next_pos = pos + 1
+                self._steps[pos] = _Step(pos, key, "run")
+                self._requests[pos] = req
+                req.position = pos
+                cmd = ExecuteStep(self.run_id, pos, key, 0, req.fn, req.args, req.kwargs)
+                self._dispatched[pos] = cmd
+                self._execute.append(cmd)
+                self._parked = (req, (pos,))
+                return
             try:
                 res = self._on_request(req, now)
             except DurableError as err:
@@ -356,31 +383,6 @@ class RunMachine:
             value, exc = res
 
     def _on_request(self, req: Any, now: int) -> Any:
-        if type(req) is RunRequest and self._next_pos not in self._steps:
-            # The hot path: a new ``run`` step past the end of the journal.
-            step_id = req.id
-            counts = self._id_counts
-            count = counts.get(step_id, 0)
-            if count and ":" not in step_id:
-                key = f"{step_id}:{count}"
-                if key in counts:
-                    key = self._key(step_id)
-                else:
-                    counts[step_id] = count + 1
-            else:
-                key = self._key(step_id)
-            pos = self._next_pos
-            if pos >= self.function.max_steps:
-                raise self._too_many_steps(key, pos)
-            self._next_pos = pos + 1
-            rec = self._steps[pos] = _Step(pos, key, "run")
-            self._requests[pos] = req
-            req.position = pos
-            cmd = ExecuteStep(self.run_id, pos, rec.step_id, 0, req.fn, req.args, req.kwargs)
-            self._dispatched[pos] = cmd
-            self._execute.append(cmd)
-            self._parked = (req, (pos,))
-            return _PARKED
         if isinstance(req, StepRequest):
             rec = self._assign(req)
             if rec.done:
@@ -630,15 +632,21 @@ class RunMachine:
 
     # ------------------------------------------------------------------ inputs
 
+    def step_completed(self, position: int, attempt: int, value: Any, now: int) -> list[Command]:
+        """Same as ``handle(StepCompleted(position, attempt, value, now))``, without building
+        the input: drivers call it once per step."""
+        if not self._ended:
+            self._completed(position, attempt, value, now)
+        return self._flush()
+
     def _on_step_completed(self, inp: StepCompleted) -> None:
+        self._completed(inp.position, inp.attempt, inp.value, inp.now)
+
+    def _completed(self, pos: int, attempt: int, value: Any, now: int) -> None:
         # This is the per-step hot path: it is written flat on purpose.
-        pos = inp.position
         cmd = self._dispatched.get(pos)
-        if cmd is None or cmd.attempt != inp.attempt:
+        if cmd is None or cmd.attempt != attempt:
             return  # a duplicate or stale delivery: the memo, once written, never changes
-        rec = self._steps[pos]
-        value = inp.value
-        now = inp.now
         t = type(value)
         if t is int:
             text = int.__repr__(value)  # JSON and ASCII
@@ -651,6 +659,7 @@ class RunMachine:
             live = value
             size = _utf8_len(text)
         else:
+            rec = self._steps[pos]
             req = self._requests[pos]
             assert isinstance(req, RunRequest)
             try:
@@ -672,7 +681,7 @@ class RunMachine:
             live = roundtrip(value, text, return_hint(req.fn))
         # Inlined _complete() for a successful ``run`` step.
         entry = JournalEntry(
-            len(self.entries), "completed", pos, rec.step_id, "run", now, '{"output":' + text + "}"
+            len(self.entries), "completed", pos, cmd.step_id, "run", now, '{"output":' + text + "}"
         )
         self.entries.append(entry)
         self._new.append(entry)
@@ -700,6 +709,7 @@ class RunMachine:
                 self.clock_ms = now
             self._drive(now, live, None)
             return
+        rec = self._steps[pos]
         rec.journaled = rec.done = True
         rec.done_ts = now
         rec.output = text
