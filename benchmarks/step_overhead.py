@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+import timeit
 from collections.abc import Callable
 from typing import Any
 
@@ -181,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# step overhead ({platform.python_implementation()} {platform.python_version()}, "
           f"{platform.machine()}, {os.cpu_count()} cpus, trio {trio.__version__})")
+    # The box's speed drifts (shared VM): an empty loop's cost tells which phase a run saw
+    # (about 5 ns per iteration on the reference measurements of this machine class).
+    calib = min(timeit.repeat("for i in range(1000): pass", number=2000, repeat=5)) / 2e6
+    print(f"# calibration: empty loop {calib * 1e9:.1f} ns/iteration")
     print(f"{'path':<12} {'steps':>6} {'runs':>6} {'durable µs/step':>16} "
           f"{'plain µs/step':>14} {'overhead µs':>12} {'steps/s':>10}")
     rows = []
