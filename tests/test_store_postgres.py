@@ -10,8 +10,6 @@ a server the tests are skipped with a loud reason, or fail when ``CI=true``.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,11 +35,13 @@ from stores.testing import (  # noqa: E402
     NASTY_STRINGS,
     T0,
     StoreConformance,
+    check_processes_never_share_runs,
     claim,
     create,
     entries,
     event_json,
     new_run,
+    run_gated,
     write,
 )
 
@@ -99,36 +99,6 @@ def tables_of(url: str, schema: str) -> set[str]:
             (schema,),
         ).fetchall()
     return {r[0] for r in rows}
-
-
-def run_gated(args: list[list[str]]) -> list[str]:
-    """Start one Python child per argument list, wait until each prints ``ready``, release
-    them all at once, and return their last output lines (asserting they succeeded)."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", *a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )
-        for a in args
-    ]
-    try:
-        for p in procs:
-            assert p.stdout is not None
-            line = p.stdout.readline().strip()
-            assert line == "ready", (line, p.stderr.read() if p.stderr else "")
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        results = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (_, err) in zip(procs, results, strict=True):
-        assert p.returncode == 0, err
-    return [out.strip().splitlines()[-1] for out, _ in results]
 
 
 def run_threads(n: int, fn: Callable[[int], Any]) -> list[Any]:
@@ -480,59 +450,11 @@ def test_two_threads_claiming_never_share_a_run(pg_url: str, pg_schema: str) -> 
         b.close()
 
 
-_WORK_CHILD = """
-import json, sys
-from durable_core._model import JournalEntry
-from durable_core._store_api import CommitBatch, NewRun, RunWrite
-from stores import PostgresStore
-url, schema, owner, own = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-NOW, FOREVER = 1_000, 10**12
-store = PostgresStore(url, schema=schema)
-print("ready", flush=True)
-sys.stdin.readline()
-claimed = []
-
-def work():
-    claims = store.claim_runs(owner, NOW, FOREVER, 5)
-    writes = tuple(
-        RunWrite(c.run.id, c.run.epoch,
-                 (JournalEntry(len(c.journal), "completed", 0, "s", "run", NOW, "{}"),),
-                 status="completed", output=json.dumps(owner))
-        for c in claims
-    )
-    fenced = store.commit(CommitBatch(now=NOW, writes=writes))
-    assert fenced == set(), fenced
-    claimed.extend(c.run.id for c in claims)
-    return bool(claims)
-
-for i in range(own):
-    run = NewRun(id=f"{owner}-{i}", function_id="f", events=(), event_ids=(), created_at=NOW)
-    assert store.commit(CommitBatch(now=NOW, runs=(run,))) == set()
-    work()
-while work():
-    pass
-store.close()
-print(json.dumps(claimed), flush=True)
-"""
-
-
 def test_two_processes_committing_and_claiming_never_share_a_run(
     pg_url: str, store: PostgresStore
 ) -> None:
-    create(store, *(new_run(f"pre-{i:03d}", created_at=1_000) for i in range(150)))
-    owners, own = ("alpha", "beta"), 40
-    outs = run_gated([[_WORK_CHILD, pg_url, store.schema, o, str(own)] for o in owners])
-    claimed = {o: json.loads(out) for o, out in zip(owners, outs, strict=True)}
-    everything = [r for ids in claimed.values() for r in ids]
-    expected = {f"pre-{i:03d}" for i in range(150)}
-    expected |= {f"{o}-{i}" for o in owners for i in range(own)}
-    assert len(everything) == len(set(everything))  # nobody claimed a run twice
-    assert set(everything) == expected
-    for owner, ids in claimed.items():
-        for run_id in ids:
-            run = store.get_run(run_id)
-            assert (run.status, run.output, run.epoch) == ("completed", json.dumps(owner), 1)
-            assert len(store.load_journal(run_id)) == 1
+    sep = "&" if "?" in pg_url else "?"
+    check_processes_never_share_runs(f"{pg_url}{sep}schema={store.schema}")
 
 
 def test_concurrent_appends_of_one_event_id_flag_all_but_one(store: PostgresStore) -> None:

@@ -46,6 +46,8 @@ the test module).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -1350,3 +1352,106 @@ def make_state_machine(make_store: Callable[[], Store]) -> type[StoreStateMachin
 
     _Machine.__name__ = _Machine.__qualname__ = "StoreStateMachine"
     return _Machine
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def run_gated(args: list[list[str]], timeout: float = 120) -> list[str]:
+    """Start one ``python -c`` child per argument list, wait until each prints ``ready``,
+    release them all at once (a line on stdin), and return each one's last output line,
+    asserting that every child succeeded."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", *a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        for a in args
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline().strip()
+            assert line == "ready", (line, p.stderr.read() if p.stderr else "")
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+    return [out.strip().splitlines()[-1] for out, _ in results]
+
+
+CLAIMER_CHILD = """
+import json, sys
+import stores
+from durable_core._model import JournalEntry
+from durable_core._store_api import CommitBatch, NewRun, RunWrite
+url, owner, own = sys.argv[1], sys.argv[2], int(sys.argv[3])
+NOW, FOREVER = 1_000, 10**12
+store = stores.open(url)
+print("ready", flush=True)
+sys.stdin.readline()
+claimed = []
+
+def work():
+    claims = store.claim_runs(owner, NOW, FOREVER, 5)
+    writes = tuple(
+        RunWrite(c.run.id, c.run.epoch,
+                 (JournalEntry(len(c.journal), "completed", 0, "s", "run", NOW, "{}"),),
+                 status="completed", output=json.dumps(owner))
+        for c in claims
+    )
+    fenced = store.commit(CommitBatch(now=NOW, writes=writes))
+    assert fenced == set(), fenced
+    claimed.extend(c.run.id for c in claims)
+    return bool(claims)
+
+for i in range(own):
+    run = NewRun(id=f"{owner}-{i}", function_id="f", events=(), event_ids=(), created_at=NOW)
+    assert store.commit(CommitBatch(now=NOW, runs=(run,))) == set()
+    work()
+while work():
+    pass
+store.close()
+print(json.dumps(claimed), flush=True)
+"""
+"""The child of :func:`check_processes_never_share_runs`: creates, claims and completes runs
+on the store at ``sys.argv[1]`` (a ``stores.open`` URL) as owner ``sys.argv[2]``."""
+
+
+def check_processes_never_share_runs(
+    url: str, owners: Sequence[str] = ("alpha", "beta"), own: int = 40, preexisting: int = 150
+) -> None:
+    """Several processes open the store at ``url`` (a ``stores.open`` URL) and, released at
+    once, create, claim and complete runs concurrently: every run is claimed by exactly one
+    of them, under one lease, with one journal entry."""
+    import stores
+
+    store = stores.open(url)
+    try:
+        create(store, *(new_run(f"pre-{i:03d}", created_at=1_000) for i in range(preexisting)))
+    finally:
+        store.close()
+    outs = run_gated([[CLAIMER_CHILD, url, o, str(own)] for o in owners])
+    claimed = {o: json.loads(out) for o, out in zip(owners, outs, strict=True)}
+    everything = [r for ids in claimed.values() for r in ids]
+    expected = {f"pre-{i:03d}" for i in range(preexisting)}
+    expected |= {f"{o}-{i}" for o in owners for i in range(own)}
+    assert len(everything) == len(set(everything))  # nobody claimed a run twice
+    assert set(everything) == expected
+    store = stores.open(url)
+    try:
+        for owner, ids in claimed.items():
+            for run_id in ids:
+                run = store.get_run(run_id)
+                assert (run.status, run.output, run.epoch) == ("completed", json.dumps(owner), 1)
+                assert len(store.load_journal(run_id)) == 1
+    finally:
+        store.close()
