@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import timeit
@@ -223,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         ratio = core_rows[max(core_rows)] / core_rows[10]
         print(f"# linearity (core, 1 run): µs/step at {max(core_rows)} steps / at 10 steps = "
               f"{ratio:.2f} (1.0 = perfectly linear)")
-    _ = statistics  # keep the import for users extending the script
     return 0
 
 
