@@ -42,6 +42,7 @@ from stores.testing import (  # noqa: E402
     event_json,
     new_run,
     run_gated,
+    run_threads,
     write,
 )
 
@@ -99,30 +100,6 @@ def tables_of(url: str, schema: str) -> set[str]:
             (schema,),
         ).fetchall()
     return {r[0] for r in rows}
-
-
-def run_threads(n: int, fn: Callable[[int], Any]) -> list[Any]:
-    """Run ``fn(k)`` for k in range(n) on n threads released together; return the results
-    (re-raising the first error)."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-    errors: list[BaseException] = []
-
-    def target(k: int) -> None:
-        try:
-            barrier.wait()
-            results[k] = fn(k)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=target, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

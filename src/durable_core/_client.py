@@ -9,8 +9,7 @@ from collections.abc import Callable, Sequence
 from ._engine import Engine
 from ._events import Event
 from ._function import App
-from ._model import Signal
-from ._store_api import CommitBatch, Store
+from ._store_api import Store
 from ._views import RunView, run_view
 from ._worker import wall_clock_ms
 
@@ -71,9 +70,7 @@ class Client:
     def cancel_run(self, run_id: str, reason: str = "cancelled by request") -> None:
         """Ask for a run to be cancelled; a worker ends it with status ``cancelled``.
         Raises :class:`~durable_core.RunNotFoundError` for an unknown run."""
-        self.store.get_run(run_id)
-        self.store.commit(
-            CommitBatch(now=self._now(), signals=((run_id, Signal("cancel", run_id, reason)),))
-        )
+        with self._lock:
+            self._engine.request_cancel(run_id, self._now(), reason)
         if self._on_send is not None:
             self._on_send()

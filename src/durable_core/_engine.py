@@ -385,6 +385,14 @@ class Engine:
         for run_id in [r for r, live in self.live.items() if not live.leased][:excess]:
             del self.live[run_id]
 
+    def request_cancel(self, run_id: str, now: int, reason: str = "cancelled by request") -> None:
+        """Durably put a cancel signal in a run's inbox; whoever holds (or next claims) the
+        run ends it as ``cancelled``. Raises RunNotFoundError for an unknown run."""
+        self.store.get_run(run_id)
+        self.store.commit(
+            CommitBatch(now=now, signals=((run_id, Signal("cancel", run_id, reason)),))
+        )
+
     def cancel_live(self, run_ids: Iterable[str], now: int) -> Plan:
         """Cancel runs this engine holds (a cancel arrived while they were executing)."""
         items = []

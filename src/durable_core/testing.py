@@ -23,7 +23,7 @@ from typing import Any
 from ._context import current_attempt
 from ._durations import from_ms, parse_duration, parse_instant, to_ms
 from ._engine import Engine, Plan
-from ._errors import RunNotFoundError, ValidationError
+from ._errors import ValidationError
 from ._events import Event
 from ._function import App
 from ._model import ErrorInfo, ExecuteStep
@@ -188,17 +188,8 @@ class TestEngine:
         return RunHandle(self, run_id)
 
     def cancel(self, run_id: str) -> None:
-        """Cancel a run (it ends with status ``cancelled``)."""
-        from ._model import Signal
-        from ._store_api import CommitBatch
-
-        try:
-            self.store.get_run(run_id)
-        except RunNotFoundError:
-            raise
-        self.store.commit(
-            CommitBatch(now=self._now, signals=((run_id, Signal("cancel", run_id, "cancelled")),))
-        )
+        """Cancel a run (it ends with status ``cancelled``); RunNotFoundError if unknown."""
+        self.engine.request_cancel(run_id, self._now, "cancelled")
         self._settle()
 
     # ------------------------------------------------------------------ internals

@@ -958,28 +958,17 @@ class StoreConformance:
         """Threads claiming from one store never share a run."""
         n_threads, n_runs = 4, 40
         create(store, *(new_run(f"r{i:02d}") for i in range(n_runs)))
-        barrier = threading.Barrier(n_threads)
         claimed: list[list[str]] = [[] for _ in range(n_threads)]
-        errors: list[BaseException] = []
 
         def work(k: int) -> None:
-            try:
-                barrier.wait()
-                while claims := store.claim_runs(f"w{k}", T0, LEASE, 3):
-                    for c in claims:
-                        claimed[k].append(c.run.id)
-                        w = RunWrite(c.run.id, c.run.epoch, entries(0, 1), status="completed",
-                                     output=json.dumps(k))
-                        assert store.commit(CommitBatch(now=T0, writes=(w,))) == set()
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+            while claims := store.claim_runs(f"w{k}", T0, LEASE, 3):
+                for c in claims:
+                    claimed[k].append(c.run.id)
+                    w = RunWrite(c.run.id, c.run.epoch, entries(0, 1), status="completed",
+                                 output=json.dumps(k))
+                    assert store.commit(CommitBatch(now=T0, writes=(w,))) == set()
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(n_threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        run_threads(n_threads, work)
         flat = [r for ids in claimed for r in ids]
         assert sorted(flat) == [f"r{i:02d}" for i in range(n_runs)]  # each exactly once
         for k, ids in enumerate(claimed):
@@ -1355,6 +1344,30 @@ def make_state_machine(make_store: Callable[[], Store]) -> type[StoreStateMachin
 
 
 # --------------------------------------------------------------------------- processes
+
+
+def run_threads(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    """Run ``fn(k)`` for k in range(n) on n threads released together; return the results
+    (re-raising the first error)."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def target(k: int) -> None:
+        try:
+            barrier.wait()
+            results[k] = fn(k)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def run_gated(args: list[list[str]], timeout: float = 120) -> list[str]:
