@@ -183,6 +183,37 @@ def test_step_id_must_be_a_non_empty_string() -> None:
     assert run.error is not None and run.error.type == "ValidationError"
 
 
+def test_awaiting_a_step_twice_is_a_clear_error() -> None:
+    app = App("twice")
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx):  # type: ignore[no-untyped-def]
+        step = ctx.step.run("a", lambda: 1)
+        await step
+        await step
+
+    eng = TestEngine(app)
+    [run] = eng.send(Event("go"))
+    assert run.status == "failed"
+    assert run.error is not None and run.error.type == "ValidationError"
+    assert "awaited twice" in run.error.message
+
+
+def test_first_sighting_fast_path_matches_the_key_rules() -> None:
+    # Ids without ":" take a fast path on first sight; explicit "x:1" ids still never collide.
+    app = App("keys")
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx):  # type: ignore[no-untyped-def]
+        for sid in ("x", "y", "x", "x:2", "x", "y"):
+            await ctx.step.run(sid, lambda: 1)
+
+    eng = TestEngine(app)
+    [run] = eng.send(Event("go"))
+    assert run.status == "completed"
+    assert [s.id for s in run.steps] == ["x", "y", "x:1", "x:2", "x:3", "y:1"]
+
+
 # --------------------------------------------------------------------------- id counters
 
 

@@ -51,21 +51,19 @@ def _check_id(step_id: object, method: str) -> str:
 class StepRequest:
     """Base of the requests a ``ctx.step.*`` awaitable yields to the core. Don't subclass."""
 
-    __slots__ = ("awaited", "id", "position")
+    __slots__ = ("id", "position")
     kind = ""
 
     def __init__(self, step_id: str) -> None:
         self.id = step_id
-        self.awaited = False
         self.position = -1  # set by the core when it assigns the step a position
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        if self.awaited:
+        if self.position >= 0:  # the core took this request already
             raise ValidationError(
                 f"step {self.id!r} was awaited twice; call ctx.step.* again for a new step",
                 field="step.id",
             )
-        self.awaited = True
         return (yield self)
 
 
@@ -79,7 +77,6 @@ class RunRequest(StepRequest):
         self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self.id = step_id
-        self.awaited = False
         self.position = -1
         self.fn = fn
         self.args = args

@@ -44,6 +44,9 @@ def wall_clock_ms() -> int:
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 
+_YIELD_EVERY = 8
+"""A run's task yields to the trio scheduler at least once per this many steps."""
+
 
 def _is_async(fn: Any) -> bool:
     """``inspect.iscoroutinefunction`` with a fast path for plain functions (per step)."""
@@ -188,41 +191,52 @@ class Worker:
             self._wakeup = trio.Event()
             now = self.clock()
             try:
-                steps = await self._call(self._tick, now)
+                steps, more = await self._call(self._tick, now)
             except StoreError as exc:
                 log.warning("store error, retrying in %.1fs: %s", self.poll_interval, exc)
                 await trio.sleep(self.poll_interval)
                 continue
             for step in steps:
                 self._spawn(step)
-            if steps or self._stopping:
+            if more or self._stopping:
                 await trio.lowlevel.checkpoint()
                 continue
-            wake = await self._call(self._next_wake, now)
+            # Nothing more to claim or route right now. Look up the next timer without the
+            # engine's limiter (it reads only the store and the cron schedule), so a busy
+            # lone run keeps committing inline on the trio thread meanwhile.
+            if self._blocking:
+                wake = await trio.to_thread.run_sync(self._next_wake, now)
+            else:
+                wake = self._next_wake(now)
             timeout = self.poll_interval
             if wake is not None:
                 timeout = min(timeout, max(0.0, (wake - self.clock()) / 1000))
             with trio.move_on_after(timeout):
                 await self._wakeup.wait()
 
-    def _tick(self, now: int) -> list[ExecuteStep]:
-        """One pass over the store (runs in the engine's thread for blocking stores)."""
+    def _tick(self, now: int) -> tuple[list[ExecuteStep], bool]:
+        """One pass over the store (runs in the engine's thread for blocking stores).
+
+        Returns the steps to start and whether more work may be waiting at once (a full
+        batch of events or claims): then the main loop ticks again without waiting."""
         engine = self.engine
         created = engine.schedule_cron(now)
         routed = engine.route(now, self.batch_limit)
+        more = routed >= self.batch_limit
         room = self.max_runs - self._active
         steps: list[ExecuteStep] = []
         if room > 0:
-            plan = engine.claim(now, min(room, self.batch_limit))
-            if plan is not None:
+            limit = min(room, self.batch_limit)
+            claims = self.store.claim_runs(self.owner, now, self.lease_ms, limit)
+            if claims:
+                more = more or len(claims) >= limit
+                plan = engine.feed_claims(claims, now)
                 steps = engine.commit([plan])
                 self.commits += 1
                 if not steps and (plan.batch.runs or plan.batch.signals or plan.batch.events):
                     created += 1
-        if (created or routed) and not steps:
-            # Work was created (runs, signals): look again at once.
-            self._wakeup.set()
-        return steps
+        # Work was created (runs, signals) that this pass did not start: look again at once.
+        return steps, more or bool((created or routed) and not steps)
 
     def _next_wake(self, now: int) -> int | None:
         wakes = [w for w in (self.store.next_wake_at(), self.engine.next_cron_tick(now))
@@ -236,6 +250,7 @@ class Worker:
 
     async def _drive(self, step: ExecuteStep) -> None:
         """Execute a chain of steps of one run: body, commit, next body..."""
+        done = 0
         try:
             while True:
                 if not self.engine.is_current(step):
@@ -244,6 +259,11 @@ class Worker:
                 steps = await self._submit(step, value, error)
                 if not steps or self._stopping:
                     return
+                done += 1
+                if not done % _YIELD_EVERY:
+                    # Step bodies that never yield and inline commits would otherwise keep
+                    # the main loop, timers and other runs waiting for the whole run.
+                    await trio.lowlevel.checkpoint()
                 step = steps[0]
                 for extra in steps[1:]:
                     self._spawn(extra)
@@ -276,12 +296,20 @@ class Worker:
     ) -> list[ExecuteStep]:
         if not self._blocking:
             return self._commit_inline(step, value, error)
-        if self._active <= 1 and not self._queue and self._limiter.borrowed_tokens == 0:
+        if self._active <= 1 and not self._queue:
             # A lone run: nothing to group with, and a thread hop (~100-200 µs here) would
             # cost as much as the commit itself. Commit on the trio thread, holding the
-            # engine's limiter so no thread call can touch the engine meanwhile.
-            async with self._limiter:
-                return self._commit_inline(step, value, error)
+            # engine's limiter so no thread call can touch the engine meanwhile (taken
+            # without a checkpoint: _drive yields to trio every few steps on its own).
+            try:
+                self._limiter.acquire_nowait()
+            except trio.WouldBlock:
+                pass  # a thread call holds the engine: queue for the committer
+            else:
+                try:
+                    return self._commit_inline(step, value, error)
+                finally:
+                    self._limiter.release()
         pending = _Pending(step, value, error, self._batch_done)
         self._queue.append(pending)
         self._queue_ready.set()

@@ -56,6 +56,16 @@ _RUN_COLUMNS = (
     "error, parent_run_id, idempotency_key, ended_at, epoch, lease_owner, lease_expires"
 )
 _JOURNAL_COLUMNS = "run_id, seq, op, position, step_id, kind, ts, data"
+
+# The hot path's fenced journal append: one statement per entry inserts it only if the run
+# is live under the writer's epoch and the entry's seq follows the journal. The caller
+# compares the row count with the number of entries.
+_FENCED_APPEND_SQL = f"""
+INSERT INTO journal ({_JOURNAL_COLUMNS})
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM runs
+WHERE id = ?1 AND epoch = ?9 AND status NOT IN {_TERMINAL_SQL}
+AND ?2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1)
+"""
 _EVENT_COLUMNS = "seq, id, name, data, ts, duplicate"
 
 # Runs that need work (see MemoryStore._claimable): not terminal, lease free or expired, and
@@ -489,12 +499,52 @@ class SQLiteStore:
     # ------------------------------------------------------------------ commit
 
     def commit(self, batch: CommitBatch) -> set[str]:
-        """See :meth:`durable_core.Store.commit`. One immediate transaction, batched."""
+        """See :meth:`durable_core.Store.commit`. One immediate transaction, batched.
+
+        The common batch (every write only appends memos) takes a fast path: each entry is
+        inserted by one statement that carries its own fencing check, with no read of the
+        run records first. If any entry is refused (a stale epoch, an ended run, a seq that
+        does not follow the journal) the transaction is rolled back and the batch is applied
+        through the validated path, which fences whole runs and applies the rest.
+        """
+        writes = batch.writes
+        if len(writes) == 1 and len(writes[0].entries) == 1 and batch == (
+            batch.now, (), (), writes, (), (), (), (), ()
+        ):
+            w = writes[0]
+            if w.status is None and not w.release and not w.consumed_signals:
+                # One memo and nothing else (a lone run's step): a single fenced statement
+                # in autocommit mode is its own transaction, with no BEGIN and COMMIT.
+                e = w.entries[0]
+                with self._lock:
+                    conn = self._connection()
+                    try:
+                        if conn.execute(_FENCED_APPEND_SQL, (
+                            w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts,
+                            e.data, w.epoch,
+                        )).rowcount == 1:
+                            return set()
+                    except sqlite3.Error as exc:
+                        raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
+                # Refused: nothing was written; the validated path says what was fenced.
         with self._write() as conn:
+            if writes and all(
+                w.entries and w.status is None and not w.release and not w.consumed_signals
+                for w in writes
+            ):
+                rows = [
+                    (w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data,
+                     w.epoch)
+                    for w in writes for e in w.entries
+                ]
+                if conn.executemany(_FENCED_APPEND_SQL, rows).rowcount == len(rows):
+                    self._commit_rest(conn, batch, set())
+                    return set()
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
             return self._commit(conn, batch)
 
     def _commit(self, conn: sqlite3.Connection, batch: CommitBatch) -> set[str]:
-        now = batch.now
         states = self._run_states(conn, list(dict.fromkeys(w.run_id for w in batch.writes)))
         # Validate every write first so a rejected run leaves nothing half-applied. A batch
         # may hold several writes for one run (group commit): check them in order.
@@ -510,11 +560,24 @@ class SQLiteStore:
                 fenced.add(w.run_id)
             length[w.run_id] = expected + len(w.entries)
         if batch.events:
-            self._insert_events(conn, batch.events, now)
+            self._insert_events(conn, batch.events, batch.now)
         if batch.runs:
             self._create_runs(conn, batch.runs)
         if batch.writes:
             self._apply_writes(conn, batch, states, fenced)
+        self._commit_rest(conn, batch, fenced, created=True)
+        return fenced
+
+    def _commit_rest(
+        self, conn: sqlite3.Connection, batch: CommitBatch, fenced: set[str], *,
+        created: bool = False,
+    ) -> None:
+        """The parts of a batch besides its run writes (events and runs unless ``created``)."""
+        if not created:
+            if batch.events:
+                self._insert_events(conn, batch.events, batch.now)
+            if batch.runs:
+                self._create_runs(conn, batch.runs)
         waits_add = [w for w in batch.waits_add if w.run_id not in fenced]
         if waits_add:
             # Only events after the last one in the log (this batch's included) may match a
@@ -545,7 +608,6 @@ class SQLiteStore:
                 "WHERE excluded.tick > cron.tick",
                 list(batch.cron),
             )
-        return fenced
 
     @staticmethod
     def _run_states(conn: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, _RunState]:
