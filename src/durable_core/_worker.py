@@ -368,26 +368,25 @@ class Worker:
         """Renew the leases of runs with steps in flight, and act on cancels sent to them."""
         while True:
             await trio.sleep(min(self.lease_ms / 3000, 1.0))
-            run_ids = self.engine.leased_runs()
-            if not run_ids:
-                continue
             try:
-                lost = await self._call(
-                    self.store.renew, self.owner, run_ids, self.clock(), self.lease_ms
-                )
-                if lost:
-                    log.warning("lost the lease of %d run(s); another worker took them",
-                                len(lost))
-                    self.engine.forget(lost)
-                held = [r for r in run_ids if r not in lost]
-                cancels = await self._call(self.store.cancel_requested, held)
-                if cancels:
-                    await self._call(self._cancel, cancels, self.clock())
+                await self._call(self._renew, self.clock())
             except StoreError as exc:
                 log.warning("lease renewal failed: %s", exc)
 
-    def _cancel(self, run_ids: set[str], now: int) -> None:
-        self.engine.commit([self.engine.cancel_live(run_ids, now)])
+    def _renew(self, now: int) -> None:
+        # Under the engine's limiter, like every engine call: no commit can end or drop a
+        # run between reading the leased runs and acting on the store's answer.
+        run_ids = self.engine.leased_runs()
+        if not run_ids:
+            return
+        lost = self.store.renew(self.owner, run_ids, now, self.lease_ms)
+        if lost:
+            log.warning("lost the lease of %d run(s); another worker took them", len(lost))
+            self.engine.forget(lost)
+        held = [r for r in run_ids if r not in lost]
+        cancels = self.store.cancel_requested(held) if held else set()
+        if cancels:
+            self.engine.commit([self.engine.cancel_live(cancels, now)])
 
     async def _listener(self) -> None:
         """Wake the main loop when another process writes (PostgreSQL LISTEN/NOTIFY)."""

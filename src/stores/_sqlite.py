@@ -501,11 +501,12 @@ class SQLiteStore:
     def commit(self, batch: CommitBatch) -> set[str]:
         """See :meth:`durable_core.Store.commit`. One immediate transaction, batched.
 
-        The common batch (every write only appends memos) takes a fast path: each entry is
-        inserted by one statement that carries its own fencing check, with no read of the
-        run records first. If any entry is refused (a stale epoch, an ended run, a seq that
-        does not follow the journal) the transaction is rolled back and the batch is applied
-        through the validated path, which fences whole runs and applies the rest.
+        Two fast paths serve the hot cases. A single memo and nothing else (a lone run's
+        step) is one statement in autocommit mode that carries its own fencing check; if it
+        is refused (a stale epoch, an ended run, a seq that does not follow the journal),
+        nothing was written and the batch goes through the validated path, which says what
+        was fenced. A batch that only appends memos reads just the fencing state of its runs
+        before inserting them all at once.
         """
         writes = batch.writes
         if len(writes) == 1 and len(writes[0].entries) == 1 and batch == (
@@ -529,20 +530,43 @@ class SQLiteStore:
                 # Refused: nothing was written; the validated path says what was fenced.
         with self._write() as conn:
             if writes and all(
-                w.entries and w.status is None and not w.release and not w.consumed_signals
-                for w in writes
+                w.status is None and not w.release and not w.consumed_signals for w in writes
             ):
-                rows = [
-                    (w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data,
-                     w.epoch)
-                    for w in writes for e in w.entries
-                ]
-                if conn.executemany(_FENCED_APPEND_SQL, rows).rowcount == len(rows):
-                    self._commit_rest(conn, batch, set())
-                    return set()
-                conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
+                return self._commit_appends(conn, batch)
             return self._commit(conn, batch)
+
+    def _commit_appends(self, conn: sqlite3.Connection, batch: CommitBatch) -> set[str]:
+        """A batch whose writes only append memos (group commit's common case): one light
+        query reads the fencing state of its runs, one ``executemany`` inserts the rows."""
+        writes = batch.writes
+        state: dict[str, list[int]] = {}  # run id -> [epoch, journal length]
+        for chunk in _chunks(list(dict.fromkeys(w.run_id for w in writes))):
+            for run_id, epoch, length in conn.execute(
+                "SELECT id, epoch, "
+                "(SELECT COALESCE(MAX(j.seq) + 1, 0) FROM journal AS j WHERE j.run_id = runs.id) "
+                f"FROM runs WHERE id IN ({_marks(len(chunk))}) AND status NOT IN {_TERMINAL_SQL}",
+                chunk,
+            ):
+                state[run_id] = [epoch, length]
+        fenced: set[str] = set()
+        for w in writes:
+            st = state.get(w.run_id)
+            if st is None or st[0] != w.epoch:
+                fenced.add(w.run_id)
+                continue
+            expected = st[1]
+            for i, e in enumerate(w.entries):
+                if e.seq != expected + i:
+                    fenced.add(w.run_id)
+                    break
+            st[1] = expected + len(w.entries)
+        conn.executemany(
+            f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
+             for w in writes if w.run_id not in fenced for e in w.entries],
+        )
+        self._commit_rest(conn, batch, fenced)
+        return fenced
 
     def _commit(self, conn: sqlite3.Connection, batch: CommitBatch) -> set[str]:
         states = self._run_states(conn, list(dict.fromkeys(w.run_id for w in batch.writes)))
