@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 import uuid
 from typing import Any
 
@@ -187,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--stores", nargs="*", default=["sqlite", "postgres"])
+    parser.add_argument("--runs", nargs="*", type=int, default=None,
+                        help="concurrency levels to measure (default 1 10 100 1000)")
     args = parser.parse_args(argv)
     seconds = 0.5 if args.quick else 2.0
-    levels = [1, 10, 100] if args.quick else [1, 10, 100, 1000]
+    levels = args.runs or ([1, 10, 100] if args.quick else [1, 10, 100, 1000])
     print(f"# store throughput ({platform.python_version()}, {os.cpu_count()} cpus)")
+    # The box's speed drifts (shared VM): an empty loop's cost tells which phase a run saw
+    # (about 5 ns per iteration on the reference measurements of this machine class).
+    calib = min(timeit.repeat("for i in range(1000): pass", number=2000, repeat=5)) / 2e6
+    print(f"# calibration: empty loop {calib * 1e9:.1f} ns/iteration")
     for name in args.stores:
         tmp = tempfile.mkdtemp()
         if name == "sqlite":

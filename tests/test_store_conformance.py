@@ -236,7 +236,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
 
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         # v2: run_events is filled from the runs already there.
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
@@ -246,6 +246,13 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
         assert [r.id for r in store.list_runs(event_id="e2")] == ["new", "old"]
         # v3: waits registered before after_seq existed may match every event.
         assert store.find_waits("paid", 0) == [WaitRecord("old", 0, "paid", None, "{}", 99, 0)]
+        # v4: the claim path's indexes are partial, and the queued run is still claimable.
+        indexes = {name: sql for name, sql in store._db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs' "
+            "AND sql IS NOT NULL")}
+        assert "WHERE status = 'queued'" in indexes["runs_queued"]
+        assert "runs_status" not in indexes
+        assert [c.run.id for c in store.claim_runs("w", 10, 1000, 10)] == ["old", "new"]
     finally:
         store.close()
     db = sqlite_utils.Database(path)
@@ -302,8 +309,12 @@ def test_schema_tables_and_indexes(tmp_path: Path) -> None:
     assert db.table("run_events").pks == ["event_id", "run_id"]
     indexes = {i.name: (i.columns, i.unique) for i in db.table("runs").indexes}
     assert indexes["runs_id"] == (["id"], 1)
-    assert indexes["runs_status"] == (["status", "seq"], 0)
+    assert indexes["runs_queued"] == (["seq"], 0)
     assert indexes["runs_wake_at"] == (["wake_at"], 0)
+    assert indexes["runs_lease_owner"] == (["lease_owner"], 0)
+    partial = {name for (name,) in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
+    assert partial == {"runs_queued", "runs_wake_at", "runs_lease_owner"}
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
 

@@ -44,8 +44,9 @@ def wall_clock_ms() -> int:
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 
-_YIELD_EVERY = 8
-"""A run's task yields to the trio scheduler at least once per this many steps."""
+_YIELD_AFTER = 0.005
+"""A run's task yields to the trio scheduler at least this often (seconds) between steps,
+even if its step bodies and commits never do."""
 
 
 def _is_async(fn: Any) -> bool:
@@ -191,7 +192,7 @@ class Worker:
             self._wakeup = trio.Event()
             now = self.clock()
             try:
-                steps, more = await self._call(self._tick, now)
+                steps, more, wake = await self._call(self._tick, now)
             except StoreError as exc:
                 log.warning("store error, retrying in %.1fs: %s", self.poll_interval, exc)
                 await trio.sleep(self.poll_interval)
@@ -201,24 +202,18 @@ class Worker:
             if more or self._stopping:
                 await trio.lowlevel.checkpoint()
                 continue
-            # Nothing more to claim or route right now. Look up the next timer without the
-            # engine's limiter (it reads only the store and the cron schedule), so a busy
-            # lone run keeps committing inline on the trio thread meanwhile.
-            if self._blocking:
-                wake = await trio.to_thread.run_sync(self._next_wake, now)
-            else:
-                wake = self._next_wake(now)
             timeout = self.poll_interval
             if wake is not None:
                 timeout = min(timeout, max(0.0, (wake - self.clock()) / 1000))
             with trio.move_on_after(timeout):
                 await self._wakeup.wait()
 
-    def _tick(self, now: int) -> tuple[list[ExecuteStep], bool]:
+    def _tick(self, now: int) -> tuple[list[ExecuteStep], bool, int | None]:
         """One pass over the store (runs in the engine's thread for blocking stores).
 
-        Returns the steps to start and whether more work may be waiting at once (a full
-        batch of events or claims): then the main loop ticks again without waiting."""
+        Returns the steps to start, whether more work may be waiting at once (a full batch
+        of events or claims: then the main loop ticks again without waiting) and, if not,
+        when the next timer falls due (in the same thread call, to save a thread hop)."""
         engine = self.engine
         created = engine.schedule_cron(now)
         routed = engine.route(now, self.batch_limit)
@@ -236,7 +231,8 @@ class Worker:
                 if not steps and (plan.batch.runs or plan.batch.signals or plan.batch.events):
                     created += 1
         # Work was created (runs, signals) that this pass did not start: look again at once.
-        return steps, more or bool((created or routed) and not steps)
+        more = more or bool((created or routed) and not steps)
+        return steps, more, None if more else self._next_wake(now)
 
     def _next_wake(self, now: int) -> int | None:
         wakes = [w for w in (self.store.next_wake_at(), self.engine.next_cron_tick(now))
@@ -250,7 +246,7 @@ class Worker:
 
     async def _drive(self, step: ExecuteStep) -> None:
         """Execute a chain of steps of one run: body, commit, next body..."""
-        done = 0
+        last_yield = time.perf_counter()
         try:
             while True:
                 if not self.engine.is_current(step):
@@ -259,11 +255,12 @@ class Worker:
                 steps = await self._submit(step, value, error)
                 if not steps or self._stopping:
                     return
-                done += 1
-                if not done % _YIELD_EVERY:
+                t = time.perf_counter()
+                if t - last_yield > _YIELD_AFTER:
                     # Step bodies that never yield and inline commits would otherwise keep
                     # the main loop, timers and other runs waiting for the whole run.
                     await trio.lowlevel.checkpoint()
+                    last_yield = t
                 step = steps[0]
                 for extra in steps[1:]:
                     self._spawn(extra)
@@ -304,12 +301,13 @@ class Worker:
             try:
                 self._limiter.acquire_nowait()
             except trio.WouldBlock:
-                pass  # a thread call holds the engine: queue for the committer
-            else:
-                try:
-                    return self._commit_inline(step, value, error)
-                finally:
-                    self._limiter.release()
+                # A thread call (the main loop's pass over the store) holds the engine:
+                # waiting for it costs less than a trip through the committer's thread.
+                await self._limiter.acquire()
+            try:
+                return self._commit_inline(step, value, error)
+            finally:
+                self._limiter.release()
         pending = _Pending(step, value, error, self._batch_done)
         self._queue.append(pending)
         self._queue_ready.set()
