@@ -16,6 +16,7 @@ For each store (SQLite with synchronous=FULL, PostgreSQL on 127.0.0.1), in one r
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import pathlib
 import platform
@@ -31,7 +32,7 @@ from typing import Any
 import trio
 
 import stores
-from durable_core import App, Context, Event, Worker, on_event
+from durable_core import App, Client, Context, Event, Worker, on_event
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STEPS = 10
@@ -184,12 +185,95 @@ def durable(url: str, concurrency: int) -> tuple[float, float]:
         store._store.close()
 
 
+def _worker_process(url: str, max_runs: int, completed: Any, stop: Any) -> None:
+    """One worker process (as ``durable worker`` runs) that counts completed runs."""
+
+    class _Shared(_Watch):
+        def commit(self, batch: Any) -> set[str]:
+            before = self.completed
+            fenced = super().commit(batch)
+            if self.completed != before:
+                with completed.get_lock():
+                    completed.value += self.completed - before
+            return fenced
+
+    store = _Shared(stores.open(url))
+
+    async def main() -> None:
+        worker = Worker(make_app(), store, max_runs=max_runs,  # type: ignore[arg-type]
+                        batch_limit=max_runs, poll_interval=0.01, tune_gc=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            while not stop.is_set():
+                await trio.sleep(0.01)
+            worker.stop()
+
+    try:
+        trio.run(main)
+    finally:
+        store._store.close()
+
+
+def durable_processes(url: str, concurrency: int, processes: int) -> tuple[float, float]:
+    """Like :func:`durable`, with ``processes`` worker processes on one database (each may
+    hold ``concurrency / processes`` runs) and events sent by a :class:`Client`.
+
+    CPython runs Python code on one core per process (the GIL), and a worker's trio thread
+    and commit thread work in turn, so on this 2-core box a second process is how the
+    engine uses the second core; SQLite serializes the writers' transactions.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    completed = ctx.Value("q", 0)
+    stop = ctx.Event()
+    store = stores.open(url)
+    client = Client(store)
+    procs = [
+        ctx.Process(target=_worker_process,
+                    args=(url, -(-concurrency // processes), completed, stop))
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    expected = 0
+
+    def round_of_runs() -> None:
+        nonlocal expected
+        client.send([Event("bench/go", {}) for _ in range(concurrency)])
+        expected += concurrency
+        while completed.value < expected:
+            time.sleep(0.002)
+
+    try:
+        for _ in range(max(1, -(-WARM_UP_STEPS // (concurrency * STEPS)))):
+            round_of_runs()  # warm-up (also waits for the processes to start)
+        warm = {r.id for r in store.list_runs(limit=expected)}
+        rounds = 3
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            round_of_runs()
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(30)
+    runs = [r for r in store.list_runs(status="completed", limit=expected) if r.id not in warm]
+    per_step = []
+    for r in runs:
+        ts = [e.ts for e in store.load_journal(r.id) if e.op == "completed"]
+        per_step.append((ts[-1] - ts[0]) / (len(ts) - 1))
+    store.close()
+    return rounds * concurrency * STEPS / elapsed, sum(per_step) / len(per_step) * 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--stores", nargs="*", default=["sqlite", "postgres"])
     parser.add_argument("--runs", nargs="*", type=int, default=None,
                         help="concurrency levels to measure (default 1 10 100 1000)")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="also measure the largest level with this many worker "
+                        "processes on one database (default 2; 1 turns it off)")
     args = parser.parse_args(argv)
     seconds = 0.5 if args.quick else 2.0
     levels = args.runs or ([1, 10, 100] if args.quick else [1, 10, 100, 1000])
@@ -210,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         print(f"\n## {name}: raw single-row commits {single:,.0f}/s "
               f"({1e6 / single:.0f} µs each); batched inserts {batched:,.0f} rows/s")
-        print(f"{'runs':>6} {'durable steps/s':>16} {'µs/step in a run':>17} "
+        print(f"{'runs':>6} {'procs':>6} {'durable steps/s':>16} {'µs/step in a run':>17} "
               f"{'x raw commit':>13}")
         for c in levels:
             if name == "sqlite":
@@ -218,14 +302,28 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 url = f"{PG_URL}?schema=bench_{uuid.uuid4().hex[:8]}"
             rate, per_step_us = durable(url, c)
-            print(f"{c:>6} {rate:>16,.0f} {per_step_us:>17.0f} "
+            print(f"{c:>6} {1:>6} {rate:>16,.0f} {per_step_us:>17.0f} "
                   f"{per_step_us * single / 1e6:>13.2f}", flush=True)
-            if name == "postgres":
-                import psycopg
-
-                with psycopg.connect(PG_URL, autocommit=True) as conn:
-                    conn.execute(f'DROP SCHEMA IF EXISTS "{url.rsplit("=", 1)[1]}" CASCADE')
+            _drop(name, url)
+        if args.processes > 1:
+            c = max(levels)
+            if name == "sqlite":
+                url = f"sqlite:///{pathlib.Path(tmp) / f'bench-{c}-mp.db'}"
+            else:
+                url = f"{PG_URL}?schema=bench_{uuid.uuid4().hex[:8]}"
+            rate, per_step_us = durable_processes(url, c, args.processes)
+            print(f"{c:>6} {args.processes:>6} {rate:>16,.0f} {per_step_us:>17.0f} "
+                  f"{per_step_us * single / 1e6:>13.2f}", flush=True)
+            _drop(name, url)
     return 0
+
+
+def _drop(store_name: str, url: str) -> None:
+    if store_name == "postgres":
+        import psycopg
+
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{url.rsplit("=", 1)[1]}" CASCADE')
 
 
 if __name__ == "__main__":
