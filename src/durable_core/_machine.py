@@ -373,7 +373,8 @@ class RunMachine:
                     value, exc = None, self._too_many_steps(key, pos)
                     continue
                 self._next_pos = pos + 1
-                self._steps[pos] = _Step(pos, key, "run")
+                # No _Step record: one is made only if the step does not simply complete
+                # and hand its value to the waiting code (see _run_record).
                 self._requests[pos] = req
                 req.position = pos
                 cmd = _tuple_new(
@@ -647,6 +648,14 @@ class RunMachine:
         the input: drivers call it once per step."""
         if not self._ended:
             self._completed(position, attempt, value, now)
+        new, execute = self._new, self._execute
+        if (len(new) == 1 and len(execute) == 1 and not self._persist and not self._timers
+                and self._reported[0] == "running"):
+            # _flush()'s hot path, inlined: one memo, then the next step's body.
+            out: list[Command] = [_tuple_new(AppendJournal, (self.run_id, (new[0],))), execute[0]]
+            new.clear()
+            execute.clear()
+            return out
         return self._flush()
 
     def _on_step_completed(self, inp: StepCompleted) -> None:
@@ -669,7 +678,7 @@ class RunMachine:
             live = value
             size = _utf8_len(text)
         else:
-            rec = self._steps[pos]
+            rec = self._run_record(pos, cmd)
             req = self._requests[pos]
             assert isinstance(req, RunRequest)
             try:
@@ -714,17 +723,25 @@ class RunMachine:
             # Inlined _settle()/_result() for the awaited step: the code takes the value at
             # once, so the record is dropped without being filled in.
             self._parked = None
-            del self._steps[pos]
+            self._steps.pop(pos, None)
             if now > self.clock_ms:
                 self.clock_ms = now
             self._drive(now, live, None)
             return
-        rec = self._steps[pos]
+        rec = self._run_record(pos, cmd)
         rec.journaled = rec.done = True
         rec.done_ts = now
         rec.output = text
         rec.live = live
         self._settle(pos, now)
+
+    def _run_record(self, pos: int, cmd: ExecuteStep) -> _Step:
+        """The record of the ``run`` step dispatched as ``cmd`` (made on first need: the
+        hot path dispatches new steps without one)."""
+        rec = self._steps.get(pos)
+        if rec is None:
+            rec = self._steps[pos] = _Step(pos, cmd.step_id, "run")
+        return rec
 
     def _on_step_failed(self, inp: StepFailed) -> None:
         pos, now, exc = inp.position, inp.now, inp.error
@@ -732,7 +749,7 @@ class RunMachine:
         if cmd is None or cmd.attempt != inp.attempt:
             return
         del self._dispatched[pos]
-        rec = self._steps[pos]
+        rec = self._run_record(pos, cmd)
         if isinstance(exc, NonRetriableError) or inp.attempt >= self.function.retries:
             self._complete(rec, now, error=ErrorInfo.from_exception(exc))
             self._settle(pos, now)
