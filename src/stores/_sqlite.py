@@ -57,6 +57,23 @@ _RUN_COLUMNS = (
 )
 _JOURNAL_COLUMNS = "run_id, seq, op, position, step_id, kind, ts, data"
 
+# A run write applied in one statement, fenced like _FENCED_APPEND_SQL (the same columns as
+# _apply_writes sets; see RunWrite for the meaning of each field).
+_FENCED_UPDATE_SQL = f"""
+UPDATE runs SET
+    status = COALESCE(:status, status),
+    wake_at = CASE WHEN :status IS NULL THEN wake_at WHEN :terminal THEN NULL
+                   ELSE :wake_at END,
+    output = CASE WHEN :terminal THEN :output ELSE output END,
+    error = CASE WHEN :terminal THEN :error ELSE error END,
+    ended_at = CASE WHEN :terminal THEN :now ELSE ended_at END,
+    updated_at = :now,
+    lease_owner = CASE WHEN :release THEN NULL ELSE lease_owner END,
+    lease_expires = CASE WHEN :release THEN NULL ELSE lease_expires END
+WHERE id = :id AND epoch = :epoch AND status NOT IN {_TERMINAL_SQL}
+AND :first = (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = :id)
+"""
+
 # The hot path's fenced journal append: one statement per entry inserts it only if the run
 # is live under the writer's epoch and the entry's seq follows the journal. The caller
 # compares the row count with the number of entries.
@@ -551,7 +568,40 @@ class SQLiteStore:
                 w.status is None and not w.release and not w.consumed_signals for w in writes
             ):
                 return self._commit_appends(conn, batch)
+            if len(writes) == 1 and self._apply_one(conn, batch):
+                return set()
             return self._commit(conn, batch)
+
+    def _apply_one(self, conn: sqlite3.Connection, batch: CommitBatch) -> bool:
+        """Apply a batch's only write (with memos, and a status or lease change: a run's
+        last step, a sleep...) by one fenced ``UPDATE`` of its run and one insert, then the
+        rest of the batch. Returns False, having changed nothing, if the write was refused
+        or does not fit (its memos not dense): the validated path then applies the batch."""
+        w = batch.writes[0]
+        entries = w.entries
+        if not entries or any(e.seq != entries[0].seq + i for i, e in enumerate(entries)):
+            return False
+        terminal = w.status in TERMINAL_STATUSES
+        changed = conn.execute(
+            _FENCED_UPDATE_SQL,
+            {"id": w.run_id, "epoch": w.epoch, "first": entries[0].seq, "now": batch.now,
+             "status": w.status, "wake_at": w.wake_at, "terminal": terminal,
+             "output": w.output if terminal else None,
+             "error": _error_json(w.error) if terminal else None,
+             "release": w.release or terminal},
+        ).rowcount
+        if changed != 1:
+            return False
+        conn.executemany(
+            f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
+             for e in entries],
+        )
+        if w.consumed_signals:
+            conn.execute("DELETE FROM signals WHERE run_id = ? AND seq <= ?",
+                         (w.run_id, w.consumed_signals))
+        self._commit_rest(conn, batch, set())
+        return True
 
     def _commit_appends(self, conn: sqlite3.Connection, batch: CommitBatch) -> set[str]:
         """A batch whose writes only append memos (group commit's common case): one light
