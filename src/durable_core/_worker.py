@@ -44,7 +44,7 @@ def wall_clock_ms() -> int:
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 
-_YIELD_AFTER = 0.005
+_YIELD_AFTER = 0.02
 """A run's task yields to the trio scheduler at least this often (seconds) between steps,
 even if its step bodies and commits never do."""
 
