@@ -187,3 +187,27 @@ def test_source_checks_can_fail() -> None:
     ]
     assert {_top(str(m)) for m in imported} == {"time", "trio", "random"}
     assert _CLOCK_CALL.search(snippet)
+
+
+def test_hot_path_records_keep_their_field_order() -> None:
+    # The machine and the engine build these NamedTuples with tuple.__new__(cls, fields),
+    # positionally, to save a frame per step. Reordering a field must update those sites
+    # (search for _tuple_new); this test makes such a change fail loudly instead.
+    from durable_core._model import AppendJournal, ExecuteStep, JournalEntry
+    from durable_core._store_api import CommitBatch, RunWrite
+
+    assert JournalEntry._fields == ("seq", "op", "position", "step_id", "kind", "ts", "data")
+    assert ExecuteStep._fields == (
+        "run_id", "position", "step_id", "attempt", "fn", "args", "kwargs",
+    )
+    assert AppendJournal._fields == ("run_id", "entries")
+    assert RunWrite._fields == (
+        "run_id", "epoch", "entries", "status", "wake_at", "output", "error",
+        "consumed_signals", "release",
+    )
+    assert RunWrite("r", 1)[3:] == (None, None, None, None, 0, False)
+    assert CommitBatch._fields == (
+        "now", "runs", "events", "writes", "waits_add", "waits_remove", "signals",
+        "routed_events", "cron",
+    )
+    assert CommitBatch(0)[1:] == ((),) * 8

@@ -43,6 +43,8 @@ __all__ = ["CRON_EVENT", "Engine", "Plan"]
 
 CRON_EVENT = "durable/scheduled.timer"
 
+_tuple_new = tuple.__new__
+
 
 class _Live:
     """A run this engine holds: its machine, lease epoch and consumed inbox position."""
@@ -268,6 +270,15 @@ class Engine:
             return Plan(CommitBatch(now=now), [])
         if error is None:
             cmds = live.machine.step_completed(step.position, step.attempt, value, now)
+            if (len(cmds) == 2 and type(cmds[1]) is ExecuteStep
+                    and type(cmds[0]) is AppendJournal and not live.signals):
+                # The hot path (_plan's, inlined): a memo, then the same run's next step.
+                # The records are built field by field, in declaration order.
+                write = _tuple_new(RunWrite, (
+                    step.run_id, live.epoch, cmds[0].entries, None, None, None, None, 0, False,
+                ))
+                batch = _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), ()))
+                return Plan(batch, [cmds[1]])
         else:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
         return self._plan([(live, cmds)], now)
