@@ -318,6 +318,16 @@ class _Queries:
             "updated_at, parent_run_id, idempotency_key) "
             "VALUES (%s, %s, 'queued', %b::text[], %b::text[], %s, %s, %s, %s)"
         )
+        # Runs triggered by one event each (the common case: routing, cron, invoke) are
+        # inserted by one statement, in order (ord follows the batch).
+        self.insert_runs_one_event = r(
+            "INSERT INTO {runs} (id, function_id, status, events, event_ids, created_at, "
+            "updated_at, parent_run_id, idempotency_key) "
+            "SELECT u.id, u.f, 'queued', ARRAY[u.ev], ARRAY[u.ei], u.c, u.c, u.p, u.k "
+            "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
+            "%b::text[], %b::text[]) WITH ORDINALITY AS u(id, f, ev, ei, c, p, k, o) "
+            "ORDER BY u.o"
+        )
         self.insert_run_events = r(
             "INSERT INTO {run_events} (event_id, run_id) "
             "SELECT * FROM unnest(%b::text[], %b::text[]) ON CONFLICT DO NOTHING"
@@ -1107,7 +1117,14 @@ class PostgresStore:
                 idem_put[k] = (new.id, new.created_at)
             existing.add(new.id)
             create.append(new)
-        if create:
+        if create and all(len(n.events) == 1 and len(n.event_ids) == 1 for n in create):
+            conn.execute(self._q.insert_runs_one_event, (
+                [n.id for n in create], [n.function_id for n in create],
+                [n.events[0] for n in create], [n.event_ids[0] for n in create],
+                [n.created_at for n in create], [n.parent_run_id for n in create],
+                [n.idempotency_key for n in create],
+            ))
+        elif create:
             with conn.cursor() as cur:
                 cur.executemany(
                     self._q.insert_run,
