@@ -373,9 +373,8 @@ class RunMachine:
                     value, exc = None, self._too_many_steps(key, pos)
                     continue
                 self._next_pos = pos + 1
-                # No _Step record: one is made only if the step does not simply complete
-                # and hand its value to the waiting code (see _run_record).
-                self._requests[pos] = req
+                # No _Step record and no _requests entry: the code is parked on this very
+                # request (see _run_record and _request_of).
                 req.position = pos
                 cmd = _tuple_new(
                     ExecuteStep, (self.run_id, pos, key, 0, req.fn, req.args, req.kwargs)
@@ -679,7 +678,7 @@ class RunMachine:
             size = _utf8_len(text)
         else:
             rec = self._run_record(pos, cmd)
-            req = self._requests[pos]
+            req = self._request_of(pos)
             assert isinstance(req, RunRequest)
             try:
                 text = dumps(value, what=f"step {rec.step_id!r} output")
@@ -704,7 +703,8 @@ class RunMachine:
         ))
         self.entries.append(entry)
         self._new.append(entry)
-        del self._requests[pos]
+        if self._requests:
+            self._requests.pop(pos, None)
         del self._dispatched[pos]  # (also: no longer running)
         self._state_bytes += size
         if self._state_bytes > MAX_RUN_STATE_BYTES:
@@ -734,6 +734,17 @@ class RunMachine:
         rec.output = text
         rec.live = live
         self._settle(pos, now)
+
+    def _request_of(self, pos: int) -> StepRequest | None:
+        """The request the code made at ``pos``: recorded in ``_requests``, except for a new
+        ``run`` step dispatched by the hot path, which is the request the code is parked on."""
+        req = self._requests.get(pos)
+        if req is None:
+            parked = self._parked
+            if (parked is not None and type(parked[0]) is RunRequest
+                    and parked[0].position == pos):
+                req = parked[0]
+        return req
 
     def _run_record(self, pos: int, cmd: ExecuteStep) -> _Step:
         """The record of the ``run`` step dispatched as ``cmd`` (made on first need: the
@@ -790,7 +801,9 @@ class RunMachine:
                 continue
             rec = self._steps[pos]
             if rec.kind == "run":
-                self._start_body(rec, self._requests[pos])
+                req = self._request_of(pos)
+                assert req is not None
+                self._start_body(rec, req)
             else:
                 self._expire(rec, now)
                 self._settle(pos, now)
