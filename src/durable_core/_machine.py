@@ -699,7 +699,7 @@ class RunMachine:
             live = roundtrip(value, text, return_hint(req.fn))
         # Inlined _complete() for a successful ``run`` step.
         entry = _tuple_new(JournalEntry, (
-            len(self.entries), "completed", pos, cmd.step_id, "run", now, '{"output":' + text + "}"
+            len(self.entries), "completed", pos, cmd.step_id, "run", now, f'{{"output":{text}}}'
         ))
         self.entries.append(entry)
         self._new.append(entry)
