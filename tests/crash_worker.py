@@ -29,6 +29,8 @@ def main() -> None:
     with open(stats, "w", encoding="utf-8") as f:
         json.dump({"stale_writes": worker.engine.stale_writes,
                    "discarded_results": worker.engine.discarded_results,
+                   "bodies_skipped": worker.bodies_skipped,
+                   "leases_lost": worker.leases_lost,
                    "steps_executed": worker.steps_executed, "pid": os.getpid()}, f)
     store.close()
 

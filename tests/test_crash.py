@@ -98,11 +98,36 @@ class Workers:
 def _wait_for_effects_from(log: pathlib.Path, pids: list[int], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen = {int(line.split()[3]) for line in log.read_text().splitlines()}
+        # (a line being appended right now may be incomplete: skip it)
+        seen = {int(f[3]) for f in map(str.split, log.read_text().splitlines()) if len(f) == 4}
         if set(pids) <= seen:
             return
         time.sleep(0.01)
     raise AssertionError(f"workers {pids} executed no step within {timeout}s")
+
+
+def _journal_entries(client: Client) -> int:
+    store = client.store
+    return sum(len(store.load_journal(r.id)) for r in store.list_runs(limit=10_000))
+
+
+def _pause_between_writes(victim: subprocess.Popen[bytes], client: Client,
+                          attempts: int = 10) -> None:
+    """SIGSTOP ``victim`` at a moment it holds no database write lock, i.e. the other
+    workers keep committing while it is paused. A worker frozen in the middle of a SQLite
+    write transaction (or holding the writers' gate) stops every writer of the file until
+    it resumes: nothing could take its runs over then, which is not the case under test."""
+    for _ in range(attempts):
+        before = _journal_entries(client)
+        victim.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if _journal_entries(client) > before:
+                return
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker committed while worker {victim.pid} was paused")
 
 
 def _wait_all_completed(client: Client, n_runs: int, timeout: float = 120.0) -> None:
@@ -191,20 +216,26 @@ def test_many_workers_kill_and_stop(store_url: str, tmp_path: pathlib.Path) -> N
         _wait_for_effects_from(workers.log, [killed.pid, stopped.pid])
         killed.kill()  # its runs must finish elsewhere
         workers.start()  # a replacement, so someone can take over the paused worker's runs
-        stopped.send_signal(signal.SIGSTOP)  # paused with steps in flight, past its lease
-        time.sleep(3.0)
+        _pause_between_writes(stopped, client)  # paused with steps in flight...
+        time.sleep(3.0)  # ...past its lease
         stopped.send_signal(signal.SIGCONT)
         _wait_all_completed(client, n_runs)
         stopped.terminate()
         stopped.wait(timeout=30)
     finally:
         workers.stop_all()
+    print(f"workers: killed {killed.pid}, paused {stopped.pid}, "
+          f"all {[p.pid for p in workers.procs]}")
     stats = json.loads(stopped_stats.read_text())
-    fenced = stats["stale_writes"] + stats["discarded_results"]
+    fenced = (stats["stale_writes"] + stats["discarded_results"] + stats["bodies_skipped"]
+              + stats["leases_lost"])
     # The paused worker had steps in flight; others took its runs, so nothing it did after
-    # resuming may land: each late result is rejected by the store or dropped before it.
+    # resuming may land: each late result is rejected by the store or dropped before it,
+    # and bodies it had not started yet are not started (its leases ran out meanwhile).
     print(f"resumed worker: {stats['stale_writes']} stale writes rejected by the store, "
-          f"{stats['discarded_results']} results dropped after its lease was lost")
+          f"{stats['discarded_results']} results dropped after its lease was lost, "
+          f"{stats['bodies_skipped']} bodies not started for lack of a lease, "
+          f"{stats['leases_lost']} leases found lost at renewal")
     _check_invariants(client, event_ids, steps, workers.log, frozenset({stopped.pid}))
     assert fenced >= 1, stats
     client.store.close()

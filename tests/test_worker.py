@@ -202,3 +202,80 @@ def test_parallel_steps_in_the_worker(bodies: str) -> None:
 
     run_virtual(main)
     assert store.list_runs()[0].output == "[0,1,4,9,16]"
+
+
+@pytest.mark.parametrize("sync_bodies", [False, True])
+def test_a_body_held_up_past_its_lease_does_not_run(sync_bodies: bool) -> None:
+    # A worker that cannot be sure it still holds a run's lease (it was held up for longer
+    # than the lease, e.g. overloaded or paused) must not start the run's next body: another
+    # worker may have taken the run over and committed that step already. It lets the run
+    # go; once the lease runs out the run is claimed again and finishes, each body once.
+    app = App("lease")
+    calls: list[str] = []
+
+    def body_sync(name: str) -> str:
+        calls.append(name)
+        return name
+
+    async def body_async(name: str) -> str:
+        calls.append(name)
+        return name
+
+    body = body_sync if sync_bodies else body_async
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> list[str]:
+        return [await ctx.step.run(n, body, n) for n in ("a", "b", "c")]
+
+    store = MemoryStore()
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=0.5, clock=mock_ms, lease_ms=10_000)
+        held = w.engine.lease_held
+        refused: list[str] = []
+
+        def lease_held(run_id: str, now: int) -> bool:
+            if len(calls) == 1 and not refused:  # right before "b", pretend we were held up
+                refused.append(run_id)
+                return False
+            return held(run_id, now)
+
+        w.engine.lease_held = lease_held  # type: ignore[method-assign]
+        async with trio.open_nursery() as n:
+            await n.start(w.run)
+            await w.send(Event("go"))
+            await wait_until(lambda: statuses(store) == ["completed"])
+            assert trio.current_time() >= 10  # taken again only once the lease ran out
+            w.stop()
+        assert refused
+
+    run_virtual(main)
+    assert calls == ["a", "b", "c"]
+    [run] = store.list_runs()
+    assert run.output == '["a","b","c"]'
+
+
+def test_engine_lease_bookkeeping() -> None:
+    app = App("lb")
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> int:
+        return await ctx.step.run("a", lambda: 1)
+
+    store = MemoryStore()
+    from durable_core._engine import Engine
+
+    eng = Engine(app, store, owner="me", entropy=lambda n: b"\x01" * n, lease_ms=10_000)
+    t0 = BASE_MS
+    eng.send([Event("go")], t0)
+    eng.route(t0)
+    plan = eng.claim(t0 + 1_000)
+    assert plan is not None
+    [run_id] = [w.run_id for w in plan.batch.writes]
+    margin = 1_000  # a tenth of the lease
+    expires = t0 + 1_000 + 10_000
+    assert eng.lease_held(run_id, expires - margin - 1)
+    assert not eng.lease_held(run_id, expires - margin)
+    eng.renewed([run_id], t0 + 5_000)
+    assert eng.lease_held(run_id, t0 + 15_000 - margin - 1)
+    assert not eng.lease_held("r_unknown", t0)

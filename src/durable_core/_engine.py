@@ -49,13 +49,14 @@ _tuple_new = tuple.__new__
 class _Live:
     """A run this engine holds: its machine, lease epoch and consumed inbox position."""
 
-    __slots__ = ("epoch", "leased", "machine", "signals")
+    __slots__ = ("epoch", "lease_until", "leased", "machine", "signals")
 
     def __init__(self, machine: RunMachine, epoch: int) -> None:
         self.machine = machine
         self.epoch = epoch
         self.signals = 0
         self.leased = True
+        self.lease_until = 0  # ms: the lease is ours at least until then (claim or renewal)
 
 
 class Plan:
@@ -222,6 +223,7 @@ class Engine:
         out: list[tuple[_Live, list[Command]]] = []
         for claim in claims:
             live = self._adopt(claim)
+            live.lease_until = now + self.lease_ms
             cmds: list[Command] = []
             m = live.machine
             if any(s.kind == "cancel" for _, s in claim.signals):
@@ -446,6 +448,26 @@ class Engine:
         """Drop cached machines (e.g. after their lease was lost)."""
         for run_id in run_ids:
             self.live.pop(run_id, None)
+
+    def renewed(self, run_ids: Iterable[str], now: int) -> None:
+        """The leases of ``run_ids`` were renewed by a call made at ``now``."""
+        until = now + self.lease_ms
+        for run_id in run_ids:
+            live = self.live.get(run_id)
+            if live is not None:
+                live.lease_until = until
+
+    def lease_held(self, run_id: str, now: int) -> bool:
+        """Whether this engine surely still holds ``run_id``'s lease at ``now``: claimed or
+        renewed less than a lease (minus a safety margin) ago.
+
+        Check it right before a step body starts: a worker held up for longer than its lease
+        (overloaded, paused) may have lost the run to another worker that already committed
+        the step, and its body must then not run. A body that already started when the lease
+        ran out may still finish; the store fences its result."""
+        live = self.live.get(run_id)
+        margin = min(self.lease_ms // 10, 1_000)
+        return live is not None and now + margin < live.lease_until
 
 
 def merge_batches(batches: Sequence[CommitBatch]) -> CommitBatch:

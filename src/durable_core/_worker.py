@@ -44,6 +44,9 @@ def wall_clock_ms() -> int:
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 
+_LEASE_LOST = object()
+"""What _execute returns instead of a value when a body was not run for lack of a lease."""
+
 _YIELD_AFTER = 0.02
 """A run's task yields to the trio scheduler at least this often (seconds) between steps,
 even if its step bodies and commits never do."""
@@ -117,6 +120,8 @@ class Worker:
         self._stopped = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.steps_executed = 0
+        self.bodies_skipped = 0  # not started: the run's lease may have run out
+        self.leases_lost = 0  # runs found taken over by another worker at renewal
         self.commits = 0
 
     # ------------------------------------------------------------------ public API
@@ -252,6 +257,12 @@ class Worker:
                 if not self.engine.is_current(step):
                     return  # the run was rebuilt or taken over since this step was dispatched
                 value, error = await self._execute(step)
+                if value is _LEASE_LOST:
+                    # Held up past the lease: another worker may own the run by now. Let
+                    # the run go (it is claimed again once the lease runs out).
+                    self.bodies_skipped += 1
+                    await self._call(self.engine.forget, [step.run_id])
+                    return
                 steps = await self._submit(step, value, error)
                 if not steps or self._stopping:
                     return
@@ -270,16 +281,25 @@ class Worker:
                 self._wakeup.set()
 
     async def _execute(self, step: ExecuteStep) -> tuple[Any, BaseException | None]:
-        self.steps_executed += 1
+        """Run a step body, unless the run's lease may have run out (then the value is
+        ``_LEASE_LOST`` and nothing ran)."""
+        fn = step.fn
+        is_async = _is_async(fn)
+        if is_async and not self.engine.lease_held(step.run_id, self.clock()):
+            return _LEASE_LOST, None
         token = current_attempt.set((step.run_id, step.attempt))
         try:
-            fn = step.fn
-            if _is_async(fn):
+            if is_async:
+                self.steps_executed += 1
                 value = await fn(*step.args, **step.kwargs)
             else:
+                # Checked in the thread, right before the body: the call may have waited
+                # for a free thread.
                 value = await trio.to_thread.run_sync(
-                    functools.partial(fn, *step.args, **step.kwargs)
+                    self._run_sync_body, step, self.clock(), time.monotonic()
                 )
+                if value is _LEASE_LOST:
+                    return _LEASE_LOST, None
                 if inspect.isawaitable(value):
                     value = await value
             return value, None
@@ -287,6 +307,14 @@ class Worker:
             return None, exc
         finally:
             current_attempt.reset(token)
+
+    def _run_sync_body(self, step: ExecuteStep, now: int, at: float) -> Any:
+        # In a worker thread: the driver's clock may only be read on the trio thread, so
+        # add the time spent waiting for this thread to the ``now`` read before.
+        if not self.engine.lease_held(step.run_id, now + int((time.monotonic() - at) * 1000)):
+            return _LEASE_LOST
+        self.steps_executed += 1
+        return step.fn(*step.args, **step.kwargs)
 
     async def _submit(
         self, step: ExecuteStep, value: Any, error: BaseException | None
@@ -380,8 +408,10 @@ class Worker:
         lost = self.store.renew(self.owner, run_ids, now, self.lease_ms)
         if lost:
             log.warning("lost the lease of %d run(s); another worker took them", len(lost))
+            self.leases_lost += len(lost)
             self.engine.forget(lost)
         held = [r for r in run_ids if r not in lost]
+        self.engine.renewed(held, now)
         cancels = self.store.cancel_requested(held) if held else set()
         if cancels:
             self.engine.commit([self.engine.cancel_live(cancels, now)])
