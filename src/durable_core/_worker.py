@@ -84,6 +84,12 @@ class Worker:
     runs (``durable worker`` does): with thousands of live runs, the default thresholds make
     the collector rescan them every few hundred allocations, which doubles the per-step cost
     (see docs/benchmarks.md). It changes a process-wide setting, hence off by default.
+
+    Counters for monitoring: ``steps_executed`` (bodies run), ``commits``,
+    ``bodies_skipped`` (bodies not started because the run's lease might have run out: the
+    worker was held up for longer than ``lease_ms``) and ``leases_lost`` (runs found taken
+    over by another worker when renewing). ``engine.stale_writes`` counts writes the store
+    fenced, ``engine.discarded_results`` results that arrived for runs no longer held.
     """
 
     def __init__(
