@@ -111,15 +111,27 @@ def _journal_entries(client: Client) -> int:
     return sum(len(store.load_journal(r.id)) for r in store.list_runs(limit=10_000))
 
 
+def _leases_held_by(client: Client, pid: int) -> int:
+    prefix = f"worker-{pid}-"  # the Worker's default owner name
+    return sum(1 for r in client.store.list_runs(limit=10_000)
+               if (r.lease_owner or "").startswith(prefix))
+
+
 def _pause_between_writes(victim: subprocess.Popen[bytes], client: Client,
-                          attempts: int = 10) -> None:
-    """SIGSTOP ``victim`` at a moment it holds no database write lock, i.e. the other
-    workers keep committing while it is paused. A worker frozen in the middle of a SQLite
-    write transaction (or holding the writers' gate) stops every writer of the file until
-    it resumes: nothing could take its runs over then, which is not the case under test."""
+                          attempts: int = 20) -> None:
+    """SIGSTOP ``victim`` at a moment it holds runs (so it has work to lose) but no database
+    write lock, i.e. the other workers keep committing while it is paused. A worker frozen
+    in the middle of a SQLite write transaction (or holding the writers' gate) stops every
+    writer of the file until it resumes: nothing could take its runs over then; and one
+    frozen while all its runs sleep (unleased) has nothing to lose. Neither is the case
+    under test."""
     for _ in range(attempts):
         before = _journal_entries(client)
         victim.send_signal(signal.SIGSTOP)
+        if not _leases_held_by(client, victim.pid):
+            victim.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+            continue
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             if _journal_entries(client) > before:
@@ -204,7 +216,7 @@ def test_kill_9_at_random_moments(store_url: str, tmp_path: pathlib.Path) -> Non
 @pytest.mark.slow
 def test_many_workers_kill_and_stop(store_url: str, tmp_path: pathlib.Path) -> None:
     n_workers = 4 if store_url.startswith("postgresql") else 2
-    steps, n_runs = 5, 500
+    steps, n_runs = 9, 500  # long enough that the pause lands while work remains
     client = Client(stores.open(store_url))
     event_ids = client.send([Event("crash/go", {"steps": steps}) for _ in range(n_runs)])
     workers = Workers(store_url, tmp_path)
