@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -279,3 +280,44 @@ def test_engine_lease_bookkeeping() -> None:
     eng.renewed([run_id], t0 + 5_000)
     assert eng.lease_held(run_id, t0 + 15_000 - margin - 1)
     assert not eng.lease_held("r_unknown", t0)
+
+
+def test_leases_are_renewed_every_third_of_a_lease_while_bodies_run() -> None:
+    # Five 4-second bodies outlast a 9-second lease: renewals (every 3 s) keep it, so no
+    # body is held back and the run finishes in one go; cancels are still looked for
+    # every second, but the per-run renewal writes happen only every third of a lease.
+    app = App("renew")
+    calls: list[int] = []
+
+    async def slow(i: int) -> int:
+        await trio.sleep(4)
+        calls.append(i)
+        return i
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> int:
+        return sum([await ctx.step.run(f"s{i}", slow, i) for i in range(5)])
+
+    store = MemoryStore()
+    renewals: list[float] = []
+    renew = store.renew
+
+    def counting_renew(*args: Any) -> set[str]:
+        renewals.append(trio.current_time())
+        return renew(*args)
+
+    store.renew = counting_renew  # type: ignore[method-assign]
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=0.5, clock=mock_ms, lease_ms=9_000)
+        async with trio.open_nursery() as n:
+            await n.start(w.run)
+            await w.send(Event("go"))
+            await wait_until(lambda: statuses(store) == ["completed"])
+            w.stop()
+        assert w.bodies_skipped == 0 and w.leases_lost == 0
+
+    run_virtual(main)
+    assert calls == [0, 1, 2, 3, 4]
+    assert 5 <= len(renewals) <= 8  # ~20 s of bodies / 3 s, not one a second
+    assert all(b - a >= 2.9 for a, b in itertools.pairwise(renewals))

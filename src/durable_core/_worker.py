@@ -128,6 +128,7 @@ class Worker:
         self.steps_executed = 0
         self.bodies_skipped = 0  # not started: the run's lease may have run out
         self.leases_lost = 0  # runs found taken over by another worker at renewal
+        self._renewed_at = -(2**62)  # when leases were last renewed (ms)
         self.commits = 0
 
     # ------------------------------------------------------------------ public API
@@ -407,17 +408,23 @@ class Worker:
 
     def _renew(self, now: int) -> None:
         # Under the engine's limiter, like every engine call: no commit can end or drop a
-        # run between reading the leased runs and acting on the store's answer.
+        # run between reading the leased runs and acting on the store's answer. Leases are
+        # renewed every third of a lease (a write per leased run); cancels are looked for
+        # on every call (a read), so they reach busy runs within a second.
         run_ids = self.engine.leased_runs()
         if not run_ids:
             return
-        lost = self.store.renew(self.owner, run_ids, now, self.lease_ms)
-        if lost:
-            log.warning("lost the lease of %d run(s); another worker took them", len(lost))
-            self.leases_lost += len(lost)
-            self.engine.forget(lost)
-        held = [r for r in run_ids if r not in lost]
-        self.engine.renewed(held, now)
+        held = run_ids
+        if now - self._renewed_at >= self.lease_ms // 3:
+            lost = self.store.renew(self.owner, run_ids, now, self.lease_ms)
+            self._renewed_at = now
+            if lost:
+                log.warning("lost the lease of %d run(s); another worker took them",
+                            len(lost))
+                self.leases_lost += len(lost)
+                self.engine.forget(lost)
+            held = [r for r in run_ids if r not in lost]
+            self.engine.renewed(held, now)
         cancels = self.store.cancel_requested(held) if held else set()
         if cancels:
             self.engine.commit([self.engine.cancel_live(cancels, now)])
