@@ -332,7 +332,7 @@ class Worker:
             # A lone run: nothing to group with, and a thread hop (~100-200 µs here) would
             # cost as much as the commit itself. Commit on the trio thread, holding the
             # engine's limiter so no thread call can touch the engine meanwhile (taken
-            # without a checkpoint: _drive yields to trio every few steps on its own).
+            # without a checkpoint: _drive yields to trio every 20 ms on its own).
             try:
                 self._limiter.acquire_nowait()
             except trio.WouldBlock:
