@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -475,3 +476,38 @@ def test_commit_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str],
             )
     finally:
         store.close()
+
+
+def test_writers_take_turns_through_a_gate_file(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    a, b = SQLiteStore(path), SQLiteStore(path)
+    try:
+        assert (tmp_path / "gate.db-writer.lock").exists()
+        # While one store holds the gate, the other's write waits for it (then commits).
+        assert a._gate is not None and a._gate.acquire()
+        started = time.monotonic()
+        done: list[float] = []
+
+        def write() -> None:
+            create(b, new_run("gated"))
+            done.append(time.monotonic())
+
+
+
+        t = threading.Thread(target=write)
+        t.start()
+        time.sleep(0.2)
+        assert not done  # still waiting at the gate
+        a._gate.release()
+        t.join(5)
+        assert done and done[0] - started >= 0.2
+        assert b.get_run("gated").status == "queued"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_unusable_gate_file_is_a_clear_store_error(tmp_path: Path) -> None:
+    (tmp_path / "x.db-writer.lock").mkdir()
+    with pytest.raises(StoreError, match="writers' lock file"):
+        SQLiteStore(tmp_path / "x.db")

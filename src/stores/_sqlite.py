@@ -396,7 +396,13 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = conn
         self._gate: _WriterGate | None = None
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":  # a file
-            self._gate = _WriterGate(self._path, busy_timeout_ms)
+            try:
+                self._gate = _WriterGate(self._path, busy_timeout_ms)
+            except OSError as exc:
+                conn.close()
+                raise StoreError(
+                    f"cannot open SQLite store {self._path!r}: its writers' lock file: {exc}"
+                ) from exc
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -593,12 +599,13 @@ class SQLiteStore:
     def commit(self, batch: CommitBatch) -> set[str]:
         """See :meth:`durable_core.Store.commit`. One immediate transaction, batched.
 
-        Two fast paths serve the hot cases. A single memo and nothing else (a lone run's
-        step) is one statement in autocommit mode that carries its own fencing check; if it
-        is refused (a stale epoch, an ended run, a seq that does not follow the journal),
+        Fast paths serve the hot cases. A single memo and nothing else (a lone run's step)
+        is one statement in autocommit mode that carries its own fencing check; if it is
+        refused (a stale epoch, an ended run, a seq that does not follow the journal),
         nothing was written and the batch goes through the validated path, which says what
         was fenced. A batch that only appends memos reads just the fencing state of its runs
-        before inserting them all at once.
+        before inserting them all at once. A batch with a single write that also changes
+        the run's status is one fenced ``UPDATE`` and its memos (see ``_apply_one``).
         """
         writes = batch.writes
         if len(writes) == 1 and len(writes[0].entries) == 1 and batch == (
