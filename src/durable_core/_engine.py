@@ -96,6 +96,7 @@ class Engine:
         self.store = store
         self.owner = owner
         self.lease_ms = lease_ms
+        self._lease_margin = min(lease_ms // 10, 1_000)  # see lease_held
         self._entropy = entropy
         self.live: dict[str, _Live] = {}
         self._cron: list[tuple[str, Function, Any]] = [
@@ -272,28 +273,21 @@ class Engine:
             return Plan(CommitBatch(now=now), [])
         if error is None:
             cmds = live.machine.step_completed(step.position, step.attempt, value, now)
-            if (len(cmds) == 2 and type(cmds[1]) is ExecuteStep
-                    and type(cmds[0]) is AppendJournal and not live.signals):
-                # The hot path (_plan's, inlined): a memo, then the same run's next step.
-                # The records are built field by field, in declaration order.
-                write = _tuple_new(RunWrite, (
-                    step.run_id, live.epoch, cmds[0].entries, None, None, None, None, 0, False,
-                ))
-                batch = _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), ()))
-                return Plan(batch, [cmds[1]])
         else:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
+        if (len(cmds) == 2 and type(cmds[1]) is ExecuteStep
+                and type(cmds[0]) is AppendJournal and not live.signals):
+            # The hot path: a memo, then the same run's next step. The records are built
+            # field by field, in declaration order (see _plan for the general case).
+            write = _tuple_new(RunWrite, (
+                step.run_id, live.epoch, cmds[0].entries, None, None, None, None, 0, False,
+            ))
+            batch = _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), ()))
+            return Plan(batch, [cmds[1]])
         return self._plan([(live, cmds)], now)
 
     def _plan(self, items: Sequence[tuple[_Live, list[Command]]], now: int, *,
               force: bool = False) -> Plan:
-        if len(items) == 1 and not force:
-            live, cmds = items[0]
-            if (len(cmds) == 2 and type(cmds[0]) is AppendJournal
-                    and type(cmds[1]) is ExecuteStep and not live.signals):
-                # The hot path: a step's memo, then the next step of the same run.
-                write = RunWrite(live.machine.run_id, live.epoch, cmds[0].entries)
-                return Plan(CommitBatch(now, writes=(write,)), [cmds[1]])
         runs: list[NewRun] = []
         events: list[str] = []
         writes: list[RunWrite] = []
@@ -466,8 +460,7 @@ class Engine:
         the step, and its body must then not run. A body that already started when the lease
         ran out may still finish; the store fences its result."""
         live = self.live.get(run_id)
-        margin = min(self.lease_ms // 10, 1_000)
-        return live is not None and now + margin < live.lease_until
+        return live is not None and now + self._lease_margin < live.lease_until
 
 
 def merge_batches(batches: Sequence[CommitBatch]) -> CommitBatch:

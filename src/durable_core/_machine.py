@@ -647,14 +647,6 @@ class RunMachine:
         the input: drivers call it once per step."""
         if not self._ended:
             self._completed(position, attempt, value, now)
-        new, execute = self._new, self._execute
-        if (len(new) == 1 and len(execute) == 1 and not self._persist and not self._timers
-                and self._reported[0] == "running"):
-            # _flush()'s hot path, inlined: one memo, then the next step's body.
-            out: list[Command] = [_tuple_new(AppendJournal, (self.run_id, (new[0],))), execute[0]]
-            new.clear()
-            execute.clear()
-            return out
         return self._flush()
 
     def _on_step_completed(self, inp: StepCompleted) -> None:

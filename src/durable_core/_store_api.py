@@ -25,6 +25,7 @@ __all__ = [
     "Store",
     "StoredEvent",
     "WaitRecord",
+    "lone_memo",
 ]
 
 DEDUPE_WINDOW_MS = 24 * 3600 * 1000
@@ -131,6 +132,18 @@ class CommitBatch(NamedTuple):
     signals: tuple[tuple[str, Signal], ...] = ()
     routed_events: tuple[int, ...] = ()
     cron: tuple[tuple[str, int], ...] = ()  # (cron key, last scheduled tick) cursors
+
+
+def lone_memo(batch: CommitBatch) -> tuple[RunWrite, JournalEntry] | None:
+    """The write and its entry if ``batch`` holds one memo and nothing else: one journal-only
+    write of one entry (a lone run's step). Stores give this shape a fast path."""
+    writes = batch.writes
+    if len(writes) != 1 or batch != (batch.now, (), (), writes, (), (), (), (), ()):
+        return None
+    w = writes[0]
+    if len(w.entries) != 1 or w.status is not None or w.release or w.consumed_signals:
+        return None
+    return w, w.entries[0]
 
 
 @attrs.frozen

@@ -57,6 +57,7 @@ from durable_core._store_api import (
     RunRecord,
     StoredEvent,
     WaitRecord,
+    lone_memo,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
@@ -935,21 +936,17 @@ class PostgresStore:
             or batch.waits_remove or batch.signals or batch.routed_events or batch.cron
         ):
             return set()
-        writes = batch.writes
-        if len(writes) == 1 and len(writes[0].entries) == 1 and batch == (
-            batch.now, (), (), writes, (), (), (), (), ()
-        ):
-            w = writes[0]
-            if w.status is None and not w.release and not w.consumed_signals:
-                e = w.entries[0]
-                params = {"id": w.run_id, "epoch": w.epoch, "seq": e.seq, "op": e.op,
-                          "position": e.position, "step_id": e.step_id, "kind": e.kind,
-                          "ts": e.ts, "data": e.data}
-                query = self._q.append_one
-                row = self._run_conn(
-                    lambda conn: conn.execute(query, params, prepare=True).fetchone()
-                )
-                return set() if row is not None else {w.run_id}
+        lone = lone_memo(batch)
+        if lone is not None:
+            w, e = lone
+            params = {"id": w.run_id, "epoch": w.epoch, "seq": e.seq, "op": e.op,
+                      "position": e.position, "step_id": e.step_id, "kind": e.kind,
+                      "ts": e.ts, "data": e.data}
+            query = self._q.append_one
+            row = self._run_conn(
+                lambda conn: conn.execute(query, params, prepare=True).fetchone()
+            )
+            return set() if row is not None else {w.run_id}
         parsed = [_parse_event(text) for text in batch.events]
         folded = _fold(batch)
         if not parsed and not batch.runs:

@@ -39,6 +39,7 @@ from durable_core._store_api import (
     RunRecord,
     StoredEvent,
     WaitRecord,
+    lone_memo,
 )
 
 __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS_MODES", "SQLiteStore"]
@@ -57,6 +58,7 @@ _RUN_COLUMNS = (
     "error, parent_run_id, idempotency_key, ended_at, epoch, lease_owner, lease_expires"
 )
 _JOURNAL_COLUMNS = "run_id, seq, op, position, step_id, kind, ts, data"
+_INSERT_JOURNAL_SQL = f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 # A run write applied in one statement, fenced like _FENCED_APPEND_SQL (the same columns as
 # _apply_writes sets; see RunWrite for the meaning of each field).
@@ -75,9 +77,8 @@ WHERE id = :id AND epoch = :epoch AND status NOT IN {_TERMINAL_SQL}
 AND :first = (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = :id)
 """
 
-# The hot path's fenced journal append: one statement per entry inserts it only if the run
-# is live under the writer's epoch and the entry's seq follows the journal. The caller
-# compares the row count with the number of entries.
+# The lone memo's fenced journal append: inserts the entry only if the run is live under
+# the writer's epoch and the entry's seq follows the journal (the row count says which).
 _FENCED_APPEND_SQL = f"""
 INSERT INTO journal ({_JOURNAL_COLUMNS})
 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM runs
@@ -492,30 +493,33 @@ class SQLiteStore:
                 raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction, committed on success, rolled back on error."""
+    def _writer(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for writing: under the thread lock and the writers' gate, with
+        SQLite's errors raised as :class:`~durable_core.StoreError`."""
         with self._lock:
             conn = self._connection()
             gate = self._gate
             gated = gate is not None and gate.acquire()
             try:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as exc:
-                    raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.Error):
-                        raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
-                    raise
+                yield conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
             finally:
-                if gated:
-                    assert gate is not None
+                if gated and gate is not None:
                     gate.release()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction, committed on success, rolled back on error."""
+        with self._writer() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         """Close the connection; later calls raise :class:`~durable_core.StoreError`."""
@@ -607,32 +611,19 @@ class SQLiteStore:
         before inserting them all at once. A batch with a single write that also changes
         the run's status is one fenced ``UPDATE`` and its memos (see ``_apply_one``).
         """
+        lone = lone_memo(batch)
+        if lone is not None:
+            # A single fenced statement in autocommit mode is its own transaction, with no
+            # BEGIN and COMMIT. If refused, nothing was written, and the validated path
+            # below says what was fenced.
+            w, e = lone
+            with self._writer() as conn:
+                if conn.execute(_FENCED_APPEND_SQL, (
+                    w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data,
+                    w.epoch,
+                )).rowcount == 1:
+                    return set()
         writes = batch.writes
-        if len(writes) == 1 and len(writes[0].entries) == 1 and batch == (
-            batch.now, (), (), writes, (), (), (), (), ()
-        ):
-            w = writes[0]
-            if w.status is None and not w.release and not w.consumed_signals:
-                # One memo and nothing else (a lone run's step): a single fenced statement
-                # in autocommit mode is its own transaction, with no BEGIN and COMMIT.
-                e = w.entries[0]
-                with self._lock:
-                    conn = self._connection()
-                    gate = self._gate
-                    gated = gate is not None and gate.acquire()
-                    try:
-                        if conn.execute(_FENCED_APPEND_SQL, (
-                            w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts,
-                            e.data, w.epoch,
-                        )).rowcount == 1:
-                            return set()
-                    except sqlite3.Error as exc:
-                        raise StoreError(f"SQLite store {self._path!r}: {exc}") from exc
-                    finally:
-                        if gated:
-                            assert gate is not None
-                            gate.release()
-                # Refused: nothing was written; the validated path says what was fenced.
         with self._write() as conn:
             if writes and all(
                 w.status is None and not w.release and not w.consumed_signals for w in writes
@@ -663,7 +654,7 @@ class SQLiteStore:
         if changed != 1:
             return False
         conn.executemany(
-            f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_JOURNAL_SQL,
             [(w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
              for e in entries],
         )
@@ -699,7 +690,7 @@ class SQLiteStore:
                     break
             st[1] = expected + len(w.entries)
         conn.executemany(
-            f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_JOURNAL_SQL,
             [(w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
              for w in writes if w.run_id not in fenced for e in w.entries],
         )
@@ -881,7 +872,7 @@ class SQLiteStore:
             changed[w.run_id] = state
         if journal:
             conn.executemany(
-                f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_JOURNAL_SQL,
                 journal,
             )
         if changed:
