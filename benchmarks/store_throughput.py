@@ -151,6 +151,11 @@ class _Watch:
         return fenced
 
 
+def _warm_up_rounds(concurrency: int) -> int:
+    """Rounds of ``concurrency`` runs that make at least WARM_UP_STEPS steps."""
+    return -(-WARM_UP_STEPS // (concurrency * STEPS))
+
+
 def durable(url: str, concurrency: int) -> tuple[float, float]:
     """(durable steps per second, mean µs per step inside a run).
 
@@ -179,7 +184,7 @@ def durable(url: str, concurrency: int) -> tuple[float, float]:
 
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
-            for _ in range(max(rounds, -(-WARM_UP_STEPS // (concurrency * STEPS)))):
+            for _ in range(max(rounds, _warm_up_rounds(concurrency))):
                 await round_of_runs()  # warm-up
             warm = {r.id for r in store._store.list_runs(limit=expected)}
             t0 = time.perf_counter()
@@ -259,7 +264,7 @@ def durable_processes(url: str, concurrency: int, processes: int) -> tuple[float
             time.sleep(0.002)
 
     try:
-        for _ in range(max(1, -(-WARM_UP_STEPS // (concurrency * STEPS)))):
+        for _ in range(_warm_up_rounds(concurrency)):
             round_of_runs()  # warm-up (also waits for the processes to start)
         warm = {r.id for r in store.list_runs(limit=expected)}
         rounds = 3
