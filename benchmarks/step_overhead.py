@@ -7,6 +7,8 @@ runs:
 
 (a) the pure core (``RunMachine``) on a virtual clock, its commands carried out by a
     minimal loop: the cost of orchestration itself;
+(a+gc) the same inside ``durable_core.tuned_gc()``, the collector thresholds a driver that
+    keeps many runs alive should use (the worker's ``tune_gc=True``);
 (b) the trio ``Worker`` with the in-memory store and async step bodies: the whole engine
     (routing, claims, journal commits) minus disk;
 (b+gc) the same with ``Worker(tune_gc=True)`` (as ``durable worker`` runs);
@@ -30,7 +32,7 @@ from typing import Any
 
 import trio
 
-from durable_core import App, Context, Event, on_event
+from durable_core import App, Context, Event, on_event, tuned_gc
 from durable_core._machine import RunMachine
 from durable_core._model import ExecuteStep, RunStarted
 from durable_core._worker import Worker
@@ -102,7 +104,10 @@ def plain_async(n: int, c: int) -> float:
 # --------------------------------------------------------------------------- (a) pure core
 
 
-def core(n: int, c: int) -> float:
+def core(n: int, c: int, *, tune_gc: bool = False) -> float:
+    if tune_gc:
+        with tuned_gc():
+            return core(n, c)
     _app, fn, _ = make_app(n)
     events = [Event("bench/sync", {})]
     t = time.perf_counter()
@@ -193,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             total = n * c
             cases: list[tuple[str, Callable[[], float], Callable[[], float]]] = [
                 ("core", lambda n=n, c=c: core(n, c), lambda n=n, c=c: plain_sync(n, c)),
+                ("core+gc", lambda n=n, c=c: core(n, c, tune_gc=True),
+                 lambda n=n, c=c: plain_sync(n, c)),
                 ("worker", lambda n=n, c=c: worker(n, c, sync_bodies=False),
                  lambda n=n, c=c: plain_async(n, c)),
                 ("worker+gc", lambda n=n, c=c: worker(n, c, sync_bodies=False, tune_gc=True),

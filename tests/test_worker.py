@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from durable_core import App, Context, Event, Worker, on_cron, on_event
+from durable_core import App, Context, Event, Worker, on_cron, on_event, tuned_gc
+from durable_core._gc import TUNED_THRESHOLDS
 from stores import MemoryStore
 
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -321,3 +323,45 @@ def test_leases_are_renewed_every_third_of_a_lease_while_bodies_run() -> None:
     assert calls == [0, 1, 2, 3, 4]
     assert 5 <= len(renewals) <= 8  # ~20 s of bodies / 3 s, not one a second
     assert all(b - a >= 2.9 for a, b in itertools.pairwise(renewals))
+
+
+def test_tuned_gc_raises_thresholds_for_the_block_and_restores_them() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with tuned_gc():
+            assert gc.get_threshold() == TUNED_THRESHOLDS
+            with tuned_gc():
+                assert gc.get_threshold() == TUNED_THRESHOLDS
+            assert gc.get_threshold() == TUNED_THRESHOLDS
+        assert gc.get_threshold() == (700, 10, 10)
+        with pytest.raises(RuntimeError), tuned_gc():
+            raise RuntimeError("boom")
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_worker_tune_gc_holds_only_while_it_runs() -> None:
+    app = App("gc")
+    seen: list[tuple[int, int, int]] = []
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> None:
+        await ctx.step.run("look", lambda: seen.append(gc.get_threshold()))
+
+    before = gc.get_threshold()
+    store = MemoryStore()
+
+    async def main() -> None:
+        worker = Worker(app, store, clock=mock_ms, tune_gc=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            await worker.send(Event("go"))
+            while not seen:
+                await trio.sleep(0.01)
+            worker.stop()
+
+    run_virtual(main)
+    assert seen == [TUNED_THRESHOLDS]
+    assert gc.get_threshold() == before

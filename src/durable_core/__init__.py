@@ -31,6 +31,7 @@ from ._errors import (
 )
 from ._events import Event
 from ._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
+from ._gc import tuned_gc
 from ._machine import RunMachine
 from ._model import ErrorInfo, JournalEntry
 from ._serde import converter
@@ -83,6 +84,7 @@ __all__ = [
     "converter",
     "on_cron",
     "on_event",
+    "tuned_gc",
 ]
 
 

@@ -10,8 +10,8 @@ before its predecessor's memo is durable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import gc
 import inspect
 import logging
 import os
@@ -29,6 +29,7 @@ from ._engine import Engine, Plan
 from ._errors import StoreError
 from ._events import Event
 from ._function import App
+from ._gc import tuned_gc
 from ._model import ExecuteStep
 from ._store_api import Store
 
@@ -81,9 +82,10 @@ class Worker:
     with step bodies in flight; ``lease_ms`` is how long a claim lasts without renewal;
     ``poll_interval`` (seconds) bounds how long an idle worker waits before checking the
     store again. ``tune_gc`` raises CPython's garbage-collection thresholds while the worker
-    runs (``durable worker`` does): with thousands of live runs, the default thresholds make
-    the collector rescan them every few hundred allocations, which doubles the per-step cost
-    (see docs/benchmarks.md). It changes a process-wide setting, hence off by default.
+    runs, with :func:`tuned_gc` (``durable worker`` does): with thousands of live runs, the
+    default thresholds make the collector rescan them every few hundred allocations, which
+    doubles the per-step cost (see docs/benchmarks.md). It changes a process-wide setting,
+    hence off by default.
 
     Counters for monitoring: ``steps_executed`` (bodies run), ``commits``,
     ``bodies_skipped`` (bodies not started because the run's lease might have run out: the
@@ -144,14 +146,8 @@ class Worker:
         Stopping is graceful: no new claims; step bodies in flight finish and their results
         are committed; runs are released so another worker can take them at once.
         """
-        previous_gc = gc.get_threshold()
-        if self.tune_gc:
-            gc.set_threshold(50_000, 50, 100)
-        try:
+        with tuned_gc() if self.tune_gc else contextlib.nullcontext():
             await self._run(handle_signals, task_status)
-        finally:
-            if self.tune_gc:
-                gc.set_threshold(*previous_gc)
 
     async def _run(self, handle_signals: bool, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
