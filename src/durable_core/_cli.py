@@ -122,11 +122,33 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from ._worker import Worker
 
     app = _load_app(args.app)
+    if args.processes != 1:
+        return _worker_processes(args, app)
     store = _open_store(args.store)
-    worker = Worker(app, store, max_runs=args.max_runs, tune_gc=True)
+    worker = Worker(app, store, max_runs=args.max_runs, poll_interval=args.poll_interval,
+                    tune_gc=True)
     print(f"durable worker {worker.owner}: app {app.id!r} on {args.store} (Ctrl-C to stop)")
     trio.run(lambda: worker.run(handle_signals=True))
     store.close()
+    return 0
+
+
+def _worker_processes(args: argparse.Namespace, app: App) -> int:
+    from ._processes import Supervisor
+
+    supervisor = Supervisor(args.app, args.store, processes=args.processes,
+                            max_runs=args.max_runs, poll_interval=args.poll_interval)
+    # Open the store once here: a bad URL fails now, with one message, and a new database
+    # is migrated before the processes open it.
+    _open_store(args.store).close()
+    print(f"durable worker: {args.processes} processes for app {app.id!r} on {args.store} "
+          "(Ctrl-C to stop)", flush=True)
+
+    def started(index: int, pid: int) -> None:
+        print(f"durable worker: process {index} started (pid {pid})", flush=True)
+
+    supervisor.run(on_start=started)
+    print("durable worker: stopped", flush=True)
     return 0
 
 
@@ -197,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("worker", help="run a worker for an app until SIGINT/SIGTERM")
     sp.add_argument("app", help="package.module:app")
-    sp.add_argument("--max-runs", type=int, default=1000)
+    sp.add_argument("--max-runs", type=int, default=1000,
+                    help="runs with step bodies in flight, per process (default 1000)")
+    sp.add_argument("--processes", type=int, default=1,
+                    help="worker processes on the store, to use more than one core "
+                         "(default 1; needs a SQLite file or PostgreSQL)")
+    sp.add_argument("--poll-interval", type=float, default=0.5,
+                    help="seconds an idle worker waits before looking at the store again "
+                         "(default 0.5; PostgreSQL also wakes workers at once with NOTIFY)")
     store_arg(sp)
     sp.set_defaults(func=_cmd_worker)
 

@@ -1,0 +1,171 @@
+"""Several worker processes on one store: how a worker uses more than one core.
+
+CPython runs one process's Python code on one core at a time (the GIL), and a worker is
+mostly Python code: driving orchestration code, building memos, group commits. On a
+machine with several cores, ``durable worker --processes N`` starts N worker processes on
+one SQLite file or Postgres database and looks after them. They share the work through the
+store the same way workers on different machines do (claims, leases, fencing), so nothing
+here is needed for correctness: it is process management.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import ValidationError
+
+log = logging.getLogger("durable_core.worker")
+
+#: How long a stopping supervisor waits for each process to finish its step bodies and
+#: release its runs before killing it (its runs are then claimed again when their leases
+#: run out).
+STOP_GRACE_SECONDS = 30.0
+_RESTART_DELAY_MAX = 30.0
+_HEALTHY_AFTER = 10.0  # a process that lived this long resets the restart delay
+
+
+def check_shareable(store_url: str) -> None:
+    """Raise :class:`ValidationError` if worker processes could not share ``store_url``.
+
+    ``memory://`` and ``sqlite://`` (SQLite in memory) live inside one process: each
+    process would get its own empty store."""
+    url = store_url.strip()
+    if url.startswith("memory:") or url.split("?", 1)[0] in ("sqlite://", "sqlite:///:memory:"):
+        raise ValidationError(
+            f"store {store_url!r} lives inside one process, so worker processes cannot share "
+            "it; use a file (sqlite:///path/to/file.db) or PostgreSQL, or one process",
+            field="store",
+        )
+
+
+def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: float) -> None:
+    """One worker process: ``durable worker`` without ``--processes``."""
+    import trio
+
+    import stores
+
+    from ._cli import _load_app
+    from ._worker import Worker
+
+    app = _load_app(app_spec)
+    store = stores.open(store_url)
+    try:
+        worker = Worker(app, store, max_runs=max_runs, poll_interval=poll_interval,
+                        tune_gc=True)
+        trio.run(lambda: worker.run(handle_signals=True))
+    finally:
+        store.close()
+
+
+class Supervisor:
+    """Run ``processes`` worker processes for the app ``app_spec`` (``package.module:app``)
+    on ``store_url`` until :meth:`stop` (or SIGINT/SIGTERM in :meth:`run`). Each runs a
+    :class:`Worker` with ``max_runs``, ``poll_interval`` and ``tune_gc=True``.
+
+    A process that exits while the supervisor is running (a crash, an out-of-memory kill)
+    is started again after a delay that doubles from ``restart_delay`` up to 30 s while it
+    keeps dying young. Its runs were fenced by their leases and go to the other processes
+    (or to its replacement) once the leases run out. Stopping sends SIGTERM to every
+    process: each finishes the step bodies in flight, commits them and releases its runs;
+    one still running after ``STOP_GRACE_SECONDS`` is killed.
+    """
+
+    def __init__(self, app_spec: str, store_url: str, *, processes: int, max_runs: int = 1000,
+                 poll_interval: float = 0.5, restart_delay: float = 1.0) -> None:
+        if processes < 1:
+            raise ValidationError(f"processes must be at least 1, got {processes}",
+                                  field="processes")
+        check_shareable(store_url)
+        self.app_spec = app_spec
+        self.store_url = store_url
+        self.processes = processes
+        self.max_runs = max_runs
+        self.poll_interval = poll_interval
+        self.restart_delay = restart_delay
+        self.restarts = 0
+        """How many processes were started again after exiting on their own."""
+        self._ctx = multiprocessing.get_context("spawn")
+        self._stop = threading.Event()
+        self._procs: list[Any] = [None] * processes
+        self._started_at = [0.0] * processes
+        self._delay = [restart_delay] * processes
+        self._due = [0.0] * processes
+
+    @property
+    def pids(self) -> list[int | None]:
+        """The process ids of the worker processes (None for one waiting to be restarted)."""
+        return [p.pid if p is not None and p.is_alive() else None for p in self._procs]
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop the processes and return (safe from any thread)."""
+        self._stop.set()
+
+    def run(self, *, handle_signals: bool = True,
+            on_start: Callable[[int, int], None] | None = None) -> None:
+        """Start the processes and look after them until stopped. ``on_start(index, pid)``
+        is called for every process started, restarts included."""
+        previous: dict[signal.Signals, Any] = {}
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            for i in range(self.processes):
+                self._start(i, on_start)
+            while not self._stop.wait(0.2):
+                self._look_after(on_start)
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _start(self, i: int, on_start: Callable[[int, int], None] | None) -> None:
+        proc = self._ctx.Process(
+            target=_child_main,
+            args=(self.app_spec, self.store_url, self.max_runs, self.poll_interval),
+            name=f"durable-worker-{i}", daemon=False,
+        )
+        proc.start()
+        self._procs[i] = proc
+        self._started_at[i] = time.monotonic()
+        if on_start is not None and proc.pid is not None:
+            on_start(i, proc.pid)
+
+    def _look_after(self, on_start: Callable[[int, int], None] | None) -> None:
+        now = time.monotonic()
+        for i, proc in enumerate(self._procs):
+            if proc is not None and proc.is_alive():
+                continue
+            if proc is not None:
+                # Exited on its own: note it, and schedule a restart.
+                proc.join()
+                lived = now - self._started_at[i]
+                if lived >= _HEALTHY_AFTER:
+                    self._delay[i] = self.restart_delay
+                log.warning("worker process %d (pid %s) exited with code %s after %.1fs; "
+                            "starting it again in %.1fs", i, proc.pid, proc.exitcode, lived,
+                            self._delay[i])
+                self._due[i] = now + self._delay[i]
+                self._delay[i] = min(self._delay[i] * 2, _RESTART_DELAY_MAX)
+                self._procs[i] = None
+            elif now >= self._due[i]:
+                self.restarts += 1
+                self._start(i, on_start)
+
+    def _stop_all(self) -> None:
+        alive = [p for p in self._procs if p is not None and p.is_alive()]
+        for proc in alive:
+            proc.terminate()  # SIGTERM: a graceful stop
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for proc in alive:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("worker process pid %s did not stop within %.0fs; killing it",
+                            proc.pid, STOP_GRACE_SECONDS)
+                proc.kill()
+                proc.join()

@@ -1,0 +1,142 @@
+"""``durable worker --processes N``: several worker processes on one store, looked after by
+a supervisor that restarts the ones that die and stops them all gracefully."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import stores
+from durable_core import Client, Event, ValidationError
+from durable_core._cli import main
+from durable_core._processes import Supervisor, check_shareable
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite://", "sqlite:///:memory:"])
+def test_a_store_inside_one_process_cannot_be_shared(url: str) -> None:
+    with pytest.raises(ValidationError, match="cannot share") as info:
+        check_shareable(url)
+    assert info.value.field == "store"
+    with pytest.raises(ValidationError):
+        Supervisor("processes_app:app", url, processes=2)
+
+
+def test_the_cli_says_why_it_cannot_start_processes_on_memory(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["worker", "processes_app:app", "--processes", "2", "--store", "memory://"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot share" in err and "sqlite:///" in err
+
+
+def test_processes_must_be_positive() -> None:
+    with pytest.raises(ValidationError) as info:
+        Supervisor("processes_app:app", "sqlite:///x.db", processes=0)
+    assert info.value.field == "processes"
+
+
+class _Output:
+    """The lines a process prints, read by a thread (so waiting for one has a timeout)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        threading.Thread(target=lambda: [self.lines.put(line) for line in stdout],
+                         daemon=True).start()
+
+    def started(self, count: int, timeout: float = 60) -> list[tuple[int, int]]:
+        """The next ``count`` "process I started (pid P)" lines, as (I, P)."""
+        found: list[tuple[int, int]] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count:
+            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            m = re.search(r"process (\d+) started \(pid (\d+)\)", line)
+            if m:
+                found.append((int(m[1]), int(m[2])))
+        return found
+
+    def rest(self) -> str:
+        out = []
+        while not self.lines.empty():
+            out.append(self.lines.get())
+        return "".join(out)
+
+
+def _wait_completed(client: Client, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = client.list_runs(limit=count + 10)
+        if len(runs) >= count and all(r.status == "completed" for r in runs):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"runs did not complete: {[r.status for r in runs]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_processes_share_the_work_restart_after_a_crash_and_stop_gracefully(
+    tmp_path: pathlib.Path,
+) -> None:
+    db = tmp_path / "procs.db"
+    pids_file = tmp_path / "pids"
+    pids_file.write_text("")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get(
+        "PYTHONPATH", "")]), DURABLE_PIDS_FILE=str(pids_file), DURABLE_WAIT_FOR_PIDS="2")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from durable_core._cli import main; sys.exit(main())",
+         "worker", "processes_app:app", "--processes", "2", "--max-runs", "2",
+         "--store", f"sqlite:///{db}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    out = _Output(proc)
+    store = stores.open(f"sqlite:///{db}")
+    client = Client(store)
+    try:
+        first = dict(out.started(2))
+        assert sorted(first) == [0, 1]
+        # Each process holds at most 2 runs, and a body waits until both processes have
+        # run one: all 12 runs complete only if both processes took runs.
+        client.send([Event("proc/go") for _ in range(12)])
+        _wait_completed(client, 12)
+        outputs = {client.get_run(r.id).output for r in client.list_runs(limit=20)}
+        assert outputs == set(first.values())
+
+        # A process that dies is started again, and the work goes on.
+        os.kill(first[0], signal.SIGKILL)
+        (index, pid), = out.started(1)
+        assert index == 0 and pid not in first.values()
+        client.send([Event("proc/go") for _ in range(6)])
+        _wait_completed(client, 18)
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "stopped" in out.rest()
+        assert not _alive(pid) and not _alive(first[1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        store.close()
