@@ -37,6 +37,7 @@ from durable_core import App, Client, Context, Event, Worker, on_event
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STEPS = 10
 WARM_UP_STEPS = 3_000
+MEASURED_STEPS = 30_000  # per level with concurrent runs: a round of 1,000 runs is ~0.3 s
 """Steps run before each measurement (enough to bring a fresh SQLite log to its full size)."""
 
 
@@ -151,6 +152,12 @@ class _Watch:
         return fenced
 
 
+def _measured_rounds(concurrency: int) -> int:
+    """Rounds of ``concurrency`` runs measured at one level: 20 sequential runs for a single
+    run (its per-step time is the point), else enough rounds for MEASURED_STEPS steps."""
+    return 20 if concurrency == 1 else -(-MEASURED_STEPS // (concurrency * STEPS))
+
+
 def _warm_up_rounds(concurrency: int) -> int:
     """Rounds of ``concurrency`` runs that make at least WARM_UP_STEPS steps."""
     return -(-WARM_UP_STEPS // (concurrency * STEPS))
@@ -168,7 +175,7 @@ def durable(url: str, concurrency: int) -> tuple[float, float]:
     """
     app = make_app()
     store = _Watch(stores.open(url))
-    rounds = 20 if concurrency == 1 else 1
+    rounds = _measured_rounds(concurrency)
 
     async def main() -> tuple[float, float]:
         worker = Worker(app, store, max_runs=max(concurrency, 1),  # type: ignore[arg-type]
@@ -267,7 +274,7 @@ def durable_processes(url: str, concurrency: int, processes: int) -> tuple[float
         for _ in range(_warm_up_rounds(concurrency)):
             round_of_runs()  # warm-up (also waits for the processes to start)
         warm = {r.id for r in store.list_runs(limit=expected)}
-        rounds = 3
+        rounds = _measured_rounds(concurrency)
         t0 = time.perf_counter()
         for _ in range(rounds):
             round_of_runs()
