@@ -175,6 +175,16 @@ def worker(n: int, c: int, *, sync_bodies: bool, tune_gc: bool = False) -> float
 # --------------------------------------------------------------------------- main
 
 
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line through ``points``: (intercept, slope)."""
+    k = len(points)
+    mx = sum(x for x, _ in points) / k
+    my = sum(y for _, y in points) / k
+    slope = (sum((x - mx) * (y - my) for x, y in points)
+             / sum((x - mx) ** 2 for x, _ in points))
+    return my - slope * mx, slope
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
@@ -222,6 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"python": sys.version, "rows": rows}, f, indent=2)
+    # Cost per step as the targets mean it: a run costs a fixed amount (starting it, its
+    # context and coroutine, ending it) plus a cost per step. A least-squares line through
+    # (steps, µs per run) separates the two; its slope is the per-step cost.
+    print("# linear fit, µs per run = fixed + per-step x steps (overhead = durable - plain):")
+    for label in dict.fromkeys(r["path"] for r in rows):
+        for c in concurrency:
+            pts = [(r["steps"], r["durable_us"] * r["steps"], r["plain_us"] * r["steps"])
+                   for r in rows if r["path"] == label and r["runs"] == c]
+            if len(pts) < 3:
+                continue
+            d_fixed, d_slope = _fit([(n, d) for n, d, _ in pts])
+            _, p_slope = _fit([(n, p) for n, _, p in pts])
+            print(f"#   {label:<12} runs {c:>5}: fixed {d_fixed:8.2f} µs, per step "
+                  f"{d_slope:6.2f} µs, overhead per step {d_slope - p_slope:6.2f} µs")
     # Linearity: per-step cost at 1,000 steps against 10 steps, one run.
     core_rows = {r["steps"]: r["durable_us"] for r in rows
                  if r["path"] == "core" and r["runs"] == 1}
