@@ -103,7 +103,8 @@ class RunWrite(NamedTuple):
     ``entries`` are appended to the journal (their ``seq`` must continue it densely);
     ``status``/``wake_at`` replace the stored ones when ``status`` is given; ``output`` /
     ``error`` are set with a terminal status; signals with ``seq <= consumed_signals`` are
-    deleted from the inbox; ``release`` gives the lease up.
+    deleted from the inbox (a terminal status deletes them all, and signals to an ended run,
+    in a later batch or the same one, are dropped); ``release`` gives the lease up.
     """
 
     run_id: str

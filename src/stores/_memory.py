@@ -126,7 +126,9 @@ class MemoryStore:
                     changes["lease_owner"] = None
                     changes["lease_expires"] = None
                 self._runs[w.run_id] = attrs.evolve(run, **changes)  # type: ignore[arg-type]
-                if w.consumed_signals:
+                if w.status in TERMINAL_STATUSES:
+                    self._inbox.pop(w.run_id, None)  # never to be delivered
+                elif w.consumed_signals:
                     box = self._inbox.get(w.run_id)
                     if box:
                         self._inbox[w.run_id] = [s for s in box if s[0] > w.consumed_signals]
@@ -142,7 +144,8 @@ class MemoryStore:
                 for waits in self._waits.values():
                     waits.pop((run_id, pos), None)
             for run_id, signal in batch.signals:
-                if run_id in self._runs:
+                target = self._runs.get(run_id)
+                if target is not None and target.status not in TERMINAL_STATUSES:
                     self._signal_seq += 1
                     self._inbox.setdefault(run_id, []).append((self._signal_seq, signal))
             for seq in batch.routed_events:

@@ -474,6 +474,13 @@ _U_JOURNAL: LiteralString = (  # journal-only writes: the hot path
 )
 
 
+# The runs this statement ends (needs ``u`` with its status columns, and ``ok``).
+_ENDING: LiteralString = (
+    "SELECT e.id FROM u AS e WHERE e.set_status AND e.status IN " + _TERMINAL_SQL + " "
+    "AND e.id IN (SELECT id FROM ok)"
+)
+
+
 def _set_run(ok: LiteralString) -> LiteralString:
     """SET clauses applying a folded write (from row ``x``) where ``ok`` holds."""
     return (
@@ -528,7 +535,8 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
                 "s.payload, s.position FROM unnest(%(s_run)b::text[], %(s_kind)b::text[], "
                 "%(s_key)b::text[], %(s_payload)b::text[], %(s_position)b::bigint[]) "
                 "WITH ORDINALITY AS s(run_id, kind, key, payload, position, o) "
-                "WHERE s.run_id IN (SELECT id FROM lk) ORDER BY s.o)"
+                "WHERE s.run_id IN (SELECT id FROM lk WHERE lk.status NOT IN "
+                + _TERMINAL_SQL + ") AND s.run_id NOT IN (" + _ENDING + ") ORDER BY s.o)"
             )
         deleted: LiteralString = "COALESCE(dc.n, 0)" if shape.consumed else "0"
         join_dc: LiteralString = " LEFT JOIN dc ON dc.run_id = u.id" if shape.consumed else ""
@@ -554,6 +562,13 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
             "AND (x.expect IS NULL OR r.journal_len = x.expect) RETURNING r.id)"
         )
         ctes.append("ok AS (SELECT id FROM upd)")
+    if shape.record:
+        # A run that ends takes its undelivered signals with it (with the check on ``sg``
+        # above, signals to ended runs never pile up in the inbox).
+        ctes.append(
+            "de AS (DELETE FROM {inbox} AS i WHERE i.run_id = ANY(%(u_id)b::text[]) "
+            "AND i.run_id IN (" + _ENDING + "))"
+        )
     if shape.entries:
         ctes.append(
             "j AS (INSERT INTO {journal} (" + _JOURNAL_COLS + ") SELECT e.* FROM unnest("

@@ -86,6 +86,8 @@ WHERE id = ?1 AND epoch = ?9 AND status NOT IN {_TERMINAL_SQL}
 AND ?2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1)
 """
 _EVENT_COLUMNS = "seq, id, name, data, ts, duplicate"
+# consumed_signals mark that deletes a run's whole inbox (when the run ends).
+_ALL_SIGNALS = 2**63 - 1
 
 # Runs that need work (see MemoryStore._claimable): not terminal, lease free or expired, and
 # queued, due, holding signals, or abandoned by an expired lease. Each arm of the union is
@@ -658,9 +660,9 @@ class SQLiteStore:
             [(w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
              for e in entries],
         )
-        if w.consumed_signals:
+        if w.consumed_signals or terminal:
             conn.execute("DELETE FROM signals WHERE run_id = ? AND seq <= ?",
-                         (w.run_id, w.consumed_signals))
+                         (w.run_id, _ALL_SIGNALS if terminal else w.consumed_signals))
         self._commit_rest(conn, batch, set())
         return True
 
@@ -778,12 +780,16 @@ class SQLiteStore:
         return states
 
     @staticmethod
-    def _existing_runs(conn: sqlite3.Connection, run_ids: Sequence[str]) -> set[str]:
+    def _existing_runs(
+        conn: sqlite3.Connection, run_ids: Sequence[str], *, open_only: bool = False
+    ) -> set[str]:
+        """The runs among ``run_ids`` that exist (and have not ended, with ``open_only``)."""
         found: set[str] = set()
+        extra = f" AND status NOT IN {_TERMINAL_SQL}" if open_only else ""
         for chunk in _chunks(run_ids):
             found.update(
                 r[0] for r in conn.execute(
-                    f"SELECT id FROM runs WHERE id IN ({_marks(len(chunk))})", chunk
+                    f"SELECT id FROM runs WHERE id IN ({_marks(len(chunk))}){extra}", chunk
                 )
             )
         return found
@@ -867,7 +873,9 @@ class SQLiteStore:
             if w.release or terminal:
                 state.lease_owner = None
                 state.lease_expires = None
-            if w.consumed_signals:
+            if terminal:
+                consumed.append((w.run_id, _ALL_SIGNALS))  # never to be delivered
+            elif w.consumed_signals:
                 consumed.append((w.run_id, w.consumed_signals))
             changed[w.run_id] = state
         if journal:
@@ -888,7 +896,8 @@ class SQLiteStore:
     def _insert_signals(
         self, conn: sqlite3.Connection, signals: Sequence[tuple[str, Signal]]
     ) -> None:
-        exists = self._existing_runs(conn, list(dict.fromkeys(r for r, _ in signals)))
+        exists = self._existing_runs(conn, list(dict.fromkeys(r for r, _ in signals)),
+                                     open_only=True)
         seq: int = conn.execute("SELECT value FROM meta WHERE key = 'signal_seq'").fetchone()[0]
         rows = []
         for run_id, s in signals:

@@ -789,6 +789,30 @@ class StoreConformance:
             assert write(store, w) == set()
         assert seen == sorted(set(seen))
 
+    def test_signals_never_outlive_their_run(self, store: Store) -> None:
+        """A run that ends drops its undelivered signals, and a signal to an ended run
+        (sent later, or in the batch that ends it) is dropped: inboxes of ended runs never
+        fill up."""
+        create(store, new_run("r1"), new_run("r2"), new_run("r3"))
+        stop = Signal("cancel", "c", "stop")
+        c1, c2 = claim(store, "r1"), claim(store, "r2")
+        assert store.commit(CommitBatch(now=T0, signals=(("r1", stop), ("r2", stop)))) == set()
+        assert store.cancel_requested(["r1", "r2"]) == {"r1", "r2"}
+        # r1 ends on its own: its pending cancel goes with it.
+        assert write(store, RunWrite("r1", c1.run.epoch, entries(0, 1), status="completed",
+                                     output="1")) == set()
+        assert store.cancel_requested(["r1", "r2"]) == {"r2"}
+        # r2 ends, and a signal for it arrives in the same batch.
+        assert write(store, RunWrite("r2", c2.run.epoch, status="failed",
+                                     error=ErrorInfo("E", "m")),
+                     signals=(("r2", stop),)) == set()
+        assert store.cancel_requested(["r2"]) == set()
+        # Signals sent after the end are dropped; open runs still get theirs.
+        batch = CommitBatch(now=T0 + 1, signals=(("r1", stop), ("r2", stop), ("r3", stop)))
+        assert store.commit(batch) == set()
+        assert store.cancel_requested(["r1", "r2", "r3"]) == {"r3"}
+        assert [s for _, s in claim(store, "r3", now=T0 + 1).signals] == [stop]
+
     def test_cancel_requested_reports_runs_with_a_cancel_in_their_inbox(
         self, store: Store
     ) -> None:
