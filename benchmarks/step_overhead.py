@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     # Cost per step as the targets mean it: a run costs a fixed amount (starting it, its
     # context and coroutine, ending it) plus a cost per step. A least-squares line through
     # (steps, µs per run) separates the two; its slope is the per-step cost.
-    print("# linear fit, µs per run = fixed + per-step x steps (overhead = durable - plain):")
+    print("# linear fit, µs per run = fixed + per-step x steps (overhead = durable - plain;")
+    print("# a negative fixed part means the cost per step grows with the run's length):")
     for label in dict.fromkeys(r["path"] for r in rows):
         for c in concurrency:
             pts = [(r["steps"], r["durable_us"] * r["steps"], r["plain_us"] * r["steps"])
