@@ -279,6 +279,7 @@ class _CoreShape(NamedTuple):
     routed: bool
     cron: bool
     notify: bool
+    ending: bool = False  # some write ends its run (its inbox is emptied)
 
 
 class _Queries:
@@ -559,15 +560,22 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
             "upd AS (UPDATE {runs} AS r SET " + sets + " FROM u AS x "
             "WHERE r.id = ANY(%(u_id)b::text[]) AND r.id = x.id AND r.epoch = x.epoch "
             "AND r.status NOT IN " + _TERMINAL_SQL + " "
-            "AND (x.expect IS NULL OR r.journal_len = x.expect) RETURNING r.id)"
+            "AND (x.expect IS NULL OR r.journal_len = x.expect) "
+            "RETURNING r.id, r.status, r.inbox_count)"
         )
         ctes.append("ok AS (SELECT id FROM upd)")
-    if shape.record:
-        # A run that ends takes its undelivered signals with it (with the check on ``sg``
-        # above, signals to ended runs never pile up in the inbox).
+        if shape.ending:
+            # A run that ends takes its undelivered signals with it (with the check on
+            # ``sg``, signals to ended runs never pile up). Only runs that hold some
+            # (inbox_count) are looked up: the hot path's completions cost nothing more.
+            ctes.append(
+                "de AS (DELETE FROM {inbox} AS i USING upd AS e WHERE i.run_id = e.id "
+                "AND e.inbox_count > 0 AND e.status IN " + _TERMINAL_SQL + ")"
+            )
+    if shape.ending and (shape.signals or shape.consumed):
         ctes.append(
-            "de AS (DELETE FROM {inbox} AS i WHERE i.run_id = ANY(%(u_id)b::text[]) "
-            "AND i.run_id IN (" + _ENDING + "))"
+            "de AS (DELETE FROM {inbox} AS i USING x WHERE i.run_id = x.id AND x.ok "
+            "AND x.set_status AND x.status IN " + _TERMINAL_SQL + ")"
         )
     if shape.entries:
         ctes.append(
@@ -1026,6 +1034,7 @@ class PostgresStore:
         runs = sorted(folded.items())  # id order: the order run rows get locked
         entries: list[tuple[str, JournalEntry]] = []
         consumed = record = False
+        ending: list[str] = []
         if runs:
             fs = [f for _, f in runs]
             for run_id, f in runs:
@@ -1042,6 +1051,8 @@ class PostgresStore:
                 u_expect=[f.expect for f in fs],
                 u_n=[f.n for f in fs],
             )
+            ending = [run_id for run_id, f in runs
+                      if f.status is not None and f.status[0] in TERMINAL_STATUSES]
         if record or consumed or batch.signals:
             params.update(
                 u_write=[f.write for f in fs],
@@ -1104,7 +1115,7 @@ class PostgresStore:
             writes=bool(batch.writes), record=record, consumed=consumed,
             entries=bool(entries), signals=bool(batch.signals), waits_add=bool(adds),
             waits_remove=bool(removed), routed=bool(batch.routed_events), cron=bool(ticks),
-            notify=notify,
+            notify=notify, ending=bool(ending),
         )
         return shape, params
 
