@@ -51,10 +51,12 @@ class _Output:
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
         assert proc.stdout is not None
         stdout = proc.stdout
-        threading.Thread(target=lambda: [self.lines.put(line) for line in stdout],
-                         daemon=True).start()
+        self.reader = threading.Thread(target=lambda: [self.lines.put(line) for line in stdout],
+                                       daemon=True)
+        self.reader.start()
 
     def started(self, count: int, timeout: float = 60) -> list[tuple[int, int]]:
         """The next ``count`` "process I started (pid P)" lines, as (I, P)."""
@@ -62,16 +64,18 @@ class _Output:
         deadline = time.monotonic() + timeout
         while len(found) < count:
             line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            self.seen.append(line)
             m = re.search(r"process (\d+) started \(pid (\d+)\)", line)
             if m:
                 found.append((int(m[1]), int(m[2])))
         return found
 
     def rest(self) -> str:
-        out = []
+        """Everything the process printed (call it once the process has ended)."""
+        self.reader.join(timeout=30)  # until the end of its output
         while not self.lines.empty():
-            out.append(self.lines.get())
-        return "".join(out)
+            self.seen.append(self.lines.get())
+        return "".join(self.seen)
 
 
 def _wait_completed(client: Client, count: int, timeout: float = 60) -> None:
@@ -97,23 +101,35 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_processes_share_the_work_restart_after_a_crash_and_stop_gracefully(
-    tmp_path: pathlib.Path,
-) -> None:
+def _supervisor(tmp_path: pathlib.Path, *, wait_for_pids: int = 0,
+                new_session: bool = False) -> tuple[subprocess.Popen[str], _Output, Client]:
+    """``durable worker processes_app:app --processes 2`` on a SQLite file in ``tmp_path``."""
     db = tmp_path / "procs.db"
     pids_file = tmp_path / "pids"
     pids_file.write_text("")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get(
-        "PYTHONPATH", "")]), DURABLE_PIDS_FILE=str(pids_file), DURABLE_WAIT_FOR_PIDS="2")
+        "PYTHONPATH", "")]), DURABLE_PIDS_FILE=str(pids_file),
+        DURABLE_WAIT_FOR_PIDS=str(wait_for_pids))
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from durable_core._cli import main; sys.exit(main())",
          "worker", "processes_app:app", "--processes", "2", "--max-runs", "2",
          "--store", f"sqlite:///{db}"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=new_session,
     )
-    out = _Output(proc)
-    store = stores.open(f"sqlite:///{db}")
-    client = Client(store)
+    return proc, _Output(proc), Client(stores.open(f"sqlite:///{db}"))
+
+
+def _exits(text: str) -> dict[int, int]:
+    """pid -> exit code, from the supervisor's "exited with code" lines."""
+    return {int(m[1]): int(m[2])
+            for m in re.finditer(r"\(pid (\d+)\) exited with code (-?\d+)", text)}
+
+
+def test_processes_share_the_work_restart_after_a_crash_and_stop_gracefully(
+    tmp_path: pathlib.Path,
+) -> None:
+    proc, out, client = _supervisor(tmp_path, wait_for_pids=2)
     try:
         first = dict(out.started(2))
         assert sorted(first) == [0, 1]
@@ -133,10 +149,50 @@ def test_processes_share_the_work_restart_after_a_crash_and_stop_gracefully(
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        assert "stopped" in out.rest()
+        text = out.rest()
+        assert "stopped" in text
+        # The killed one was reported; the others stopped gracefully (exit code 0).
+        assert _exits(text) == {first[0]: -signal.SIGKILL, pid: 0, first[1]: 0}
         assert not _alive(pid) and not _alive(first[1])
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        store.close()
+        client.store.close()
+
+
+def test_ctrl_c_stops_every_process_gracefully(tmp_path: pathlib.Path) -> None:
+    """A terminal's Ctrl-C signals its whole foreground process group; the worker
+    processes leave that group, so only the supervisor gets it and asks each to stop once
+    (a second signal would have cut their graceful stop short)."""
+    proc, out, client = _supervisor(tmp_path, new_session=True)
+    try:
+        pids = dict(out.started(2))
+        client.send([Event("proc/go") for _ in range(4)])
+        _wait_completed(client, 4)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+        assert proc.wait(timeout=60) == 0
+        assert _exits(out.rest()) == {pid: 0 for pid in pids.values()}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.store.close()
+
+
+def test_processes_stop_on_their_own_when_the_supervisor_dies(tmp_path: pathlib.Path) -> None:
+    proc, out, client = _supervisor(tmp_path)
+    pids: list[int] = []
+    try:
+        pids = list(dict(out.started(2)).values())
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in pids)
+    finally:
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        client.store.close()

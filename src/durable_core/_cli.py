@@ -147,7 +147,11 @@ def _worker_processes(args: argparse.Namespace, app: App) -> int:
     def started(index: int, pid: int) -> None:
         print(f"durable worker: process {index} started (pid {pid})", flush=True)
 
-    supervisor.run(on_start=started)
+    def exited(index: int, pid: int, code: int) -> None:
+        print(f"durable worker: process {index} (pid {pid}) exited with code {code}",
+              flush=True)
+
+    supervisor.run(on_start=started, on_exit=exited)
     print("durable worker: stopped", flush=True)
     return 0
 

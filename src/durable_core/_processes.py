@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -44,8 +45,14 @@ def check_shareable(store_url: str) -> None:
         )
 
 
-def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: float) -> None:
-    """One worker process: ``durable worker`` without ``--processes``."""
+def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: float,
+                parent: int) -> None:
+    """One worker process: ``durable worker`` without ``--processes``.
+
+    It leaves the terminal's process group, so a Ctrl-C reaches only the supervisor, which
+    then asks each process to stop once (a second signal would cut the graceful stop
+    short). If the supervisor dies without doing so, the process notices within a second
+    and stops gracefully on its own."""
     import trio
 
     import stores
@@ -53,12 +60,26 @@ def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: flo
     from ._cli import _load_app
     from ._worker import Worker
 
+    os.setpgid(0, 0)
     app = _load_app(app_spec)
     store = stores.open(store_url)
+
+    async def main(worker: Worker) -> None:
+        async def watch_parent() -> None:
+            while os.getppid() == parent:
+                await trio.sleep(1.0)
+            log.warning("the supervisor (pid %d) is gone: stopping", parent)
+            worker.stop()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_parent)
+            await worker.run(handle_signals=True)
+            nursery.cancel_scope.cancel()
+
     try:
         worker = Worker(app, store, max_runs=max_runs, poll_interval=poll_interval,
                         tune_gc=True)
-        trio.run(lambda: worker.run(handle_signals=True))
+        trio.run(main, worker)
     finally:
         store.close()
 
@@ -92,6 +113,7 @@ class Supervisor:
         """How many processes were started again after exiting on their own."""
         self._ctx = multiprocessing.get_context("spawn")
         self._stop = threading.Event()
+        self._force = threading.Event()
         self._procs: list[Any] = [None] * processes
         self._started_at = [0.0] * processes
         self._delay = [restart_delay] * processes
@@ -107,27 +129,37 @@ class Supervisor:
         self._stop.set()
 
     def run(self, *, handle_signals: bool = True,
-            on_start: Callable[[int, int], None] | None = None) -> None:
+            on_start: Callable[[int, int], None] | None = None,
+            on_exit: Callable[[int, int, int], None] | None = None) -> None:
         """Start the processes and look after them until stopped. ``on_start(index, pid)``
-        is called for every process started, restarts included."""
+        is called for every process started, restarts included, and ``on_exit(index, pid,
+        exitcode)`` for every process that ended (0 after a graceful stop; a negative code
+        is the signal that ended it). With ``handle_signals``, SIGINT or SIGTERM stops the
+        processes gracefully, and a second one kills them at once."""
         previous: dict[signal.Signals, Any] = {}
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, lambda *_: self._stop.set())
+                previous[sig] = signal.signal(sig, self._on_signal)
         try:
             for i in range(self.processes):
                 self._start(i, on_start)
             while not self._stop.wait(0.2):
-                self._look_after(on_start)
+                self._look_after(on_start, on_exit)
         finally:
-            self._stop_all()
+            self._stop_all(on_exit)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop.is_set():
+            self._force.set()  # a second Ctrl-C: do not wait for the graceful stop
+        self._stop.set()
 
     def _start(self, i: int, on_start: Callable[[int, int], None] | None) -> None:
         proc = self._ctx.Process(
             target=_child_main,
-            args=(self.app_spec, self.store_url, self.max_runs, self.poll_interval),
+            args=(self.app_spec, self.store_url, self.max_runs, self.poll_interval,
+                  os.getpid()),
             name=f"durable-worker-{i}", daemon=False,
         )
         proc.start()
@@ -136,7 +168,8 @@ class Supervisor:
         if on_start is not None and proc.pid is not None:
             on_start(i, proc.pid)
 
-    def _look_after(self, on_start: Callable[[int, int], None] | None) -> None:
+    def _look_after(self, on_start: Callable[[int, int], None] | None,
+                    on_exit: Callable[[int, int, int], None] | None) -> None:
         now = time.monotonic()
         for i, proc in enumerate(self._procs):
             if proc is not None and proc.is_alive():
@@ -144,6 +177,8 @@ class Supervisor:
             if proc is not None:
                 # Exited on its own: note it, and schedule a restart.
                 proc.join()
+                if on_exit is not None:
+                    on_exit(i, proc.pid, proc.exitcode)
                 lived = now - self._started_at[i]
                 if lived >= _HEALTHY_AFTER:
                     self._delay[i] = self.restart_delay
@@ -157,15 +192,19 @@ class Supervisor:
                 self.restarts += 1
                 self._start(i, on_start)
 
-    def _stop_all(self) -> None:
-        alive = [p for p in self._procs if p is not None and p.is_alive()]
-        for proc in alive:
-            proc.terminate()  # SIGTERM: a graceful stop
+    def _stop_all(self, on_exit: Callable[[int, int, int], None] | None = None) -> None:
+        alive = [(i, p) for i, p in enumerate(self._procs) if p is not None and p.is_alive()]
+        for _, proc in alive:
+            proc.terminate()  # SIGTERM, once: a graceful stop
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for proc in alive:
-            proc.join(max(0.0, deadline - time.monotonic()))
+        for i, proc in alive:
+            while proc.is_alive() and time.monotonic() < deadline and not self._force.is_set():
+                proc.join(0.1)
             if proc.is_alive():
-                log.warning("worker process pid %s did not stop within %.0fs; killing it",
-                            proc.pid, STOP_GRACE_SECONDS)
+                log.warning("worker process pid %s did not stop %s; killing it", proc.pid,
+                            "when asked twice" if self._force.is_set()
+                            else f"within {STOP_GRACE_SECONDS:.0f}s")
                 proc.kill()
                 proc.join()
+            if on_exit is not None:
+                on_exit(i, proc.pid, proc.exitcode)
