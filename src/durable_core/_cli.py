@@ -117,19 +117,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    import trio
-
-    from ._worker import Worker
+    from ._processes import run_worker
 
     app = _load_app(args.app)
     if args.processes != 1:
         return _worker_processes(args, app)
-    store = _open_store(args.store)
-    worker = Worker(app, store, max_runs=args.max_runs, poll_interval=args.poll_interval,
-                    tune_gc=True)
-    print(f"durable worker {worker.owner}: app {app.id!r} on {args.store} (Ctrl-C to stop)")
-    trio.run(lambda: worker.run(handle_signals=True))
-    store.close()
+    run_worker(app, args.store, max_runs=args.max_runs, poll_interval=args.poll_interval,
+               announce=True)
     return 0
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import ValidationError
+from ._function import App
 
 log = logging.getLogger("durable_core.worker")
 
@@ -45,43 +46,56 @@ def check_shareable(store_url: str) -> None:
         )
 
 
-def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: float,
-                parent: int) -> None:
-    """One worker process: ``durable worker`` without ``--processes``.
+def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
+               supervisor: int | None = None, announce: bool = False) -> None:
+    """Run one worker (as ``durable worker`` does, ``tune_gc`` on) until SIGINT/SIGTERM.
 
-    It leaves the terminal's process group, so a Ctrl-C reaches only the supervisor, which
-    then asks each process to stop once (a second signal would cut the graceful stop
-    short). If the supervisor dies without doing so, the process notices within a second
-    and stops gracefully on its own."""
+    With ``supervisor`` (its pid), the process is one of a :class:`Supervisor`'s: it leaves
+    the terminal's process group, so a Ctrl-C reaches only the supervisor, which then asks
+    each process to stop once (a second signal would cut the graceful stop short); and if
+    the supervisor dies without doing so, it notices within a second and stops gracefully
+    on its own."""
     import trio
 
     import stores
 
-    from ._cli import _load_app
     from ._worker import Worker
 
-    os.setpgid(0, 0)
-    app = _load_app(app_spec)
+    if supervisor is not None:
+        os.setpgid(0, 0)
     store = stores.open(store_url)
 
     async def main(worker: Worker) -> None:
-        async def watch_parent() -> None:
-            while os.getppid() == parent:
+        async def watch_supervisor() -> None:
+            while os.getppid() == supervisor:
                 await trio.sleep(1.0)
-            log.warning("the supervisor (pid %d) is gone: stopping", parent)
+            log.warning("the supervisor (pid %d) is gone: stopping", supervisor)
             worker.stop()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_parent)
+            if supervisor is not None:
+                nursery.start_soon(watch_supervisor)
             await worker.run(handle_signals=True)
             nursery.cancel_scope.cancel()
 
     try:
         worker = Worker(app, store, max_runs=max_runs, poll_interval=poll_interval,
                         tune_gc=True)
+        if announce:
+            print(f"durable worker {worker.owner}: app {app.id!r} on {store_url} "
+                  "(Ctrl-C to stop)")
         trio.run(main, worker)
     finally:
         store.close()
+
+
+def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: float,
+                supervisor: int) -> None:
+    """One worker process of a :class:`Supervisor`."""
+    from ._cli import _load_app
+
+    run_worker(_load_app(app_spec), store_url, max_runs=max_runs,
+               poll_interval=poll_interval, supervisor=supervisor)
 
 
 class Supervisor:
@@ -109,8 +123,8 @@ class Supervisor:
         self.max_runs = max_runs
         self.poll_interval = poll_interval
         self.restart_delay = restart_delay
-        self.restarts = 0
-        """How many processes were started again after exiting on their own."""
+        self._on_start: Callable[[int, int], None] | None = None
+        self._on_exit: Callable[[int, int, int], None] | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._stop = threading.Event()
         self._force = threading.Event()
@@ -118,11 +132,6 @@ class Supervisor:
         self._started_at = [0.0] * processes
         self._delay = [restart_delay] * processes
         self._due = [0.0] * processes
-
-    @property
-    def pids(self) -> list[int | None]:
-        """The process ids of the worker processes (None for one waiting to be restarted)."""
-        return [p.pid if p is not None and p.is_alive() else None for p in self._procs]
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop the processes and return (safe from any thread)."""
@@ -136,17 +145,18 @@ class Supervisor:
         exitcode)`` for every process that ended (0 after a graceful stop; a negative code
         is the signal that ended it). With ``handle_signals``, SIGINT or SIGTERM stops the
         processes gracefully, and a second one kills them at once."""
+        self._on_start, self._on_exit = on_start, on_exit
         previous: dict[signal.Signals, Any] = {}
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
             for i in range(self.processes):
-                self._start(i, on_start)
+                self._start(i)
             while not self._stop.wait(0.2):
-                self._look_after(on_start, on_exit)
+                self._look_after()
         finally:
-            self._stop_all(on_exit)
+            self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -155,7 +165,7 @@ class Supervisor:
             self._force.set()  # a second Ctrl-C: do not wait for the graceful stop
         self._stop.set()
 
-    def _start(self, i: int, on_start: Callable[[int, int], None] | None) -> None:
+    def _start(self, i: int) -> None:
         proc = self._ctx.Process(
             target=_child_main,
             args=(self.app_spec, self.store_url, self.max_runs, self.poll_interval,
@@ -165,11 +175,10 @@ class Supervisor:
         proc.start()
         self._procs[i] = proc
         self._started_at[i] = time.monotonic()
-        if on_start is not None and proc.pid is not None:
-            on_start(i, proc.pid)
+        if self._on_start is not None and proc.pid is not None:
+            self._on_start(i, proc.pid)
 
-    def _look_after(self, on_start: Callable[[int, int], None] | None,
-                    on_exit: Callable[[int, int, int], None] | None) -> None:
+    def _look_after(self) -> None:
         now = time.monotonic()
         for i, proc in enumerate(self._procs):
             if proc is not None and proc.is_alive():
@@ -177,8 +186,7 @@ class Supervisor:
             if proc is not None:
                 # Exited on its own: note it, and schedule a restart.
                 proc.join()
-                if on_exit is not None:
-                    on_exit(i, proc.pid, proc.exitcode)
+                self._exited(i, proc)
                 lived = now - self._started_at[i]
                 if lived >= _HEALTHY_AFTER:
                     self._delay[i] = self.restart_delay
@@ -189,10 +197,9 @@ class Supervisor:
                 self._delay[i] = min(self._delay[i] * 2, _RESTART_DELAY_MAX)
                 self._procs[i] = None
             elif now >= self._due[i]:
-                self.restarts += 1
-                self._start(i, on_start)
+                self._start(i)
 
-    def _stop_all(self, on_exit: Callable[[int, int, int], None] | None = None) -> None:
+    def _stop_all(self) -> None:
         alive = [(i, p) for i, p in enumerate(self._procs) if p is not None and p.is_alive()]
         for _, proc in alive:
             proc.terminate()  # SIGTERM, once: a graceful stop
@@ -206,5 +213,8 @@ class Supervisor:
                             else f"within {STOP_GRACE_SECONDS:.0f}s")
                 proc.kill()
                 proc.join()
-            if on_exit is not None:
-                on_exit(i, proc.pid, proc.exitcode)
+            self._exited(i, proc)
+
+    def _exited(self, i: int, proc: Any) -> None:
+        if self._on_exit is not None:
+            self._on_exit(i, proc.pid, proc.exitcode)
