@@ -353,21 +353,7 @@ class RunMachine:
                 return
             if type(req) is RunRequest and self._next_pos not in self._steps:
                 # The hot path: a new ``run`` step past the end of the journal.
-                step_id = req.id
-                counts = self._id_counts
-                count = counts.get(step_id, 0)
-                if ":" in step_id:
-                    key = self._key(step_id)
-                elif not count:
-                    # A first sighting of an id without ":" can't collide with a repeat's key.
-                    key = step_id
-                    counts[step_id] = 1
-                else:
-                    key = f"{step_id}:{count}"
-                    if key in counts:
-                        key = self._key(step_id)
-                    else:
-                        counts[step_id] = count + 1
+                key = self._key(req.id)
                 pos = self._next_pos
                 if pos >= self._max_steps:
                     value, exc = None, self._too_many_steps(key, pos)
@@ -427,6 +413,17 @@ class RunMachine:
         so keys never collide."""
         counts = self._id_counts
         count = counts.get(step_id, 0)
+        if ":" not in step_id:
+            # The common cases, decided at once: a first sighting of an id without ":" can't
+            # collide with a repeat's key, and a repeat's next key is free unless an explicit
+            # id took it.
+            if not count:
+                counts[step_id] = 1
+                return step_id
+            key = f"{step_id}:{count}"
+            if key not in counts:
+                counts[step_id] = count + 1
+                return key
         while True:
             key = step_id if count == 0 else f"{step_id}:{count}"
             count += 1
@@ -495,7 +492,7 @@ class RunMachine:
         values = []
         first_error: BaseException | None = None
         for r in req.requests:
-            rec = self._steps[self._position_of(r)]
+            rec = self._steps[r.position]
             value, err = self._result(rec, r)
             if err is not None and first_error is None:
                 first_error = err
@@ -503,10 +500,6 @@ class RunMachine:
         if first_error is not None:
             return None, first_error
         return tuple(values), None
-
-    @staticmethod
-    def _position_of(req: StepRequest) -> int:
-        return req.position
 
     def _settle(self, pos: int, now: int) -> None:
         """A step finished; resume the code if it was waiting on it (and its siblings)."""
