@@ -539,6 +539,9 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
                 "WHERE s.run_id IN (SELECT id FROM lk WHERE lk.status NOT IN "
                 + _TERMINAL_SQL + ") AND s.run_id NOT IN (" + _ENDING + ") ORDER BY s.o)"
             )
+        if shape.ending:
+            # A run that ends takes its undelivered signals with it.
+            ctes.append("de AS (DELETE FROM {inbox} AS i WHERE i.run_id IN (" + _ENDING + "))")
         deleted: LiteralString = "COALESCE(dc.n, 0)" if shape.consumed else "0"
         join_dc: LiteralString = " LEFT JOIN dc ON dc.run_id = u.id" if shape.consumed else ""
         ctes.append(
@@ -572,11 +575,6 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
                 "de AS (DELETE FROM {inbox} AS i USING upd AS e WHERE i.run_id = e.id "
                 "AND e.inbox_count > 0 AND e.status IN " + _TERMINAL_SQL + ")"
             )
-    if shape.ending and (shape.signals or shape.consumed):
-        ctes.append(
-            "de AS (DELETE FROM {inbox} AS i USING x WHERE i.run_id = x.id AND x.ok "
-            "AND x.set_status AND x.status IN " + _TERMINAL_SQL + ")"
-        )
     if shape.entries:
         ctes.append(
             "j AS (INSERT INTO {journal} (" + _JOURNAL_COLS + ") SELECT e.* FROM unnest("
@@ -1033,8 +1031,7 @@ class PostgresStore:
         params: dict[str, Any] = {"now": batch.now}
         runs = sorted(folded.items())  # id order: the order run rows get locked
         entries: list[tuple[str, JournalEntry]] = []
-        consumed = record = False
-        ending: list[str] = []
+        consumed = record = ending = False
         if runs:
             fs = [f for _, f in runs]
             for run_id, f in runs:
@@ -1042,6 +1039,7 @@ class PostgresStore:
                     entries.extend((run_id, e) for e in f.entries)
                 consumed = consumed or f.consumed > 0
                 record = record or f.touch
+                ending = ending or (f.status is not None and f.status[0] in TERMINAL_STATUSES)
             params.update(
                 u_id=[run_id for run_id, _ in runs],
                 u_epoch=[
@@ -1051,8 +1049,6 @@ class PostgresStore:
                 u_expect=[f.expect for f in fs],
                 u_n=[f.n for f in fs],
             )
-            ending = [run_id for run_id, f in runs
-                      if f.status is not None and f.status[0] in TERMINAL_STATUSES]
         if record or consumed or batch.signals:
             params.update(
                 u_write=[f.write for f in fs],
@@ -1115,7 +1111,7 @@ class PostgresStore:
             writes=bool(batch.writes), record=record, consumed=consumed,
             entries=bool(entries), signals=bool(batch.signals), waits_add=bool(adds),
             waits_remove=bool(removed), routed=bool(batch.routed_events), cron=bool(ticks),
-            notify=notify, ending=bool(ending),
+            notify=notify, ending=ending,
         )
         return shape, params
 

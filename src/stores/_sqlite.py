@@ -37,6 +37,7 @@ from durable_core._store_api import (
     CommitBatch,
     NewRun,
     RunRecord,
+    RunWrite,
     StoredEvent,
     WaitRecord,
     lone_memo,
@@ -59,6 +60,8 @@ _RUN_COLUMNS = (
 )
 _JOURNAL_COLUMNS = "run_id, seq, op, position, step_id, kind, ts, data"
 _INSERT_JOURNAL_SQL = f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# A journal row is ``(run_id, *entry)``: JournalEntry's fields are the columns after run_id,
+# in order.
 
 # A run write applied in one statement, fenced like _FENCED_APPEND_SQL (the same columns as
 # _apply_writes sets; see RunWrite for the meaning of each field).
@@ -86,8 +89,14 @@ WHERE id = ?1 AND epoch = ?9 AND status NOT IN {_TERMINAL_SQL}
 AND ?2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1)
 """
 _EVENT_COLUMNS = "seq, id, name, data, ts, duplicate"
-# consumed_signals mark that deletes a run's whole inbox (when the run ends).
 _ALL_SIGNALS = 2**63 - 1
+
+
+def _consumed_mark(w: RunWrite) -> int:
+    """The inbox seq up to which ``w`` deletes its run's signals (0: none). A run that ends
+    drops them all: they would never be delivered."""
+    return _ALL_SIGNALS if w.status in TERMINAL_STATUSES else w.consumed_signals
+
 
 # Runs that need work (see MemoryStore._claimable): not terminal, lease free or expired, and
 # queued, due, holding signals, or abandoned by an expired lease. Each arm of the union is
@@ -620,10 +629,7 @@ class SQLiteStore:
             # below says what was fenced.
             w, e = lone
             with self._writer() as conn:
-                if conn.execute(_FENCED_APPEND_SQL, (
-                    w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data,
-                    w.epoch,
-                )).rowcount == 1:
+                if conn.execute(_FENCED_APPEND_SQL, (w.run_id, *e, w.epoch)).rowcount == 1:
                     return set()
         writes = batch.writes
         with self._write() as conn:
@@ -655,14 +661,11 @@ class SQLiteStore:
         ).rowcount
         if changed != 1:
             return False
-        conn.executemany(
-            _INSERT_JOURNAL_SQL,
-            [(w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
-             for e in entries],
-        )
-        if w.consumed_signals or terminal:
+        conn.executemany(_INSERT_JOURNAL_SQL, [(w.run_id, *e) for e in entries])
+        consumed = _consumed_mark(w)
+        if consumed:
             conn.execute("DELETE FROM signals WHERE run_id = ? AND seq <= ?",
-                         (w.run_id, _ALL_SIGNALS if terminal else w.consumed_signals))
+                         (w.run_id, consumed))
         self._commit_rest(conn, batch, set())
         return True
 
@@ -693,8 +696,7 @@ class SQLiteStore:
             st[1] = expected + len(w.entries)
         conn.executemany(
             _INSERT_JOURNAL_SQL,
-            [(w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
-             for w in writes if w.run_id not in fenced for e in w.entries],
+            [(w.run_id, *e) for w in writes if w.run_id not in fenced for e in w.entries],
         )
         self._commit_rest(conn, batch, fenced)
         return fenced
@@ -853,10 +855,7 @@ class SQLiteStore:
         for w in batch.writes:
             if w.run_id in fenced:
                 continue
-            journal.extend(
-                (w.run_id, e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data)
-                for e in w.entries
-            )
+            journal.extend((w.run_id, *e) for e in w.entries)
             if w.status is None and not w.release and not w.consumed_signals:
                 continue  # journal only (the hot path): the run record stays as it is
             state = states[w.run_id]
@@ -873,10 +872,9 @@ class SQLiteStore:
             if w.release or terminal:
                 state.lease_owner = None
                 state.lease_expires = None
-            if terminal:
-                consumed.append((w.run_id, _ALL_SIGNALS))  # never to be delivered
-            elif w.consumed_signals:
-                consumed.append((w.run_id, w.consumed_signals))
+            mark = _consumed_mark(w)
+            if mark:
+                consumed.append((w.run_id, mark))
             changed[w.run_id] = state
         if journal:
             conn.executemany(
