@@ -37,8 +37,8 @@ from durable_core import App, Client, Context, Event, Worker, on_event
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STEPS = 10
 WARM_UP_STEPS = 3_000
-MEASURED_STEPS = 30_000  # per level with concurrent runs: a round of 1,000 runs is ~0.3 s
 """Steps run before each measurement (enough to bring a fresh SQLite log to its full size)."""
+MEASURED_STEPS = 30_000  # per level with concurrent runs: a round of 1,000 runs is ~0.3 s
 
 
 def make_app() -> App:

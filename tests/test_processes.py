@@ -3,6 +3,7 @@ a supervisor that restarts the ones that die and stops them all gracefully."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import queue
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -52,6 +54,7 @@ class _Output:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
+        self.pids: list[int] = []  # every worker process started
         assert proc.stdout is not None
         stdout = proc.stdout
         self.reader = threading.Thread(target=lambda: [self.lines.put(line) for line in stdout],
@@ -68,6 +71,7 @@ class _Output:
             m = re.search(r"process (\d+) started \(pid (\d+)\)", line)
             if m:
                 found.append((int(m[1]), int(m[2])))
+                self.pids.append(int(m[2]))
         return found
 
     def rest(self) -> str:
@@ -101,9 +105,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _supervisor(tmp_path: pathlib.Path, *, wait_for_pids: int = 0,
-                new_session: bool = False) -> tuple[subprocess.Popen[str], _Output, Client]:
-    """``durable worker processes_app:app --processes 2`` on a SQLite file in ``tmp_path``."""
+@contextlib.contextmanager
+def _supervisor(
+    tmp_path: pathlib.Path, *, wait_for_pids: int = 0, new_session: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], _Output, Client]]:
+    """``durable worker processes_app:app --processes 2`` on a SQLite file in ``tmp_path``;
+    whatever is still running at the end is killed."""
     db = tmp_path / "procs.db"
     pids_file = tmp_path / "pids"
     pids_file.write_text("")
@@ -117,7 +124,18 @@ def _supervisor(tmp_path: pathlib.Path, *, wait_for_pids: int = 0,
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=new_session,
     )
-    return proc, _Output(proc), Client(stores.open(f"sqlite:///{db}"))
+    out = _Output(proc)
+    client = Client(stores.open(f"sqlite:///{db}"))
+    try:
+        yield proc, out, client
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in out.pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        client.store.close()
 
 
 def _exits(text: str) -> dict[int, int]:
@@ -129,8 +147,7 @@ def _exits(text: str) -> dict[int, int]:
 def test_processes_share_the_work_restart_after_a_crash_and_stop_gracefully(
     tmp_path: pathlib.Path,
 ) -> None:
-    proc, out, client = _supervisor(tmp_path, wait_for_pids=2)
-    try:
+    with _supervisor(tmp_path, wait_for_pids=2) as (proc, out, client):
         first = dict(out.started(2))
         assert sorted(first) == [0, 1]
         # Each process holds at most 2 runs, and a body waits until both processes have
@@ -154,36 +171,23 @@ def test_processes_share_the_work_restart_after_a_crash_and_stop_gracefully(
         # The killed one was reported; the others stopped gracefully (exit code 0).
         assert _exits(text) == {first[0]: -signal.SIGKILL, pid: 0, first[1]: 0}
         assert not _alive(pid) and not _alive(first[1])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        client.store.close()
 
 
 def test_ctrl_c_stops_every_process_gracefully(tmp_path: pathlib.Path) -> None:
     """A terminal's Ctrl-C signals its whole foreground process group; the worker
     processes leave that group, so only the supervisor gets it and asks each to stop once
     (a second signal would have cut their graceful stop short)."""
-    proc, out, client = _supervisor(tmp_path, new_session=True)
-    try:
+    with _supervisor(tmp_path, new_session=True) as (proc, out, client):
         pids = dict(out.started(2))
         client.send([Event("proc/go") for _ in range(4)])
         _wait_completed(client, 4)
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
         assert proc.wait(timeout=60) == 0
         assert _exits(out.rest()) == {pid: 0 for pid in pids.values()}
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        client.store.close()
 
 
 def test_processes_stop_on_their_own_when_the_supervisor_dies(tmp_path: pathlib.Path) -> None:
-    proc, out, client = _supervisor(tmp_path)
-    pids: list[int] = []
-    try:
+    with _supervisor(tmp_path) as (proc, out, _client):
         pids = list(dict(out.started(2)).values())
         proc.kill()
         proc.wait()
@@ -191,8 +195,3 @@ def test_processes_stop_on_their_own_when_the_supervisor_dies(tmp_path: pathlib.
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(p) for p in pids)
-    finally:
-        for p in pids:
-            if _alive(p):
-                os.kill(p, signal.SIGKILL)
-        client.store.close()
