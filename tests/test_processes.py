@@ -195,3 +195,14 @@ def test_processes_stop_on_their_own_when_the_supervisor_dies(tmp_path: pathlib.
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(p) for p in pids)
+
+
+def test_a_stop_while_the_processes_start_is_still_graceful(tmp_path: pathlib.Path) -> None:
+    """A Ctrl-C right after the processes were started, before they could take their
+    signals (the interpreter is still starting, the app is being imported): each stops
+    gracefully rather than being killed by the signal."""
+    with _supervisor(tmp_path, new_session=True) as (proc, out, _client):
+        pids = dict(out.started(2))
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert _exits(out.rest()) == {pid: 0 for pid in pids.values()}

@@ -16,7 +16,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from multiprocessing import resource_tracker
 from typing import Any
 
 from ._errors import ValidationError
@@ -30,6 +31,7 @@ log = logging.getLogger("durable_core.worker")
 STOP_GRACE_SECONDS = 30.0
 _RESTART_DELAY_MAX = 30.0
 _HEALTHY_AFTER = 10.0  # a process that lived this long resets the restart delay
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def check_shareable(store_url: str) -> None:
@@ -47,29 +49,28 @@ def check_shareable(store_url: str) -> None:
 
 
 def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
-               supervisor: int | None = None, announce: bool = False) -> None:
+               supervisor: int | None = None, stop_asked: Sequence[int] = (),
+               announce: bool = False) -> None:
     """Run one worker (as ``durable worker`` does, ``tune_gc`` on) until SIGINT/SIGTERM.
 
-    With ``supervisor`` (its pid), the process is one of a :class:`Supervisor`'s: it leaves
-    the terminal's process group, so a Ctrl-C reaches only the supervisor, which then asks
-    each process to stop once (a second signal would cut the graceful stop short); and if
-    the supervisor dies without doing so, it notices within a second and stops gracefully
-    on its own."""
+    With ``supervisor`` (its pid), the process is one of a :class:`Supervisor`'s (see
+    :func:`_child_main`): it stops gracefully, within a second, once ``stop_asked`` holds a
+    signal that came before the worker could take its signals itself, or once the
+    supervisor is gone."""
     import trio
 
     import stores
 
     from ._worker import Worker
 
-    if supervisor is not None:
-        os.setpgid(0, 0)
     store = stores.open(store_url)
 
     async def main(worker: Worker) -> None:
         async def watch_supervisor() -> None:
-            while os.getppid() == supervisor:
+            while os.getppid() == supervisor and not stop_asked:
                 await trio.sleep(1.0)
-            log.warning("the supervisor (pid %d) is gone: stopping", supervisor)
+            if not stop_asked:
+                log.warning("the supervisor (pid %d) is gone: stopping", supervisor)
             worker.stop()
 
         async with trio.open_nursery() as nursery:
@@ -91,11 +92,26 @@ def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
 
 def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: float,
                 supervisor: int) -> None:
-    """One worker process of a :class:`Supervisor`."""
+    """One worker process of a :class:`Supervisor`.
+
+    It leaves the terminal's process group, so a Ctrl-C reaches only the supervisor, which
+    then asks each process to stop once (a second signal would cut the graceful stop short).
+    A SIGTERM or SIGINT that comes while the process is still starting (the interpreter,
+    importing the app, opening the store) is held, then noted, and honoured once the worker
+    runs instead of killing the process; if the supervisor dies, the process notices and
+    stops on its own."""
+    os.setpgid(0, 0)
+    stop_asked: list[int] = []
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: stop_asked.append(signum))
+    # The supervisor started this process with these signals blocked (see Supervisor._start):
+    # one that came meanwhile was held, and is delivered to the handler above now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
     from ._cli import _load_app
 
     run_worker(_load_app(app_spec), store_url, max_runs=max_runs,
-               poll_interval=poll_interval, supervisor=supervisor)
+               poll_interval=poll_interval, supervisor=supervisor, stop_asked=stop_asked)
 
 
 class Supervisor:
@@ -172,7 +188,16 @@ class Supervisor:
                   os.getpid()),
             name=f"durable-worker-{i}", daemon=False,
         )
-        proc.start()
+        # Started with SIGINT and SIGTERM blocked (a signal mask survives fork and exec): a
+        # stop asked for before the new process can handle it waits for _child_main. The
+        # helper process multiprocessing starts with the first child unblocks them when it
+        # starts, so it is started first.
+        resource_tracker.ensure_running()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._procs[i] = proc
         self._started_at[i] = time.monotonic()
         if self._on_start is not None and proc.pid is not None:
