@@ -33,9 +33,9 @@ from typing import Any
 import trio
 
 from durable_core import App, Context, Event, on_event, tuned_gc
-from durable_core._machine import RunMachine
-from durable_core._model import ExecuteStep, RunStarted
-from durable_core._worker import Worker
+from durable_core.core._machine import RunMachine
+from durable_core.core._model import ExecuteStep, RunStarted
+from durable_core.drivers._worker import Worker
 from stores import MemoryStore
 
 

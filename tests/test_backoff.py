@@ -1,4 +1,4 @@
-"""Tests for durable_core._backoff: the backoff table, deterministic jitter, RetryAfter delays."""
+"""Tests for durable_core.base._backoff: the backoff table, jitter, RetryAfter delays."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from durable_core._backoff import (
+from durable_core.base._backoff import (
     BACKOFF_TABLE,
     retry_after_delay,
     retry_delay,
     stable_unit,
 )
-from durable_core._errors import InvalidDurationError
+from durable_core.base._errors import InvalidDurationError
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 ids = st.text(max_size=40)
@@ -70,7 +70,7 @@ def test_stable_unit_matches_reference_encoding(parts: list[str | int]) -> None:
 def test_stable_unit_is_the_same_in_another_process() -> None:
     # hash() is salted per process; stable_unit must not be.
     code = (
-        "from durable_core._backoff import stable_unit;"
+        "from durable_core.base._backoff import stable_unit;"
         "print(repr(stable_unit('run-1', 'step-a', 7, 'x')))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

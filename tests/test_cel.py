@@ -1,4 +1,4 @@
-"""Tests for durable_core._cel: compiling, validating and evaluating CEL expressions."""
+"""Tests for durable_core.base._cel: compiling, validating and evaluating CEL expressions."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from durable_core import _cel
-from durable_core._cel import Expression, compile_expression
-from durable_core._errors import InvalidExpressionError, ValidationError
+from durable_core.base import _cel
+from durable_core.base._cel import Expression, compile_expression
+from durable_core.base._errors import InvalidExpressionError, ValidationError
 
 EVENT = {
     "name": "shop/order.created",

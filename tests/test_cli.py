@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from durable_core import Client, Event
-from durable_core._cli import main
+from durable_core.cli import main
 from durable_core.testing import TestEngine, replay
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from durable_core import App, Event, RunMachine, on_event
-from durable_core._model import (
+from durable_core.core._model import (
     AppendJournal,
     CompleteRun,
     EmitEvents,

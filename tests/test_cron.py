@@ -1,4 +1,4 @@
-"""Tests for durable_core._cron: parsing, validation, next ticks and DST handling."""
+"""Tests for durable_core.base._cron: parsing, validation, next ticks and DST handling."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from croniter import croniter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from durable_core._cron import CronSchedule
-from durable_core._errors import InvalidCronError, InvalidDurationError, ValidationError
+from durable_core.base._cron import CronSchedule
+from durable_core.base._errors import InvalidCronError, InvalidDurationError, ValidationError
 
 FIELD = "trigger[0].cron"
 PARIS = ZoneInfo("Europe/Paris")

@@ -1,4 +1,4 @@
-"""Tests for durable_core._durations: duration strings, instants and ms conversion."""
+"""Tests for durable_core.base._durations: duration strings, instants and ms conversion."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from durable_core._durations import (
+from durable_core.base._durations import (
     format_duration,
     from_ms,
     parse_duration,
     parse_instant,
     to_ms,
 )
-from durable_core._errors import InvalidDurationError, ValidationError
+from durable_core.base._errors import InvalidDurationError, ValidationError
 
 FIELD = "step.sleep.duration"
 
@@ -301,7 +301,7 @@ def test_pure_modules_import_nothing_impure_and_never_read_the_clock(module: str
     import ast
     import importlib
 
-    path = importlib.import_module(f"durable_core.{module}").__file__
+    path = importlib.import_module(f"durable_core.base.{module}").__file__
     assert path is not None
     with open(path, encoding="utf-8") as source:
         tree = ast.parse(source.read())

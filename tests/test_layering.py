@@ -28,22 +28,20 @@ import pytest
 
 import durable_core
 
-CORE = [
-    "durable_core._backoff",
-    "durable_core._cel",
-    "durable_core._context",
-    "durable_core._cron",
-    "durable_core._durations",
-    "durable_core._engine",
-    "durable_core._errors",
-    "durable_core._events",
-    "durable_core._function",
-    "durable_core._machine",
-    "durable_core._model",
-    "durable_core._serde",
-    "durable_core._store_api",
-    "durable_core._views",
-]
+PURE_PACKAGES = ("base", "core", "engine")  # and the store contract, durable_core.store
+
+
+def _pure_modules() -> list[str]:
+    root = pathlib.Path(durable_core.__file__).resolve().parent
+    mods = ["durable_core.store"]
+    for pkg in PURE_PACKAGES:
+        for path in sorted((root / pkg).glob("*.py")):
+            tail = "" if path.stem == "__init__" else f".{path.stem}"
+            mods.append(f"durable_core.{pkg}{tail}")
+    return mods
+
+
+CORE = _pure_modules()
 FORBIDDEN = ["trio", "sqlite3", "sqlite_utils", "psycopg", "socket", "threading", "asyncio",
              "random", "stores"]
 BASELINE = ("logging, json, hashlib, uuid, datetime, zoneinfo, contextvars, attrs, cattrs, "
@@ -136,10 +134,15 @@ _CLOCK_CALL = re.compile(
 
 
 def _core_files() -> list[pathlib.Path]:
-    return [PKG_DIR / (m.rsplit(".", 1)[1] + ".py") for m in CORE]
+    files = []
+    for m in CORE:
+        rel = pathlib.Path(*m.split(".")[1:])
+        pkg = PKG_DIR / rel / "__init__.py"
+        files.append(pkg if pkg.exists() else PKG_DIR / rel.with_suffix(".py"))
+    return files
 
 
-@pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _core_files(), ids=lambda p: str(p.relative_to(PKG_DIR)))
 def test_core_source_has_no_forbidden_import_statement(path: pathlib.Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     bad = []
@@ -154,7 +157,7 @@ def test_core_source_has_no_forbidden_import_statement(path: pathlib.Path) -> No
     assert bad == []
 
 
-@pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _core_files(), ids=lambda p: str(p.relative_to(PKG_DIR)))
 def test_core_source_never_reads_the_clock_or_entropy(path: pathlib.Path) -> None:
     text = path.read_text(encoding="utf-8")
     hits = [
@@ -193,8 +196,8 @@ def test_hot_path_records_keep_their_field_order() -> None:
     # The machine and the engine build these NamedTuples with tuple.__new__(cls, fields),
     # positionally, to save a frame per step. Reordering a field must update those sites
     # (search for _tuple_new); this test makes such a change fail loudly instead.
-    from durable_core._model import AppendJournal, ExecuteStep, JournalEntry
-    from durable_core._store_api import CommitBatch, RunWrite
+    from durable_core.core._model import AppendJournal, ExecuteStep, JournalEntry
+    from durable_core.store import CommitBatch, RunWrite
 
     assert JournalEntry._fields == ("seq", "op", "position", "step_id", "kind", "ts", "data")
     assert ExecuteStep._fields == (
@@ -211,3 +214,163 @@ def test_hot_path_records_keep_their_field_order() -> None:
         "routed_events", "cron",
     )
     assert CommitBatch(0)[1:] == ((),) * 8
+
+
+# --------------------------------------------------------------------------- every layer
+#
+# The package tree names the layers (docs/design.md draws the picture). Each module may
+# import only its own layer and the layers below it; the check reads every import statement
+# of every module under src/, including imports inside functions and under TYPE_CHECKING.
+
+SRC = PKG_DIR.parent
+
+# layer -> (rank, the module prefixes that belong to it)
+LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "base": (0, ("durable_core.base",)),
+    "core": (1, ("durable_core.core",)),
+    "store": (2, ("durable_core.store", "stores.contract")),
+    "engine": (3, ("durable_core.engine",)),
+    "protocol": (4, ("durable_core.protocol",)),
+    "stores": (4, ("stores._memory", "stores._rules", "stores.sqlite", "stores.postgres",
+                   "stores.registry")),
+    "drivers": (5, ("durable_core.drivers",)),
+    "testing": (6, ("durable_core.testing", "stores.testing")),
+    "cli": (7, ("durable_core.cli", "durable_core.demo")),
+    # The two packages' front doors re-export from every layer (drivers lazily).
+    "front": (8, ("durable_core", "stores")),
+}
+# What a layer may import besides the layers below it (same-rank imports are allowed only
+# within one layer). The stores may use each other's front door for lazily opened backends.
+EXTRA_ALLOWED: dict[str, set[str]] = {
+    "drivers": {"front"},     # drivers open stores by URL: ``stores.open``
+    "testing": {"front"},     # the test engine defaults to ``stores.MemoryStore``
+    "stores": set(),
+    "cli": {"front"},
+}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _all_modules() -> dict[str, pathlib.Path]:
+    return {
+        _module_name(p): p
+        for top in ("durable_core", "stores")
+        for p in sorted((SRC / top).rglob("*.py"))
+    }
+
+
+MODULES = _all_modules()
+
+
+def _layer_of(module: str) -> str:
+    best, best_len = "", -1
+    for layer, (_, prefixes) in LAYERS.items():
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+                best, best_len = layer, len(prefix)
+    assert best, f"{module} belongs to no layer: add it to LAYERS"
+    return best
+
+
+def _imports_of(module: str, path: pathlib.Path) -> set[str]:
+    """The project modules that ``module`` imports (resolved to the longest known name)."""
+    found: set[str] = set()
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = module.split(".") if is_pkg else module.split(".")[:-1]
+                pkg = pkg[: len(pkg) - (node.level - 1)]
+                base = ".".join([*pkg, *([base] if base else [])])
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            while parts and ".".join(parts) not in MODULES:
+                parts.pop()
+            target = ".".join(parts)
+            if target and target != module:
+                found.add(target)
+    return found
+
+
+GRAPH = {m: _imports_of(m, p) for m, p in MODULES.items()}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_imports_only_its_layer_and_below(module: str) -> None:
+    layer = _layer_of(module)
+    rank = LAYERS[layer][0]
+    bad = []
+    for target in sorted(GRAPH[module]):
+        t_layer = _layer_of(target)
+        if t_layer == layer or (LAYERS[t_layer][0] < rank and t_layer != "front"):
+            continue
+        if t_layer in EXTRA_ALLOWED.get(layer, set()):
+            continue
+        if layer == "front":
+            continue
+        bad.append(f"{target} (layer {t_layer})")
+    assert bad == [], f"{module} (layer {layer}) imports upwards: {bad}"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == node:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_circular_imports() -> None:
+    assert _cycles(GRAPH) == []
+
+
+def test_cycle_check_can_fail() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []

@@ -19,8 +19,8 @@ import pytest
 
 import stores
 from durable_core import Client, Event, ValidationError
-from durable_core._cli import main
-from durable_core._processes import Supervisor, check_shareable
+from durable_core.cli import main
+from durable_core.drivers._processes import Supervisor, check_shareable
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -118,7 +118,7 @@ def _supervisor(
         "PYTHONPATH", "")]), DURABLE_PIDS_FILE=str(pids_file),
         DURABLE_WAIT_FOR_PIDS=str(wait_for_pids))
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from durable_core._cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from durable_core.cli import main; sys.exit(main())",
          "worker", "processes_app:app", "--processes", "2", "--max-runs", "2",
          "--store", f"sqlite:///{db}"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from durable_core import App, Context, Event, NonRetriableError, StepError, on_event
-from durable_core._simulation import FaultPlan, Simulation, fault_plans
 from durable_core.testing import InvariantViolation, crash_test
+from durable_core.testing._simulation import FaultPlan, Simulation, fault_plans
 
 PROFILE = os.environ.get("DURABLE_SIM_PROFILE", "ci")
 EXAMPLES = {"ci": 200, "thorough": 3000}[PROFILE]
@@ -102,7 +102,7 @@ def build_app() -> App:
 
 
 def ctx_attempt() -> int:
-    from durable_core._context import current_attempt
+    from durable_core.core._context import current_attempt
 
     cur = current_attempt.get()
     return 0 if cur is None else cur[1]

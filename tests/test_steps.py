@@ -20,7 +20,7 @@ from durable_core import (
     StepError,
     on_event,
 )
-from durable_core._model import (
+from durable_core.core._model import (
     AppendJournal,
     CompleteRun,
     EmitEvents,

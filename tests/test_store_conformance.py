@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import stores
-from durable_core._errors import StoreError, ValidationError
-from durable_core._model import ErrorInfo, JournalEntry, Signal
-from durable_core._store_api import CommitBatch, RunRecord, RunWrite, WaitRecord
+from durable_core.base._errors import StoreError, ValidationError
+from durable_core.core._model import ErrorInfo, JournalEntry, Signal
+from durable_core.store import CommitBatch, RunRecord, RunWrite, WaitRecord
 from stores import MemoryStore, SQLiteStore
-from stores import _sqlite as sqlite_module
-from stores._sqlite import _MIGRATIONS, SCHEMA_VERSION
+from stores.sqlite import _store as sqlite_module
+from stores.sqlite._store import _MIGRATIONS, SCHEMA_VERSION
 
 pytest.register_assert_rewrite("stores.testing")  # show values when a suite assert fails
 
@@ -324,7 +324,7 @@ def test_schema_tables_and_indexes(tmp_path: Path) -> None:
 
 _OPEN_CHILD = """
 import json, sys
-from durable_core._store_api import CommitBatch, NewRun
+from durable_core.store import CommitBatch, NewRun
 from stores import SQLiteStore
 print("ready", flush=True)
 sys.stdin.readline()

@@ -21,12 +21,12 @@ from psycopg import sql
 
 import stores
 from durable_core import App, Context, Event, on_event
-from durable_core._errors import RunNotFoundError, StoreError, ValidationError
-from durable_core._model import ErrorInfo, JournalEntry, Signal
-from durable_core._store_api import CommitBatch, NewRun, RunWrite, WaitRecord
+from durable_core.base._errors import RunNotFoundError, StoreError, ValidationError
+from durable_core.core._model import ErrorInfo, JournalEntry, Signal
+from durable_core.store import CommitBatch, NewRun, RunWrite, WaitRecord
 from durable_core.testing import TestEngine
 from stores import PostgresStore
-from stores import _postgres as pg_module
+from stores.postgres import _store as pg_module
 
 pytest.register_assert_rewrite("stores.testing")  # show values when a suite assert fails
 
@@ -330,7 +330,7 @@ def test_threads_opening_a_fresh_schema_at_once(pg_url: str, pg_schema: str) -> 
 
 _OPEN_CHILD = """
 import json, sys
-from durable_core._store_api import CommitBatch, NewRun
+from durable_core.store import CommitBatch, NewRun
 from stores import PostgresStore
 url, schema, k = sys.argv[1], sys.argv[2], sys.argv[3]
 print("ready", flush=True)

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from durable_core import App, Context, Event, Worker, on_cron, on_event, tuned_gc
-from durable_core._gc import TUNED_THRESHOLDS
+from durable_core.drivers._gc import TUNED_THRESHOLDS
 from stores import MemoryStore
 
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -266,7 +266,7 @@ def test_engine_lease_bookkeeping() -> None:
         return await ctx.step.run("a", lambda: 1)
 
     store = MemoryStore()
-    from durable_core._engine import Engine
+    from durable_core.engine._engine import Engine
 
     eng = Engine(app, store, owner="me", entropy=lambda n: b"\x01" * n, lease_ms=10_000)
     t0 = BASE_MS

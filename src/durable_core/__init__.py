@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._context import Context, Steps
-from ._engine import Engine
-from ._errors import (
+from durable_core.base._errors import (
     DeterminismError,
     DurableError,
     FunctionConfigError,
@@ -29,19 +27,21 @@ from ._errors import (
     UnknownFunctionError,
     ValidationError,
 )
-from ._events import Event
-from ._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
-from ._gc import tuned_gc
-from ._machine import RunMachine
-from ._model import ErrorInfo, JournalEntry
-from ._serde import converter
-from ._store_api import Store
-from ._views import RunView, StepView
+from durable_core.base._events import Event
+from durable_core.base._serde import converter
+from durable_core.core._context import Context, Steps
+from durable_core.core._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
+from durable_core.core._machine import RunMachine
+from durable_core.core._model import ErrorInfo, JournalEntry
+from durable_core.drivers._gc import tuned_gc
+from durable_core.engine._engine import Engine
+from durable_core.engine._views import RunView, StepView
+from durable_core.store import Store
 
 if TYPE_CHECKING:
-    from ._background import BackgroundWorker
-    from ._client import Client
-    from ._worker import Worker
+    from durable_core.drivers._background import BackgroundWorker
+    from durable_core.drivers._client import Client
+    from durable_core.drivers._worker import Worker
 
 __version__ = "0.1.0"
 
@@ -92,15 +92,15 @@ def __getattr__(name: str) -> object:
     # The trio driver and the client are imported lazily so that importing the pure core
     # never imports trio.
     if name == "Worker":
-        from ._worker import Worker
+        from durable_core.drivers._worker import Worker
 
         return Worker
     if name == "Client":
-        from ._client import Client
+        from durable_core.drivers._client import Client
 
         return Client
     if name == "BackgroundWorker":
-        from ._background import BackgroundWorker
+        from durable_core.drivers._background import BackgroundWorker
 
         return BackgroundWorker
     raise AttributeError(f"module 'durable_core' has no attribute {name!r}")

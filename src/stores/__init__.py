@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from durable_core._store_api import (
+from typing import TYPE_CHECKING
+
+from durable_core.store import (
     Claim,
     CommitBatch,
     NewRun,
@@ -15,10 +17,11 @@ from durable_core._store_api import (
     StoredEvent,
     WaitRecord,
 )
+from stores._memory import MemoryStore
 
-from ._memory import MemoryStore
-from ._postgres import PostgresStore
-from ._sqlite import SQLiteStore
+if TYPE_CHECKING:
+    from stores.postgres import PostgresStore
+    from stores.sqlite import SQLiteStore
 
 __all__ = [
     "Claim",
@@ -43,13 +46,31 @@ def open(url: str) -> Store:
     if url in ("memory://", "memory:"):
         return MemoryStore()
     if url.startswith("sqlite:"):
+        from stores.sqlite import SQLiteStore
+
         return SQLiteStore.from_url(url)
     if url.startswith(("postgresql://", "postgres://")):
+        from stores.postgres import PostgresStore
+
         return PostgresStore.from_url(url)
-    from durable_core._errors import ValidationError
+    from durable_core.base._errors import ValidationError
 
     raise ValidationError(
         f"store url {url!r}: unsupported scheme; supported: memory://, sqlite:///path.db, "
         "postgresql://user@host/db",
         field="store",
     )
+
+
+def __getattr__(name: str) -> object:
+    # The SQL backends are imported on first use, so that ``import stores`` (and the memory
+    # store) needs neither sqlite_utils nor psycopg.
+    if name == "SQLiteStore":
+        from stores.sqlite import SQLiteStore
+
+        return SQLiteStore
+    if name == "PostgresStore":
+        from stores.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module 'stores' has no attribute {name!r}")

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import attrs
 
-from durable_core._errors import RunNotFoundError
-from durable_core._model import TERMINAL_STATUSES, JournalEntry, Signal
-from durable_core._store_api import (
+from durable_core.base._errors import RunNotFoundError
+from durable_core.core._model import TERMINAL_STATUSES, JournalEntry, Signal
+from durable_core.store import (
     DEDUPE_WINDOW_MS,
     Claim,
     CommitBatch,

@@ -11,7 +11,7 @@ import datetime as _dt
 import hashlib
 import math
 
-from durable_core._durations import parse_duration, parse_instant
+from durable_core.base._durations import parse_duration, parse_instant
 
 __all__ = [
     "BACKOFF_TABLE",
@@ -93,7 +93,7 @@ def retry_after_delay(
     """The delay requested by a :class:`~durable_core.RetryAfterError`, clamped to [1 s, 24 h].
 
     ``after`` is a number of seconds, a :class:`datetime.timedelta`, a duration string such as
-    ``"30s"`` (see :func:`~durable_core._durations.parse_duration`), or an aware
+    ``"30s"`` (see :func:`~durable_core.base._durations.parse_duration`), or an aware
     :class:`datetime.datetime` meaning "retry at that time" (the delay is ``after - now``).
     Delays in the past or below one second become one second. Malformed values raise
     :class:`~durable_core.InvalidDurationError` naming ``RetryAfterError.after``.

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing import resource_tracker
 from typing import Any
 
-from ._errors import ValidationError
-from ._function import App
+from durable_core.base._errors import ValidationError
+from durable_core.core._function import App
 
 log = logging.getLogger("durable_core.worker")
 
@@ -60,8 +60,7 @@ def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
     import trio
 
     import stores
-
-    from ._worker import Worker
+    from durable_core.drivers._worker import Worker
 
     store = stores.open(store_url)
 
@@ -108,9 +107,9 @@ def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: flo
     # one that came meanwhile was held, and is delivered to the handler above now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
-    from ._cli import _load_app
+    from durable_core.drivers._loading import load_app
 
-    run_worker(_load_app(app_spec), store_url, max_runs=max_runs,
+    run_worker(load_app(app_spec), store_url, max_runs=max_runs,
                poll_interval=poll_interval, supervisor=supervisor, stop_asked=stop_asked)
 
 

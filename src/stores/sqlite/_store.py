@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from durable_core._errors import RunNotFoundError, StoreError, ValidationError
-from durable_core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
-from durable_core._store_api import (
+from durable_core.base._errors import RunNotFoundError, StoreError, ValidationError
+from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
+from durable_core.store import (
     DEDUPE_WINDOW_MS,
     Claim,
     CommitBatch,

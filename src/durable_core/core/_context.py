@@ -12,18 +12,15 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ._backoff import stable_unit
-from ._cel import Expression, compile_expression
-from ._durations import from_ms, parse_duration, parse_instant
-from ._errors import InvalidEventError, ValidationError
-from ._events import Event
-from ._model import derive_uuid
-
-if TYPE_CHECKING:
-    from ._function import Function
-    from ._machine import RunMachine
+from durable_core.base._backoff import stable_unit
+from durable_core.base._cel import Expression, compile_expression
+from durable_core.base._durations import from_ms, parse_duration, parse_instant
+from durable_core.base._errors import InvalidEventError, ValidationError
+from durable_core.base._events import Event
+from durable_core.core._function import Function
+from durable_core.core._model import derive_uuid
 
 __all__ = ["Context", "Steps"]
 
@@ -36,6 +33,21 @@ current_attempt: contextvars.ContextVar[tuple[str, int] | None] = contextvars.Co
 )
 
 _MAX_WAIT = dt.timedelta(days=366)
+
+
+class RunHost(Protocol):
+    """What the context reads of the machine that drives it (the run machine implements it)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def function(self) -> Function: ...
+    @property
+    def run_attempt(self) -> int: ...
+    @property
+    def clock_ms(self) -> int: ...
+    @property
+    def replaying(self) -> bool: ...
 
 
 def _check_id(step_id: object, method: str) -> str:
@@ -280,7 +292,7 @@ class Context:
 
     __slots__ = ("_machine", "_random_count", "event", "events", "logger", "run_id", "step")
 
-    def __init__(self, machine: RunMachine, events: Sequence[Event]) -> None:
+    def __init__(self, machine: RunHost, events: Sequence[Event]) -> None:
         self._machine = machine
         self.run_id: str = machine.run_id
         self.events: tuple[Event, ...] = tuple(events)
@@ -345,7 +357,7 @@ class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """``ctx.logger``: a logger that stays silent while its run is replaying, so a record
     is emitted once, not again each time the journal is replayed. Records carry ``run_id``."""
 
-    def __init__(self, machine: RunMachine) -> None:
+    def __init__(self, machine: RunHost) -> None:
         super().__init__(_logger, {"run_id": machine.run_id})
         self._machine = machine
 

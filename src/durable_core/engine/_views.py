@@ -8,9 +8,9 @@ from typing import Any
 
 import attrs
 
-from ._durations import from_ms
-from ._model import ErrorInfo, JournalEntry
-from ._store_api import RunRecord
+from durable_core.base._durations import from_ms
+from durable_core.core._model import ErrorInfo, JournalEntry
+from durable_core.store import RunRecord
 
 __all__ = ["RunView", "StepView", "run_view", "step_views"]
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import trio
 
-from ._client import Client
-from ._function import App
-from ._store_api import Store
-from ._worker import Worker
+from durable_core.core._function import App
+from durable_core.drivers._client import Client
+from durable_core.drivers._worker import Worker
+from durable_core.store import Store
 
 __all__ = ["BackgroundWorker"]
 

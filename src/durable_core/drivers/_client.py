@@ -6,12 +6,12 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
-from ._engine import Engine
-from ._events import Event
-from ._function import App
-from ._store_api import Store
-from ._views import RunView, run_view
-from ._worker import wall_clock_ms
+from durable_core.base._events import Event
+from durable_core.core._function import App
+from durable_core.drivers._clock import wall_clock_ms
+from durable_core.engine._engine import Engine
+from durable_core.engine._views import RunView, run_view
+from durable_core.store import Store
 
 __all__ = ["Client"]
 

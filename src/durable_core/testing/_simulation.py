@@ -26,13 +26,12 @@ from typing import Any
 
 import attrs
 
-from ._durations import parse_duration, parse_instant, to_ms
-from ._engine import Engine, Plan
-from ._errors import StoreError
-from ._events import Event
-from ._function import App, Function
-from ._machine import RunMachine
-from ._model import (
+from durable_core.base._durations import parse_duration, parse_instant, to_ms
+from durable_core.base._errors import StoreError
+from durable_core.base._events import Event
+from durable_core.core._function import App, Function
+from durable_core.core._machine import RunMachine
+from durable_core.core._model import (
     TERMINAL_STATUSES,
     CompleteRun,
     EmitEvents,
@@ -44,7 +43,8 @@ from ._model import (
     StartRun,
     TimerFired,
 )
-from ._store_api import CommitBatch, Store
+from durable_core.engine._engine import Engine, Plan
+from durable_core.store import CommitBatch, Store
 
 __all__ = ["CrashTestReport", "FaultPlan", "InvariantViolation", "Simulation", "crash_test"]
 
@@ -351,7 +351,7 @@ class Simulation:
             self.pending += self._commit([self.engine._plan([(live, cmds)], self.now)])
 
     def _execute(self, step: ExecuteStep) -> None:
-        from .testing import execute_body
+        from durable_core.testing._engine import execute_body
 
         if not self.engine.is_current(step):
             self.stats["stale_dispatches"] += 1  # the run was rebuilt since its dispatch

@@ -36,7 +36,7 @@ import lark
 from celpy import celtypes
 from celpy.evaluation import CELEvalError, base_functions
 
-from durable_core._errors import InvalidExpressionError
+from durable_core.base._errors import InvalidExpressionError
 
 __all__ = ["DEFAULT_VARIABLES", "Expression", "compile_expression"]
 

@@ -5,20 +5,17 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
-from ._cel import Expression, compile_expression
-from ._cron import CronSchedule
-from ._errors import (
+from durable_core.base._cel import Expression, compile_expression
+from durable_core.base._cron import CronSchedule
+from durable_core.base._errors import (
     FunctionConfigError,
     UnknownFunctionError,
     ValidationError,
 )
-
-if TYPE_CHECKING:
-    from ._context import Context
 
 __all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
 
@@ -29,7 +26,8 @@ DEFAULT_MAX_STEPS = 1_000
 ABSOLUTE_MAX_STEPS = 10_000
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
-FunctionBody = Callable[["Context"], Coroutine[Any, Any, Any]]
+FunctionBody = Callable[[Any], Coroutine[Any, Any, Any]]
+"""An orchestration function: ``async def fn(ctx: Context)``."""
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 

@@ -1,14 +1,4 @@
-"""Testing helpers: the whole engine on a virtual clock.
-
-:class:`TestEngine` runs an app against a store (in memory by default) with time that moves
-only when you say so. No trio, no threads and no real waiting on the caller's side::
-
-    engine = TestEngine(app, start="2026-01-01T00:00:00Z")
-    [run] = engine.send(Event("order/created", {"orderId": 1, "amount": 150}))
-    assert run.status == "sleeping"
-    engine.advance("1h30m")
-    assert run.status == "completed"
-"""
+"""TestEngine: the whole engine on a virtual clock; replay and export helpers."""
 
 from __future__ import annotations
 
@@ -20,31 +10,19 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._context import current_attempt
-from ._durations import from_ms, parse_duration, parse_instant, to_ms
-from ._engine import Engine, Plan
-from ._errors import ValidationError
-from ._events import Event
-from ._function import App
-from ._model import ErrorInfo, ExecuteStep
-from ._simulation import CrashTestReport, FaultPlan, InvariantViolation, Simulation, crash_test
-from ._store_api import Store
-from ._views import RunView, StepView, run_view
+from durable_core.base._durations import from_ms, parse_duration, parse_instant, to_ms
+from durable_core.base._errors import ValidationError
+from durable_core.base._events import Event
+from durable_core.core._context import current_attempt
+from durable_core.core._function import App
+from durable_core.core._model import ErrorInfo, ExecuteStep
+from durable_core.engine._engine import Engine, Plan
+from durable_core.engine._views import RunView, StepView, run_view
+from durable_core.store import Store
 
 JOURNAL_FORMAT = "durable-core-journal/1"
 
-__all__ = [
-    "CrashTestReport",
-    "FaultPlan",
-    "InvariantViolation",
-    "RunHandle",
-    "Simulation",
-    "TestEngine",
-    "crash_test",
-    "export_run",
-    "replay",
-    "replay_folder",
-]
+__all__ = ["RunHandle", "TestEngine", "execute_body", "export_run", "replay", "replay_folder"]
 
 
 class RunHandle:
@@ -300,9 +278,9 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
     """
     import json
 
-    from ._errors import DeterminismError
-    from ._machine import RunMachine
-    from ._model import CompleteRun, ExecuteStep, FailRun, JournalEntry, RunStarted
+    from durable_core.base._errors import DeterminismError
+    from durable_core.core._machine import RunMachine
+    from durable_core.core._model import CompleteRun, ExecuteStep, FailRun, JournalEntry, RunStarted
 
     if isinstance(journal, dict):
         doc = journal
@@ -351,7 +329,7 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
                 f"{'returns ' + repr(got) if done else 'does not finish'}",
                 run_id=run["id"], recorded=repr(run["output"]), requested=repr(got),
             )
-    from ._store_api import RunRecord
+    from durable_core.store import RunRecord
 
     record = RunRecord(
         id=run["id"], function_id=run["function_id"], status=machine.status,
@@ -371,7 +349,7 @@ def replay_folder(app: App, folder: str | os.PathLike[str]) -> int:
     """
     import pathlib
 
-    from ._errors import DeterminismError
+    from durable_core.base._errors import DeterminismError
 
     paths = sorted(pathlib.Path(folder).glob("*.json"))
     for path in paths:

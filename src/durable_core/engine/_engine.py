@@ -12,13 +12,13 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ._cel import compile_expression
-from ._durations import from_ms, to_ms
-from ._errors import StoreError
-from ._events import Event
-from ._function import App, Function
-from ._machine import RunMachine
-from ._model import (
+from durable_core.base._cel import compile_expression
+from durable_core.base._durations import from_ms, to_ms
+from durable_core.base._errors import StoreError
+from durable_core.base._events import Event
+from durable_core.core._function import App, Function
+from durable_core.core._machine import RunMachine
+from durable_core.core._model import (
     AppendJournal,
     CancelRequested,
     ClearWait,
@@ -37,7 +37,7 @@ from ._model import (
     StepFailed,
     TimerFired,
 )
-from ._store_api import Claim, CommitBatch, NewRun, RunWrite, Store, StoredEvent, WaitRecord
+from durable_core.store import Claim, CommitBatch, NewRun, RunWrite, Store, StoredEvent, WaitRecord
 
 __all__ = ["CRON_EVENT", "Engine", "Plan"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -11,10 +10,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import DurableError
-from ._events import Event
-from ._function import App
-from ._views import RunView
+from durable_core.base._errors import DurableError
+from durable_core.base._events import Event
+from durable_core.core._function import App
+from durable_core.drivers._loading import load_app
+from durable_core.engine._views import RunView
 
 DEFAULT_STORE = "sqlite:///durable.db"
 
@@ -23,18 +23,6 @@ def _open_store(url: str) -> Any:
     import stores
 
     return stores.open(url)
-
-
-def _load_app(spec: str) -> App:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise SystemExit(f"durable: expected 'package.module:app', got {spec!r}")
-    sys.path.insert(0, ".")
-    module = importlib.import_module(module_name)
-    app = getattr(module, attr, None)
-    if not isinstance(app, App):
-        raise SystemExit(f"durable: {spec!r} is not a durable_core.App")
-    return app
 
 
 def format_timeline(run: RunView) -> str:
@@ -61,8 +49,8 @@ def format_timeline(run: RunView) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import trio
 
-    from ._worker import Worker
-    from .demo import app
+    from durable_core.demo import app
+    from durable_core.drivers._worker import Worker
 
     store = _open_store(args.store)
     worker = Worker(app, store, poll_interval=0.1)
@@ -104,7 +92,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     run_ids = trio.run(main)
-    from ._client import Client
+    from durable_core.drivers._client import Client
 
     client = Client(store)
     print()
@@ -117,9 +105,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from ._processes import run_worker
+    from durable_core.drivers._processes import run_worker
 
-    app = _load_app(args.app)
+    app = load_app(args.app)
     if args.processes != 1:
         return _worker_processes(args, app)
     run_worker(app, args.store, max_runs=args.max_runs, poll_interval=args.poll_interval,
@@ -128,7 +116,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _worker_processes(args: argparse.Namespace, app: App) -> int:
-    from ._processes import Supervisor
+    from durable_core.drivers._processes import Supervisor
 
     supervisor = Supervisor(args.app, args.store, processes=args.processes,
                             max_runs=args.max_runs, poll_interval=args.poll_interval)
@@ -155,7 +143,7 @@ def _print(obj: Any, as_json: bool, text: str) -> None:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    from ._client import Client
+    from durable_core.drivers._client import Client
 
     try:
         data = json.loads(args.data)
@@ -169,7 +157,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_list(args: argparse.Namespace) -> int:
-    from ._client import Client
+    from durable_core.drivers._client import Client
 
     client = Client(_open_store(args.store))
     runs = client.list_runs(args.function, args.status, args.event, limit=args.limit)
@@ -181,7 +169,7 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
-    from ._client import Client
+    from durable_core.drivers._client import Client
 
     run = Client(_open_store(args.store)).get_run(args.run_id)
     _print(run.to_dict(), args.json, format_timeline(run))
@@ -189,7 +177,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .testing import export_run
+    from durable_core.testing import export_run
 
     store = _open_store(args.store)
     text = json.dumps(export_run(store, args.run_id), indent=2, ensure_ascii=False)

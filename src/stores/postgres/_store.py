@@ -47,9 +47,9 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from durable_core._errors import RunNotFoundError, StoreError, ValidationError
-from durable_core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
-from durable_core._store_api import (
+from durable_core.base._errors import RunNotFoundError, StoreError, ValidationError
+from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
+from durable_core.store import (
     DEDUPE_WINDOW_MS,
     Claim,
     CommitBatch,

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import InvalidEventError
+from durable_core.base._errors import InvalidEventError
 
 __all__ = ["MAX_EVENT_BYTES", "MAX_EVENT_NAME_BYTES", "Event"]
 

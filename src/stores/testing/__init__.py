@@ -65,9 +65,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from durable_core._errors import RunNotFoundError
-from durable_core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
-from durable_core._store_api import (
+from durable_core.base._errors import RunNotFoundError
+from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
+from durable_core.store import (
     DEDUPE_WINDOW_MS,
     Claim,
     CommitBatch,
@@ -78,8 +78,7 @@ from durable_core._store_api import (
     StoredEvent,
     WaitRecord,
 )
-
-from ._memory import MemoryStore
+from stores._memory import MemoryStore
 
 __all__ = [
     "LEASE",
@@ -1428,8 +1427,8 @@ def run_gated(args: list[list[str]], timeout: float = 120) -> list[str]:
 CLAIMER_CHILD = """
 import json, sys
 import stores
-from durable_core._model import JournalEntry
-from durable_core._store_api import CommitBatch, NewRun, RunWrite
+from durable_core.core._model import JournalEntry
+from durable_core.store import CommitBatch, NewRun, RunWrite
 url, owner, own = sys.argv[1], sys.argv[2], int(sys.argv[3])
 NOW, FOREVER = 1_000, 10**12
 store = stores.open(url)

@@ -27,7 +27,7 @@ import zoneinfo
 import attrs
 from croniter import CroniterBadDateError, croniter
 
-from durable_core._errors import InvalidCronError, InvalidDurationError
+from durable_core.base._errors import InvalidCronError, InvalidDurationError
 
 __all__ = ["DESCRIPTORS", "CronSchedule"]
 

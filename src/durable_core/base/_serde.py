@@ -18,7 +18,7 @@ from typing import Any
 
 from cattrs.preconf.json import make_converter
 
-from ._errors import SerializationError
+from durable_core.base._errors import SerializationError
 
 __all__ = ["converter", "dumps", "loads", "return_hint", "roundtrip"]
 

@@ -11,7 +11,7 @@ import datetime as _dt
 import math
 import re
 
-from durable_core._errors import InvalidDurationError
+from durable_core.base._errors import InvalidDurationError
 
 __all__ = [
     "DEFAULT_MAXIMUM_DURATION",

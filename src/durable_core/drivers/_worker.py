@@ -24,23 +24,19 @@ from typing import Any
 
 import trio
 
-from ._context import current_attempt
-from ._engine import Engine, Plan
-from ._errors import StoreError
-from ._events import Event
-from ._function import App
-from ._gc import tuned_gc
-from ._model import ExecuteStep
-from ._store_api import Store
+from durable_core.base._errors import StoreError
+from durable_core.base._events import Event
+from durable_core.core._context import current_attempt
+from durable_core.core._function import App
+from durable_core.core._model import ExecuteStep
+from durable_core.drivers._clock import wall_clock_ms
+from durable_core.drivers._gc import tuned_gc
+from durable_core.engine._engine import Engine, Plan
+from durable_core.store import Store
 
 __all__ = ["Worker", "wall_clock_ms"]
 
 log = logging.getLogger("durable_core.worker")
-
-
-def wall_clock_ms() -> int:
-    """Milliseconds since the epoch from the system clock (the default worker clock)."""
-    return time.time_ns() // 1_000_000
 
 
 _CO_COROUTINE = inspect.CO_COROUTINE

@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
-from ._model import ErrorInfo, JournalEntry, Signal
+from durable_core.core._model import ErrorInfo, JournalEntry, Signal
 
 __all__ = [
     "DEDUPE_WINDOW_MS",

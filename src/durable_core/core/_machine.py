@@ -15,19 +15,9 @@ import json
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from ._backoff import retry_after_delay, retry_delay
-from ._context import (
-    Context,
-    GatherRequest,
-    InvokeRequest,
-    RunRequest,
-    SendRequest,
-    SleepRequest,
-    StepRequest,
-    WaitRequest,
-)
-from ._durations import from_ms, to_ms
-from ._errors import (
+from durable_core.base._backoff import retry_after_delay, retry_delay
+from durable_core.base._durations import from_ms, to_ms
+from durable_core.base._errors import (
     DeterminismError,
     DurableError,
     LimitExceededError,
@@ -37,9 +27,20 @@ from ._errors import (
     StepError,
     ValidationError,
 )
-from ._events import Event
-from ._function import Function
-from ._model import (
+from durable_core.base._events import Event
+from durable_core.base._serde import dumps, loads, return_hint, roundtrip
+from durable_core.core._context import (
+    Context,
+    GatherRequest,
+    InvokeRequest,
+    RunRequest,
+    SendRequest,
+    SleepRequest,
+    StepRequest,
+    WaitRequest,
+)
+from durable_core.core._function import Function
+from durable_core.core._model import (
     AppendJournal,
     CancelRequested,
     ClearWait,
@@ -63,7 +64,6 @@ from ._model import (
     TimerFired,
     derive_id,
 )
-from ._serde import dumps, loads, return_hint, roundtrip
 
 _tuple_new = tuple.__new__
 """Builds the hot path's NamedTuples without their Python-level ``__new__`` (one frame less
