@@ -29,7 +29,7 @@ from durable_core.base._errors import (
 )
 from durable_core.base._events import Event
 from durable_core.base._serde import converter
-from durable_core.core._context import Context, Steps
+from durable_core.core._context import Context, Step, Steps
 from durable_core.core._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, JournalEntry
@@ -72,6 +72,7 @@ __all__ = [
     "RunNotFoundError",
     "RunView",
     "SerializationError",
+    "Step",
     "StepError",
     "StepView",
     "Steps",

@@ -11,8 +11,8 @@ import contextvars
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from durable_core.base._backoff import stable_unit
 from durable_core.base._cel import Expression, compile_expression
@@ -22,9 +22,17 @@ from durable_core.base._events import Event
 from durable_core.core._function import Function
 from durable_core.core._model import derive_uuid
 
-__all__ = ["Context", "Steps"]
+__all__ = ["Context", "Step", "Steps"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+P = ParamSpec("P")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+T4 = TypeVar("T4")
+T5 = TypeVar("T5")
+T6 = TypeVar("T6")
 
 # Set by drivers while a step body runs, so ``ctx.attempt`` inside a body reads the attempt
 # of that step.
@@ -41,13 +49,32 @@ class RunHost(Protocol):
     @property
     def run_id(self) -> str: ...
     @property
-    def function(self) -> Function: ...
+    def function(self) -> Function[Any]: ...
     @property
     def run_attempt(self) -> int: ...
     @property
     def clock_ms(self) -> int: ...
     @property
     def replaying(self) -> bool: ...
+
+
+class Step(Protocol[T_co]):
+    """What a ``ctx.step.*`` call returns: a step not started yet. ``await`` it for its
+    result (of type ``T_co``), or pass several to :meth:`Context.gather`.
+
+    For type annotations only (``steps: list[Step[int]] = [ctx.step.run(...) ...]``); the
+    objects are created by ``ctx.step.*``, never by user code. A coroutine is not a step:
+    ``ctx.gather(fetch(1))`` is a type error (wrap it: ``ctx.step.run("fetch-1", fetch, 1)``).
+    """
+
+    @property
+    def id(self) -> str:
+        """The step id given to ``ctx.step.*``."""
+        ...
+
+    def __await__(self) -> Generator[Any, Any, T_co]:
+        """Start the step (or read its recorded result) and wait for it."""
+        ...
 
 
 def _check_id(step_id: object, method: str) -> str:
@@ -139,7 +166,11 @@ class InvokeRequest(StepRequest):
     kind = "invoke"
 
     def __init__(
-        self, step_id: str, function: Function, data: dict[str, Any], timeout: dt.timedelta
+        self,
+        step_id: str,
+        function: Function[Any],
+        data: dict[str, Any],
+        timeout: dt.timedelta,
     ) -> None:
         super().__init__(step_id)
         self.function = function
@@ -182,7 +213,13 @@ class Steps:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    def run(self, id: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Any:
+    @overload
+    def run(
+        self, id: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Step[T]: ...
+    @overload
+    def run(self, id: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Step[T]: ...
+    def run(self, id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Step[Any]:
         """Run ``fn(*args, **kwargs)`` (sync or async) once, durably; returns its result.
 
         The result is recorded as JSON: on replay the recorded value is returned without
@@ -190,6 +227,11 @@ class Steps:
         datetime...), the value is rebuilt into that type. Failures are retried per the
         function's ``retries``; when they run out, a :class:`~durable_core.StepError` is
         raised here.
+
+        Typed: the awaited value has the type ``fn`` returns (``T`` for ``def fn() -> T`` and
+        for ``async def fn() -> T``), and ``args``/``kwargs`` are checked against ``fn``'s
+        parameters. A union return type is not rebuilt (the JSON value is returned as it is),
+        so annotate ``fn`` with one concrete type when its value is not plain JSON.
         """
         if type(id) is not str or not id:
             _check_id(id, "run")
@@ -200,14 +242,14 @@ class Steps:
             )
         return RunRequest(id, fn, args, kwargs)
 
-    def sleep(self, id: str, duration: str | float | dt.timedelta, /) -> Any:
+    def sleep(self, id: str, duration: str | float | dt.timedelta, /) -> Step[None]:
         """Pause the run for ``duration`` (``"1h30m"``, seconds, or a timedelta; at most
         366 days). Durable: the run resumes after a restart at the same instant."""
         _check_id(id, "sleep")
         td = parse_duration(duration, field=f"step.sleep({id!r}).duration")
         return SleepRequest(id, td, None)
 
-    def sleep_until(self, id: str, until: str | dt.datetime, /) -> Any:
+    def sleep_until(self, id: str, until: str | dt.datetime, /) -> Step[None]:
         """Pause the run until ``until`` (an aware datetime or an ISO-8601 string with an
         offset). A time in the past returns at once."""
         _check_id(id, "sleep_until")
@@ -222,7 +264,7 @@ class Steps:
         event: str,
         timeout: str | float | dt.timedelta | dt.datetime,
         if_: str | None = None,
-    ) -> Any:
+    ) -> Step[Event | None]:
         """Wait for the first event named ``event`` sent after this step starts and for
         which the CEL expression ``if_`` (over ``event``, the trigger, and ``async``, the
         candidate) is true. Returns the :class:`Event`, or ``None`` after ``timeout``."""
@@ -244,18 +286,42 @@ class Steps:
             )
         return WaitRequest(id, event, td, at, if_, expression)
 
+    @overload
     def invoke(
         self,
         id: str,
         /,
         *,
-        function: Function | str,
+        function: Function[T],
+        data: dict[str, Any] | None = None,
+        timeout: str | float | dt.timedelta = ...,
+    ) -> Step[T]: ...
+    @overload
+    def invoke(
+        self,
+        id: str,
+        /,
+        *,
+        function: str,
+        data: dict[str, Any] | None = None,
+        timeout: str | float | dt.timedelta = ...,
+    ) -> Step[Any]: ...
+    def invoke(
+        self,
+        id: str,
+        /,
+        *,
+        function: Function[Any] | str,
         data: dict[str, Any] | None = None,
         timeout: str | float | dt.timedelta = dt.timedelta(days=366),
-    ) -> Any:
+    ) -> Step[Any]:
         """Start ``function`` as a child run with ``data`` as its event data and wait for it.
         Returns the child's output; raises :class:`~durable_core.StepError` if the child
-        fails or does not finish within ``timeout`` (default one year)."""
+        fails or does not finish within ``timeout`` (default one year).
+
+        Typed: invoking a :class:`~durable_core.Function` ``Function[T]`` (what
+        ``@app.function`` returns for ``async def fn(ctx) -> T``) gives a ``T``; invoking by
+        id gives ``Any``."""
         _check_id(id, "invoke")
         func = self._ctx._machine.function.app.resolve(function)
         payload = {} if data is None else data
@@ -268,7 +334,7 @@ class Steps:
         td = parse_duration(timeout, field=f"step.invoke({id!r}).timeout", maximum=_MAX_WAIT)
         return InvokeRequest(id, func, payload, td)
 
-    def send_event(self, id: str, events: Event | Sequence[Event], /) -> Any:
+    def send_event(self, id: str, events: Event | Sequence[Event], /) -> Step[list[str]]:
         """Send one event or a list, exactly once per run (memoized). Returns their ids;
         events without an ``id`` get one that is stable across replays."""
         _check_id(id, "send_event")
@@ -331,11 +397,41 @@ class Context:
         self._random_count += 1
         return derive_uuid(self.run_id, "uuid", self._random_count)
 
-    def gather(self, *steps: Any) -> Any:
+    @overload
+    def gather(self, s1: Step[T1], /) -> Awaitable[tuple[T1]]: ...
+    @overload
+    def gather(self, s1: Step[T1], s2: Step[T2], /) -> Awaitable[tuple[T1, T2]]: ...
+    @overload
+    def gather(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], /
+    ) -> Awaitable[tuple[T1, T2, T3]]: ...
+    @overload
+    def gather(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], s4: Step[T4], /
+    ) -> Awaitable[tuple[T1, T2, T3, T4]]: ...
+    @overload
+    def gather(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], s4: Step[T4], s5: Step[T5], /
+    ) -> Awaitable[tuple[T1, T2, T3, T4, T5]]: ...
+    @overload
+    def gather(
+        self,
+        s1: Step[T1], s2: Step[T2], s3: Step[T3], s4: Step[T4], s5: Step[T5], s6: Step[T6], /,
+    ) -> Awaitable[tuple[T1, T2, T3, T4, T5, T6]]: ...
+    @overload
+    def gather(self, steps: Sequence[Step[T]], /) -> Awaitable[tuple[T, ...]]: ...
+    @overload
+    def gather(self, *steps: Step[T]) -> Awaitable[tuple[T, ...]]: ...
+    def gather(self, *steps: Any) -> Awaitable[tuple[Any, ...]]:
         """Run several steps in parallel; returns their results as a tuple, in order.
 
-        Waits for every step to settle; if any failed for good, raises the
-        :class:`~durable_core.StepError` of the first one (in argument order)."""
+        Pass the steps as arguments (``ctx.gather(a, b)``) or as one list or tuple
+        (``ctx.gather(steps)``). Waits for every step to settle; if any failed for good,
+        raises the :class:`~durable_core.StepError` of the first one (in argument order).
+
+        Typed: ``await ctx.gather(a, b)`` with ``a: Step[int]`` and ``b: Step[str]`` is a
+        ``tuple[int, str]`` (up to six steps as arguments; more, or a list of
+        ``Step[T]``, give ``tuple[T, ...]``)."""
         items: Iterable[Any] = steps[0] if len(steps) == 1 and isinstance(
             steps[0], list | tuple
         ) else steps

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Generic
 
 import attrs
+from typing_extensions import TypeVar
 
 from durable_core.base._cel import Expression, compile_expression
 from durable_core.base._cron import CronSchedule
@@ -28,7 +29,9 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
 FunctionBody = Callable[[Any], Coroutine[Any, Any, Any]]
 """An orchestration function: ``async def fn(ctx: Context)``."""
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
+Output = TypeVar("Output", covariant=True, default=Any)
+"""What a function returns (``Function[int]`` for ``async def fn(ctx) -> int``)."""
 
 
 @attrs.frozen
@@ -108,15 +111,19 @@ def _bind(trigger: Trigger, function_id: str, index: int) -> Trigger:
 
 
 @attrs.frozen(eq=False)
-class Function:
+class Function(Generic[Output]):
     """A function registered on an :class:`App`; returned by ``@app.function``.
 
     Pass it (or its id) to ``ctx.step.invoke(function=...)``. Calling it directly is not
     supported: send an event, or invoke it from another function.
+
+    Generic over what the function returns: ``@app.function`` on ``async def fn(ctx) -> int``
+    gives a ``Function[int]``, and ``await ctx.step.invoke("x", function=fn)`` is an ``int``
+    to a type checker. A bare ``Function`` is ``Function[Any]``.
     """
 
     id: str
-    fn: FunctionBody = attrs.field(repr=False)
+    fn: Callable[[Any], Coroutine[Any, Any, Output]] = attrs.field(repr=False)
     triggers: tuple[Trigger, ...]
     retries: int
     max_steps: int
@@ -150,8 +157,8 @@ class App:
                 field="app.id",
             )
         self.id = id
-        self._functions: dict[str, Function] = {}
-        self._by_event: dict[str, list[tuple[Function, EventTrigger]]] = {}
+        self._functions: dict[str, Function[Any]] = {}
+        self._by_event: dict[str, list[tuple[Function[Any], EventTrigger]]] = {}
 
     def function(
         self,
@@ -160,7 +167,7 @@ class App:
         trigger: Trigger | Sequence[Trigger] | None = None,
         retries: int = DEFAULT_RETRIES,
         max_steps: int = DEFAULT_MAX_STEPS,
-    ) -> Callable[[FunctionBody], Function]:
+    ) -> Callable[[Callable[[Any], Coroutine[Any, Any, T]]], Function[T]]:
         """Register ``async def fn(ctx)`` as a durable function.
 
         ``trigger`` is one trigger or a list of up to 10 (``on_event``/``on_cron``); a
@@ -222,7 +229,7 @@ class App:
                 field="max_steps",
             )
 
-        def register(fn: FunctionBody) -> Function:
+        def register(fn: Callable[[Any], Coroutine[Any, Any, T]]) -> Function[T]:
             if not inspect.iscoroutinefunction(fn):
                 raise FunctionConfigError(
                     f"function {id!r}: {getattr(fn, '__name__', fn)!r} must be an "
@@ -240,11 +247,11 @@ class App:
         return register
 
     @property
-    def functions(self) -> dict[str, Function]:
+    def functions(self) -> dict[str, Function[Any]]:
         """The registered functions by id (a copy)."""
         return dict(self._functions)
 
-    def get(self, function_id: str) -> Function:
+    def get(self, function_id: str) -> Function[Any]:
         """The function with this id; :class:`UnknownFunctionError` if there is none."""
         try:
             return self._functions[function_id]
@@ -255,15 +262,15 @@ class App:
                 field="function_id",
             ) from None
 
-    def resolve(self, function: Function | str) -> Function:
+    def resolve(self, function: Function[Any] | str) -> Function[Any]:
         """A function given as a :class:`Function` or an id."""
         if isinstance(function, Function):
             return function
         return self.get(function)
 
-    def triggered_by(self, event: dict[str, Any]) -> list[Function]:
+    def triggered_by(self, event: dict[str, Any]) -> list[Function[Any]]:
         """The functions an event (in dict form) starts, in registration order."""
-        out: list[Function] = []
+        out: list[Function[Any]] = []
         for func, trig in self._by_event.get(event["name"], ()):
             if trig.matches(event) and func not in out:
                 out.append(func)
