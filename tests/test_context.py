@@ -68,7 +68,7 @@ def _clock_app() -> tuple[App, list[list[dt.datetime]]]:
 def test_now_is_the_time_of_the_latest_result_seen() -> None:
     app, seen = _clock_app()
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1h")
     eng.advance("30m")
     eng.send(Event("ping"))
@@ -87,7 +87,7 @@ def test_now_is_the_time_of_the_latest_result_seen() -> None:
 def test_now_is_the_same_on_replay() -> None:
     app, seen = _clock_app()
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1h45m")
     eng.send(Event("ping"))
     eng.advance("3d")  # replay much later
@@ -99,7 +99,7 @@ def test_now_is_the_same_on_replay() -> None:
 def test_now_is_the_same_after_a_restart() -> None:
     app, seen = _clock_app()
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1h10m")
     eng2 = TestEngine(app, start=eng.now, store=eng.store)  # no cached machine
     eng2.advance("5m")
@@ -144,7 +144,7 @@ def test_random_and_uuid4_are_well_formed_and_vary_within_a_run() -> None:
 def test_random_and_uuid4_are_the_same_on_replay() -> None:
     app, seen = _entropy_app()
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1m")
     replay(eng, run)
     live, replayed = seen
@@ -188,7 +188,7 @@ def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_logger_emits_each_record_once_live(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     eng = TestEngine(_logging_app())
-    [run] = eng.send(Event("go", {"n": 7}))
+    [run] = eng.send(Event("go", {"n": 7})).runs
     assert _messages(caplog) == ["start 7", "after a"]
     eng.advance("1h")
     assert run.status == "completed"
@@ -204,7 +204,7 @@ def test_logger_is_silent_while_replaying_after_a_restart(
     caplog.set_level(logging.INFO, logger=LOGGER)
     app = _logging_app()
     eng = TestEngine(app)
-    [run] = eng.send(Event("go", {"n": 1}))
+    [run] = eng.send(Event("go", {"n": 1})).runs
     eng2 = TestEngine(app, start=eng.now, store=eng.store)  # rebuilds from the journal
     eng2.advance("1h")
     assert eng2.run(run.id).status == "completed"
@@ -231,7 +231,7 @@ def test_logger_is_silent_when_replaying_a_finished_run(
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     eng = TestEngine(_logging_app())
-    [run] = eng.send(Event("go", {"n": 3}))
+    [run] = eng.send(Event("go", {"n": 3})).runs
     eng.advance("1h")
     assert _messages(caplog) == ["start 3", "after a", "after sleep"]
     cmds = replay(eng, run)
@@ -255,7 +255,7 @@ def test_context_exposes_event_run_and_function() -> None:
         return ctx.event.data
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go", {"k": "v"}, id="evt-1"))
+    [run] = eng.send(Event("go", {"k": "v"}, id="evt-1")).runs
     [s] = seen
     assert s["run_id"] == run.id
     assert s["function_id"] == "who"

@@ -207,7 +207,7 @@ def _counter_app() -> tuple[App, list[dict[str, object]]]:
 def test_engine_fills_in_event_id_and_ts() -> None:
     app, seen = _counter_app()
     eng = TestEngine(app, start="2026-01-01T00:00:00Z")
-    [run] = eng.send(Event("thing/happened", {"n": 1}))
+    [run] = eng.send(Event("thing/happened", {"n": 1})).runs
     assert run.status == "completed"
     [ev] = seen
     assert isinstance(ev["id"], str) and ev["id"]
@@ -226,7 +226,7 @@ def test_engine_keeps_explicit_event_id_and_ts() -> None:
 def test_events_without_ids_are_never_deduplicated() -> None:
     app, seen = _counter_app()
     eng = TestEngine(app)
-    runs = eng.send([Event("thing/happened", {"n": 1}), Event("thing/happened", {"n": 1})])
+    runs = eng.send([Event("thing/happened", {"n": 1}), Event("thing/happened", {"n": 1})]).runs
     assert len(runs) == 2
     assert len(seen) == 2
     assert seen[0]["id"] != seen[1]["id"]
@@ -238,11 +238,11 @@ def test_events_without_ids_are_never_deduplicated() -> None:
 def test_same_event_id_within_24h_starts_nothing_new() -> None:
     app, seen = _counter_app()
     eng = TestEngine(app)
-    first = eng.send(Event("thing/happened", {"n": 1}, id="dup"))
+    first = eng.send(Event("thing/happened", {"n": 1}, id="dup")).runs
     assert len(first) == 1
-    assert eng.send(Event("thing/happened", {"n": 2}, id="dup")) == []
+    assert eng.send(Event("thing/happened", {"n": 2}, id="dup")).runs == []
     eng.advance(DAY - dt.timedelta(milliseconds=1))
-    assert eng.send(Event("thing/happened", {"n": 3}, id="dup")) == []
+    assert eng.send(Event("thing/happened", {"n": 3}, id="dup")).runs == []
     assert len(eng.runs) == 1
     assert [e["data"] for e in seen] == [{"n": 1}]
 
@@ -251,7 +251,7 @@ def test_duplicate_in_the_same_batch_starts_one_run() -> None:
     app, seen = _counter_app()
     eng = TestEngine(app)
     runs = eng.send([Event("thing/happened", {"n": 1}, id="same"),
-                     Event("thing/happened", {"n": 2}, id="same")])
+                     Event("thing/happened", {"n": 2}, id="same")]).runs
     assert len(runs) == 1
     assert len(eng.runs) == 1
     assert [e["data"] for e in seen] == [{"n": 1}]
@@ -260,8 +260,8 @@ def test_duplicate_in_the_same_batch_starts_one_run() -> None:
 def test_different_event_ids_each_start_a_run() -> None:
     app, seen = _counter_app()
     eng = TestEngine(app)
-    assert len(eng.send(Event("thing/happened", id="a"))) == 1
-    assert len(eng.send(Event("thing/happened", id="b"))) == 1
+    assert len(eng.send(Event("thing/happened", id="a")).runs) == 1
+    assert len(eng.send(Event("thing/happened", id="b")).runs) == 1
     assert len(eng.runs) == 2
     assert len(seen) == 2
 
@@ -279,9 +279,9 @@ def test_same_event_id_after_24h_starts_a_new_run() -> None:
 def test_send_returns_only_runs_started_by_this_send_after_dedupe_window() -> None:
     app, _seen = _counter_app()
     eng = TestEngine(app)
-    [old] = eng.send(Event("thing/happened", {"n": 1}, id="dup"))
+    [old] = eng.send(Event("thing/happened", {"n": 1}, id="dup")).runs
     eng.advance(DAY + dt.timedelta(seconds=1))
-    runs = eng.send(Event("thing/happened", {"n": 2}, id="dup"))
+    runs = eng.send(Event("thing/happened", {"n": 2}, id="dup")).runs
     assert len(runs) == 1
     assert runs[0] != old
     assert runs[0].output == {"n": 2}
@@ -297,7 +297,7 @@ def test_duplicate_event_does_not_resolve_a_wait() -> None:
         return None if got is None else got.data
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("start"))
+    [run] = eng.send(Event("start")).runs
     eng.send(Event("pay", {"first": True}, id="p-1"))  # before the wait: ignored
     eng.advance("1m")
     assert run.status == "waiting"

@@ -177,7 +177,7 @@ def _filter_app() -> tuple[App, list[str]]:
 def test_filter_true_starts_the_run() -> None:
     app, started = _filter_app()
     eng = TestEngine(app)
-    runs = eng.send(Event("order/created", {"amount": 150, "vip": False}))
+    runs = eng.send(Event("order/created", {"amount": 150, "vip": False})).runs
     assert sorted(r.function_id for r in runs) == ["any-order", "big-order"]
     assert sorted(started) == ["any-order", "big-order"]
     big = next(r for r in runs if r.function_id == "big-order")
@@ -188,7 +188,7 @@ def test_filter_true_starts_the_run() -> None:
 def test_filter_false_starts_nothing_for_that_function() -> None:
     app, started = _filter_app()
     eng = TestEngine(app)
-    runs = eng.send(Event("order/created", {"amount": 50, "vip": False}))
+    runs = eng.send(Event("order/created", {"amount": 50, "vip": False})).runs
     assert [r.function_id for r in runs] == ["any-order"]
     assert started == ["any-order"]
 
@@ -196,8 +196,8 @@ def test_filter_false_starts_nothing_for_that_function() -> None:
 def test_other_event_names_start_nothing() -> None:
     app, started = _filter_app()
     eng = TestEngine(app)
-    assert eng.send(Event("order/created.v2", {"amount": 5000})) == []
-    assert eng.send(Event("order", {"amount": 5000})) == []
+    assert eng.send(Event("order/created.v2", {"amount": 5000})).runs == []
+    assert eng.send(Event("order", {"amount": 5000})).runs == []
     assert started == []
     assert eng.runs == []
 
@@ -205,7 +205,7 @@ def test_other_event_names_start_nothing() -> None:
 def test_function_matched_by_two_triggers_starts_once() -> None:
     app, started = _filter_app()
     eng = TestEngine(app)
-    runs = eng.send(Event("order/created", {"amount": 5000, "vip": True}))
+    runs = eng.send(Event("order/created", {"amount": 5000, "vip": True})).runs
     assert sorted(r.function_id for r in runs) == ["any-order", "big-order", "two-triggers"]
     assert started.count("two-triggers") == 1
 
@@ -213,7 +213,7 @@ def test_function_matched_by_two_triggers_starts_once() -> None:
 def test_second_trigger_alone_starts_the_run() -> None:
     app, started = _filter_app()
     eng = TestEngine(app)
-    runs = eng.send(Event("order/created", {"amount": 1, "vip": True}))
+    runs = eng.send(Event("order/created", {"amount": 1, "vip": True})).runs
     assert sorted(r.function_id for r in runs) == ["any-order", "two-triggers"]
     assert sorted(started) == ["any-order", "two-triggers"]
 
@@ -221,7 +221,7 @@ def test_second_trigger_alone_starts_the_run() -> None:
 def test_filter_over_missing_field_starts_nothing_and_does_not_raise() -> None:
     app, started = _filter_app()
     eng = TestEngine(app)
-    runs = eng.send(Event("order/created", {"other": 1}))
+    runs = eng.send(Event("order/created", {"other": 1})).runs
     assert [r.function_id for r in runs] == ["any-order"]
     assert started == ["any-order"]
 
@@ -229,7 +229,7 @@ def test_filter_over_missing_field_starts_nothing_and_does_not_raise() -> None:
 def test_each_event_starts_its_own_run() -> None:
     app, started = _filter_app()
     eng = TestEngine(app)
-    runs = eng.send([Event("order/created", {"amount": 200}) for _ in range(3)])
+    runs = eng.send([Event("order/created", {"amount": 200}) for _ in range(3)]).runs
     assert sorted(r.function_id for r in runs) == ["any-order"] * 3 + ["big-order"] * 3
     assert len({r.id for r in runs}) == 6
     assert sorted(started) == ["any-order"] * 3 + ["big-order"] * 3
@@ -339,7 +339,7 @@ def test_cron_and_event_triggers_on_one_function() -> None:
         return ctx.event.name
 
     eng = TestEngine(app, start="2026-01-01T00:30:00Z")
-    [run] = eng.send(Event("poke"))
+    [run] = eng.send(Event("poke")).runs
     assert run.output == "poke"
     eng.advance("30m")
     assert len(eng.runs) == 2

@@ -52,7 +52,7 @@ def _n_steps_app(max_steps: int | None = None, kind: str = "run") -> App:
 @pytest.mark.parametrize("kind", ["run", "send_event"])
 def test_default_limit_allows_1000_steps(kind: str) -> None:
     eng = TestEngine(_n_steps_app(kind=kind))
-    [run] = eng.send(Event("go", {"n": 1000}))
+    [run] = eng.send(Event("go", {"n": 1000})).runs
     assert run.status == "completed"
     assert run.output == 1000
     assert len(run.steps) == 1000
@@ -60,7 +60,7 @@ def test_default_limit_allows_1000_steps(kind: str) -> None:
 
 def test_default_limit_fails_the_1001st_step() -> None:
     eng = TestEngine(_n_steps_app())
-    [run] = eng.send(Event("go", {"n": 1001}))
+    [run] = eng.send(Event("go", {"n": 1001})).runs
     assert run.status == "failed"
     assert run.error is not None
     assert run.error.type == "LimitExceededError"
@@ -72,7 +72,7 @@ def test_default_limit_fails_the_1001st_step() -> None:
                                                     (1, 1, True), (1, 2, False)])
 def test_max_steps_is_configurable(max_steps: int, n: int, ok: bool) -> None:
     eng = TestEngine(_n_steps_app(max_steps))
-    [run] = eng.send(Event("go", {"n": n}))
+    [run] = eng.send(Event("go", {"n": n})).runs
     assert run.status == ("completed" if ok else "failed")
     if not ok:
         assert run.error is not None and run.error.type == "LimitExceededError"
@@ -81,8 +81,8 @@ def test_max_steps_is_configurable(max_steps: int, n: int, ok: bool) -> None:
 
 def test_gathered_steps_count_toward_the_limit() -> None:
     eng = TestEngine(_n_steps_app(5, kind="gather"))
-    [ok] = eng.send(Event("go", {"n": 5}))
-    [bad] = eng.send(Event("go", {"n": 6}))
+    [ok] = eng.send(Event("go", {"n": 5})).runs
+    [bad] = eng.send(Event("go", {"n": 6})).runs
     assert ok.status == "completed"
     assert bad.status == "failed"
     assert bad.error is not None and bad.error.type == "LimitExceededError"
@@ -137,7 +137,7 @@ def _blob_of_json_size(size: int) -> dict[str, str]:
 def test_step_output_of_exactly_4_mib_is_accepted() -> None:
     app, calls = _output_app(lambda: _blob_of_json_size(MIB4))
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.output == {"len": 1}
     assert calls == [1]
 
@@ -145,13 +145,13 @@ def test_step_output_of_exactly_4_mib_is_accepted() -> None:
 def test_string_output_of_exactly_4_mib_is_accepted() -> None:
     app, calls = _output_app(lambda: "x" * (MIB4 - 2))  # plus two quotes = 4 MiB of JSON
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.output == {"len": MIB4 - 2}
     assert calls == [1]
 
 
 def _assert_step_failed_with_limit(eng: TestEngine, calls: list[int]) -> None:
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "completed"
     assert run.output.get("type") == "LimitExceededError"
     assert run.output["step_id"] == "big"
@@ -190,7 +190,7 @@ def test_run_output_over_4_mib_fails_the_run() -> None:
         return "y" * MIB4
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "LimitExceededError"
 
@@ -210,7 +210,7 @@ class Opaque:
 def test_non_serializable_step_output_fails_the_step_naming_it(factory: Any) -> None:
     app, calls = _output_app(factory)
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "completed"
     assert run.output["type"] == "SerializationError"
     assert run.output["step_id"] == "big"
@@ -228,7 +228,7 @@ def test_non_serializable_run_output_fails_the_run() -> None:
         return Opaque()
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "SerializationError"
 
@@ -250,7 +250,7 @@ def test_building_an_oversized_event_in_orchestration_code_fails_the_run() -> No
         await ctx.step.send_event("s", Event("big", {"blob": "x" * KIB512}))
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "InvalidEventError"
 
@@ -263,7 +263,7 @@ def test_send_event_with_a_non_event_fails_the_run() -> None:
         await ctx.step.send_event("s", [Event("ok"), {"name": "not-an-event"}])
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "InvalidEventError"
     assert eng.store.get_event("ok") is None
@@ -328,7 +328,7 @@ def test_invalid_duration_strings_name_the_field(call: str, field: str) -> None:
             raise
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "InvalidDurationError"
     assert field in run.error.message
@@ -346,7 +346,7 @@ def test_wait_timeout_over_366_days_is_rejected() -> None:
         await ctx.step.wait_for_event("w", event="x", timeout=dt.timedelta(days=367))
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "InvalidDurationError"
 
@@ -367,7 +367,7 @@ def test_invalid_retry_after_does_not_crash_the_engine(after: Any) -> None:
         return None
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1d")
     assert run.status == "completed"
     assert run.output == "s"

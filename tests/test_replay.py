@@ -264,7 +264,7 @@ def test_replaying_a_finished_run_has_no_side_effects_and_same_output(
     CALLS.clear()
     FAILED_ONCE.clear()
     eng = TestEngine(app, start="2026-01-01T00:00:00Z")
-    [run] = eng.send(Event("prog/start", {"program": program}))
+    [run] = eng.send(Event("prog/start", {"program": program})).runs
     drive(eng, run, program)
 
     assert run.status == "completed", (run.error, run.steps)
@@ -416,7 +416,7 @@ def test_code_change_between_deploys_fails_the_run_with_determinism_error() -> N
         return "ok"
 
     eng = TestEngine(a)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "sleeping"
     deploy["version"] = 2  # new code: the step at position 0 was renamed
     eng2 = TestEngine(a, start=eng.now, store=eng.store)  # a restart rebuilds from the journal
@@ -470,7 +470,7 @@ def test_resuming_after_each_restart_never_reruns_finished_steps() -> None:
         return TestEngine(a, start=e.now, store=e.store)
 
     eng = TestEngine(a)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng = restart(eng)
     eng.advance("2m")  # flaky retried twice, by new engines' rebuilt machines
     assert eng.run(run.id).status == "waiting"
@@ -510,7 +510,7 @@ def test_awaiting_a_foreign_awaitable_fails_the_run() -> None:
 
     eng = TestEngine(a)
     for name in ("custom", "aio"):
-        [run] = eng.send(Event(name))
+        [run] = eng.send(Event(name)).runs
         assert run.status == "failed"
         assert run.error is not None
         assert run.error.type == "DeterminismError"
@@ -546,7 +546,7 @@ def test_feeding_the_same_journal_twice_gives_the_same_commands_mid_run() -> Non
         return [x, y, ctx.random()]
 
     eng = TestEngine(a)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1h")
     assert run.status == "waiting"
     rec = eng.store.get_run(run.id)

@@ -78,7 +78,7 @@ def _engine(app: App, clock: Clock) -> TestEngine:
 def test_default_is_four_retries_five_attempts() -> None:
     app, clock = _failing_app()
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "sleeping"
     assert run.steps[0].status == "retrying"
     eng.advance("1d")
@@ -103,7 +103,7 @@ def test_step_succeeding_on_last_allowed_attempt_completes() -> None:
     app, clock = _failing_app(body=fails_four_times)
     clock_ref.append(clock)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1d")
     assert run.status == "completed"
     assert run.output == "done"
@@ -114,7 +114,7 @@ def test_step_succeeding_on_last_allowed_attempt_completes() -> None:
 def test_retries_setting_bounds_attempts(retries: int) -> None:
     app, clock = _failing_app(retries=retries, catch=True)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1d")
     assert len(clock.times) == retries + 1
     assert run.status == "completed"
@@ -125,7 +125,7 @@ def test_retries_setting_bounds_attempts(retries: int) -> None:
 def test_twenty_retries_is_the_maximum_and_later_delays_stay_at_two_hours() -> None:
     app, clock = _failing_app(retries=20)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("3d")
     assert len(clock.times) == 21
     assert run.status == "failed"
@@ -196,7 +196,7 @@ def test_each_step_has_its_own_attempt_counter() -> None:
         return [a, b]
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1d")
     assert run.status == "completed"
     assert run.output == ["a", "b"]
@@ -219,7 +219,7 @@ def test_ctx_attempt_inside_a_step_body_is_the_step_attempt() -> None:
         return [await ctx.step.run("s", body, ctx), ctx.attempt]
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("10m")
     assert seen == [0, 1, 2]
     assert run.output == [2, 0]
@@ -264,7 +264,7 @@ def _retry_after_app(after: Any, retries: int = 4) -> tuple[App, Clock]:
 def test_retry_after_sets_the_next_delay(after: Any, expected: dt.timedelta) -> None:
     app, clock = _retry_after_app(after)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.steps[0].status == "retrying"
     eng.advance(expected - MS)
     assert len(clock.times) == 1
@@ -291,7 +291,7 @@ def test_retry_after_counts_toward_retries() -> None:
         return None
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1m")
     assert len(calls) == 3
     assert run.output == ["RetryAfterError", "slow down"]
@@ -321,7 +321,7 @@ def test_non_retriable_error_fails_the_step_at_once_and_can_be_caught() -> None:
             return [e.step_id, e.error_type, await ctx.step.run("fb", fallback, e.error_message)]
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "completed"
     assert run.output == ["charge", "NonRetriableError", "fallback after: card declined"]
     assert calls == {"bad": 1, "fallback": 1}
@@ -340,7 +340,7 @@ def test_non_retriable_subclass_is_not_retried() -> None:
 
     app, clock = _failing_app(body=body, catch=True)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert len(clock.times) == 1
     assert run.output == {"step_id": "flaky", "type": "Declined", "message": "no"}
 
@@ -366,7 +366,7 @@ def test_step_error_carries_type_message_and_counter_suffixed_id() -> None:
         return out
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.output == [0, "err", 2]
     [e] = errors
     assert (e.step_id, e.error_type, e.error_message) == ("fetch:1", "ValueError", "bad value 1")
@@ -408,7 +408,7 @@ def _orchestration_app(
 def test_orchestration_exception_is_retried_without_rerunning_memoized_steps() -> None:
     app, counts, clock = _orchestration_app(fail_attempts=1)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "sleeping"
     assert counts["top"] == 1
     eng.advance(15 * S - MS)
@@ -425,7 +425,7 @@ def test_orchestration_exception_is_retried_without_rerunning_memoized_steps() -
 def test_orchestration_retry_enters_code_once_and_runs_new_steps_once() -> None:
     app, counts, clock = _orchestration_app(fail_attempts=1)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1m")
     assert run.status == "completed"
     assert counts["attempts"] == [0, 1]
@@ -436,7 +436,7 @@ def test_orchestration_retry_enters_code_once_and_runs_new_steps_once() -> None:
 def test_orchestration_retries_follow_the_backoff_table() -> None:
     app, counts, clock = _orchestration_app(fail_attempts=3)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1h")
     assert run.status == "completed"
     assert counts["attempts"][:4] == [0, 1, 2, 3]
@@ -448,7 +448,7 @@ def test_orchestration_retries_follow_the_backoff_table() -> None:
 def test_orchestration_exception_exhausting_retries_fails_the_run() -> None:
     app, counts, clock = _orchestration_app(retries=2, fail_attempts=99)
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1d")
     assert counts["attempts"] == [0, 1, 2]
     assert run.status == "failed"
@@ -461,7 +461,7 @@ def test_retry_after_from_orchestration_code_sets_the_delay() -> None:
     app, counts, clock = _orchestration_app(
         fail_attempts=1, exc=lambda: RetryAfterError("later", "10m"))
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance(dt.timedelta(minutes=10) - MS)
     assert counts["top"] == 1
     eng.advance(MS)
@@ -474,7 +474,7 @@ def test_non_retriable_error_from_orchestration_code_fails_the_run_at_once() -> 
     app, counts, clock = _orchestration_app(
         fail_attempts=99, exc=lambda: NonRetriableError("give up"))
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None
     assert (run.error.type, run.error.message) == ("NonRetriableError", "give up")
@@ -495,7 +495,7 @@ def test_uncaught_step_error_fails_the_run_without_run_retries() -> None:
         await ctx.step.run("explode", bad)
 
     eng = TestEngine(app2)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("2m")
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "StepError"
@@ -509,7 +509,7 @@ def test_uncaught_step_error_fails_the_run_without_run_retries() -> None:
 def test_attempt_counter_survives_restarts() -> None:
     app, clock = _failing_app()
     eng = _engine(app, clock)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     for _ in range(6):
         eng = TestEngine(app, start=eng.now, store=eng.store)  # rebuilds from the journal
         clock.eng = eng

@@ -93,7 +93,7 @@ def _memo_app() -> tuple[App, dict[str, int]]:
 def test_steps_run_once_live() -> None:
     app, counts = _memo_app()
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "sleeping"
     assert counts == {"top": 1, "a": 1, "b": 0, "fails": 1, "fallback": 1}
     eng.advance("1h")
@@ -105,7 +105,7 @@ def test_steps_run_once_live() -> None:
 def test_resume_after_restart_replays_from_the_top_without_rerunning_steps() -> None:
     app, counts = _memo_app()
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "sleeping"
     # A new engine on the same store has no cached machine: it must rebuild from the journal.
     eng2 = TestEngine(app, start=eng.now, store=eng.store)
@@ -120,7 +120,7 @@ def test_resume_after_restart_replays_from_the_top_without_rerunning_steps() -> 
 def test_replay_of_finished_run_calls_no_bodies_and_reraises_recorded_step_error() -> None:
     app, counts = _memo_app()
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1h")
     before = dict(counts)
     m, cmds = replay(eng, run)
@@ -135,7 +135,7 @@ def test_replay_of_finished_run_calls_no_bodies_and_reraises_recorded_step_error
 def test_step_views_show_the_run() -> None:
     app, _ = _memo_app()
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1h")
     steps = run.steps
     assert [(s.id, s.kind, s.status) for s in steps] == [
@@ -166,7 +166,7 @@ def test_step_body_args_kwargs_and_async_bodies() -> None:
         return [x, y]
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.output == [6, 42]
 
 
@@ -178,7 +178,7 @@ def test_step_id_must_be_a_non_empty_string() -> None:
         await ctx.step.run("", lambda: 1)
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "ValidationError"
 
@@ -193,7 +193,7 @@ def test_awaiting_a_step_twice_is_a_clear_error() -> None:
         await step
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "ValidationError"
     assert "awaited twice" in run.error.message
@@ -209,7 +209,7 @@ def test_first_sighting_fast_path_matches_the_key_rules() -> None:
             await ctx.step.run(sid, lambda: 1)
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "completed"
     assert [s.id for s in run.steps] == ["x", "y", "x:1", "x:2", "x:3", "y:1"]
 
@@ -232,7 +232,7 @@ def test_repeated_step_ids_get_counters() -> None:
         return out
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.output == [0, 10, 20, 90]
     assert [s.id for s in run.steps] == ["fetch", "fetch:1", "fetch:2", "other"]
     assert [s.output for s in run.steps] == [0, 10, 20, 90]
@@ -258,7 +258,7 @@ def test_counter_ids_never_collide_with_explicit_ids() -> None:
         started.append(ctx.event.data["i"])
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     ids = [s.id for s in run.steps]
     assert len(set(ids)) == 3, ids
     assert len({i for batch in run.output for i in batch}) == 3
@@ -286,7 +286,7 @@ def _sleeper(arg: Any, *, until: bool = False) -> App:
                                       dt.timedelta(hours=1, minutes=30), "90m", "1.5h"])
 def test_sleep_never_fires_early(duration: Any) -> None:
     eng = TestEngine(_sleeper(duration), start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "sleeping"
     assert run.steps[0].status == "sleeping"
     eng.advance(dt.timedelta(hours=1, minutes=30) - MS)
@@ -299,7 +299,7 @@ def test_sleep_never_fires_early(duration: Any) -> None:
 
 def test_zero_sleep_returns_at_once() -> None:
     eng = TestEngine(_sleeper(0), start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "completed"
 
 
@@ -311,7 +311,7 @@ def test_zero_sleep_returns_at_once() -> None:
 )
 def test_sleep_until_never_fires_early(until: Any) -> None:
     eng = TestEngine(_sleeper(until, until=True), start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "sleeping"
     eng.advance_to("2026-01-01T01:59:59.999Z")
     assert run.status == "sleeping"
@@ -322,7 +322,7 @@ def test_sleep_until_never_fires_early(until: Any) -> None:
 
 def test_sleep_until_in_the_past_returns_at_once() -> None:
     eng = TestEngine(_sleeper("2025-12-31T00:00:00Z", until=True), start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "completed"
 
 
@@ -353,7 +353,7 @@ def test_invalid_sleep_arguments_are_rejected_naming_the_field(
             raise
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"  # a validation error is not retried
     assert run.error is not None and run.error.type == "InvalidDurationError"
     [err] = seen
@@ -383,7 +383,7 @@ def _waiter(timeout: Any = "1h", if_: str | None = "async.data.orderId == event.
 def test_wait_returns_the_matching_event() -> None:
     app, got = _waiter()
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("order/created", {"orderId": 7}))
+    [run] = eng.send(Event("order/created", {"orderId": 7})).runs
     assert run.status == "waiting"
     assert run.steps[0].status == "waiting"
     eng.send(Event("pay/ok", {"orderId": 6}))  # does not match: ignored
@@ -404,7 +404,7 @@ def test_wait_returns_the_matching_event() -> None:
 def test_wait_without_condition_takes_the_first_event_with_the_name() -> None:
     app, _got = _waiter(if_=None)
     eng = TestEngine(app)
-    [run] = eng.send(Event("order/created", {"orderId": 7}))
+    [run] = eng.send(Event("order/created", {"orderId": 7})).runs
     eng.send(Event("pay/ok", {"orderId": 1}))
     assert run.output == {"name": "pay/ok", "data": {"orderId": 1}, "id": run.output["id"]}
 
@@ -412,7 +412,7 @@ def test_wait_without_condition_takes_the_first_event_with_the_name() -> None:
 def test_wait_times_out_with_none_never_early() -> None:
     app, got = _waiter(timeout="2h")
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("order/created", {"orderId": 7}))
+    [run] = eng.send(Event("order/created", {"orderId": 7})).runs
     eng.advance(dt.timedelta(hours=2) - MS)
     assert run.status == "waiting"
     eng.advance(MS)
@@ -428,7 +428,7 @@ def test_wait_times_out_with_none_never_early() -> None:
 def test_wait_timeout_as_datetime() -> None:
     app, _got = _waiter(timeout=dt.datetime(2026, 1, 1, 0, 30, tzinfo=dt.UTC))
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("order/created", {"orderId": 7}))
+    [run] = eng.send(Event("order/created", {"orderId": 7})).runs
     eng.advance(dt.timedelta(minutes=30) - MS)
     assert run.status == "waiting"
     eng.advance(MS)
@@ -439,7 +439,7 @@ def test_wait_timeout_as_datetime() -> None:
 def test_events_sent_before_the_wait_began_do_not_match() -> None:
     app, _got = _waiter(sleep_first=True)
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("order/created", {"orderId": 7}))
+    [run] = eng.send(Event("order/created", {"orderId": 7})).runs
     assert run.status == "sleeping"
     eng.send(Event("pay/ok", {"orderId": 7}, id="early"))
     eng.advance("10m")
@@ -461,7 +461,7 @@ def test_own_event_sent_before_the_wait_does_not_match() -> None:
         return None if ev is None else ev.data
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "waiting"
     eng.advance("1h")
     assert run.output is None
@@ -470,7 +470,7 @@ def test_own_event_sent_before_the_wait_does_not_match() -> None:
 def test_concurrent_waits_each_get_their_own_event() -> None:
     app, _got = _waiter()
     eng = TestEngine(app)
-    runs = eng.send([Event("order/created", {"orderId": i}) for i in (1, 2, 3)])
+    runs = eng.send([Event("order/created", {"orderId": i}) for i in (1, 2, 3)]).runs
     eng.send(Event("pay/ok", {"orderId": 2}))
     assert [r.status for r in runs] == ["waiting", "completed", "waiting"]
     eng.send(Event("pay/ok", {"orderId": 3}))
@@ -481,7 +481,7 @@ def test_concurrent_waits_each_get_their_own_event() -> None:
 def test_invalid_wait_condition_fails_the_run() -> None:
     app, _got = _waiter(if_="async.data.x ==")
     eng = TestEngine(app)
-    [run] = eng.send(Event("order/created", {"orderId": 7}))
+    [run] = eng.send(Event("order/created", {"orderId": 7})).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "InvalidExpressionError"
     assert "step.wait_for_event('pay').if_" in run.error.message
@@ -516,7 +516,7 @@ def _invoke_app(timeout: Any = "1h") -> App:
 @pytest.mark.parametrize("by_object", [False, True])
 def test_invoke_returns_the_childs_output(by_object: bool) -> None:
     eng = TestEngine(_invoke_app())
-    [run] = eng.send(Event("go", {"n": 21, "by_object": by_object}))
+    [run] = eng.send(Event("go", {"n": 21, "by_object": by_object})).runs
     assert run.status == "completed"
     assert run.output == {"doubled": 42}
     children = [r for r in eng.runs if r.function_id == "child"]
@@ -527,7 +527,7 @@ def test_invoke_returns_the_childs_output(by_object: bool) -> None:
 
 def test_invoke_waits_for_a_sleeping_child() -> None:
     eng = TestEngine(_invoke_app())
-    [run] = eng.send(Event("go", {"n": 1, "sleep": "30m"}))
+    [run] = eng.send(Event("go", {"n": 1, "sleep": "30m"})).runs
     assert run.status == "waiting"
     eng.advance(dt.timedelta(minutes=30) - MS)
     assert run.status == "waiting"
@@ -537,7 +537,7 @@ def test_invoke_waits_for_a_sleeping_child() -> None:
 
 def test_invoke_raises_step_error_when_the_child_fails() -> None:
     eng = TestEngine(_invoke_app())
-    [run] = eng.send(Event("go", {"n": 1, "fail": True}))
+    [run] = eng.send(Event("go", {"n": 1, "fail": True})).runs
     assert run.status == "completed"
     assert run.output == {"step_id": "call", "type": "NonRetriableError",
                           "message": "child broke"}
@@ -545,7 +545,7 @@ def test_invoke_raises_step_error_when_the_child_fails() -> None:
 
 def test_invoke_raises_step_error_on_timeout_never_early() -> None:
     eng = TestEngine(_invoke_app(timeout="1h"))
-    [run] = eng.send(Event("go", {"n": 1, "sleep": "2h"}))
+    [run] = eng.send(Event("go", {"n": 1, "sleep": "2h"})).runs
     eng.advance(dt.timedelta(hours=1) - MS)
     assert run.status == "waiting"
     eng.advance(MS)
@@ -562,7 +562,7 @@ def test_invoke_of_unknown_function_fails_the_run() -> None:
         return await ctx.step.invoke("call", function="missing")
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "UnknownFunctionError"
 
@@ -597,7 +597,7 @@ def _sender_app() -> tuple[App, list[Any], list[Any]]:
 def test_send_event_returns_ids_and_triggers_functions() -> None:
     app, _returned, received = _sender_app()
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     out = run.output
     assert len(out["one"]) == 1 and len(out["many"]) == 2
     assert out["many"][1] == "explicit"
@@ -610,7 +610,7 @@ def test_send_event_returns_ids_and_triggers_functions() -> None:
 def test_send_event_is_memoized_across_orchestration_retries() -> None:
     app, returned, received = _sender_app()
     eng = TestEngine(app)
-    [run] = eng.send(Event("go", {"raise_once": True}))
+    [run] = eng.send(Event("go", {"raise_once": True})).runs
     assert run.status == "sleeping"  # waiting for the run-level retry
     eng.advance("1m")
     assert run.status == "completed"
@@ -623,7 +623,7 @@ def test_send_event_is_memoized_across_orchestration_retries() -> None:
 def test_send_event_ids_are_stable_on_replay() -> None:
     app, returned, received = _sender_app()
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     _m, cmds = replay(eng, run)
     assert_no_side_effects(cmds)
     assert returned[0] == returned[1]
@@ -655,7 +655,7 @@ def test_gather_returns_a_tuple_in_argument_order() -> None:
         return {"type": type(res).__name__, "res": list(res), "lst": list(lst)}
 
     eng = TestEngine(app, start=START)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.status == "sleeping"
     eng.advance("1h")
     assert run.status == "sleeping"
@@ -678,7 +678,7 @@ def test_gather_of_one_step_returns_a_one_tuple() -> None:
         return repr(res)
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     _m, cmds = replay(eng, run)
     assert_no_side_effects(cmds)
     assert seen[0] == seen[1]
@@ -743,7 +743,7 @@ def test_gather_raises_first_failure_in_argument_order_after_all_settle() -> Non
     app, calls, seen = _gather_fail_app()
     eng = TestEngine(app, start=START)
     assert calls == {"ok": 0, "first": 0, "second": 0, "flaky": 0}
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     # "first" and "second" failed for good at once, but "flaky" is still retrying.
     assert run.status == "sleeping"
     assert seen == []
@@ -832,7 +832,7 @@ def test_typed_step_outputs_round_trip_live_and_on_replay() -> None:
         return {"x": p.x, "label": b.label, "year": w.year}
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     eng.advance("1m")
     assert run.output == {"x": 3, "label": "b", "year": 2021}
     _m, cmds = replay(eng, run)
@@ -885,7 +885,7 @@ def test_annotated_outputs_have_the_same_type_live_and_on_replay() -> None:
         return len(vals)
 
     eng = TestEngine(app)
-    [run] = eng.send(Event("go"))
+    [run] = eng.send(Event("go")).runs
     assert run.output == 5
     _m, cmds = replay(eng, run)
     assert_no_side_effects(cmds)

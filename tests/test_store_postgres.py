@@ -725,7 +725,7 @@ def test_a_workflow_runs_end_to_end_on_postgres(store: PostgresStore) -> None:
         return {"paid": paid, "shipped": shipped is not None, "kid": kid}
 
     engine = TestEngine(app, start="2026-01-01T00:00:00Z", store=store)
-    [run] = engine.send(Event("order/created", {"amount": 150}))
+    [run] = engine.send(Event("order/created", {"amount": 150})).runs
     assert run.status == "sleeping"
     engine.advance("1h")
     assert run.status == "waiting"

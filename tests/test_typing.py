@@ -79,7 +79,7 @@ def test_markers_are_read_as_written() -> None:
 
 def test_the_typed_example_returns_the_types_it_states() -> None:
     eng = TestEngine(typed_example.app)
-    [run] = eng.send(Event("typed/order", {"sku": "tea"}))
+    [run] = eng.send(Event("typed/order", {"sku": "tea"})).runs
     assert run.status == "sleeping"
     eng.advance("2d")  # the sleeps are over; the run waits for the payment
     assert run.status == "waiting"

@@ -16,7 +16,6 @@ from durable_core.base._errors import (
     InvalidDurationError,
     InvalidEventError,
     InvalidExpressionError,
-    LeaseLostError,
     LimitExceededError,
     NonRetriableError,
     RetryAfterError,
@@ -27,7 +26,7 @@ from durable_core.base._errors import (
     UnknownFunctionError,
     ValidationError,
 )
-from durable_core.base._events import Event
+from durable_core.base._events import Event, Sent
 from durable_core.base._serde import converter
 from durable_core.core._context import Context, Step, Steps
 from durable_core.core._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
@@ -64,13 +63,13 @@ __all__ = [
     "InvalidEventError",
     "InvalidExpressionError",
     "JournalEntry",
-    "LeaseLostError",
     "LimitExceededError",
     "NonRetriableError",
     "RetryAfterError",
     "RunMachine",
     "RunNotFoundError",
     "RunView",
+    "Sent",
     "SerializationError",
     "Step",
     "StepError",

@@ -18,7 +18,6 @@ __all__ = [
     "InvalidDurationError",
     "InvalidEventError",
     "InvalidExpressionError",
-    "LeaseLostError",
     "LimitExceededError",
     "NonRetriableError",
     "RetryAfterError",
@@ -141,10 +140,6 @@ class StepError(DurableError):
 
 class StoreError(DurableError):
     """A store could not carry out an operation."""
-
-
-class LeaseLostError(StoreError):
-    """A write was fenced: the worker no longer holds the run's lease (another worker took it)."""
 
 
 class RunNotFoundError(StoreError, KeyError):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from durable_core.base._errors import InvalidEventError
 
-__all__ = ["MAX_EVENT_BYTES", "MAX_EVENT_NAME_BYTES", "Event"]
+__all__ = ["MAX_EVENT_BYTES", "MAX_EVENT_NAME_BYTES", "Event", "Sent"]
 
 MAX_EVENT_NAME_BYTES = 512
 MAX_EVENT_BYTES = 512 * 1024
@@ -150,3 +150,32 @@ class Event:
         except ValueError as exc:
             raise InvalidEventError(f"event: invalid JSON ({exc})", field="event") from None
         return cls.from_dict(raw)
+
+
+class Sent(list[str]):
+    """What every ``send`` returns (``Client.send``, ``Worker.send``, ``Engine.send``,
+    ``TestEngine.send``, ``Simulation.send``): the ids of the events, in the order given.
+
+    It is a ``list`` of ``str``, so ``[event_id] = client.send(event)`` works. An event sent
+    without an ``id`` gets one here. ``duplicates`` holds the ids that had already been
+    accepted before this send (within the 24-hour dedupe window): those events are kept but
+    start nothing and resolve no wait again. ``TestEngine.send`` returns a subclass that also
+    holds the runs the events started (:class:`durable_core.testing.SentRuns`).
+    """
+
+    __slots__ = ("duplicates",)
+
+    def __init__(self, ids: Iterable[str] = (), duplicates: Iterable[str] = ()) -> None:
+        super().__init__(ids)
+        self.duplicates: frozenset[str] = frozenset(duplicates)
+
+    @classmethod
+    def of(cls, stored: Iterable[tuple[str, bool]]) -> Sent:
+        """From ``(id, duplicate)`` pairs as a store returned them, one per event sent. An id
+        is a duplicate only if none of its events in this send was new."""
+        pairs = list(stored)
+        new = {i for i, dup in pairs if not dup}
+        return cls([i for i, _ in pairs], {i for i, dup in pairs if dup and i not in new})
+
+    def __repr__(self) -> str:
+        return f"Sent({list(self)!r}, duplicates={sorted(self.duplicates)!r})"

@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
-from durable_core.base._events import Event
+from durable_core.base._events import Event, Sent
 from durable_core.core._function import App
 from durable_core.drivers._clock import wall_clock_ms
 from durable_core.engine._engine import Engine
@@ -38,14 +38,15 @@ class Client:
     def _now(self) -> int:
         return int(self._clock())  # type: ignore[operator]
 
-    def send(self, events: Event | Sequence[Event]) -> list[str]:
-        """Durably accept one event or a list; returns their ids (in order)."""
+    def send(self, events: Event | Sequence[Event]) -> Sent:
+        """Durably accept one event or a list; returns their ids, in order (a
+        :class:`~durable_core.Sent`: a list of str that also names the duplicates)."""
         batch = [events] if isinstance(events, Event) else list(events)
         with self._lock:
-            stored = self._engine.send(batch, self._now())
+            sent = self._engine.send(batch, self._now())
         if self._on_send is not None:
             self._on_send()
-        return [e.id for e in stored]
+        return sent
 
     def get_run(self, run_id: str) -> RunView:
         """One run with its steps; raises :class:`~durable_core.RunNotFoundError`."""
@@ -67,10 +68,10 @@ class Client:
             )
         ]
 
-    def cancel_run(self, run_id: str, reason: str = "cancelled by request") -> None:
+    def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> None:
         """Ask for a run to be cancelled; a worker ends it with status ``cancelled``.
         Raises :class:`~durable_core.RunNotFoundError` for an unknown run."""
         with self._lock:
-            self._engine.request_cancel(run_id, self._now(), reason)
+            self._engine.cancel_run(run_id, self._now(), reason=reason)
         if self._on_send is not None:
             self._on_send()

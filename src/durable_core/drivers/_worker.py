@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from durable_core.base._errors import StoreError
-from durable_core.base._events import Event
+from durable_core.base._events import Event, Sent
 from durable_core.core._context import current_attempt
 from durable_core.core._function import App
 from durable_core.core._model import ExecuteStep
@@ -171,12 +171,21 @@ class Worker:
         self._stopping = True
         self._wakeup.set()
 
-    async def send(self, events: Event | Sequence[Event]) -> list[str]:
-        """Durably accept events and wake the worker; returns their ids."""
+    async def send(self, events: Event | Sequence[Event]) -> Sent:
+        """Durably accept one event or a list and wake the worker; returns their ids, in
+        order (a :class:`~durable_core.Sent`, as ``Client.send`` does)."""
         batch = [events] if isinstance(events, Event) else list(events)
-        stored = await self._call(self.engine.send, batch, self.clock())
+        sent: Sent = await self._call(self.engine.send, batch, self.clock())
         self._wakeup.set()
-        return [e.id for e in stored]
+        return sent
+
+    async def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> None:
+        """Ask for a run to be cancelled (as ``Client.cancel_run`` does) and wake the
+        worker; it ends the run with status ``cancelled``. Raises
+        :class:`~durable_core.RunNotFoundError` for an unknown run."""
+        await self._call(functools.partial(self.engine.cancel_run, reason=reason), run_id,
+                         self.clock())
+        self._wakeup.set()
 
     def wake(self) -> None:
         """Make an idle worker look at the store now (e.g. after another process wrote)."""

@@ -15,7 +15,7 @@ from typing import Any
 from durable_core.base._cel import compile_expression
 from durable_core.base._durations import from_ms, to_ms
 from durable_core.base._errors import StoreError
-from durable_core.base._events import Event
+from durable_core.base._events import Event, Sent
 from durable_core.core._function import App, Function
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
@@ -37,7 +37,7 @@ from durable_core.core._model import (
     StepFailed,
     TimerFired,
 )
-from durable_core.store import Claim, CommitBatch, NewRun, RunWrite, Store, StoredEvent, WaitRecord
+from durable_core.store import Claim, CommitBatch, NewRun, RunWrite, Store, WaitRecord
 
 __all__ = ["CRON_EVENT", "Engine", "Plan"]
 
@@ -127,9 +127,10 @@ class Engine:
             texts.append(e.to_json())
         return texts
 
-    def send(self, events: Iterable[Event], now: int) -> list[StoredEvent]:
-        """Durably accept events; returns them as stored (ids and duplicate flags)."""
-        return self.store.append_events(self.prepare_events(events, now), now)
+    def send(self, events: Iterable[Event], now: int) -> Sent:
+        """Durably accept events; returns their ids (and which were duplicates)."""
+        stored = self.store.append_events(self.prepare_events(events, now), now)
+        return Sent.of((e.id, e.duplicate) for e in stored)
 
     def route(self, now: int, limit: int = 500) -> int:
         """Start runs and resolve waits for events not yet routed. Returns how many events
@@ -392,7 +393,7 @@ class Engine:
         for run_id in [r for r, live in self.live.items() if not live.leased][:excess]:
             del self.live[run_id]
 
-    def request_cancel(self, run_id: str, now: int, reason: str = "cancelled by request") -> None:
+    def cancel_run(self, run_id: str, now: int, *, reason: str = "cancelled by request") -> None:
         """Durably put a cancel signal in a run's inbox; whoever holds (or next claims) the
         run ends it as ``cancelled``. Raises RunNotFoundError for an unknown run."""
         self.store.get_run(run_id)

@@ -4,7 +4,7 @@
 only when you say so. No trio, no threads and no real waiting on the caller's side::
 
     engine = TestEngine(app, start="2026-01-01T00:00:00Z")
-    [run] = engine.send(Event("order/created", {"orderId": 1, "amount": 150}))
+    [run] = engine.send(Event("order/created", {"orderId": 1, "amount": 150})).runs
     assert run.status == "sleeping"
     engine.advance("1h30m")
     assert run.status == "completed"
@@ -12,7 +12,14 @@ only when you say so. No trio, no threads and no real waiting on the caller's si
 
 from __future__ import annotations
 
-from durable_core.testing._engine import RunHandle, TestEngine, export_run, replay, replay_folder
+from durable_core.testing._engine import (
+    RunHandle,
+    SentRuns,
+    TestEngine,
+    export_run,
+    replay,
+    replay_folder,
+)
 from durable_core.testing._simulation import (
     CrashTestReport,
     FaultPlan,
@@ -26,6 +33,7 @@ __all__ = [
     "FaultPlan",
     "InvariantViolation",
     "RunHandle",
+    "SentRuns",
     "Simulation",
     "TestEngine",
     "crash_test",

@@ -12,7 +12,7 @@ from typing import Any
 
 from durable_core.base._durations import from_ms, parse_duration, parse_instant, to_ms
 from durable_core.base._errors import ValidationError
-from durable_core.base._events import Event
+from durable_core.base._events import Event, Sent
 from durable_core.core._context import current_attempt
 from durable_core.core._function import App
 from durable_core.core._model import ErrorInfo, ExecuteStep
@@ -22,7 +22,9 @@ from durable_core.store import Store
 
 JOURNAL_FORMAT = "durable-core-journal/1"
 
-__all__ = ["RunHandle", "TestEngine", "execute_body", "export_run", "replay", "replay_folder"]
+__all__ = [
+    "RunHandle", "SentRuns", "TestEngine", "execute_body", "export_run", "replay", "replay_folder",
+]
 
 
 class RunHandle:
@@ -74,6 +76,22 @@ class RunHandle:
         return hash(self.id)
 
 
+class SentRuns(Sent):
+    """What :meth:`TestEngine.send` returns: a :class:`~durable_core.Sent` (the ids of the
+    events, in order, as every ``send`` returns) that also holds ``runs``, the handles of the
+    runs the events started, in start order (``[run] = engine.send(event).runs``).
+    """
+
+    __slots__ = ("runs",)
+
+    def __init__(self, sent: Sent, runs: list[RunHandle]) -> None:
+        super().__init__(sent, sent.duplicates)
+        self.runs = runs
+
+    def __repr__(self) -> str:
+        return f"SentRuns({list(self)!r}, runs={self.runs!r})"
+
+
 class TestEngine:
     """The whole engine on a virtual clock, for unit-testing durable functions.
 
@@ -114,19 +132,20 @@ class TestEngine:
         """The virtual time."""
         return from_ms(self._now)
 
-    def send(self, events: Event | Sequence[Event]) -> list[RunHandle]:
+    def send(self, events: Event | Sequence[Event]) -> SentRuns:
         """Send one event or a list, then process everything that can happen without time
-        passing. Returns the runs the events started."""
+        passing. Returns the events' ids, as every ``send`` does, with the runs the events
+        started as ``.runs`` (``[run] = engine.send(event).runs``)."""
         batch = [events] if isinstance(events, Event) else list(events)
         sent_at = self._now
-        stored = self.engine.send(batch, sent_at)
+        sent = self.engine.send(batch, sent_at)
         self._settle()
-        ids = {e.id for e in stored if not e.duplicate}
-        return [
+        ids = set(sent) - sent.duplicates
+        return SentRuns(sent, [
             RunHandle(self, r.id)
             for r in reversed(self.store.list_runs(limit=1_000_000))
             if r.created_at >= sent_at and ids.intersection(r.event_ids)
-        ]
+        ])
 
     def advance(self, duration: str | float | dt.timedelta) -> None:
         """Move the clock forward by ``duration``, firing everything that falls due in order
@@ -165,9 +184,11 @@ class TestEngine:
         self.store.get_run(run_id)
         return RunHandle(self, run_id)
 
-    def cancel(self, run_id: str) -> None:
-        """Cancel a run (it ends with status ``cancelled``); RunNotFoundError if unknown."""
-        self.engine.request_cancel(run_id, self._now, "cancelled")
+    def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> None:
+        """Cancel a run, as ``Client.cancel_run`` does, and process what follows: the run
+        ends with status ``cancelled``. Raises :class:`~durable_core.RunNotFoundError` for an
+        unknown run."""
+        self.engine.cancel_run(run_id, self._now, reason=reason)
         self._settle()
 
     # ------------------------------------------------------------------ internals

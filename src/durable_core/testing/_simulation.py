@@ -28,7 +28,7 @@ import attrs
 
 from durable_core.base._durations import parse_duration, parse_instant, to_ms
 from durable_core.base._errors import StoreError
-from durable_core.base._events import Event
+from durable_core.base._events import Event, Sent
 from durable_core.core._function import App, Function
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
@@ -307,17 +307,19 @@ class Simulation:
 
     # ------------------------------------------------------------------ driving
 
-    def send(self, events: Event | Sequence[Event]) -> list[str]:
-        """Durably accept events (twice each with ``duplicate_events``); returns their ids."""
+    def send(self, events: Event | Sequence[Event]) -> Sent:
+        """Durably accept events (twice each with ``duplicate_events``); returns their ids,
+        in order (a :class:`~durable_core.Sent`, as ``Client.send`` does)."""
         batch = [events] if isinstance(events, Event) else list(events)
         texts = self.engine.prepare_events(batch, self.now)
         if self.plan.duplicate_events:
             texts = [t for text in texts for t in (text, text)]
             self.stats["duplicate_events"] += len(batch)
         stored = self.inner.append_events(texts, self.now)
-        ids = list(dict.fromkeys(e.id for e in stored))
+        sent = Sent.of((e.id, e.duplicate) for e in stored)
+        ids = list(dict.fromkeys(sent))
         self.events += ids
-        return ids
+        return Sent(ids, sent.duplicates)
 
     def _tick(self) -> bool:
         """Cron, routing and claims; returns whether anything happened."""
