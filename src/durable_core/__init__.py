@@ -6,7 +6,7 @@ crashes, restarts, retries and long waits. See the README for a tutorial.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from durable_core.base._errors import (
     DeterminismError,
@@ -37,12 +37,13 @@ from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView
 from durable_core.store import Store
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from durable_core.drivers._background import BackgroundWorker
     from durable_core.drivers._client import Client
     from durable_core.drivers._worker import Worker
 
 __version__ = "0.1.0"
+"""The package version; pyproject.toml reads it from here (the one source)."""
 
 __all__ = [
     "App",

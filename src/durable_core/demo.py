@@ -11,7 +11,10 @@ from typing import Any
 
 from durable_core import App, Context, Event, RetryAfterError, on_event
 
+__all__ = ["app", "charge_card", "process_order"]
+
 app = App("demo")
+"""The demo's app (one function, ``process-order``)."""
 
 _charge_attempts: dict[int, int] = {}
 

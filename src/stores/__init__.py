@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from durable_core.store import (
     Claim,
@@ -19,7 +19,7 @@ from durable_core.store import (
 )
 from stores._memory import MemoryStore
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from stores.postgres import PostgresStore
     from stores.sqlite import SQLiteStore
 

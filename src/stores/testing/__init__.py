@@ -81,11 +81,13 @@ from durable_core.store import (
 from stores._memory import MemoryStore
 
 __all__ = [
+    "DAY",
     "LEASE",
     "NASTY_STRINGS",
     "T0",
     "StoreConformance",
     "StoreStateMachine",
+    "check_processes_never_share_runs",
     "claim",
     "create",
     "entries",
@@ -93,6 +95,8 @@ __all__ = [
     "event_json",
     "make_state_machine",
     "new_run",
+    "run_gated",
+    "run_threads",
     "where",
     "write",
 ]
@@ -102,6 +106,7 @@ T0 = 1_700_000_000_000
 LEASE = 30_000
 """The suite's default lease (ms)."""
 DAY = DEDUPE_WINDOW_MS
+"""One event-dedupe window (24 h, in ms)."""
 
 NASTY_STRINGS: tuple[str, ...] = (
     "'; DROP TABLE runs; --",
@@ -1424,7 +1429,7 @@ def run_gated(args: list[list[str]], timeout: float = 120) -> list[str]:
     return [out.strip().splitlines()[-1] for out, _ in results]
 
 
-CLAIMER_CHILD = """
+_CLAIMER_CHILD = """
 import json, sys
 import stores
 from durable_core.core._model import JournalEntry
@@ -1475,7 +1480,7 @@ def check_processes_never_share_runs(
         create(store, *(new_run(f"pre-{i:03d}", created_at=1_000) for i in range(preexisting)))
     finally:
         store.close()
-    outs = run_gated([[CLAIMER_CHILD, url, o, str(own)] for o in owners])
+    outs = run_gated([[_CLAIMER_CHILD, url, o, str(own)] for o in owners])
     claimed = {o: json.loads(out) for o, out in zip(owners, outs, strict=True)}
     everything = [r for ids in claimed.values() for r in ids]
     expected = {f"pre-{i:03d}" for i in range(preexisting)}
