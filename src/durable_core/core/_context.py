@@ -166,11 +166,7 @@ class InvokeRequest(StepRequest):
     kind = "invoke"
 
     def __init__(
-        self,
-        step_id: str,
-        function: Function[Any],
-        data: dict[str, Any],
-        timeout: dt.timedelta,
+        self, step_id: str, function: Function[Any], data: dict[str, Any], timeout: dt.timedelta
     ) -> None:
         super().__init__(step_id)
         self.function = function
