@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import json
 import pathlib
 import re
 import tomllib
@@ -176,6 +177,27 @@ def test_worker_cancel_run_ends_a_sleeping_run() -> None:
             w.stop()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_cli_cancels_with_the_same_verb(tmp_path: pathlib.Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import stores
+    from durable_core.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cancel.db'}"
+    store = stores.open(url)
+    eng = TestEngine(_app(), store=store)
+    [run] = eng.send(Event("nap")).runs
+    assert run.status == "sleeping"
+    assert main(["runs", "cancel", run.id, "--reason", "from the shell", "--store", url,
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"cancel_requested": run.id}
+    eng.advance("1s")  # a worker (here the test engine) picks the cancel up
+    assert run.status == "cancelled"
+    assert run.error is not None and "from the shell" in run.error.message
+    assert main(["runs", "cancel", "r_missing", "--store", url]) == 2
+    assert "r_missing" in capsys.readouterr().err
+    store.close()
 
 
 # --------------------------------------------------------------------------- version

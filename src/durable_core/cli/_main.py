@@ -176,6 +176,15 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs_cancel(args: argparse.Namespace) -> int:
+    from durable_core.drivers._client import Client
+
+    Client(_open_store(args.store)).cancel_run(args.run_id, reason=args.reason)
+    _print({"cancel_requested": args.run_id}, args.json,
+           f"cancel requested for {args.run_id}; a worker ends the run")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from durable_core.testing import export_run
 
@@ -224,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(sp)
     sp.set_defaults(func=_cmd_send)
 
-    runs = sub.add_parser("runs", help="list or show runs")
+    runs = sub.add_parser("runs", help="list, show or cancel runs")
     rsub = runs.add_subparsers(dest="runs_command", required=True)
     sp = rsub.add_parser("list", help="list runs, newest first")
     sp.add_argument("--function", default=None)
@@ -239,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_show)
+    sp = rsub.add_parser("cancel", help="cancel a run (Client.cancel_run)")
+    sp.add_argument("run_id")
+    sp.add_argument("--reason", default="cancelled by request",
+                    help="recorded in the run's error (default 'cancelled by request')")
+    sp.add_argument("--json", action="store_true")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_runs_cancel)
 
     sp = sub.add_parser("export", help="export a run's journal as JSON (for replay tests)")
     sp.add_argument("run_id")
