@@ -9,10 +9,12 @@ from typing import Any
 import attrs
 
 from durable_core.base._errors import InvalidEventError
+from durable_core.base._serde import MAX_JSON_DEPTH, check_text, json_problem
 
-__all__ = ["MAX_EVENT_BYTES", "MAX_EVENT_NAME_BYTES", "Event", "Sent"]
+__all__ = ["MAX_EVENT_BYTES", "MAX_EVENT_ID_BYTES", "MAX_EVENT_NAME_BYTES", "Event", "Sent"]
 
 MAX_EVENT_NAME_BYTES = 512
+MAX_EVENT_ID_BYTES = 512
 MAX_EVENT_BYTES = 512 * 1024
 # Inngest accepts timestamps in [1980-01-01, 2100-01-01).
 _MIN_TS = 315_532_800_000
@@ -26,9 +28,10 @@ def _check_name(_inst: Event, _attr: attrs.Attribute[str], name: object) -> None
             "'order/created'",
             field="event.name",
         )
-    if len(name.encode("utf-8")) > MAX_EVENT_NAME_BYTES:
+    check_text(name, what="event.name", error=InvalidEventError, nul=True)
+    if len(name) > MAX_EVENT_NAME_BYTES // 4 and len(name.encode("utf-8")) > MAX_EVENT_NAME_BYTES:
         raise InvalidEventError(
-            f"event.name: {len(name.encode('utf-8'))} bytes is over the limit of "
+            f"event.name: {len(name.encode('utf-8', 'surrogatepass'))} bytes is over the limit of "
             f"{MAX_EVENT_NAME_BYTES} bytes; use a shorter name",
             field="event.name",
         )
@@ -41,6 +44,13 @@ def _check_data(_inst: Event, _attr: attrs.Attribute[Any], data: object) -> None
             "wrap the value, e.g. data={'value': ...}",
             field="event.data",
         )
+    problem = json_problem(data)
+    if problem is not None:
+        raise InvalidEventError(
+            f"event.data: {problem}; send at most {MAX_JSON_DEPTH} levels of nesting and only "
+            "valid Unicode text",
+            field="event.data",
+        )
 
 
 def _check_id(_inst: Event, _attr: attrs.Attribute[str | None], value: object) -> None:
@@ -48,6 +58,14 @@ def _check_id(_inst: Event, _attr: attrs.Attribute[str | None], value: object) -
         raise InvalidEventError(
             f"event.id: must be a non-empty string or None, got {value!r}", field="event.id"
         )
+    if value is not None:
+        check_text(value, what="event.id", error=InvalidEventError, nul=True)
+        if len(value) > MAX_EVENT_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_EVENT_ID_BYTES:
+            raise InvalidEventError(
+                f"event.id: {len(value.encode('utf-8'))} bytes is over the limit of "
+                f"{MAX_EVENT_ID_BYTES} bytes; use a shorter id (a hash of a longer key)",
+                field="event.id",
+            )
 
 
 def _check_ts(_inst: Event, _attr: attrs.Attribute[int | None], value: object) -> None:
@@ -77,9 +95,11 @@ class Event:
     """A user-level fact sent to the engine.
 
     ``name`` is a non-empty string of at most 512 bytes (``"order/created"``); ``data`` a JSON
-    object; ``id`` an optional dedupe key (a second event with the same id within 24 hours
-    triggers nothing); ``ts`` milliseconds since the epoch, filled in by the engine when
-    ``None``. The whole event must serialize to at most 512 KiB of JSON.
+    object nested at most 64 levels deep; ``id`` an optional dedupe key of at most 512 bytes
+    (a second event with the same id within 24 hours triggers nothing); ``ts`` milliseconds
+    since the epoch, filled in by the engine when ``None``. The whole event must serialize to
+    at most 512 KiB of JSON. Every string must be valid Unicode (no lone surrogates); the
+    name and id may not contain NUL characters.
 
     Raises :class:`~durable_core.InvalidEventError` naming the field when any of this fails.
     """
@@ -149,6 +169,11 @@ class Event:
             raw = json.loads(text)
         except ValueError as exc:
             raise InvalidEventError(f"event: invalid JSON ({exc})", field="event") from None
+        except RecursionError:
+            raise InvalidEventError(
+                f"event.data: nested more than {MAX_JSON_DEPTH} levels deep (the limit)",
+                field="event.data",
+            ) from None
         return cls.from_dict(raw)
 
 

@@ -17,8 +17,9 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from durable_core.base._backoff import stable_unit
 from durable_core.base._cel import Expression, compile_expression
 from durable_core.base._durations import from_ms, parse_duration, parse_instant
-from durable_core.base._errors import InvalidEventError, ValidationError
-from durable_core.base._events import Event
+from durable_core.base._errors import InvalidDurationError, InvalidEventError, ValidationError
+from durable_core.base._events import MAX_EVENT_NAME_BYTES, Event
+from durable_core.base._serde import check_text, json_problem
 from durable_core.core._function import Function
 from durable_core.core._model import derive_uuid
 
@@ -84,7 +85,23 @@ def _check_id(step_id: object, method: str) -> str:
             "name each step, e.g. ctx.step.run('fetch-user', fetch_user)",
             field="step.id",
         )
+    if not step_id.isascii() or "\x00" in step_id:
+        # A lone surrogate cannot be stored by SQLite, a NUL by PostgreSQL: refuse it here,
+        # where the run fails at once, instead of at every commit of the step's memo.
+        check_text(step_id, what=f"ctx.step.{method}(id)", error=ValidationError, nul=True)
     return step_id
+
+
+def _check_event_name(name: object, where: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidEventError(f"{where}: an event name is required", field=where)
+    check_text(name, what=where, error=InvalidEventError, nul=True)
+    if len(name) > MAX_EVENT_NAME_BYTES // 4 and len(name.encode("utf-8")) > MAX_EVENT_NAME_BYTES:
+        raise InvalidEventError(
+            f"{where}: {len(name.encode('utf-8'))} bytes is over the limit of "
+            f"{MAX_EVENT_NAME_BYTES} bytes for an event name; use a shorter name",
+            field=where,
+        )
 
 
 class StepRequest:
@@ -229,7 +246,7 @@ class Steps:
         parameters. A union return type is not rebuilt (the JSON value is returned as it is),
         so annotate ``fn`` with one concrete type when its value is not plain JSON.
         """
-        if type(id) is not str or not id:
+        if type(id) is not str or not id or not id.isascii() or "\x00" in id:
             _check_id(id, "run")
         if not callable(fn):
             raise ValidationError(
@@ -249,7 +266,18 @@ class Steps:
         """Pause the run until ``until`` (an aware datetime or an ISO-8601 string with an
         offset). A time in the past returns at once."""
         _check_id(id, "sleep_until")
-        when = parse_instant(until, field=f"step.sleep_until({id!r}).until")
+        field = f"step.sleep_until({id!r}).until"
+        when = parse_instant(until, field=field)
+        # The same bound as ``sleep``: at most 366 days after the run's clock (what
+        # ``ctx.now()`` returns here, the same on every replay).
+        latest = from_ms(self._ctx._machine.clock_ms) + _MAX_WAIT
+        if when > latest:
+            raise InvalidDurationError(
+                f"{field}: {when.isoformat()} is more than {_MAX_WAIT.days} days after the "
+                f"run's current time ({from_ms(self._ctx._machine.clock_ms).isoformat()}); "
+                "sleep at most 366 days at a time (loop for longer)",
+                field=field,
+            )
         return SleepRequest(id, None, when)
 
     def wait_for_event(
@@ -265,11 +293,7 @@ class Steps:
         which the CEL expression ``if_`` (over ``event``, the trigger, and ``async``, the
         candidate) is true. Returns the :class:`Event`, or ``None`` after ``timeout``."""
         _check_id(id, "wait_for_event")
-        if not isinstance(event, str) or not event:
-            raise ValidationError(
-                f"ctx.step.wait_for_event({id!r}, event=...): an event name is required",
-                field="step.wait_for_event.event",
-            )
+        _check_event_name(event, "step.wait_for_event.event")
         field = f"step.wait_for_event({id!r}).timeout"
         if isinstance(timeout, dt.datetime):
             td, at = None, parse_instant(timeout, field=field)
@@ -326,6 +350,11 @@ class Steps:
                 f"ctx.step.invoke({id!r}, data=...): data must be a dict, got "
                 f"{type(payload).__name__}",
                 field="step.invoke.data",
+            )
+        problem = json_problem(payload)
+        if problem is not None:
+            raise InvalidEventError(
+                f"ctx.step.invoke({id!r}, data=...): {problem}", field="step.invoke.data"
             )
         td = parse_duration(timeout, field=f"step.invoke({id!r}).timeout", maximum=_MAX_WAIT)
         return InvokeRequest(id, func, payload, td)

@@ -12,6 +12,8 @@ from typing_extensions import TypeVar
 
 from durable_core.base._cel import Expression, compile_expression
 from durable_core.base._cron import CronSchedule
+from durable_core.base._events import MAX_EVENT_NAME_BYTES
+from durable_core.base._serde import check_text
 from durable_core.base._errors import (
     FunctionConfigError,
     UnknownFunctionError,
@@ -73,6 +75,14 @@ def on_event(name: str, *, if_: str | None = None) -> EventTrigger:
     if not isinstance(name, str) or not name:
         raise FunctionConfigError(
             f"on_event(name): must be a non-empty event name, got {name!r}", field="trigger.event"
+        )
+    check_text(name, what="on_event(name)", error=FunctionConfigError, nul=True)
+    if len(name.encode("utf-8")) > MAX_EVENT_NAME_BYTES:
+        raise FunctionConfigError(
+            f"on_event(name): {len(name.encode('utf-8'))} bytes is over the limit of "
+            f"{MAX_EVENT_NAME_BYTES} bytes for an event name, so no event could ever match; "
+            "use a shorter name",
+            field="trigger.event",
         )
     if if_ is not None and not isinstance(if_, str):
         raise FunctionConfigError(

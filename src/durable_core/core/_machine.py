@@ -656,7 +656,7 @@ class RunMachine:
             live = value
             size = len(text)
         elif (t is str or value is None or t is bool) and not (
-            t is str and len(value) > MAX_STEP_OUTPUT_BYTES // 4
+            t is str and (len(value) > MAX_STEP_OUTPUT_BYTES // 4 or not value.isascii())
         ):
             text = dumps(value, what="")
             live = value

@@ -74,6 +74,12 @@ def derive_uuid(*parts: str | int) -> uuid.UUID:
     return uuid.UUID(bytes=h.digest()[:16], version=4)
 
 
+def _storable(text: str) -> str:
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 @attrs.frozen
 class ErrorInfo:
     """A failure as stored: the exception's type name and message."""
@@ -92,8 +98,13 @@ class ErrorInfo:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Describe an exception."""
-        return cls(type=type(exc).__name__, message=str(exc))
+        """Describe an exception. Text a database cannot store (lone surrogates, NUL
+        characters) is replaced by U+FFFD, so recording any failure always succeeds."""
+        try:
+            message = str(exc)
+        except Exception as error:  # a broken __str__ must not stop the run from failing
+            message = f"<str() of the exception failed: {type(error).__name__}>"
+        return cls(type=_storable(type(exc).__name__), message=_storable(message))
 
 
 # --------------------------------------------------------------------------- journal
