@@ -9,12 +9,18 @@ virtual-clock :class:`~durable_core.testing.TestEngine` both drive it.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from durable_core.base._cel import compile_expression
 from durable_core.base._durations import from_ms, to_ms
-from durable_core.base._errors import StoreError
+from durable_core.base._errors import (
+    DurableError,
+    SerializationError,
+    StoreError,
+    UnknownFunctionError,
+)
 from durable_core.base._events import Event, Sent
 from durable_core.core._function import App, Function
 from durable_core.core._machine import RunMachine
@@ -25,6 +31,7 @@ from durable_core.core._model import (
     Command,
     CompleteRun,
     EmitEvents,
+    ErrorInfo,
     ExecuteStep,
     FailRun,
     RegisterWait,
@@ -37,11 +44,24 @@ from durable_core.core._model import (
     StepFailed,
     TimerFired,
 )
-from durable_core.store import Claim, CommitBatch, NewRun, RunWrite, Store, WaitRecord
+from durable_core.store import (
+    Claim,
+    CommitBatch,
+    NewRun,
+    RunWrite,
+    Store,
+    StoredEvent,
+    WaitRecord,
+)
 
-__all__ = ["CRON_EVENT", "Engine", "Plan"]
+__all__ = ["CRON_EVENT", "MAX_COMMIT_FAILURES", "Engine", "Plan", "is_data_error"]
 
 CRON_EVENT = "durable/scheduled.timer"
+MAX_COMMIT_FAILURES = 3
+"""A run whose writes the store refuses this many times in a row with a data error (not a
+lost connection) is failed instead of being retried for ever."""
+
+log = logging.getLogger("durable_core.engine")
 
 _tuple_new = tuple.__new__
 
@@ -66,11 +86,14 @@ class Plan:
     writes were accepted may then run.
     """
 
-    __slots__ = ("batch", "steps")
+    __slots__ = ("batch", "parts", "steps")
 
-    def __init__(self, batch: CommitBatch, steps: list[ExecuteStep]) -> None:
+    def __init__(
+        self, batch: CommitBatch, steps: list[ExecuteStep], parts: list[Plan] | None = None
+    ) -> None:
         self.batch = batch
         self.steps = steps
+        self.parts = parts  # the per-run plans merged into this one, if several
 
 
 class Engine:
@@ -109,6 +132,11 @@ class Engine:
         """Step results dropped because the run's lease was lost before they arrived."""
         self.failed_commits = 0
         """Commits that raised (their runs were dropped from memory and will be rebuilt)."""
+        self.unroutable_events = 0
+        """Events that could not be routed (their reason was logged); they start nothing."""
+        self.poisoned_runs = 0
+        """Runs failed because the store refused their writes or they could not be loaded."""
+        self._commit_failures: dict[str, int] = {}
 
     # ------------------------------------------------------------------ ids
 
@@ -141,30 +169,78 @@ class Engine:
         runs: list[NewRun] = []
         signals: list[tuple[str, Signal]] = []
         waits: dict[str, list[WaitRecord]] = {}
+        parts: list[tuple[StoredEvent, list[NewRun], list[tuple[str, Signal]]]] = []
         for ev in events:
-            raw = json.loads(ev.data)
-            for func in self.app.triggered_by(raw):
-                runs.append(
-                    NewRun(
-                        id=self.new_id("r_", now), function_id=func.id, events=(ev.data,),
-                        event_ids=(ev.id,), created_at=now, idempotency_key=f"event:{ev.id}",
-                    )
-                )
-            if ev.name not in waits:
-                waits[ev.name] = self.store.find_waits(ev.name, now)
-            for w in waits[ev.name]:
-                # No lookback: only events appended after the wait was registered match.
-                if ev.seq > w.after_seq and wait_matches(w, raw):
-                    signals.append(
-                        (w.run_id, Signal("event", key=ev.id, payload=ev.data, position=w.position))
-                    )
-        self.store.commit(
-            CommitBatch(
-                now=now, runs=tuple(runs), signals=tuple(signals),
-                routed_events=tuple(e.seq for e in events),
-            )
+            try:
+                ev_runs, ev_signals = self._route_one(ev, now, waits)
+            except StoreError:
+                raise
+            except Exception as exc:
+                # A poison event (it cannot be parsed or matched): it starts nothing and is
+                # marked routed, so neither the worker nor the rest of the batch stops on it.
+                self._unroutable(ev, exc)
+                ev_runs, ev_signals = [], []
+            runs += ev_runs
+            signals += ev_signals
+            parts.append((ev, ev_runs, ev_signals))
+        batch = CommitBatch(
+            now=now, runs=tuple(runs), signals=tuple(signals),
+            routed_events=tuple(e.seq for e in events),
         )
+        try:
+            self.store.commit(batch)
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            # The store refused the data of some event: route them one by one, so only the
+            # poison one is left out.
+            for ev, ev_runs, ev_signals in parts:
+                self._route_alone(ev, ev_runs, ev_signals, now)
         return len(events)
+
+    def _route_one(
+        self, ev: StoredEvent, now: int, waits: dict[str, list[WaitRecord]]
+    ) -> tuple[list[NewRun], list[tuple[str, Signal]]]:
+        runs: list[NewRun] = []
+        signals: list[tuple[str, Signal]] = []
+        raw = json.loads(ev.data)
+        for func in self.app.triggered_by(raw):
+            runs.append(
+                NewRun(
+                    id=self.new_id("r_", now), function_id=func.id, events=(ev.data,),
+                    event_ids=(ev.id,), created_at=now, idempotency_key=f"event:{ev.id}",
+                )
+            )
+        if ev.name not in waits:
+            waits[ev.name] = self.store.find_waits(ev.name, now)
+        for w in waits[ev.name]:
+            # No lookback: only events appended after the wait was registered match.
+            if ev.seq > w.after_seq and wait_matches(w, raw):
+                signals.append(
+                    (w.run_id, Signal("event", key=ev.id, payload=ev.data, position=w.position))
+                )
+        return runs, signals
+
+    def _route_alone(
+        self, ev: StoredEvent, runs: list[NewRun], signals: list[tuple[str, Signal]], now: int
+    ) -> None:
+        try:
+            self.store.commit(
+                CommitBatch(now=now, runs=tuple(runs), signals=tuple(signals),
+                            routed_events=(ev.seq,))
+            )
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            self._unroutable(ev, exc)
+            self.store.commit(CommitBatch(now=now, routed_events=(ev.seq,)))
+
+    def _unroutable(self, ev: StoredEvent, exc: BaseException) -> None:
+        self.unroutable_events += 1
+        log.warning(
+            "event %s (seq %d, name %s) cannot be routed and starts nothing: %s: %s",
+            ascii(ev.id), ev.seq, ascii(ev.name)[:200], type(exc).__name__, _short(exc),
+        )
 
     # ------------------------------------------------------------------ cron
 
@@ -221,27 +297,62 @@ class Engine:
         return self.feed_claims(claims, now)
 
     def feed_claims(self, claims: Sequence[Claim], now: int) -> Plan:
-        """Feed claimed runs their due inputs (start/replay, timers, signals)."""
-        out: list[tuple[_Live, list[Command]]] = []
+        """Feed claimed runs their due inputs (start/replay, timers, signals).
+
+        A run that cannot be loaded or fed (a stored event that is not valid any more, a
+        machine that raised) is failed with a typed error; the other claims go on."""
+        parts: list[Plan] = []
         for claim in claims:
-            live = self._adopt(claim)
-            live.lease_until = now + self.lease_ms
-            cmds: list[Command] = []
-            m = live.machine
-            if any(s.kind == "cancel" for _, s in claim.signals):
-                cancel = next(s for _, s in claim.signals if s.kind == "cancel")
-                cmds += m.handle(CancelRequested(cancel.payload, now))
-            else:
-                cmds += m.handle(RunStarted(now))
-                deadline = m.next_deadline()
-                if deadline is not None and deadline <= now:
-                    cmds += m.handle(TimerFired(now))
-                for _seq, signal in claim.signals:
-                    cmds += m.handle(SignalReceived(signal, now))
-            if claim.signals:
-                live.signals = max(seq for seq, _ in claim.signals)
-            out.append((live, cmds))
-        return self._plan(out, now, force=True)
+            try:
+                item = self._feed(claim, now)
+            except (StoreError, UnknownFunctionError):
+                raise
+            except Exception as exc:
+                self.forget((claim.run.id,))
+                parts.append(self._poisoned(claim, exc, now))
+                continue
+            parts.append(self._plan([item], now, force=True))
+        if len(parts) == 1:
+            return parts[0]
+        return Plan(
+            merge_batches([p.batch for p in parts], now), [s for p in parts for s in p.steps],
+            parts,
+        )
+
+    def _feed(self, claim: Claim, now: int) -> tuple[_Live, list[Command]]:
+        live = self._adopt(claim)
+        live.lease_until = now + self.lease_ms
+        cmds: list[Command] = []
+        m = live.machine
+        if any(s.kind == "cancel" for _, s in claim.signals):
+            cancel = next(s for _, s in claim.signals if s.kind == "cancel")
+            cmds += m.handle(CancelRequested(cancel.payload, now))
+        else:
+            cmds += m.handle(RunStarted(now))
+            deadline = m.next_deadline()
+            if deadline is not None and deadline <= now:
+                cmds += m.handle(TimerFired(now))
+            for _seq, signal in claim.signals:
+                cmds += m.handle(SignalReceived(signal, now))
+        if claim.signals:
+            live.signals = max(seq for seq, _ in claim.signals)
+        return live, cmds
+
+    def _poisoned(self, claim: Claim, exc: BaseException, now: int) -> Plan:
+        """A plan failing a claimed run that cannot be loaded or fed."""
+        run = claim.run
+        if not isinstance(exc, DurableError):
+            exc = SerializationError(
+                f"run {run.id} cannot be loaded: {type(exc).__name__}: {_short(exc)}",
+                field="run",
+            )
+        self.poisoned_runs += 1
+        log.error("run %s fails: it cannot be loaded: %s: %s", run.id, type(exc).__name__,
+                  _short(exc))
+        consumed = max((seq for seq, _ in claim.signals), default=0)
+        write = RunWrite(run_id=run.id, epoch=run.epoch, status="failed",
+                         error=ErrorInfo.from_exception(exc), consumed_signals=consumed)
+        return Plan(CommitBatch(now=now, writes=(write,)), [])
 
     def _adopt(self, claim: Claim) -> _Live:
         run = claim.run
@@ -369,9 +480,20 @@ class Engine:
             # of the store: drop them; the runs are rebuilt from the store when claimed again.
             self.failed_commits += 1
             self.forget(w.run_id for w in batch.writes)
+            if is_data_error(exc):
+                # Refused for its data, not lost: find the run at fault and count it.
+                return self._commit_apart(plans, exc)
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"store commit failed: {type(exc).__name__}: {exc}") from exc
+        return self._committed(plans, batch, fenced)
+
+    def _committed(
+        self, plans: Sequence[Plan], batch: CommitBatch, fenced: Iterable[str]
+    ) -> list[ExecuteStep]:
+        if self._commit_failures:
+            for w in batch.writes:
+                self._commit_failures.pop(w.run_id, None)
         steps = [s for p in plans for s in p.steps]
         if fenced:
             self.stale_writes += len(fenced)
@@ -385,6 +507,59 @@ class Engine:
         if len(self.live) > self.cache_size:
             self._evict()
         return steps
+
+    def _commit_apart(self, plans: Sequence[Plan], error: Exception) -> list[ExecuteStep]:
+        """A commit was refused for its data: commit its runs' plans one by one, so that
+        healthy runs proceed, and count the refusals of the others. A run refused
+        ``MAX_COMMIT_FAILURES`` times in a row is failed."""
+        parts = [q for p in plans for q in (p.parts or (p,))]
+        steps: list[ExecuteStep] = []
+        for part in parts:
+            exc: Exception = error
+            if len(parts) > 1:
+                try:
+                    fenced = self.store.commit(part.batch)
+                except Exception as again:
+                    if not is_data_error(again):
+                        raise StoreError(
+                            f"store commit failed: {type(again).__name__}: {again}"
+                        ) from again
+                    exc = again
+                else:
+                    steps += self._committed([part], part.batch, fenced)
+                    continue
+            now = part.batch.now
+            for w in part.batch.writes:
+                self.live.pop(w.run_id, None)
+                n = self._commit_failures[w.run_id] = self._commit_failures.get(w.run_id, 0) + 1
+                if n < MAX_COMMIT_FAILURES:
+                    log.warning(
+                        "run %s: the store refused its writes (%d of %d times): %s: %s; the "
+                        "run will be retried from the store",
+                        w.run_id, n, MAX_COMMIT_FAILURES, type(exc).__name__, _short(exc),
+                    )
+                    continue
+                self._fail_refused(w, exc, n, now)
+        return steps
+
+    def _fail_refused(self, w: RunWrite, exc: Exception, n: int, now: int) -> None:
+        cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ else exc
+        err = StoreError(
+            f"run {w.run_id}: the store refused its writes {n} times in a row "
+            f"({type(cause).__name__}: {_short(cause)}); the run is failed instead of being "
+            "retried for ever. Check the step ids, event names and values it records"
+        )
+        log.error("%s", err)
+        try:
+            self.store.commit(CommitBatch(now=now, writes=(
+                RunWrite(run_id=w.run_id, epoch=w.epoch, status="failed",
+                         error=ErrorInfo.from_exception(err)),
+            )))
+        except Exception as again:
+            log.warning("run %s: recording its failure failed too: %s", w.run_id, again)
+            return
+        self._commit_failures.pop(w.run_id, None)
+        self.poisoned_runs += 1
 
     def _evict(self) -> None:
         """Drop the oldest parked machines beyond ``cache_size`` (they are rebuilt by replay
@@ -464,10 +639,10 @@ class Engine:
         return live is not None and now + self._lease_margin < live.lease_until
 
 
-def merge_batches(batches: Sequence[CommitBatch]) -> CommitBatch:
+def merge_batches(batches: Sequence[CommitBatch], now: int | None = None) -> CommitBatch:
     """One batch holding all of ``batches``, in order."""
     return CommitBatch(
-        now=max(b.now for b in batches),
+        now=max(b.now for b in batches) if now is None else now,
         runs=tuple(x for b in batches for x in b.runs),
         events=tuple(x for b in batches for x in b.events),
         writes=tuple(x for b in batches for x in b.writes),
@@ -487,3 +662,30 @@ def wait_matches(wait: WaitRecord, event: dict[str, Any]) -> bool:
         return True
     expr = compile_expression(wait.if_, field="wait_for_event.if_", variables=("event", "async"))
     return expr.matches({"event": json.loads(wait.trigger_event), "async": event})
+
+
+_DATA_SQLSTATES = ("22", "23", "54")  # data exception, integrity violation, program limit
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether a store error was caused by the data written (it would fail again the same
+    way: text a database cannot store, a value over a database limit), as opposed to a
+    transient failure (a lost connection, a locked database, a timeout) worth retrying."""
+    seen = 0
+    error: BaseException | None = exc
+    while error is not None and seen < 10:
+        seen += 1
+        if isinstance(error, ValueError | TypeError) and not isinstance(error, DurableError):
+            return True  # UnicodeEncodeError (lone surrogates) and the like
+        if type(error).__name__ in ("DataError", "IntegrityError"):
+            return True
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _DATA_SQLSTATES:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = ascii(str(exc))[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
