@@ -19,6 +19,13 @@ Differences from raw cel-python, chosen to match Inngest (cel-go over JSON data)
   field paths (``event.data.amount``), only those keys are converted, so large events stay
   cheap to match. Any other use of a value (``size(event.data)``, ``event.data[k]``,
   methods, macros) converts that whole value.
+* Bounded cost. An expression is at most :data:`MAX_EXPRESSION_CHARS` characters (checked
+  before parsing, so a huge literal is refused at once), and one evaluation may spend at most
+  :data:`MAX_EVALUATION_COST` units: one per node of the expression evaluated (each element
+  a macro such as ``all``/``exists``/``map`` visits counts its whole sub-expression again),
+  plus one per 64 elements or characters of every list, map or string a node produces. An
+  evaluation over budget stops at once with :class:`InvalidExpressionError` (``matches``
+  counts it as no match and logs why).
 
 This module never imports trio or reads the clock.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -34,11 +42,25 @@ from typing import Any, Final
 import celpy
 import lark
 from celpy import celtypes
-from celpy.evaluation import CELEvalError, base_functions
+from celpy.evaluation import CELEvalError, Evaluator, base_functions
 
 from durable_core.base._errors import InvalidExpressionError
 
-__all__ = ["DEFAULT_VARIABLES", "Expression", "compile_expression"]
+__all__ = [
+    "DEFAULT_VARIABLES",
+    "MAX_EVALUATION_COST",
+    "MAX_EXPRESSION_CHARS",
+    "Expression",
+    "compile_expression",
+]
+
+MAX_EXPRESSION_CHARS: Final = 4096
+"""The longest CEL expression accepted (characters); longer ones are refused before parsing."""
+
+MAX_EVALUATION_COST: Final = 50_000
+"""The cost budget of one evaluation (see the module docstring for what a unit is)."""
+
+_log = logging.getLogger("durable_core.cel")
 
 #: Variables an expression may use unless told otherwise.
 DEFAULT_VARIABLES: Final[tuple[str, ...]] = ("event", "async", "vars")
@@ -166,6 +188,48 @@ _FUNCTION_OVERRIDES: Final[dict[str, Callable[[Any, Any], Any]]] = {
     "_==_": _equality(negate=False),
     "_!=_": _equality(negate=True),
 }
+
+# --- bounded evaluation ----------------------------------------------------------------------
+
+
+class _OverBudget(BaseException):
+    """Raised inside cel-python when an evaluation runs out of budget.
+
+    A BaseException, so that cel-python's own ``except Exception`` handlers (which turn
+    errors into values, e.g. for ``||``) cannot swallow it and keep evaluating."""
+
+
+class _Budget:
+    __slots__ = ("left",)
+
+    def __init__(self, units: int) -> None:
+        self.left = units
+
+
+class _BoundedEvaluator(Evaluator):
+    """cel-python's interpreter, charging every node it evaluates to a shared budget."""
+
+    def __init__(self, ast: Any, activation: Any, budget: _Budget) -> None:
+        super().__init__(ast, activation)
+        self._budget = budget
+
+    def sub_evaluator(self, ast: Any) -> Any:
+        # Macros (all, exists, map...) evaluate their body with a sub-evaluator per macro:
+        # it draws on the same budget.
+        return _BoundedEvaluator(ast, self.activation, self._budget)
+
+    def _visit_tree(self, tree: Any) -> Any:
+        budget = self._budget
+        budget.left -= 1
+        if budget.left < 0:
+            raise _OverBudget
+        result = super()._visit_tree(tree)
+        if isinstance(result, str | bytes | list | dict):
+            budget.left -= len(result) >> 6
+            if budget.left < 0:
+                raise _OverBudget
+        return result
+
 
 # --- static analysis of the parse tree ----------------------------------------------------
 
@@ -452,6 +516,12 @@ class _Compiled:
         self.program = program
         self.needs = needs
 
+    def evaluate(self, context: dict[str, Any], budget: int) -> Any:
+        """Evaluate within ``budget`` units (raises _OverBudget past it)."""
+        program = self.program
+        evaluator = _BoundedEvaluator(program.ast, program.new_activation(), _Budget(budget))
+        return evaluator.evaluate(context)
+
 
 def _syntax_error_detail(source: str, error: Exception) -> str:
     line = getattr(error, "line", None)
@@ -513,6 +583,13 @@ def compile_expression(
             field=field,
         )
     variables = tuple(variables)
+    if len(source) > MAX_EXPRESSION_CHARS:
+        raise InvalidExpressionError(
+            f"{field}: the CEL expression {_quote(source, 60)} is {len(source)} characters, over "
+            f"the limit of {MAX_EXPRESSION_CHARS}; keep expressions short (match on a field "
+            "or an id, not on a literal list of values)",
+            field=field,
+        )
     try:
         compiled = _compile(source, variables)
     except _CompileFailure as failure:
@@ -547,7 +624,9 @@ class Expression:
         """
         context = self._context(activation)
         try:
-            return _from_cel(self._compiled.program.evaluate(context))
+            return _from_cel(self._compiled.evaluate(context, MAX_EVALUATION_COST))
+        except _OverBudget:
+            raise self._over_budget() from None
         except Exception as error:  # CELEvalError, or an internal cel-python error
             raise InvalidExpressionError(
                 f"{self.field}: evaluating CEL expression {_quote(self.source)} failed "
@@ -560,16 +639,27 @@ class Expression:
         """True only if the expression evaluates to boolean true.
 
         Evaluation errors (a missing key, a type mismatch) and non-boolean results count as
-        no match, as in Inngest. Values that cannot be converted to CEL still raise
-        :class:`InvalidExpressionError`.
+        no match, as in Inngest; so does an evaluation over the cost budget (logged as a
+        warning on ``durable_core.cel``, naming the expression). Values that cannot be
+        converted to CEL still raise :class:`InvalidExpressionError`.
         """
         context = self._context(activation)
         try:
-            result = self._compiled.program.evaluate(context)
+            result = self._compiled.evaluate(context, MAX_EVALUATION_COST)
+        except _OverBudget:
+            _log.warning("%s", self._over_budget())
+            return False
+        except RecursionError:
+            _log.warning("%s: CEL expression %s: the data is nested too deeply; no match",
+                         self.field, _quote(self.source))
+            return False
         except Exception:  # CELEvalError, or an internal cel-python error: no match
             return False
         # cel-python's BoolType subclasses int, not bool.
         return isinstance(result, celtypes.BoolType | bool) and bool(result)
+
+    def _over_budget(self) -> InvalidExpressionError:
+        return _over_budget_error(self)
 
     def _context(self, activation: Mapping[str, Any]) -> dict[str, Any]:
         """Convert the variables the expression reads (and only the parts it reads)."""
@@ -578,6 +668,12 @@ class Expression:
             if name in activation:
                 try:
                     context[name] = _needed_to_cel(activation[name], need)
+                except RecursionError:
+                    raise InvalidExpressionError(
+                        f"{self.field}: cannot pass {name!r} to the CEL expression "
+                        f"{_quote(self.source)}: it is nested too deeply",
+                        field=self.field,
+                    ) from None
                 except _ConversionError as error:
                     raise InvalidExpressionError(
                         f"{self.field}: cannot pass {error} inside {name!r} to the CEL "
@@ -586,6 +682,15 @@ class Expression:
                         field=self.field,
                     ) from None
         return context
+
+
+def _over_budget_error(expression: Expression) -> InvalidExpressionError:
+    return InvalidExpressionError(
+        f"{expression.field}: evaluating CEL expression {_quote(expression.source)} was "
+        f"stopped: it went over the cost budget of {MAX_EVALUATION_COST} units (nested loops "
+        "over large lists?); simplify the expression or send smaller lists",
+        field=expression.field,
+    )
 
 
 def _quote(source: str, limit: int = 200) -> str:

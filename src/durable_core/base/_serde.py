@@ -55,7 +55,7 @@ def text_problem(text: str) -> str | None:
     except UnicodeEncodeError as exc:
         bad = text[exc.start : exc.end]
         return (
-            f"it contains a lone surrogate ({ascii(bad)} at index {exc.start}), which is not "
+            f"it contains a lone surrogate ({bad!a} at index {exc.start}), which is not "
             "valid Unicode text"
         )
     return None
@@ -75,7 +75,9 @@ def _short(text: str, limit: int = 60) -> str:
     return ascii(text) if len(text) <= limit else ascii(text[:limit]) + "..."
 
 
-def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH, *, strings: bool = True) -> str | None:
+def json_problem(
+    value: Any, max_depth: int = MAX_JSON_DEPTH, *, strings: bool = True
+) -> str | None:
     """Why a JSON-like value (dicts, lists, tuples, scalars) cannot be stored, or None.
 
     Checks the nesting depth against ``max_depth`` and, with ``strings``, that every string

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic
@@ -12,13 +13,14 @@ from typing_extensions import TypeVar
 
 from durable_core.base._cel import Expression, compile_expression
 from durable_core.base._cron import CronSchedule
-from durable_core.base._events import MAX_EVENT_NAME_BYTES
-from durable_core.base._serde import check_text
 from durable_core.base._errors import (
     FunctionConfigError,
+    InvalidExpressionError,
     UnknownFunctionError,
     ValidationError,
 )
+from durable_core.base._events import MAX_EVENT_NAME_BYTES
+from durable_core.base._serde import check_text
 
 __all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
 
@@ -52,7 +54,14 @@ class EventTrigger:
         """Whether an event (in dict form) fires this trigger."""
         if event["name"] != self.event:
             return False
-        return self.expression is None or self.expression.matches({"event": event})
+        if self.expression is None:
+            return True
+        try:
+            return self.expression.matches({"event": event})
+        except InvalidExpressionError as exc:
+            # The event cannot be passed to CEL (nested too deeply, ...): no match, logged.
+            _log.warning("%s; the trigger does not match", exc)
+            return False
 
 
 @attrs.frozen
@@ -64,6 +73,7 @@ class CronTrigger:
 
 
 Trigger = EventTrigger | CronTrigger
+_log = logging.getLogger("durable_core.cel")
 
 
 def on_event(name: str, *, if_: str | None = None) -> EventTrigger:

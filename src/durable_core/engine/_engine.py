@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from durable_core.base._cel import compile_expression
 from durable_core.base._durations import from_ms, to_ms
 from durable_core.base._errors import (
     DurableError,
+    InvalidExpressionError,
     SerializationError,
     StoreError,
     UnknownFunctionError,
@@ -489,7 +490,7 @@ class Engine:
         return self._committed(plans, batch, fenced)
 
     def _committed(
-        self, plans: Sequence[Plan], batch: CommitBatch, fenced: Iterable[str]
+        self, plans: Sequence[Plan], batch: CommitBatch, fenced: Collection[str]
     ) -> list[ExecuteStep]:
         if self._commit_failures:
             for w in batch.writes:
@@ -660,8 +661,16 @@ def wait_matches(wait: WaitRecord, event: dict[str, Any]) -> bool:
         return False
     if wait.if_ is None:
         return True
-    expr = compile_expression(wait.if_, field="wait_for_event.if_", variables=("event", "async"))
-    return expr.matches({"event": json.loads(wait.trigger_event), "async": event})
+    try:
+        expr = compile_expression(
+            wait.if_, field="wait_for_event.if_", variables=("event", "async")
+        )
+        return expr.matches({"event": json.loads(wait.trigger_event), "async": event})
+    except (InvalidExpressionError, RecursionError, ValueError) as exc:
+        # The wait does not resume on this event; it still times out as usual.
+        log.warning("run %s: wait at position %d does not match event %s: %s", wait.run_id,
+                    wait.position, ascii(event.get("id")), _short(exc))
+        return False
 
 
 _DATA_SQLSTATES = ("22", "23", "54")  # data exception, integrity violation, program limit
