@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from durable_core.base._errors import DurableError
@@ -149,6 +150,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
         data = json.loads(args.data)
     except ValueError as exc:
         raise DurableError(f"--data: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise DurableError("--data: the JSON is nested too deeply") from None
     event = Event(args.name, data, id=args.id)
     client = Client(_open_store(args.store))
     ids = client.send(event)
@@ -198,6 +201,44 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_in(name: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], or a usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number, got {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be between {low} and {high}, got {text}"
+            )
+        return value
+
+    return parse
+
+
+def _seconds(name: str, low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds in (low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a number of seconds, got {text!r}"
+            ) from None
+        if not (math.isfinite(value) and low < value <= high):
+            raise argparse.ArgumentTypeError(
+                f"{name} must be more than {low:g} and at most {high:g} seconds, got {text}"
+            )
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``durable`` command."""
     p = argparse.ArgumentParser(prog="durable", description="durable-core command line")
@@ -214,12 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("worker", help="run a worker for an app until SIGINT/SIGTERM")
     sp.add_argument("app", help="package.module:app")
-    sp.add_argument("--max-runs", type=int, default=1000,
+    sp.add_argument("--max-runs", type=_int_in("--max-runs", 1, 1_000_000), default=1000,
                     help="runs with step bodies in flight, per process (default 1000)")
-    sp.add_argument("--processes", type=int, default=1,
+    sp.add_argument("--processes", type=_int_in("--processes", 1, 1024), default=1,
                     help="worker processes on the store, to use more than one core "
                          "(default 1; needs a SQLite file or PostgreSQL)")
-    sp.add_argument("--poll-interval", type=float, default=0.5,
+    sp.add_argument("--poll-interval", type=_seconds("--poll-interval", 0, 3600), default=0.5,
                     help="seconds an idle worker waits before looking at the store again "
                          "(default 0.5; PostgreSQL also wakes workers at once with NOTIFY)")
     store_arg(sp)
@@ -239,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--function", default=None)
     sp.add_argument("--status", default=None)
     sp.add_argument("--event", default=None, help="runs started by this event id")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--limit", type=_int_in("--limit", 1, 100_000), default=50,
+                    help="at most this many runs (1-100000, default 50)")
     sp.add_argument("--json", action="store_true")
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_list)

@@ -17,6 +17,7 @@ from durable_core.base._cel import compile_expression
 from durable_core.base._durations import from_ms, to_ms
 from durable_core.base._errors import (
     DurableError,
+    InvalidEventError,
     InvalidExpressionError,
     SerializationError,
     StoreError,
@@ -151,6 +152,12 @@ class Engine:
         """Events as JSON texts with ``id`` and ``ts`` filled in."""
         texts = []
         for e in events:
+            if not isinstance(e, Event):
+                raise InvalidEventError(
+                    f"send: expected Event objects, got a {type(e).__name__}; build events "
+                    "with Event(name, data)",
+                    field="event",
+                )
             if e.id is None or e.ts is None:
                 e = Event(e.name, e.data, id=e.id or self.new_id("e_", now), ts=e.ts or now)
             texts.append(e.to_json())

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import select
 import socket
 import threading
@@ -815,8 +816,27 @@ class PostgresStore:
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
         """Open a store from a ``postgresql://`` (or ``postgres://``) URL; an optional
-        ``schema`` query parameter names the schema (``...?schema=myapp``)."""
-        parts = urllib.parse.urlsplit(url)
+        ``schema`` query parameter names the schema (``...?schema=myapp``).
+
+        A malformed URL raises :class:`~durable_core.ValidationError` (its password
+        redacted)."""
+        shown = re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - parsing it validates it
+        except ValueError as exc:
+            raise ValidationError(
+                f"store url {shown!r}: not a valid PostgreSQL URL ({exc}); write it as "
+                "postgresql://user:password@host:5432/dbname (an IPv6 host in brackets: "
+                "[::1]:5432)",
+                field="store",
+            ) from None
+        if not parts.netloc and parts.path in ("", "/"):
+            raise ValidationError(
+                f"store url {shown!r}: names no host and no database; write it as "
+                "postgresql://user@host:5432/dbname",
+                field="store",
+            )
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         schema = "durable"
         rest = []
@@ -825,7 +845,10 @@ class PostgresStore:
                 schema = value
             else:
                 rest.append((key, value))
-        clean = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest)))
+        # Rebuilt by hand: urlunsplit drops an empty host ("postgresql:///db" would lose it).
+        clean = url.split("?", 1)[0].split("#", 1)[0]
+        if rest:
+            clean += "?" + urllib.parse.urlencode(rest)
         return cls(clean, schema=schema)
 
     def __repr__(self) -> str:
