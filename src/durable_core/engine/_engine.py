@@ -500,8 +500,10 @@ class Engine:
         self, plans: Sequence[Plan], batch: CommitBatch, fenced: Collection[str]
     ) -> list[ExecuteStep]:
         if self._commit_failures:
+            # A run's count restarts once its journal moves on (a claim alone does not).
             for w in batch.writes:
-                self._commit_failures.pop(w.run_id, None)
+                if w.entries:
+                    self._commit_failures.pop(w.run_id, None)
         steps = [s for p in plans for s in p.steps]
         if fenced:
             self.stale_writes += len(fenced)
