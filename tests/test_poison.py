@@ -424,6 +424,69 @@ def test_sleep_until_is_bounded_like_sleep() -> None:
     assert "366 days" in run.error.message
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["runs", "list", "--limit", str(10**20), "--store", "memory://"],
+         "--limit must be between 1 and 100000"),
+        (["runs", "list", "--limit", "0", "--store", "memory://"], "--limit must be between"),
+        (["worker", "x:app", "--poll-interval", "-1"], "--poll-interval must be more than 0"),
+        (["worker", "x:app", "--poll-interval", "nan"], "--poll-interval must be more than 0"),
+        (["worker", "x:app", "--poll-interval", "inf"], "--poll-interval must be more than 0"),
+        (["worker", "x:app", "--max-runs", "0"], "--max-runs must be between 1"),
+        (["worker", "x:app", "--processes", "0"], "--processes must be between 1"),
+        (["worker", "x:app", "--max-runs", "many"], "--max-runs must be a whole number"),
+    ],
+)
+def test_cli_options_are_checked_at_parse(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from durable_core.cli._main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["send", "e\udc80", "--store", "memory://"], "event.name"),
+        (["send", "e", "--id", "a\x00", "--store", "memory://"], "event.id"),
+        (["send", "e", "--data", '{"k": "\\ud800"}', "--store", "memory://"], "event.data"),
+        (["send", "e", "--data", '{"k":' + nest_json(980) + "}", "--store", "memory://"],
+         "nested more than 64"),
+    ],
+)
+def test_durable_send_refuses_poison_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from durable_core.cli._main import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("durable: error: ") and message in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u:S3cretPW@[::1:5432/x", "not a valid PostgreSQL URL"),
+        ("postgresql://u:S3cretPW@host:99999/x", "not a valid PostgreSQL URL"),
+        ("postgresql://", "names no host and no database"),
+    ],
+)
+def test_bad_postgres_urls_are_a_validation_error_without_the_password(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message) as info:
+        stores.open(url)
+    assert info.value.field == "store"
+    assert "S3cretPW" not in str(info.value)
+
+
 # ------------------------------------------------------------------------------ defence in depth
 
 

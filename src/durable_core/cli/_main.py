@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,6 +13,7 @@ from typing import Any
 
 from durable_core.base._errors import DurableError
 from durable_core.base._events import Event
+from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._function import App
 from durable_core.drivers._loading import load_app
 from durable_core.engine._views import RunView
@@ -151,7 +152,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise DurableError(f"--data: invalid JSON ({exc})") from None
     except RecursionError:
-        raise DurableError("--data: the JSON is nested too deeply") from None
+        raise DurableError(
+            f"--data: the JSON is nested more than {MAX_JSON_DEPTH} levels deep (the limit)"
+        ) from None
     event = Event(args.name, data, id=args.id)
     client = Client(_open_store(args.store))
     ids = client.send(event)
