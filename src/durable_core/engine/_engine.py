@@ -487,10 +487,11 @@ class Engine:
             # The outcome is unknown (applied or not). The machines of these runs may be ahead
             # of the store: drop them; the runs are rebuilt from the store when claimed again.
             self.failed_commits += 1
-            self.forget(w.run_id for w in batch.writes)
             if is_data_error(exc):
-                # Refused for its data, not lost: find the run at fault and count it.
+                # Refused for its data, not lost (nothing was applied): find the run at
+                # fault and count it; the others go on with their machines.
                 return self._commit_apart(plans, exc)
+            self.forget(w.run_id for w in batch.writes)
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"store commit failed: {type(exc).__name__}: {exc}") from exc
@@ -524,13 +525,16 @@ class Engine:
         ``MAX_COMMIT_FAILURES`` times in a row is failed."""
         parts = [q for p in plans for q in (p.parts or (p,))]
         steps: list[ExecuteStep] = []
-        for part in parts:
+        for index, part in enumerate(parts):
             exc: Exception = error
             if len(parts) > 1:
                 try:
                     fenced = self.store.commit(part.batch)
                 except Exception as again:
                     if not is_data_error(again):
+                        self.forget(w.run_id for p in parts[index:] for w in p.batch.writes)
+                        if isinstance(again, StoreError):
+                            raise
                         raise StoreError(
                             f"store commit failed: {type(again).__name__}: {again}"
                         ) from again
