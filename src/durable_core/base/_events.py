@@ -44,13 +44,6 @@ def _check_data(_inst: Event, _attr: attrs.Attribute[Any], data: object) -> None
             "wrap the value, e.g. data={'value': ...}",
             field="event.data",
         )
-    problem = json_problem(data)
-    if problem is not None:
-        raise InvalidEventError(
-            f"event.data: {problem}; send at most {MAX_JSON_DEPTH} levels of nesting and only "
-            "valid Unicode text",
-            field="event.data",
-        )
 
 
 def _check_id(_inst: Event, _attr: attrs.Attribute[str | None], value: object) -> None:
@@ -112,7 +105,29 @@ class Event:
     ts: int | None = attrs.field(default=None, validator=_check_ts)
 
     def __attrs_post_init__(self) -> None:
-        size = len(self.to_json().encode("utf-8"))
+        # Data nested too deeply or holding a lone surrogate is refused here (the name and
+        # the id were checked by their validators). JSON text nests at most half its length
+        # deep, so only long texts need the walk; encoding finds any lone surrogate.
+        try:
+            text = self.to_json()
+        except RecursionError:
+            text = None
+        if text is None or len(text) > 2 * MAX_JSON_DEPTH:
+            problem = json_problem(self.data)
+            if problem is not None:
+                raise InvalidEventError(
+                    f"event.data: {problem}; send at most {MAX_JSON_DEPTH} levels of nesting "
+                    "and only valid Unicode text",
+                    field="event.data",
+                )
+            assert text is not None
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            problem = json_problem(self.data) or "a string in it is not valid Unicode text"
+            raise InvalidEventError(
+                f"event.data: {problem}; send only valid Unicode text", field="event.data"
+            ) from None
         if size > MAX_EVENT_BYTES:
             raise InvalidEventError(
                 f"event: {size} bytes of JSON is over the limit of {MAX_EVENT_BYTES} bytes "

@@ -143,12 +143,14 @@ def dumps(value: Any, *, what: str) -> str:
         return "true" if value else "false"
     try:
         raw = converter.unstructure(value)
-        problem = json_problem(raw, strings=False)
-        if problem is not None:
-            raise SerializationError(
-                f"{what}: cannot be stored: {problem}; return a flatter value", field=what
-            )
         text = _encoder.encode(raw)
+        # JSON text nests at most half its length deep: only longer texts need the walk.
+        if len(text) > 2 * MAX_JSON_DEPTH:
+            problem = json_problem(raw, strings=False)
+            if problem is not None:
+                raise SerializationError(
+                    f"{what}: cannot be stored: {problem}; return a flatter value", field=what
+                )
     except RecursionError:
         raise SerializationError(
             f"{what}: cannot be stored: it is nested too deeply (more than {MAX_JSON_DEPTH} "
