@@ -418,7 +418,7 @@ def test_sleep_until_is_bounded_like_sleep() -> None:
         await ctx.step.sleep_until("nap", "9999-12-31T00:00:00Z")
 
     engine = TestEngine(app, start="2026-01-01T00:00:00Z")
-    [run] = engine.send(Event("go"))
+    [run] = engine.send(Event("go")).runs
     assert run.status == "failed"
     assert run.error is not None and run.error.type == "InvalidDurationError"
     assert "366 days" in run.error.message
