@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import hypothesis.strategies as st
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 
 import stores
 from durable_core import (
@@ -365,6 +366,14 @@ def stores_client(store: Store) -> Any:
     return Client(store)
 
 
+def test_a_cancel_reason_a_store_cannot_hold_is_refused(store: Store) -> None:
+    client = stores_client(store)
+    for reason in ("why \ud800", "why \x00"):
+        with pytest.raises(ValidationError) as info:
+            client.cancel_run("r_any", reason=reason)  # checked before the run is looked up
+        assert info.value.field == "cancel_run(reason)"
+
+
 def test_definition_time_limits() -> None:
     literal = "[" + ",".join(str(i) for i in range(100_000)) + "].size() > 0"
     with pytest.raises(InvalidExpressionError, match="over the limit of 4096") as info:
@@ -614,9 +623,11 @@ def _storable(value: Any) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def echo_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundWorker]:
-    """One real worker (SQLite, in a background thread) for every generated example."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def echo_worker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundWorker]:
+    """One real worker (in a background thread) per store for every generated example."""
     app = App("echo")
 
     @app.function(id="echo", trigger=on_event("echo"))
@@ -628,13 +639,31 @@ def echo_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background
     async def emit(ctx: Context) -> Any:
         return await ctx.step.run("s", lambda: _DECODED[ctx.event.data["k"]])
 
-    store = stores.open(f"sqlite:///{tmp_path_factory.mktemp('hyp') / 'h.db'}")
-    with BackgroundWorker(app, store, poll_interval=0.02) as bg:
-        yield bg
-    store.close()
+    schema = None
+    if request.param == "sqlite":
+        store = stores.open(f"sqlite:///{tmp_path_factory.mktemp('hyp') / 'h.db'}")
+    else:
+        url = request.getfixturevalue("pg_url")
+        schema = f"test_{uuid.uuid4().hex[:16]}"
+        store = stores.open(f"{url}?schema={schema}")
+    try:
+        with BackgroundWorker(app, store, poll_interval=0.02) as bg:
+            yield bg
+    finally:
+        store.close()
+        if schema is not None:
+            drop_schema(request.getfixturevalue("pg_url"), schema)
 
 
 _DECODED: dict[str, Any] = {}
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def _wait_for_run(bg: BackgroundWorker, event_id: str) -> Any:
@@ -667,7 +696,9 @@ def test_generated_event_data_through_a_real_worker(
     except InvalidEventError as exc:
         assert exc.field == "event.data"
         assert not _storable({"v": value})
+        event("refused at send")
         return
+    event("ran")
     run = _wait_for_run(echo_worker, event_id)
     assert run.status == "completed"
     assert run.output == {"v": json.loads(json.dumps(value))}
@@ -687,9 +718,11 @@ def test_generated_step_outputs_through_a_real_worker(
     [event_id] = echo_worker.client.send(Event("emit", {"k": key}))
     run = _wait_for_run(echo_worker, event_id)
     if _storable(output):
+        event("completed")
         assert run.status == "completed"
         assert run.output == json.loads(json.dumps(output))
     else:
+        event("failed")
         assert run.status == "failed"
         assert run.steps[0].error is not None
         assert run.steps[0].error.type == "SerializationError"

@@ -22,8 +22,10 @@ from durable_core.base._errors import (
     SerializationError,
     StoreError,
     UnknownFunctionError,
+    ValidationError,
 )
 from durable_core.base._events import Event, Sent
+from durable_core.base._serde import check_text
 from durable_core.core._function import App, Function
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
@@ -584,7 +586,14 @@ class Engine:
 
     def cancel_run(self, run_id: str, now: int, *, reason: str = "cancelled by request") -> None:
         """Durably put a cancel signal in a run's inbox; whoever holds (or next claims) the
-        run ends it as ``cancelled``. Raises RunNotFoundError for an unknown run."""
+        run ends it as ``cancelled``. Raises RunNotFoundError for an unknown run, and
+        ValidationError for a ``reason`` a store cannot hold (a lone surrogate, a NUL)."""
+        if not isinstance(reason, str):
+            raise ValidationError(
+                f"cancel_run(reason): must be a string, got {type(reason).__name__}",
+                field="reason",
+            )
+        check_text(reason, what="cancel_run(reason)", error=ValidationError, nul=True)
         self.store.get_run(run_id)
         self.store.commit(
             CommitBatch(now=now, signals=((run_id, Signal("cancel", run_id, reason)),))
