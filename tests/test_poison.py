@@ -534,6 +534,40 @@ def test_an_event_that_cannot_be_parsed_is_left_unrouted(
                for r in caplog.records)
 
 
+def test_a_child_run_that_cannot_be_loaded_fails_its_parents_invoke() -> None:
+    """A run whose stored event is poison fails at load; if it is an invoked child, its
+    parent is told, as when a child fails any other way."""
+    import os
+
+    from durable_core.engine._engine import Engine
+    from durable_core.store import CommitBatch, NewRun
+
+    app = App("kids")
+
+    @app.function(id="child", trigger=on_event("c"))
+    async def child(ctx: Context) -> None:
+        return None
+
+    store = stores.MemoryStore()
+    bad = '{"name":"c","data":{"s":"\\udc80"},"id":"e1","ts":1}'
+    store.commit(CommitBatch(now=1, runs=(
+        NewRun(id="r_child", function_id="child", events=(bad,), event_ids=("e1",),
+               created_at=1, parent_run_id="r_parent"),
+    )))
+    engine = Engine(app, store, owner="w", entropy=os.urandom)
+    plan = engine.claim(2)
+    assert plan is not None and plan.steps == []
+    [write] = plan.batch.writes
+    assert (write.run_id, write.status) == ("r_child", "failed")
+    assert write.error is not None and write.error.type == "InvalidEventError"
+    [(parent, signal)] = plan.batch.signals
+    assert (parent, signal.kind, signal.key) == ("r_parent", "invoke", "r_child")
+    assert json.loads(signal.payload)["error"]["type"] == "InvalidEventError"
+    assert engine.commit([plan]) == []
+    assert store.get_run("r_child").status == "failed"
+    assert engine.poisoned_runs == 1
+
+
 def damage(store: Store, event_id: str, text: str) -> None:
     """Overwrite a stored event's text behind the store's back."""
     if "Postgres" in type(store).__name__:

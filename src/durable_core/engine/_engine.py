@@ -360,9 +360,15 @@ class Engine:
         log.error("run %s fails: it cannot be loaded: %s: %s", run.id, type(exc).__name__,
                   _short(exc))
         consumed = max((seq for seq, _ in claim.signals), default=0)
-        write = RunWrite(run_id=run.id, epoch=run.epoch, status="failed",
-                         error=ErrorInfo.from_exception(exc), consumed_signals=consumed)
-        return Plan(CommitBatch(now=now, writes=(write,)), [])
+        info = ErrorInfo.from_exception(exc)
+        write = RunWrite(run_id=run.id, epoch=run.epoch, status="failed", error=info,
+                         consumed_signals=consumed)
+        signals: tuple[tuple[str, Signal], ...] = ()
+        if run.parent_run_id is not None:
+            # As the machine does when a child fails: the parent's invoke gets the error.
+            payload = json.dumps({"error": info.to_dict()}, separators=(",", ":"))
+            signals = ((run.parent_run_id, Signal("invoke", run.id, payload)),)
+        return Plan(CommitBatch(now=now, writes=(write,), signals=signals), [])
 
     def _adopt(self, claim: Claim) -> _Live:
         run = claim.run
