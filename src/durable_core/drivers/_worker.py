@@ -57,6 +57,45 @@ def _is_async(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
+_RETRY_MIN = 0.1
+_RETRY_MAX = 5.0
+"""Bounds (seconds) of the delay between attempts while the store is unreachable."""
+
+
+class _Outage:
+    """One activity's view of a store outage: the delay before its next attempt (doubling
+    from ``_RETRY_MIN`` up to ``_RETRY_MAX``), and one log line when it starts failing and
+    one when it recovers, instead of a line per attempt."""
+
+    __slots__ = ("delay", "failing", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failing = False
+        self.delay = _RETRY_MIN
+
+    def failed(self, exc: BaseException, floor: float = 0.0) -> float:
+        """Note a failure; returns how long to wait before trying again."""
+        if not self.failing:
+            log.warning("%s failed: %s; retrying with backoff until the store answers",
+                        self.what, exc)
+        else:
+            log.debug("%s failed again: %s", self.what, exc)
+        self.failing = True
+        delay = max(self.delay, floor)
+        self.delay = min(self.delay * 2, _RETRY_MAX)
+        return delay
+
+    def ok(self) -> bool:
+        """Note a success; True if it ends an outage."""
+        if not self.failing:
+            return False
+        log.warning("%s works again", self.what)
+        self.failing = False
+        self.delay = _RETRY_MIN
+        return True
+
+
 class _Pending:
     __slots__ = ("done", "error", "step", "steps", "value")
 
@@ -162,7 +201,11 @@ class Worker:
                 with trio.CancelScope(shield=True):
                     while self._active:
                         await trio.sleep(0.01)
-                    await self._call(self.engine.release_all, self.clock())
+                    try:
+                        await self._call(self.engine.release_all, self.clock())
+                    except StoreError as exc:
+                        log.warning("could not release this worker's runs (other workers "
+                                    "take them when their leases run out): %s", exc)
                     self._stopped.set()
                 nursery.cancel_scope.cancel()
 
@@ -201,15 +244,19 @@ class Worker:
         return fn(*args)
 
     async def _main_loop(self) -> None:
+        outage = _Outage("looking at the store")
         while not self._stopping:
             self._wakeup = trio.Event()
             now = self.clock()
             try:
                 steps, more, wake = await self._call(self._tick, now)
             except StoreError as exc:
-                log.warning("store error, retrying in %.1fs: %s", self.poll_interval, exc)
-                await trio.sleep(self.poll_interval)
+                with trio.move_on_after(outage.failed(exc, floor=self.poll_interval)):
+                    while not self._stopping:
+                        await self._wakeup.wait()  # only stop() cuts the pause short
+                        self._wakeup = trio.Event()
                 continue
+            outage.ok()
             for step in steps:
                 self._spawn(step)
             if more or self._stopping:
@@ -400,12 +447,17 @@ class Worker:
 
     async def _renewer(self) -> None:
         """Renew the leases of runs with steps in flight, and act on cancels sent to them."""
+        outage = _Outage("lease renewal")
         while True:
             await trio.sleep(min(self.lease_ms / 3000, 1.0))
             try:
                 await self._call(self._renew, self.clock())
             except StoreError as exc:
-                log.warning("lease renewal failed: %s", exc)
+                # Leases not renewed run out: bodies not yet started are then not run (see
+                # _execute), and their runs go to whichever worker claims them next.
+                outage.failed(exc)
+            else:
+                outage.ok()
 
     def _renew(self, now: int) -> None:
         # Under the engine's limiter, like every engine call: no commit can end or drop a
@@ -433,9 +485,16 @@ class Worker:
     async def _listener(self) -> None:
         """Wake the main loop when another process writes (PostgreSQL LISTEN/NOTIFY)."""
         wait = self.store.wait_for_notify  # type: ignore[attr-defined]
+        outage = _Outage("listening for notifications")
         while True:
-            notified = await trio.to_thread.run_sync(wait, 1.0, abandon_on_cancel=True)
-            if notified:
+            try:
+                notified = await trio.to_thread.run_sync(wait, 1.0, abandon_on_cancel=True)
+            except StoreError as exc:
+                # The server is down or restarting. Notifications only save latency: the main
+                # loop polls meanwhile; listen again, with backoff, until the server answers.
+                await trio.sleep(outage.failed(exc))
+                continue
+            if notified or outage.ok():
                 self._wakeup.set()
 
     async def _signal_watcher(self) -> None:

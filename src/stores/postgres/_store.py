@@ -49,6 +49,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from durable_core.base._errors import RunNotFoundError, StoreError, ValidationError
+from durable_core.base._redact import redact
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
     DEDUPE_WINDOW_MS,
@@ -770,6 +771,30 @@ def _configure(conn: _Conn) -> None:
     execution (for the big commit statement planning costs more than executing)."""
     conn.execute("SET plan_cache_mode = force_generic_plan")
 
+def _looks_dead(conn: _Conn) -> bool:
+    """Whether an idle pooled connection was closed by the server (a restart, a terminated
+    backend), checked without a round trip: an idle connection that does not LISTEN has
+    nothing to read, unless the server said goodbye (a FATAL message, then end of file)."""
+    if conn.closed:
+        return True
+    try:
+        poller = select.poll()  # not select.select: it fails on descriptors over 1023
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, psycopg.OperationalError):
+        return True
+
+
+_POOL_WAIT_S = 10.0
+"""How long a call waits for a pooled connection (while the server is down, the pool keeps
+reconnecting in the background with backoff; the call then fails with a StoreError and its
+caller retries)."""
+
+_RECONNECT_S = 5.0
+"""How long the pool retries (with backoff) to replace a lost connection before it gives
+up; the next call that needs a connection starts again at once. Short, so that once the
+server is back, connections come back within seconds rather than after a long backoff."""
+
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _ATTEMPTS = 3
 
@@ -801,11 +826,12 @@ class PostgresStore:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
                 _migrate(conn, schema)
         except psycopg.Error as exc:
-            raise StoreError(f"postgres store: cannot open schema {schema!r}: {exc}") from exc
+            raise self._error(exc, f"cannot open schema {schema!r}: ") from exc
         self._q = _Queries(schema)
         self._pool: ConnectionPool[_Conn] = ConnectionPool(
             url, min_size=pool_min, max_size=pool_max, kwargs={"autocommit": True},
             configure=_configure, open=True, name=f"durable-core:{schema}",
+            timeout=_POOL_WAIT_S, reconnect_timeout=_RECONNECT_S,
         )
         self._listen_lock = threading.Lock()
         self._listener: _Conn | None = None
@@ -859,22 +885,34 @@ class PostgresStore:
     def _run_conn(self, fn: Callable[[_Conn], _T], *, idempotent: bool = False) -> _T:
         """Call ``fn`` with a pooled connection and turn psycopg errors into StoreError.
         Deadlocks (the transaction was rolled back) are retried; so is a lost connection
-        (e.g. after a server restart) when ``fn`` is idempotent."""
-        for attempt in range(_ATTEMPTS):
+        (e.g. after a server restart) when ``fn`` is idempotent. A pooled connection that
+        the server already closed (a restart, an idle timeout) is replaced before use, so
+        the first statements after a restart do not fail."""
+        attempt = stale = 0
+        while True:
             try:
                 with self._pool.connection() as conn:
+                    if _looks_dead(conn) and stale <= self._pool.max_size:
+                        stale += 1
+                        conn.close()  # the pool drops closed connections
+                        continue
                     return fn(conn)
             except _RETRYABLE as exc:
-                if attempt + 1 == _ATTEMPTS:
-                    raise StoreError(f"postgres store: {exc}") from exc
+                attempt += 1
+                if attempt == _ATTEMPTS:
+                    raise self._error(exc) from exc
             except (PoolClosed, PoolTimeout) as exc:
-                raise StoreError(f"postgres store: {exc}") from exc
+                raise self._error(exc) from exc
             except psycopg.OperationalError as exc:
-                if not idempotent or attempt > 0:
-                    raise StoreError(f"postgres store: {exc}") from exc
+                attempt += 1
+                if not idempotent or attempt > 1:
+                    raise self._error(exc) from exc
             except psycopg.Error as exc:
-                raise StoreError(f"postgres store: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise self._error(exc) from exc
+
+    def _error(self, exc: BaseException, what: str = "") -> StoreError:
+        """A StoreError for ``exc``, with the connection URL's password kept out of it."""
+        return StoreError(redact(f"postgres store: {what}{exc}", self._url))
 
     def _read(self, query: LiteralString, params: Sequence[Any] | dict[str, Any]
               ) -> list[tuple[Any, ...]]:
@@ -1299,12 +1337,15 @@ class PostgresStore:
         try:
             if self._closed:
                 return False
-            try:
-                conn = self._listener or self._listen()
-            except psycopg.Error as exc:
-                raise StoreError(
-                    f"postgres store: cannot listen for notifications: {exc}"
-                ) from exc
+            conn = self._listener
+            if conn is None:
+                try:
+                    self._listen()
+                except psycopg.Error as exc:
+                    raise self._error(exc, "cannot listen for notifications: ") from exc
+                # Listening (again): notifications sent before now were not seen, so tell
+                # the caller to look at the store.
+                return True
             try:
                 return self._wait(conn, deadline)
             except (psycopg.Error, OSError):
