@@ -221,10 +221,12 @@ class GatherRequest:
 class Steps:
     """The step primitives, reached as ``ctx.step``. Each returns an awaitable; await it."""
 
-    __slots__ = ("_ctx",)
+    __slots__ = ("_host",)
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    def __init__(self, host: RunHost) -> None:
+        # The machine, not the context: a context <-> steps cycle would keep every finished
+        # run (its machine, journal and events) in memory until a full garbage collection.
+        self._host = host
 
     @overload
     def run(
@@ -343,7 +345,7 @@ class Steps:
         ``@app.function`` returns for ``async def fn(ctx) -> T``) gives a ``T``; invoking by
         id gives ``Any``."""
         _check_id(id, "invoke")
-        func = self._ctx._machine.function.app.resolve(function)
+        func = self._host.function.app.resolve(function)
         payload = {} if data is None else data
         if not isinstance(payload, dict):
             raise ValidationError(
@@ -388,7 +390,7 @@ class Context:
         self.run_id: str = machine.run_id
         self.events: tuple[Event, ...] = tuple(events)
         self.event: Event = self.events[0]
-        self.step = Steps(self)
+        self.step = Steps(machine)
         self.logger: logging.LoggerAdapter[logging.Logger] = RunLogger(machine)
         self._random_count = 0
 

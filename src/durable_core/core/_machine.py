@@ -882,7 +882,7 @@ class RunMachine:
         self._end()
         self.status = status
         self.error = info
-        self.failure = err
+        self.failure = _without_frames(err)
         first = self._record_end(
             now, json.dumps({"status": status, "error": info.to_dict()}, separators=(",", ":"))
         )
@@ -914,6 +914,16 @@ class RunMachine:
 
     def _end(self) -> None:
         self._ended = True
+        # Let go of the run's code: the machine <-> context cycle (and a suspended
+        # coroutine's frame) would otherwise keep the whole run in memory until a full
+        # garbage collection, which a worker with tuned thresholds rarely runs.
+        coro, self._coro, self._ctx = self._coro, None, None
+        if (coro is not None and coro.cr_frame is not None  # type: ignore[attr-defined]
+                and not coro.cr_running):  # type: ignore[attr-defined]
+            # Still suspended (the run failed on a limit): run its finally blocks now, as
+            # a cancel does. RuntimeError: it awaited a step in one; nothing more will run.
+            with contextlib.suppress(RuntimeError):
+                coro.close()
         for pos, rec in self._steps.items():
             if rec.kind == "wait_for_event" and not rec.done and pos in self._timers:
                 self._persist.append(ClearWait(self.run_id, pos))
@@ -964,6 +974,22 @@ class RunMachine:
         if self._timers:
             return "sleeping"
         return "running" if self._coro is not None else self.status
+
+
+def _without_frames(err: BaseException) -> BaseException:
+    """``err`` (and the exceptions chained to it) without tracebacks: kept on a finished
+    machine, their frames (this machine's own, the run's code holding ``ctx``) would keep the
+    whole run in memory in a reference cycle. The type and message are what the run records."""
+    seen: set[int] = set()
+    stack = [err]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        stack += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return err
 
 
 class _Cancelled(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import logging
 import os
@@ -448,8 +449,15 @@ class Worker:
     async def _renewer(self) -> None:
         """Renew the leases of runs with steps in flight, and act on cancels sent to them."""
         outage = _Outage("lease renewal")
+        collected_at = self.commits
         while True:
             await trio.sleep(min(self.lease_ms / 3000, 1.0))
+            if self.tune_gc and not self._active and self.commits != collected_at:
+                # Idle after work: with the tuned thresholds, garbage in reference cycles
+                # (failed runs' tracebacks, the driver's own) can wait a long time for a full
+                # collection; idle is the cheap moment for one.
+                collected_at = self.commits
+                gc.collect()
             try:
                 await self._call(self._renew, self.clock())
             except StoreError as exc:
