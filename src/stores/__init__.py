@@ -54,10 +54,11 @@ def open(url: str) -> Store:
 
         return PostgresStore.from_url(url)
     from durable_core.base._errors import ValidationError
+    from durable_core.base._redact import redact_url
 
     raise ValidationError(
-        f"store url {url!r}: unsupported scheme; supported: memory://, sqlite:///path.db, "
-        "postgresql://user@host/db",
+        f"store url {redact_url(url)!r}: unsupported scheme; supported: memory://, "
+        "sqlite:///path.db, postgresql://user@host/db",
         field="store",
     )
 

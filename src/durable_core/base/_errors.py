@@ -142,6 +142,12 @@ class StoreError(DurableError):
     """A store could not carry out an operation."""
 
 
+class StoreLostError(StoreError):
+    """The store this process had open is gone: its file was deleted, replaced or truncated
+    while open. Retrying cannot help (writes would go to a file no one else sees); a worker
+    that meets it stops with this error."""
+
+
 class RunNotFoundError(StoreError, KeyError):
     """No run has the given id."""
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from durable_core.base._errors import DurableError
 from durable_core.base._events import Event
+from durable_core.base._redact import redact, redact_url
 from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._function import App
 from durable_core.drivers._loading import load_app
@@ -60,7 +61,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     async def main() -> list[str]:
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
-            print(f"durable demo: worker started on {args.store}")
+            print(f"durable demo: worker started on {redact_url(args.store)}")
             await worker.send(
                 [
                     Event("order/created", {"orderId": 1, "amount": 150.0}),
@@ -101,7 +102,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for run_id in reversed(run_ids):
         print(format_timeline(client.get_run(run_id)))
         print()
-    print(f"done in {time.monotonic() - started:.1f}s; runs are stored in {args.store}")
+    print(f"done in {time.monotonic() - started:.1f}s; runs are stored in "
+          f"{redact_url(args.store)}")
     store.close()
     return 0
 
@@ -125,8 +127,8 @@ def _worker_processes(args: argparse.Namespace, app: App) -> int:
     # Open the store once here: a bad URL fails now, with one message, and a new database
     # is migrated before the processes open it.
     _open_store(args.store).close()
-    print(f"durable worker: {args.processes} processes for app {app.id!r} on {args.store} "
-          "(Ctrl-C to stop)", flush=True)
+    print(f"durable worker: {args.processes} processes for app {app.id!r} on "
+          f"{redact_url(args.store)} (Ctrl-C to stop)", flush=True)
 
     def started(index: int, pid: int) -> None:
         print(f"durable worker: process {index} started (pid {pid})", flush=True)
@@ -315,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except DurableError as exc:
-        print(f"durable: error: {exc}", file=sys.stderr)
+        store = getattr(args, "store", None)
+        print(f"durable: error: {redact(str(exc), store)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``durable runs list | head``): exit quietly.

@@ -21,6 +21,7 @@ from multiprocessing import resource_tracker
 from typing import Any
 
 from durable_core.base._errors import ValidationError
+from durable_core.base._redact import redact_url
 from durable_core.core._function import App
 
 log = logging.getLogger("durable_core.worker")
@@ -42,8 +43,8 @@ def check_shareable(store_url: str) -> None:
     url = store_url.strip()
     if url.startswith("memory:") or url.split("?", 1)[0] in ("sqlite://", "sqlite:///:memory:"):
         raise ValidationError(
-            f"store {store_url!r} lives inside one process, so worker processes cannot share "
-            "it; use a file (sqlite:///path/to/file.db) or PostgreSQL, or one process",
+            f"store {redact_url(store_url)!r} lives inside one process, so worker processes "
+            "cannot share it; use a file (sqlite:///path/to/file.db) or PostgreSQL, or one process",
             field="store",
         )
 
@@ -82,8 +83,8 @@ def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
         worker = Worker(app, store, max_runs=max_runs, poll_interval=poll_interval,
                         tune_gc=True)
         if announce:
-            print(f"durable worker {worker.owner}: app {app.id!r} on {store_url} "
-                  "(Ctrl-C to stop)")
+            print(f"durable worker {worker.owner}: app {app.id!r} on "
+                  f"{redact_url(store_url)} (Ctrl-C to stop)")
         trio.run(main, worker)
     finally:
         store.close()

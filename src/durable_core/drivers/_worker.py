@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from durable_core.base._errors import StoreError
+from durable_core.base._errors import StoreError, StoreLostError
 from durable_core.base._events import Event, Sent
 from durable_core.core._context import current_attempt
 from durable_core.core._function import App
@@ -162,6 +162,7 @@ class Worker:
         self._active = 0
         self._stopping = False
         self._stopped = trio.Event()
+        self._lost: StoreLostError | None = None  # the store is gone: stop, then raise it
         self._nursery: trio.Nursery | None = None
         self.steps_executed = 0
         self.bodies_skipped = 0  # not started: the run's lease may have run out
@@ -184,6 +185,8 @@ class Worker:
         """
         with tuned_gc() if self.tune_gc else contextlib.nullcontext():
             await self._run(handle_signals, task_status)
+        if self._lost is not None:
+            raise self._lost
 
     async def _run(self, handle_signals: bool, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -205,8 +208,9 @@ class Worker:
                     try:
                         await self._call(self.engine.release_all, self.clock())
                     except StoreError as exc:
-                        log.warning("could not release this worker's runs (other workers "
-                                    "take them when their leases run out): %s", exc)
+                        if self._lost is None:
+                            log.warning("could not release this worker's runs (other workers "
+                                        "take them when their leases run out): %s", exc)
                     self._stopped.set()
                 nursery.cancel_scope.cancel()
 
@@ -235,6 +239,17 @@ class Worker:
         """Make an idle worker look at the store now (e.g. after another process wrote)."""
         self._wakeup.set()
 
+    def _store_lost(self, exc: StoreError) -> bool:
+        """If ``exc`` says the store is gone for good (its file deleted, replaced or
+        truncated), stop gracefully and have :meth:`run` raise it; True if so."""
+        if not isinstance(exc, StoreLostError):
+            return False
+        if self._lost is None:
+            log.error("%s", exc)
+            self._lost = exc
+        self.stop()
+        return True
+
     # ------------------------------------------------------------------ loop
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -252,6 +267,8 @@ class Worker:
             try:
                 steps, more, wake = await self._call(self._tick, now)
             except StoreError as exc:
+                if self._store_lost(exc):
+                    break
                 with trio.move_on_after(outage.failed(exc, floor=self.poll_interval)):
                     while not self._stopping:
                         await self._wakeup.wait()  # only stop() cuts the pause short
@@ -405,7 +422,8 @@ class Worker:
         try:
             steps = self.engine.commit([plan])
         except StoreError as exc:
-            log.warning("commit failed; the run will be retried from the store: %s", exc)
+            if not self._store_lost(exc):
+                log.warning("commit failed; the run will be retried from the store: %s", exc)
             return []
         self.commits += 1
         self._after_commit(plan)
@@ -428,8 +446,9 @@ class Worker:
             try:
                 await self._call(self._commit_batch, batch, self.clock())
             except StoreError as exc:
-                log.warning("group commit failed; its runs will be retried from the store: %s",
-                            exc)
+                if not self._store_lost(exc):
+                    log.warning("group commit failed; its runs will be retried from the "
+                                "store: %s", exc)
             finally:
                 done.set()
 
@@ -463,7 +482,8 @@ class Worker:
             except StoreError as exc:
                 # Leases not renewed run out: bodies not yet started are then not run (see
                 # _execute), and their runs go to whichever worker claims them next.
-                outage.failed(exc)
+                if not self._store_lost(exc):
+                    outage.failed(exc)
             else:
                 outage.ok()
 

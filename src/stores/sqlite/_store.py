@@ -29,7 +29,13 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from durable_core.base._errors import RunNotFoundError, StoreError, ValidationError
+from durable_core.base._errors import (
+    RunNotFoundError,
+    StoreError,
+    StoreLostError,
+    ValidationError,
+)
+from durable_core.base._redact import redact_url
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
     DEDUPE_WINDOW_MS,
@@ -250,7 +256,7 @@ class _WriterGate:
     """
 
     def __init__(self, path: str, busy_timeout_ms: int) -> None:
-        self._fd = os.open(path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._timeout = busy_timeout_ms / 1000
 
     def acquire(self) -> bool:
@@ -301,6 +307,76 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+
+
+# --------------------------------------------------------------------------- the file
+
+_FILE_CHECK_S = 1.0
+"""How often (seconds, at most) a store checks that its path still names the file it has
+open: a file deleted, replaced or truncated under a running worker is noticed this fast."""
+
+
+def _is_file(path: str) -> bool:
+    return path not in ("", ":memory:") and not path.startswith("file:")
+
+
+def _create_private(path: str) -> None:
+    """Create the database file owner-only (0600, or stricter with the user's umask) if it
+    does not exist. SQLite gives the ``-wal`` and ``-shm`` files it creates next to it the
+    same permissions, so event data is not left readable by other local users."""
+    if not _is_file(path):
+        return
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # an existing file keeps the permissions its owner gave it
+    except OSError:
+        pass  # a missing directory and the like: sqlite3.connect says what is wrong
+
+
+class _FileWatch:
+    """Notices when the path no longer names the file opened (deleted, replaced by another
+    file, truncated), checking at most every ``_FILE_CHECK_S`` seconds."""
+
+    __slots__ = ("_check_at", "_identity", "_min_size", "_path")
+
+    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
+        path = os.path.abspath(path)  # as SQLite does: a later chdir changes nothing
+        st = os.stat(path)
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self._path = path
+        self._identity = (st.st_dev, st.st_ino)
+        self._min_size = min(st.st_size, page)  # a database file is at least a page
+        self._check_at = time.monotonic() + _FILE_CHECK_S
+
+    def check(self) -> None:
+        """Raise :class:`StoreLostError` if the file is gone (rate-limited: cheap to call)."""
+        now = time.monotonic()
+        if now < self._check_at:
+            return
+        self._check_at = now + _FILE_CHECK_S
+        self.check_now()
+
+    def check_now(self) -> None:
+        """Raise :class:`StoreLostError` if the file is gone."""
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            why = "was deleted"
+        except OSError as exc:
+            why = f"cannot be found any more ({exc})"
+        else:
+            if (st.st_dev, st.st_ino) != self._identity:
+                why = "was replaced by another file"
+            elif st.st_size < self._min_size:
+                why = f"was truncated (to {st.st_size} bytes)"
+            else:
+                return
+        raise StoreLostError(
+            f"SQLite store {self._path!r}: the database file {why} while this process had it "
+            "open; stopping rather than writing into a file no one else sees (restore the "
+            "file, or start again on the right path)"
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -385,6 +461,8 @@ class SQLiteStore:
         self._path = os.fspath(path)
         self._synchronous = sync
         self._lock = threading.Lock()
+        self._watch: _FileWatch | None = None
+        _create_private(self._path)
         try:
             conn = sqlite3.connect(
                 self._path, timeout=busy_timeout_ms / 1000, isolation_level=None,
@@ -410,6 +488,7 @@ class SQLiteStore:
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":  # a file
             try:
                 self._gate = _WriterGate(self._path, busy_timeout_ms)
+                self._watch = _FileWatch(self._path, conn)
             except OSError as exc:
                 conn.close()
                 raise StoreError(
@@ -425,15 +504,16 @@ class SQLiteStore:
         parameter ``synchronous`` (``FULL``, ``NORMAL`` or ``EXTRA``) is accepted. The path
         is taken literally (no percent-decoding).
         """
+        shown = redact_url(url)  # for messages: never a password
         scheme, sep, rest = url.partition("://")
         if scheme != "sqlite" or not sep:
             raise ValidationError(
-                f"store url {url!r}: not a sqlite:// url (use sqlite:///path.db)", field="store"
+                f"store url {shown!r}: not a sqlite:// url (use sqlite:///path.db)", field="store"
             )
         location, _, query = rest.partition("?")
         if location and not location.startswith("/"):
             raise ValidationError(
-                f"store url {url!r}: a SQLite url has no host; use sqlite:///relative.db "
+                f"store url {shown!r}: a SQLite url has no host; use sqlite:///relative.db "
                 "or sqlite:////absolute.db",
                 field="store",
             )
@@ -442,7 +522,7 @@ class SQLiteStore:
         unknown = sorted(set(params) - {"synchronous"})
         if unknown:
             raise ValidationError(
-                f"store url {url!r}: unknown parameter(s) {', '.join(unknown)}; "
+                f"store url {shown!r}: unknown parameter(s) {', '.join(unknown)}; "
                 "supported: synchronous",
                 field="store",
             )
@@ -492,6 +572,8 @@ class SQLiteStore:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError(f"SQLite store {self._path!r} is closed")
+        if self._watch is not None:
+            self._watch.check()
         return self._conn
 
     @contextmanager
