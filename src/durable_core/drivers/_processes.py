@@ -69,7 +69,10 @@ def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
         async def watch_supervisor() -> None:
             while os.getppid() == supervisor and not stop_asked:
                 await trio.sleep(1.0)
-            if not stop_asked:
+            if stop_asked:
+                log.warning("received %s while starting: stopping once the step bodies in "
+                            "flight finish", signal.Signals(stop_asked[0]).name)
+            else:
                 log.warning("the supervisor (pid %d) is gone: stopping", supervisor)
             worker.stop()
 
@@ -144,6 +147,7 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._stop = threading.Event()
         self._force = threading.Event()
+        self._killed = False
         self._procs: list[Any] = [None] * processes
         self._started_at = [0.0] * processes
         self._delay = [restart_delay] * processes
@@ -232,13 +236,27 @@ class Supervisor:
         for i, proc in alive:
             while proc.is_alive() and time.monotonic() < deadline and not self._force.is_set():
                 proc.join(0.1)
-            if proc.is_alive():
-                log.warning("worker process pid %s did not stop %s; killing it", proc.pid,
-                            "when asked twice" if self._force.is_set()
-                            else f"within {STOP_GRACE_SECONDS:.0f}s")
+            if proc.is_alive() and self._force.is_set():
+                self._kill_all(alive)
+            elif proc.is_alive():
+                log.warning("worker process pid %s did not stop within %.0fs; killing it",
+                            proc.pid, STOP_GRACE_SECONDS)
                 proc.kill()
-                proc.join()
+            proc.join()
             self._exited(i, proc)
+
+    def _kill_all(self, procs: Sequence[tuple[int, Any]]) -> None:
+        """Asked to stop again while stopping (a second Ctrl-C): kill what still runs, with
+        one line (as a crash would: their runs go to other workers when leases run out)."""
+        alive = [p for _, p in procs if p.is_alive()]
+        if not alive or self._killed:
+            return
+        self._killed = True
+        log.warning("durable worker: asked again: stopping now, killing %d worker "
+                    "process(es) without waiting for their step bodies in flight (other "
+                    "workers take their runs when the leases run out)", len(alive))
+        for proc in alive:
+            proc.kill()
 
     def _exited(self, i: int, proc: Any) -> None:
         if self._on_exit is not None:

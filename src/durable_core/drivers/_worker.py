@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 import time
 import types
 import uuid
@@ -48,6 +49,16 @@ _LEASE_LOST = object()
 _YIELD_AFTER = 0.02
 """A run's task yields to the trio scheduler at least this often (seconds) between steps,
 even if its step bodies and commits never do."""
+
+
+def _exit_now(message: str, code: int) -> None:
+    """End the process at once with one line on stderr (no clean-up, no traceback)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _is_async(fn: Any) -> bool:
@@ -181,7 +192,10 @@ class Worker:
         """Work until :meth:`stop` is called (or SIGINT/SIGTERM with ``handle_signals``).
 
         Stopping is graceful: no new claims; step bodies in flight finish and their results
-        are committed; runs are released so another worker can take them at once.
+        are committed; runs are released so another worker can take them at once. With
+        ``handle_signals``, a second signal while stopping ends the process at once with one
+        line on stderr (as a crash would: the runs still held go to other workers when their
+        leases run out).
         """
         with tuned_gc() if self.tune_gc else contextlib.nullcontext():
             await self._run(handle_signals, task_status)
@@ -528,6 +542,15 @@ class Worker:
     async def _signal_watcher(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.info("received %s: stopping gracefully", signal.Signals(signum).name)
-                self.stop()
-                return
+                name = signal.Signals(signum).name
+                if not self._stopping:
+                    log.warning("received %s: stopping once the step bodies in flight "
+                                "finish (send it again to stop now)", name)
+                    self.stop()
+                    continue
+                # Asked again while stopping (a second Ctrl-C): stop now, as a crash would:
+                # the store is consistent after any crash, and the runs still held are
+                # claimed again when their leases run out. One line, not a traceback.
+                _exit_now(f"durable worker: {name} again: stopping now, without waiting "
+                          f"for {self._active} run(s) with step bodies in flight (other "
+                          "workers take them when their leases run out)", 128 + signum)
