@@ -14,14 +14,15 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing import resource_tracker
 from typing import Any
 
-from durable_core.base._errors import ValidationError
-from durable_core.base._redact import redact_url
+from durable_core.base._errors import DurableError, ValidationError
+from durable_core.base._redact import redact, redact_url
 from durable_core.core._function import App
 
 log = logging.getLogger("durable_core.worker")
@@ -88,9 +89,32 @@ def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
         if announce:
             print(f"durable worker {worker.owner}: app {app.id!r} on "
                   f"{redact_url(store_url)} (Ctrl-C to stop)")
-        trio.run(main, worker)
+        try:
+            trio.run(main, worker)
+        except BaseExceptionGroup as group:
+            # One error out of the nursery (the store was lost): raise it as itself, so the
+            # CLI prints one line rather than a group's traceback.
+            only = _only_error(group)
+            if only is None:
+                raise
+            raise only from None
     finally:
         store.close()
+
+
+def _only_error(group: BaseExceptionGroup[BaseException]) -> DurableError | None:
+    """The group's one exception, if it holds exactly one and it is a DurableError."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], DurableError):
+        return leaves[0]
+    return None
 
 
 def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: float,
@@ -113,8 +137,14 @@ def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: flo
 
     from durable_core.drivers._loading import load_app
 
-    run_worker(load_app(app_spec), store_url, max_runs=max_runs,
-               poll_interval=poll_interval, supervisor=supervisor, stop_asked=stop_asked)
+    try:
+        run_worker(load_app(app_spec), store_url, max_runs=max_runs,
+                   poll_interval=poll_interval, supervisor=supervisor, stop_asked=stop_asked)
+    except DurableError as exc:
+        # One line, as the single-process CLI prints it; the supervisor reports the exit.
+        print(f"durable worker (pid {os.getpid()}): error: {redact(str(exc), store_url)}",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 class Supervisor:

@@ -46,6 +46,10 @@ _CO_COROUTINE = inspect.CO_COROUTINE
 _LEASE_LOST = object()
 """What _execute returns instead of a value when a body was not run for lack of a lease."""
 
+_SIGNAL_REPEAT_S = 0.1
+"""A second SIGINT/SIGTERM this soon (seconds) after the first is the same request (tools
+like ``timeout`` signal both the process and its group), not a second Ctrl-C."""
+
 _YIELD_AFTER = 0.02
 """A run's task yields to the trio scheduler at least this often (seconds) between steps,
 even if its step bodies and commits never do."""
@@ -259,7 +263,7 @@ class Worker:
         if not isinstance(exc, StoreLostError):
             return False
         if self._lost is None:
-            log.error("%s", exc)
+            log.info("stopping: %s", exc)  # run() raises it once stopped
             self._lost = exc
         self.stop()
         return True
@@ -540,13 +544,19 @@ class Worker:
                 self._wakeup.set()
 
     async def _signal_watcher(self) -> None:
+        first = None
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if not self._stopping:
+                if first is None:
+                    first = time.monotonic()
                     log.warning("received %s: stopping once the step bodies in flight "
                                 "finish (send it again to stop now)", name)
                     self.stop()
+                    continue
+                if time.monotonic() - first < _SIGNAL_REPEAT_S:
+                    # One stop sent twice (``timeout`` signals the process, then its group):
+                    # not someone asking again.
                     continue
                 # Asked again while stopping (a second Ctrl-C): stop now, as a crash would:
                 # the store is consistent after any crash, and the runs still held are
