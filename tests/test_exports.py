@@ -35,8 +35,8 @@ PINNED: dict[str, list[str]] = {
         "InvalidExpressionError", "JournalEntry", "LimitExceededError", "NonRetriableError",
         "RetryAfterError", "RunMachine", "RunNotFoundError", "RunView", "Sent",
         "SerializationError", "Step", "StepError", "StepView", "Steps", "Store", "StoreError",
-        "UnknownFunctionError", "ValidationError", "Worker", "__version__", "converter",
-        "on_cron", "on_event", "tuned_gc",
+        "StoreLostError", "UnknownFunctionError", "ValidationError", "Worker", "__version__",
+        "converter", "on_cron", "on_event", "tuned_gc",
     ],
     "durable_core.testing": [
         "CrashTestReport", "FaultPlan", "InvariantViolation", "RunHandle", "SentRuns",

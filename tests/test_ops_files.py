@@ -21,11 +21,11 @@ from durable_core import (
     Context,
     Event,
     StoreError,
+    StoreLostError,
     ValidationError,
     Worker,
     on_event,
 )
-from durable_core.base._errors import StoreLostError
 from durable_core.base._redact import redact, redact_url
 from durable_core.cli import main
 from durable_core.drivers._processes import check_shareable, run_worker

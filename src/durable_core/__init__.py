@@ -23,6 +23,7 @@ from durable_core.base._errors import (
     SerializationError,
     StepError,
     StoreError,
+    StoreLostError,
     UnknownFunctionError,
     ValidationError,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "Steps",
     "Store",
     "StoreError",
+    "StoreLostError",
     "UnknownFunctionError",
     "ValidationError",
     "Worker",

@@ -25,6 +25,7 @@ __all__ = [
     "SerializationError",
     "StepError",
     "StoreError",
+    "StoreLostError",
     "UnknownFunctionError",
     "ValidationError",
 ]
