@@ -835,6 +835,7 @@ class PostgresStore:
         )
         self._listen_lock = threading.Lock()
         self._listener: _Conn | None = None
+        self._relisten = False  # whether a listening connection was opened before
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -1340,12 +1341,14 @@ class PostgresStore:
             conn = self._listener
             if conn is None:
                 try:
-                    self._listen()
+                    conn = self._listen()
                 except psycopg.Error as exc:
                     raise self._error(exc, "cannot listen for notifications: ") from exc
-                # Listening (again): notifications sent before now were not seen, so tell
-                # the caller to look at the store.
-                return True
+                if self._relisten:
+                    # Listening again after the connection was lost: notifications sent
+                    # meanwhile were not seen, so tell the caller to look at the store.
+                    return True
+                self._relisten = True
             try:
                 return self._wait(conn, deadline)
             except (psycopg.Error, OSError):
