@@ -19,6 +19,7 @@ from durable_core import (
     App,
     Client,
     Context,
+    DurableError,
     Event,
     StoreError,
     StoreLostError,
@@ -29,6 +30,7 @@ from durable_core import (
 from durable_core.base._redact import redact, redact_url
 from durable_core.cli import main
 from durable_core.drivers._processes import check_shareable, run_worker
+from stores.postgres import PostgresStore
 from stores.sqlite import SQLiteStore
 
 SECRET = "S3cretPW"
@@ -110,10 +112,14 @@ def test_a_failing_connection_does_not_show_the_password(pg_url: str) -> None:
     with pytest.raises(StoreError) as info:
         stores.open(url)
     assert SECRET not in str(info.value)
-    # A malformed URL: the driver's message quotes it.
-    with pytest.raises(StoreError) as info:
-        stores.open(f"postgresql://u:{SECRET}@127.0.0.1:notaport/x")
-    assert SECRET not in str(info.value)
+    # Malformed URLs: refused before connecting, or by the driver, whose message may
+    # quote them.
+    for bad in (f"postgresql://u:{SECRET}@127.0.0.1:notaport/x",
+                f"postgresql://u:{SECRET}@[::1:5432/x",
+                f"host=127.0.0.1 port=notaport password={SECRET}"):
+        with pytest.raises(DurableError) as caught:
+            stores.open(bad) if bad.startswith("postgresql") else PostgresStore(bad)
+        assert SECRET not in str(caught.value), bad
 
 
 @pytest.mark.parametrize("url", [

@@ -272,11 +272,11 @@ class Steps:
         when = parse_instant(until, field=field)
         # The same bound as ``sleep``: at most 366 days after the run's clock (what
         # ``ctx.now()`` returns here, the same on every replay).
-        latest = from_ms(self._ctx._machine.clock_ms) + _MAX_WAIT
+        latest = from_ms(self._host.clock_ms) + _MAX_WAIT
         if when > latest:
             raise InvalidDurationError(
                 f"{field}: {when.isoformat()} is more than {_MAX_WAIT.days} days after the "
-                f"run's current time ({from_ms(self._ctx._machine.clock_ms).isoformat()}); "
+                f"run's current time ({from_ms(self._host.clock_ms).isoformat()}); "
                 "sleep at most 366 days at a time (loop for longer)",
                 field=field,
             )

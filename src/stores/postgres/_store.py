@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import select
 import socket
 import threading
@@ -49,7 +48,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from durable_core.base._errors import RunNotFoundError, StoreError, ValidationError
-from durable_core.base._redact import redact
+from durable_core.base._redact import redact, redact_url
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
     DEDUPE_WINDOW_MS,
@@ -847,7 +846,7 @@ class PostgresStore:
 
         A malformed URL raises :class:`~durable_core.ValidationError` (its password
         redacted)."""
-        shown = re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url)
+        shown = redact_url(url)
         try:
             parts = urllib.parse.urlsplit(url)
             parts.port  # noqa: B018 - parsing it validates it
