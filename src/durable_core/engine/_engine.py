@@ -32,6 +32,7 @@ from durable_core.core._model import (
     AppendJournal,
     CancelRequested,
     ClearWait,
+    CancelRun,
     Command,
     CompleteRun,
     EmitEvents,
@@ -40,6 +41,7 @@ from durable_core.core._model import (
     FailRun,
     RegisterWait,
     RunStarted,
+    RunStatus,
     SendSignal,
     SetRunState,
     Signal,
@@ -439,9 +441,11 @@ class Engine:
                 elif t is SetRunState:
                     status, wake_at = c.status, c.wake_at  # type: ignore[union-attr]
                 elif t is CompleteRun:
-                    status, output = "completed", c.output  # type: ignore[union-attr]
+                    status, output = RunStatus.COMPLETED, c.output  # type: ignore[union-attr]
                 elif t is FailRun:
-                    status, error = c.status, c.error  # type: ignore[union-attr]
+                    status, error = RunStatus.FAILED, c.error  # type: ignore[union-attr]
+                elif t is CancelRun:
+                    status, error = RunStatus.CANCELLED, c.error  # type: ignore[union-attr]
                 elif t is RegisterWait:
                     assert isinstance(c, RegisterWait)
                     waits_add.append(

@@ -1,0 +1,47 @@
+"""One small machine per step kind (see :mod:`._base` for the theory of operation)."""
+
+from durable_core.core.steps._base import (
+    Effect,
+    StepHost,
+    StepInput,
+    StepMachine,
+    StepTransitionError,
+    Table,
+    decode_memo,
+)
+from durable_core.core.steps._invoke import INVOKED_EVENT, InvokeState, InvokeStep
+from durable_core.core.steps._run import RunState, RunStep
+from durable_core.core.steps._send import SendState, SendStep
+from durable_core.core.steps._sleep import SleepState, SleepStep
+from durable_core.core.steps._wait import WaitState, WaitStep
+
+__all__ = [
+    "INVOKED_EVENT",
+    "MACHINES",
+    "Effect",
+    "InvokeState",
+    "InvokeStep",
+    "RunState",
+    "RunStep",
+    "SendState",
+    "SendStep",
+    "SleepState",
+    "SleepStep",
+    "StepHost",
+    "StepInput",
+    "StepMachine",
+    "StepTransitionError",
+    "Table",
+    "WaitState",
+    "WaitStep",
+    "decode_memo",
+]
+
+MACHINES: dict[str, type[StepMachine]] = {
+    "run": RunStep,
+    "sleep": SleepStep,
+    "wait_for_event": WaitStep,
+    "invoke": InvokeStep,
+    "send_event": SendStep,
+}
+"""The machine class of each step kind."""
