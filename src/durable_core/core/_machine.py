@@ -323,7 +323,7 @@ class RunMachine:
             return _PARKED
         if isinstance(req, GatherRequest):
             members = [self._step_for(r, now) for r in req.requests]
-            if all(type(m) is StepMemo or m.done for m in members):  # type: ignore[union-attr]
+            if all(type(m) is StepMemo or m.done for m in members):
                 return self._gather_result(req, members)
             self._parked = _Gather(req, members)
             return _PARKED
@@ -451,7 +451,7 @@ class RunMachine:
             value, exc = self._taken(step)
         elif type(parked) is _Gather and step in parked.members:
             members = parked.members
-            if not all(type(m) is StepMemo or m.done for m in members):  # type: ignore[union-attr]
+            if not all(type(m) is StepMemo or m.done for m in members):
                 return
             self._parked = None
             value, exc = self._gather_result(parked.req, members)

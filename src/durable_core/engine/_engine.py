@@ -31,8 +31,8 @@ from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
     AppendJournal,
     CancelRequested,
-    ClearWait,
     CancelRun,
+    ClearWait,
     Command,
     CompleteRun,
     EmitEvents,

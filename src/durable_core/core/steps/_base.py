@@ -231,6 +231,12 @@ class StepMachine:
         self.state = row[0]
         return row[1]
 
+    def _expect(self, inp: StepInput) -> None:
+        """Raise :class:`StepTransitionError` now if the table has no row for ``inp``
+        (called before an input's payload is stored, so a rejected input changes nothing)."""
+        if (self.state, inp) not in self.TABLE:
+            raise StepTransitionError(self.KIND, self.position, self.state, inp)
+
     def _fire(self, inp: StepInput, now: int) -> None:
         """Take the row for ``inp`` and carry out its effects in order."""
         for effect in self._to(inp):
@@ -259,10 +265,12 @@ class StepMachine:
         """START (journal ``sched()``) or RESUME (the journal has it), then DEADLINE at once
         when the deadline has passed already. For sleeps, waits and invokes."""
         if memo is not None and memo.sched is not None:
+            self._expect(StepInput.RESUME)
             self.sched = memo.sched
             self.deadline = int(memo.sched["until"])
             self._fire(StepInput.RESUME, now)
         else:
+            self._expect(StepInput.START)
             self.sched = sched()
             self.deadline = int(self.sched["until"])
             self._fire(StepInput.START, now)

@@ -44,19 +44,19 @@ class InvokeState(_Identity):
     """The run ended first (the child runs on)."""
 
 
-S, I, E = InvokeState, StepInput, Effect
+S, In, E = InvokeState, StepInput, Effect
 
 INVOKE_TABLE: Table = {
-    (S.NEW, I.START): (S.WAITING, (E.JOURNAL_SCHEDULED, E.START_CHILD, E.ARM_TIMER)),
-    (S.NEW, I.RESUME): (S.WAITING, (E.ARM_TIMER,)),
-    (S.WAITING, I.CHILD_SUCCEEDED): (
+    (S.NEW, In.START): (S.WAITING, (E.JOURNAL_SCHEDULED, E.START_CHILD, E.ARM_TIMER)),
+    (S.NEW, In.RESUME): (S.WAITING, (E.ARM_TIMER,)),
+    (S.WAITING, In.CHILD_SUCCEEDED): (
         S.COMPLETED, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.RESUME)
     ),
-    (S.WAITING, I.CHILD_FAILED): (S.FAILED, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.RESUME)),
-    (S.WAITING, I.DEADLINE): (S.TIMED_OUT, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.RESUME)),
-    (S.WAITING, I.RUN_ENDED): (S.ABANDONED, (E.DISARM_TIMER,)),
+    (S.WAITING, In.CHILD_FAILED): (S.FAILED, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.RESUME)),
+    (S.WAITING, In.DEADLINE): (S.TIMED_OUT, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.RESUME)),
+    (S.WAITING, In.RUN_ENDED): (S.ABANDONED, (E.DISARM_TIMER,)),
 }
-del S, I, E
+del S, In, E
 
 
 class InvokeStep(StepMachine):
@@ -86,6 +86,7 @@ class InvokeStep(StepMachine):
         """CHILD_SUCCEEDED or CHILD_FAILED: ``payload`` holds the child's ``output`` or
         ``error``."""
         data = json.loads(payload)
+        self._expect(StepInput.CHILD_FAILED if "error" in data else StepInput.CHILD_SUCCEEDED)
         if "error" in data:
             self.error = ErrorInfo.from_dict(data["error"])
             self._fire(StepInput.CHILD_FAILED, now)
@@ -95,6 +96,7 @@ class InvokeStep(StepMachine):
 
     def deadline_reached(self, now: int) -> None:
         """DEADLINE: the child did not end in time."""
+        self._expect(StepInput.DEADLINE)
         self.error = ErrorInfo(
             "InvokeTimeoutError",
             "timed out waiting for invoked function "

@@ -72,31 +72,31 @@ class RunState(_Identity):
     """The run ended first; nothing more happens."""
 
 
-S, I, E = RunState, StepInput, Effect
+S, In, E = RunState, StepInput, Effect
 
 RUN_TABLE: Table = {
-    (S.NEW, I.START): (S.RUNNING, (E.EXECUTE_BODY,)),
-    (S.NEW, I.RETRY_LATER): (S.BACKING_OFF, (E.ARM_TIMER,)),
-    (S.BACKING_OFF, I.DEADLINE): (S.RUNNING, (E.DISARM_TIMER, E.EXECUTE_BODY)),
-    (S.RUNNING, I.SUCCEEDED): (S.COMPLETED, (E.FORGET_BODY, E.JOURNAL_COMPLETED, E.RESUME)),
-    (S.RUNNING, I.FAILED): (
+    (S.NEW, In.START): (S.RUNNING, (E.EXECUTE_BODY,)),
+    (S.NEW, In.RETRY_LATER): (S.BACKING_OFF, (E.ARM_TIMER,)),
+    (S.BACKING_OFF, In.DEADLINE): (S.RUNNING, (E.DISARM_TIMER, E.EXECUTE_BODY)),
+    (S.RUNNING, In.SUCCEEDED): (S.COMPLETED, (E.FORGET_BODY, E.JOURNAL_COMPLETED, E.RESUME)),
+    (S.RUNNING, In.FAILED): (
         S.BACKING_OFF, (E.FORGET_BODY, E.JOURNAL_ATTEMPT_FAILED, E.ARM_TIMER)
     ),
-    (S.RUNNING, I.FAILED_FOR_GOOD): (
+    (S.RUNNING, In.FAILED_FOR_GOOD): (
         S.FAILED, (E.FORGET_BODY, E.JOURNAL_COMPLETED, E.RESUME)
     ),
-    (S.RUNNING, I.RUN_ENDED): (S.ABANDONED, (E.FORGET_BODY,)),
-    (S.BACKING_OFF, I.RUN_ENDED): (S.ABANDONED, (E.DISARM_TIMER,)),
+    (S.RUNNING, In.RUN_ENDED): (S.ABANDONED, (E.FORGET_BODY,)),
+    (S.BACKING_OFF, In.RUN_ENDED): (S.ABANDONED, (E.DISARM_TIMER,)),
 }
 
 # The hot path takes these two rows without a look-up; if the table changes, so must it.
-assert RUN_TABLE[S.NEW, I.START] == (S.RUNNING, (E.EXECUTE_BODY,))
-assert RUN_TABLE[S.RUNNING, I.SUCCEEDED] == (
+assert RUN_TABLE[S.NEW, In.START] == (S.RUNNING, (E.EXECUTE_BODY,))
+assert RUN_TABLE[S.RUNNING, In.SUCCEEDED] == (
     S.COMPLETED, (E.FORGET_BODY, E.JOURNAL_COMPLETED, E.RESUME)
 )
 _RUNNING = S.RUNNING
 _COMPLETED = S.COMPLETED
-del S, I, E
+del S, In, E
 
 
 def _ms(delay: timedelta) -> int:
@@ -134,12 +134,15 @@ class RunStep(StepMachine):
 
     def start(self, memo: StepMemo | None, now: int) -> None:
         """START, or RETRY_LATER when the journal says the next attempt is not due yet."""
+        if memo is not None and memo.retry_at is not None and memo.retry_at > now:
+            self._expect(StepInput.RETRY_LATER)
+            self.failures = memo.failures
+            self.deadline = memo.retry_at
+            self._fire(StepInput.RETRY_LATER, now)
+            return
+        self._expect(StepInput.START)
         if memo is not None:
             self.failures = memo.failures
-            if memo.retry_at is not None and memo.retry_at > now:
-                self.deadline = memo.retry_at
-                self._fire(StepInput.RETRY_LATER, now)
-                return
         self._fire(StepInput.START, now)
 
     def succeeded(self, value: Any, now: int) -> None:
@@ -193,6 +196,7 @@ class RunStep(StepMachine):
         if isinstance(exc, NonRetriableError) or attempt >= self.host._retries:
             self._give_up(exc, now)
             return
+        self._expect(StepInput.FAILED)
         if isinstance(exc, RetryAfterError):
             try:
                 delay = retry_after_delay(exc.after, from_ms(now))
@@ -208,6 +212,7 @@ class RunStep(StepMachine):
         self.error = None
 
     def _give_up(self, exc: BaseException, now: int) -> None:
+        self._expect(StepInput.FAILED_FOR_GOOD)
         self.error = ErrorInfo.from_exception(exc)
         self._fire(StepInput.FAILED_FOR_GOOD, now)
 

@@ -31,12 +31,12 @@ class SendState(_Identity):
     """The events were emitted; their ids are the memo."""
 
 
-S, I, E = SendState, StepInput, Effect
+S, In, E = SendState, StepInput, Effect
 
 SEND_TABLE: Table = {
-    (S.NEW, I.START): (S.SENT, (E.EMIT_EVENTS, E.JOURNAL_COMPLETED, E.RESUME)),
+    (S.NEW, In.START): (S.SENT, (E.EMIT_EVENTS, E.JOURNAL_COMPLETED, E.RESUME)),
 }
-del S, I, E
+del S, In, E
 
 
 class SendStep(StepMachine):
@@ -51,6 +51,7 @@ class SendStep(StepMachine):
 
     def start(self, memo: StepMemo | None, now: int) -> None:
         """START: the events get their ids and timestamps, and are emitted."""
+        self._expect(StepInput.START)
         req = self.req
         assert isinstance(req, SendRequest)
         texts, ids = [], []

@@ -32,15 +32,15 @@ class SleepState(_Identity):
     """The run ended first."""
 
 
-S, I, E = SleepState, StepInput, Effect
+S, In, E = SleepState, StepInput, Effect
 
 SLEEP_TABLE: Table = {
-    (S.NEW, I.START): (S.SLEEPING, (E.JOURNAL_SCHEDULED, E.ARM_TIMER)),
-    (S.NEW, I.RESUME): (S.SLEEPING, (E.ARM_TIMER,)),
-    (S.SLEEPING, I.DEADLINE): (S.DONE, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.RESUME)),
-    (S.SLEEPING, I.RUN_ENDED): (S.ABANDONED, (E.DISARM_TIMER,)),
+    (S.NEW, In.START): (S.SLEEPING, (E.JOURNAL_SCHEDULED, E.ARM_TIMER)),
+    (S.NEW, In.RESUME): (S.SLEEPING, (E.ARM_TIMER,)),
+    (S.SLEEPING, In.DEADLINE): (S.DONE, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.RESUME)),
+    (S.SLEEPING, In.RUN_ENDED): (S.ABANDONED, (E.DISARM_TIMER,)),
 }
-del S, I, E
+del S, In, E
 
 
 class SleepStep(StepMachine):
@@ -65,6 +65,7 @@ class SleepStep(StepMachine):
 
     def deadline_reached(self, now: int) -> None:
         """DEADLINE: the sleep is over; its memo is ``None``."""
+        self._expect(StepInput.DEADLINE)
         self.output = "null"
         self.live = None
         self._fire(StepInput.DEADLINE, now)

@@ -38,20 +38,20 @@ class WaitState(_Identity):
     """The run ended first."""
 
 
-S, I, E = WaitState, StepInput, Effect
+S, In, E = WaitState, StepInput, Effect
 
 WAIT_TABLE: Table = {
-    (S.NEW, I.START): (S.WAITING, (E.JOURNAL_SCHEDULED, E.REGISTER_WAIT, E.ARM_TIMER)),
-    (S.NEW, I.RESUME): (S.WAITING, (E.REGISTER_WAIT, E.ARM_TIMER)),
-    (S.WAITING, I.EVENT): (
+    (S.NEW, In.START): (S.WAITING, (E.JOURNAL_SCHEDULED, E.REGISTER_WAIT, E.ARM_TIMER)),
+    (S.NEW, In.RESUME): (S.WAITING, (E.REGISTER_WAIT, E.ARM_TIMER)),
+    (S.WAITING, In.EVENT): (
         S.RECEIVED, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.CLEAR_WAIT, E.RESUME)
     ),
-    (S.WAITING, I.DEADLINE): (
+    (S.WAITING, In.DEADLINE): (
         S.TIMED_OUT, (E.DISARM_TIMER, E.JOURNAL_COMPLETED, E.CLEAR_WAIT, E.RESUME)
     ),
-    (S.WAITING, I.RUN_ENDED): (S.ABANDONED, (E.DISARM_TIMER, E.CLEAR_WAIT)),
+    (S.WAITING, In.RUN_ENDED): (S.ABANDONED, (E.DISARM_TIMER, E.CLEAR_WAIT)),
 }
-del S, I, E
+del S, In, E
 
 
 class WaitStep(StepMachine):
@@ -80,11 +80,13 @@ class WaitStep(StepMachine):
 
     def event(self, payload: str, now: int) -> None:
         """EVENT: ``payload`` (the event's JSON) matched."""
+        self._expect(StepInput.EVENT)
         self.output = payload
         self._fire(StepInput.EVENT, now)
 
     def deadline_reached(self, now: int) -> None:
         """DEADLINE: no event came in time; the memo is ``None``."""
+        self._expect(StepInput.DEADLINE)
         self.output = "null"
         self.live = None
         self._fire(StepInput.DEADLINE, now)
