@@ -236,8 +236,8 @@ class RunMachine:
         """Feed one input; returns the commands to carry out, persistence first."""
         if self._end_status is None:
             if type(inp) is StepCompleted:
-                self._on_step_completed(inp.position, inp.attempt, inp.value, inp.now)
-            elif type(inp) is StepFailed:
+                return self.step_completed(inp.position, inp.attempt, inp.value, inp.now)
+            if type(inp) is StepFailed:
                 self._on_step_failed(inp)
             elif type(inp) is TimerFired:
                 self._on_timer(inp.now)
@@ -255,7 +255,10 @@ class RunMachine:
         """Same as ``handle(StepCompleted(position, attempt, value, now))``, without building
         the input: drivers call it once per step."""
         if self._end_status is None:
-            self._on_step_completed(position, attempt, value, now)
+            step = self._dispatched.get(position)
+            if step is not None and step.failures == attempt:
+                step.succeeded(value, now)
+            # else: a duplicate or stale delivery: the memo, once written, never changes
         return self._flush()
 
     # ------------------------------------------------------------------ driving the code
@@ -421,8 +424,10 @@ class RunMachine:
 
     def _taken(self, step: StepMachine) -> tuple[Any, BaseException | None]:
         """A step machine's memo handed to the code: the machine is dropped."""
-        self._steps.pop(step.position, None)
-        self._memos.pop(step.position, None)
+        if self._steps:
+            self._steps.pop(step.position, None)
+        if self._memos:
+            self._memos.pop(step.position, None)
         return step.result()
 
     def _gather_result(
@@ -465,12 +470,6 @@ class RunMachine:
         return self._trigger_json
 
     # ------------------------------------------------------------------ inputs
-
-    def _on_step_completed(self, pos: int, attempt: int, value: Any, now: int) -> None:
-        step = self._dispatched.get(pos)
-        if step is None or step.failures != attempt:
-            return  # a duplicate or stale delivery: the memo, once written, never changes
-        step.succeeded(value, now)
 
     def _on_step_failed(self, inp: StepFailed) -> None:
         step = self._dispatched.get(inp.position)

@@ -307,7 +307,7 @@ class StepMachine:
         if error is None:
             output = self.output
             assert output is not None
-            self.host._state_bytes += utf8_len(output)
+            self.host._state_bytes += len(output) if output.isascii() else utf8_len(output)
             self._append(_COMPLETED, now, output_data(output))
         else:
             self._append(_COMPLETED, now, error_data(error))

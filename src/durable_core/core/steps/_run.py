@@ -188,7 +188,7 @@ class RunStep(StepMachine):
         if host._state_bytes > MAX_RUN_STATE_BYTES:
             host._over_state_limit(now)  # the run fails: its recorded state is too large
             return
-        self._do_resume(now)
+        host._settle(self, now)  # RESUME
 
     def failed(self, exc: BaseException, now: int) -> None:
         """The body raised ``exc``: FAILED (a retry is scheduled) or FAILED_FOR_GOOD."""
