@@ -141,6 +141,7 @@ class Host:
         self._timers: dict[int, int] = _Timers(self.log)
         self._dispatched: dict[int, Any] = _Dispatched(self.log)
         self._steps: dict[int, Any] = {}
+        self._memos: dict[int, StepMemo] = {}
         self._children: dict[str, int] = {}
         self._state_bytes = 0
         self._parked: Any = None

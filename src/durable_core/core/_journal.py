@@ -14,6 +14,7 @@ as the value of ``output`` (a test checks that the result parses back to the val
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -114,15 +115,21 @@ def entry_from_dict(raw: Mapping[str, Any]) -> JournalEntry:
 # --------------------------------------------------------------------------- folding
 
 
-class StepStatus:
-    """A step's status as shown in views (plain strings, like the run statuses)."""
+class StepStatus(enum.StrEnum):
+    """A step's status as views show it (str-valued, like the run statuses)."""
 
     RUNNING = "running"
+    """Its body runs (or is about to)."""
     RETRYING = "retrying"
+    """An attempt failed; another is scheduled."""
     SLEEPING = "sleeping"
+    """A sleep in progress."""
     WAITING = "waiting"
+    """A wait or invoke in progress."""
     COMPLETED = "completed"
+    """Its memo is a value."""
     FAILED = "failed"
+    """It failed for good: its memo is an error."""
 
 
 class StepMemo:
@@ -151,7 +158,7 @@ class StepMemo:
         self.started_at = started_at
 
     @property
-    def status(self) -> str:
+    def status(self) -> StepStatus:
         """The step's status as views show it (a :class:`StepStatus` value)."""
         if self.done:
             return StepStatus.FAILED if self.error is not None else StepStatus.COMPLETED

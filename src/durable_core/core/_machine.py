@@ -321,7 +321,7 @@ class RunMachine:
                 return self._memo_result(step, req)
             assert isinstance(step, StepMachine)
             if step.done:  # finished at once (a send, a sleep already due)
-                return self._taken(step)
+                return step.result()
             self._parked = step
             return _PARKED
         if isinstance(req, GatherRequest):
@@ -422,14 +422,6 @@ class RunMachine:
             self.clock_ms = memo.done_ts
         return decode_memo(memo.kind, memo.step_id, memo.output, memo.error, req)
 
-    def _taken(self, step: StepMachine) -> tuple[Any, BaseException | None]:
-        """A step machine's memo handed to the code: the machine is dropped."""
-        if self._steps:
-            self._steps.pop(step.position, None)
-        if self._memos:
-            self._memos.pop(step.position, None)
-        return step.result()
-
     def _gather_result(
         self, req: GatherRequest, members: list[StepMachine | StepMemo]
     ) -> tuple[Any, BaseException | None]:
@@ -440,7 +432,7 @@ class RunMachine:
                 value, err = self._memo_result(m, r)
             else:
                 assert isinstance(m, StepMachine)
-                value, err = self._taken(m)
+                value, err = m.result()
             if err is not None and first_error is None:
                 first_error = err
             values.append(value)
@@ -453,7 +445,7 @@ class RunMachine:
         parked = self._parked
         if parked is step:
             self._parked = None
-            value, exc = self._taken(step)
+            value, exc = step.result()
         elif type(parked) is _Gather and step in parked.members:
             members = parked.members
             if not all(type(m) is StepMemo or m.done for m in members):

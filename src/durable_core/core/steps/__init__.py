@@ -1,5 +1,6 @@
 """One small machine per step kind (see :mod:`._base` for the theory of operation)."""
 
+from durable_core.core._model import StepKind
 from durable_core.core.steps._base import (
     Effect,
     StepHost,
@@ -38,10 +39,10 @@ __all__ = [
 ]
 
 MACHINES: dict[str, type[StepMachine]] = {
-    "run": RunStep,
-    "sleep": SleepStep,
-    "wait_for_event": WaitStep,
-    "invoke": InvokeStep,
-    "send_event": SendStep,
+    StepKind.RUN: RunStep,
+    StepKind.SLEEP: SleepStep,
+    StepKind.WAIT_FOR_EVENT: WaitStep,
+    StepKind.INVOKE: InvokeStep,
+    StepKind.SEND_EVENT: SendStep,
 }
 """The machine class of each step kind."""

@@ -163,6 +163,7 @@ class StepHost(Protocol):
     _timers: dict[int, int]
     _dispatched: dict[int, Any]
     _steps: dict[int, Any]
+    _memos: dict[int, StepMemo]
     _children: dict[str, int]
     _state_bytes: int
     _parked: Any
@@ -282,8 +283,13 @@ class StepMachine:
         self._fire(StepInput.RUN_ENDED, now)
 
     def result(self) -> tuple[Any, BaseException | None]:
-        """The memo as the code gets it (the step must be done)."""
+        """Hand the memo to the code (the step must be done): the host drops this machine,
+        and the value (or the :class:`StepError` to raise) is returned."""
         host = self.host
+        if host._steps:
+            host._steps.pop(self.position, None)
+        if host._memos:
+            host._memos.pop(self.position, None)
         if self.done_ts > host.clock_ms:
             host.clock_ms = self.done_ts
         if self.live is not _UNSET:
@@ -303,14 +309,23 @@ class StepMachine:
 
     def _do_journal_completed(self, now: int) -> None:
         self.done_ts = now
+        host = self.host
         error = self.error
         if error is None:
             output = self.output
             assert output is not None
-            self.host._state_bytes += len(output) if output.isascii() else utf8_len(output)
-            self._append(_COMPLETED, now, output_data(output))
+            host._state_bytes += len(output) if output.isascii() else utf8_len(output)
+            data = output_data(output)
         else:
-            self._append(_COMPLETED, now, error_data(error))
+            data = error_data(error)
+        # _append, inlined: this is once per step.
+        entries = host.entries
+        entry = _tuple_new(
+            JournalEntry, (len(entries), _COMPLETED, self.position, self.step_id, self.KIND,
+                           now, data),
+        )
+        entries.append(entry)
+        host._new.append(entry)
 
     def _do_journal_scheduled(self, now: int) -> None:
         assert self.sched is not None
