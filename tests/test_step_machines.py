@@ -33,7 +33,6 @@ from durable_core.core._journal import (
     StepMemo,
     entry_from_dict,
     entry_to_dict,
-    output_data,
 )
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
@@ -401,18 +400,13 @@ def test_random_input_sequences_follow_the_table(kind: str, data: st.DataObject)
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=8,
 ))
-def test_output_data_is_json_of_the_output(value: Any) -> None:
-    from durable_core.base._serde import dumps
-
-    data = output_data(dumps(value, what="v"))
-    assert json.loads(data) == {"output": value}
-
-
-def _journal(fn: Any, *inputs: Any) -> list[JournalEntry]:
-    m = RunMachine(fn, "r1", [Event("t/go", {})], 0)
-    for inp in inputs:
-        m.handle(inp)
-    return m.entries
+def test_a_memo_is_json_of_the_output(value: Any) -> None:
+    step, host = _make("run")
+    assert isinstance(step, RunStep)
+    step.start(None, NOW)
+    step.succeeded(value, NOW)
+    assert json.loads(host.entries[-1].data) == {"output": value}
+    assert step.result() == (value, None)
 
 
 def test_fold_and_entry_dicts_round_trip() -> None:

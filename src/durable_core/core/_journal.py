@@ -6,10 +6,12 @@ views, ``replay()``, the simulator's checks) folds it with :class:`JournalFold`,
 everything that writes one builds ``data`` with the ``*_data`` functions below, so each op's
 layout (documented on :class:`~durable_core.core._model.JournalOp`) is written down once.
 
-``data`` is JSON built with :mod:`json`. The one exception is a memo's ``output``: it is
-already JSON text (made by the serde, once, when the step returned), and re-encoding it
-would cost more than the rest of a step's bookkeeping; :func:`output_data` places that text
-as the value of ``output`` (a test checks that the result parses back to the value).
+``data`` is JSON built with :mod:`json`. The one exception is the memo of a step that
+returned, built once per step by ``StepMachine._do_journal_completed``
+(:mod:`durable_core.core.steps._base`): its ``output`` is already JSON text (made by the
+serde when the step returned), and parsing and re-encoding it would cost more than the rest
+of a step's bookkeeping, so that text is placed as the value of ``output`` (a Hypothesis
+test checks that the entry parses back to the value).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ __all__ = [
     "entry_from_dict",
     "entry_to_dict",
     "error_data",
-    "output_data",
+    "output_payload",
     "run_ended_data",
     "scheduled_data",
 ]
@@ -65,11 +67,6 @@ def utf8_len(text: str) -> int:
 # --------------------------------------------------------------------------- building data
 
 
-def output_data(output: str) -> str:
-    """``data`` of a ``completed`` memo whose value is the JSON text ``output``."""
-    return f'{{"output":{output}}}'
-
-
 def error_data(error: ErrorInfo) -> str:
     """``data`` of a ``completed`` memo of a step that failed for good."""
     return _compact({"error": error.to_dict()})
@@ -95,6 +92,12 @@ def run_ended_data(
     assert output is not None
     # The output's text as the serde wrote it (not re-escaped): the same text as the memo.
     return _compact_unicode({"status": status, "output": json.loads(output)})
+
+
+def output_payload(output: str) -> str:
+    """``{"output": ...}`` for the JSON text ``output``: an invoked child's answer to its
+    parent (a signal payload, parsed by the parent's ``invoke`` step)."""
+    return _compact_unicode({"output": json.loads(output)})
 
 
 def entry_to_dict(e: JournalEntry) -> dict[str, Any]:

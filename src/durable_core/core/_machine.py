@@ -49,6 +49,7 @@ from durable_core.core._journal import (
     StepMemo,
     attempt_failed_data,
     error_data,
+    output_payload,
     run_ended_data,
     utf8_len,
 )
@@ -535,7 +536,7 @@ class RunMachine:
         if self.parent_run_id is not None and first:
             self._persist.append(
                 SendSignal(self.parent_run_id,
-                           Signal(SignalKind.INVOKE, self.run_id, '{"output":' + text + "}"))
+                           Signal(SignalKind.INVOKE, self.run_id, output_payload(text)))
             )
 
     def _finish_err(self, err: BaseException, now: int) -> None:

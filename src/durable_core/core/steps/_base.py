@@ -41,7 +41,6 @@ from durable_core.core._context import RunRequest, StepRequest
 from durable_core.core._journal import (
     StepMemo,
     error_data,
-    output_data,
     scheduled_data,
     utf8_len,
 )
@@ -315,7 +314,9 @@ class StepMachine:
             output = self.output
             assert output is not None
             host._state_bytes += len(output) if output.isascii() else utf8_len(output)
-            data = output_data(output)
+            # The one place a memo's output is written: the serde's JSON text, as the value
+            # of "output" (see durable_core.core._journal for why it is not re-encoded).
+            data = f'{{"output":{output}}}'
         else:
             data = error_data(error)
         # _append, inlined: this is once per step.
