@@ -85,6 +85,7 @@ from durable_core.core.steps import (
     decode_memo,
 )
 
+_new = object.__new__
 _tuple_new = tuple.__new__
 """Builds the hot path's NamedTuples without their Python-level ``__new__`` (one frame less
 per record; the fields are passed in declaration order)."""
@@ -305,7 +306,10 @@ class RunMachine:
             try:
                 if type(req) is RunRequest and self._next_pos not in self._memos:
                     # The hot path: a new ``run`` step past the end of the journal.
-                    self._parked = RunStep.new(self, self._next_pos, self._assign(req), req)
+                    # The run step machine takes row (NEW, START) itself: RunStep.dispatch.
+                    self._parked = _new(RunStep).dispatch(
+                        self, self._next_pos, self._assign(req), req
+                    )
                     return
                 res = self._on_request(req, now)
             except DurableError as err:

@@ -8,8 +8,8 @@
      │               ▼  │
      └─RETRY_LATER─▶ BACKING_OFF
 
-The per-step hot path lives here: :meth:`RunStep.new` takes row ``(NEW, START)`` for a step
-the journal knows nothing of, and :meth:`RunStep.succeeded` row ``(RUNNING, SUCCEEDED)``,
+The per-step hot path lives here: :meth:`RunStep.dispatch` takes row ``(NEW, START)`` for a
+step the journal knows nothing of, and :meth:`RunStep.succeeded` row ``(RUNNING, SUCCEEDED)``,
 handing the value straight to the code parked on it. Both take their rows without looking
 them up (pinned at import, below); every other transition goes through the table.
 """
@@ -52,7 +52,6 @@ from durable_core.core.steps._base import (
 __all__ = ["RunState", "RunStep"]
 
 _tuple_new = tuple.__new__
-_new = object.__new__
 
 
 class RunState(_Identity):
@@ -116,19 +115,27 @@ class RunStep(StepMachine):
     cmd: ExecuteStep | None = None
     req: RunRequest
 
-    @classmethod
-    def new(cls, host: StepHost, position: int, step_id: str, req: RunRequest) -> RunStep:
-        """A new step past the end of the journal, started at once: row ``(NEW, START)``.
-        The hot path: no table look-up, no registration in the host's step table (the host
-        finds a running body through ``_dispatched``)."""
-        step = _new(cls)
-        step.host = host
-        step.position = position
-        step.step_id = step_id
-        step.req = req
-        step.state = _RUNNING
-        step._do_execute_body(0)
-        return step
+    def dispatch(
+        self, host: StepHost, position: int, step_id: str, req: RunRequest
+    ) -> RunStep:
+        """Dispatch the body of attempt ``failures`` (the EXECUTE_BODY effect) and be
+        RUNNING. It is also how a new step past the end of the journal is started, the hot
+        path: ``RunStep.__new__(RunStep).dispatch(host, ...)`` takes row ``(NEW, START)``
+        without a table look-up and without a place in the host's step table (the host finds
+        a running body through ``_dispatched``)."""
+        self.host = host
+        self.position = position
+        self.step_id = step_id
+        self.req = req
+        self.state = _RUNNING
+        cmd = _tuple_new(
+            ExecuteStep,
+            (host.run_id, position, step_id, self.failures, req.fn, req.args, req.kwargs),
+        )
+        self.cmd = cmd
+        host._dispatched[position] = self
+        host._execute.append(cmd)
+        return self
 
     # ---------------------------------------------------------------- inputs
 
@@ -219,16 +226,7 @@ class RunStep(StepMachine):
     # ---------------------------------------------------------------- effects
 
     def _do_execute_body(self, now: int) -> None:
-        req = self.req
-        host = self.host
-        cmd = _tuple_new(
-            ExecuteStep,
-            (host.run_id, self.position, self.step_id, self.failures, req.fn, req.args,
-             req.kwargs),
-        )
-        self.cmd = cmd
-        host._dispatched[self.position] = self
-        host._execute.append(cmd)
+        self.dispatch(self.host, self.position, self.step_id, self.req)
 
     def _do_forget_body(self, now: int) -> None:
         del self.host._dispatched[self.position]
