@@ -357,40 +357,36 @@ class RunMachine:
         step.start(memo, now)
         return step
 
-    def _key(self, step_id: str) -> str:
-        """The step's unique key: its id, then ``id:1``, ``id:2``... for repeats. A key that
-        is already taken (an explicit id ``fetch:1`` next to a repeated ``fetch``) is skipped,
-        so keys never collide."""
+    def _assign(self, req: StepRequest) -> str:
+        """Give the request the next position (``req.position``) and its unique key, checked
+        against the journal's memo at that position. Returns the key.
+
+        The key is the step's id, then ``id:1``, ``id:2``... for repeats. A key that is
+        already taken (an explicit id ``fetch:1`` next to a repeated ``fetch``) is skipped, so
+        keys never collide."""
+        step_id = req.id
         counts = self._id_counts
         count = counts.get(step_id, 0)
-        if ":" not in step_id:
+        if ":" not in step_id and not count:
             # The common cases, decided at once: a first sighting of an id without ":" can't
             # collide with a repeat's key, and a repeat's next key is free unless an explicit
             # id took it.
-            if not count:
-                counts[step_id] = 1
-                return step_id
-            key = f"{step_id}:{count}"
-            if key not in counts:
-                counts[step_id] = count + 1
-                return key
-        while True:
-            key = step_id if count == 0 else f"{step_id}:{count}"
-            count += 1
-            if count == 1:
-                # A first sighting: taken only if it equals an earlier repeat's key.
-                base, sep, n = key.rpartition(":")
-                if not (sep and n.isdigit() and counts.get(base, 0) > int(n)):
+            counts[step_id] = 1
+            key = step_id
+        elif ":" not in step_id and (key := f"{step_id}:{count}") not in counts:
+            counts[step_id] = count + 1
+        else:
+            while True:
+                key = step_id if count == 0 else f"{step_id}:{count}"
+                count += 1
+                if count == 1:
+                    # A first sighting: taken only if it equals an earlier repeat's key.
+                    base, sep, n = key.rpartition(":")
+                    if not (sep and n.isdigit() and counts.get(base, 0) > int(n)):
+                        break
+                elif key not in counts:  # a repeat: taken only by an explicit id
                     break
-            elif key not in counts:  # a repeat: taken only by an explicit id
-                break
-        counts[step_id] = count
-        return key
-
-    def _assign(self, req: StepRequest) -> str:
-        """Give the request the next position (``req.position``) and its key, checked
-        against the journal's memo at that position. Returns the key."""
-        key = self._key(req.id)
+            counts[step_id] = count
         pos = self._next_pos
         if pos >= self._max_steps:
             raise self._too_many_steps(key, pos)
