@@ -308,7 +308,7 @@ class RunMachine:
                     # The hot path: a new ``run`` step past the end of the journal.
                     # The run step machine takes row (NEW, START) itself: RunStep.dispatch.
                     self._parked = _new(RunStep).dispatch(
-                        self, self._next_pos, self._assign(req), req
+                        self, self._next_pos, self._assign(req), req, 0
                     )
                     return
                 res = self._on_request(req, now)

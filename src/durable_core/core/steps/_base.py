@@ -219,6 +219,7 @@ class StepMachine:
         self.position = position
         self.step_id = step_id
         self.req = req
+        self.kind: str = self.KIND
         self.state: Any = self.INITIAL
 
     # ---------------------------------------------------------------- the table
@@ -300,7 +301,7 @@ class StepMachine:
     def _append(self, op: JournalOp, now: int, data: str) -> None:
         host = self.host
         entry = _tuple_new(
-            JournalEntry, (len(host.entries), op, self.position, self.step_id, self.KIND, now,
+            JournalEntry, (len(host.entries), op, self.position, self.step_id, self.kind, now,
                            data),
         )
         host.entries.append(entry)
@@ -309,20 +310,19 @@ class StepMachine:
     def _do_journal_completed(self, now: int) -> None:
         self.done_ts = now
         host = self.host
-        error = self.error
-        if error is None:
-            output = self.output
-            assert output is not None
+        output = self.output
+        if output is not None:
             host._state_bytes += len(output) if output.isascii() else utf8_len(output)
             # The one place a memo's output is written: the serde's JSON text, as the value
             # of "output" (see durable_core.core._journal for why it is not re-encoded).
             data = f'{{"output":{output}}}'
         else:
-            data = error_data(error)
+            assert self.error is not None
+            data = error_data(self.error)
         # _append, inlined: this is once per step.
         entries = host.entries
         entry = _tuple_new(
-            JournalEntry, (len(entries), _COMPLETED, self.position, self.step_id, self.KIND,
+            JournalEntry, (len(entries), _COMPLETED, self.position, self.step_id, self.kind,
                            now, data),
         )
         entries.append(entry)

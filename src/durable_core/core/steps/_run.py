@@ -94,6 +94,7 @@ assert RUN_TABLE[S.RUNNING, In.SUCCEEDED] == (
     S.COMPLETED, (E.FORGET_BODY, E.JOURNAL_COMPLETED, E.RESUME)
 )
 _RUNNING = S.RUNNING
+_RUN = StepKind.RUN
 _COMPLETED = S.COMPLETED
 del S, In, E
 
@@ -116,21 +117,27 @@ class RunStep(StepMachine):
     req: RunRequest
 
     def dispatch(
-        self, host: StepHost, position: int, step_id: str, req: RunRequest
+        self, host: StepHost, position: int, step_id: str, req: RunRequest, attempt: int
     ) -> RunStep:
-        """Dispatch the body of attempt ``failures`` (the EXECUTE_BODY effect) and be
-        RUNNING. It is also how a new step past the end of the journal is started, the hot
-        path: ``RunStep.__new__(RunStep).dispatch(host, ...)`` takes row ``(NEW, START)``
+        """Dispatch the body of ``attempt`` (the EXECUTE_BODY effect) and be RUNNING. It is
+        also how a new step past the end of the journal is started, the hot path:
+        ``RunStep.__new__(RunStep).dispatch(host, ..., 0)`` takes row ``(NEW, START)``
         without a table look-up and without a place in the host's step table (the host finds
-        a running body through ``_dispatched``)."""
+        a running body through ``_dispatched``).
+
+        Every attribute the hot path reads is set here on the instance: CPython 3.11 reads
+        an instance attribute several times faster than a class default through an
+        instance."""
         self.host = host
         self.position = position
         self.step_id = step_id
+        self.kind = _RUN
         self.req = req
+        self.failures = attempt
         self.state = _RUNNING
         cmd = _tuple_new(
             ExecuteStep,
-            (host.run_id, position, step_id, self.failures, req.fn, req.args, req.kwargs),
+            (host.run_id, position, step_id, attempt, req.fn, req.args, req.kwargs),
         )
         self.cmd = cmd
         host._dispatched[position] = self
@@ -226,7 +233,7 @@ class RunStep(StepMachine):
     # ---------------------------------------------------------------- effects
 
     def _do_execute_body(self, now: int) -> None:
-        self.dispatch(self.host, self.position, self.step_id, self.req)
+        self.dispatch(self.host, self.position, self.step_id, self.req, self.failures)
 
     def _do_forget_body(self, now: int) -> None:
         del self.host._dispatched[self.position]
