@@ -152,9 +152,6 @@ class Host:
     def _settle(self, step: Any, now: int) -> None:
         self.log.append(Effect.RESUME)
 
-    def _drive(self, now: int, value: Any, exc: BaseException | None) -> None:
-        raise AssertionError("the recording host has no code to drive")
-
     def _over_state_limit(self, now: int) -> bool:
         return False
 

@@ -170,7 +170,6 @@ class StepHost(Protocol):
 
     def _trigger(self) -> str: ...
     def _settle(self, step: Any, now: int) -> None: ...
-    def _drive(self, now: int, value: Any, exc: BaseException | None) -> None: ...
     def _over_state_limit(self, now: int) -> bool: ...
 
 
@@ -200,7 +199,8 @@ class StepMachine:
     """
 
     # No __slots__: the defaults live on the class, so making a machine (once per step)
-    # sets the few attributes that differ.
+    # sets the few attributes that differ. (The run step's hot path sets what it reads on
+    # the instance: see RunStep.dispatch.)
     deadline: int | None = None
     sched: dict[str, Any] | None = None
     output: str | None = None
