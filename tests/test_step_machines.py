@@ -50,7 +50,7 @@ from durable_core.core._model import (
     StartRun,
     StepKind,
 )
-from durable_core.core.steps import (
+from durable_core.core._steps import (
     MACHINES,
     Effect,
     InvokeStep,

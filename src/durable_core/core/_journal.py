@@ -8,7 +8,7 @@ layout (documented on :class:`~durable_core.core._model.JournalOp`) is written d
 
 ``data`` is JSON built with :mod:`json`. The one exception is the memo of a step that
 returned, built once per step by ``StepMachine._do_journal_completed``
-(:mod:`durable_core.core.steps._base`): its ``output`` is already JSON text (made by the
+(:mod:`durable_core.core._steps._base`): its ``output`` is already JSON text (made by the
 serde when the step returned), and parsing and re-encoding it would cost more than the rest
 of a step's bookkeeping, so that text is placed as the value of ``output`` (a Hypothesis
 test checks that the entry parses back to the value).

@@ -4,7 +4,7 @@ A :class:`RunMachine` owns one run's orchestration coroutine and advances it wit
 ``send``/``throw``. ``ctx.step.*`` awaitables yield requests; the machine gives each step a
 position and checks it against the journal (determinism). A request whose memo is in the
 journal is answered at once (that is replay); a new one gets a step machine of its kind
-(:mod:`durable_core.core.steps`), which turns it into commands, and the coroutine is parked
+(:mod:`durable_core.core._steps`), which turns it into commands, and the coroutine is parked
 until the step's answer arrives as an input, which the machine routes to that step machine.
 Live runs keep their machine between steps, so a run of n steps costs O(n); a machine
 rebuilt from a journal replays it without side effects.
@@ -76,7 +76,7 @@ from durable_core.core._model import (
     StepFailed,
     TimerFired,
 )
-from durable_core.core.steps import (
+from durable_core.core._steps import (
     MACHINES,
     InvokeStep,
     RunStep,

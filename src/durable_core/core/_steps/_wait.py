@@ -18,7 +18,7 @@ from durable_core.base._durations import to_ms
 from durable_core.core._context import WaitRequest
 from durable_core.core._journal import StepMemo
 from durable_core.core._model import ClearWait, RegisterWait, StepKind
-from durable_core.core.steps._base import Effect, StepInput, StepMachine, Table, _Identity
+from durable_core.core._steps._base import Effect, StepInput, StepMachine, Table, _Identity
 
 __all__ = ["WaitState", "WaitStep"]
 

@@ -17,7 +17,7 @@ from durable_core.base._events import Event
 from durable_core.core._context import SendRequest
 from durable_core.core._journal import StepMemo
 from durable_core.core._model import EmitEvents, StepKind, derive_id
-from durable_core.core.steps._base import Effect, StepInput, StepMachine, Table, _Identity
+from durable_core.core._steps._base import Effect, StepInput, StepMachine, Table, _Identity
 
 __all__ = ["SendState", "SendStep"]
 

@@ -1,7 +1,7 @@
 """One small machine per step kind (see :mod:`._base` for the theory of operation)."""
 
 from durable_core.core._model import StepKind
-from durable_core.core.steps._base import (
+from durable_core.core._steps._base import (
     Effect,
     StepHost,
     StepInput,
@@ -10,11 +10,11 @@ from durable_core.core.steps._base import (
     Table,
     decode_memo,
 )
-from durable_core.core.steps._invoke import INVOKED_EVENT, InvokeState, InvokeStep
-from durable_core.core.steps._run import RunState, RunStep
-from durable_core.core.steps._send import SendState, SendStep
-from durable_core.core.steps._sleep import SleepState, SleepStep
-from durable_core.core.steps._wait import WaitState, WaitStep
+from durable_core.core._steps._invoke import INVOKED_EVENT, InvokeState, InvokeStep
+from durable_core.core._steps._run import RunState, RunStep
+from durable_core.core._steps._send import SendState, SendStep
+from durable_core.core._steps._sleep import SleepState, SleepStep
+from durable_core.core._steps._wait import WaitState, WaitStep
 
 __all__ = [
     "INVOKED_EVENT",

@@ -39,7 +39,7 @@ from durable_core.core._journal import (
     utf8_len,
 )
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalOp, StepKind
-from durable_core.core.steps._base import (
+from durable_core.core._steps._base import (
     Effect,
     StepHost,
     StepInput,
