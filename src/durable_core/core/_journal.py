@@ -6,12 +6,13 @@ views, ``replay()``, the simulator's checks) folds it with :class:`JournalFold`,
 everything that writes one builds ``data`` with the ``*_data`` functions below, so each op's
 layout (documented on :class:`~durable_core.core._model.JournalOp`) is written down once.
 
-``data`` is JSON built with :mod:`json`. The one exception is the memo of a step that
-returned, built once per step by ``StepMachine._do_journal_completed``
-(:mod:`durable_core.core._steps._base`): its ``output`` is already JSON text (made by the
-serde when the step returned), and parsing and re-encoding it would cost more than the rest
-of a step's bookkeeping, so that text is placed as the value of ``output`` (a Hypothesis
-test checks that the entry parses back to the value).
+``data`` is JSON built with :mod:`json`, with one exception: an *output* (a step's value,
+the run's) is already JSON text, made once by the serde when the code returned it, and is
+placed as the value of ``output`` as it is; parsing and re-encoding it would cost more than
+the rest of a step's bookkeeping. That happens in two places: ``_with_output`` below (the
+``run_ended`` entry, a child's answer to its parent) and, on the per-step hot path, the memo
+written by ``StepMachine._do_journal_completed`` (:mod:`durable_core.core._steps._base`).
+A Hypothesis test checks that a memo parses back to the value.
 """
 
 from __future__ import annotations
@@ -90,14 +91,20 @@ def run_ended_data(
     if error is not None:
         return _compact({"status": status, "error": error.to_dict()})
     assert output is not None
-    # The output's text as the serde wrote it (not re-escaped): the same text as the memo.
-    return _compact_unicode({"status": status, "output": json.loads(output)})
+    return _with_output({"status": status}, output)
+
+
+def _with_output(head: dict[str, Any], output: str) -> str:
+    """``head`` as JSON, with ``"output"`` added: the JSON text ``output`` as it is (the
+    serde made it; parsing and re-encoding a large output would only cost time)."""
+    prefix = _compact_unicode(head)[:-1] + "," if head else "{"
+    return prefix + '"output":' + output + "}"
 
 
 def output_payload(output: str) -> str:
     """``{"output": ...}`` for the JSON text ``output``: an invoked child's answer to its
     parent (a signal payload, parsed by the parent's ``invoke`` step)."""
-    return _compact_unicode({"output": json.loads(output)})
+    return _with_output({}, output)
 
 
 def entry_to_dict(e: JournalEntry) -> dict[str, Any]:

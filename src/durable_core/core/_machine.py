@@ -283,7 +283,8 @@ class RunMachine:
         # The step table is rebuilt from the journal: memos are dropped once the code has
         # taken them (so a long live run keeps no per-step objects alive for the garbage
         # collector to rescan); re-entering the code from the top needs them again.
-        self._fold(JournalFold(self.entries))
+        if self.entries:  # (a new run has nothing to fold again)
+            self._fold(JournalFold(self.entries))
         self._horizon = max(self._memos, default=-1) + 1
         if self._ended_entry is not None:
             self._horizon = self._max_steps + 1  # the whole run is a replay
@@ -603,11 +604,12 @@ class RunMachine:
         is journalled. Returns False when replaying a run that already ended: then nothing
         is written and nobody is told again."""
         self._end_status = status
-        steps = list(self._steps.values())
-        steps += [s for p, s in self._dispatched.items() if p not in self._steps]
-        for step in steps:
-            if not step.done and step.state is not step.INITIAL:
-                step.run_ended(now)
+        if self._steps or self._dispatched:
+            steps = list(self._steps.values())
+            steps += [s for p, s in self._dispatched.items() if p not in self._steps]
+            for step in steps:
+                if not step.done and step.state is not step.INITIAL:
+                    step.run_ended(now)
         self._timers.clear()
         self._dispatched.clear()
         self._parked = None
