@@ -256,11 +256,10 @@ class RunMachine:
     def step_completed(self, position: int, attempt: int, value: Any, now: int) -> list[Command]:
         """Same as ``handle(StepCompleted(position, attempt, value, now))``, without building
         the input: drivers call it once per step."""
-        if self._end_status is None:
-            step = self._dispatched.get(position)
-            if step is not None and step.failures == attempt:
-                step.succeeded(value, now)
-            # else: a duplicate or stale delivery: the memo, once written, never changes
+        step = self._dispatched.get(position)  # (empty once the run ended)
+        if step is not None and step.failures == attempt:
+            step.succeeded(value, now)
+        # else: a duplicate or stale delivery: the memo, once written, never changes
         return self._flush()
 
     # ------------------------------------------------------------------ driving the code
