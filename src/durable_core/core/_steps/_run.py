@@ -169,7 +169,7 @@ class RunStep(StepMachine):
             text = int.__repr__(value)  # JSON and ASCII
             live = value
         elif (t is str or value is None or t is bool) and not (
-            t is str and len(value) > MAX_STEP_OUTPUT_BYTES // 4
+            t is str and (len(value) > MAX_STEP_OUTPUT_BYTES // 4 or not value.isascii())
         ):
             text = dumps(value, what="")
             live = value
