@@ -21,7 +21,7 @@ from durable_core.base._errors import InvalidDurationError, InvalidEventError, V
 from durable_core.base._events import MAX_EVENT_NAME_BYTES, Event
 from durable_core.base._serde import check_text, json_problem
 from durable_core.core._function import Function
-from durable_core.core._model import derive_uuid
+from durable_core.core._model import StepKind, derive_uuid
 
 __all__ = ["Context", "Step", "Steps"]
 
@@ -108,7 +108,7 @@ class StepRequest:
     """Base of the requests a ``ctx.step.*`` awaitable yields to the core. Don't subclass."""
 
     __slots__ = ("id", "position")
-    kind = ""
+    kind: str = ""
 
     def __init__(self, step_id: str) -> None:
         self.id = step_id
@@ -127,7 +127,7 @@ class RunRequest(StepRequest):
     """``ctx.step.run``."""
 
     __slots__ = ("args", "fn", "kwargs")
-    kind = "run"
+    kind = StepKind.RUN
 
     def __init__(
         self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -143,7 +143,7 @@ class SleepRequest(StepRequest):
     """``ctx.step.sleep`` / ``ctx.step.sleep_until``: exactly one of the two is set."""
 
     __slots__ = ("duration", "until")
-    kind = "sleep"
+    kind = StepKind.SLEEP
 
     def __init__(
         self, step_id: str, duration: dt.timedelta | None, until: dt.datetime | None
@@ -157,7 +157,7 @@ class WaitRequest(StepRequest):
     """``ctx.step.wait_for_event``."""
 
     __slots__ = ("event", "expression", "if_", "timeout", "timeout_at")
-    kind = "wait_for_event"
+    kind = StepKind.WAIT_FOR_EVENT
 
     def __init__(
         self,
@@ -180,7 +180,7 @@ class InvokeRequest(StepRequest):
     """``ctx.step.invoke``."""
 
     __slots__ = ("data", "function", "timeout")
-    kind = "invoke"
+    kind = StepKind.INVOKE
 
     def __init__(
         self, step_id: str, function: Function[Any], data: dict[str, Any], timeout: dt.timedelta
@@ -195,7 +195,7 @@ class SendRequest(StepRequest):
     """``ctx.step.send_event``."""
 
     __slots__ = ("events",)
-    kind = "send_event"
+    kind = StepKind.SEND_EVENT
 
     def __init__(self, step_id: str, events: tuple[Event, ...]) -> None:
         super().__init__(step_id)

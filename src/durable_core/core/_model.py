@@ -13,6 +13,7 @@ immutable; don't subclass them.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import uuid
@@ -22,8 +23,10 @@ from typing import Any, NamedTuple
 import attrs
 
 __all__ = [
+    "TERMINAL_STATUSES",
     "AppendJournal",
     "CancelRequested",
+    "CancelRun",
     "ClearWait",
     "Command",
     "CompleteRun",
@@ -33,25 +36,93 @@ __all__ = [
     "FailRun",
     "Input",
     "JournalEntry",
+    "JournalOp",
     "RegisterWait",
     "RunStarted",
+    "RunStatus",
     "SendSignal",
     "SetRunState",
     "Signal",
+    "SignalKind",
     "SignalReceived",
     "StartRun",
     "StepCompleted",
     "StepFailed",
+    "StepKind",
     "TimerFired",
     "derive_id",
 ]
 
-# Step kinds, as shown in timelines and stored in journals.
-STEP_KINDS = ("run", "sleep", "wait_for_event", "invoke", "send_event")
+class RunStatus(enum.StrEnum):
+    """A run's status, as stored and shown. Str-valued: JSON and the stores keep the text."""
 
-# Run statuses.
-RUN_STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+    QUEUED = "queued"
+    """Created, not yet started by a worker."""
+    RUNNING = "running"
+    """Its code or a step body is running (or it is ready to run)."""
+    SLEEPING = "sleeping"
+    """Parked until a deadline: a sleep, a step's or the run's retry backoff."""
+    WAITING = "waiting"
+    """Parked on a ``wait_for_event`` or an ``invoke`` (and its timeout)."""
+    COMPLETED = "completed"
+    """Returned; ``output`` holds the value (terminal)."""
+    FAILED = "failed"
+    """Failed for good; ``error`` says why (terminal)."""
+    CANCELLED = "cancelled"
+    """Cancelled on request; ``error`` is a ``Cancelled`` with the reason (terminal)."""
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+"""The statuses a run never leaves."""
+
+
+class StepKind(enum.StrEnum):
+    """The kind of a step, as journalled and shown in timelines (one step machine each)."""
+
+    RUN = "run"
+    """``ctx.step.run``: a body executed by the driver, retried on failure."""
+    SLEEP = "sleep"
+    """``ctx.step.sleep`` / ``sleep_until``: a durable timer."""
+    WAIT_FOR_EVENT = "wait_for_event"
+    """``ctx.step.wait_for_event``: an event matching a filter, or ``None`` at the timeout."""
+    INVOKE = "invoke"
+    """``ctx.step.invoke``: a child run's output (its failure, or a timeout, is an error)."""
+    SEND_EVENT = "send_event"
+    """``ctx.step.send_event``: events appended to the event log; returns their ids."""
+
+
+class JournalOp(enum.StrEnum):
+    """What a journal entry records (its ``op``). ``data`` is a JSON object whose keys each op
+    fixes; :mod:`durable_core.core._journal` builds and folds every one of them."""
+
+    SCHEDULED = "scheduled"
+    """A sleep, wait or invoke started. ``data``: ``until`` (deadline, ms); a wait adds
+    ``event`` and ``if``; an invoke adds ``child`` (the child run id) and ``function``.
+    Replays wait for the same instant and the same child."""
+    ATTEMPT_FAILED = "attempt_failed"
+    """An attempt of a ``run`` step failed and will be retried. ``data``: ``attempt``
+    (0-based), ``error`` (``type``, ``message``), ``retry_at`` (ms)."""
+    COMPLETED = "completed"
+    """The step's memo, written once: ``data`` holds ``output`` (any JSON) or ``error``
+    (``type``, ``message``) when it failed for good."""
+    RUN_ATTEMPT_FAILED = "run_attempt_failed"
+    """Orchestration code raised outside any step (``position`` -1, ``kind`` ""): ``data``:
+    ``attempt``, ``error``, ``retry_at``; the code is re-entered from the top then."""
+    RUN_ENDED = "run_ended"
+    """The run ended (``position`` -1, ``kind`` ""), the last entry. ``data``: ``status``
+    (completed, failed or cancelled) with ``output`` or ``error``. A machine rebuilt from a
+    journal that holds it replays the run to its end without telling anybody again."""
+
+
+class SignalKind(enum.StrEnum):
+    """What a :class:`Signal` to a run carries."""
+
+    EVENT = "event"
+    """An event matched the wait at ``position``; ``payload`` is the event's JSON."""
+    INVOKE = "invoke"
+    """The child run ``key`` ended; ``payload`` holds ``output`` or ``error``."""
+    CANCEL = "cancel"
+    """Cancel the run; ``payload`` is the reason."""
 
 
 def derive_id(prefix: str, *parts: str | int) -> str:
@@ -113,14 +184,10 @@ class ErrorInfo:
 class JournalEntry(NamedTuple):
     """One record of a run's journal: a memo or a decision. Entries never change once written.
 
-    ``seq`` is the entry's dense index in the journal. ``op`` is one of:
-
-    - ``"scheduled"``: a sleep, wait or invoke was started; ``data`` fixes its deadline (and
-      the child run id of an invoke), so replays wait for the same instant.
-    - ``"attempt_failed"``: an attempt of a ``run`` step failed and will be retried at
-      ``data["retry_at"]``.
-    - ``"completed"``: the step's memo: ``data`` holds ``output`` or ``error``.
-    - ``"run_attempt_failed"``: orchestration code raised outside any step (``position`` -1).
+    ``seq`` is the entry's dense index in the journal. ``op`` is a :class:`JournalOp`
+    (``scheduled``, ``attempt_failed``, ``completed``, ``run_attempt_failed``, ``run_ended``;
+    each member documents its ``data``); ``kind`` a :class:`StepKind` (``""`` for run-level
+    entries).
 
     ``position`` is the step's place in discovery order; ``step_id`` includes the counter
     suffix of repeated ids (``fetch:1``); ``ts`` is the ``now`` (ms) of the input that led
@@ -148,9 +215,9 @@ class JournalEntry(NamedTuple):
 class Signal:
     """A message to a run, kept in its durable inbox until the run consumes it.
 
-    ``kind`` is ``"event"`` (an event matched the wait at ``position``), ``"invoke"`` (the
-    child run ``key`` ended; ``payload`` holds ``output`` or ``error``) or ``"cancel"``.
-    ``payload`` is JSON text.
+    ``kind`` is a :class:`SignalKind`: ``"event"`` (an event matched the wait at
+    ``position``), ``"invoke"`` (the child run ``key`` ended; ``payload`` holds ``output`` or
+    ``error``) or ``"cancel"``. ``payload`` is JSON text (the reason, for a cancel).
     """
 
     kind: str
@@ -228,7 +295,7 @@ class SetRunState:
     """Persist the run's (non-terminal) status and when it next needs waking (ms or None)."""
 
     run_id: str
-    status: str
+    status: RunStatus
     wake_at: int | None
 
 
@@ -294,21 +361,27 @@ class SendSignal:
 
 @attrs.frozen
 class CompleteRun:
-    """The run returned; ``output`` is JSON text."""
+    """The run returned; ``output`` is JSON text. Persist status ``completed``."""
 
     run_id: str
     output: str
-    now: int
 
 
 @attrs.frozen
 class FailRun:
-    """The run failed for good (or was cancelled, with ``status="cancelled"``)."""
+    """The run failed for good. Persist status ``failed`` with ``error``."""
 
     run_id: str
     error: ErrorInfo
-    now: int
-    status: str = "failed"
+
+
+@attrs.frozen
+class CancelRun:
+    """The run was cancelled. Persist status ``cancelled`` with ``error`` (type
+    ``Cancelled``, the reason as its message)."""
+
+    run_id: str
+    error: ErrorInfo
 
 
 Command = (
@@ -322,4 +395,5 @@ Command = (
     | SendSignal
     | CompleteRun
     | FailRun
+    | CancelRun
 )

@@ -31,6 +31,7 @@ from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
     AppendJournal,
     CancelRequested,
+    CancelRun,
     ClearWait,
     Command,
     CompleteRun,
@@ -40,9 +41,11 @@ from durable_core.core._model import (
     FailRun,
     RegisterWait,
     RunStarted,
+    RunStatus,
     SendSignal,
     SetRunState,
     Signal,
+    SignalKind,
     SignalReceived,
     StartRun,
     StepFailed,
@@ -227,7 +230,8 @@ class Engine:
             # No lookback: only events appended after the wait was registered match.
             if ev.seq > w.after_seq and wait_matches(w, raw):
                 signals.append(
-                    (w.run_id, Signal("event", key=ev.id, payload=ev.data, position=w.position))
+                    (w.run_id, Signal(SignalKind.EVENT, key=ev.id, payload=ev.data,
+                                          position=w.position))
                 )
         return runs, signals
 
@@ -334,8 +338,8 @@ class Engine:
         live.lease_until = now + self.lease_ms
         cmds: list[Command] = []
         m = live.machine
-        if any(s.kind == "cancel" for _, s in claim.signals):
-            cancel = next(s for _, s in claim.signals if s.kind == "cancel")
+        if any(s.kind == SignalKind.CANCEL for _, s in claim.signals):
+            cancel = next(s for _, s in claim.signals if s.kind == SignalKind.CANCEL)
             cmds += m.handle(CancelRequested(cancel.payload, now))
         else:
             cmds += m.handle(RunStarted(now))
@@ -439,9 +443,11 @@ class Engine:
                 elif t is SetRunState:
                     status, wake_at = c.status, c.wake_at  # type: ignore[union-attr]
                 elif t is CompleteRun:
-                    status, output = "completed", c.output  # type: ignore[union-attr]
+                    status, output = RunStatus.COMPLETED, c.output  # type: ignore[union-attr]
                 elif t is FailRun:
-                    status, error = c.status, c.error  # type: ignore[union-attr]
+                    status, error = RunStatus.FAILED, c.error  # type: ignore[union-attr]
+                elif t is CancelRun:
+                    status, error = RunStatus.CANCELLED, c.error  # type: ignore[union-attr]
                 elif t is RegisterWait:
                     assert isinstance(c, RegisterWait)
                     waits_add.append(
@@ -602,7 +608,7 @@ class Engine:
         check_text(reason, what="cancel_run(reason)", error=ValidationError, nul=True)
         self.store.get_run(run_id)
         self.store.commit(
-            CommitBatch(now=now, signals=((run_id, Signal("cancel", run_id, reason)),))
+            CommitBatch(now=now, signals=((run_id, Signal(SignalKind.CANCEL, run_id, reason)),))
         )
 
     def cancel_live(self, run_ids: Iterable[str], now: int) -> Plan:

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from durable_core.base._durations import from_ms
+from durable_core.core._journal import JournalFold
 from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.store import RunRecord
 
@@ -81,35 +82,21 @@ class RunView:
 
 
 def step_views(entries: Sequence[JournalEntry]) -> tuple[StepView, ...]:
-    """The steps recorded in a journal, in position order."""
-    by_pos: dict[int, dict[str, Any]] = {}
-    for e in entries:
-        if e.position < 0:
-            continue
-        s = by_pos.setdefault(
-            e.position,
-            {"id": e.step_id, "kind": e.kind, "status": "running", "attempts": 0,
-             "output": None, "error": None, "started_at": e.ts, "ended_at": None},
-        )
-        data = json.loads(e.data)
-        if e.op == "scheduled":
-            s["status"] = "sleeping" if e.kind == "sleep" else "waiting"
-        elif e.op == "attempt_failed":
-            s["status"] = "retrying"
-            s["attempts"] = int(data["attempt"]) + 1
-            s["error"] = ErrorInfo.from_dict(data["error"])
-        elif e.op == "completed":
-            s["ended_at"] = e.ts
-            if e.kind == "run":
-                s["attempts"] += 1
-            if "error" in data:
-                s["status"] = "failed"
-                s["error"] = ErrorInfo.from_dict(data["error"])
-            else:
-                s["status"] = "completed"
-                s["output"] = data["output"]
-                s["error"] = None
-    return tuple(StepView(**by_pos[p]) for p in sorted(by_pos))
+    """The steps recorded in a journal, in position order (folded by :class:`JournalFold`)."""
+    views = []
+    for pos in sorted((fold := JournalFold(entries)).steps):
+        memo = fold.steps[pos]
+        views.append(StepView(
+            id=memo.step_id,
+            kind=memo.kind,
+            status=memo.status,
+            attempts=memo.attempts,
+            output=None if memo.output is None else json.loads(memo.output),
+            error=memo.error if memo.done else memo.last_error,
+            started_at=memo.started_at,
+            ended_at=memo.done_ts if memo.done else None,
+        ))
+    return tuple(views)
 
 
 def run_view(run: RunRecord, journal: Sequence[JournalEntry]) -> RunView:

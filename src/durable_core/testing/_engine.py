@@ -15,6 +15,7 @@ from durable_core.base._errors import ValidationError
 from durable_core.base._events import Event, Sent
 from durable_core.core._context import current_attempt
 from durable_core.core._function import App
+from durable_core.core._journal import entry_from_dict, entry_to_dict
 from durable_core.core._model import ErrorInfo, ExecuteStep
 from durable_core.engine._engine import Engine, Plan
 from durable_core.engine._views import RunView, StepView, run_view
@@ -281,11 +282,7 @@ def export_run(store: Store, run_id: str) -> dict[str, Any]:
             "output": None if run.output is None else json.loads(run.output),
             "error": None if run.error is None else run.error.to_dict(),
         },
-        "journal": [
-            {"seq": e.seq, "op": e.op, "position": e.position, "step_id": e.step_id,
-             "kind": e.kind, "ts": e.ts, "data": json.loads(e.data)}
-            for e in store.load_journal(run_id)
-        ],
+        "journal": [entry_to_dict(e) for e in store.load_journal(run_id)],
     }
 
 
@@ -301,7 +298,14 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
 
     from durable_core.base._errors import DeterminismError
     from durable_core.core._machine import RunMachine
-    from durable_core.core._model import CompleteRun, ExecuteStep, FailRun, JournalEntry, RunStarted
+    from durable_core.core._model import (
+        TERMINAL_STATUSES,
+        CancelRun,
+        CompleteRun,
+        ExecuteStep,
+        FailRun,
+        RunStarted,
+    )
 
     if isinstance(journal, dict):
         doc = journal
@@ -317,11 +321,7 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
             field="format",
         )
     run = doc["run"]
-    entries = [
-        JournalEntry(e["seq"], e["op"], e["position"], e["step_id"], e["kind"], e["ts"],
-                     json.dumps(e["data"], separators=(",", ":"), ensure_ascii=False))
-        for e in doc["journal"]
-    ]
+    entries = [entry_from_dict(e) for e in doc["journal"]]
     function = app.get(run["function_id"])
     machine = RunMachine(
         function, run["id"], [Event.from_dict(e) for e in run["events"]], run["created_at"],
@@ -331,7 +331,7 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
     cmds = machine.handle(RunStarted(now))
     if isinstance(machine.failure, DeterminismError):
         raise machine.failure
-    ended = run["status"] in ("completed", "failed", "cancelled")
+    ended = run["status"] in TERMINAL_STATUSES
     new_steps = [c for c in cmds if isinstance(c, ExecuteStep)]
     if ended and new_steps:
         step = new_steps[0]
@@ -341,7 +341,7 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
             run_id=run["id"], position=step.position, recorded=f"run {run['status']}",
             requested=step.step_id,
         )
-    done = [c for c in cmds if isinstance(c, CompleteRun | FailRun)]
+    done = [c for c in cmds if isinstance(c, CompleteRun | FailRun | CancelRun)]
     if run["status"] == "completed":
         got = json.loads(done[0].output) if done and isinstance(done[0], CompleteRun) else None
         if not done or not isinstance(done[0], CompleteRun) or got != run["output"]:

@@ -30,17 +30,21 @@ from durable_core.base._durations import parse_duration, parse_instant, to_ms
 from durable_core.base._errors import StoreError
 from durable_core.base._events import Event, Sent
 from durable_core.core._function import App, Function
+from durable_core.core._journal import JournalFold
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
     TERMINAL_STATUSES,
+    CancelRun,
     CompleteRun,
     EmitEvents,
     ExecuteStep,
     FailRun,
     JournalEntry,
+    JournalOp,
     RunStarted,
     SendSignal,
     StartRun,
+    StepKind,
     TimerFired,
 )
 from durable_core.engine._engine import Engine, Plan
@@ -262,7 +266,7 @@ class Simulation:
             journal = self.inner.load_journal(w.run_id)
             self._check_journal(w.run_id, journal)
             for e in journal:
-                if e.op == "completed":
+                if e.op == JournalOp.COMPLETED:
                     key = (w.run_id, e.step_id)
                     self._faults_at_commit.setdefault(key, self._fault_count())
             if acknowledged:
@@ -277,14 +281,14 @@ class Simulation:
                            entry.step_id)
         if [e.seq for e in journal] != list(range(len(journal))):
             self._fail("journal sequence numbers are not dense", run_id)
-        if sum(e.op == "run_ended" for e in journal) > 1:
+        if sum(e.op == JournalOp.RUN_ENDED for e in journal) > 1:
             self._fail("the run ended twice", run_id)
         ts = [e.ts for e in journal]
         if ts != sorted(ts):
             self._fail("journal timestamps go backwards", run_id)
         memos: dict[int, JournalEntry] = {}
         for e in journal:
-            if e.op == "completed":
+            if e.op == JournalOp.COMPLETED:
                 if e.position in memos:
                     self._fail("a step was recorded twice", run_id, e.step_id)
                 memos[e.position] = e
@@ -367,15 +371,12 @@ class Simulation:
             self._crash()
             return
         key = (step.run_id, step.step_id)
-        for e in self.inner.load_journal(step.run_id):
-            if e.position != step.position:
-                continue
-            if e.op == "completed":
-                self._fail("a step whose memo was committed ran again", step.run_id,
-                           step.step_id)
-            if e.op == "attempt_failed" and json.loads(e.data)["retry_at"] > self.now:
-                self._fail("a step was retried before its backoff elapsed", step.run_id,
-                           step.step_id)
+        memo = JournalFold(self.inner.load_journal(step.run_id)).steps.get(step.position)
+        if memo is not None and memo.done:
+            self._fail("a step whose memo was committed ran again", step.run_id, step.step_id)
+        if memo is not None and memo.retry_at is not None and memo.retry_at > self.now:
+            self._fail("a step was retried before its backoff elapsed", step.run_id,
+                       step.step_id)
         live = self.engine.live.get(step.run_id)
         retries = live.machine.function.retries if live is not None else 0
         value: Any
@@ -473,16 +474,13 @@ class Simulation:
                            f"{expected}\n  got      {got}")
 
     def _check_timers(self, run_id: str, journal: Sequence[JournalEntry]) -> None:
-        until: dict[int, int] = {}
-        for e in journal:
-            if e.op == "scheduled":
-                until[e.position] = json.loads(e.data)["until"]
-            elif e.op == "completed" and e.kind == "sleep" and e.ts < until.get(e.position, 0):
-                self._fail("a timer fired early", run_id, e.step_id)
-            elif (e.op == "completed" and e.kind == "wait_for_event"
-                  and json.loads(e.data).get("output", 0) is None
-                  and e.ts < until.get(e.position, 0)):
-                self._fail("a wait timed out early", run_id, e.step_id)
+        for memo in JournalFold(journal).steps.values():
+            if not memo.done or memo.sched is None or memo.done_ts >= memo.sched["until"]:
+                continue
+            if memo.kind == StepKind.SLEEP:
+                self._fail("a timer fired early", run_id, memo.step_id)
+            elif memo.kind == StepKind.WAIT_FOR_EVENT and memo.output == "null":
+                self._fail("a wait timed out early", run_id, memo.step_id)
 
     def _check_replay(self, run_id: str) -> None:
         """Replaying an ended run performs no side effects and writes nothing."""
@@ -500,7 +498,7 @@ class Simulation:
             self._fail("replay wrote to the journal", run_id)
         if calls:
             self._fail(f"replay performed side effects: {calls}", run_id)
-        ended = [c for c in cmds if isinstance(c, CompleteRun | FailRun)]
+        ended = [c for c in cmds if isinstance(c, CompleteRun | FailRun | CancelRun)]
         if run.status == "completed" and not (
             ended and isinstance(ended[0], CompleteRun) and ended[0].output == run.output
         ):
