@@ -15,34 +15,44 @@ import attrs
 from durable_core.base._errors import RunNotFoundError
 from durable_core.core._model import TERMINAL_STATUSES, JournalEntry, Signal
 from durable_core.store import (
-    DEDUPE_WINDOW_MS,
     Claim,
     CommitBatch,
-    NewRun,
     RunRecord,
     StoredEvent,
     WaitRecord,
+    apply_change,
+    cron_advances,
+    due_at,
+    event_is_duplicate,
+    fold_writes,
+    lease_held,
+    lone_memo,
+    new_runs_to_create,
+    signal_accepted,
+    wait_changes,
+    write_accepted,
 )
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """A store that keeps everything in process memory (see the store contract)."""
+    """A store that keeps everything in process memory (see the store contract: every rule
+    is one of its functions, applied to plain dicts here)."""
 
     blocking = False
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._events: list[StoredEvent] = []
-        self._events_by_id: dict[str, StoredEvent] = {}
+        self._events_by_id: dict[str, StoredEvent] = {}  # the latest original per id
         self._unrouted: dict[int, StoredEvent] = {}
         self._runs: dict[str, RunRecord] = {}
         self._run_order: list[str] = []
         self._journals: dict[str, list[JournalEntry]] = {}
-        self._idem: dict[tuple[str, str], tuple[str, int]] = {}
+        self._idempotency: dict[tuple[str, str], int] = {}  # -> created_at of the holder
         self._waits: dict[str, dict[tuple[str, int], WaitRecord]] = {}
-        self._inbox: dict[str, list[tuple[int, Signal]]] = {}
+        self._signals: dict[str, list[tuple[int, Signal]]] = {}
         self._signal_seq = 0
         self._cron: dict[str, int] = {}
 
@@ -56,10 +66,10 @@ class MemoryStore:
     def _append_event(self, text: str, now: int) -> StoredEvent:
         raw = json.loads(text)
         prev = self._events_by_id.get(raw["id"])
-        dup = prev is not None and now - prev.ts < DEDUPE_WINDOW_MS and not prev.duplicate
+        dup = event_is_duplicate(None if prev is None else prev.received_at, now)
         ev = StoredEvent(
             seq=len(self._events) + 1, id=raw["id"], name=raw["name"], data=text,
-            ts=int(raw["ts"]), duplicate=dup,
+            ts=int(raw["ts"]), received_at=now, duplicate=dup,
         )
         self._events.append(ev)
         if not dup:
@@ -89,138 +99,102 @@ class MemoryStore:
     def commit(self, batch: CommitBatch) -> set[str]:
         """See :meth:`durable_core.Store.commit`."""
         with self._lock:
-            fenced: set[str] = set()
-            # Validate every write first so a rejected run leaves nothing half-applied. A
-            # batch may hold several writes for one run (group commit): check them in order.
-            length: dict[str, int] = {}
-            for w in batch.writes:
+            lone = lone_memo(batch)
+            if lone is not None:  # the hot path: one step's memo
+                w, e = lone
                 run = self._runs.get(w.run_id)
-                if run is None or run.epoch != w.epoch or run.status in TERMINAL_STATUSES:
-                    fenced.add(w.run_id)
-                    continue
-                expected = length.get(w.run_id, len(self._journals[w.run_id]))
-                if any(e.seq != expected + i for i, e in enumerate(w.entries)):
-                    fenced.add(w.run_id)  # entries must continue the journal densely
-                length[w.run_id] = expected + len(w.entries)
+                if run is not None:
+                    journal = self._journals[w.run_id]
+                    if write_accepted(w.epoch, e.seq, run.epoch, run.status, len(journal)):
+                        journal.append(e)
+                        return set()
+                return {w.run_id}
+            # Decide everything first, against the state before the batch: a rejected run
+            # leaves nothing half-applied.
+            changes = fold_writes(batch.writes)
+            fenced: set[str] = set()
+            for run_id, c in changes.items():
+                run = self._runs.get(run_id)
+                if run is None or not write_accepted(
+                    c.epoch, c.first, run.epoch, run.status, len(self._journals[run_id])
+                ):
+                    fenced.add(run_id)
+            adds, removes = wait_changes(batch, fenced)
             for text in batch.events:
                 self._append_event(text, batch.now)
-            for new in batch.runs:
-                self._create_run(new)
-            for w in batch.writes:
-                if w.run_id in fenced:
-                    continue
-                self._journals[w.run_id].extend(w.entries)
-                if w.status is None and not w.release and not w.consumed_signals:
-                    continue  # journal only: the hot path
-                run = self._runs[w.run_id]
-                changes: dict[str, object] = {"updated_at": batch.now}
-                if w.status is not None:
-                    changes["status"] = w.status
-                    changes["wake_at"] = w.wake_at
-                    if w.status in TERMINAL_STATUSES:
-                        changes["output"] = w.output
-                        changes["error"] = w.error
-                        changes["ended_at"] = batch.now
-                        changes["wake_at"] = None
-                if w.release or (w.status in TERMINAL_STATUSES):
-                    changes["lease_owner"] = None
-                    changes["lease_expires"] = None
-                self._runs[w.run_id] = attrs.evolve(run, **changes)  # type: ignore[arg-type]
-                if w.status in TERMINAL_STATUSES:
-                    self._inbox.pop(w.run_id, None)  # never to be delivered
-                elif w.consumed_signals:
-                    box = self._inbox.get(w.run_id)
-                    if box:
-                        self._inbox[w.run_id] = [s for s in box if s[0] > w.consumed_signals]
-            for wait in batch.waits_add:
-                if wait.run_id not in fenced:
-                    waits = self._waits.setdefault(wait.event, {})
-                    wkey = (wait.run_id, wait.position)
-                    if wkey not in waits:  # re-registering keeps the original after_seq
-                        waits[wkey] = attrs.evolve(wait, after_seq=len(self._events))
-            for run_id, pos in batch.waits_remove:
+            if batch.runs:
+                existing = {n.id for n in batch.runs if n.id in self._runs}
+                for new in new_runs_to_create(batch.runs, existing, self._idempotency):
+                    self._runs[new.id] = RunRecord(
+                        id=new.id, function_id=new.function_id, status="queued",
+                        events=new.events, created_at=new.created_at,
+                        updated_at=new.created_at, parent_run_id=new.parent_run_id,
+                        idempotency_key=new.idempotency_key, event_ids=new.event_ids,
+                    )
+                    self._run_order.append(new.id)
+                    self._journals[new.id] = []
+            for run_id, c in changes.items():
                 if run_id in fenced:
                     continue
+                self._journals[run_id].extend(c.entries)
+                self._runs[run_id] = apply_change(self._runs[run_id], c, batch.now)
+                if c.consumed:
+                    box = self._signals.get(run_id)
+                    if box:
+                        kept = [s for s in box if s[0] > c.consumed]
+                        if kept:
+                            self._signals[run_id] = kept
+                        else:
+                            del self._signals[run_id]
+            for wait in adds:
+                waits = self._waits.setdefault(wait.event, {})
+                wkey = (wait.run_id, wait.position)
+                if wkey not in waits:
+                    waits[wkey] = attrs.evolve(wait, after_seq=len(self._events))
+            for run_id, pos in removes:
                 for waits in self._waits.values():
                     waits.pop((run_id, pos), None)
             for run_id, signal in batch.signals:
                 target = self._runs.get(run_id)
-                if target is not None and target.status not in TERMINAL_STATUSES:
+                if signal_accepted(None if target is None else target.status):
                     self._signal_seq += 1
-                    self._inbox.setdefault(run_id, []).append((self._signal_seq, signal))
+                    self._signals.setdefault(run_id, []).append((self._signal_seq, signal))
             for seq in batch.routed_events:
                 self._unrouted.pop(seq, None)
-            for key, tick in batch.cron:
+            for key, tick in cron_advances(batch.cron).items():
                 if tick > self._cron.get(key, -1):
                     self._cron[key] = tick
             return fenced
 
-    def _create_run(self, new: NewRun) -> None:
-        if new.id in self._runs:
-            return
-        if new.idempotency_key is not None:
-            k = (new.function_id, new.idempotency_key)
-            prev = self._idem.get(k)
-            if prev is not None and new.created_at - prev[1] < DEDUPE_WINDOW_MS:
-                return
-            self._idem[k] = (new.id, new.created_at)
-        self._runs[new.id] = RunRecord(
-            id=new.id, function_id=new.function_id, status="queued", events=new.events,
-            created_at=new.created_at, updated_at=new.created_at,
-            parent_run_id=new.parent_run_id, idempotency_key=new.idempotency_key,
-            event_ids=new.event_ids,
-        )
-        self._run_order.append(new.id)
-        self._journals[new.id] = []
-
     # ------------------------------------------------------------------ claims
 
-    def _claimable(self, run: RunRecord, now: int) -> bool:
-        if run.status in TERMINAL_STATUSES:
-            return False
-        if run.lease_owner is not None and (run.lease_expires or 0) > now:
-            return False
-        return (
-            run.status == "queued"
-            or (run.wake_at is not None and run.wake_at <= now)
-            or bool(self._inbox.get(run.id))
-            or run.lease_owner is not None  # lease expired mid-work: the run needs a new owner
-        )
-
-    def _claim(self, run: RunRecord, owner: str, now: int, lease_ms: int) -> Claim:
-        run = attrs.evolve(
-            run, epoch=run.epoch + 1, lease_owner=owner, lease_expires=now + lease_ms
-        )
-        self._runs[run.id] = run
-        return Claim(
-            run=run,
-            journal=tuple(self._journals[run.id]),
-            signals=tuple(self._inbox.get(run.id, ())),
-        )
-
-    def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[Claim]:
+    def claim_runs(
+        self, owner: str, now: int, lease_ms: int, limit: int,
+        function_ids: Sequence[str] | None = None,
+    ) -> list[Claim]:
         """See :meth:`durable_core.Store.claim_runs`."""
         with self._lock:
             out: list[Claim] = []
             if limit <= 0:
                 return out
+            only = None if function_ids is None else set(function_ids)
             for run_id in self._run_order:
                 run = self._runs[run_id]
-                if self._claimable(run, now):
-                    out.append(self._claim(run, owner, now, lease_ms))
-                    if len(out) >= limit:
-                        break
+                if only is not None and run.function_id not in only:
+                    continue
+                due = due_at(run.status, run.lease_owner, run.lease_expires, run.wake_at,
+                             run_id in self._signals)
+                if due is None or due > now:
+                    continue
+                run = attrs.evolve(
+                    run, epoch=run.epoch + 1, lease_owner=owner, lease_expires=now + lease_ms
+                )
+                self._runs[run_id] = run
+                out.append(Claim(run, tuple(self._journals[run_id]),
+                                 tuple(self._signals.get(run_id, ()))))
+                if len(out) >= limit:
+                    break
             return out
-
-    def claim_run(self, owner: str, run_id: str, now: int, lease_ms: int) -> Claim | None:
-        """See :meth:`durable_core.Store.claim_run`."""
-        with self._lock:
-            run = self._runs.get(run_id)
-            if run is None or run.status in TERMINAL_STATUSES:
-                return None
-            if run.lease_owner is not None and (run.lease_expires or 0) > now:
-                return None
-            return self._claim(run, owner, now, lease_ms)
 
     def renew(self, owner: str, run_ids: Sequence[str], now: int, lease_ms: int) -> set[str]:
         """See :meth:`durable_core.Store.renew`."""
@@ -228,7 +202,9 @@ class MemoryStore:
             lost = set()
             for run_id in run_ids:
                 run = self._runs.get(run_id)
-                if run is None or run.lease_owner != owner or run.status in TERMINAL_STATUSES:
+                if run is None or not lease_held(
+                    run.lease_owner, run.lease_expires, run.status, owner, now
+                ):
                     lost.add(run_id)
                     continue
                 self._runs[run_id] = attrs.evolve(run, lease_expires=now + lease_ms)
@@ -246,7 +222,7 @@ class MemoryStore:
         with self._lock:
             return {
                 r for r in run_ids
-                if any(sig.kind == "cancel" for _seq, sig in self._inbox.get(r, ()))
+                if any(sig.kind == "cancel" for _seq, sig in self._signals.get(r, ()))
             }
 
     def next_wake_at(self) -> int | None:
@@ -283,15 +259,19 @@ class MemoryStore:
         status: str | None = None,
         event_id: str | None = None,
         limit: int = 100,
+        exclude_function_ids: Sequence[str] | None = None,
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         with self._lock:
             out: list[RunRecord] = []
             if limit <= 0:
                 return out
+            exclude = set(exclude_function_ids or ())
             for run_id in reversed(self._run_order):
                 run = self._runs[run_id]
                 if function_id is not None and run.function_id != function_id:
+                    continue
+                if run.function_id in exclude:
                     continue
                 if status is not None and run.status != status:
                     continue

@@ -183,11 +183,11 @@ def create(store: Store, *runs: NewRun, now: int = T0) -> None:
 def claim(
     store: Store, run_id: str, *, owner: str = "w1", now: int = T0, lease_ms: int = LEASE
 ) -> Claim:
-    """``claim_run`` that must succeed."""
-    got = store.claim_run(owner, run_id, now, lease_ms)
-    assert got is not None, f"could not claim {run_id!r}"
-    assert got.run.id == run_id
-    return got
+    """Claim ``run_id``, which must be the oldest claimable run (``claim_runs`` with limit 1)."""
+    got = store.claim_runs(owner, now, lease_ms, 1)
+    assert got, f"could not claim {run_id!r}: nothing is claimable"
+    assert got[0].run.id == run_id, f"claimed {got[0].run.id!r} instead of {run_id!r}"
+    return got[0]
 
 
 def write(store: Store, *writes: RunWrite, now: int = T0, **batch: Any) -> set[str]:
@@ -515,7 +515,7 @@ class StoreConformance:
         ) == {"r1"}
         assert store.get_run("r1") == done
         assert store.load_journal("r1") == []
-        assert store.claim_run("w1", "r1", T0 + 2 * LEASE, LEASE) is None
+        assert store.claim_runs("w1", T0 + 2 * LEASE, LEASE, 10) == []
 
     def test_journal_seq_gap_or_overlap_is_fenced(self, store: Store) -> None:
         """Entries must continue the journal: a gap or an overlap is fenced."""
@@ -617,7 +617,6 @@ class StoreConformance:
         )
         assert store.next_wake_at() is None
         assert store.claim_runs("w2", T0 + DAY, LEASE, 10) == []
-        assert store.claim_run("w2", "r1", T0 + DAY, LEASE) is None
         assert store.renew("w1", ["r1"], T0 + 60, LEASE) == {"r1"}
 
     def test_release_gives_the_lease_up(self, store: Store) -> None:
@@ -628,6 +627,8 @@ class StoreConformance:
         run = store.get_run("r1")
         assert (run.lease_owner, run.lease_expires, run.epoch) == (None, None, e)
         assert store.claim_runs("w2", T0 + 1, LEASE, 10) == []  # nothing to do
+        sig = Signal("event", "k", "{}", 0)
+        assert store.commit(CommitBatch(now=T0 + 1, signals=(("r1", sig),))) == set()
         c = claim(store, "r1", owner="w2", now=T0 + 1)
         assert (c.run.epoch, c.run.lease_owner) == (e + 1, "w2")
         assert write(store, RunWrite("r1", e, entries(0, 1))) == {"r1"}
@@ -645,7 +646,6 @@ class StoreConformance:
             assert (c.run.status, c.journal, c.signals) == ("queued", (), ())
             assert store.get_run(c.run.id) == c.run
         assert store.claim_runs("w2", T0 + LEASE - 1, LEASE, 10) == []
-        assert store.claim_run("w2", "r1", T0 + LEASE - 1, LEASE) is None
 
     def test_claim_runs_respects_limit(self, store: Store) -> None:
         """``claim_runs`` leases at most ``limit`` runs."""
@@ -711,20 +711,6 @@ class StoreConformance:
         assert store.commit(CommitBatch(now=T0, signals=(("r1", sig),))) == set()
         assert [c.run.id for c in store.claim_runs("w1", T0 + DAY, LEASE, 10)] == ["r2"]
 
-    def test_claim_run_leases_a_given_run(self, store: Store) -> None:
-        """``claim_run`` leases a given run unless it is finished or held."""
-        create(store, new_run("r1"))
-        e = claim(store, "r1").run.epoch
-        assert write(store, RunWrite("r1", e, status="waiting", release=True)) == set()
-        c = claim(store, "r1", owner="w2", now=T0 + 1)  # even with nothing to do
-        assert (c.run.epoch, c.run.lease_owner, c.run.lease_expires) == (
-            e + 1, "w2", T0 + 1 + LEASE,
-        )
-        assert store.claim_run("w1", "r1", T0 + LEASE, LEASE) is None
-        assert store.claim_run("w1", "missing", T0, LEASE) is None
-        c = claim(store, "r1", owner="w1", now=T0 + 1 + LEASE)
-        assert c.run.epoch == e + 2
-
     def test_renew_extends_held_leases_and_reports_lost_ones(self, store: Store) -> None:
         """``renew`` extends held leases and reports the lost ones."""
         create(store, *(new_run(f"r{i}") for i in range(1, 5)))
@@ -737,7 +723,6 @@ class StoreConformance:
         assert lost == {"r3", "r4", "ghost"}
         run = store.get_run("r1")
         assert (run.lease_owner, run.lease_expires, run.epoch) == ("w1", T0 + 10 + LEASE, 1)
-        assert store.claim_run("w2", "r1", T0 + LEASE, LEASE) is None
         taken = store.claim_runs("w2", T0 + 10 + LEASE, LEASE, 10)
         assert [c.run.id for c in taken] == ["r1", "r2"]
         assert store.renew("w1", ["r1", "r2"], T0 + 11 + LEASE, LEASE) == {"r1", "r2"}
@@ -767,8 +752,7 @@ class StoreConformance:
         assert sc > sb
         w = RunWrite("r1", got.run.epoch, status="waiting", consumed_signals=sc, release=True)
         assert write(store, w) == set()
-        assert store.claim_runs("w1", T0 + 3, LEASE, 10) == []
-        assert claim(store, "r1", now=T0 + 3).signals == ()
+        assert store.claim_runs("w1", T0 + 3, LEASE, 10) == []  # no signals left
         # A signal to a run that did not exist yet was dropped.
         create(store, new_run("ghost"))
         assert claim(store, "ghost").signals == ()
@@ -932,7 +916,7 @@ class StoreConformance:
         create(store, new_run("r2", function_id="b", event_ids=("e1", "e2")))
         create(store, new_run("r3", function_id="a", event_ids=("e2",)))
         create(store, new_run("r4", function_id="a", event_ids=("e10", "%")))
-        e = claim(store, "r3").run.epoch
+        e = {c.run.id: c for c in store.claim_runs("w1", T0, LEASE, 10)}["r3"].run.epoch
         assert write(store, RunWrite("r3", e, status="completed", output="1")) == set()
 
         def ids(**kw: Any) -> list[str]:
@@ -1184,22 +1168,15 @@ class StoreStateMachine(RuleBasedStateMachine):
         ))
 
     @rule(owner=st.sampled_from(_OWNERS), lease_ms=st.sampled_from(_LEASES),
-          limit=st.integers(1, 3))
-    def claim_runs(self, owner: str, lease_ms: int, limit: int) -> None:
-        """Claim runs that need work."""
-        m = self.model.claim_runs(owner, self.now, lease_ms, limit)
-        s = self.store.claim_runs(owner, self.now, lease_ms, limit)
+          limit=st.integers(1, 3),
+          functions=st.sampled_from((None, None, None, ("f1",), ("f2", "fx"), ())))
+    def claim_runs(
+        self, owner: str, lease_ms: int, limit: int, functions: tuple[str, ...] | None
+    ) -> None:
+        """Claim runs that need work (of some functions only, sometimes)."""
+        m = self.model.claim_runs(owner, self.now, lease_ms, limit, functions)
+        s = self.store.claim_runs(owner, self.now, lease_ms, limit, functions)
         self._check_claims(m, s)
-
-    @rule(data=st.data(), owner=st.sampled_from(_OWNERS), lease_ms=st.sampled_from(_LEASES))
-    def claim_run(self, data: st.DataObject, owner: str, lease_ms: int) -> None:
-        """Claim one given run."""
-        run_id = self._pick(data, list(self._existing()))
-        m = self.model.claim_run(owner, run_id, self.now, lease_ms)
-        s = self.store.claim_run(owner, run_id, self.now, lease_ms)
-        assert (s is None) == (m is None)
-        if m is not None and s is not None:
-            self._check_claims([m], [s])
 
     @rule(owner=st.sampled_from(_OWNERS),
           run_ids=st.lists(st.sampled_from((*_RUN_IDS, "ghost")), max_size=3),
