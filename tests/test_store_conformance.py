@@ -9,8 +9,10 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
 import sqlite_utils
 from hypothesis import HealthCheck, Phase, settings
@@ -19,7 +21,7 @@ from hypothesis.stateful import run_state_machine_as_test
 import stores
 from durable_core.base._errors import StoreError, ValidationError
 from durable_core.core._model import ErrorInfo, JournalEntry, Signal
-from durable_core.store import CommitBatch, RunRecord, RunWrite, WaitRecord
+from durable_core.store import Claim, CommitBatch, RunRecord, RunWrite, WaitRecord
 from stores import MemoryStore, SQLiteStore
 from stores.sqlite import _store as sqlite_module
 from stores.sqlite._store import _MIGRATIONS, SCHEMA_VERSION
@@ -97,8 +99,16 @@ class _CronGoesBack(MemoryStore):
 
 
 class _ExpiredLeasesStayHeld(MemoryStore):
-    def _claimable(self, run: RunRecord, now: int) -> bool:
-        return run.lease_owner is None and super()._claimable(run, now)
+    def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int,
+                   function_ids: Sequence[str] | None = None) -> list[Claim]:
+        with self._lock:  # leased runs look ended while claiming: never claimed again
+            held = {r: run for r, run in self._runs.items() if run.lease_owner is not None}
+            self._runs.update({r: attrs.evolve(run, status="completed")
+                               for r, run in held.items()})
+            try:
+                return super().claim_runs(owner, now, lease_ms, limit, function_ids)
+            finally:
+                self._runs.update(held)
 
 
 class _KeepsConsumedSignals(MemoryStore):
@@ -237,7 +247,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
 
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.schema_version == SCHEMA_VERSION == 5
         # v2: run_events is filled from the runs already there.
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")

@@ -10,8 +10,9 @@ The schema is versioned (``PRAGMA user_version``): opening an older file migrate
 an immediate transaction (so processes opening a fresh file at once do not race), and a file
 written by a newer version is refused with a :class:`~durable_core.StoreError`.
 
-Semantics follow the reference :class:`~stores.MemoryStore` exactly; ``stores.testing``
-checks both against the contract and against each other.
+The rules are the contract's (:mod:`durable_core.store`): this module only persists. Where a
+rule is stated in SQL (the fenced statements of the fast paths, the claim query), it says so,
+and ``stores.testing`` checks it against the rule's function for every store.
 """
 
 from __future__ import annotations
@@ -38,15 +39,24 @@ from durable_core.base._errors import (
 from durable_core.base._redact import redact_url
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
-    DEDUPE_WINDOW_MS,
+    ALWAYS_DUE,
     Claim,
     CommitBatch,
     NewRun,
+    RunChange,
     RunRecord,
-    RunWrite,
     StoredEvent,
     WaitRecord,
+    cron_advances,
+    flag_duplicates,
+    fold_writes,
+    is_journal_only,
     lone_memo,
+    new_runs_to_create,
+    record_changes,
+    signal_accepted,
+    wait_changes,
+    write_accepted,
 )
 
 __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS_MODES", "SQLiteStore"]
@@ -69,8 +79,8 @@ _INSERT_JOURNAL_SQL = f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?
 # A journal row is ``(run_id, *entry)``: JournalEntry's fields are the columns after run_id,
 # in order.
 
-# A run write applied in one statement, fenced like _FENCED_APPEND_SQL (the same columns as
-# _apply_writes sets; see RunWrite for the meaning of each field).
+# A run write applied in one statement: the contract's write_accepted (epoch, not ended,
+# entries continuing the journal) and record_changes, stated in SQL.
 _FENCED_UPDATE_SQL = f"""
 UPDATE runs SET
     status = COALESCE(:status, status),
@@ -86,27 +96,31 @@ WHERE id = :id AND epoch = :epoch AND status NOT IN {_TERMINAL_SQL}
 AND :first = (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = :id)
 """
 
-# The lone memo's fenced journal append: inserts the entry only if the run is live under
-# the writer's epoch and the entry's seq follows the journal (the row count says which).
+# The lone memo's fenced journal append: inserts the entry only if write_accepted holds (the
+# run is live under the writer's epoch and the entry's seq follows the journal; the row
+# count says which).
 _FENCED_APPEND_SQL = f"""
 INSERT INTO journal ({_JOURNAL_COLUMNS})
 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM runs
 WHERE id = ?1 AND epoch = ?9 AND status NOT IN {_TERMINAL_SQL}
 AND ?2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1)
 """
-_EVENT_COLUMNS = "seq, id, name, data, ts, duplicate"
-_ALL_SIGNALS = 2**63 - 1
+_EVENT_COLUMNS = "seq, id, name, data, ts, received_at, duplicate"
 
+# The contract's due_at, stated in SQL over a row of ``runs`` (checked against the function
+# by tests/test_store_conformance.py on every combination of its inputs).
+_DUE_AT_SQL = f"""(CASE
+    WHEN status IN {_TERMINAL_SQL} THEN NULL
+    WHEN lease_owner IS NOT NULL THEN COALESCE(lease_expires, 0)
+    WHEN status = 'queued' OR EXISTS (SELECT 1 FROM signals WHERE signals.run_id = runs.id)
+        THEN {ALWAYS_DUE}
+    ELSE wake_at
+END)"""
 
-def _consumed_mark(w: RunWrite) -> int:
-    """The inbox seq up to which ``w`` deletes its run's signals (0: none). A run that ends
-    drops them all: they would never be delivered."""
-    return _ALL_SIGNALS if w.status in TERMINAL_STATUSES else w.consumed_signals
-
-
-# Runs that need work (see MemoryStore._claimable): not terminal, lease free or expired, and
-# queued, due, holding signals, or abandoned by an expired lease. Each arm of the union is
-# served by an index, so the cost follows the runs that need work, not the table size.
+# Claimable runs: due_at <= now. Each arm of the union finds candidates through an index
+# (queued, set wake-ups, held leases, runs with signals), so the cost follows the runs that
+# need work, not the table size; the rule itself decides. ``{functions}`` is empty or a
+# filter on the function ids (one JSON array parameter).
 _CLAIMABLE_SQL = f"""
 SELECT id FROM runs
 WHERE seq IN (
@@ -115,11 +129,14 @@ WHERE seq IN (
     UNION ALL SELECT seq FROM runs WHERE lease_owner IS NOT NULL
     UNION ALL SELECT runs.seq FROM signals JOIN runs ON runs.id = signals.run_id
 )
-AND status NOT IN {_TERMINAL_SQL}
-AND (lease_owner IS NULL OR COALESCE(lease_expires, 0) <= :now)
+AND {_DUE_AT_SQL} <= :now{{functions}}
 ORDER BY seq
 LIMIT :limit
 """
+_CLAIMABLE_ANY_SQL = _CLAIMABLE_SQL.format(functions="")
+_CLAIMABLE_OF_SQL = _CLAIMABLE_SQL.format(
+    functions="\nAND function_id IN (SELECT value FROM json_each(:functions))"
+)
 
 
 # --------------------------------------------------------------------------- schema
@@ -220,8 +237,16 @@ def _migrate_v4(db: Any) -> None:
     )
 
 
+def _migrate_v5(db: Any) -> None:
+    """Version 5: ``events.received_at``, when the store received the event (the dedupe
+    window runs from it). Events stored before it get their ``ts``, as the window was then
+    measured from."""
+    db["events"].add_column("received_at", int)
+    db.execute("UPDATE events SET received_at = ts")
+
+
 _MIGRATIONS: tuple[Callable[[Any], None], ...] = (
-    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4,
+    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5,
 )
 """``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
 
@@ -410,7 +435,8 @@ def _entry_from_row(row: Sequence[Any]) -> JournalEntry:
 
 def _event_from_row(row: Sequence[Any]) -> StoredEvent:
     return StoredEvent(
-        seq=row[0], id=row[1], name=row[2], data=row[3], ts=row[4], duplicate=bool(row[5])
+        seq=row[0], id=row[1], name=row[2], data=row[3], ts=row[4], received_at=row[5],
+        duplicate=bool(row[6]),
     )
 
 
@@ -638,33 +664,29 @@ class SQLiteStore:
         conn: sqlite3.Connection, texts: Sequence[str], now: int
     ) -> list[StoredEvent]:
         parsed = [json.loads(text) for text in texts]
-        # ts of the latest non-duplicate event per id: the dedupe window runs from it.
-        latest: dict[Any, int | None] = {}
-        for raw in parsed:
-            if raw["id"] not in latest:
-                row = conn.execute(
-                    "SELECT ts FROM events WHERE id = ? AND duplicate = 0 "
-                    "ORDER BY seq DESC LIMIT 1",
-                    (raw["id"],),
-                ).fetchone()
-                latest[raw["id"]] = None if row is None else row[0]
+        # When the store received the latest original of each id (see flag_duplicates).
+        originals: dict[str, int] = {}
+        for event_id in dict.fromkeys(raw["id"] for raw in parsed):
+            row = conn.execute(
+                "SELECT received_at FROM events WHERE id = ? AND duplicate = 0 "
+                "ORDER BY seq DESC LIMIT 1",
+                (event_id,),
+            ).fetchone()
+            if row is not None:
+                originals[event_id] = row[0]
+        dups = flag_duplicates([raw["id"] for raw in parsed], originals, now)
         seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        out: list[StoredEvent] = []
-        for text, raw in zip(texts, parsed, strict=True):
-            prev = latest[raw["id"]]
-            dup = prev is not None and now - prev < DEDUPE_WINDOW_MS
-            seq += 1
-            ev = StoredEvent(
-                seq=seq, id=raw["id"], name=raw["name"], data=text, ts=int(raw["ts"]),
-                duplicate=dup,
+        out = [
+            StoredEvent(
+                seq=seq + i, id=raw["id"], name=raw["name"], data=text, ts=int(raw["ts"]),
+                received_at=now, duplicate=dup,
             )
-            if not dup:
-                latest[ev.id] = ev.ts
-            out.append(ev)
+            for i, (text, raw, dup) in enumerate(zip(texts, parsed, dups, strict=True), 1)
+        ]
         conn.executemany(
-            "INSERT INTO events (seq, id, name, data, ts, duplicate, routed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(e.seq, e.id, e.name, e.data, e.ts, int(e.duplicate), int(e.duplicate))
+            "INSERT INTO events (seq, id, name, data, ts, received_at, duplicate, routed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.seq, e.id, e.name, e.data, e.ts, now, int(e.duplicate), int(e.duplicate))
              for e in out],
         )
         return out
@@ -715,9 +737,7 @@ class SQLiteStore:
                     return set()
         writes = batch.writes
         with self._write() as conn:
-            if writes and all(
-                w.status is None and not w.release and not w.consumed_signals for w in writes
-            ):
+            if writes and all(is_journal_only(w) for w in writes):
                 return self._commit_appends(conn, batch)
             if len(writes) == 1 and self._apply_one(conn, batch):
                 return set()
@@ -744,7 +764,7 @@ class SQLiteStore:
         if changed != 1:
             return False
         conn.executemany(_INSERT_JOURNAL_SQL, [(w.run_id, *e) for e in entries])
-        consumed = _consumed_mark(w)
+        consumed = fold_writes(batch.writes)[w.run_id].consumed
         if consumed:
             conn.execute("DELETE FROM signals WHERE run_id = ? AND seq <= ?",
                          (w.run_id, consumed))
@@ -754,56 +774,51 @@ class SQLiteStore:
     def _commit_appends(self, conn: sqlite3.Connection, batch: CommitBatch) -> set[str]:
         """A batch whose writes only append memos (group commit's common case): one light
         query reads the fencing state of its runs, one ``executemany`` inserts the rows."""
-        writes = batch.writes
-        state: dict[str, list[int]] = {}  # run id -> [epoch, journal length]
-        for chunk in _chunks(list(dict.fromkeys(w.run_id for w in writes))):
-            for run_id, epoch, length in conn.execute(
-                "SELECT id, epoch, "
+        changes = fold_writes(batch.writes)
+        state: dict[str, tuple[int, str, int]] = {}  # run id -> epoch, status, journal length
+        for chunk in _chunks(list(changes)):
+            for run_id, epoch, status, length in conn.execute(
+                "SELECT id, epoch, status, "
                 "(SELECT COALESCE(MAX(j.seq) + 1, 0) FROM journal AS j WHERE j.run_id = runs.id) "
-                f"FROM runs WHERE id IN ({_marks(len(chunk))}) AND status NOT IN {_TERMINAL_SQL}",
+                f"FROM runs WHERE id IN ({_marks(len(chunk))})",
                 chunk,
             ):
-                state[run_id] = [epoch, length]
-        fenced: set[str] = set()
-        for w in writes:
-            st = state.get(w.run_id)
-            if st is None or st[0] != w.epoch:
-                fenced.add(w.run_id)
-                continue
-            expected = st[1]
-            for i, e in enumerate(w.entries):
-                if e.seq != expected + i:
-                    fenced.add(w.run_id)
-                    break
-            st[1] = expected + len(w.entries)
+                state[run_id] = (epoch, status, length)
+        fenced = self._fenced(changes, state)
         conn.executemany(
             _INSERT_JOURNAL_SQL,
-            [(w.run_id, *e) for w in writes if w.run_id not in fenced for e in w.entries],
+            [(run_id, *e) for run_id, c in changes.items() if run_id not in fenced
+             for e in c.entries],
         )
         self._commit_rest(conn, batch, fenced)
         return fenced
 
-    def _commit(self, conn: sqlite3.Connection, batch: CommitBatch) -> set[str]:
-        states = self._run_states(conn, list(dict.fromkeys(w.run_id for w in batch.writes)))
-        # Validate every write first so a rejected run leaves nothing half-applied. A batch
-        # may hold several writes for one run (group commit): check them in order.
+    @staticmethod
+    def _fenced(changes: dict[str, RunChange], state: dict[str, tuple[int, str, int]]
+                ) -> set[str]:
+        """The runs whose changes the contract's write_accepted rejects, given each stored
+        run's (epoch, status, journal length)."""
         fenced: set[str] = set()
-        length: dict[str, int] = {}
-        for w in batch.writes:
-            state = states.get(w.run_id)
-            if state is None or state.epoch != w.epoch or state.status in TERMINAL_STATUSES:
-                fenced.add(w.run_id)
-                continue
-            expected = length.get(w.run_id, state.length)
-            if any(e.seq != expected + i for i, e in enumerate(w.entries)):
-                fenced.add(w.run_id)
-            length[w.run_id] = expected + len(w.entries)
+        for run_id, c in changes.items():
+            st = state.get(run_id)
+            if st is None or not write_accepted(c.epoch, c.first, *st):
+                fenced.add(run_id)
+        return fenced
+
+    def _commit(self, conn: sqlite3.Connection, batch: CommitBatch) -> set[str]:
+        changes = fold_writes(batch.writes)
+        states = self._run_states(conn, list(changes))
+        # Decide every write first, against the state before the batch, so a rejected run
+        # leaves nothing half-applied.
+        fenced = self._fenced(
+            changes, {r: (s.epoch, s.status, s.length) for r, s in states.items()}
+        )
         if batch.events:
             self._insert_events(conn, batch.events, batch.now)
         if batch.runs:
             self._create_runs(conn, batch.runs)
-        if batch.writes:
-            self._apply_writes(conn, batch, states, fenced)
+        if changes:
+            self._apply_writes(conn, batch.now, changes, states, fenced)
         self._commit_rest(conn, batch, fenced, created=True)
         return fenced
 
@@ -817,7 +832,7 @@ class SQLiteStore:
                 self._insert_events(conn, batch.events, batch.now)
             if batch.runs:
                 self._create_runs(conn, batch.runs)
-        waits_add = [w for w in batch.waits_add if w.run_id not in fenced]
+        waits_add, waits_remove = wait_changes(batch, fenced)
         if waits_add:
             # Only events after the last one in the log (this batch's included) may match a
             # new wait; registering the same wait again keeps the original record.
@@ -829,7 +844,6 @@ class SQLiteStore:
                 [(w.event, w.run_id, w.position, w.if_, w.trigger_event, w.expires_at, after)
                  for w in waits_add],
             )
-        waits_remove = [(r, p) for r, p in batch.waits_remove if r not in fenced]
         if waits_remove:
             conn.executemany("DELETE FROM waits WHERE run_id = ? AND position = ?", waits_remove)
         if batch.signals:
@@ -840,12 +854,12 @@ class SQLiteStore:
                 [(seq,) for seq in batch.routed_events],
             )
         if batch.cron:
-            # Cursors only move forward (a new key needs a tick > -1, like the reference).
+            # Cursors only move forward (see cron_advances).
             conn.executemany(
-                "INSERT INTO cron (key, tick) SELECT ?1, ?2 WHERE ?2 > -1 "
+                "INSERT INTO cron (key, tick) VALUES (?1, ?2) "
                 "ON CONFLICT (key) DO UPDATE SET tick = excluded.tick "
                 "WHERE excluded.tick > cron.tick",
-                list(batch.cron),
+                list(cron_advances(batch.cron).items()),
             )
 
     @staticmethod
@@ -864,105 +878,73 @@ class SQLiteStore:
         return states
 
     @staticmethod
-    def _existing_runs(
-        conn: sqlite3.Connection, run_ids: Sequence[str], *, open_only: bool = False
-    ) -> set[str]:
-        """The runs among ``run_ids`` that exist (and have not ended, with ``open_only``)."""
-        found: set[str] = set()
-        extra = f" AND status NOT IN {_TERMINAL_SQL}" if open_only else ""
+    def _statuses(conn: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, str]:
+        """The status of each existing run among ``run_ids``."""
+        found: dict[str, str] = {}
         for chunk in _chunks(run_ids):
             found.update(
-                r[0] for r in conn.execute(
-                    f"SELECT id FROM runs WHERE id IN ({_marks(len(chunk))}){extra}", chunk
-                )
+                conn.execute(
+                    f"SELECT id, status FROM runs WHERE id IN ({_marks(len(chunk))})", chunk
+                ).fetchall()
             )
         return found
 
     def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun]) -> None:
-        seen = self._existing_runs(conn, list(dict.fromkeys(r.id for r in runs)))
-        idem: dict[tuple[str, str], int | None] = {}
-        for new in runs:
-            if new.idempotency_key is not None:
-                k = (new.function_id, new.idempotency_key)
-                if k not in idem:
-                    row = conn.execute(
-                        "SELECT created_at FROM idempotency WHERE function_id = ? AND key = ?",
-                        k,
-                    ).fetchone()
-                    idem[k] = None if row is None else row[0]
-        run_rows: list[tuple[Any, ...]] = []
-        idem_rows: list[tuple[str, str, str, int]] = []
-        event_rows: list[tuple[str, str]] = []
-        for new in runs:
-            if new.id in seen:
-                continue
-            if new.idempotency_key is not None:
-                k = (new.function_id, new.idempotency_key)
-                prev = idem[k]
-                if prev is not None and new.created_at - prev < DEDUPE_WINDOW_MS:
-                    continue
-                idem[k] = new.created_at
-                idem_rows.append((*k, new.id, new.created_at))
-            seen.add(new.id)
-            run_rows.append((
-                new.id, new.function_id, json.dumps(list(new.events)),
-                json.dumps(list(new.event_ids)), new.created_at, new.created_at,
-                new.parent_run_id, new.idempotency_key,
-            ))
-            event_rows.extend((event_id, new.id) for event_id in new.event_ids)
+        existing = set(self._statuses(conn, list(dict.fromkeys(r.id for r in runs))))
+        keys: dict[tuple[str, str], int] = {}
+        for k in dict.fromkeys(
+            (n.function_id, n.idempotency_key) for n in runs if n.idempotency_key is not None
+        ):
+            row = conn.execute(
+                "SELECT created_at FROM idempotency WHERE function_id = ? AND key = ?", k
+            ).fetchone()
+            if row is not None:
+                keys[k] = row[0]
+        create = new_runs_to_create(runs, existing, keys)
         conn.executemany(
             "INSERT INTO runs (id, function_id, status, events, event_ids, created_at, "
             "updated_at, parent_run_id, idempotency_key, epoch) "
             "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0)",
-            run_rows,
+            [(n.id, n.function_id, json.dumps(list(n.events)), json.dumps(list(n.event_ids)),
+              n.created_at, n.created_at, n.parent_run_id, n.idempotency_key)
+             for n in create],
         )
         conn.executemany(
             "INSERT OR REPLACE INTO idempotency (function_id, key, run_id, created_at) "
             "VALUES (?, ?, ?, ?)",
-            idem_rows,
+            [(n.function_id, n.idempotency_key, n.id, n.created_at)
+             for n in create if n.idempotency_key is not None],
         )
         conn.executemany(
-            "INSERT OR IGNORE INTO run_events (event_id, run_id) VALUES (?, ?)", event_rows
+            "INSERT OR IGNORE INTO run_events (event_id, run_id) VALUES (?, ?)",
+            [(event_id, n.id) for n in create for event_id in n.event_ids],
         )
 
     @staticmethod
     def _apply_writes(
-        conn: sqlite3.Connection, batch: CommitBatch, states: dict[str, _RunState],
-        fenced: set[str],
+        conn: sqlite3.Connection, now: int, changes: dict[str, RunChange],
+        states: dict[str, _RunState], fenced: set[str],
     ) -> None:
-        now = batch.now
         journal: list[tuple[Any, ...]] = []
         consumed: list[tuple[str, int]] = []
         changed: dict[str, _RunState] = {}
-        for w in batch.writes:
-            if w.run_id in fenced:
+        for run_id, c in changes.items():
+            if run_id in fenced:
                 continue
-            journal.extend((w.run_id, *e) for e in w.entries)
-            if w.status is None and not w.release and not w.consumed_signals:
+            journal.extend((run_id, *e) for e in c.entries)
+            fields = record_changes(c, now)
+            if not fields:
                 continue  # journal only (the hot path): the run record stays as it is
-            state = states[w.run_id]
-            state.updated_at = now
-            terminal = w.status in TERMINAL_STATUSES
-            if w.status is not None:
-                state.status = w.status
-                state.wake_at = w.wake_at
-                if terminal:
-                    state.output = w.output
-                    state.error = _error_json(w.error)
-                    state.ended_at = now
-                    state.wake_at = None
-            if w.release or terminal:
-                state.lease_owner = None
-                state.lease_expires = None
-            mark = _consumed_mark(w)
-            if mark:
-                consumed.append((w.run_id, mark))
-            changed[w.run_id] = state
+            state = states[run_id]
+            for name, value in fields.items():
+                setattr(state, name, value)
+            if "error" in fields:
+                state.error = _error_json(c.error)
+            if c.consumed:
+                consumed.append((run_id, c.consumed))
+            changed[run_id] = state
         if journal:
-            conn.executemany(
-                _INSERT_JOURNAL_SQL,
-                journal,
-            )
+            conn.executemany(_INSERT_JOURNAL_SQL, journal)
         if changed:
             conn.executemany(
                 "UPDATE runs SET status = ?, wake_at = ?, output = ?, error = ?, ended_at = ?, "
@@ -976,12 +958,11 @@ class SQLiteStore:
     def _insert_signals(
         self, conn: sqlite3.Connection, signals: Sequence[tuple[str, Signal]]
     ) -> None:
-        exists = self._existing_runs(conn, list(dict.fromkeys(r for r, _ in signals)),
-                                     open_only=True)
+        statuses = self._statuses(conn, list(dict.fromkeys(r for r, _ in signals)))
         seq: int = conn.execute("SELECT value FROM meta WHERE key = 'signal_seq'").fetchone()[0]
         rows = []
         for run_id, s in signals:
-            if run_id in exists:
+            if signal_accepted(statuses.get(run_id)):
                 seq += 1
                 rows.append((seq, run_id, s.kind, s.key, s.payload, s.position))
         if rows:
@@ -994,25 +975,21 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ claims
 
-    def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[Claim]:
+    def claim_runs(
+        self, owner: str, now: int, lease_ms: int, limit: int,
+        function_ids: Sequence[str] | None = None,
+    ) -> list[Claim]:
         """See :meth:`durable_core.Store.claim_runs` (select and lease in one transaction)."""
-        if limit <= 0:
+        if limit <= 0 or (function_ids is not None and not function_ids):
             return []
+        params: dict[str, Any] = {"now": now, "limit": limit}
+        query = _CLAIMABLE_ANY_SQL
+        if function_ids is not None:
+            query = _CLAIMABLE_OF_SQL
+            params["functions"] = json.dumps(list(function_ids))
         with self._write() as conn:
-            ids = [r[0] for r in conn.execute(_CLAIMABLE_SQL, {"now": now, "limit": limit})]
+            ids = [r[0] for r in conn.execute(query, params)]
             return self._claim(conn, ids, owner, now, lease_ms)
-
-    def claim_run(self, owner: str, run_id: str, now: int, lease_ms: int) -> Claim | None:
-        """See :meth:`durable_core.Store.claim_run`."""
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT status, lease_owner, lease_expires FROM runs WHERE id = ?", (run_id,)
-            ).fetchone()
-            if row is None or row[0] in TERMINAL_STATUSES:
-                return None
-            if row[1] is not None and (row[2] or 0) > now:
-                return None
-            return self._claim(conn, [run_id], owner, now, lease_ms)[0]
 
     @staticmethod
     def _claim(
@@ -1064,9 +1041,11 @@ class SQLiteStore:
             for chunk in _chunks(unique):
                 held.update(
                     r[0] for r in conn.execute(
+                        # The contract's lease_held, stated in SQL.
                         f"SELECT id FROM runs WHERE id IN ({_marks(len(chunk))}) "
-                        f"AND lease_owner = ? AND status NOT IN {_TERMINAL_SQL}",
-                        (*chunk, owner),
+                        f"AND lease_owner = ? AND lease_expires > ? "
+                        f"AND status NOT IN {_TERMINAL_SQL}",
+                        (*chunk, owner, now),
                     )
                 )
             conn.executemany(
@@ -1142,6 +1121,7 @@ class SQLiteStore:
         status: str | None = None,
         event_id: str | None = None,
         limit: int = 100,
+        exclude_function_ids: Sequence[str] | None = None,
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         if limit <= 0:
@@ -1151,6 +1131,9 @@ class SQLiteStore:
         if function_id is not None:
             clauses.append("function_id = ?")
             params.append(function_id)
+        if exclude_function_ids:
+            clauses.append("function_id NOT IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(exclude_function_ids)))
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
