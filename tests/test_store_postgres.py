@@ -154,8 +154,8 @@ def scenario(store: Any) -> list[Any]:
     snap(T0 + 1)
     out.append(store.renew("w1", ["r1", "r2", "r9"], T0 + 2, LEASE))
     out.append(store.claim_runs("w2", T0 + 100, LEASE, 10))
-    out.append(store.claim_run("w3", "r2", T0 + 100, LEASE))
-    out.append(store.claim_run("w3", "r2", T0 + LEASE + 1, LEASE))
+    out.append(store.claim_runs("w3", T0 + 100, LEASE, 10, ["g"]))
+    out.append(store.claim_runs("w3", T0 + LEASE + 1, LEASE, 10, ["g"]))
     run1 = store.get_run("r1")
     out.append(store.commit(CommitBatch(
         now=T0 + LEASE + 2,
@@ -198,8 +198,8 @@ def test_everything_lives_in_the_given_schema(pg_url: str, pg_schemas: Callable[
         with pytest.raises(RunNotFoundError):
             b.get_run("r1")
         assert b.list_runs() == []
-        expected = {"meta", "counters", "events", "runs", "run_events", "idem", "journal",
-                    "inbox", "waits", "cron"}
+        expected = {"meta", "counters", "events", "runs", "run_events", "idempotency",
+                    "journal", "signals", "waits", "cron"}
         assert tables_of(pg_url, a_name) == expected
         assert tables_of(pg_url, b_name) == expected
         assert version_of(pg_url, a_name) == pg_module.SCHEMA_VERSION
@@ -273,7 +273,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
 
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 2
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 3
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
         assert store.list_runs(event_id="e2") == [old]
@@ -288,7 +288,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
     assert "run_events" in tables_of(pg_url, pg_schema)
     # Opening an up-to-date schema again changes nothing.
     PostgresStore(pg_url, schema=pg_schema).close()
-    assert version_of(pg_url, pg_schema) == 2
+    assert version_of(pg_url, pg_schema) == 3
 
 
 def test_a_newer_schema_is_refused_naming_both_versions(pg_url: str, pg_schema: str) -> None:
@@ -499,45 +499,6 @@ def test_concurrent_fenced_writers_one_wins(store: PostgresStore) -> None:
     assert sorted(len(r) for r in results) == [0, 1, 1, 1, 1, 1]  # one seq-0 entry wins
     [winner] = [k for k, r in enumerate(results) if not r]
     assert [e.step_id for e in store.load_journal("r1")] == [f"s{winner}"]
-
-
-def test_claim_rereads_a_journal_written_while_it_waited(pg_url: str,
-                                                          store: PostgresStore) -> None:
-    """A claim that waits for a run's row lock reads the journal the other transaction
-    appended, although its statement started before that commit."""
-    create(store, new_run("r1"))
-    epoch = claim(store, "r1", owner="old", now=T0).run.epoch
-    assert write(store, RunWrite("r1", epoch, entries(0, 2))) == set()
-    runs = sql.Identifier(store.schema, "runs")
-    journal = sql.Identifier(store.schema, "journal")
-    result: list[Any] = []
-    with raw(pg_url) as conn:
-        conn.execute("BEGIN")
-        conn.execute(sql.SQL("SELECT 1 FROM {} WHERE id = 'r1' FOR UPDATE").format(runs))
-        e = entries(2, 3)[0]
-        conn.execute(
-            sql.SQL("INSERT INTO {} VALUES ('r1', %s, %s, %s, %s, %s, %s, %s)").format(journal),
-            (e.seq, e.op, e.position, e.step_id, e.kind, e.ts, e.data),
-        )
-        conn.execute(sql.SQL("UPDATE {} SET journal_len = 3 WHERE id = 'r1'").format(runs))
-        t = threading.Thread(
-            target=lambda: result.append(store.claim_run("new", "r1", T0 + LEASE, LEASE))
-        )
-        t.start()
-        with raw(pg_url) as watch:
-            wait_until(
-                lambda: watch.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE %s AND query LIKE %s", ("%lease_owner%", f"%{store.schema}%"),
-                ).fetchone() == (1,),
-                "the claim to wait for the row lock",
-            )
-        conn.execute("COMMIT")
-        t.join(30)
-    [got] = result
-    assert got is not None
-    assert got.journal == entries(0, 3)
-    assert (got.run.lease_owner, got.run.epoch) == ("new", epoch + 1)
 
 
 def test_signals_and_writes_for_one_run_in_one_batch(store: PostgresStore) -> None:

@@ -56,7 +56,7 @@ The rules, in short (each is detailed where it is decided):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import attrs

@@ -5,7 +5,12 @@ can share a database. The schema is created and migrated on open; a version row 
 ``meta`` table records how far. Opening is safe from many processes at once (migrations run
 under a transaction-scoped advisory lock).
 
-Performance: a commit of run writes (journal entries, status changes, inbox consumption,
+The rules are the contract's (:mod:`durable_core.store`): this module persists. Where SQL
+states a rule for atomicity (fencing and applying writes inside the commit statement, the
+claimable runs through ``runs.due_at``, lease renewal), it says so, and ``stores.testing``
+checks it against the rule's function.
+
+Performance: a commit of run writes (journal entries, status changes, consumed signals,
 waits, signals, routed marks, cron cursors) is a single SQL statement, so a single round trip;
 fencing is checked inside it, under the run rows' locks. Only batches that append events or
 create runs need a second round trip, for deduplication. Arrays are sent in binary and bulk
@@ -51,14 +56,19 @@ from durable_core.base._errors import RunNotFoundError, StoreError, ValidationEr
 from durable_core.base._redact import redact, redact_url
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
-    DEDUPE_WINDOW_MS,
     Claim,
     CommitBatch,
     NewRun,
+    RunChange,
     RunRecord,
     StoredEvent,
     WaitRecord,
+    cron_advances,
+    flag_duplicates,
+    fold_writes,
     lone_memo,
+    new_runs_to_create,
+    wait_changes,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
@@ -72,8 +82,9 @@ _MIN = "(-9223372036854775807 - 1)"  # runs.due_at of runs that are claimable at
 assert frozenset({"completed", "failed", "cancelled"}) == TERMINAL_STATUSES
 
 _TABLES = (
-    "meta", "events", "runs", "run_events", "idem", "journal", "inbox", "waits", "cron",
-    "counters", "signal_seq",
+    "meta", "events", "runs", "run_events", "idempotency", "journal", "signals", "waits",
+    "cron", "counters", "signal_seq",
+    "idem", "inbox",  # the names of idempotency and signals before version 3
 )
 
 # ---------------------------------------------------------------------------- migrations
@@ -185,6 +196,18 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "INSERT INTO {run_events} (event_id, run_id) "
         "SELECT DISTINCT unnest(event_ids), id FROM {runs}",
     ),
+    # 3: events.received_at (the dedupe window runs from the receipt of the original; events
+    # stored before get their ts, which it was measured from then), and one name per idea
+    # across the stores: signals (was inbox), idempotency (was idem).
+    (
+        "ALTER TABLE {events} ADD COLUMN received_at bigint",
+        "UPDATE {events} SET received_at = ts",
+        "ALTER TABLE {events} ALTER COLUMN received_at SET NOT NULL",
+        "ALTER TABLE {inbox} RENAME TO signals",
+        "ALTER INDEX {schema}.inbox_by_run RENAME TO signals_by_run",
+        "ALTER TABLE {runs} RENAME COLUMN inbox_count TO signal_count",
+        "ALTER TABLE {idem} RENAME TO idempotency",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -263,7 +286,7 @@ _RUN_COLS: LiteralString = (
     "r.output, r.error_type, r.error_message, r.parent_run_id, r.idempotency_key, "
     "r.ended_at, r.epoch, r.lease_owner, r.lease_expires, r.event_ids"
 )
-_EVENT_COLS: LiteralString = "seq, id, name, data, ts, duplicate"
+_EVENT_COLS: LiteralString = "seq, id, name, data, ts, received_at, duplicate"
 _JOURNAL_COLS: LiteralString = "run_id, seq, op, position, step_id, kind, ts, data"
 
 
@@ -280,7 +303,7 @@ class _CoreShape(NamedTuple):
     routed: bool
     cron: bool
     notify: bool
-    ending: bool = False  # some write ends its run (its inbox is emptied)
+    ending: bool = False  # some write ends its run (its signals are deleted)
 
 
 class _Queries:
@@ -292,7 +315,7 @@ class _Queries:
 
         self._schema = schema
         self._core_cache: dict[_CoreShape, LiteralString] = {}
-        self._list_cache: dict[tuple[bool, bool, bool], LiteralString] = {}
+        self._list_cache: dict[tuple[bool, bool, bool, bool], LiteralString] = {}
         self.event_seqs = r(
             "UPDATE {counters} SET value = value + %s WHERE name = 'events' RETURNING value"
         )
@@ -301,18 +324,18 @@ class _Queries:
             "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k"
         )
         self.prev_events = r(
-            "SELECT DISTINCT ON (id) id, ts FROM {events} "
+            "SELECT DISTINCT ON (id) id, received_at FROM {events} "
             "WHERE id = ANY(%b::text[]) AND NOT duplicate ORDER BY id, seq DESC"
         )
         self.insert_events = r(
-            "INSERT INTO {events} (seq, id, name, data, ts, duplicate, routed) "
-            "SELECT u.seq, u.id, u.name, u.data, u.ts, u.dup, u.dup FROM unnest("
+            "INSERT INTO {events} (seq, id, name, data, ts, received_at, duplicate, routed) "
+            "SELECT u.seq, u.id, u.name, u.data, u.ts, %s, u.dup, u.dup FROM unnest("
             "%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::boolean[]"
             ") AS u(seq, id, name, data, ts, dup)"
         )
         self.existing_runs = r("SELECT id FROM {runs} WHERE id = ANY(%b::text[])")
-        self.idem_get = r(
-            "SELECT i.function_id, i.key, i.created_at FROM {idem} AS i "
+        self.idempotency_get = r(
+            "SELECT i.function_id, i.key, i.created_at FROM {idempotency} AS i "
             "JOIN unnest(%b::text[], %b::text[]) AS u(f, k) ON i.function_id = u.f AND i.key = u.k "
             "WHERE i.key = ANY(%b::text[])"
         )
@@ -335,14 +358,14 @@ class _Queries:
             "INSERT INTO {run_events} (event_id, run_id) "
             "SELECT * FROM unnest(%b::text[], %b::text[]) ON CONFLICT DO NOTHING"
         )
-        self.idem_put = r(
-            "INSERT INTO {idem} (function_id, key, run_id, created_at) "
+        self.idempotency_put = r(
+            "INSERT INTO {idempotency} (function_id, key, run_id, created_at) "
             "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) "
             "ON CONFLICT (function_id, key) DO UPDATE "
             "SET run_id = excluded.run_id, created_at = excluded.created_at"
         )
         self.notify: LiteralString = "SELECT pg_notify(%s, '')"
-        # A claim returns each run with its journal and inbox as parallel arrays. They are
+        # A claim returns each run with its journal and signals as parallel arrays. They are
         # read in the claiming statement's snapshot, which may predate the run's current
         # version (when a concurrent writer committed while we waited): the caller compares
         # the journal with journal_len and re-reads it if it is short.
@@ -356,36 +379,36 @@ class _Queries:
             "LEFT JOIN LATERAL (SELECT array_agg(s.seq) AS seq, array_agg(s.kind) AS kind, "
             "array_agg(s.key) AS key, array_agg(s.payload) AS payload, "
             "array_agg(s.position) AS position "
-            "FROM (SELECT * FROM {inbox} WHERE run_id = c.id ORDER BY seq) AS s) AS i ON true "
+            "FROM (SELECT * FROM {signals} WHERE run_id = c.id ORDER BY seq) AS s) AS i ON true "
             "ORDER BY c.ord"
         )
         # Two candidate sets, each read through runs_due and locked (skipping rows locked by
         # others): the oldest runs waiting with due_at = MIN (queued, or with signals), and
         # the oldest runs due by time. The oldest ``limit`` of both are claimed (the other
         # candidates' locks end with the statement). Written so that any plan is cheap: the
-        # generic plans cached for prepared statements cannot see the parameters.
-        self.claim_runs = r(
-            "WITH q1 AS (SELECT id, ord FROM {runs} WHERE due_at = " + _MIN + " "
-            "ORDER BY due_at, ord LIMIT %(limit)s FOR NO KEY UPDATE SKIP LOCKED), "
-            "q2 AS (SELECT id, ord FROM {runs} WHERE due_at > " + _MIN + " "
-            "AND due_at <= %(now)s ORDER BY ord LIMIT %(limit)s "
-            "FOR NO KEY UPDATE SKIP LOCKED), "
-            "picked AS (SELECT id FROM (SELECT * FROM q1 UNION ALL SELECT * FROM q2) AS a "
-            "ORDER BY ord LIMIT %(limit)s), "
-            "c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
-            "lease_expires = %(expires)s WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) "
-            "RETURNING r.ord, r.journal_len, " + _RUN_COLS + ") " + claimed
-        )
-        self.claim_run = r(
-            "WITH c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
-            "lease_expires = %(expires)s WHERE r.id = %(id)s "
-            "AND r.status NOT IN " + _TERMINAL_SQL + " "
-            "AND (r.lease_owner IS NULL OR COALESCE(r.lease_expires, 0) <= %(now)s) "
-            "RETURNING r.ord, r.journal_len, " + _RUN_COLS + ") " + claimed
-        )
+        # generic plans cached for prepared statements cannot see the parameters. The
+        # second variant claims runs of the given functions only.
+        def claim(functions: LiteralString) -> LiteralString:
+            return r(
+                "WITH q1 AS (SELECT id, ord FROM {runs} WHERE due_at = " + _MIN + functions
+                + " ORDER BY due_at, ord LIMIT %(limit)s FOR NO KEY UPDATE SKIP LOCKED), "
+                "q2 AS (SELECT id, ord FROM {runs} WHERE due_at > " + _MIN + " "
+                "AND due_at <= %(now)s" + functions + " ORDER BY ord LIMIT %(limit)s "
+                "FOR NO KEY UPDATE SKIP LOCKED), "
+                "picked AS (SELECT id FROM (SELECT * FROM q1 UNION ALL SELECT * FROM q2) AS a "
+                "ORDER BY ord LIMIT %(limit)s), "
+                "c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
+                "lease_expires = %(expires)s WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) "
+                "RETURNING r.ord, r.journal_len, " + _RUN_COLS + ") " + claimed
+            )
+
+        self.claim_runs = claim("")
+        self.claim_runs_of = claim(" AND function_id = ANY(%(functions)s::text[])")
+        # The contract's lease_held, stated in SQL.
         self.renew = r(
             "WITH held AS (SELECT id FROM {runs} WHERE id = ANY(%(ids)b::text[]) "
-            "AND lease_owner = %(owner)s AND status NOT IN " + _TERMINAL_SQL + " "
+            "AND lease_owner = %(owner)s AND lease_expires > %(now)s "
+            "AND status NOT IN " + _TERMINAL_SQL + " "
             "ORDER BY id FOR NO KEY UPDATE) "
             "UPDATE {runs} AS r SET lease_expires = %(expires)s "
             "WHERE r.id = ANY(ARRAY(SELECT id FROM held)) RETURNING r.id"
@@ -403,7 +426,7 @@ class _Queries:
             "WHERE event = %s AND expires_at > %s ORDER BY ord"
         )
         self.cancel_requested = r(
-            "SELECT DISTINCT run_id FROM {inbox} WHERE kind = 'cancel' AND run_id = ANY(%s)"
+            "SELECT DISTINCT run_id FROM {signals} WHERE kind = 'cancel' AND run_id = ANY(%s)"
         )
         self.next_wake = r(
             "SELECT min(wake_at) FROM {runs} "
@@ -426,14 +449,18 @@ class _Queries:
             "SELECT " + _JOURNAL_COLS + " FROM {journal} WHERE run_id = %s ORDER BY seq"
         )
 
-    def list_runs(self, function_id: bool, status: bool, event_id: bool) -> LiteralString:
+    def list_runs(
+        self, function_id: bool, status: bool, event_id: bool, exclude: bool = False
+    ) -> LiteralString:
         """The list_runs query for a combination of filters."""
-        key = (function_id, status, event_id)
+        key = (function_id, status, event_id, exclude)
         query = self._list_cache.get(key)
         if query is None:
             conds: list[LiteralString] = ["true"]
             if function_id:
                 conds.append("r.function_id = %(function_id)s")
+            if exclude:
+                conds.append("r.function_id <> ALL(%(exclude)s::text[])")
             if status:
                 conds.append("r.status = %(status)s")
             if event_id:
@@ -506,8 +533,8 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
     ctes: list[LiteralString] = []
     if shape.signals or shape.consumed:
         # Locking variant: ``lk`` locks every run written or signalled, in id order, and
-        # reads its fencing state; ``ok`` lists the written runs that pass. Inbox changes
-        # adjust runs.inbox_count in the same (single) UPDATE of each run row.
+        # reads its fencing state; ``ok`` lists the written runs that pass (write_accepted).
+        # Signal changes adjust runs.signal_count in the same (single) UPDATE of each run.
         ctes.append(_U)
         ctes.append(
             "lk AS (SELECT r.id, r.epoch, r.status, r.journal_len FROM {runs} AS r "
@@ -521,7 +548,7 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
         if shape.consumed:
             # Deletes only rows visible to this statement; RETURNING counts exactly those.
             ctes.append(
-                "d AS (DELETE FROM {inbox} AS i USING u WHERE i.run_id = ANY(%(u_id)b::text[]) "
+                "d AS (DELETE FROM {signals} AS i USING u WHERE i.run_id = ANY(%(u_id)b::text[]) "
                 "AND i.run_id = u.id "
                 "AND u.consumed > 0 AND i.seq <= u.consumed AND u.id IN (SELECT id FROM ok) "
                 "RETURNING i.run_id)"
@@ -532,7 +559,7 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
             # increasing numbers in commit order: a claim never sees a gap that a slower
             # transaction fills later (and a consumed_signals mark would then delete).
             ctes.append(
-                "sg AS (INSERT INTO {inbox} (seq, run_id, kind, key, payload, position) "
+                "sg AS (INSERT INTO {signals} (seq, run_id, kind, key, payload, position) "
                 "SELECT nextval(%(signal_seq)s::regclass), s.run_id, s.kind, s.key, "
                 "s.payload, s.position FROM unnest(%(s_run)b::text[], %(s_kind)b::text[], "
                 "%(s_key)b::text[], %(s_payload)b::text[], %(s_position)b::bigint[]) "
@@ -542,7 +569,7 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
             )
         if shape.ending:
             # A run that ends takes its undelivered signals with it.
-            ctes.append("de AS (DELETE FROM {inbox} AS i WHERE i.run_id IN (" + _ENDING + "))")
+            ctes.append("de AS (DELETE FROM {signals} AS i WHERE i.run_id IN (" + _ENDING + "))")
         deleted: LiteralString = "COALESCE(dc.n, 0)" if shape.consumed else "0"
         join_dc: LiteralString = " LEFT JOIN dc ON dc.run_id = u.id" if shape.consumed else ""
         ctes.append(
@@ -551,7 +578,7 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
         )
         ctes.append(
             "upd AS (UPDATE {runs} AS r SET " + _set_run("x.ok") + ", "
-            "inbox_count = r.inbox_count + x.nsig - x.deleted "
+            "signal_count = r.signal_count + x.nsig - x.deleted "
             "FROM x WHERE r.id = ANY(%(u_id)b::text[]) AND r.id = x.id "
             "AND (x.ok OR x.nsig > 0))"
         )
@@ -565,16 +592,16 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
             "WHERE r.id = ANY(%(u_id)b::text[]) AND r.id = x.id AND r.epoch = x.epoch "
             "AND r.status NOT IN " + _TERMINAL_SQL + " "
             "AND (x.expect IS NULL OR r.journal_len = x.expect) "
-            "RETURNING r.id, r.status, r.inbox_count)"
+            "RETURNING r.id, r.status, r.signal_count)"
         )
         ctes.append("ok AS (SELECT id FROM upd)")
         if shape.ending:
             # A run that ends takes its undelivered signals with it (with the check on
             # ``sg``, signals to ended runs never pile up). Only runs that hold some
-            # (inbox_count) are looked up: the hot path's completions cost nothing more.
+            # (signal_count) are looked up: the hot path's completions cost nothing more.
             ctes.append(
-                "de AS (DELETE FROM {inbox} AS i USING upd AS e WHERE i.run_id = e.id "
-                "AND e.inbox_count > 0 AND e.status IN " + _TERMINAL_SQL + ")"
+                "de AS (DELETE FROM {signals} AS i USING upd AS e WHERE i.run_id = e.id "
+                "AND e.signal_count > 0 AND e.status IN " + _TERMINAL_SQL + ")"
             )
     if shape.entries:
         ctes.append(
@@ -652,7 +679,8 @@ def _run(row: Sequence[Any]) -> RunRecord:
 
 def _event(row: Sequence[Any]) -> StoredEvent:
     return StoredEvent(
-        seq=row[0], id=row[1], name=row[2], data=row[3], ts=row[4], duplicate=row[5]
+        seq=row[0], id=row[1], name=row[2], data=row[3], ts=row[4], received_at=row[5],
+        duplicate=row[6],
     )
 
 
@@ -697,67 +725,11 @@ def _lock_key(schema: str, kind: str, *parts: str) -> int:
     return int.from_bytes(h.digest(), "big", signed=True)
 
 
-class _RunWrites:
-    """The folded effect of a batch's writes (and signals) on one run."""
-
-    __slots__ = (
-        "bad", "consumed", "end", "entries", "epoch", "expect", "n", "nsig", "release",
-        "status", "touch", "write",
-    )
-
-    def __init__(self) -> None:
-        self.write = False
-        self.bad = False  # fenced whatever the stored state
-        self.epoch = 0
-        self.expect: int | None = None  # the journal length the writes continue
-        self.n = 0
-        self.entries: list[JournalEntry] = []
-        self.status: tuple[str, int | None] | None = None
-        self.end: tuple[str | None, ErrorInfo | None] | None = None
-        self.release = False
-        self.consumed = 0
-        self.nsig = 0
-        self.touch = False  # some write changes the record (not only the journal)
-
-
-def _fold(batch: CommitBatch) -> dict[str, _RunWrites]:
-    """Fold the batch's writes per run, in order (later writes override earlier fields, as
-    if applied one after the other), and count the signals sent to each run."""
-    out: dict[str, _RunWrites] = {}
-    for w in batch.writes:
-        f = out.get(w.run_id)
-        if f is None:
-            f = out[w.run_id] = _RunWrites()
-            f.write = True
-            f.epoch = w.epoch
-        if w.epoch != f.epoch:
-            f.bad = True  # at most one of the epochs can be current
-        if w.entries:
-            first = w.entries[0].seq
-            if any(e.seq != first + i for i, e in enumerate(w.entries)):
-                f.bad = True
-            if f.expect is None:
-                f.expect = first - f.n
-            elif f.expect != first - f.n:
-                f.bad = True
-            f.entries.extend(w.entries)
-        f.n += len(w.entries)
-        terminal = w.status in TERMINAL_STATUSES
-        if w.status is not None:
-            f.status = (w.status, None if terminal else w.wake_at)
-            if terminal:
-                f.end = (w.output, w.error)
-        if w.release or terminal:
-            f.release = True
-        if w.consumed_signals:
-            f.consumed = max(f.consumed, w.consumed_signals)
-        if w.status is not None or w.release or w.consumed_signals:
-            f.touch = True
+def _signal_counts(batch: CommitBatch) -> dict[str, int]:
+    """The number of signals the batch sends to each run."""
+    out: dict[str, int] = {}
     for run_id, _signal in batch.signals:
-        f = out.get(run_id)
-        if f is None:
-            f = out[run_id] = _RunWrites()
-        f.nsig += 1
+        out[run_id] = out.get(run_id, 0) + 1
     return out
 
 
@@ -971,22 +943,20 @@ class PostgresStore:
         cursors: tuple[_Cursor, _Cursor],
     ) -> list[StoredEvent]:
         prev_cur, seq_cur = cursors
-        # The ts of the latest non-duplicate event per id (the reference store measures the
-        # dedupe window from the original event's own ts).
-        latest: dict[str, int] = {row[0]: row[1] for row in prev_cur.fetchall()}
+        # When the store received the latest original of each id (see flag_duplicates).
+        originals: dict[str, int] = {row[0]: row[1] for row in prev_cur.fetchall()}
         [(last,)] = seq_cur.fetchall()
         seqs = range(last - len(parsed) + 1, last + 1)
-        out: list[StoredEvent] = []
-        for seq, (eid, name, ts, text) in zip(seqs, parsed, strict=True):
-            prev = latest.get(eid)
-            dup = prev is not None and now - prev < DEDUPE_WINDOW_MS
-            if not dup:
-                latest[eid] = ts
-            out.append(StoredEvent(seq=seq, id=eid, name=name, data=text, ts=ts, duplicate=dup))
+        dups = flag_duplicates([p[0] for p in parsed], originals, now)
+        out = [
+            StoredEvent(seq=seq, id=eid, name=name, data=text, ts=ts, received_at=now,
+                        duplicate=dup)
+            for seq, (eid, name, ts, text), dup in zip(seqs, parsed, dups, strict=True)
+        ]
         conn.execute(
             self._q.insert_events,
             (
-                [e.seq for e in out], [e.id for e in out], [e.name for e in out],
+                now, [e.seq for e in out], [e.id for e in out], [e.name for e in out],
                 [e.data for e in out], [e.ts for e in out], [e.duplicate for e in out],
             ),
         )
@@ -1030,7 +1000,7 @@ class PostgresStore:
             )
             return set() if row is not None else {w.run_id}
         parsed = [_parse_event(text) for text in batch.events]
-        folded = _fold(batch)
+        folded = fold_writes(batch.writes)
         if not parsed and not batch.runs:
             shape, params = self._core(batch, folded, set(), notify=bool(batch.signals))
             query = self._q.core(shape)
@@ -1041,7 +1011,8 @@ class PostgresStore:
         for new in batch.runs:
             keys.add(_lock_key(self.schema, "run", new.id))
             if new.idempotency_key is not None:
-                keys.add(_lock_key(self.schema, "idem", new.function_id, new.idempotency_key))
+                keys.add(_lock_key(self.schema, "idempotency", new.function_id,
+                                   new.idempotency_key))
         idem = sorted({
             (n.function_id, n.idempotency_key) for n in batch.runs if n.idempotency_key is not None
         })
@@ -1057,7 +1028,7 @@ class PostgresStore:
             if batch.runs:
                 run_reads = (
                     conn.execute(q.existing_runs, (sorted({n.id for n in batch.runs}),)),
-                    conn.execute(q.idem_get, ([f for f, _ in idem], [k for _, k in idem],
+                    conn.execute(q.idempotency_get, ([f for f, _ in idem], [k for _, k in idem],
                                               [k for _, k in idem]))
                     if idem else None,
                 )
@@ -1085,44 +1056,54 @@ class PostgresStore:
         return {w.run_id for w in batch.writes} - accepted
 
     def _core(
-        self, batch: CommitBatch, folded: dict[str, _RunWrites], prefenced: set[str], *,
+        self, batch: CommitBatch, folded: dict[str, RunChange], prefenced: set[str], *,
         notify: bool,
     ) -> tuple[_CoreShape, dict[str, Any]]:
-        """The shape and parameters of the core statement for ``batch``."""
+        """The shape and parameters of the core statement for ``batch``: the contract's
+        folded changes per run (``fold_writes``), whose acceptance and effect the statement
+        states in SQL (``write_accepted``, ``record_changes``)."""
         params: dict[str, Any] = {"now": batch.now}
-        runs = sorted(folded.items())  # id order: the order run rows get locked
+        nsig = _signal_counts(batch) if batch.signals else {}
+        # Every run written or signalled, in id order (the order run rows get locked); a run
+        # only signalled has no change (None).
+        runs: list[tuple[str, RunChange | None]] = sorted(
+            [*folded.items(), *((r, None) for r in nsig if r not in folded)]
+        )
         entries: list[tuple[str, JournalEntry]] = []
         consumed = record = ending = False
         if runs:
-            fs = [f for _, f in runs]
+            empty = RunChange(None)
+            fs = [empty if f is None else f for _, f in runs]
             for run_id, f in runs:
-                if f.write and not f.bad and run_id not in prefenced:
+                if f is not None and f.epoch is not None and run_id not in prefenced:
                     entries.extend((run_id, e) for e in f.entries)
-                consumed = consumed or f.consumed > 0
+            # A run that ends drops all its signals through the statement's ``de`` step, so
+            # its ``consumed`` mark need not take the locking variant.
+            marks = [0 if f.ends else f.consumed for f in fs]
+            consumed = any(marks)
+            for f in fs:
                 record = record or f.touch
-                ending = ending or (f.status is not None and f.status[0] in TERMINAL_STATUSES)
+                ending = ending or f.ends
             params.update(
                 u_id=[run_id for run_id, _ in runs],
-                u_epoch=[
-                    None if f.bad or run_id in prefenced or not f.write else f.epoch
-                    for run_id, f in runs
-                ],
-                u_expect=[f.expect for f in fs],
-                u_n=[f.n for f in fs],
+                u_epoch=[None if run_id in prefenced else f.epoch
+                         for (run_id, _), f in zip(runs, fs, strict=True)],
+                u_expect=[f.first for f in fs],
+                u_n=[len(f.entries) for f in fs],
             )
         if record or consumed or batch.signals:
             params.update(
-                u_write=[f.write for f in fs],
+                u_write=[f is not None for _, f in runs],
                 u_set_status=[f.status is not None for f in fs],
-                u_status=[f.status[0] if f.status else None for f in fs],
-                u_wake_at=[f.status[1] if f.status else None for f in fs],
-                u_set_end=[f.end is not None for f in fs],
-                u_output=[f.end[0] if f.end else None for f in fs],
-                u_error_type=[f.end[1].type if f.end and f.end[1] else None for f in fs],
-                u_error_message=[f.end[1].message if f.end and f.end[1] else None for f in fs],
+                u_status=[f.status for f in fs],
+                u_wake_at=[f.wake_at for f in fs],
+                u_set_end=[f.ends for f in fs],
+                u_output=[f.output if f.ends else None for f in fs],
+                u_error_type=[f.error.type if f.ends and f.error else None for f in fs],
+                u_error_message=[f.error.message if f.ends and f.error else None for f in fs],
                 u_release=[f.release for f in fs],
-                u_consumed=[f.consumed for f in fs],
-                u_nsig=[f.nsig for f in fs],
+                u_consumed=marks,
+                u_nsig=[nsig.get(run_id, 0) for run_id, _ in runs],
                 u_touch=[f.touch for f in fs],
             )
         if entries:
@@ -1140,16 +1121,11 @@ class PostgresStore:
                 s_key=[s.key for _, s in sigs], s_payload=[s.payload for _, s in sigs],
                 s_position=[s.position for _, s in sigs],
             )
-        # A wait added and removed in the same batch ends up removed (adds apply first).
-        # Registering a wait again changes nothing: like the reference store, the first
-        # registration is kept whole (the contract only promises to keep its after_seq).
-        removed = set(batch.waits_remove)
-        adds: dict[tuple[str, str, int], WaitRecord] = {}
-        for wait in batch.waits_add:
-            if (wait.run_id, wait.position) not in removed:
-                adds.setdefault((wait.event, wait.run_id, wait.position), wait)
-        if adds:
-            ws = list(adds.values())
+        # The waits of runs whose writes are rejected are filtered in SQL (fencing happens
+        # there); the rest of wait_changes applies here.
+        ws, removes = wait_changes(batch)
+        removed = set(removes)
+        if ws:
             params.update(
                 wa_event=[w.event for w in ws], wa_run=[w.run_id for w in ws],
                 wa_position=[w.position for w in ws], wa_if=[w.if_ for w in ws],
@@ -1160,17 +1136,14 @@ class PostgresStore:
             params.update(wr_run=[r for r, _ in rs], wr_position=[p for _, p in rs])
         if batch.routed_events:
             params["routed"] = sorted(set(batch.routed_events))
-        ticks: dict[str, int] = {}
-        for key, tick in batch.cron:
-            if tick > ticks.get(key, -1):
-                ticks[key] = tick
+        ticks = cron_advances(batch.cron)
         if ticks:
             params.update(cron_key=list(ticks), cron_tick=list(ticks.values()))
         if notify:
             params["channel"] = self.schema
         shape = _CoreShape(
             writes=bool(batch.writes), record=record, consumed=consumed,
-            entries=bool(entries), signals=bool(batch.signals), waits_add=bool(adds),
+            entries=bool(entries), signals=bool(batch.signals), waits_add=bool(ws),
             waits_remove=bool(removed), routed=bool(batch.routed_events), cron=bool(ticks),
             notify=notify, ending=ending,
         )
@@ -1180,23 +1153,12 @@ class PostgresStore:
         self, conn: _Conn, runs: Sequence[NewRun], cursors: tuple[_Cursor, _Cursor | None]
     ) -> set[str]:
         existing = {row[0] for row in cursors[0].fetchall()}
-        idem: dict[tuple[str, str], int] = {
+        keys: dict[tuple[str, str], int] = {
             (r[0], r[1]): r[2] for r in (cursors[1].fetchall() if cursors[1] else ())
         }
-        idem_put: dict[tuple[str, str], tuple[str, int]] = {}
-        create: list[NewRun] = []
-        for new in runs:
-            if new.id in existing:
-                continue
-            if new.idempotency_key is not None:
-                k = (new.function_id, new.idempotency_key)
-                prev = idem.get(k)
-                if prev is not None and new.created_at - prev < DEDUPE_WINDOW_MS:
-                    continue
-                idem[k] = new.created_at
-                idem_put[k] = (new.id, new.created_at)
-            existing.add(new.id)
-            create.append(new)
+        create = new_runs_to_create(runs, existing, keys)
+        held = {(n.function_id, n.idempotency_key): n for n in create
+                if n.idempotency_key is not None}
         if create and all(len(n.events) == 1 and len(n.event_ids) == 1 for n in create):
             conn.execute(self._q.insert_runs_one_event, (
                 [n.id for n in create], [n.function_id for n in create],
@@ -1217,35 +1179,36 @@ class PostgresStore:
         links = [(e, n.id) for n in create for e in n.event_ids]
         if links:
             conn.execute(self._q.insert_run_events, ([e for e, _ in links], [r for _, r in links]))
-        if idem_put:
+        if held:
             conn.execute(
-                self._q.idem_put,
+                self._q.idempotency_put,
                 (
-                    [f for f, _ in idem_put], [k for _, k in idem_put],
-                    [v[0] for v in idem_put.values()], [v[1] for v in idem_put.values()],
+                    [f for f, _ in held], [k for _, k in held],
+                    [n.id for n in held.values()], [n.created_at for n in held.values()],
                 ),
             )
         return {n.id for n in create}
 
     # ------------------------------------------------------------------ claims
 
-    def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[Claim]:
+    def claim_runs(
+        self, owner: str, now: int, lease_ms: int, limit: int,
+        function_ids: Sequence[str] | None = None,
+    ) -> list[Claim]:
         """See :meth:`durable_core.Store.claim_runs`. Claims the oldest claimable runs first
         (one statement); runs locked by concurrent transactions are skipped, not awaited."""
-        if limit <= 0:
+        if limit <= 0 or (function_ids is not None and not function_ids):
             return []
-        params = {"now": now, "limit": limit, "owner": owner, "expires": now + lease_ms}
+        params: dict[str, Any] = {
+            "now": now, "limit": limit, "owner": owner, "expires": now + lease_ms
+        }
+        query = self._q.claim_runs
+        if function_ids is not None:
+            query = self._q.claim_runs_of
+            params["functions"] = list(function_ids)
         return self._run_conn(
-            lambda conn: self._claims(conn, conn.execute(self._q.claim_runs, params).fetchall())
+            lambda conn: self._claims(conn, conn.execute(query, params).fetchall())
         )
-
-    def claim_run(self, owner: str, run_id: str, now: int, lease_ms: int) -> Claim | None:
-        """See :meth:`durable_core.Store.claim_run`."""
-        params = {"now": now, "owner": owner, "expires": now + lease_ms, "id": run_id}
-        claims = self._run_conn(
-            lambda conn: self._claims(conn, conn.execute(self._q.claim_run, params).fetchall())
-        )
-        return claims[0] if claims else None
 
     def _claims(self, conn: _Conn, rows: list[tuple[Any, ...]]) -> list[Claim]:
         out = []
@@ -1264,7 +1227,8 @@ class PostgresStore:
         if not run_ids:
             return set()
         rows = self._read(
-            self._q.renew, {"ids": list(run_ids), "owner": owner, "expires": now + lease_ms}
+            self._q.renew,
+            {"ids": list(run_ids), "owner": owner, "now": now, "expires": now + lease_ms},
         )
         return set(run_ids) - {row[0] for row in rows}
 
@@ -1311,12 +1275,13 @@ class PostgresStore:
         status: str | None = None,
         event_id: str | None = None,
         limit: int = 100,
+        exclude_function_ids: Sequence[str] | None = None,
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         query = self._q.list_runs(function_id is not None, status is not None,
-                                  event_id is not None)
+                                  event_id is not None, bool(exclude_function_ids))
         params = {"function_id": function_id, "status": status, "event_id": event_id,
-                  "limit": max(limit, 0)}
+                  "limit": max(limit, 0), "exclude": list(exclude_function_ids or ())}
         return [_run(row) for row in self._read(query, params)]
 
     # ------------------------------------------------------------------ notifications
