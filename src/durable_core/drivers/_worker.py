@@ -318,7 +318,9 @@ class Worker:
         steps: list[ExecuteStep] = []
         if room > 0:
             limit = min(room, self.batch_limit)
-            claims = self.store.claim_runs(self.owner, now, self.lease_ms, limit)
+            claims = self.store.claim_runs(
+                self.owner, now, self.lease_ms, limit, engine.function_ids
+            )
             if claims:
                 more = more or len(claims) >= limit
                 plan = engine.feed_claims(claims, now)

@@ -145,6 +145,12 @@ class Engine:
         """Runs failed because the store refused their writes or they could not be loaded."""
         self._commit_failures: dict[str, int] = {}
 
+    @property
+    def function_ids(self) -> tuple[str, ...]:
+        """The ids of the app's functions: the only runs this engine claims (a run of a
+        function the app does not have waits, queued, for a worker that has it)."""
+        return tuple(self.app.functions)
+
     # ------------------------------------------------------------------ ids
 
     def new_id(self, prefix: str, now: int) -> str:
@@ -305,7 +311,9 @@ class Engine:
 
     def claim(self, now: int, limit: int = 100) -> Plan | None:
         """Claim runs that need work and feed them; returns the plan, or None if idle."""
-        claims = self.store.claim_runs(self.owner, now, self.lease_ms, limit)
+        claims = self.store.claim_runs(
+            self.owner, now, self.lease_ms, limit, self.function_ids
+        )
         if not claims:
             return None
         return self.feed_claims(claims, now)

@@ -330,7 +330,9 @@ class Simulation:
         engine = self.engine
         try:
             progressed = engine.schedule_cron(self.now) + engine.route(self.now)
-            claims = self.inner.claim_runs(engine.owner, self.now, self.lease_ms, 100)
+            claims = self.inner.claim_runs(
+                engine.owner, self.now, self.lease_ms, 100, engine.function_ids
+            )
             if not claims:
                 return bool(progressed)
             plan = engine.feed_claims(claims, self.now)
