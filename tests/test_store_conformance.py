@@ -21,7 +21,7 @@ from hypothesis.stateful import run_state_machine_as_test
 import stores
 from durable_core.base._errors import StoreError, ValidationError
 from durable_core.core._model import ErrorInfo, JournalEntry, Signal
-from durable_core.store import Claim, CommitBatch, RunRecord, RunWrite, WaitRecord
+from durable_core.store import Claim, CommitBatch, RunRecord, RunWrite, Store, WaitRecord
 from stores import MemoryStore, SQLiteStore
 from stores.sqlite import _store as sqlite_module
 from stores.sqlite._store import _MIGRATIONS, SCHEMA_VERSION
@@ -50,6 +50,22 @@ class TestMemoryStore(StoreConformance):
     def make_store(self) -> MemoryStore:
         return MemoryStore()
 
+    def reopen(self, store: Store) -> Store:
+        pytest.skip("MemoryStore keeps nothing once closed: there is nothing to reopen")
+
+    def fail_commits_half_way(self, store: Store) -> None:
+        pytest.skip("MemoryStore decides a whole batch before changing anything; "
+                    "test_a_batch_that_cannot_be_applied_leaves_nothing covers it")
+
+
+def fail_sqlite_commits_half_way(store: SQLiteStore) -> None:
+    """A trigger that aborts the transaction when the cron cursor "boom" is written (the
+    last part of a commit)."""
+    store._db.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON cron WHEN NEW.key = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    )
+
 
 class TestSQLiteStore(StoreConformance):
     """The SQLite store, one new file per store."""
@@ -63,6 +79,15 @@ class TestSQLiteStore(StoreConformance):
         self.count += 1
         return SQLiteStore(self.dir / f"store-{self.count}.db")
 
+    def reopen(self, store: Store) -> Store:
+        assert isinstance(store, SQLiteStore)
+        store.close()
+        return SQLiteStore(store.path)
+
+    def fail_commits_half_way(self, store: Store) -> None:
+        assert isinstance(store, SQLiteStore)
+        fail_sqlite_commits_half_way(store)
+
 
 class TestSQLiteMemoryStore(StoreConformance):
     """The SQLite store on an in-memory database (``sqlite://``)."""
@@ -73,6 +98,13 @@ class TestSQLiteMemoryStore(StoreConformance):
         store = stores.open("sqlite://")
         assert isinstance(store, SQLiteStore)
         return store
+
+    def reopen(self, store: Store) -> Store:
+        pytest.skip("an in-memory SQLite database is gone once closed")
+
+    def fail_commits_half_way(self, store: Store) -> None:
+        assert isinstance(store, SQLiteStore)
+        fail_sqlite_commits_half_way(store)
 
 
 # --------------------------------------------------------------------------- the suite has teeth

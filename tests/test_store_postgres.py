@@ -23,7 +23,7 @@ import stores
 from durable_core import App, Context, Event, on_event
 from durable_core.base._errors import RunNotFoundError, StoreError, ValidationError
 from durable_core.core._model import ErrorInfo, JournalEntry, Signal
-from durable_core.store import CommitBatch, NewRun, RunWrite, WaitRecord
+from durable_core.store import CommitBatch, NewRun, RunWrite, Store, WaitRecord
 from durable_core.testing import TestEngine
 from stores import PostgresStore
 from stores.postgres import _store as pg_module
@@ -62,6 +62,25 @@ class TestPostgresStore(StoreConformance):
 
     def make_store(self) -> PostgresStore:
         return PostgresStore(self.url, schema=self.new_schema(), pool_max=4)
+
+    def reopen(self, store: Store) -> Store:
+        assert isinstance(store, PostgresStore)
+        store.close()
+        return PostgresStore(self.url, schema=store.schema, pool_max=4)
+
+    def fail_commits_half_way(self, store: Store) -> None:
+        """A trigger that raises when the cron cursor "boom" is written."""
+        assert isinstance(store, PostgresStore)
+        fn = sql.Identifier(store.schema, "boom")
+        with raw(self.url) as conn:
+            conn.execute(sql.SQL(
+                "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.key = 'boom' THEN RAISE EXCEPTION 'injected failure'; END IF; "
+                "RETURN NEW; END $$"
+            ).format(fn))
+            conn.execute(sql.SQL(
+                "CREATE TRIGGER boom BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(store.schema, "cron"), fn))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -36,6 +36,11 @@ from durable_core.store import (
 __all__ = ["MemoryStore"]
 
 
+def _parse_event(text: str) -> tuple[str, str, int, str]:
+    raw = json.loads(text)
+    return str(raw["id"]), str(raw["name"]), int(raw["ts"]), text
+
+
 class MemoryStore:
     """A store that keeps everything in process memory (see the store contract: every rule
     is one of its functions, applied to plain dicts here)."""
@@ -60,16 +65,17 @@ class MemoryStore:
 
     def append_events(self, events: Sequence[str], now: int) -> list[StoredEvent]:
         """See :meth:`durable_core.Store.append_events`."""
+        parsed = [_parse_event(text) for text in events]  # all or nothing
         with self._lock:
-            return [self._append_event(text, now) for text in events]
+            return [self._append_event(p, now) for p in parsed]
 
-    def _append_event(self, text: str, now: int) -> StoredEvent:
-        raw = json.loads(text)
-        prev = self._events_by_id.get(raw["id"])
+    def _append_event(self, parsed: tuple[str, str, int, str], now: int) -> StoredEvent:
+        event_id, name, ts, text = parsed
+        prev = self._events_by_id.get(event_id)
         dup = event_is_duplicate(None if prev is None else prev.received_at, now)
         ev = StoredEvent(
-            seq=len(self._events) + 1, id=raw["id"], name=raw["name"], data=text,
-            ts=int(raw["ts"]), received_at=now, duplicate=dup,
+            seq=len(self._events) + 1, id=event_id, name=name, data=text, ts=ts,
+            received_at=now, duplicate=dup,
         )
         self._events.append(ev)
         if not dup:
@@ -110,7 +116,9 @@ class MemoryStore:
                         return set()
                 return {w.run_id}
             # Decide everything first, against the state before the batch: a rejected run
-            # leaves nothing half-applied.
+            # leaves nothing half-applied, and a batch that cannot be applied (an event that
+            # is not valid JSON) raises before anything changed.
+            events = [_parse_event(text) for text in batch.events]
             changes = fold_writes(batch.writes)
             fenced: set[str] = set()
             for run_id, c in changes.items():
@@ -120,8 +128,8 @@ class MemoryStore:
                 ):
                     fenced.add(run_id)
             adds, removes = wait_changes(batch, fenced)
-            for text in batch.events:
-                self._append_event(text, batch.now)
+            for parsed in events:
+                self._append_event(parsed, batch.now)
             if batch.runs:
                 existing = {n.id for n in batch.runs if n.id in self._runs}
                 for new in new_runs_to_create(batch.runs, existing, self._idempotency):

@@ -77,6 +77,11 @@ from durable_core.store import (
     Store,
     StoredEvent,
     WaitRecord,
+    apply_change,
+    due_at,
+    fold_writes,
+    lease_held,
+    write_accepted,
 )
 from stores._memory import MemoryStore
 
@@ -256,6 +261,44 @@ def _round_trip(store: Store, s: str, i: int) -> None:
     assert store.list_runs(function_id=fn, status="failed") == [store.get_run(other.id)]
 
 
+def _populate(store: Store) -> dict[str, int]:
+    """A bit of everything (events, a duplicate, runs with a key, journals, statuses, a
+    wait, a signal, a routed event, a cron cursor); returns the claimed runs' epochs."""
+    store.append_events([event_json("e1"), event_json("e2"), event_json("e1")], T0)
+    [first, *_] = store.unrouted_events(10)
+    create(store, new_run("r1", key="k", event_ids=("e1",)), new_run("r2"), new_run("r3"))
+    epochs = {c.run.id: c.run.epoch for c in store.claim_runs("w1", T0, LEASE, 10)}
+    sig = Signal("event", "e2", event_json("e2"), 0)
+    assert write(
+        store,
+        RunWrite("r1", epochs["r1"], entries(0, 2), status="waiting", release=True),
+        RunWrite("r2", epochs["r2"], entries(0, 1), status="sleeping", wake_at=T0 + 500),
+        RunWrite("r3", epochs["r3"], entries(0, 3), status="failed",
+                 error=ErrorInfo("E", "boom")),
+        now=T0 + 1,
+        waits_add=(WaitRecord("r1", 1, "paid", "true", event_json("e1"), T0 + 10_000),),
+        signals=(("r1", sig),),
+        routed_events=(first.seq,),
+        cron=(("f|* * * * *", T0),),
+    ) == set()
+    return epochs
+
+
+def _snapshot(store: Store) -> dict[str, Any]:
+    """Everything observable without changing anything."""
+    runs = store.list_runs(limit=10_000)
+    return {
+        "runs": runs,
+        "journals": {r.id: store.load_journal(r.id) for r in runs},
+        "unrouted": store.unrouted_events(10_000),
+        "events": {i: store.get_event(i) for i in ("e1", "e2", "e3", "e9")},
+        "waits": sorted(store.find_waits("paid", T0), key=where),
+        "cron": store.cron_cursors(),
+        "wake": store.next_wake_at(),
+        "cancel": store.cancel_requested([r.id for r in runs]),
+    }
+
+
 # --------------------------------------------------------------------------- the suite
 
 
@@ -269,16 +312,19 @@ class StoreConformance:
     __test__: ClassVar[bool] = False
 
     hypothesis_settings: ClassVar[settings] = settings(
-        max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+        print_blob=True,
     )
-    """Settings of the property-based round-trip test."""
+    """Settings of the property-based round-trip test. ``print_blob=True``: a failure prints
+    the ``@reproduce_failure`` line that replays it, besides the falsifying example."""
 
     stateful_settings: ClassVar[settings] = settings(
         max_examples=30, stateful_step_count=20, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
+        suppress_health_check=[HealthCheck.too_slow], print_blob=True,
     )
     """Settings of the state-machine test. Longer runs (``stateful_step_count=80``) and more
-    examples find deeper bugs; the defaults keep the suite fast."""
+    examples find deeper bugs; the defaults keep the suite fast. A failure prints the steps
+    that reproduce it and the ``@reproduce_failure`` line that replays them."""
 
     expected_failures: ClassVar[Mapping[str, str]] = {}
     """Test name -> reason, for known deviations (run as strict xfail)."""
@@ -291,6 +337,22 @@ class StoreConformance:
     def make_store(self) -> Store:
         """Return a new, empty store. Override this."""
         raise NotImplementedError("subclasses of StoreConformance must define make_store()")
+
+    def reopen(self, store: Store) -> Store:
+        """Close ``store`` and open the same store again (same file, database or schema).
+        Override it for a persistent store: the reopen check then verifies that whatever
+        was committed is still there. By default the check is skipped, naming this hook."""
+        pytest.skip(f"{type(self).__name__} defines no reopen(store): the reopen check needs it")
+
+    def fail_commits_half_way(self, store: Store) -> None:
+        """Arrange for every later commit of ``store`` that moves the cron cursor named
+        ``"boom"`` to fail *after* writing the rest of the batch (cron cursors are written
+        last), e.g. with a trigger on the cron table that raises. The check then verifies
+        that the failed commit left nothing half-applied. By default it is skipped."""
+        pytest.skip(
+            f"{type(self).__name__} defines no fail_commits_half_way(store): the half-way "
+            "failure check needs it"
+        )
 
     @pytest.fixture
     def store(self) -> Iterator[Store]:
@@ -987,6 +1049,264 @@ class StoreConformance:
             for run_id in ids:
                 run = store.get_run(run_id)
                 assert (run.status, run.output, run.epoch) == ("completed", json.dumps(k), 1)
+
+    # ------------------------------------------------------------------ settled rules
+
+    def test_an_expired_lease_cannot_be_renewed_even_by_its_owner(self, store: Store) -> None:
+        """A lease that expired is lost, even if nobody claimed the run since: renewing it
+        fails and changes nothing, and any worker may claim the run."""
+        create(store, new_run("r1"))
+        c = claim(store, "r1")
+        assert store.renew("w1", ["r1"], T0 + LEASE - 1, LEASE) == set()  # still held
+        expires = T0 + LEASE - 1 + LEASE
+        assert store.get_run("r1").lease_expires == expires
+        assert store.renew("w1", ["r1"], expires, LEASE) == {"r1"}  # expired at expires
+        assert store.get_run("r1") == attrs.evolve(c.run, lease_expires=expires)
+        [again] = store.claim_runs("w2", expires, LEASE, 10)
+        assert (again.run.id, again.run.epoch) == ("r1", c.run.epoch + 1)
+
+    def test_dedupe_window_runs_from_receipt_not_from_ts(self, store: Store) -> None:
+        """The 24 h dedupe window is measured from when the store received the original,
+        whatever the events' ``ts`` say: a back-dated event does not escape dedupe, and a
+        future-dated one does not block its id for longer than 24 h."""
+        [old] = store.append_events([event_json("old", ts=T0 - 3 * DAY)], T0)
+        assert (old.ts, old.received_at, old.duplicate) == (T0 - 3 * DAY, T0, False)
+        [again] = store.append_events([event_json("old", ts=T0 - 3 * DAY)], T0 + 1)
+        assert (again.received_at, again.duplicate) == (T0 + 1, True)
+        [future] = store.append_events([event_json("future", ts=T0 + 3 * DAY)], T0)
+        assert not future.duplicate
+        [dup] = store.append_events([event_json("future", ts=T0 + 3 * DAY)], T0 + DAY - 1)
+        assert dup.duplicate
+        [new] = store.append_events([event_json("future", ts=T0 + 3 * DAY)], T0 + DAY)
+        assert not new.duplicate
+        assert store.get_event("future") == new
+        # A duplicate does not restart the window: it runs from the original's receipt.
+        [later] = store.append_events([event_json("old", ts=T0)], T0 + DAY)
+        assert not later.duplicate
+        # In a commit, events are received at batch.now.
+        assert store.commit(CommitBatch(now=T0 + 7, events=(event_json("c", ts=5),))) == set()
+        got = store.get_event("c")
+        assert got is not None and (got.ts, got.received_at) == (5, T0 + 7)
+
+    # ------------------------------------------------------------------ rule cases
+    # Each test drives the store into a table of states and checks what it does against the
+    # contract's rule function: a store whose SQL states a rule is checked against it here.
+
+    def test_claims_follow_the_due_at_rule(self, store: Store) -> None:
+        """Which runs ``claim_runs`` takes is :func:`~durable_core.store.due_at` ``<= now``,
+        on every kind of run state."""
+        now = T0 + 10 * LEASE
+        sig = Signal("event", "k", "{}", 0)
+        cases = [  # (lease: None/"held"/"expired"/"released", status, wake_at, signal)
+            (None, None, None, False), ("held", None, None, False),
+            ("expired", None, None, False), ("held", "running", None, False),
+            ("expired", "running", None, False), ("released", "sleeping", now, False),
+            ("released", "sleeping", now + 1, False), ("held", "sleeping", now - 5, False),
+            ("released", "waiting", None, False), ("released", "waiting", None, True),
+            ("held", "waiting", None, True), ("expired", "waiting", now + 99, True),
+            ("released", "waiting", now - 1, False), ("released", "completed", None, True),
+            ("held", "failed", None, False), ("released", "running", None, False),
+            ("released", "queued", None, False), ("expired", "sleeping", now + 50, False),
+        ]
+        signalled: set[str] = set()
+        for i, (lease, status, wake, signal) in enumerate(cases):
+            run_id, fn = f"r{i:02d}", f"f{i:02d}"
+            create(store, new_run(run_id, function_id=fn))
+            if lease is not None:
+                at = now - LEASE if lease == "expired" else now - 1
+                [c] = store.claim_runs("setup", at, LEASE, 1, [fn])
+                if status is not None or lease == "released":
+                    w = RunWrite(run_id, c.run.epoch, status=status, wake_at=wake,
+                                 output="1" if status == "completed" else None,
+                                 release=lease == "released")
+                    assert write(store, w, now=at) == set()
+            if signal:
+                assert store.commit(CommitBatch(now=now, signals=((run_id, sig),))) == set()
+                if store.get_run(run_id).status not in TERMINAL_STATUSES:
+                    signalled.add(run_id)
+        runs = sorted(store.list_runs(limit=1000), key=lambda r: r.id)
+        expected = []
+        for r in runs:
+            due = due_at(r.status, r.lease_owner, r.lease_expires, r.wake_at, r.id in signalled)
+            if due is not None and due <= now:
+                expected.append(r.id)
+        assert 3 < len(expected) < len(cases) - 3  # the table has both kinds
+        got = store.claim_runs("checker", now, LEASE, 1000)
+        assert [c.run.id for c in got] == expected
+
+    def test_fencing_and_applying_follow_the_rules(self, store: Store) -> None:
+        """What a commit rejects is :func:`~durable_core.store.write_accepted` of the folded
+        writes (:func:`~durable_core.store.fold_writes`), and what it applies is
+        :func:`~durable_core.store.apply_change`, on a table of writes (each shape goes its
+        own way through a store's fast paths)."""
+        err = ErrorInfo("E", "m")
+        cases: list[tuple[int, tuple[RunWrite, ...]]] = []
+
+        def add(ended: bool, *writes: RunWrite) -> None:
+            cases.append((int(ended), writes))
+
+        def w(epoch: int, first: int | None = 2, n: int = 1, **kw: Any) -> RunWrite:
+            ents = () if first is None else entries(first, first + n)
+            return RunWrite("?", epoch, ents, **kw)
+
+        for ended in (False, True):
+            for shift in (0, -1, 1):
+                for first in (None, 1, 2, 3):
+                    add(ended, w(shift, first))
+                    add(ended, w(shift, first, 2, status="sleeping", wake_at=T0 + 9))
+                    add(ended, w(shift, first, status="completed", output='"ok"'))
+            add(ended, w(0, 2, status="failed", error=err, release=True, consumed_signals=1))
+            add(ended, w(0, None, release=True), w(0, 2, 2, status="waiting"))
+            add(ended, w(0, 2), w(0, 3, status="running"), w(0, 4, consumed_signals=1))
+            add(ended, w(0, 2), w(0, 4))  # a gap between two writes
+            add(ended, w(0, 2), w(-1, 3))  # two epochs
+            add(ended, w(0, 2, status="completed", output="1"), w(0, 3))  # after the end
+            add(ended, w(0, None, status="cancelled", error=err), w(0, None, release=True))
+        now = T0 + 100
+        for i, (ended, writes) in enumerate(cases):
+            run_id, fn = f"r{i:03d}", f"f{i:03d}"
+            create(store, new_run(run_id, function_id=fn))
+            [c] = store.claim_runs("w1", T0, LEASE, 1, [fn])
+            epoch = c.run.epoch
+            assert write(store, RunWrite(run_id, epoch, entries(0, 2))) == set()
+            if ended:
+                assert write(store, RunWrite(run_id, epoch, status="completed")) == set()
+            batch = tuple(x._replace(run_id=run_id, epoch=epoch + x.epoch) for x in writes)
+            before, journal = store.get_run(run_id), store.load_journal(run_id)
+            [change] = fold_writes(batch).values()
+            ok = write_accepted(change.epoch, change.first, before.epoch, before.status,
+                                len(journal))
+            assert write(store, *batch, now=now) == (set() if ok else {run_id}), batch
+            if ok:
+                assert store.get_run(run_id) == apply_change(before, change, now), batch
+                assert store.load_journal(run_id) == [*journal, *change.entries], batch
+            else:
+                assert store.get_run(run_id) == before, batch
+                assert store.load_journal(run_id) == journal, batch
+
+    def test_renewal_follows_the_lease_held_rule(self, store: Store) -> None:
+        """What ``renew`` keeps is :func:`~durable_core.store.lease_held`, on a table of
+        leases (held, expiring now, expired, someone else's, released, ended)."""
+        create(store, *(new_run(f"r{i}", function_id=f"f{i}") for i in range(6)))
+        for i in range(6):
+            [c] = store.claim_runs("w1" if i != 3 else "w2", T0, LEASE, 1, [f"f{i}"])
+            if i == 4:
+                assert write(store, RunWrite(c.run.id, c.run.epoch, status="waiting",
+                                             release=True)) == set()
+            if i == 5:
+                assert write(store, RunWrite(c.run.id, c.run.epoch, status="completed",
+                                             output="1")) == set()
+        for now in (T0, T0 + LEASE - 1, T0 + LEASE, T0 + LEASE + 1):
+            runs = {r.id: r for r in store.list_runs()}
+            expected = {
+                r for r, run in runs.items()
+                if not lease_held(run.lease_owner, run.lease_expires, run.status, "w1", now)
+            }
+            assert store.renew("w1", [*runs, "ghost"], now, 10) == expected | {"ghost"}
+            for r in runs:
+                if r not in expected:
+                    assert store.get_run(r).lease_expires == now + 10
+
+    # ------------------------------------------------------------------ functions
+
+    def test_claim_runs_takes_only_the_given_functions(self, store: Store) -> None:
+        """With ``function_ids``, only runs of those functions are claimed; others stay
+        queued (and listable) for a worker that has their function."""
+        create(store, new_run("r1", function_id="a"), new_run("r2", function_id="gone"),
+               new_run("r3", function_id="b"), new_run("r4", function_id="a"))
+        assert store.claim_runs("w1", T0, LEASE, 10, []) == []
+        assert [c.run.id for c in store.claim_runs("w1", T0, LEASE, 1, ["a", "b"])] == ["r1"]
+        assert [c.run.id for c in store.claim_runs("w1", T0, LEASE, 10, ("b", "a", "x"))] \
+            == ["r3", "r4"]
+        assert store.claim_runs("w1", T0, LEASE, 10, ["a", "b"]) == []
+        gone = store.get_run("r2")
+        assert (gone.status, gone.epoch, gone.lease_owner) == ("queued", 0, None)
+        assert store.list_runs(status="queued", exclude_function_ids=["a", "b"]) == [gone]
+        assert [r.id for r in store.list_runs(exclude_function_ids=["gone"])] == [
+            "r4", "r3", "r1"
+        ]
+        assert [r.id for r in store.list_runs(exclude_function_ids=[])] == [
+            "r4", "r3", "r2", "r1"
+        ]
+        assert [c.run.id for c in store.claim_runs("w2", T0, LEASE, 10)] == ["r2"]
+
+    # ------------------------------------------------------------------ durability
+
+    def test_what_was_committed_is_there_after_reopening(self, store: Store) -> None:
+        """Close the store and open it again (:meth:`reopen`): runs, journals, events, dedupe
+        windows, idempotency keys, waits, signals, cron cursors, seq counters and epochs
+        are all there."""
+        epochs = _populate(store)
+        before = _snapshot(store)
+        store = self.reopen(store)
+        try:
+            assert _snapshot(store) == before
+            [dup] = store.append_events([event_json("e2", ts=T0 + 5)], T0 + 5)
+            assert dup.duplicate and dup.seq > max(e.seq for e in before["unrouted"])
+            create(store, new_run("r9", key="k", created_at=T0 + 5))
+            assert [r.id for r in store.list_runs()] == ["r3", "r2", "r1"]
+            assert write(store, RunWrite("r2", epochs["r2"] - 1, entries(1, 2)),
+                         RunWrite("r3", epochs["r3"], entries(3, 4))) == {"r2", "r3"}
+            [c] = store.claim_runs("w2", T0 + 2, LEASE, 10)
+            assert (c.run.id, c.run.epoch) == ("r1", epochs["r1"] + 1)
+            [(seq, _)] = c.signals
+            new = Signal("cancel", "c", '"stop"')
+            assert store.commit(CommitBatch(now=T0 + 6, signals=(("r1", new),))) == set()
+            assert store.cancel_requested(["r1"]) == {"r1"}
+            w = RunWrite("r1", c.run.epoch, entries(2, 3), status="waiting",
+                         consumed_signals=seq, release=True)
+            assert write(store, w, now=T0 + 6) == set()
+            [c] = store.claim_runs("w2", T0 + 7, LEASE, 10)
+            assert [s for s, _ in c.signals] > [seq]  # signal seqs are never reused
+            assert [s for _, s in c.signals] == [new]
+        finally:
+            store.close()
+
+    def test_a_commit_that_fails_half_way_leaves_nothing(self, store: Store) -> None:
+        """A commit that fails after writing part of its batch (see
+        :meth:`fail_commits_half_way`) raises and leaves nothing of the batch; the store
+        works on."""
+        self.fail_commits_half_way(store)
+        _populate(store)
+        [c] = store.claim_runs("w2", T0 + 2, LEASE, 10)
+        before = _snapshot(store)
+        batch = CommitBatch(
+            now=T0 + 3, events=(event_json("e9"),), runs=(new_run("r9", key="k2"),),
+            writes=(RunWrite("r1", c.run.epoch, entries(2, 4), status="completed",
+                             output="1", consumed_signals=c.signals[-1][0]),),
+            waits_add=(WaitRecord("r1", 2, "paid", None, "{}", T0 + DAY),),
+            waits_remove=(("r1", 1),), signals=(("r2", Signal("event", "x", "{}", 1)),),
+            routed_events=tuple(e.seq for e in before["unrouted"]),
+            cron=(("f|* * * * *", T0 + 60_000), ("boom", T0)),
+        )
+        with pytest.raises(Exception):  # noqa: B017 - whatever the store raises
+            store.commit(batch)
+        assert _snapshot(store) == before
+        assert store.get_event("e9") is None
+        # Nothing was left locked or half-open: the same batch without the fault commits.
+        good = batch._replace(cron=batch.cron[:1])
+        assert store.commit(good) == set()
+        assert store.get_run("r1").status == "completed"
+        assert store.get_run("r9").status == "queued"
+
+    def test_a_batch_that_cannot_be_applied_leaves_nothing(self, store: Store) -> None:
+        """A batch that the store refuses part way (an event that is not JSON, after valid
+        events, runs and writes) raises and leaves nothing of it."""
+        _populate(store)
+        [c] = store.claim_runs("w2", T0 + 2, LEASE, 10)
+        before = _snapshot(store)
+        batch = CommitBatch(
+            now=T0 + 3, runs=(new_run("r9"),), events=(event_json("e9"), "{not json"),
+            writes=(RunWrite("r1", c.run.epoch, entries(2, 3), status="completed",
+                             output="1"),),
+            cron=(("f|* * * * *", T0 + 60_000),),
+        )
+        with pytest.raises(Exception):  # noqa: B017 - whatever the store raises
+            store.commit(batch)
+        with pytest.raises(Exception):  # noqa: B017
+            store.append_events([event_json("e8"), "{not json"], T0 + 3)
+        assert _snapshot(store) == before
+        assert store.get_event("e9") is None and store.get_event("e8") is None
 
     # ------------------------------------------------------------------ stateful
 
