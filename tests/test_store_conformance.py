@@ -553,3 +553,96 @@ def test_an_unusable_gate_file_is_a_clear_store_error(tmp_path: Path) -> None:
     (tmp_path / "x.db-writer.lock").mkdir()
     with pytest.raises(StoreError, match="writers' lock file"):
         SQLiteStore(tmp_path / "x.db")
+
+
+# --------------------------------------------------------------------------- registered schemes
+
+
+def test_a_registered_scheme_opens_with_stores_open_and_says_if_shareable(
+    tmp_path: Path,
+) -> None:
+    from durable_core.drivers._processes import check_shareable
+
+    opened: list[str] = []
+
+    class MyStore(SQLiteStore):
+        @classmethod
+        def from_my_url(cls, url: str) -> MyStore:
+            opened.append(url)
+            return cls(tmp_path / url.removeprefix("mine-test://"))
+
+    stores.register("mine-test", MyStore.from_my_url)
+    stores.register("mine-test-local", lambda url: MemoryStore(), shareable=False)
+    with pytest.raises(ValidationError, match="already registered"):
+        stores.register("mine-test", MyStore.from_my_url)
+    with pytest.raises(ValidationError, match="scheme"):
+        stores.register("bad scheme", MyStore.from_my_url)
+    store = stores.open("mine-test://a.db")
+    try:
+        assert isinstance(store, MyStore) and opened == ["mine-test://a.db"]
+        create(store, new_run("r1"))
+    finally:
+        store.close()
+    assert stores.open("mine-test://a.db").get_run("r1").status == "queued"
+    assert isinstance(stores.open("mine-test-local://"), MemoryStore)
+    assert "mine-test" in stores.registry.schemes()
+    # The multi-process check asks the scheme.
+    check_shareable("mine-test://a.db")
+    with pytest.raises(ValidationError, match="inside one process"):
+        check_shareable("mine-test-local://")
+    for url in ("memory://", "sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ValidationError, match="inside one process"):
+            check_shareable(url)
+    check_shareable(f"sqlite:///{tmp_path / 'x.db'}")
+    check_shareable("postgresql://u@h/db")
+    with pytest.raises(ValidationError, match="unsupported scheme 'nope'"):
+        stores.open("nope://x")
+    with pytest.raises(ValidationError, match="no scheme"):
+        stores.open("just-a-path.db")
+
+
+# --------------------------------------------------------------------------- unknown functions
+
+
+def test_a_worker_never_claims_a_run_of_a_function_it_does_not_have() -> None:
+    """A worker for app A and a run of function ``gone`` in the same store: the worker
+    keeps running and never claims it; the run stays queued, listed as a run no worker of
+    the app will claim."""
+    import trio
+    import trio.testing
+
+    from durable_core import App, Context, Event, Worker, on_event
+
+    app = App("a")
+
+    @app.function(id="hello", trigger=on_event("hi"))
+    async def hello(ctx: Context) -> str:
+        return await ctx.step.run("greet", lambda: "hello")
+
+    store = MemoryStore()
+    create(store, new_run("orphan", function_id="gone", created_at=T0))
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=1,
+                   clock=lambda: T0 + int(trio.current_time() * 1000))
+        async with trio.open_nursery() as n:
+            await n.start(w.run)
+            await w.send([Event("hi"), Event("hi")])
+            with trio.fail_after(3600):
+                while sorted(r.status for r in store.list_runs(function_id="hello")) != [
+                    "completed", "completed"
+                ]:
+                    await trio.sleep(0.5)
+            await trio.sleep(3 * LEASE / 1000)  # more claims, lease periods pass
+            await w.send(Event("hi"))
+            with trio.fail_after(3600):
+                while len(store.list_runs(function_id="hello", status="completed")) < 3:
+                    await trio.sleep(0.5)
+            w.stop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    orphan = store.get_run("orphan")
+    assert (orphan.status, orphan.epoch, orphan.lease_owner) == ("queued", 0, None)
+    assert store.list_runs(status="queued", exclude_function_ids=list(app.functions)) == [
+        orphan
+    ]

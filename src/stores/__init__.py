@@ -1,6 +1,7 @@
 """Stores: persistence behind one contract (:class:`durable_core.Store`).
 
-``MemoryStore`` is the reference implementation. ``stores.open(url)`` picks a store by URL.
+``MemoryStore`` is the reference implementation. ``stores.open(url)`` picks a store by URL;
+``stores.register(scheme, factory)`` adds a scheme (see :mod:`stores.registry`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from durable_core.store import (
     StoredEvent,
     WaitRecord,
 )
+from stores import registry
 from stores._memory import MemoryStore
+from stores.registry import register, shareable
 
 if _TYPE_CHECKING:
     from stores.postgres import PostgresStore
@@ -36,31 +39,18 @@ __all__ = [
     "StoredEvent",
     "WaitRecord",
     "open",
+    "register",
+    "registry",
+    "shareable",
 ]
 
 
 def open(url: str) -> Store:
     """Open a store by URL: ``memory://``, ``sqlite:///path.db`` (see
     :meth:`SQLiteStore.from_url`), ``postgresql://user@host:5432/db?schema=name`` (or
-    ``postgres://``; see :meth:`PostgresStore.from_url`)."""
-    if url in ("memory://", "memory:"):
-        return MemoryStore()
-    if url.startswith("sqlite:"):
-        from stores.sqlite import SQLiteStore
-
-        return SQLiteStore.from_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from stores.postgres import PostgresStore
-
-        return PostgresStore.from_url(url)
-    from durable_core.base._errors import ValidationError
-    from durable_core.base._redact import redact_url
-
-    raise ValidationError(
-        f"store url {redact_url(url)!r}: unsupported scheme; supported: memory://, "
-        "sqlite:///path.db, postgresql://user@host/db",
-        field="store",
-    )
+    ``postgres://``; see :meth:`PostgresStore.from_url`), or a scheme added with
+    :func:`register`."""
+    return registry.open(url)
 
 
 def __getattr__(name: str) -> object:

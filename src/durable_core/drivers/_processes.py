@@ -39,10 +39,12 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 def check_shareable(store_url: str) -> None:
     """Raise :class:`ValidationError` if worker processes could not share ``store_url``.
 
-    ``memory://`` and ``sqlite://`` (SQLite in memory) live inside one process: each
+    The store's registered scheme decides (``stores.register(..., shareable=...)``):
+    ``memory://`` and ``sqlite://`` (SQLite in memory) live inside one process, so each
     process would get its own empty store."""
-    url = store_url.strip()
-    if url.startswith("memory:") or url.split("?", 1)[0] in ("sqlite://", "sqlite:///:memory:"):
+    import stores
+
+    if not stores.shareable(store_url):
         raise ValidationError(
             f"store {redact_url(store_url)!r} lives inside one process, so worker processes "
             "cannot share it; use a file (sqlite:///path/to/file.db) or PostgreSQL, or one process",
