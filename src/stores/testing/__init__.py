@@ -1149,19 +1149,19 @@ class StoreConformance:
             ents = () if first is None else entries(first, first + n)
             return RunWrite("?", epoch, ents, **kw)
 
-        for ended in (False, True):
+        for end in (False, True):
             for shift in (0, -1, 1):
                 for first in (None, 1, 2, 3):
-                    add(ended, w(shift, first))
-                    add(ended, w(shift, first, 2, status="sleeping", wake_at=T0 + 9))
-                    add(ended, w(shift, first, status="completed", output='"ok"'))
-            add(ended, w(0, 2, status="failed", error=err, release=True, consumed_signals=1))
-            add(ended, w(0, None, release=True), w(0, 2, 2, status="waiting"))
-            add(ended, w(0, 2), w(0, 3, status="running"), w(0, 4, consumed_signals=1))
-            add(ended, w(0, 2), w(0, 4))  # a gap between two writes
-            add(ended, w(0, 2), w(-1, 3))  # two epochs
-            add(ended, w(0, 2, status="completed", output="1"), w(0, 3))  # after the end
-            add(ended, w(0, None, status="cancelled", error=err), w(0, None, release=True))
+                    add(end, w(shift, first))
+                    add(end, w(shift, first, 2, status="sleeping", wake_at=T0 + 9))
+                    add(end, w(shift, first, status="completed", output='"ok"'))
+            add(end, w(0, 2, status="failed", error=err, release=True, consumed_signals=1))
+            add(end, w(0, None, release=True), w(0, 2, 2, status="waiting"))
+            add(end, w(0, 2), w(0, 3, status="running"), w(0, 4, consumed_signals=1))
+            add(end, w(0, 2), w(0, 4))  # a gap between two writes
+            add(end, w(0, 2), w(-1, 3))  # two epochs
+            add(end, w(0, 2, status="completed", output="1"), w(0, 3))  # after the end
+            add(end, w(0, None, status="cancelled", error=err), w(0, None, release=True))
         now = T0 + 100
         for i, (ended, writes) in enumerate(cases):
             run_id, fn = f"r{i:03d}", f"f{i:03d}"
