@@ -178,6 +178,25 @@ def test_the_state_machine_catches_a_broken_store(mutant: type[MemoryStore]) -> 
         )
 
 
+class _CronOffByOne(MemoryStore):
+    def cron_cursors(self) -> dict[str, int]:
+        return {k: v + 1 for k, v in super().cron_cursors().items()}
+
+
+def test_a_failing_state_machine_prints_how_to_reproduce_it() -> None:
+    """The suite's own settings print the failing steps and the ``@reproduce_failure`` line
+    that replays them."""
+    hunt = settings(StoreConformance.stateful_settings, database=None, derandomize=True,
+                    max_examples=300)
+    with pytest.raises(AssertionError) as info:
+        run_state_machine_as_test(  # type: ignore[no-untyped-call]
+            make_state_machine(_CronOffByOne), settings=hunt
+        )
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "state.cron(" in notes
+    assert "@reproduce_failure(" in notes
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -646,3 +665,52 @@ def test_a_worker_never_claims_a_run_of_a_function_it_does_not_have() -> None:
     assert store.list_runs(status="queued", exclude_function_ids=list(app.functions)) == [
         orphan
     ]
+
+
+def test_durable_worker_processes_use_a_scheme_the_app_registers(tmp_path: Path) -> None:
+    """``durable worker --processes 2 --store myfile://...``: the app's module registers the
+    scheme; the supervisor's shareability check and every worker process open it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "myapp.py").write_text(
+        "import stores\n"
+        "from stores import SQLiteStore\n"
+        "from durable_core import App, Context, on_event\n"
+        "stores.register('myfile', lambda url: SQLiteStore(url.removeprefix('myfile://')))\n"
+        "app = App('mine')\n"
+        "@app.function(id='hello', trigger=on_event('hi'))\n"
+        "async def hello(ctx: Context) -> str:\n"
+        "    return await ctx.step.run('greet', lambda: 'hello')\n"
+    )
+    db = tmp_path / "custom.db"
+    seed = SQLiteStore(db)
+    seed.append_events([event_json(f"e{i}", "hi") for i in range(4)], T0)
+    seed.close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from durable_core.cli import main; sys.exit(main())",
+         "worker", "myapp:app", "--processes", "2", "--poll-interval", "0.05",
+         "--store", f"myfile://{db}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    store = SQLiteStore(db)
+    try:
+        deadline = time.monotonic() + 120
+        while len(store.list_runs(status="completed")) < 4:  # poll the database
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the runs did not complete"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "2 processes" in out and f"myfile://{db}" in out
+        assert {r.output for r in store.list_runs()} == {'"hello"'}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        store.close()

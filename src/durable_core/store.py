@@ -539,7 +539,8 @@ def wait_changes(
     one registration per ``(event, run, position)`` (the first), none of a wait the batch
     also removes (adds apply first, so it ends up removed). A store keeps an existing
     registration as it is (``after_seq`` included) and sets ``after_seq`` of a new one to the
-    last event ``seq`` in the log, after the batch's own events."""
+    last event ``seq`` in the log (duplicates count; 0 for an empty log), after the batch's
+    own events."""
     skip = set(rejected)
     removes = [(r, p) for r, p in batch.waits_remove if r not in skip]
     removed = set(removes)

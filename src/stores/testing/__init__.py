@@ -29,14 +29,14 @@ Besides the example-based tests, :func:`make_state_machine` builds a Hypothesis
 :class:`~stores.MemoryStore` and compares everything observable; ``test_stateful_...`` runs it
 with :attr:`StoreConformance.stateful_settings`.
 
-What the suite pins down beyond the protocol's docstrings (all as the reference store does):
-``claim_runs`` leases the oldest runs first (creation order); a ``limit`` of 0 returns
-nothing; a write whose entries are not dense (``seq`` continuing the journal one by one) is
-fenced like a seq gap; a journal-only write (no status, release or consumed signals) leaves
-the run record as it is, ``updated_at`` included; ``get_event`` never returns a duplicate;
-``after_seq`` of a wait is 0 when the log is empty and counts duplicates; event and signal
-``seq`` numbers only grow (they need not start at 1 or be contiguous). All times are passed
-in; nothing here sleeps.
+Every rule the suite checks is stated in the contract's docstrings and decided by one of its
+functions (:mod:`durable_core.store`); the rule-case tests (``test_claims_follow_the_due_at_rule``,
+``test_fencing_and_applying_follow_the_rules``, ``test_renewal_follows_the_lease_held_rule``)
+drive a store through a table of states and compare what it does with those functions. Two
+hooks enable checks that need the backend's help: :meth:`StoreConformance.reopen` and
+:meth:`StoreConformance.fail_commits_half_way` (skipped, saying why, when not defined). All
+times are passed in; nothing here sleeps. A failing Hypothesis test prints how to reproduce
+it (``print_blob=True``).
 
 For readable failures, have pytest rewrite the suite's asserts before importing it:
 ``pytest.register_assert_rewrite("stores.testing")`` (in a ``conftest.py`` or at the top of
