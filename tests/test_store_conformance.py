@@ -714,3 +714,31 @@ def test_durable_worker_processes_use_a_scheme_the_app_registers(tmp_path: Path)
             proc.kill()
             proc.wait()
         store.close()
+
+
+# --------------------------------------------------------------------------- SQL rules
+
+
+def test_sqlite_due_at_sql_is_the_contracts_due_at() -> None:
+    """The claim query's ``_DUE_AT_SQL`` gives :func:`durable_core.store.due_at` on every
+    combination of its inputs."""
+    import itertools
+
+    from durable_core.store import due_at
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE runs (id TEXT, status TEXT, lease_owner TEXT, "
+                 "lease_expires INTEGER, wake_at INTEGER)")
+    conn.execute("CREATE TABLE signals (run_id TEXT)")
+    combos = list(itertools.product(
+        ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"),
+        (None, "w"), (None, 0, 5, 100), (None, 5), (False, True),
+    ))
+    for i, (status, owner, expires, wake, sig) in enumerate(combos):
+        conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?)",
+                     (str(i), status, owner, expires, wake))
+        if sig:
+            conn.execute("INSERT INTO signals VALUES (?)", (str(i),))
+    got = dict(conn.execute(f"SELECT id, {sqlite_module._DUE_AT_SQL} FROM runs"))
+    for i, combo in enumerate(combos):
+        assert got[str(i)] == due_at(*combo), combo

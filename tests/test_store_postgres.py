@@ -820,3 +820,30 @@ def test_throughput_report(pg_url: str, store: PostgresStore,
             f"({claim_one * 1e6:,.0f} us); limit=100: {100 / claim_batch:,.0f} claims/s "
             f"({claim_batch * 1e3:,.2f} ms per 100)"
         )
+
+
+def test_the_due_at_column_is_the_contracts_due_at(store: PostgresStore, pg_url: str) -> None:
+    """The generated ``runs.due_at`` column (what claims select on) gives
+    :func:`durable_core.store.due_at` on every combination of its inputs."""
+    import itertools
+
+    from durable_core.store import due_at
+
+    combos = list(itertools.product(
+        ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"),
+        (None, "w"), (None, 0, 5, 100), (None, 5), (0, 2),
+    ))
+    runs = sql.Identifier(store.schema, "runs")
+    with raw(pg_url) as conn:
+        for i, (status, owner, expires, wake, nsig) in enumerate(combos):
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (id, function_id, status, events, event_ids, created_at, "
+                    "updated_at, lease_owner, lease_expires, wake_at, signal_count) "
+                    "VALUES (%s, 'f', %s, '{{}}', '{{}}', 0, 0, %s, %s, %s, %s)"
+                ).format(runs),
+                (str(i), status, owner, expires, wake, nsig),
+            )
+        got = dict(conn.execute(sql.SQL("SELECT id, due_at FROM {}").format(runs)).fetchall())
+    for i, (status, owner, expires, wake, nsig) in enumerate(combos):
+        assert got[str(i)] == due_at(status, owner, expires, wake, nsig > 0), combos[i]
