@@ -742,3 +742,28 @@ def test_sqlite_due_at_sql_is_the_contracts_due_at() -> None:
     got = dict(conn.execute(f"SELECT id, {sqlite_module._DUE_AT_SQL} FROM runs"))
     for i, combo in enumerate(combos):
         assert got[str(i)] == due_at(*combo), combo
+
+
+def test_a_version_4_database_gets_received_at_from_ts(tmp_path: Path) -> None:
+    """Version 5 adds events.received_at; events stored before get their ts (which the
+    dedupe window was measured from then), and dedupe goes on from it."""
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    for step in _MIGRATIONS[:4]:
+        step(db)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute("INSERT INTO events (seq, id, name, data, ts, duplicate, routed) "
+                 "VALUES (1, 'e1', 'a', ?, ?, 0, 0)", (event_json("e1", "a", T0 - 5), T0 - 5))
+    conn.execute("COMMIT")
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.schema_version == 5
+        ev = store.get_event("e1")
+        assert ev is not None and (ev.ts, ev.received_at) == (T0 - 5, T0 - 5)
+        [dup] = store.append_events([event_json("e1", "a")], T0 + 10)
+        assert dup.duplicate and dup.received_at == T0 + 10
+    finally:
+        store.close()

@@ -847,3 +847,52 @@ def test_the_due_at_column_is_the_contracts_due_at(store: PostgresStore, pg_url:
         got = dict(conn.execute(sql.SQL("SELECT id, due_at FROM {}").format(runs)).fetchall())
     for i, (status, owner, expires, wake, nsig) in enumerate(combos):
         assert got[str(i)] == due_at(status, owner, expires, wake, nsig > 0), combos[i]
+
+
+def test_a_version_2_schema_keeps_its_data_through_version_3(pg_url: str,
+                                                              pg_schema: str) -> None:
+    """Version 3 renames inbox -> signals and idem -> idempotency and adds
+    events.received_at (= ts for events stored before): nothing stored is lost."""
+    with raw(pg_url) as conn:
+        assert pg_module._migrate(conn, pg_schema, target=2) == 0
+        q = {name: sql.Identifier(pg_schema, name)
+             for name in ("runs", "events", "inbox", "idem")}
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (id, function_id, status, events, event_ids, created_at, updated_at,"
+            " idempotency_key, inbox_count) VALUES ('old', 'fn', 'queued', '{{}}', '{{}}', %s,"
+            " %s, 'k', 1)").format(q["runs"]), (T0, T0))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES ('fn', 'k', 'old', %s)").format(q["idem"]),
+                     (T0,))
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (seq, run_id, kind, key, payload, position) "
+            "VALUES (7, 'old', 'event', 'k', '{{}}', 0)").format(q["inbox"]))
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (seq, id, name, data, ts, duplicate, routed) "
+            "VALUES (1, 'e1', 'a', %s, %s, false, false)").format(q["events"]),
+            (event_json("e1", "a", T0 - 5), T0 - 5))
+        conn.execute(sql.SQL("SELECT setval({}::regclass, 7)").format(
+            sql.Literal(f'"{pg_schema}"."signal_seq"')))
+        conn.execute(sql.SQL("UPDATE {} SET value = 1 WHERE name = 'events'").format(
+            sql.Identifier(pg_schema, "counters")))
+    store = PostgresStore(pg_url, schema=pg_schema)
+    try:
+        assert version_of(pg_url, pg_schema) == 3
+        assert {"signals", "idempotency"} <= tables_of(pg_url, pg_schema)
+        assert not {"inbox", "idem"} & tables_of(pg_url, pg_schema)
+        ev = store.get_event("e1")
+        assert ev is not None and (ev.ts, ev.received_at) == (T0 - 5, T0 - 5)
+        [dup] = store.append_events([event_json("e1", "a")], T0)
+        assert dup.duplicate
+        create(store, new_run("new", function_id="fn", key="k", created_at=T0 + 1))
+        assert [r.id for r in store.list_runs()] == ["old"]
+        [c] = store.claim_runs("w", T0, LEASE, 10)
+        assert [(seq, s.key) for seq, s in c.signals] == [(7, "k")]
+        assert store.cancel_requested(["old"]) == set()
+        assert store.commit(CommitBatch(now=T0, signals=(("old", Signal("cancel", "c", "1")),
+                                                         ))) == set()
+        assert store.cancel_requested(["old"]) == {"old"}
+        w = RunWrite("old", c.run.epoch, status="completed", output="1")
+        assert store.commit(CommitBatch(now=T0, writes=(w,))) == set()
+        assert store.cancel_requested(["old"]) == set()
+    finally:
+        store.close()
