@@ -44,14 +44,19 @@ PINNED: dict[str, list[str]] = {
     ],
     "durable_core.cli": ["main"],
     "durable_core.store": [
-        "DEDUPE_WINDOW_MS", "Claim", "CommitBatch", "NewRun", "RunRecord", "RunWrite", "Store",
-        "StoredEvent", "WaitRecord", "lone_memo",
+        "ALL_SIGNALS", "ALWAYS_DUE", "DEDUPE_WINDOW_MS", "Claim", "CommitBatch", "NewRun",
+        "RunChange", "RunRecord", "RunWrite", "Store", "StoredEvent", "WaitRecord",
+        "apply_change", "cron_advances", "due_at", "event_is_duplicate", "flag_duplicates",
+        "fold_writes", "is_journal_only", "lease_held", "lone_memo", "new_runs_to_create",
+        "record_changes", "signal_accepted", "wait_changes", "write_accepted",
     ],
     "durable_core.demo": ["app", "charge_card", "process_order"],
     "stores": [
         "Claim", "CommitBatch", "MemoryStore", "NewRun", "PostgresStore", "RunRecord",
-        "RunWrite", "SQLiteStore", "Store", "StoredEvent", "WaitRecord", "open",
+        "RunWrite", "SQLiteStore", "Store", "StoredEvent", "WaitRecord", "open", "register",
+        "shareable",
     ],
+    "stores.registry": ["Scheme", "open", "register", "schemes", "shareable"],
     "stores.sqlite": ["SQLiteStore"],
     "stores.postgres": ["PostgresStore"],
     "stores.testing": [

@@ -18,8 +18,8 @@ from durable_core.store import (
     StoredEvent,
     WaitRecord,
 )
-from stores import registry
 from stores._memory import MemoryStore
+from stores.registry import open as _open
 from stores.registry import register, shareable
 
 if _TYPE_CHECKING:
@@ -40,7 +40,6 @@ __all__ = [
     "WaitRecord",
     "open",
     "register",
-    "registry",
     "shareable",
 ]
 
@@ -50,7 +49,7 @@ def open(url: str) -> Store:
     :meth:`SQLiteStore.from_url`), ``postgresql://user@host:5432/db?schema=name`` (or
     ``postgres://``; see :meth:`PostgresStore.from_url`), or a scheme added with
     :func:`register`."""
-    return registry.open(url)
+    return _open(url)
 
 
 def __getattr__(name: str) -> object:
