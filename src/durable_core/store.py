@@ -432,7 +432,7 @@ def fold_writes(writes: Iterable[RunWrite]) -> dict[str, RunChange]:
             c.epoch = None
         if w.entries:
             first = w.entries[0].seq
-            if any(e.seq != first + i for i, e in enumerate(w.entries)):
+            if len(w.entries) > 1 and any(e.seq != first + i for i, e in enumerate(w.entries)):
                 c.epoch = None
             expected = first - len(c.entries)
             if c.first is None:
@@ -451,8 +451,8 @@ def fold_writes(writes: Iterable[RunWrite]) -> dict[str, RunChange]:
             c.release = True
         if w.consumed_signals > c.consumed:
             c.consumed = w.consumed_signals
-        if not c.touch and not is_journal_only(w):
-            c.touch = True
+        if not c.touch and (w.status is not None or w.release or w.consumed_signals):
+            c.touch = True  # not is_journal_only(w), inlined: this loop is on the hot path
     return out
 
 

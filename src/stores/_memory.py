@@ -54,6 +54,7 @@ class MemoryStore:
         self._unrouted: dict[int, StoredEvent] = {}
         self._runs: dict[str, RunRecord] = {}
         self._run_order: list[str] = []
+        self._open: dict[str, None] = {}  # runs that have not ended, in creation order
         self._journals: dict[str, list[JournalEntry]] = {}
         self._idempotency: dict[tuple[str, str], int] = {}  # -> created_at of the holder
         self._waits: dict[str, dict[tuple[str, int], WaitRecord]] = {}
@@ -140,12 +141,17 @@ class MemoryStore:
                         idempotency_key=new.idempotency_key, event_ids=new.event_ids,
                     )
                     self._run_order.append(new.id)
+                    self._open[new.id] = None
                     self._journals[new.id] = []
             for run_id, c in changes.items():
                 if run_id in fenced:
                     continue
                 self._journals[run_id].extend(c.entries)
+                if not c.touch:
+                    continue  # journal only: the run record stays as it is
                 self._runs[run_id] = apply_change(self._runs[run_id], c, batch.now)
+                if c.ends:
+                    del self._open[run_id]
                 if c.consumed:
                     box = self._signals.get(run_id)
                     if box:
@@ -186,7 +192,7 @@ class MemoryStore:
             if limit <= 0:
                 return out
             only = None if function_ids is None else set(function_ids)
-            for run_id in self._run_order:
+            for run_id in self._open:  # due_at of an ended run is None: skip them all
                 run = self._runs[run_id]
                 if only is not None and run.function_id not in only:
                     continue
