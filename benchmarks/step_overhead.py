@@ -12,7 +12,9 @@ runs:
 (b) the trio ``Worker`` with the in-memory store and async step bodies: the whole engine
     (routing, claims, journal commits) minus disk;
 (b+gc) the same with ``Worker(tune_gc=True)`` (as ``durable worker`` runs);
-(b-sync) the same with sync step bodies, which pay a thread hop each.
+(b-sync) the same with sync step bodies, which pay a thread hop each;
+(c) ``durable_core.testing.TestEngine`` (the engine's loop on a virtual clock, the memory
+    store, sync step bodies run inline): what a unit test of a durable function pays.
 
 Each line reports the time per step of the durable version, of the plain version, and the
 difference: the overhead a step adds.
@@ -172,6 +174,21 @@ def worker(n: int, c: int, *, sync_bodies: bool, tune_gc: bool = False) -> float
     return trio.run(main)
 
 
+# --------------------------------------------------------------------------- (c) TestEngine
+
+
+def testengine(n: int, c: int) -> float:
+    from durable_core.testing import TestEngine
+
+    app, _, _ = make_app(n)
+    engine = TestEngine(app)
+    t = time.perf_counter()
+    engine.send([Event("bench/sync", {}) for _ in range(c)])
+    elapsed = time.perf_counter() - t
+    assert engine.steps_executed == n * c
+    return elapsed
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -215,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("worker+gc", lambda n=n, c=c: worker(n, c, sync_bodies=False, tune_gc=True),
                  lambda n=n, c=c: plain_async(n, c)),
             ]
+            cases.append(("testengine", lambda n=n, c=c: testengine(n, c),
+                          lambda n=n, c=c: plain_sync(n, c)))
             if total <= 100_000:
                 cases.append(
                     ("worker-sync", lambda n=n, c=c: worker(n, c, sync_bodies=True),

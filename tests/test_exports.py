@@ -51,6 +51,15 @@ PINNED: dict[str, list[str]] = {
         "record_changes", "signal_accepted", "wait_changes", "write_accepted",
     ],
     "durable_core.demo": ["app", "charge_card", "process_order"],
+    "durable_core.protocol": [
+        "CRON_EVENT", "JOURNAL_OPS", "RUN_STATUSES", "SIGNAL_KINDS", "STEP_KINDS",
+        "TERMINAL_STATUSES", "AppendJournal", "CancelRequested", "ClearWait", "Command",
+        "CompleteRun", "EmitEvents", "Engine", "ErrorInfo", "ExecuteStep", "FailRun", "Input",
+        "JournalEntry", "Plan", "RegisterWait", "RunMachine", "RunStarted", "SendSignal",
+        "SetRunState", "Signal", "SignalReceived", "StartRun", "StepCompleted", "StepFailed",
+        "StepResult", "TimerFired", "Work", "run_step_body", "run_step_body_async",
+        "wait_matches",
+    ],
     "stores": [
         "Claim", "CommitBatch", "MemoryStore", "NewRun", "PostgresStore", "RunRecord",
         "RunWrite", "SQLiteStore", "Store", "StoredEvent", "WaitRecord", "open", "register",

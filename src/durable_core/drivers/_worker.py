@@ -182,7 +182,6 @@ class Worker:
         self.steps_executed = 0
         self.bodies_skipped = 0  # not started: the run's lease may have run out
         self.leases_lost = 0  # runs found taken over by another worker at renewal
-        self._renewed_at = -(2**62)  # when leases were last renewed (ms)
         self.commits = 0
 
     # ------------------------------------------------------------------ public API
@@ -305,37 +304,18 @@ class Worker:
                 await self._wakeup.wait()
 
     def _tick(self, now: int) -> tuple[list[ExecuteStep], bool, int | None]:
-        """One pass over the store (runs in the engine's thread for blocking stores).
+        """One poll of the engine's loop (in the engine's thread for blocking stores).
 
-        Returns the steps to start, whether more work may be waiting at once (a full batch
-        of events or claims: then the main loop ticks again without waiting) and, if not,
-        when the next timer falls due (in the same thread call, to save a thread hop)."""
-        engine = self.engine
-        created = engine.schedule_cron(now)
-        routed = engine.route(now, self.batch_limit)
-        more = routed >= self.batch_limit
+        Returns the steps to start, whether more work may be waiting at once (then the main
+        loop polls again without waiting) and, if not, when the next timer falls due (read in
+        the same thread call, to save a thread hop)."""
         room = self.max_runs - self._active
-        steps: list[ExecuteStep] = []
-        if room > 0:
-            limit = min(room, self.batch_limit)
-            claims = self.store.claim_runs(
-                self.owner, now, self.lease_ms, limit, engine.function_ids
-            )
-            if claims:
-                more = more or len(claims) >= limit
-                plan = engine.feed_claims(claims, now)
-                steps = engine.commit([plan])
-                self.commits += 1
-                if not steps and (plan.batch.runs or plan.batch.signals or plan.batch.events):
-                    created += 1
-        # Work was created (runs, signals) that this pass did not start: look again at once.
-        more = more or bool((created or routed) and not steps)
-        return steps, more, None if more else self._next_wake(now)
-
-    def _next_wake(self, now: int) -> int | None:
-        wakes = [w for w in (self.store.next_wake_at(), self.engine.next_cron_tick(now))
-                 if w is not None]
-        return min(wakes, default=None)
+        work = self.engine.poll(
+            now, limit=self.batch_limit, claim_limit=min(room, self.batch_limit)
+        )
+        if work.claimed:
+            self.commits += 1
+        return work.steps, work.more, None if work.more else self.engine.next_deadline(now)
 
     def _spawn(self, step: ExecuteStep) -> None:
         assert self._nursery is not None
@@ -509,26 +489,11 @@ class Worker:
 
     def _renew(self, now: int) -> None:
         # Under the engine's limiter, like every engine call: no commit can end or drop a
-        # run between reading the leased runs and acting on the store's answer. Leases are
-        # renewed every third of a lease (a write per leased run); cancels are looked for
-        # on every call (a read), so they reach busy runs within a second.
-        run_ids = self.engine.leased_runs()
-        if not run_ids:
-            return
-        held = run_ids
-        if now - self._renewed_at >= self.lease_ms // 3:
-            lost = self.store.renew(self.owner, run_ids, now, self.lease_ms)
-            self._renewed_at = now
-            if lost:
-                log.warning("lost the lease of %d run(s); another worker took them",
-                            len(lost))
-                self.leases_lost += len(lost)
-                self.engine.forget(lost)
-            held = [r for r in run_ids if r not in lost]
-            self.engine.renewed(held, now)
-        cancels = self.store.cancel_requested(held) if held else set()
-        if cancels:
-            self.engine.commit([self.engine.cancel_live(cancels, now)])
+        # run between reading the leased runs and acting on the store's answer.
+        lost = self.engine.renew_leases(now)
+        if lost:
+            log.warning("lost the lease of %d run(s); another worker took them", len(lost))
+            self.leases_lost += len(lost)
 
     async def _listener(self) -> None:
         """Wake the main loop when another process writes (PostgreSQL LISTEN/NOTIFY)."""

@@ -2,8 +2,18 @@
 turns their commands into store commits.
 
 It is synchronous and single-threaded, does no I/O of its own (it calls the store it was
-given) and reads no clock: every method takes ``now`` (ms). The trio :class:`Worker` and the
-virtual-clock :class:`~durable_core.testing.TestEngine` both drive it.
+given) and reads no clock: every method takes ``now`` (ms). Every driver (the trio
+:class:`Worker`, the virtual-clock :class:`~durable_core.testing.TestEngine`, the crash
+:class:`~durable_core.testing.Simulation`, and embedders' own loops) runs the same loop::
+
+    work = engine.poll(now)                # cron, routing, claims: committed
+    for step in work.steps:                # each chain of steps of one run, in turn:
+        if engine.is_current(step):
+            value, error = run the body
+            next_steps = engine.finish_step(step, value, error, now)   # committed
+    sleep until engine.next_deadline(now) (or new events), then poll again
+
+A driver keeps only its I/O: how it waits, where bodies run, how commits are grouped.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from durable_core.core._model import (
     ErrorInfo,
     ExecuteStep,
     FailRun,
+    Input,
     RegisterWait,
     RunStarted,
     RunStatus,
@@ -61,7 +72,9 @@ from durable_core.store import (
     WaitRecord,
 )
 
-__all__ = ["CRON_EVENT", "MAX_COMMIT_FAILURES", "Engine", "Plan", "is_data_error"]
+__all__ = [
+    "CRON_EVENT", "MAX_COMMIT_FAILURES", "Engine", "Plan", "Work", "is_data_error", "wait_matches",
+]
 
 CRON_EVENT = "durable/scheduled.timer"
 MAX_COMMIT_FAILURES = 3
@@ -103,6 +116,39 @@ class Plan:
         self.parts = parts  # the per-run plans merged into this one, if several
 
 
+class Work:
+    """What one :meth:`Engine.poll` did, and the step bodies it found to run.
+
+    Everything the poll decided is already committed: ``steps`` may start at once (check
+    :meth:`Engine.is_current` right before each, if its start may have been delayed).
+    """
+
+    __slots__ = ("claimed", "created", "more", "routed", "steps")
+
+    def __init__(self, steps: list[ExecuteStep], claimed: tuple[str, ...], created: int,
+                 routed: int, more: bool) -> None:
+        self.steps = steps
+        """Step bodies to run now, in order (several may belong to different runs)."""
+        self.claimed = claimed
+        """The runs this poll claimed (and fed their due inputs)."""
+        self.created = created
+        """Runs created by cron ticks that fell due."""
+        self.routed = routed
+        """Events routed (runs started, waits resolved)."""
+        self.more = more
+        """Whether more work may be waiting right now (a full batch of events or claims, or
+        work created that this poll did not start): poll again without waiting."""
+
+    @property
+    def idle(self) -> bool:
+        """Whether the poll found nothing at all to do (no cron tick, event or claim)."""
+        return not (self.steps or self.claimed or self.created or self.routed)
+
+    def __repr__(self) -> str:
+        return (f"Work(steps={len(self.steps)}, claimed={len(self.claimed)}, "
+                f"created={self.created}, routed={self.routed}, more={self.more})")
+
+
 class Engine:
     """Drives :class:`RunMachine` instances against a :class:`Store`.
 
@@ -133,6 +179,7 @@ class Engine:
             (f"{f.id}|{t.cron}", f, t) for f in app.functions.values() for t in f.cron_triggers
         ]
         self._cron_cursors: dict[str, int] | None = None
+        self._renewed_at = -(2**62)  # when leases were last renewed (ms)
         self.stale_writes = 0
         """Writes the store rejected because this engine's lease epoch was stale."""
         self.discarded_results = 0
@@ -318,6 +365,44 @@ class Engine:
             return None
         return self.feed_claims(claims, now)
 
+    def poll(self, now: int, *, limit: int = 500, claim_limit: int = 100) -> Work:
+        """One pass of the loop every driver shares: create the runs of cron ticks that fell
+        due, route up to ``limit`` new events (start runs, resolve waits), then claim up to
+        ``claim_limit`` runs that need work (0: claim none, e.g. while the driver is at
+        capacity), feed them their due inputs and commit the outcome.
+
+        Returns the :class:`Work` found: the committed steps to run, and whether to poll
+        again at once. Raises :class:`~durable_core.StoreError` if the store fails (nothing
+        the engine holds is then ahead of the store: poll again later)."""
+        created = self.schedule_cron(now)
+        routed = self.route(now, limit)
+        more = routed >= limit
+        steps: list[ExecuteStep] = []
+        claimed: tuple[str, ...] = ()
+        if claim_limit > 0:
+            claims = self.store.claim_runs(
+                self.owner, now, self.lease_ms, claim_limit, self.function_ids
+            )
+            if claims:
+                claimed = tuple(c.run.id for c in claims)
+                more = more or len(claims) >= claim_limit
+                plan = self.feed_claims(claims, now)
+                steps = self.commit([plan])
+                b = plan.batch
+                if not steps and (b.runs or b.signals or b.events):
+                    created += 1
+        # Work was created (runs, signals) that this pass did not start: look again at once.
+        more = more or bool((created or routed) and not steps)
+        return Work(steps, claimed, created, routed, more)
+
+    def next_deadline(self, now: int) -> int | None:
+        """When (ms) something next falls due without any new input: a run's timer (sleep,
+        wait timeout, retry backoff) or a cron tick; None if nothing ever will. A driver with
+        nothing to do sleeps until then (or until it is told of new events), then polls."""
+        wakes = [w for w in (self.store.next_wake_at(), self.next_cron_tick(now))
+                 if w is not None]
+        return min(wakes, default=None)
+
     def feed_claims(self, claims: Sequence[Claim], now: int) -> Plan:
         """Feed claimed runs their due inputs (start/replay, timers, signals).
 
@@ -404,7 +489,8 @@ class Engine:
     def step_finished(
         self, step: ExecuteStep, value: Any, error: BaseException | None, now: int
     ) -> Plan:
-        """A step body returned ``value`` (or raised ``error``)."""
+        """A step body returned ``value`` (or raised ``error``): the plan to commit (with
+        others', for a group commit) before the steps it holds may run."""
         live = self.live.get(step.run_id)
         if live is None or not live.machine.is_current(step):
             # The lease was lost (another worker owns the run), or the run's machine was
@@ -415,16 +501,50 @@ class Engine:
             cmds = live.machine.step_completed(step.position, step.attempt, value, now)
         else:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
-        if (len(cmds) == 2 and type(cmds[1]) is ExecuteStep
-                and type(cmds[0]) is AppendJournal and not live.signals):
-            # The hot path: a memo, then the same run's next step. The records are built
-            # field by field, in declaration order (see _plan for the general case).
-            write = _tuple_new(RunWrite, (
-                step.run_id, live.epoch, cmds[0].entries, None, None, None, None, 0, False,
-            ))
-            batch = _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), ()))
-            return Plan(batch, [cmds[1]])
+        batch = _memo_batch(live, cmds, now)
+        if batch is not None:
+            return Plan(batch, [cmds[1]])  # type: ignore[list-item]
         return self._plan([(live, cmds)], now)
+
+    def finish_step(
+        self, step: ExecuteStep, value: Any, error: BaseException | None, now: int
+    ) -> list[ExecuteStep]:
+        """A step body returned ``value`` (or raised ``error``): commit what follows and
+        return the steps that may run next (usually the same run's next step). The same as
+        ``commit([step_finished(...)])``, with less overhead per step; drivers that group
+        results from many runs into one transaction use those two instead."""
+        live = self.live.get(step.run_id)
+        if live is None or not live.machine.is_current(step):
+            self.discarded_results += 1  # see step_finished
+            return []
+        if error is None:
+            cmds = live.machine.step_completed(step.position, step.attempt, value, now)
+        else:
+            cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
+        batch = _memo_batch(live, cmds, now)
+        if batch is None:
+            return self.commit([self._plan([(live, cmds)], now)])
+        # The hot path: a memo, then the same run's next step (its machine is not done).
+        try:
+            fenced = self.store.commit(batch)
+        except Exception as exc:
+            return self._commit_raised([Plan(batch, cmds[1:])], batch, exc)  # type: ignore[arg-type]
+        if fenced:
+            self.stale_writes += 1
+            self.live.pop(step.run_id, None)
+            return []
+        if self._commit_failures:
+            self._commit_failures.pop(step.run_id, None)  # its journal moved on (_committed)
+        return cmds[1:]  # type: ignore[return-value]
+
+    def feed(self, run_id: str, inp: Input, now: int) -> Plan | None:
+        """Feed one input to a run this engine holds (None if it holds no such run); commit
+        the returned plan. The loop feeds every input itself: this is for drivers that learn
+        of an input out of band (and for the simulator, which delivers inputs twice)."""
+        live = self.live.get(run_id)
+        if live is None:
+            return None
+        return self._plan([(live, live.machine.handle(inp))], now)
 
     def _plan(self, items: Sequence[tuple[_Live, list[Command]]], now: int, *,
               force: bool = False) -> Plan:
@@ -500,23 +620,16 @@ class Engine:
     def commit(self, plans: Sequence[Plan]) -> list[ExecuteStep]:
         """Commit the batches of several plans in one store transaction (group commit);
         returns the steps that may now run. Runs whose writes were fenced are dropped."""
-        if not plans:
+        if len(plans) == 1:
+            batch = plans[0].batch
+        elif plans:
+            batch = merge_batches([p.batch for p in plans])
+        else:
             return []
-        batch = plans[0].batch if len(plans) == 1 else merge_batches([p.batch for p in plans])
         try:
             fenced = self.store.commit(batch)
         except Exception as exc:
-            # The outcome is unknown (applied or not). The machines of these runs may be ahead
-            # of the store: drop them; the runs are rebuilt from the store when claimed again.
-            self.failed_commits += 1
-            if is_data_error(exc):
-                # Refused for its data, not lost (nothing was applied): find the run at
-                # fault and count it; the others go on with their machines.
-                return self._commit_apart(plans, exc)
-            self.forget(w.run_id for w in batch.writes)
-            if isinstance(exc, StoreError):
-                raise
-            raise StoreError(f"store commit failed: {type(exc).__name__}: {exc}") from exc
+            return self._commit_raised(plans, batch, exc)
         return self._committed(plans, batch, fenced)
 
     def _committed(
@@ -527,7 +640,7 @@ class Engine:
             for w in batch.writes:
                 if w.entries:
                     self._commit_failures.pop(w.run_id, None)
-        steps = [s for p in plans for s in p.steps]
+        steps = plans[0].steps if len(plans) == 1 else [s for p in plans for s in p.steps]
         if fenced:
             self.stale_writes += len(fenced)
             for run_id in fenced:
@@ -540,6 +653,23 @@ class Engine:
         if len(self.live) > self.cache_size:
             self._evict()
         return steps
+
+    def _commit_raised(
+        self, plans: Sequence[Plan], batch: CommitBatch, exc: Exception
+    ) -> list[ExecuteStep]:
+        """The commit of ``plans`` (as ``batch``) raised ``exc``. Refused for its data (nothing
+        was applied): commit the runs apart (see _commit_apart). Else the outcome is unknown
+        (applied or not): the machines of its runs may be ahead of the store, so drop them
+        (they are rebuilt from the store when claimed again) and raise a StoreError."""
+        self.failed_commits += 1
+        if is_data_error(exc):
+            # Refused for its data, not lost (nothing was applied): find the run at
+            # fault and count it; the others go on with their machines.
+            return self._commit_apart(plans, exc)
+        self.forget(w.run_id for w in batch.writes)
+        if isinstance(exc, StoreError):
+            raise exc
+        raise StoreError(f"store commit failed: {type(exc).__name__}: {exc}") from exc
 
     def _commit_apart(self, plans: Sequence[Plan], error: Exception) -> list[ExecuteStep]:
         """A commit was refused for its data: commit its runs' plans one by one, so that
@@ -662,6 +792,30 @@ class Engine:
         for run_id in run_ids:
             self.live.pop(run_id, None)
 
+    def renew_leases(self, now: int) -> set[str]:
+        """Keep the runs this engine holds (their step bodies in flight) from being taken
+        over, and act on cancels sent to them. Call it often (every second or so) while
+        bodies run: leases are renewed every third of ``lease_ms`` (a store write per run);
+        cancels are looked for on every call (a read), so they reach busy runs quickly.
+
+        Returns the runs whose lease was found lost (another engine took them over): they
+        are dropped from memory, and results of their bodies will be discarded."""
+        run_ids = self.leased_runs()
+        if not run_ids:
+            return set()
+        held, lost = run_ids, set()
+        if now - self._renewed_at >= self.lease_ms // 3:
+            lost = self.store.renew(self.owner, run_ids, now, self.lease_ms)
+            self._renewed_at = now
+            if lost:
+                self.forget(lost)
+                held = [r for r in run_ids if r not in lost]
+            self.renewed(held, now)
+        cancels = self.store.cancel_requested(held) if held else set()
+        if cancels:
+            self.commit([self.cancel_live(cancels, now)])
+        return lost
+
     def renewed(self, run_ids: Iterable[str], now: int) -> None:
         """The leases of ``run_ids`` were renewed by a call made at ``now``."""
         until = now + self.lease_ms
@@ -680,6 +834,21 @@ class Engine:
         ran out may still finish; the store fences its result."""
         live = self.live.get(run_id)
         return live is not None and now + self._lease_margin < live.lease_until
+
+
+def _memo_batch(live: _Live, cmds: list[Command], now: int) -> CommitBatch | None:
+    """The batch of the hot path, if ``cmds`` are a memo then the same run's next step (and
+    the run has no signals to mark consumed); else None (see Engine._plan).
+
+    The records are built field by field, in declaration order (tests/test_layering.py pins
+    the field order), saving the keyword handling of their constructors."""
+    if (len(cmds) == 2 and type(cmds[1]) is ExecuteStep
+            and type(cmds[0]) is AppendJournal and not live.signals):
+        write = _tuple_new(RunWrite, (
+            live.machine.run_id, live.epoch, cmds[0].entries, None, None, None, None, 0, False,
+        ))
+        return _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), ()))
+    return None
 
 
 def merge_batches(batches: Sequence[CommitBatch], now: int | None = None) -> CommitBatch:

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from durable_core.base._durations import from_ms, parse_duration, parse_instant, to_ms
 from durable_core.base._errors import ValidationError
 from durable_core.base._events import Event, Sent
-from durable_core.core._context import current_attempt
 from durable_core.core._function import App
 from durable_core.core._journal import entry_from_dict, entry_to_dict
 from durable_core.core._model import ErrorInfo, ExecuteStep
-from durable_core.engine._engine import Engine, Plan
+from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView, run_view
+from durable_core.protocol import run_step_body
 from durable_core.store import Store
 
 JOURNAL_FORMAT = "durable-core-journal/1"
 
-__all__ = [
-    "RunHandle", "SentRuns", "TestEngine", "execute_body", "export_run", "replay", "replay_folder",
-]
+__all__ = ["RunHandle", "SentRuns", "TestEngine", "export_run", "replay", "replay_folder"]
 
 
 class RunHandle:
@@ -155,9 +152,7 @@ class TestEngine:
         target = self._now + int(td.total_seconds() * 1000)
         self._settle()
         while True:
-            wakes = [w for w in (self.store.next_wake_at(),
-                                 self.engine.next_cron_tick(self._now)) if w is not None]
-            nxt = min(wakes, default=None)
+            nxt = self.engine.next_deadline(self._now)
             if nxt is None or nxt > target:
                 break
             self._now = max(self._now, nxt)
@@ -195,27 +190,26 @@ class TestEngine:
     # ------------------------------------------------------------------ internals
 
     def _settle(self) -> None:
+        """Run the engine's loop at the current virtual time until a poll finds nothing."""
         now = self._now
         engine = self.engine
-        pending: deque[ExecuteStep] = deque()
+        finish = engine.finish_step
+        mocks = self.mocks
         while True:
-            progressed = engine.schedule_cron(now) + engine.route(now)
-            plan = engine.claim(now)
-            if plan is not None:
-                pending.extend(engine.commit([plan]))
-                progressed += 1
-            while pending:
-                step = pending.popleft()
-                value, error = self._execute(step)
-                nxt: Plan = engine.step_finished(step, value, error, now)
-                pending.extend(engine.commit([nxt]))
-                progressed += 1
-            if not progressed:
+            work = engine.poll(now)
+            if work.idle:
                 return
-
-    def _execute(self, step: ExecuteStep) -> tuple[Any, BaseException | None]:
-        self.steps_executed += 1
-        return execute_body(step, self.mocks)
+            # Steps run in the order they became ready (runs interleave, step by step).
+            pending = deque(work.steps)
+            pop, push = pending.popleft, pending.extend
+            executed = 0
+            while pending:
+                step = pop()
+                executed += 1
+                value, error = (execute_body(step, mocks) if mocks
+                                else run_step_body(step, run_async=_run_on_mock_clock))
+                push(finish(step, value, error, now))
+            self.steps_executed += executed
 
 
 def _mock_for(step_id: str, mocks: dict[str, Any]) -> tuple[bool, Any]:
@@ -228,41 +222,26 @@ def _mock_for(step_id: str, mocks: dict[str, Any]) -> tuple[bool, Any]:
     return False, None
 
 
+def _run_on_mock_clock(afn: Callable[[], Awaitable[Any]]) -> Any:
+    """Run an async step body under ``trio.run`` with an autojumping MockClock."""
+    import trio
+    import trio.testing
+
+    return trio.run(afn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def execute_body(
     step: ExecuteStep, mocks: dict[str, Any] | None = None
 ) -> tuple[Any, BaseException | None]:
     """Run a step body synchronously (async bodies under ``trio.run`` with an autojumping
     MockClock), with ``ctx.attempt`` set. Returns ``(value, None)`` or ``(None, error)``."""
-    fn: Callable[..., Any] = step.fn
     if mocks:
         found, mock = _mock_for(step.step_id, mocks)
         if found:
             if not callable(mock):
                 return mock, None
-            fn = mock
-    token = current_attempt.set((step.run_id, step.attempt))
-    try:
-        if inspect.iscoroutinefunction(fn):
-            import trio
-            import trio.testing
-
-            result = trio.run(
-                lambda: fn(*step.args, **step.kwargs),
-                clock=trio.testing.MockClock(autojump_threshold=0),
-            )
-        else:
-            result = fn(*step.args, **step.kwargs)
-            if inspect.isawaitable(result):
-                raise ValidationError(
-                    f"step {step.step_id!r}: the body returned an awaitable; pass the async "
-                    "function itself, not the result of calling it",
-                    field="step.fn",
-                )
-        return result, None
-    except Exception as exc:
-        return None, exc
-    finally:
-        current_attempt.reset(token)
+            step = step._replace(fn=mock)
+    return run_step_body(step, run_async=_run_on_mock_clock)
 
 
 # --------------------------------------------------------------------------- replay testing

@@ -295,12 +295,7 @@ class Simulation:
 
     def _commit(self, plans: Sequence[Plan]) -> list[ExecuteStep]:
         try:
-            steps = self.engine.commit(plans)
-            # A step's window opens when it is dispatched: a fault between dispatch and the
-            # commit of its memo may legitimately make its body run again.
-            for st in steps:
-                self._faults_at_first.setdefault((st.run_id, st.step_id), self._fault_count())
-            return steps
+            return self._dispatched(self.engine.commit(plans))
         except _Crash:
             self._crash()
         except StoreError:
@@ -308,6 +303,13 @@ class Simulation:
         finally:
             self._raise_pending()
         return []
+
+    def _dispatched(self, steps: list[ExecuteStep]) -> list[ExecuteStep]:
+        # A step's window opens when it is dispatched: a fault between dispatch and the
+        # commit of its memo may legitimately make its body run again.
+        for st in steps:
+            self._faults_at_first.setdefault((st.run_id, st.step_id), self._fault_count())
+        return steps
 
     # ------------------------------------------------------------------ driving
 
@@ -326,16 +328,11 @@ class Simulation:
         return Sent(ids, sent.duplicates)
 
     def _tick(self) -> bool:
-        """Cron, routing and claims; returns whether anything happened."""
+        """One poll of the engine's loop (cron, routing, claims); returns whether anything
+        happened. The simulation's own part: the faults, and the accounting of dispatches."""
         engine = self.engine
         try:
-            progressed = engine.schedule_cron(self.now) + engine.route(self.now)
-            claims = self.inner.claim_runs(
-                engine.owner, self.now, self.lease_ms, 100, engine.function_ids
-            )
-            if not claims:
-                return bool(progressed)
-            plan = engine.feed_claims(claims, self.now)
+            work = engine.poll(self.now)
         except _Crash:
             self._crash()
             return True
@@ -344,19 +341,18 @@ class Simulation:
             return True
         finally:
             self._raise_pending()
-        self.pending += self._commit([plan])
+        self.pending += self._dispatched(work.steps)
         if self.plan.duplicate_timers:
-            self._duplicate_timers([c.run.id for c in claims])
-        return True
+            self._duplicate_timers(work.claimed)
+        return not work.idle
 
-    def _duplicate_timers(self, run_ids: list[str]) -> None:
+    def _duplicate_timers(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
-            live = self.engine.live.get(run_id)
-            if live is None:
+            plan = self.engine.feed(run_id, TimerFired(self.now), self.now)
+            if plan is None:
                 continue
-            cmds = live.machine.handle(TimerFired(self.now))
             self.stats["duplicate_timers"] += 1
-            self.pending += self._commit([self.engine._plan([(live, cmds)], self.now)])
+            self.pending += self._commit([plan])
 
     def _execute(self, step: ExecuteStep) -> None:
         from durable_core.testing._engine import execute_body
@@ -415,8 +411,8 @@ class Simulation:
                 progressed = True
             if progressed:
                 continue
-            wakes = [w for w in (self.inner.next_wake_at(), self.engine.next_cron_tick(self.now),
-                                 self._lease_free_at) if w is not None and w > self.now]
+            wakes = [w for w in (self.engine.next_deadline(self.now), self._lease_free_at)
+                     if w is not None and w > self.now]
             # Runs held by a dead engine's lease become claimable when the lease expires.
             wakes += [r.lease_expires for r in self.inner.list_runs(limit=1_000_000)
                       if r.lease_expires is not None and r.lease_expires > self.now
