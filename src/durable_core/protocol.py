@@ -23,7 +23,7 @@ There are two levels:
   :class:`SignalReceived`, :class:`CancelRequested`) with :meth:`RunMachine.handle`; it
   returns *commands*, persistence first (:class:`AppendJournal`, :class:`SetRunState`,
   :class:`RegisterWait`, :class:`ClearWait`, :class:`EmitEvents`, :class:`StartRun`,
-  :class:`SendSignal`, :class:`CompleteRun`, :class:`FailRun`), then
+  :class:`SendSignal`, :class:`CompleteRun`, :class:`FailRun`, :class:`CancelRun`), then
   :class:`ExecuteStep`. The engine is the reference for carrying them out.
 
 Times are integers of milliseconds since the Unix epoch, always passed in (nothing here
@@ -86,24 +86,34 @@ Commands (returned by the machine; carry them out in order)
     (the child of an invoke, whose parent is ``parent_run_id``).
 :class:`SendSignal` ``(run_id, signal)``
     Put ``signal`` in run ``run_id``'s inbox and wake it.
-:class:`CompleteRun` ``(run_id, output, now)``
+:class:`CompleteRun` ``(run_id, output)``
     The run returned ``output`` (JSON text): persist status ``completed``.
-:class:`FailRun` ``(run_id, error, now, status)``
-    The run ended with ``error`` (:class:`ErrorInfo`): persist ``status`` (``failed``, or
-    ``cancelled`` for a cancel).
+:class:`FailRun` ``(run_id, error)``
+    The run failed for good with ``error`` (:class:`ErrorInfo`): persist status ``failed``.
+:class:`CancelRun` ``(run_id, error)``
+    The run was cancelled: persist status ``cancelled`` with ``error`` (type ``Cancelled``,
+    the reason as its message).
+
+Enums (str-valued: JSON and the stores keep their text)
+-------------------------------------------------------
+:class:`RunStatus` (``queued``, ``running``, ``sleeping``, ``waiting``, and the terminal
+``completed``, ``failed``, ``cancelled``: :data:`TERMINAL_STATUSES`), :class:`StepKind`
+(``run``, ``sleep``, ``wait_for_event``, ``invoke``, ``send_event``), :class:`JournalOp`
+(``scheduled``, ``attempt_failed``, ``completed``, ``run_attempt_failed``, ``run_ended``)
+and :class:`SignalKind` (``event``, ``invoke``, ``cancel``); each member is documented.
 
 Records
 -------
 :class:`JournalEntry` ``(seq, op, position, step_id, kind, ts, data)``
-    One journal record: ``seq`` its dense index; ``op`` one of :data:`JOURNAL_OPS`;
-    ``position`` the step's index (-1 for run-level entries); ``step_id`` with repeat
-    suffix; ``kind`` one of :data:`STEP_KINDS` (``""`` for run-level entries); ``ts`` the
-    ``now`` of the input that led to it; ``data`` JSON text.
+    One journal record: ``seq`` its dense index; ``op`` a :class:`JournalOp` (each member
+    documents its ``data``); ``position`` the step's index (-1 for run-level entries);
+    ``step_id`` with repeat suffix; ``kind`` a :class:`StepKind` (``""`` for run-level
+    entries); ``ts`` the ``now`` of the input that led to it; ``data`` JSON text.
 :class:`Signal` ``(kind, key, payload, position)``
-    A message in a run's durable inbox. ``kind``: ``"event"`` (the event ``key`` matched the
-    wait at ``position``; ``payload`` is the event's JSON), ``"invoke"`` (the child run
-    ``key`` ended; ``payload`` holds ``output`` or ``error``) or ``"cancel"`` (``payload`` is
-    the reason).
+    A message in a run's durable inbox. ``kind`` a :class:`SignalKind`: ``"event"`` (the
+    event ``key`` matched the wait at ``position``; ``payload`` is the event's JSON),
+    ``"invoke"`` (the child run ``key`` ended; ``payload`` holds ``output`` or ``error``) or
+    ``"cancel"`` (``payload`` is the reason).
 :class:`ErrorInfo` ``(type, message)``
     A failure as stored: the exception's type name and message.
 """
@@ -118,10 +128,11 @@ from typing import Any
 from durable_core.base._errors import ValidationError
 from durable_core.core._context import current_attempt
 from durable_core.core._machine import RunMachine
-from durable_core.core._model import TERMINAL_STATUSES as _TERMINAL_STATUSES
 from durable_core.core._model import (
+    TERMINAL_STATUSES,
     AppendJournal,
     CancelRequested,
+    CancelRun,
     ClearWait,
     CompleteRun,
     EmitEvents,
@@ -129,15 +140,19 @@ from durable_core.core._model import (
     ExecuteStep,
     FailRun,
     JournalEntry,
+    JournalOp,
     RegisterWait,
     RunStarted,
+    RunStatus,
     SendSignal,
     SetRunState,
     Signal,
+    SignalKind,
     SignalReceived,
     StartRun,
     StepCompleted,
     StepFailed,
+    StepKind,
     TimerFired,
 )
 from durable_core.core._model import Command as _Command
@@ -147,13 +162,10 @@ from durable_core.engine._engine import Engine, Plan, Work, wait_matches
 
 __all__ = [
     "CRON_EVENT",
-    "JOURNAL_OPS",
-    "RUN_STATUSES",
-    "SIGNAL_KINDS",
-    "STEP_KINDS",
     "TERMINAL_STATUSES",
     "AppendJournal",
     "CancelRequested",
+    "CancelRun",
     "ClearWait",
     "Command",
     "CompleteRun",
@@ -164,17 +176,21 @@ __all__ = [
     "FailRun",
     "Input",
     "JournalEntry",
+    "JournalOp",
     "Plan",
     "RegisterWait",
     "RunMachine",
     "RunStarted",
+    "RunStatus",
     "SendSignal",
     "SetRunState",
     "Signal",
+    "SignalKind",
     "SignalReceived",
     "StartRun",
     "StepCompleted",
     "StepFailed",
+    "StepKind",
     "StepResult",
     "TimerFired",
     "Work",
@@ -192,32 +208,6 @@ Command = _Command
 CRON_EVENT = _CRON_EVENT
 """The name of the event that starts a run of a cron-triggered function
 (``data``: ``cron``, the expression, and ``scheduledAt``, the tick as ISO-8601)."""
-
-TERMINAL_STATUSES = _TERMINAL_STATUSES
-"""The statuses a run never leaves: ``completed``, ``failed`` and ``cancelled``."""
-
-RUN_STATUSES: tuple[str, ...] = (
-    "queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled",
-)
-"""Every run status, as stored: ``queued`` (created, not started), ``running``, ``sleeping``
-(parked until a deadline), ``waiting`` (on an event or a child run), and the terminal
-``completed``, ``failed`` and ``cancelled`` (:data:`TERMINAL_STATUSES`)."""
-
-STEP_KINDS: tuple[str, ...] = ("run", "sleep", "wait_for_event", "invoke", "send_event")
-"""Every step kind, as journalled: one per ``ctx.step`` primitive."""
-
-JOURNAL_OPS: tuple[str, ...] = (
-    "scheduled", "attempt_failed", "completed", "run_attempt_failed", "run_ended",
-)
-"""Every journal op: ``scheduled`` (a sleep, wait or invoke started; ``data["until"]`` fixes
-its deadline), ``attempt_failed`` (a ``run`` attempt failed; retried at
-``data["retry_at"]``), ``completed`` (the step's memo: ``output`` or ``error``),
-``run_attempt_failed`` (orchestration code raised outside any step) and ``run_ended`` (the
-run's last entry: ``status`` with ``output`` or ``error``)."""
-
-SIGNAL_KINDS: tuple[str, ...] = ("event", "invoke", "cancel")
-"""Every :class:`Signal` kind."""
-
 
 StepResult = tuple[Any, "Exception | None"]
 """What a step body did, ``(value, error)``: what it returned and None, or None and what it
