@@ -167,8 +167,17 @@ def _cmd_send(args: argparse.Namespace) -> int:
 def _cmd_runs_list(args: argparse.Namespace) -> int:
     from durable_core.drivers._client import Client
 
+    unclaimable_by = None
+    if args.unclaimable:
+        if args.app is None:
+            raise DurableError("--unclaimable needs --app package.module:app (the app whose "
+                               "workers would claim the runs)")
+        unclaimable_by = load_app(args.app)
+    elif args.app is not None:
+        raise DurableError("--app is used only with --unclaimable")
     client = Client(_open_store(args.store))
-    runs = client.list_runs(args.function, args.status, args.event, limit=args.limit)
+    runs = client.list_runs(args.function, args.status, args.event, limit=args.limit,
+                            unclaimable_by=unclaimable_by)
     text = "\n".join(
         f"{r.id}  {r.function_id:<24} {r.status:<10} steps={len(r.steps)}" for r in runs
     ) or "no runs"
@@ -287,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--event", default=None, help="runs started by this event id")
     sp.add_argument("--limit", type=_int_in("--limit", 1, 100_000), default=50,
                     help="at most this many runs (1-100000, default 50)")
+    sp.add_argument("--unclaimable", action="store_true",
+                    help="only runs of functions that --app does not define: no worker of "
+                         "that app claims them (with --status queued: runs left waiting)")
+    sp.add_argument("--app", default=None, help="package.module:app, for --unclaimable")
     sp.add_argument("--json", action="store_true")
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_list)

@@ -16,6 +16,12 @@ from durable_core.store import Store
 __all__ = ["Client"]
 
 
+def _function_ids(app: App) -> list[str]:
+    # ``exclude_function_ids=[]`` means "exclude nothing": for an app with no function
+    # (every run is unclaimable by it), exclude "" instead, which no function id can be.
+    return list(app.functions) or [""]
+
+
 class Client:
     """Send events and read runs, synchronously and thread-safely.
 
@@ -59,14 +65,28 @@ class Client:
         event_id: str | None = None,
         *,
         limit: int = 100,
+        unclaimable_by: App | None = None,
     ) -> list[RunView]:
-        """Runs matching the filters, newest first."""
+        """Runs matching the filters, newest first.
+
+        ``unclaimable_by=app`` keeps only the runs of functions ``app`` does not define
+        (renamed, removed, or another app's): a worker of ``app`` never claims them. With
+        ``status="queued"`` these are the runs waiting for a worker that ``app`` cannot
+        supply; see :meth:`unclaimable_runs`."""
+        exclude = None if unclaimable_by is None else _function_ids(unclaimable_by)
         return [
             run_view(r, self.store.load_journal(r.id))
             for r in self.store.list_runs(
-                function_id=function_id, status=status, event_id=event_id, limit=limit
+                function_id=function_id, status=status, event_id=event_id, limit=limit,
+                exclude_function_ids=exclude,
             )
         ]
+
+    def unclaimable_runs(self, app: App, *, limit: int = 100) -> list[RunView]:
+        """Queued runs that no worker of ``app`` will ever claim, newest first: their
+        function is not one of ``app``'s (renamed, removed, or from another app on the same
+        store). Deploy a worker that has the function, or cancel the runs."""
+        return self.list_runs(status="queued", limit=limit, unclaimable_by=app)
 
     def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> None:
         """Ask for a run to be cancelled; a worker ends it with status ``cancelled``.

@@ -40,6 +40,9 @@ __all__ = ["Worker", "wall_clock_ms"]
 
 log = logging.getLogger("durable_core.worker")
 
+_ORPHAN_CHECK_MS = 60_000  # how often a worker looks for runs of functions it lacks
+_ORPHAN_SAMPLE = 100  # the most such runs it reads at a time
+
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 
@@ -183,6 +186,8 @@ class Worker:
         self.bodies_skipped = 0  # not started: the run's lease may have run out
         self.leases_lost = 0  # runs found taken over by another worker at renewal
         self.commits = 0
+        self._next_orphan_check: int | None = None  # clock ms; None: at the first poll
+        self._orphans_reported: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ public API
 
@@ -309,6 +314,9 @@ class Worker:
         Returns the steps to start, whether more work may be waiting at once (then the main
         loop polls again without waiting) and, if not, when the next timer falls due (read in
         the same thread call, to save a thread hop)."""
+        if self._next_orphan_check is None or now >= self._next_orphan_check:
+            self._next_orphan_check = now + _ORPHAN_CHECK_MS
+            self._report_orphans()
         room = self.max_runs - self._active
         work = self.engine.poll(
             now, limit=self.batch_limit, claim_limit=min(room, self.batch_limit)
@@ -316,6 +324,30 @@ class Worker:
         if work.claimed:
             self.commits += 1
         return work.steps, work.more, None if work.more else self.engine.next_deadline(now)
+
+    def _report_orphans(self) -> None:
+        """Log (once per new function id, checked at most once a minute with one bounded
+        query) the queued runs of functions this worker's app does not have: it never
+        claims them, and without a worker that has the function they wait for ever."""
+        try:
+            runs = self.store.list_runs(status="queued", limit=_ORPHAN_SAMPLE,
+                                        exclude_function_ids=self.engine.function_ids or [""])
+        except StoreError as exc:  # the poll that follows reports the store's trouble
+            log.debug("could not look for runs of unknown functions: %s", exc)
+            return
+        found = frozenset(r.function_id for r in runs)
+        new = found - self._orphans_reported
+        # Report each function once; a full sample may miss some, so it adds up.
+        self._orphans_reported = found if len(runs) < _ORPHAN_SAMPLE else (
+            self._orphans_reported | found)
+        if new:
+            count = f"{len(runs)}+" if len(runs) >= _ORPHAN_SAMPLE else str(len(runs))
+            log.warning(
+                "%s queued run(s) of function(s) app %r does not have (%s): this worker never "
+                "claims them; run a worker whose app has them, or cancel them (list them "
+                "with: durable runs list --unclaimable --app <module:app> --status queued)",
+                count, self.app.id, ", ".join(repr(f) for f in sorted(found)),
+            )
 
     def _spawn(self, step: ExecuteStep) -> None:
         assert self._nursery is not None
