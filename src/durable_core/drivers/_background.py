@@ -10,6 +10,7 @@ import trio
 
 from durable_core.core._function import App
 from durable_core.drivers._client import Client
+from durable_core.drivers._options import check_seconds
 from durable_core.drivers._worker import Worker
 from durable_core.store import Store
 
@@ -26,7 +27,8 @@ class BackgroundWorker:
             bg.client.send(Event("order/created", {...}))
 
     Leaving the ``with`` block (or :meth:`stop`) stops the worker gracefully. Keyword
-    arguments go to :class:`Worker`.
+    arguments go to :class:`Worker`, which checks them at once (a bad option is a
+    :class:`~durable_core.ValidationError` naming it, raised here, not in the thread).
     """
 
     def __init__(self, app: App, store: Store, **worker_options: Any) -> None:
@@ -39,6 +41,7 @@ class BackgroundWorker:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the worker thread; returns once the worker is running."""
+        check_seconds("BackgroundWorker.start", "timeout", timeout)
         if self._thread is not None:
             raise RuntimeError("this BackgroundWorker was already started")
         self._thread = threading.Thread(target=self._main, name="durable-worker", daemon=True)
@@ -69,6 +72,7 @@ class BackgroundWorker:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop gracefully (in-flight steps finish and are committed) and join the thread."""
+        check_seconds("BackgroundWorker.stop", "timeout", timeout)
         if self._thread is None:
             return
         if self._token is not None:

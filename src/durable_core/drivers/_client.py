@@ -6,9 +6,11 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
+from durable_core.base._errors import ValidationError
 from durable_core.base._events import Event, Sent
 from durable_core.core._function import App
 from durable_core.drivers._clock import wall_clock_ms
+from durable_core.drivers._options import check_callable, check_count, check_store
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, run_view
 from durable_core.store import Store
@@ -35,6 +37,9 @@ class Client:
     def __init__(
         self, store: Store, *, clock: object = None, on_send: Callable[[], None] | None = None
     ) -> None:
+        check_callable("Client", "clock", clock, optional=True)
+        check_callable("Client", "on_send", on_send, optional=True)
+        check_store("Client", store)
         self.store = store
         self._on_send = on_send
         self._clock = wall_clock_ms if clock is None else clock
@@ -73,6 +78,11 @@ class Client:
         (renamed, removed, or another app's): a worker of ``app`` never claims them. With
         ``status="queued"`` these are the runs waiting for a worker that ``app`` cannot
         supply; see :meth:`unclaimable_runs`."""
+        check_count("Client.list_runs", "limit", limit, 0)
+        if unclaimable_by is not None and not isinstance(unclaimable_by, App):
+            raise ValidationError(
+                "Client.list_runs(unclaimable_by=...) must be an App, got "
+                f"{type(unclaimable_by).__name__}", field="unclaimable_by")
         exclude = None if unclaimable_by is None else _function_ids(unclaimable_by)
         return [
             run_view(r, self.store.load_journal(r.id))

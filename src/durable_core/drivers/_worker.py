@@ -26,13 +26,19 @@ from typing import Any
 
 import trio
 
-from durable_core.base._errors import StoreError, StoreLostError
+from durable_core.base._errors import StoreError, StoreLostError, ValidationError
 from durable_core.base._events import Event, Sent
 from durable_core.core._context import current_attempt
 from durable_core.core._function import App
 from durable_core.core._model import ExecuteStep
 from durable_core.drivers._clock import wall_clock_ms
 from durable_core.drivers._gc import tuned_gc
+from durable_core.drivers._options import (
+    check_callable,
+    check_count,
+    check_seconds,
+    check_store,
+)
 from durable_core.engine._engine import Engine, Plan
 from durable_core.store import Store
 
@@ -135,7 +141,10 @@ class Worker:
     ``trio.current_time()`` to run under trio's ``MockClock``). ``max_runs`` bounds the runs
     with step bodies in flight; ``lease_ms`` is how long a claim lasts without renewal;
     ``poll_interval`` (seconds) bounds how long an idle worker waits before checking the
-    store again. ``tune_gc`` raises CPython's garbage-collection thresholds while the worker
+    store again. Options are checked here: ``max_runs`` and ``batch_limit`` 1 to 1,000,000,
+    ``lease_ms`` 1 to 86,400,000, ``poll_interval`` more than 0 and at most 3600 (finite);
+    anything else is a :class:`~durable_core.ValidationError` naming the option.
+    ``tune_gc`` raises CPython's garbage-collection thresholds while the worker
     runs, with :func:`tuned_gc` (``durable worker`` does): with thousands of live runs, the
     default thresholds make the collector rescan them every few hundred allocations, which
     doubles the per-step cost (see docs/benchmarks.md). It changes a process-wide setting,
@@ -161,6 +170,18 @@ class Worker:
         batch_limit: int = 1_000,
         tune_gc: bool = False,
     ) -> None:
+        if not isinstance(app, App):
+            raise ValidationError(f"Worker(app=...) must be an App, got {type(app).__name__}",
+                                  field="app")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise ValidationError(f"Worker(owner=...) must be a non-empty str, got {owner!r}",
+                                  field="owner")
+        check_store("Worker", store)
+        check_callable("Worker", "clock", clock)
+        check_count("Worker", "max_runs", max_runs, 1, 1_000_000)
+        check_count("Worker", "lease_ms", lease_ms, 1, 86_400_000)
+        poll_interval = check_seconds("Worker", "poll_interval", poll_interval, 3600.0)
+        check_count("Worker", "batch_limit", batch_limit, 1, 1_000_000)
         self.app = app
         self.store = store
         self.owner = owner or f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -9,11 +9,30 @@ from typing import Any
 import attrs
 
 from durable_core.base._durations import from_ms
+from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._journal import JournalFold
 from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.store import RunRecord
 
 __all__ = ["RunView", "StepView", "run_view", "step_views"]
+
+UNDECODABLE_KEY = "$undecodable"
+"""The key of the placeholder a view shows instead of a stored output nested too deep for
+Python to decode (``{"$undecodable": "<why>"}``): the run and its other steps stay
+viewable; the stored text is unchanged."""
+
+
+def _decode(text: str | None, what: str) -> Any:
+    """A stored JSON value, or the placeholder if it is nested too deep to decode."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return {UNDECODABLE_KEY: (
+            f"{what} is JSON nested too deep for Python to decode ({len(text)} characters; "
+            f"new values are limited to {MAX_JSON_DEPTH} levels); the stored text is unchanged"
+        )}
 
 
 @attrs.frozen
@@ -51,8 +70,10 @@ class StepView:
 @attrs.frozen
 class RunView:
     """A run as stored: ``status`` is one of ``queued running sleeping waiting completed
-    failed cancelled``; ``output`` the returned value (JSON-decoded); ``error`` ``None`` or an
-    object with ``type`` and ``message``; ``steps`` in order."""
+    failed cancelled``; ``output`` the returned value (JSON-decoded; an output stored nested
+    too deep to decode shows as ``{UNDECODABLE_KEY: "<why>"}``; a journal that cannot be
+    folded for that reason shows as one step with ``status="undecodable"`` and an error);
+    ``error`` ``None`` or an object with ``type`` and ``message``; ``steps`` in order."""
 
     id: str
     function_id: str
@@ -91,12 +112,25 @@ def step_views(entries: Sequence[JournalEntry]) -> tuple[StepView, ...]:
             kind=memo.kind,
             status=memo.status,
             attempts=memo.attempts,
-            output=None if memo.output is None else json.loads(memo.output),
+            output=_decode(memo.output, f"the output of step {memo.step_id!r}"),
             error=memo.error if memo.done else memo.last_error,
             started_at=memo.started_at,
             ended_at=memo.done_ts if memo.done else None,
         ))
     return tuple(views)
+
+
+def _steps_or_placeholder(run_id: str, journal: Sequence[JournalEntry]) -> tuple[StepView, ...]:
+    try:
+        return step_views(journal)
+    except RecursionError:
+        return (StepView(
+            id=UNDECODABLE_KEY, kind="", status="undecodable", attempts=0,
+            error=ErrorInfo("SerializationError", (
+                f"the journal of run {run_id!r} holds JSON nested too deep for Python to "
+                f"decode (new values are limited to {MAX_JSON_DEPTH} levels); its steps "
+                "cannot be shown; the stored entries are unchanged")),
+        ),)
 
 
 def run_view(run: RunRecord, journal: Sequence[JournalEntry]) -> RunView:
@@ -105,9 +139,9 @@ def run_view(run: RunRecord, journal: Sequence[JournalEntry]) -> RunView:
         id=run.id,
         function_id=run.function_id,
         status=run.status,
-        output=None if run.output is None else json.loads(run.output),
+        output=_decode(run.output, f"the output of run {run.id!r}"),
         error=run.error,
-        steps=step_views(journal),
+        steps=_steps_or_placeholder(run.id, journal),
         created_at=run.created_at,
         ended_at=run.ended_at,
         event_ids=run.event_ids,
