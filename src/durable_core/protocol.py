@@ -55,7 +55,7 @@ Inputs (fed to :meth:`RunMachine.handle`; immutable, don't subclass)
     ``now`` has reached the machine's :meth:`RunMachine.next_deadline` (sleeps, wait and
     invoke timeouts, retry backoffs). Firing early is harmless: nothing not due happens.
 :class:`SignalReceived` ``(signal, now)``
-    ``signal`` (a :class:`Signal`) arrived in the run's inbox.
+    ``signal`` (a :class:`Signal`) arrived among the run's signals.
 :class:`CancelRequested` ``(reason, now)``
     Someone asked to cancel the run; ``reason`` becomes the error message.
 
@@ -85,7 +85,7 @@ Commands (returned by the machine; carry them out in order)
     Create run ``run_id`` of ``function_id`` triggered by ``event`` (JSON), idempotently
     (the child of an invoke, whose parent is ``parent_run_id``).
 :class:`SendSignal` ``(run_id, signal)``
-    Put ``signal`` in run ``run_id``'s inbox and wake it.
+    Store ``signal`` for run ``run_id`` (with its signals) and wake it.
 :class:`CompleteRun` ``(run_id, output)``
     The run returned ``output`` (JSON text): persist status ``completed``.
 :class:`FailRun` ``(run_id, error)``
@@ -110,8 +110,9 @@ Records
     ``step_id`` with repeat suffix; ``kind`` a :class:`StepKind` (``""`` for run-level
     entries); ``ts`` the ``now`` of the input that led to it; ``data`` JSON text.
 :class:`Signal` ``(kind, key, payload, position)``
-    A message in a run's durable inbox. ``kind`` a :class:`SignalKind`: ``"event"`` (the
-    event ``key`` matched the wait at ``position``; ``payload`` is the event's JSON),
+    A durable message to one run, kept with its signals until consumed. ``kind`` a
+    :class:`SignalKind`: ``"event"`` (the event ``key`` matched the wait at ``position``;
+    ``payload`` is the event's JSON),
     ``"invoke"`` (the child run ``key`` ended; ``payload`` holds ``output`` or ``error``) or
     ``"cancel"`` (``payload`` is the reason).
 :class:`ErrorInfo` ``(type, message)``

@@ -213,7 +213,7 @@ class JournalEntry(NamedTuple):
 
 @attrs.frozen
 class Signal:
-    """A message to a run, kept in its durable inbox until the run consumes it.
+    """A durable message to a run, kept with its signals until the run consumes it.
 
     ``kind`` is a :class:`SignalKind`: ``"event"`` (an event matched the wait at
     ``position``), ``"invoke"`` (the child run ``key`` ended; ``payload`` holds ``output`` or
@@ -263,7 +263,7 @@ class TimerFired:
 
 @attrs.frozen
 class SignalReceived:
-    """A signal arrived in the run's inbox."""
+    """A signal arrived among the run's signals."""
 
     signal: Signal
     now: int
@@ -353,7 +353,7 @@ class StartRun:
 
 @attrs.frozen
 class SendSignal:
-    """Put ``signal`` in the inbox of run ``run_id`` and wake it."""
+    """Store ``signal`` for run ``run_id`` (with its signals) and wake it."""
 
     run_id: str
     signal: Signal

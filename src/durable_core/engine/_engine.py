@@ -87,7 +87,7 @@ _tuple_new = tuple.__new__
 
 
 class _Live:
-    """A run this engine holds: its machine, lease epoch and consumed inbox position."""
+    """A run this engine holds: its machine, lease epoch and consumed signal position."""
 
     __slots__ = ("epoch", "lease_until", "leased", "machine", "signals")
 
@@ -735,7 +735,7 @@ class Engine:
             del self.live[run_id]
 
     def cancel_run(self, run_id: str, now: int, *, reason: str = "cancelled by request") -> None:
-        """Durably put a cancel signal in a run's inbox; whoever holds (or next claims) the
+        """Durably put a cancel signal for a run; whoever holds (or next claims) the
         run ends it as ``cancelled``. Raises RunNotFoundError for an unknown run, and
         ValidationError for a ``reason`` a store cannot hold (a lone surrogate, a NUL)."""
         if not isinstance(reason, str):

@@ -478,7 +478,7 @@ class _Queries:
 
     def core(self, shape: _CoreShape) -> LiteralString:
         """The one statement that applies a batch's run writes (fenced), journal entries,
-        inbox changes, waits, routed marks and cron cursors (see ``_core_sql``). Its result
+        signal changes, waits, routed marks and cron cursors (see ``_core_sql``). Its result
         row holds the ids of the written runs that passed fencing."""
         query = self._core_cache.get(shape)
         if query is None:
@@ -1013,7 +1013,7 @@ class PostgresStore:
             if new.idempotency_key is not None:
                 keys.add(_lock_key(self.schema, "idempotency", new.function_id,
                                    new.idempotency_key))
-        idem = sorted({
+        keyed = sorted({
             (n.function_id, n.idempotency_key) for n in batch.runs if n.idempotency_key is not None
         })
         q = self._q
@@ -1028,9 +1028,9 @@ class PostgresStore:
             if batch.runs:
                 run_reads = (
                     conn.execute(q.existing_runs, (sorted({n.id for n in batch.runs}),)),
-                    conn.execute(q.idempotency_get, ([f for f, _ in idem], [k for _, k in idem],
-                                              [k for _, k in idem]))
-                    if idem else None,
+                    conn.execute(q.idempotency_get, ([f for f, _ in keyed], [k for _, k in keyed],
+                                              [k for _, k in keyed]))
+                    if keyed else None,
                 )
             pipe.sync()
             if event_reads is not None:

@@ -1003,7 +1003,7 @@ class SQLiteStore:
         )
         runs: dict[str, RunRecord] = {}
         journals: dict[str, list[JournalEntry]] = {}
-        inbox: dict[str, list[tuple[int, Signal]]] = {}
+        pending: dict[str, list[tuple[int, Signal]]] = {}
         for chunk in _chunks(ids):
             marks = _marks(len(chunk))
             for row in conn.execute(
@@ -1021,12 +1021,12 @@ class SQLiteStore:
                 f"WHERE run_id IN ({marks}) ORDER BY seq",
                 chunk,
             ):
-                inbox.setdefault(run_id, []).append((seq, Signal(kind, key, payload, position)))
+                pending.setdefault(run_id, []).append((seq, Signal(kind, key, payload, position)))
         return [
             Claim(
                 run=runs[run_id],
                 journal=tuple(journals.get(run_id, ())),
-                signals=tuple(inbox.get(run_id, ())),
+                signals=tuple(pending.get(run_id, ())),
             )
             for run_id in ids
         ]

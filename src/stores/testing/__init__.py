@@ -794,7 +794,7 @@ class StoreConformance:
     # ------------------------------------------------------------------ signals
 
     def test_signals_inbox_is_consumed_up_to_seq(self, store: Store) -> None:
-        """The inbox keeps signals until a write consumes them up to a seq."""
+        """A run's signals are kept until a write consumes them up to a seq."""
         create(store, new_run("r1"))
         e = claim(store, "r1").run.epoch
         a, b, c = (Signal("event", k, json.dumps({"k": k}), i) for i, k in enumerate("abc"))
@@ -824,7 +824,7 @@ class StoreConformance:
         assert [s for _, s in claim(store, "child").signals] == [a]
 
     def test_signal_seqs_are_never_reused(self, store: Store) -> None:
-        """Signal seqs keep growing even after the inbox is emptied."""
+        """Signal seqs keep growing even after all of a run's signals were consumed."""
         create(store, new_run("r1"))
         seen: list[int] = []
         for i in range(3):
@@ -841,7 +841,7 @@ class StoreConformance:
 
     def test_signals_never_outlive_their_run(self, store: Store) -> None:
         """A run that ends drops its undelivered signals, and a signal to an ended run
-        (sent later, or in the batch that ends it) is dropped: inboxes of ended runs never
+        (sent later, or in the batch that ends it) is dropped: signals of ended runs never
         fill up."""
         create(store, new_run("r1"), new_run("r2"), new_run("r3"))
         stop = Signal("cancel", "c", "stop")
@@ -1356,7 +1356,7 @@ class StoreStateMachine(RuleBasedStateMachine):
         self.event_seqs: dict[int, int] = {}  # model seq -> store seq
         self.signal_seqs: dict[int, int] = {}
         self.epochs: dict[str, int] = {}  # latest claimed epoch per run
-        self.inbox_seen: dict[str, int] = {}  # highest model signal seq seen per run
+        self.signals_seen: dict[str, int] = {}  # highest model signal seq seen per run
 
     def new_store(self) -> Store:
         """A new, empty store under test."""
@@ -1398,7 +1398,7 @@ class StoreStateMachine(RuleBasedStateMachine):
             for (ms, _), (ss, _) in zip(mc.signals, sc.signals, strict=True):
                 self._map(self.signal_seqs, ms, ss)
             self.epochs[mc.run.id] = mc.run.epoch
-            self.inbox_seen[mc.run.id] = max((q for q, _ in mc.signals), default=0)
+            self.signals_seen[mc.run.id] = max((q for q, _ in mc.signals), default=0)
 
     def _existing(self) -> Iterator[str]:
         for run_id in _RUN_IDS:
@@ -1541,7 +1541,7 @@ class StoreStateMachine(RuleBasedStateMachine):
         output = json.dumps({"done": self.now}) if status == "completed" else None
         error = ErrorInfo("Boom", str(self.now)) if status in ("failed", "cancelled") else None
         wake_at = None if wake is None else self.now + wake
-        seen = self.inbox_seen.get(run_id, 0) if consume else 0
+        seen = self.signals_seen.get(run_id, 0) if consume else 0
 
         def writes(consumed: int) -> tuple[RunWrite, ...]:
             last = RunWrite(run_id, epoch, journal, status, wake_at, output, error,
