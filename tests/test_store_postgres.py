@@ -380,19 +380,27 @@ def test_a_lost_connection_is_survived(pg_url: str, pg_schema: str) -> None:
                           pool_min=1, pool_max=1)
 
     def kill() -> None:
+        """Terminate the store's backends and wait until they are gone: termination is
+        asynchronous, and a backend still exiting would look alive to the pool's check, so
+        the next write would be sent on it and die in flight (under heavy load)."""
         with raw(pg_url) as conn:
-            killed = conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            pids = [pid for pid, terminated in conn.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = %s", (f"dc-{pg_schema}",),
-            ).fetchone()
-        assert killed is not None and killed[0] >= 1
+            ).fetchall() if terminated]
+            assert pids
+            deadline = time.monotonic() + 120
+            while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                               (pids,)).fetchone()[0]:  # type: ignore[index]
+                assert time.monotonic() < deadline, f"backends {pids} did not exit"
+                time.sleep(0.01)
 
     try:
         create(store, new_run("r1"))
         assert store.wait_for_notify(0) is False
         kill()
         assert store.get_run("r1").status == "queued"  # reads reconnect and retry
-        assert store.wait_for_notify(5) is True  # lost listener: a (spurious) wake-up
+        assert store.wait_for_notify(60) is True  # lost listener: a (spurious) wake-up
         assert store.wait_for_notify(0) is False  # listening again
         create(store, new_run("r2"))
         assert store.wait_for_notify(30) is True
@@ -415,7 +423,7 @@ def test_a_lost_connection_is_survived(pg_url: str, pg_schema: str) -> None:
                 sql.Identifier(pg_schema, "runs")))
             writer = threading.Thread(target=write)
             writer.start()
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while not locker.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
                 "AND wait_event_type = 'Lock'", (f"dc-{pg_schema}",),
@@ -423,7 +431,8 @@ def test_a_lost_connection_is_survived(pg_url: str, pg_schema: str) -> None:
                 assert time.monotonic() < deadline, "the write never waited for the lock"
                 time.sleep(0.01)
             kill()
-            writer.join(timeout=30)
+            writer.join(timeout=120)
+        assert not writer.is_alive()
         assert len(errors) == 1
         create(store, new_run("r4"))
         assert {"r1", "r2", "r3", "r4"} <= {r.id for r in store.list_runs()}
