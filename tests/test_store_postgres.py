@@ -443,6 +443,30 @@ def test_a_lost_connection_is_survived(pg_url: str, pg_schema: str) -> None:
 # --------------------------------------------------------------------------- concurrency
 
 
+def test_a_claim_rereads_a_journal_its_snapshot_predates(store: PostgresStore) -> None:
+    """The claiming statement reads journals in its snapshot, but locks (and returns
+    ``journal_len`` from) each run's latest committed version: a writer that commits between
+    the two (after the statement started, before it reached the row; ``SKIP LOCKED`` skips
+    only rows locked at that moment) leaves the statement's journal short, and the store
+    re-reads it. That window lies inside one statement's execution and cannot be held open
+    from outside (it no longer waits for row locks, as the removed ``claim_run`` did), so
+    this test builds the row the statement returns in that case: a real claim row, with the
+    ``journal_len`` of a version committed after its snapshot."""
+    create(store, new_run("r1"))
+    epoch = claim(store, "r1", owner="old", now=T0).run.epoch
+    assert write(store, RunWrite("r1", epoch, entries(0, 2))) == set()
+    params = {"now": T0 + LEASE, "limit": 10, "owner": "new", "expires": T0 + 2 * LEASE}
+    [row] = store._run_conn(lambda conn: conn.execute(store._q.claim_runs, params).fetchall())
+    assert row[1] == 2 and len(row[19]) == 2  # a row as read: complete
+    # The version committed after the snapshot appended entry 2 (here written by the new
+    # owner, which is who holds the lease once the claim commits).
+    assert write(store, RunWrite("r1", epoch + 1, entries(2, 3))) == set()
+    stale = (row[0], 3, *row[2:])
+    [got] = store._run_conn(lambda conn: store._claims(conn, [stale]))
+    assert got.journal == entries(0, 3)
+    assert (got.run.lease_owner, got.run.epoch) == ("new", epoch + 1)
+
+
 def test_claims_skip_runs_locked_by_other_transactions(pg_url: str, store: PostgresStore
                                                        ) -> None:
     create(store, new_run("r1"), new_run("r2"), new_run("r3"))

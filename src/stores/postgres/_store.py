@@ -366,9 +366,11 @@ class _Queries:
         )
         self.notify: LiteralString = "SELECT pg_notify(%s, '')"
         # A claim returns each run with its journal and signals as parallel arrays. They are
-        # read in the claiming statement's snapshot, which may predate the run's current
-        # version (when a concurrent writer committed while we waited): the caller compares
-        # the journal with journal_len and re-reads it if it is short.
+        # read in the claiming statement's snapshot, which may predate the run's version it
+        # locked (a writer that committed after the statement started but before it reached
+        # the row: SKIP LOCKED skips only rows locked at that moment, and the lock follows
+        # the row to its latest version): the caller compares the journal with journal_len
+        # and re-reads it if it is short.
         claimed: LiteralString = (
             "SELECT c.*, j.seq, j.op, j.position, j.step_id, j.kind, j.ts, j.data, "
             "i.seq, i.kind, i.key, i.payload, i.position FROM c "
