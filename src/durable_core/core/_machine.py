@@ -129,6 +129,48 @@ class RunMachine:
     to feed :class:`TimerFired`.
     """
 
+    # Slots: the hot path reads and writes a dozen of these per step, and a run machine
+    # has more attributes than CPython 3.11 keeps inline (30), so without slots every
+    # attribute and method look-up on it goes through a dict. ("__dict__" keeps it open to
+    # ad-hoc attributes, as before.)
+    __slots__ = (
+        "_children",
+        "_colon_ids",
+        "_coro",
+        "_ctx",
+        "_dispatched",
+        "_end_status",
+        "_ended_entry",
+        "_execute",
+        "_horizon",
+        "_id_counts",
+        "_max_steps",
+        "_memos",
+        "_new",
+        "_next_pos",
+        "_parked",
+        "_persist",
+        "_reported",
+        "_retries",
+        "_run_failures",
+        "_run_retry_at",
+        "_state_bytes",
+        "_steps",
+        "_timers",
+        "_trigger_json",
+        "clock_ms",
+        "entries",
+        "error",
+        "events",
+        "failure",
+        "function",
+        "output",
+        "parent_run_id",
+        "run_id",
+        "started_at",
+        "__dict__",
+    )
+
     def __init__(
         self,
         function: Function,
