@@ -134,6 +134,7 @@ class RunMachine:
     # attribute and method look-up on it goes through a dict. ("__dict__" keeps it open to
     # ad-hoc attributes, as before.)
     __slots__ = (
+        "__dict__",
         "_children",
         "_colon_ids",
         "_coro",
@@ -168,7 +169,6 @@ class RunMachine:
         "parent_run_id",
         "run_id",
         "started_at",
-        "__dict__",
     )
 
     def __init__(

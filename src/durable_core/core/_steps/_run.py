@@ -40,6 +40,7 @@ from durable_core.core._journal import (
 )
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalOp, StepKind
 from durable_core.core._steps._base import (
+    _UNSET,
     Effect,
     StepHost,
     StepInput,
@@ -47,7 +48,6 @@ from durable_core.core._steps._base import (
     StepTransitionError,
     Table,
     _Identity,
-    _UNSET,
 )
 
 __all__ = ["RunState", "RunStep"]
