@@ -139,7 +139,7 @@ class RunStep(StepMachine):
         self.req = req
         self.failures = attempt
         self.state = _RUNNING
-        self.output = None
+        self.output = self.error = None
         self.live = _UNSET
         cmd = _tuple_new(
             ExecuteStep,
