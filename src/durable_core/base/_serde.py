@@ -131,7 +131,7 @@ def dumps(value: Any, *, what: str) -> str:
     surrogate, which ``json.loads`` of external data can produce)."""
     t = type(value)
     if t is int:
-        return int.__repr__(value)
+        return repr(value)  # (an exact int: its own repr, the cheapest call)
     if t is str:
         text = _encode_str(value)
         if not text.isascii():
@@ -144,8 +144,12 @@ def dumps(value: Any, *, what: str) -> str:
     try:
         raw = converter.unstructure(value)
         text = _encoder.encode(raw)
-        # JSON text nests at most half its length deep: only longer texts need the walk.
-        if len(text) > 2 * MAX_JSON_DEPTH:
+        # JSON text nests at most as deep as it has opening brackets (those inside strings
+        # only add to the count), and so at most half its length: only a text with more
+        # brackets than the limit needs the walk. (Counting them is done in C, ~50x cheaper.)
+        if len(text) > 2 * MAX_JSON_DEPTH and (
+            text.count("[") + text.count("{") > MAX_JSON_DEPTH
+        ):
             problem = json_problem(raw, strings=False)
             if problem is not None:
                 raise SerializationError(

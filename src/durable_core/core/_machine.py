@@ -93,7 +93,9 @@ per record; the fields are passed in declaration order)."""
 __all__ = ["MAX_RUN_STATE_BYTES", "MAX_STEP_OUTPUT_BYTES", "RunMachine"]
 
 _RUN_TIMER = -1  # timer key of a run-level retry
-_RUNNING = RunStatus.RUNNING
+_REPORTED_RUNNING = (RunStatus.RUNNING, None)
+"""What ``_flush`` reported last when the run is running with no deadline (the usual
+state between steps): one object, so the hot path checks it by identity."""
 
 # Errors that fail the run at once when orchestration code lets them escape.
 _FATAL = (StepError, NonRetriableError, DeterminismError, ValidationError)
@@ -126,6 +128,48 @@ class RunMachine:
     driver must make them durable before it starts the steps. :meth:`next_deadline` says when
     to feed :class:`TimerFired`.
     """
+
+    # Slots: the hot path reads and writes a dozen of these per step, and a run machine
+    # has more attributes than CPython 3.11 keeps inline (30), so without slots every
+    # attribute and method look-up on it goes through a dict. ("__dict__" keeps it open to
+    # ad-hoc attributes, as before.)
+    __slots__ = (
+        "__dict__",
+        "_children",
+        "_colon_ids",
+        "_coro",
+        "_ctx",
+        "_dispatched",
+        "_end_status",
+        "_ended_entry",
+        "_execute",
+        "_horizon",
+        "_id_counts",
+        "_max_steps",
+        "_memos",
+        "_new",
+        "_next_pos",
+        "_parked",
+        "_persist",
+        "_reported",
+        "_retries",
+        "_run_failures",
+        "_run_retry_at",
+        "_state_bytes",
+        "_steps",
+        "_timers",
+        "_trigger_json",
+        "clock_ms",
+        "entries",
+        "error",
+        "events",
+        "failure",
+        "function",
+        "output",
+        "parent_run_id",
+        "run_id",
+        "started_at",
+    )
 
     def __init__(
         self,
@@ -166,6 +210,7 @@ class RunMachine:
         self._next_pos = 0
         self._horizon = 0
         self._id_counts: dict[str, int] = {}
+        self._colon_ids = False  # whether the code used an id with ":" (see _assign)
         self.clock_ms = started_at
         self._new: list[JournalEntry] = []
         self._persist: list[Command] = []
@@ -277,6 +322,7 @@ class RunMachine:
         self._ctx = Context(self, self.events)
         self._next_pos = 0
         self._id_counts = {}
+        self._colon_ids = False
         self._parked = None
         self._steps = {}
         # The step table is rebuilt from the journal: memos are dropped once the code has
@@ -289,35 +335,7 @@ class RunMachine:
             self._horizon = self._max_steps + 1  # the whole run is a replay
         self.clock_ms = max(self.started_at, self._run_retry_at or 0)
         self._coro = self.function.fn(self._ctx)
-        self._drive(now, None, None)
-
-    def _drive(self, now: int, value: Any, exc: BaseException | None) -> None:
-        coro = self._coro
-        assert coro is not None
-        while True:
-            try:
-                req = coro.send(value) if exc is None else coro.throw(exc)
-            except StopIteration as stop:
-                self._finish_ok(stop.value, now)
-                return
-            except Exception as err:
-                self._finish_err(err, now)
-                return
-            try:
-                if type(req) is RunRequest and self._next_pos not in self._memos:
-                    # The hot path: a new ``run`` step past the end of the journal.
-                    # The run step machine takes row (NEW, START) itself: RunStep.dispatch.
-                    self._parked = _new(RunStep).dispatch(
-                        self, self._next_pos, self._assign(req), req, 0
-                    )
-                    return
-                res = self._on_request(req, now)
-            except DurableError as err:
-                value, exc = None, err
-                continue
-            if res is _PARKED:
-                return
-            value, exc = res
+        self._settle(None, now)
 
     def _on_request(self, req: Any, now: int) -> Any:
         if isinstance(req, StepRequest):
@@ -367,15 +385,10 @@ class RunMachine:
         step_id = req.id
         counts = self._id_counts
         count = counts.get(step_id, 0)
-        if ":" not in step_id and not count:
-            # The common cases, decided at once: a first sighting of an id without ":" can't
-            # collide with a repeat's key, and a repeat's next key is free unless an explicit
-            # id took it.
-            counts[step_id] = 1
-            key = step_id
-        elif ":" not in step_id and (key := f"{step_id}:{count}") not in counts:
-            counts[step_id] = count + 1
-        else:
+        if ":" in step_id or (count and self._colon_ids):
+            # An explicit id with ":" may equal a repeat's key, and once the run used one, a
+            # repeat's next key may be taken: look for the first free key.
+            self._colon_ids = True
             while True:
                 key = step_id if count == 0 else f"{step_id}:{count}"
                 count += 1
@@ -387,12 +400,19 @@ class RunMachine:
                 elif key not in counts:  # a repeat: taken only by an explicit id
                     break
             counts[step_id] = count
+        elif count:  # a repeat, and no key can be taken
+            key = f"{step_id}:{count}"
+            counts[step_id] = count + 1
+        else:  # a first sighting of an id without ":"
+            key = step_id
+            counts[step_id] = 1
         pos = self._next_pos
         if pos >= self._max_steps:
             raise self._too_many_steps(key, pos)
         self._next_pos = pos + 1
-        memo = self._memos.get(pos)
-        if memo is not None and (memo.step_id != key or memo.kind != req.kind):
+        if self._memos and (memo := self._memos.get(pos)) is not None and (
+            memo.step_id != key or memo.kind != req.kind
+        ):
             raise DeterminismError(
                 f"run {self.run_id}: at step position {pos} the journal recorded step "
                 f"{memo.step_id!r} ({memo.kind}) but the code asked for {key!r} ({req.kind}); "
@@ -441,21 +461,59 @@ class RunMachine:
             return None, first_error
         return tuple(values), None
 
-    def _settle(self, step: StepMachine, now: int) -> None:
-        """A step finished; resume the code if it was waiting on it (and its siblings)."""
-        parked = self._parked
-        if parked is step:
-            self._parked = None
-            value, exc = step.result()
-        elif type(parked) is _Gather and step in parked.members:
-            members = parked.members
-            if not all(type(m) is StepMemo or m.done for m in members):
-                return
-            self._parked = None
-            value, exc = self._gather_result(parked.req, members)
+    def _settle(self, step: StepMachine | None, now: int) -> None:
+        """Resume the code. A step finished: the code takes its result if it is parked on
+        it (in a gather, once every member is done). ``step`` None: a new attempt enters
+        the code from the top. The code then runs until it parks on a step or the run ends.
+        """
+        spare = None
+        if step is None:
+            value = exc = None
         else:
-            return
-        self._drive(now, value, exc)
+            parked = self._parked
+            if parked is step:
+                self._parked = None
+                value, exc = step.result()
+                if type(step) is RunStep:
+                    # The code took the memo and nothing refers to the machine any more:
+                    # it is recycled as the next new run step, if any (RunStep.dispatch).
+                    spare = step
+            elif type(parked) is _Gather and step in parked.members:
+                members = parked.members
+                if not all(type(m) is StepMemo or m.done for m in members):
+                    return
+                self._parked = None
+                value, exc = self._gather_result(parked.req, members)
+            else:
+                return
+        coro = self._coro
+        assert coro is not None
+        while True:
+            try:
+                req = coro.send(value) if exc is None else coro.throw(exc)
+            except StopIteration as stop:
+                self._finish_ok(stop.value, now)
+                return
+            except Exception as err:
+                self._finish_err(err, now)
+                return
+            try:
+                if type(req) is RunRequest and (
+                    not self._memos or self._next_pos not in self._memos
+                ):
+                    # The hot path: a new ``run`` step past the end of the journal.
+                    # The run step machine takes row (NEW, START) itself: RunStep.dispatch.
+                    self._parked = (spare if spare is not None else _new(RunStep)).dispatch(
+                        self, self._next_pos, self._assign(req), req, 0
+                    )
+                    return
+                res = self._on_request(req, now)
+            except DurableError as err:
+                value, exc = None, err
+                continue
+            if res is _PARKED:
+                return
+            value, exc = res
 
     def _trigger(self) -> str:
         if self._trigger_json is None:
@@ -632,8 +690,9 @@ class RunMachine:
     def _flush(self) -> list[Command]:
         new, execute = self._new, self._execute
         if (len(new) == 1 and len(execute) == 1 and not self._persist and not self._timers
-                and self._reported[0] is _RUNNING):
-            # The hot path: one memo, then the next step's body.
+                and self._reported is _REPORTED_RUNNING):
+            # The hot path: one memo, then the next step's body (the run stays running).
+            # (Indexing and clear() rather than pop(): a list emptied by pop() reallocates.)
             out: list[Command] = [_tuple_new(AppendJournal, (self.run_id, (new[0],))), execute[0]]
             new.clear()
             execute.clear()
@@ -645,12 +704,14 @@ class RunMachine:
         if self._persist:
             out.extend(self._persist)
             self._persist = []
-        if self._dispatched and not self._timers and self._reported[0] is _RUNNING:
-            pass  # the hot path: a step finished and the next one started
+        if self._dispatched and not self._timers and self._reported is _REPORTED_RUNNING:
+            pass  # a step finished and the next one started: still running, no deadline
         elif self._end_status is None:
             state = (self.status, self.next_deadline())
             if state != self._reported:
-                self._reported = state
+                # (Running without a deadline is kept as the one tuple the checks above
+                # compare by identity.)
+                self._reported = _REPORTED_RUNNING if state == _REPORTED_RUNNING else state
                 out.append(SetRunState(self.run_id, state[0], state[1]))
         if execute:
             out += execute

@@ -307,12 +307,14 @@ class StepMachine:
         host.entries.append(entry)
         host._new.append(entry)
 
-    def _do_journal_completed(self, now: int) -> None:
+    def _do_journal_completed(self, now: int, size: int = -1) -> None:
+        """Append the memo (``output`` or ``error``) and count the output's bytes in the
+        run's state; ``size`` is the output's length in UTF-8 when the caller knows it."""
         self.done_ts = now
         host = self.host
         output = self.output
         if output is not None:
-            host._state_bytes += len(output) if output.isascii() else utf8_len(output)
+            host._state_bytes += size if size >= 0 else utf8_len(output)
             # The one place a memo's output is written: the serde's JSON text, as the value
             # of "output" (see durable_core.core._journal for why it is not re-encoded).
             data = f'{{"output":{output}}}'

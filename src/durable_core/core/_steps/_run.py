@@ -40,6 +40,7 @@ from durable_core.core._journal import (
 )
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalOp, StepKind
 from durable_core.core._steps._base import (
+    _UNSET,
     Effect,
     StepHost,
     StepInput,
@@ -125,9 +126,12 @@ class RunStep(StepMachine):
         without a table look-up and without a place in the host's step table (the host finds
         a running body through ``_dispatched``).
 
-        Every attribute the hot path reads is set here on the instance: CPython 3.11 reads
+        The run machine also recycles a run step whose memo the code has taken (nothing
+        refers to it any more) as the next new run step: one object per run rather than
+        per step. So this sets every attribute a ``run`` step's transitions read, clearing
+        the memo of an earlier use. (Set on the instance also because CPython 3.11 reads
         an instance attribute several times faster than a class default through an
-        instance."""
+        instance.)"""
         self.host = host
         self.position = position
         self.step_id = step_id
@@ -135,6 +139,8 @@ class RunStep(StepMachine):
         self.req = req
         self.failures = attempt
         self.state = _RUNNING
+        self.output = self.error = None
+        self.live = _UNSET
         cmd = _tuple_new(
             ExecuteStep,
             (host.run_id, position, step_id, attempt, req.fn, req.args, req.kwargs),
@@ -166,13 +172,15 @@ class RunStep(StepMachine):
             raise StepTransitionError(self.KIND, self.position, self.state, StepInput.SUCCEEDED)
         t = type(value)
         if t is int:
-            text = int.__repr__(value)  # JSON and ASCII
+            text = repr(value)  # JSON and ASCII (an exact int: repr is int's own)
             live = value
+            size = len(text)
         elif (t is str or value is None or t is bool) and not (
             t is str and (len(value) > MAX_STEP_OUTPUT_BYTES // 4 or not value.isascii())
         ):
             text = dumps(value, what="")
             live = value
+            size = len(text)  # ASCII
         else:
             try:
                 text = dumps(value, what=f"step {self.step_id!r} output")
@@ -198,7 +206,7 @@ class RunStep(StepMachine):
         self.live = live
         host = self.host
         del host._dispatched[self.position]
-        self._do_journal_completed(now)
+        self._do_journal_completed(now, size)
         if host._state_bytes > MAX_RUN_STATE_BYTES:
             host._over_state_limit(now)  # the run fails: its recorded state is too large
             return
