@@ -39,8 +39,9 @@ PINNED: dict[str, list[str]] = {
         "converter", "on_cron", "on_event", "tuned_gc",
     ],
     "durable_core.testing": [
-        "CrashTestReport", "FaultPlan", "InvariantViolation", "RunHandle", "SentRuns",
-        "Simulation", "TestEngine", "crash_test", "export_run", "replay", "replay_folder",
+        "CrashTestReport", "FaultPlan", "Finding", "InvariantViolation", "RunHandle",
+        "SentRuns", "Simulation", "TestEngine", "check_determinism", "crash_test",
+        "export_run", "lint", "replay", "replay_folder",
     ],
     "durable_core.cli": ["main"],
     "durable_core.store": [

@@ -215,6 +215,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from durable_core.testing import lint
+
+    findings = lint(load_app(args.app))
+    if args.json:
+        print(json.dumps([{"function_id": f.function_id, "file": f.file, "line": f.line,
+                           "call": f.call, "category": f.category,
+                           "replacement": f.replacement, "skipped": f.skipped}
+                          for f in findings], indent=2, ensure_ascii=False))
+    else:
+        for f in findings:
+            print(f, file=sys.stderr if f.skipped else sys.stdout)
+    return 1 if any(not f.skipped for f in findings) else 0
+
+
 def _int_in(name: str, low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high], or a usage error naming the option."""
 
@@ -321,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", default=None)
     store_arg(sp)
     sp.set_defaults(func=_cmd_export)
+
+    sp = sub.add_parser("lint", help="find calls that break replay in orchestration code "
+                                     "(exit 1 if any)")
+    sp.add_argument("app", help="package.module:app")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_cmd_lint)
     return p
 
 

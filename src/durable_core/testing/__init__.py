@@ -20,6 +20,7 @@ from durable_core.testing._engine import (
     replay,
     replay_folder,
 )
+from durable_core.testing._lint import Finding, check_determinism, lint
 from durable_core.testing._simulation import (
     CrashTestReport,
     FaultPlan,
@@ -31,13 +32,16 @@ from durable_core.testing._simulation import (
 __all__ = [
     "CrashTestReport",
     "FaultPlan",
+    "Finding",
     "InvariantViolation",
     "RunHandle",
     "SentRuns",
     "Simulation",
     "TestEngine",
+    "check_determinism",
     "crash_test",
     "export_run",
+    "lint",
     "replay",
     "replay_folder",
 ]
