@@ -39,9 +39,10 @@ PINNED: dict[str, list[str]] = {
         "converter", "on_cron", "on_event", "tuned_gc",
     ],
     "durable_core.testing": [
-        "CrashTestReport", "FaultPlan", "Finding", "InvariantViolation", "RunHandle",
-        "SentRuns", "Simulation", "TestEngine", "check_determinism", "crash_test",
-        "export_run", "lint", "replay", "replay_folder",
+        "CrashTestReport", "DeployFailure", "DeployReport", "FaultPlan", "Finding",
+        "FunctionReport", "InvariantViolation", "RunHandle", "SentRuns", "Simulation",
+        "TestEngine", "check_deploy", "check_determinism", "crash_test", "export_run", "lint",
+        "replay", "replay_folder",
     ],
     "durable_core.cli": ["main"],
     "durable_core.store": [

@@ -230,6 +230,28 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     return 1 if any(not f.skipped for f in findings) else 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from durable_core.base._durations import parse_duration
+    from durable_core.testing import check_deploy
+
+    since = None
+    if args.ended_within is not None:
+        window = parse_duration(args.ended_within, field="--ended-within", maximum=None)
+        since = int(time.time() * 1000) - window // dt.timedelta(milliseconds=1)
+    store = _open_store(args.store)
+    try:
+        report = check_deploy(load_app(args.app), store, include_ended_since_ms=since)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        print(report.format())
+    return 0 if report.ok else 1
+
+
 def _int_in(name: str, low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high], or a usage error naming the option."""
 
@@ -342,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("app", help="package.module:app")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=_cmd_lint)
+
+    sp = sub.add_parser("replay", help="check a deploy: replay live runs against new code")
+    sp.add_argument("--app", required=True, help="package.module:app (the new code)")
+    sp.add_argument("--ended-within", default=None, metavar="DURATION",
+                    help="also replay runs that ended this long ago or less (e.g. 1h)")
+    sp.add_argument("--json", action="store_true")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_replay)
     return p
 
 

@@ -12,6 +12,12 @@ only when you say so. No trio, no threads and no real waiting on the caller's si
 
 from __future__ import annotations
 
+from durable_core.testing._deploy import (
+    DeployFailure,
+    DeployReport,
+    FunctionReport,
+    check_deploy,
+)
 from durable_core.testing._engine import (
     RunHandle,
     SentRuns,
@@ -31,13 +37,17 @@ from durable_core.testing._simulation import (
 
 __all__ = [
     "CrashTestReport",
+    "DeployFailure",
+    "DeployReport",
     "FaultPlan",
     "Finding",
+    "FunctionReport",
     "InvariantViolation",
     "RunHandle",
     "SentRuns",
     "Simulation",
     "TestEngine",
+    "check_deploy",
     "check_determinism",
     "crash_test",
     "export_run",
