@@ -11,7 +11,8 @@ import datetime as _dt
 import hashlib
 import math
 
-from durable_core.base._durations import parse_duration, parse_instant
+from durable_core.base._durations import from_ms, parse_duration, parse_instant
+from durable_core.base._errors import RetryAfterError
 
 __all__ = [
     "BACKOFF_TABLE",
@@ -117,3 +118,18 @@ def retry_after_delay(
         parse_duration(after, field=_RETRY_AFTER_FIELD, maximum=None)
         raise AssertionError("unreachable")  # pragma: no cover
     return min(max(delay, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
+
+
+def retry_at_ms(error: BaseException, now_ms: int, run_id: str, step_id: str,
+                attempt: int) -> int:
+    """When to retry after attempt ``attempt`` (0-based) of ``step_id`` failed with ``error``
+    at ``now_ms``: the delay a :class:`~durable_core.RetryAfterError` asks for, otherwise the
+    backoff table with jitter (:func:`retry_delay`). Milliseconds since the epoch.
+
+    Raises :class:`~durable_core.ValidationError` when a ``RetryAfterError`` carries a value
+    that is not a delay or an instant (a bug in the code that raised it)."""
+    if isinstance(error, RetryAfterError):
+        delay = retry_after_delay(error.after, from_ms(now_ms))
+    else:
+        delay = retry_delay(run_id, step_id, attempt)
+    return now_ms + int(delay.total_seconds() * 1000)

@@ -29,11 +29,17 @@ def _check_name(_inst: Event, _attr: attrs.Attribute[str], name: object) -> None
             field="event.name",
         )
     check_text(name, what="event.name", error=InvalidEventError, nul=True)
-    if len(name) > MAX_EVENT_NAME_BYTES // 4 and len(name.encode("utf-8")) > MAX_EVENT_NAME_BYTES:
+    _check_bytes(name, "event.name", MAX_EVENT_NAME_BYTES, "use a shorter name")
+
+
+def _check_bytes(text: str, field: str, limit: int, fix: str) -> None:
+    # Valid text (checked first) encodes in at most 4 bytes a character: encode only when
+    # it might be over the limit.
+    if len(text) > limit // 4 and len(text.encode("utf-8")) > limit:
         raise InvalidEventError(
-            f"event.name: {len(name.encode('utf-8', 'surrogatepass'))} bytes is over the limit of "
-            f"{MAX_EVENT_NAME_BYTES} bytes; use a shorter name",
-            field="event.name",
+            f"{field}: {len(text.encode('utf-8'))} bytes is over the limit of {limit} bytes; "
+            f"{fix}",
+            field=field,
         )
 
 
@@ -53,12 +59,8 @@ def _check_id(_inst: Event, _attr: attrs.Attribute[str | None], value: object) -
         )
     if value is not None:
         check_text(value, what="event.id", error=InvalidEventError, nul=True)
-        if len(value) > MAX_EVENT_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_EVENT_ID_BYTES:
-            raise InvalidEventError(
-                f"event.id: {len(value.encode('utf-8'))} bytes is over the limit of "
-                f"{MAX_EVENT_ID_BYTES} bytes; use a shorter id (a hash of a longer key)",
-                field="event.id",
-            )
+        _check_bytes(value, "event.id", MAX_EVENT_ID_BYTES,
+                     "use a shorter id (a hash of a longer key)")
 
 
 def _check_ts(_inst: Event, _attr: attrs.Attribute[int | None], value: object) -> None:

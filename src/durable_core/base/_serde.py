@@ -95,27 +95,22 @@ def json_problem(
             if depth > max_depth:
                 return f"it is nested more than {max_depth} levels deep (the limit)"
             if isinstance(item, dict):
-                for key, child in item.items():
+                for key in item:
                     if strings and type(key) is str and not key.isascii():
                         problem = text_problem(key)
                         if problem is not None:
                             return f"key {_short(key)}: {problem}"
-                    if type(child) is str:
-                        if strings and not child.isascii():
-                            problem = text_problem(child)
-                            if problem is not None:
-                                return f"string {_short(child)}: {problem}"
-                    elif child is not None and type(child) not in _SCALARS:
-                        push((child, depth))
+                children: Any = item.values()
             else:
-                for child in item:
-                    if type(child) is str:
-                        if strings and not child.isascii():
-                            problem = text_problem(child)
-                            if problem is not None:
-                                return f"string {_short(child)}: {problem}"
-                    elif child is not None and type(child) not in _SCALARS:
-                        push((child, depth))
+                children = item
+            for child in children:
+                if type(child) is str:
+                    if strings and not child.isascii():
+                        problem = text_problem(child)
+                        if problem is not None:
+                            return f"string {_short(child)}: {problem}"
+                elif child is not None and type(child) not in _SCALARS:
+                    push((child, depth))
         elif t is str and strings:
             problem = text_problem(item)
             if problem is not None:

@@ -21,14 +21,12 @@ import contextlib
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from durable_core.base._backoff import retry_after_delay, retry_delay
-from durable_core.base._durations import from_ms
+from durable_core.base._backoff import retry_at_ms
 from durable_core.base._errors import (
     DeterminismError,
     DurableError,
     LimitExceededError,
     NonRetriableError,
-    RetryAfterError,
     SerializationError,
     StepError,
     ValidationError,
@@ -601,15 +599,11 @@ class RunMachine:
         if isinstance(err, _FATAL) or self._run_failures >= self._retries:
             self._fail(err, now)
             return
-        if isinstance(err, RetryAfterError):
-            try:
-                delay = retry_after_delay(err.after, from_ms(now))
-            except ValidationError as bad:
-                self._fail(bad, now)
-                return
-        else:
-            delay = retry_delay(self.run_id, "<run>", self._run_failures)
-        retry_at = now + int(delay.total_seconds() * 1000)
+        try:
+            retry_at = retry_at_ms(err, now, self.run_id, "<run>", self._run_failures)
+        except ValidationError as bad:  # a RetryAfterError with a value that is no delay
+            self._fail(bad, now)
+            return
         info = ErrorInfo.from_exception(err)
         self._append_run_entry(
             JournalOp.RUN_ATTEMPT_FAILED, now,

@@ -17,15 +17,12 @@ them up (pinned at import, below); every other transition goes through the table
 from __future__ import annotations
 
 import enum
-from datetime import timedelta
 from typing import Any
 
-from durable_core.base._backoff import retry_after_delay, retry_delay
-from durable_core.base._durations import from_ms
+from durable_core.base._backoff import retry_at_ms
 from durable_core.base._errors import (
     LimitExceededError,
     NonRetriableError,
-    RetryAfterError,
     SerializationError,
     ValidationError,
 )
@@ -98,10 +95,6 @@ _RUNNING = S.RUNNING
 _RUN = StepKind.RUN
 _COMPLETED = S.COMPLETED
 del S, In, E
-
-
-def _ms(delay: timedelta) -> int:
-    return int(delay.total_seconds() * 1000)
 
 
 class RunStep(StepMachine):
@@ -219,16 +212,13 @@ class RunStep(StepMachine):
             self._give_up(exc, now)
             return
         self._expect(StepInput.FAILED)
-        if isinstance(exc, RetryAfterError):
-            try:
-                delay = retry_after_delay(exc.after, from_ms(now))
-            except ValidationError as bad:
-                # A bug in the step's code: retrying cannot fix it. Fail the step, clearly.
-                self._give_up(bad, now)
-                return
-        else:
-            delay = retry_delay(self.host.run_id, self.step_id, attempt)
-        self.deadline = now + _ms(delay)
+        try:
+            self.deadline = retry_at_ms(exc, now, self.host.run_id, self.step_id, attempt)
+        except ValidationError as bad:
+            # A RetryAfterError whose value is no delay: a bug in the step's code that
+            # retrying cannot fix. Fail the step, clearly.
+            self._give_up(bad, now)
+            return
         self.error = ErrorInfo.from_exception(exc)
         self._fire(StepInput.FAILED, now)
         self.error = None
