@@ -7,6 +7,7 @@ import pathlib
 
 import pytest
 
+import stores
 from durable_core import Client, Event
 from durable_core.cli import main
 from durable_core.testing import TestEngine, replay
@@ -62,10 +63,47 @@ def test_send_list_show_export(tmp_path: pathlib.Path, capsys: pytest.CaptureFix
 def test_bad_input_is_a_clear_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
                                     args: list[str], message: str) -> None:
     if "--store" not in args:
-        args = [*args, "--store", f"sqlite:///{tmp_path / 'e.db'}"]
+        url = f"sqlite:///{tmp_path / 'e.db'}"
+        stores.open(url).close()  # an existing, empty store
+        args = [*args, "--store", url]
     code, _, err = run_cli(capsys, *args)
     assert code == 2
     assert message in err
+
+
+@pytest.mark.parametrize("command", [
+    ["runs", "list"], ["runs", "show", "r_x"], ["runs", "cancel", "r_x"], ["export", "r_x"],
+])
+def test_reading_commands_refuse_a_path_with_no_store(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    """A mistyped path is an error naming the path looked at; it creates nothing."""
+    missing = tmp_path / "typo.db"
+    code, out, err = run_cli(capsys, *command, "--store", f"sqlite:///{missing}")
+    assert code == 2
+    assert f"no store at {missing}" in err
+    assert "DURABLE_STORE" in err
+    assert out == ""
+    assert not missing.exists()
+
+
+def test_durable_store_variable_is_the_default(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("DURABLE_STORE", url)
+    code, out, _ = run_cli(capsys, "send", "env/event", "--json")
+    assert code == 0
+    [event_id] = json.loads(out)["ids"]
+    store = stores.open(url)
+    try:
+        assert store.get_event(event_id).name == "env/event"
+    finally:
+        store.close()
+    monkeypatch.delenv("DURABLE_STORE")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "runs", "list")
+    assert code == 2
+    assert f"no store at {tmp_path / 'durable.db'}" in err
 
 
 def test_worker_requires_a_module_and_an_app(capsys: pytest.CaptureFixture[str]) -> None:

@@ -213,3 +213,24 @@ def test_version_has_one_source() -> None:
     dynamic = meta["tool"]["setuptools"]["dynamic"]["version"]
     assert dynamic == {"attr": "durable_core.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+(\S*)", durable_core.__version__)
+
+
+def test_test_engines_on_one_sqlite_file_do_not_reuse_ids(tmp_path: pathlib.Path) -> None:
+    """The same test script run twice on one SQLite file, from the same virtual start, starts
+    a run each time (ids that repeat would make the second event a duplicate)."""
+    import stores
+
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    seen = []
+    for _ in range(2):
+        store = stores.open(url)
+        try:
+            [run] = TestEngine(_app(), store=store).send(Event("nap")).runs
+            assert run.status == "sleeping"
+            seen.append(run.id)
+        finally:
+            store.close()
+    assert len(set(seen)) == 2
+    # On a fresh memory store the ids stay the same from one engine to the next.
+    first = [TestEngine(_app()).send(Event("nap")).runs[0].id for _ in range(2)]
+    assert first[0] == first[1]

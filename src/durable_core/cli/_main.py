@@ -22,9 +22,25 @@ from durable_core.engine._views import RunView
 DEFAULT_STORE = "sqlite:///durable.db"
 
 
-def _open_store(url: str) -> Any:
+def default_store() -> str:
+    """The store URL used when ``--store`` is not given: ``$DURABLE_STORE`` if set, else
+    ``sqlite:///durable.db`` (a file in the current directory)."""
+    return os.environ.get("DURABLE_STORE") or DEFAULT_STORE
+
+
+def _open_store(url: str, *, existing: bool = False) -> Any:
+    """Open the store at ``url``. ``existing``: the command only reads, so a SQLite path
+    where no database exists is an error naming the path looked at, not a new empty store
+    answering "no runs"."""
     import stores
 
+    if existing and url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].partition("?")[0]
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise DurableError(
+                f"no store at {os.path.abspath(path)} (--store {url}): check the path, or "
+                "set --store / DURABLE_STORE to the store your workers use; a worker "
+                "creates the file when it first opens it")
     return stores.open(url)
 
 
@@ -175,7 +191,7 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
         unclaimable_by = load_app(args.app)
     elif args.app is not None:
         raise DurableError("--app is used only with --unclaimable")
-    client = Client(_open_store(args.store))
+    client = Client(_open_store(args.store, existing=True))
     runs = client.list_runs(args.function, args.status, args.event, limit=args.limit,
                             unclaimable_by=unclaimable_by)
     text = "\n".join(
@@ -188,7 +204,7 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
 def _cmd_runs_show(args: argparse.Namespace) -> int:
     from durable_core.drivers._client import Client
 
-    run = Client(_open_store(args.store)).get_run(args.run_id)
+    run = Client(_open_store(args.store, existing=True)).get_run(args.run_id)
     _print(run.to_dict(), args.json, format_timeline(run))
     return 0
 
@@ -196,7 +212,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
 def _cmd_runs_cancel(args: argparse.Namespace) -> int:
     from durable_core.drivers._client import Client
 
-    Client(_open_store(args.store)).cancel_run(args.run_id, reason=args.reason)
+    Client(_open_store(args.store, existing=True)).cancel_run(args.run_id, reason=args.reason)
     _print({"cancel_requested": args.run_id}, args.json,
            f"cancel requested for {args.run_id}; a worker ends the run")
     return 0
@@ -205,7 +221,7 @@ def _cmd_runs_cancel(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from durable_core.testing import export_run
 
-    store = _open_store(args.store)
+    store = _open_store(args.store, existing=True)
     text = json.dumps(export_run(store, args.run_id), indent=2, ensure_ascii=False)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
@@ -240,7 +256,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.ended_within is not None:
         window = parse_duration(args.ended_within, field="--ended-within", maximum=None)
         since = int(time.time() * 1000) - window // dt.timedelta(milliseconds=1)
-    store = _open_store(args.store)
+    store = _open_store(args.store, existing=True)
     try:
         report = check_deploy(load_app(args.app), store, include_ended_since_ms=since)
     finally:
@@ -296,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def store_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--store", default=DEFAULT_STORE,
-                        help=f"store URL (default {DEFAULT_STORE}; also memory://, "
+        sp.add_argument("--store", default=default_store(),
+                        help=f"store URL (default: $DURABLE_STORE, else {DEFAULT_STORE} in "
+                             "the current directory; also memory://, "
                              "postgresql://user@host:port/db)")
 
     sp = sub.add_parser("demo", help="run the order-workflow demo")

@@ -109,6 +109,7 @@ class TestEngine:
         store: Store | None = None,
         mocks: dict[str, Any] | None = None,
     ) -> None:
+        store_given = store
         if store is None:
             from stores import MemoryStore
 
@@ -117,9 +118,13 @@ class TestEngine:
         self.store: Store = store
         self._now = to_ms(parse_instant(start, field="TestEngine(start)"))
         counter = itertools.count(1)
+        # Ids are a counter, so a test on a fresh memory store sees the same ids every time.
+        # A store passed in may already hold this engine's ids (the same script run twice on
+        # one SQLite file, from the same virtual start): a random prefix keeps them unique.
+        salt = 0 if store_given is None else int.from_bytes(os.urandom(4), "big") << 32
         self.engine = Engine(
             app, store, owner="test-engine",
-            entropy=lambda n: next(counter).to_bytes(n, "big"),
+            entropy=lambda n: ((salt | next(counter)) % (1 << (8 * n))).to_bytes(n, "big"),
             lease_ms=366 * 24 * 3600 * 1000,
         )
         self.mocks: dict[str, Any] = dict(mocks or {})
