@@ -36,7 +36,7 @@ PINNED: dict[str, list[str]] = {
         "RetryAfterError", "RunMachine", "RunNotFoundError", "RunView", "Sent",
         "SerializationError", "Step", "StepError", "StepView", "Steps", "Store", "StoreError",
         "StoreLostError", "UnknownFunctionError", "ValidationError", "Worker", "__version__",
-        "converter", "on_cron", "on_event", "tuned_gc",
+        "converter", "on_cron", "on_event", "open_store", "tuned_gc",
     ],
     "durable_core.testing": [
         "CrashTestReport", "DeployFailure", "DeployReport", "FaultPlan", "Finding",

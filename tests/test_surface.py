@@ -234,3 +234,38 @@ def test_test_engines_on_one_sqlite_file_do_not_reuse_ids(tmp_path: pathlib.Path
     # On a fresh memory store the ids stay the same from one engine to the next.
     first = [TestEngine(_app()).send(Event("nap")).runs[0].id for _ in range(2)]
     assert first[0] == first[1]
+
+
+def test_open_store_reads_durable_store(tmp_path: pathlib.Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``open_store()`` takes the URL, else $DURABLE_STORE, else ./durable.db, like the CLI."""
+    from durable_core import open_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DURABLE_STORE", f"sqlite:///{tmp_path / 'env.db'}")
+    open_store().close()
+    assert (tmp_path / "env.db").exists() and not (tmp_path / "durable.db").exists()
+    monkeypatch.delenv("DURABLE_STORE")
+    open_store().close()
+    assert (tmp_path / "durable.db").exists()
+    open_store(f"sqlite:///{tmp_path / 'given.db'}").close()
+    assert (tmp_path / "given.db").exists()
+
+
+def test_a_users_stores_module_is_named_not_silently_used(tmp_path: pathlib.Path) -> None:
+    """A script beside its own ``stores.py``: durable-core says what shadows its package."""
+    import subprocess
+    import sys
+
+    (tmp_path / "stores.py").write_text("DATA = {}\n")
+    (tmp_path / "main.py").write_text(
+        "import stores\n"
+        "from durable_core import App\n"
+        "from durable_core.testing import TestEngine\n"
+        "TestEngine(App('a'))\n")
+    proc = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: 'import stores' found ")
+    assert str(tmp_path / "stores.py") in last and "Rename your module" in last

@@ -34,6 +34,7 @@ from durable_core.core._function import App, CronTrigger, EventTrigger, Function
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.drivers._gc import tuned_gc
+from durable_core.drivers._loading import open_store
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView
 from durable_core.store import Store
@@ -87,6 +88,7 @@ __all__ = [
     "converter",
     "on_cron",
     "on_event",
+    "open_store",
     "tuned_gc",
 ]
 

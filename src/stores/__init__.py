@@ -26,6 +26,8 @@ if _TYPE_CHECKING:
     from stores.postgres import PostgresStore
     from stores.sqlite import SQLiteStore
 
+_DURABLE_CORE_STORES = True  # durable_core.drivers._loading.import_stores checks it
+
 __all__ = [
     "Claim",
     "CommitBatch",

@@ -16,24 +16,14 @@ from durable_core.base._events import Event
 from durable_core.base._redact import redact, redact_url
 from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._function import App
-from durable_core.drivers._loading import load_app
+from durable_core.drivers._loading import DEFAULT_STORE, load_app, open_store, store_url
 from durable_core.engine._views import RunView
-
-DEFAULT_STORE = "sqlite:///durable.db"
-
-
-def default_store() -> str:
-    """The store URL used when ``--store`` is not given: ``$DURABLE_STORE`` if set, else
-    ``sqlite:///durable.db`` (a file in the current directory)."""
-    return os.environ.get("DURABLE_STORE") or DEFAULT_STORE
 
 
 def _open_store(url: str, *, existing: bool = False) -> Any:
     """Open the store at ``url``. ``existing``: the command only reads, so a SQLite path
     where no database exists is an error naming the path looked at, not a new empty store
     answering "no runs"."""
-    import stores
-
     if existing and url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):].partition("?")[0]
         if path and path != ":memory:" and not os.path.exists(path):
@@ -41,7 +31,7 @@ def _open_store(url: str, *, existing: bool = False) -> Any:
                 f"no store at {os.path.abspath(path)} (--store {url}): check the path, or "
                 "set --store / DURABLE_STORE to the store your workers use; a worker "
                 "creates the file when it first opens it")
-    return stores.open(url)
+    return open_store(url)
 
 
 def format_timeline(run: RunView) -> str:
@@ -312,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def store_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--store", default=default_store(),
+        sp.add_argument("--store", default=store_url(),
                         help=f"store URL (default: $DURABLE_STORE, else {DEFAULT_STORE} in "
                              "the current directory; also memory://, "
                              "postgresql://user@host:port/db)")

@@ -24,6 +24,7 @@ from typing import Any
 from durable_core.base._errors import DurableError, ValidationError
 from durable_core.base._redact import redact, redact_url
 from durable_core.core._function import App
+from durable_core.drivers._loading import import_stores
 
 log = logging.getLogger("durable_core.worker")
 
@@ -42,8 +43,7 @@ def check_shareable(store_url: str) -> None:
     The store's registered scheme decides (``stores.register(..., shareable=...)``):
     ``memory://`` and ``sqlite://`` (SQLite in memory) live inside one process, so each
     process would get its own empty store."""
-    import stores
-
+    stores = import_stores()
     if not stores.shareable(store_url):
         raise ValidationError(
             f"store {redact_url(store_url)!r} lives inside one process, so worker processes "
@@ -63,10 +63,9 @@ def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
     supervisor is gone."""
     import trio
 
-    import stores
     from durable_core.drivers._worker import Worker
 
-    store = stores.open(store_url)
+    store = import_stores().open(store_url)
 
     async def main(worker: Worker) -> None:
         async def watch_supervisor() -> None:

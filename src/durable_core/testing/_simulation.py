@@ -185,9 +185,9 @@ class Simulation:
         planted_bug: str | None = None,
     ) -> None:
         if store is None:
-            from stores import MemoryStore
+            from durable_core.drivers._loading import import_stores
 
-            store = MemoryStore()
+            store = import_stores().MemoryStore()
         self.app = app
         self.plan = faults or FaultPlan()
         self.rng = random.Random(self.plan.seed)
