@@ -19,7 +19,9 @@ from durable_core.base._errors import (
     LimitExceededError,
     NonRetriableError,
     RetryAfterError,
+    RunFailedError,
     RunNotFoundError,
+    RunTimeoutError,
     SerializationError,
     StepError,
     StoreError,
@@ -41,7 +43,7 @@ from durable_core.store import Store
 
 if _TYPE_CHECKING:
     from durable_core.drivers._background import BackgroundWorker
-    from durable_core.drivers._client import Client
+    from durable_core.drivers._client import Client, RunHandle
     from durable_core.drivers._worker import Worker
 
 __version__ = "0.1.0"
@@ -69,8 +71,11 @@ __all__ = [
     "LimitExceededError",
     "NonRetriableError",
     "RetryAfterError",
+    "RunFailedError",
+    "RunHandle",
     "RunMachine",
     "RunNotFoundError",
+    "RunTimeoutError",
     "RunView",
     "Sent",
     "SerializationError",
@@ -104,6 +109,10 @@ def __getattr__(name: str) -> object:
         from durable_core.drivers._client import Client
 
         return Client
+    if name == "RunHandle":
+        from durable_core.drivers._client import RunHandle
+
+        return RunHandle
     if name == "BackgroundWorker":
         from durable_core.drivers._background import BackgroundWorker
 

@@ -21,7 +21,9 @@ __all__ = [
     "LimitExceededError",
     "NonRetriableError",
     "RetryAfterError",
+    "RunFailedError",
     "RunNotFoundError",
+    "RunTimeoutError",
     "SerializationError",
     "StepError",
     "StoreError",
@@ -154,3 +156,40 @@ class RunNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "run not found"
+
+
+class RunFailedError(DurableError):
+    """Raised by ``RunHandle.result()`` when the run failed or was cancelled.
+
+    ``run_id`` and ``function_id`` name the run, ``status`` is ``"failed"`` or
+    ``"cancelled"``, ``error_type`` and ``error_message`` are the run's stored error (the
+    type name and message of what ended it)."""
+
+    def __init__(self, run_id: str, function_id: str, status: str, error_type: str,
+                 error_message: str) -> None:
+        super().__init__(
+            f"run {run_id} of {function_id!r} {status}: {error_type}: {error_message}")
+        self.run_id = run_id
+        self.function_id = function_id
+        self.status = status
+        self.error_type = error_type
+        self.error_message = error_message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunFailedError, (self.run_id, self.function_id, self.status,
+                                 self.error_type, self.error_message))
+
+
+class RunTimeoutError(DurableError, TimeoutError):
+    """Raised by ``RunHandle.result(timeout=...)`` when the run had not ended in time. The
+    run goes on; wait again, or cancel it. ``run_id`` and ``status`` say where it was."""
+
+    def __init__(self, run_id: str, status: str, timeout: float) -> None:
+        super().__init__(
+            f"run {run_id} had not ended after {timeout:g} s (it is {status}); it goes on")
+        self.run_id = run_id
+        self.status = status
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunTimeoutError, (self.run_id, self.status, self.timeout))

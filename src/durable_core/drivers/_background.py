@@ -33,7 +33,7 @@ class BackgroundWorker:
 
     def __init__(self, app: App, store: Store, **worker_options: Any) -> None:
         self.worker = Worker(app, store, **worker_options)
-        self.client = Client(store, on_send=self.wake)
+        self.client = Client(store, app=app, on_send=self.wake)
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._started = threading.Event()

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from durable_core.base._errors import ValidationError
+from durable_core.base._errors import (
+    RunFailedError,
+    RunTimeoutError,
+    ValidationError,
+)
 from durable_core.base._events import Event, Sent
-from durable_core.core._function import App
+from durable_core.base._serde import loads, return_hint
+from durable_core.core._function import App, Function
+from durable_core.core._model import TERMINAL_STATUSES, RunStatus
 from durable_core.drivers._clock import wall_clock_ms
 from durable_core.drivers._options import check_callable, check_count, check_store
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, run_view
 from durable_core.store import Store
 
-__all__ = ["Client"]
+__all__ = ["Client", "RunHandle"]
+
+_FIRST_POLL_S = 0.002
+_MAX_POLL_S = 0.1
 
 
 def _function_ids(app: App) -> list[str]:
@@ -28,23 +39,36 @@ class Client:
     """Send events and read runs, synchronously and thread-safely.
 
     Use it from sync code or from asyncio applications (call it in a thread executor if a
-    blocking store would stall your loop). Events are accepted durably before ``send``
-    returns; a worker (``durable worker`` or :class:`durable_core.Worker`) runs the functions.
-    ``on_send`` is called after each send or cancel (a :class:`BackgroundWorker` wakes its
-    worker with it).
+    blocking store would stall your loop; :meth:`RunHandle.result_async` waits without
+    blocking). Events are accepted durably before ``send`` returns; a worker
+    (``durable worker`` or :class:`durable_core.Worker`) runs the functions.
+
+    With ``app``, ``send`` also routes the events it accepted before returning: the runs
+    they start exist at once (``list_runs(event_id=...)`` finds them, :meth:`runs_of` gives
+    their handles) and the waits they match are resumed; without it, the workers route them.
+    :meth:`run` starts one run of a function directly and returns its :class:`RunHandle`.
+    ``on_send`` is called after each send, start or cancel (a :class:`BackgroundWorker`
+    wakes its worker with it).
     """
 
     def __init__(
-        self, store: Store, *, clock: object = None, on_send: Callable[[], None] | None = None
+        self, store: Store, *, app: App | None = None, clock: object = None,
+        on_send: Callable[[], None] | None = None,
     ) -> None:
         check_callable("Client", "clock", clock, optional=True)
         check_callable("Client", "on_send", on_send, optional=True)
         check_store("Client", store)
+        if app is not None and not isinstance(app, App):
+            raise ValidationError(
+                f"Client(app=...) must be a durable_core.App, got {type(app).__name__}",
+                field="app")
         self.store = store
+        self.app = app
         self._on_send = on_send
         self._clock = wall_clock_ms if clock is None else clock
         self._lock = threading.Lock()
-        self._engine = Engine(App("client"), store, owner="client", entropy=os.urandom)
+        self._engine = Engine(app if app is not None else App("client"), store,
+                              owner="client", entropy=os.urandom)
 
     def _now(self) -> int:
         return int(self._clock())  # type: ignore[operator]
@@ -54,10 +78,42 @@ class Client:
         :class:`~durable_core.Sent`: a list of str that also names the duplicates)."""
         batch = [events] if isinstance(events, Event) else list(events)
         with self._lock:
-            sent = self._engine.send(batch, self._now())
+            # With an app, route what is waiting (these events and any before them), so
+            # the runs they start exist when send returns.
+            sent = self._engine.send(batch, self._now(), route=self.app is not None)
         if self._on_send is not None:
             self._on_send()
         return sent
+
+    def run(self, function: Function[Any] | str, data: dict[str, Any] | None = None, *,
+            id: str | None = None) -> RunHandle:
+        """Start one run of ``function`` (a :class:`Function` or its id) with ``data`` as its
+        event data, and return its handle. The run starts as ``ctx.step.invoke`` starts a
+        child: its ``ctx.event`` is a ``durable/function.invoked`` event that no other
+        function or wait sees. ``id`` makes the start idempotent (a retried ``run`` with the
+        same ``id`` returns the same run and starts nothing). With ``app``, a function id
+        the app does not define is a :class:`ValidationError`."""
+        fn_id = function.id if isinstance(function, Function) else function
+        if self.app is not None and fn_id not in self.app.functions:
+            raise ValidationError(
+                f"Client.run: app {self.app.id!r} has no function {fn_id!r} (it has: "
+                f"{', '.join(sorted(self.app.functions)) or 'none'})", field="function")
+        with self._lock:
+            run_id = self._engine.start_run(fn_id, data, self._now(), id=id)
+        if self._on_send is not None:
+            self._on_send()
+        return RunHandle(self, run_id, function if isinstance(function, Function) else None)
+
+    def handle(self, run_id: str) -> RunHandle:
+        """A handle on an existing run; raises :class:`~durable_core.RunNotFoundError`."""
+        self.store.get_run(run_id)
+        return RunHandle(self, run_id, None)
+
+    def runs_of(self, event_id: str) -> list[RunHandle]:
+        """Handles of the runs an event started, oldest first (empty until the event is
+        routed: at once with a Client made with ``app``, else by a worker)."""
+        records = self.store.list_runs(event_id=event_id, limit=10_000)
+        return [RunHandle(self, r.id, None) for r in reversed(records)]
 
     def get_run(self, run_id: str) -> RunView:
         """One run with its steps; raises :class:`~durable_core.RunNotFoundError`."""
@@ -105,3 +161,101 @@ class Client:
             self._engine.cancel_run(run_id, self._now(), reason=reason)
         if self._on_send is not None:
             self._on_send()
+
+
+class RunHandle:
+    """A run started or found through a :class:`Client`: wait for its result.
+
+    ``result()`` blocks the calling thread until the run ends; ``await result_async()`` does
+    the same from trio or asyncio code without blocking the event loop. Both return the run's
+    output (structured into the function's return annotation when the handle came from
+    :meth:`Client.run` with a :class:`Function`), or raise :class:`RunFailedError` when the
+    run failed or was cancelled, or :class:`RunTimeoutError` when ``timeout`` seconds passed
+    first (the run goes on).
+    """
+
+    __slots__ = ("_client", "_function", "id")
+
+    def __init__(self, client: Client, run_id: str, function: Function[Any] | None) -> None:
+        self._client = client
+        self._function = function
+        self.id = run_id
+        """The run's id."""
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.id!r})"
+
+    @property
+    def status(self) -> str:
+        """The run's status now (``queued running sleeping waiting completed failed
+        cancelled``)."""
+        return self._client.store.get_run(self.id).status
+
+    def view(self) -> RunView:
+        """The run with its steps, as :meth:`Client.get_run` gives it."""
+        return self._client.get_run(self.id)
+
+    def _outcome(self) -> tuple[bool, Any]:
+        record = self._client.store.get_run(self.id)
+        if record.status not in TERMINAL_STATUSES:
+            return False, record.status
+        if record.status == RunStatus.COMPLETED:
+            hint = None if self._function is None else return_hint(self._function.fn)
+            return True, None if record.output is None else loads(record.output, hint)
+        err = record.error
+        raise RunFailedError(self.id, record.function_id, record.status,
+                             err.type if err is not None else "Error",
+                             err.message if err is not None else "(no error recorded)")
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to end and return its output (see the class)."""
+        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        pause = _FIRST_POLL_S
+        while True:
+            done, value = self._outcome()
+            if done:
+                return value
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RunTimeoutError(self.id, value, float(timeout or 0))
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 2, _MAX_POLL_S)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """``result()`` for trio and asyncio code: the store is read in a worker thread and
+        the waits are the event loop's, so the loop keeps running."""
+        import sniffio
+
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            to_thread: Any = trio.to_thread.run_sync
+            sleep: Any = trio.sleep
+        else:
+            import asyncio
+
+            to_thread, sleep = asyncio.to_thread, asyncio.sleep
+        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        pause = _FIRST_POLL_S
+        while True:
+            done, value = await to_thread(self._outcome)
+            if done:
+                return value
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RunTimeoutError(self.id, value, float(timeout or 0))
+                pause = min(pause, left)
+            await sleep(pause)
+            pause = min(pause * 2, _MAX_POLL_S)
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            timeout >= 0):
+        raise ValidationError(
+            f"result(timeout=...) must be a number of seconds >= 0 or None, got {timeout!r}",
+            field="timeout")
+    return float(timeout)

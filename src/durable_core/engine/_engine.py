@@ -61,6 +61,7 @@ from durable_core.core._model import (
     StartRun,
     StepFailed,
     TimerFired,
+    derive_id,
 )
 from durable_core.store import (
     Claim,
@@ -84,6 +85,7 @@ lost connection) is failed instead of being retried for ever."""
 log = logging.getLogger("durable_core.engine")
 
 _tuple_new = tuple.__new__
+_ROUTE_BATCH = 500  # events routed per commit
 
 
 class _Live:
@@ -221,12 +223,54 @@ class Engine:
             texts.append(e.to_json())
         return texts
 
-    def send(self, events: Iterable[Event], now: int) -> Sent:
-        """Durably accept events; returns their ids (and which were duplicates)."""
-        stored = self.store.append_events(self.prepare_events(events, now), now)
-        return Sent.of((e.id, e.duplicate) for e in stored)
+    def send(self, events: Iterable[Event], now: int, *, route: bool = False) -> Sent:
+        """Durably accept events; returns their ids (and which were duplicates).
 
-    def route(self, now: int, limit: int = 500) -> int:
+        ``route``: then route every event waiting to be (these and any before them) before
+        returning, so the runs they start exist and the waits they match are resumed.
+        Routing is idempotent: another engine routing the same events at the same time
+        starts no run twice."""
+        stored = self.store.append_events(self.prepare_events(events, now), now)
+        sent = Sent.of((e.id, e.duplicate) for e in stored)
+        if route and len(sent) > len(sent.duplicates):
+            while self.route(now) == _ROUTE_BATCH:
+                pass
+        return sent
+
+    def start_run(
+        self, function_id: str, data: Any, now: int, *, id: str | None = None
+    ) -> str:
+        """Start one run of ``function_id`` directly, as ``ctx.step.invoke`` starts a child:
+        with a ``durable/function.invoked`` event holding ``data`` (a dict), stored with the
+        run only, so no other function and no wait sees it. Returns the run id.
+
+        ``id`` makes the start idempotent: the run and event ids are derived from it, so a
+        second start with the same ``id`` (a client retrying after an unknown outcome) finds
+        the run of the first and creates nothing."""
+        from durable_core.core._steps._invoke import INVOKED_EVENT
+
+        if not isinstance(function_id, str) or not function_id:
+            raise ValidationError(
+                f"start_run: function_id must be a non-empty str, got {function_id!r}",
+                field="function_id")
+        check_text(function_id, what="start_run: function_id", error=ValidationError, nul=True)
+        if id is not None:
+            if not isinstance(id, str) or not id:
+                raise ValidationError(
+                    f"start_run: id must be a non-empty str or None, got {id!r}", field="id")
+            check_text(id, what="start_run: id", error=ValidationError, nul=True)
+            run_id = derive_id("r_", "start", function_id, id)
+            event_id = derive_id("e_", "start", function_id, id)
+        else:
+            run_id, event_id = self.new_id("r_", now), self.new_id("e_", now)
+        event = Event(INVOKED_EVENT, {} if data is None else data, id=event_id, ts=now)
+        self.store.commit(CommitBatch(now=now, runs=(NewRun(
+            id=run_id, function_id=function_id, events=(event.to_json(),),
+            event_ids=(event_id,), created_at=now,
+        ),)))
+        return run_id
+
+    def route(self, now: int, limit: int = _ROUTE_BATCH) -> int:
         """Start runs and resolve waits for events not yet routed. Returns how many events
         were routed."""
         events = self.store.unrouted_events(limit)

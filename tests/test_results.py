@@ -1,0 +1,170 @@
+"""Run handles: start a run or find the runs an event started, and wait for the result, on
+every store, from sync code, trio and asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import pathlib
+from collections.abc import Callable, Iterator
+
+import attrs
+import pytest
+import trio
+
+import stores
+from durable_core import (
+    App,
+    BackgroundWorker,
+    Client,
+    Context,
+    Event,
+    NonRetriableError,
+    RunFailedError,
+    RunHandle,
+    RunNotFoundError,
+    RunTimeoutError,
+    Store,
+    ValidationError,
+    on_event,
+)
+
+
+@attrs.frozen
+class Receipt:
+    order: int
+    at: dt.datetime
+
+
+app = App("results")
+
+
+@app.function(id="receipt", trigger=on_event("order/paid"))
+async def receipt(ctx: Context) -> Receipt:
+    order = ctx.event.data["order"]
+    at = await ctx.step.run("stamp", lambda: "2026-01-02T03:04:05+00:00")
+    return Receipt(order, dt.datetime.fromisoformat(at))
+
+
+@app.function(id="broken", trigger=on_event("order/broken"), retries=0)
+async def broken(ctx: Context) -> None:
+    def fail() -> None:
+        raise NonRetriableError("the card was declined")
+
+    await ctx.step.run("charge", fail)
+
+
+@app.function(id="nap", trigger=on_event("order/nap"))
+async def nap(ctx: Context) -> str:
+    await ctx.step.sleep("nap", "1d")
+    return "rested"
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Store]:
+    if request.param == "memory":
+        s: Store = stores.MemoryStore()
+    elif request.param == "sqlite":
+        s = stores.open(f"sqlite:///{tmp_path / 'results.db'}")
+    else:
+        url = request.getfixturevalue("pg_url")
+        schema = request.getfixturevalue("pg_schema")
+        s = stores.open(f"{url}?schema={schema}")
+    yield s
+    s.close()
+
+
+def test_run_returns_a_handle_whose_result_is_typed(store: Store) -> None:
+    with BackgroundWorker(app, store, poll_interval=0.05) as bg:
+        handle = bg.client.run(receipt, {"order": 7})
+        assert isinstance(handle, RunHandle)
+        got = handle.result(timeout=60)
+        # The output comes back as the function's annotated return type.
+        assert got == Receipt(7, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+        assert handle.status == "completed"
+        assert [s.id for s in handle.view().steps] == ["stamp"]
+        # Started as invoke starts a child: the event is the run's own.
+        assert handle.view().event_ids and bg.client.list_runs(function_id="receipt")
+
+
+def test_a_failed_run_raises_its_error_typed(store: Store) -> None:
+    with BackgroundWorker(app, store, poll_interval=0.05) as bg:
+        handle = bg.client.run("broken")
+        with pytest.raises(RunFailedError) as info:
+            handle.result(timeout=60)
+    err = info.value
+    assert (err.run_id, err.function_id, err.status) == (handle.id, "broken", "failed")
+    # The run failed because its step did: the run's error is the StepError, which names
+    # the step and the step's own error.
+    assert err.error_type == "StepError"
+    assert err.error_message == (
+        "step 'charge' failed: NonRetriableError: the card was declined")
+
+
+def test_send_with_an_app_routes_at_once(store: Store) -> None:
+    """The runs an event starts exist when send returns (no worker has run yet)."""
+    client = Client(store, app=app)
+    [event_id] = client.send(Event("order/paid", {"order": 1}))
+    [handle] = client.runs_of(event_id)
+    assert handle.status == "queued"
+    assert [r.id for r in client.list_runs(event_id=event_id)] == [handle.id]
+    # Then a worker runs it, and the handle sees the result.
+    with BackgroundWorker(app, store, poll_interval=0.05):
+        assert handle.result(timeout=60) == {"order": 1, "at": "2026-01-02T03:04:05+00:00"}
+
+
+def test_timeout_and_cancel(store: Store) -> None:
+    with BackgroundWorker(app, store, poll_interval=0.05) as bg:
+        handle = bg.client.run(nap)
+        with pytest.raises(RunTimeoutError) as info:
+            handle.result(timeout=0)
+        assert info.value.run_id == handle.id and info.value.status in {"queued", "running",
+                                                                         "sleeping"}
+        bg.client.cancel_run(handle.id, reason="no more naps")
+        with pytest.raises(RunFailedError) as failed:
+            handle.result(timeout=60)
+    assert failed.value.status == "cancelled"
+    assert "no more naps" in failed.value.error_message
+
+
+def test_idempotent_start() -> None:
+    client = Client(stores.MemoryStore(), app=app)
+    first = client.run(receipt, {"order": 1}, id="order-1")
+    again = client.run(receipt, {"order": 1}, id="order-1")
+    assert first.id == again.id
+    assert len(client.list_runs(function_id="receipt")) == 1
+    other = client.run(receipt, {"order": 1}, id="order-2")
+    assert other.id != first.id
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda c: c.run("nope"), "function"),
+    (lambda c: c.run("receipt", {"order": 1}, id=""), "id"),
+    (lambda c: c.run("receipt", [1, 2]), "event.data"),
+    (lambda c: c.handle("r_missing"), None),
+    (lambda c: c.run("receipt").result(timeout=-1), "timeout"),
+])
+def test_bad_input_is_a_typed_error(call: Callable[[Client], object], field: str | None) -> None:
+    client = Client(stores.MemoryStore(), app=app)
+    if field is None:
+        with pytest.raises(RunNotFoundError):
+            call(client)
+        return
+    with pytest.raises(ValidationError) as info:
+        call(client)
+    assert info.value.field == field
+
+
+def test_result_async_from_trio_and_asyncio() -> None:
+    store = stores.MemoryStore()
+    with BackgroundWorker(app, store, poll_interval=0.05) as bg:
+        handle = bg.client.run(receipt, {"order": 3})
+
+        async def from_trio() -> object:
+            return await handle.result_async(timeout=60)
+
+        async def from_asyncio() -> object:
+            return await handle.result_async(timeout=60)
+
+        assert trio.run(from_trio) == asyncio.run(from_asyncio()) == Receipt(
+            3, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
