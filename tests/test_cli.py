@@ -111,3 +111,87 @@ def test_worker_requires_a_module_and_an_app(capsys: pytest.CaptureFixture[str])
         main(["worker", "nocolon", "--store", "memory://"])
     with pytest.raises(SystemExit, match=r"not a durable_core\.App"):
         main(["worker", "json:dumps", "--store", "memory://"])
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import durable_core
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"durable-core {durable_core.__version__}"
+
+
+def test_functions_lists_triggers_and_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "functions", "cli_app:app", "--json")
+    assert code == 0
+    listed = json.loads(out)
+    assert listed["app"] == "cli"
+    assert listed["functions"] == [
+        {"id": "double", "triggers": [{"event": "cli/double", "if": "event.data.n > 0"}],
+         "retries": 2, "max_steps": 1000},
+        {"id": "refuse", "triggers": [{"event": "cli/refuse", "if": None}], "retries": 0,
+         "max_steps": 1000},
+        {"id": "nap", "triggers": [{"event": "cli/nap", "if": None},
+                                   {"cron": "TZ=Europe/Paris 0 9 * * 1"}],
+         "retries": 4, "max_steps": 1000},
+    ]
+    code, out, _ = run_cli(capsys, "functions", "cli_app:app")
+    assert out.splitlines()[0].split() == ["double", "event", "cli/double", "if", "event.data.n",
+                                           ">", "0", "retries=2"]
+    assert "cron TZ=Europe/Paris 0 9 * * 1" in out
+
+
+def test_send_wait_and_runs_wait(tmp_path: pathlib.Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``send --wait`` prints the outcome of each run the event started; ``runs wait`` waits
+    for one run; the exit code says how they ended."""
+    from durable_core import BackgroundWorker
+
+    cli_app = __import__("cli_app").app
+    url = f"sqlite:///{tmp_path / 'wait.db'}"
+    store = stores.open(url)
+    try:
+        with BackgroundWorker(cli_app, store, poll_interval=0.05):
+            code, out, _ = run_cli(capsys, "send", "cli/double", "--data", '{"n": 21}',
+                                   "--app", "cli_app:app", "--wait", "--timeout", "60",
+                                   "--store", url, "--json")
+            assert code == 0
+            sent = json.loads(out)
+            [run] = sent["runs"]
+            assert run["status"] == "completed" and run["output"] == 42
+            code, out, _ = run_cli(capsys, "runs", "wait", run["run_id"], "--store", url)
+            assert code == 0 and out.split()[1:] == ["completed", "42"]
+
+            # A filter that does not match: the event starts no run, and says so.
+            code, out, _ = run_cli(capsys, "send", "cli/double", "--data", '{"n": 0}',
+                                   "--app", "cli_app:app", "--wait", "--store", url)
+            assert code == 0 and "the event started no run" in out
+
+            code, out, _ = run_cli(capsys, "send", "cli/refuse", "--app", "cli_app:app",
+                                   "--wait", "--timeout", "60", "--store", url)
+            assert code == 1
+            assert "failed  StepError: step 'refuse' failed: NonRetriableError: no, thanks" in out
+
+            code, out, _ = run_cli(capsys, "send", "cli/nap", "--app", "cli_app:app",
+                                   "--wait", "--timeout", "0.01", "--store", url, "--json")
+            assert code == 124
+            [napping] = json.loads(out)["runs"]
+            assert napping["timed_out"] is True
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["send", "cli/double", "--wait"], "--wait needs --app"),
+    (["runs", "wait", "r_missing"], "no run with id 'r_missing'"),
+])
+def test_wait_bad_input(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                        args: list[str], message: str) -> None:
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    stores.open(url).close()
+    code, _, err = run_cli(capsys, *args, "--store", url)
+    assert code == 2 and message in err
+    with pytest.raises(SystemExit):
+        main(["runs", "wait", "r_x", "--timeout", "-1", "--store", url])
+    assert "--timeout must be more than 0" in capsys.readouterr().err

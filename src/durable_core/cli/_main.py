@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
@@ -164,9 +165,83 @@ def _cmd_send(args: argparse.Namespace) -> int:
             f"--data: the JSON is nested more than {MAX_JSON_DEPTH} levels deep (the limit)"
         ) from None
     event = Event(args.name, data, id=args.id)
-    client = Client(_open_store(args.store))
+    if args.wait and args.app is None:
+        raise DurableError("--wait needs --app package.module:app: the event is routed with "
+                           "the app's functions, to know which runs it starts")
+    app = None if args.app is None else load_app(args.app)
+    client = Client(_open_store(args.store), app=app)
     ids = client.send(event)
-    _print({"ids": ids}, args.json, "\n".join(ids))
+    if not args.wait:
+        _print({"ids": ids}, args.json, "\n".join(ids))
+        return 0
+    handles = [h for i in ids for h in client.runs_of(i)]
+    outcomes = [_await_run(h, args.timeout) for h in handles]
+    if args.json:
+        print(json.dumps({"ids": ids, "runs": [o for o, _ in outcomes]}, indent=2,
+                         ensure_ascii=False))
+    else:
+        print("\n".join(ids))
+        if not handles:
+            print("the event started no run")
+        for (o, _), h in zip(outcomes, handles, strict=True):
+            print(f"{h.id}  {o['status']}  {_outcome_text(o)}")
+    return max((code for _, code in outcomes), default=0)
+
+
+_EXIT_FAILED = 1
+_EXIT_TIMEOUT = 124  # as timeout(1)
+
+
+def _await_run(handle: Any, timeout: float | None) -> tuple[dict[str, Any], int]:
+    """Wait for a run; its outcome as JSON and the exit code it stands for."""
+    from durable_core.base._errors import RunFailedError, RunTimeoutError
+
+    try:
+        output = handle.result(timeout=timeout)
+    except RunFailedError as exc:
+        return {"run_id": handle.id, "status": exc.status,
+                "error": {"type": exc.error_type, "message": exc.error_message}}, _EXIT_FAILED
+    except RunTimeoutError as exc:
+        return {"run_id": handle.id, "status": exc.status, "timed_out": True}, _EXIT_TIMEOUT
+    return {"run_id": handle.id, "status": "completed", "output": output}, 0
+
+
+def _outcome_text(outcome: dict[str, Any]) -> str:
+    if "output" in outcome:
+        return json.dumps(outcome["output"], ensure_ascii=False)
+    if "error" in outcome:
+        return f"{outcome['error']['type']}: {outcome['error']['message']}"
+    return "still going (timed out waiting)"
+
+
+def _cmd_runs_wait(args: argparse.Namespace) -> int:
+    from durable_core.drivers._client import Client
+
+    handle = Client(_open_store(args.store, existing=True)).handle(args.run_id)
+    outcome, code = _await_run(handle, args.timeout)
+    _print(outcome, args.json, f"{handle.id}  {outcome['status']}  {_outcome_text(outcome)}")
+    return code
+
+
+def _cmd_functions(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    rows: list[dict[str, Any]] = []
+    for fn in app.functions.values():
+        triggers: list[dict[str, Any]] = []
+        for t in fn.event_triggers:
+            triggers.append({"event": t.event, "if": t.if_})
+        for c in fn.cron_triggers:
+            triggers.append({"cron": c.cron})
+        rows.append({"id": fn.id, "triggers": triggers, "retries": fn.retries,
+                     "max_steps": fn.max_steps})
+    lines = []
+    for r in rows:
+        shown = ", ".join(
+            (f"event {t['event']}" + (f" if {t['if']}" if t["if"] else "")) if "event" in t
+            else f"cron {t['cron']}" for t in r["triggers"]) or "no trigger (invoke only)"
+        lines.append(f"{r['id']:<24} {shown}  retries={r['retries']}")
+    _print({"app": app.id, "functions": rows}, args.json,
+           "\n".join(lines) or f"app {app.id!r} has no functions")
     return 0
 
 
@@ -299,6 +374,8 @@ def _seconds(name: str, low: float, high: float) -> Callable[[str], float]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``durable`` command."""
     p = argparse.ArgumentParser(prog="durable", description="durable-core command line")
+    p.add_argument("--version", action="version",
+                   version=f"durable-core {importlib.metadata.version('durable-core')}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def store_arg(sp: argparse.ArgumentParser) -> None:
@@ -306,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"store URL (default: $DURABLE_STORE, else {DEFAULT_STORE} in "
                              "the current directory; also memory://, "
                              "postgresql://user@host:port/db)")
+
+    def timeout_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--timeout", type=_seconds("--timeout", 0, 10 ** 9), default=None,
+                        help="seconds to wait at most (default: no limit)")
 
     sp = sub.add_parser("demo", help="run the order-workflow demo")
     store_arg(sp)
@@ -329,8 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="{}", help="event data as a JSON object")
     sp.add_argument("--id", default=None, help="dedupe id")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--app", default=None,
+                    help="package.module:app: route the event with its functions at once")
+    sp.add_argument("--wait", action="store_true",
+                    help="wait for the runs the event starts and print their outcomes "
+                         "(needs --app; exit 1 if one failed, 124 on --timeout)")
+    timeout_arg(sp)
     store_arg(sp)
     sp.set_defaults(func=_cmd_send)
+
+    sp = sub.add_parser("functions", help="list an app's functions, triggers and options")
+    sp.add_argument("app", help="package.module:app")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_cmd_functions)
 
     runs = sub.add_parser("runs", help="list, show or cancel runs")
     rsub = runs.add_subparsers(dest="runs_command", required=True)
@@ -359,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_cancel)
+    sp = rsub.add_parser("wait", help="wait for a run to end and print its output (exit 0 "
+                                      "completed, 1 failed or cancelled, 124 on --timeout)")
+    sp.add_argument("run_id")
+    sp.add_argument("--json", action="store_true")
+    timeout_arg(sp)
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_runs_wait)
 
     sp = sub.add_parser("export", help="export a run's journal as JSON (for replay tests)")
     sp.add_argument("run_id")
