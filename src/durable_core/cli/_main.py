@@ -333,6 +333,29 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from durable_core.dashboard import serve
+    except ImportError as exc:
+        raise DurableError(f"the dashboard needs the 'dashboard' extra ({exc}): pip install "
+                           "'durable-core[dashboard]'") from None
+    app = None if args.app is None else load_app(args.app)
+    store = _open_store(args.store)
+
+    def ready(urls: list[str]) -> None:
+        print(f"durable serve: dashboard on {', '.join(urls)} for "
+              f"{redact_url(args.store)} (Ctrl-C to stop)", flush=True)
+
+    try:
+        serve(store, app=app, host=args.host, port=args.port, on_ready=ready)
+    except OSError as exc:
+        raise DurableError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    finally:
+        store.close()
+    print("durable serve: stopped", flush=True)
+    return 0
+
+
 def _int_in(name: str, low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high], or a usage error naming the option."""
 
@@ -478,6 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     store_arg(sp)
     sp.set_defaults(func=_cmd_replay)
+
+    sp = sub.add_parser("serve", help="serve the web dashboard (runs, events, functions)")
+    sp.add_argument("--app", default=None,
+                    help="package.module:app: show its functions, triggers and options, and "
+                         "route events sent from the dashboard at once")
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=_int_in("--port", 0, 65535), default=8288,
+                    help="port to listen on (default 8288; 0 picks a free one)")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_serve)
     return p
 
 
