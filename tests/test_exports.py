@@ -46,6 +46,7 @@ PINNED: dict[str, list[str]] = {
         "replay", "replay_folder",
     ],
     "durable_core.cli": ["main"],
+    "durable_core.dashboard": ["create_app", "serve"],
     "durable_core.store": [
         "ALL_SIGNALS", "ALWAYS_DUE", "DEDUPE_WINDOW_MS", "Claim", "CommitBatch", "NewRun",
         "RunChange", "RunRecord", "RunWrite", "Store", "StoredEvent", "WaitRecord",

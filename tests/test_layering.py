@@ -235,9 +235,12 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
                    "stores.registry")),
     "drivers": (5, ("durable_core.drivers",)),
     "testing": (6, ("durable_core.testing", "stores.testing")),
-    "cli": (7, ("durable_core.cli", "durable_core.demo")),
+    # The web dashboard reads stores through the drivers' client and the engine's views;
+    # only the CLI (``durable serve``) imports it.
+    "dashboard": (7, ("durable_core.dashboard",)),
+    "cli": (8, ("durable_core.cli", "durable_core.demo")),
     # The two packages' front doors re-export from every layer (drivers lazily).
-    "front": (8, ("durable_core", "stores")),
+    "front": (9, ("durable_core", "stores")),
 }
 # What a layer may import besides the layers below it (same-rank imports are allowed only
 # within one layer). The stores may use each other's front door for lazily opened backends.
@@ -374,3 +377,15 @@ def test_no_circular_imports() -> None:
 def test_cycle_check_can_fail() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_dashboard_sits_beside_the_cli_and_only_the_cli_imports_it() -> None:
+    # The dashboard uses the drivers, the engine's views, the store contract and base;
+    # never the test tools (ranked below it only so the CLI may sit above it).
+    dash = [m for m in GRAPH if _layer_of(m) == "dashboard"]
+    assert dash, "no dashboard modules found"
+    for m in dash:
+        assert not [t for t in GRAPH[m] if _layer_of(t) == "testing"], m
+    importers = {m for m, targets in GRAPH.items()
+                 if _layer_of(m) != "dashboard" and any(t in dash for t in targets)}
+    assert importers <= {"durable_core.cli._main"}, importers

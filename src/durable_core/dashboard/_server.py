@@ -17,14 +17,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+import durable_core.dashboard._pages as _pages
 from durable_core.base._errors import DurableError, RunNotFoundError
 from durable_core.core._function import App
+from durable_core.dashboard._pages import BadRequest, NotFound
 from durable_core.drivers._client import Client
 from durable_core.drivers._clock import wall_clock_ms
 from durable_core.store import Store
-
-from . import _pages
-from ._pages import BadRequest, NotFound
 
 T = TypeVar("T")
 
