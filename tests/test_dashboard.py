@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import select
+import queue
 import shutil
 import subprocess
 import sys
@@ -421,15 +421,23 @@ def _start_serve(db: pathlib.Path) -> tuple[subprocess.Popen[str], str]:
          "--app", "dashboard_app:app", "--port", "0"],
         cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:  # a reader thread: readline() never blocks the test's deadline
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    proc._lines = lines  # type: ignore[attr-defined]  # for _stop
     seen = []
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
         if not line:
             break
         seen.append(line)
@@ -444,8 +452,12 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     import signal
 
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
-    return out
+    proc.wait(timeout=30)
+    out = []
+    lines: queue.Queue[str] = proc._lines  # type: ignore[attr-defined]
+    while line := lines.get(timeout=30):  # until the reader's end mark
+        out.append(line)
+    return "".join(out)
 
 
 def test_durable_serve_serves_and_stops_on_sigint(tmp_path: pathlib.Path) -> None:
@@ -558,3 +570,18 @@ def test_in_a_real_browser_open_a_failed_run_and_cancel_a_sleeping_one(
         shutil.rmtree(driver._durable_profile, ignore_errors=True)
         _stop(proc)
         s.close()
+
+
+def test_every_durable_command_in_the_dashboard_docs_parses() -> None:
+    import shlex
+
+    from durable_core.cli._main import build_parser
+
+    text = (HERE.parent / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    commands = [line for block in re.findall(r"```sh\n(.*?)```", text, re.S)
+                for line in block.splitlines() if line.startswith("durable ")]
+    assert len(commands) == 2
+    for line in commands:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert args.command == "serve"
+    assert (HERE.parent / "docs" / "dashboard-run.png").stat().st_size < 200_000
