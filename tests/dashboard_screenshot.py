@@ -16,9 +16,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from dashboard_app import populate  # noqa: E402
-from test_dashboard import _start_serve, _stop  # noqa: E402
-
 from durable_core import open_store  # noqa: E402
+from test_dashboard import _start_serve, _stop  # noqa: E402
 
 OUT = HERE.parent / "docs" / "dashboard-run.png"
 

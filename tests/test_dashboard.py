@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 import queue
+import re
 import shutil
 import subprocess
 import sys
