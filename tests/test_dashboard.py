@@ -585,3 +585,21 @@ def test_every_durable_command_in_the_dashboard_docs_parses() -> None:
         args = build_parser().parse_args(shlex.split(line)[1:])
         assert args.command == "serve"
     assert (HERE.parent / "docs" / "dashboard-run.png").stat().st_size < 200_000
+
+
+def test_a_large_output_is_cut_on_the_page(store: Store, ids: Ids) -> None:
+    from durable_core.dashboard._pages import MAX_SHOWN_CHARS, pretty_json
+
+    text = pretty_json({"blob": "x" * (MAX_SHOWN_CHARS + 500)})
+    assert len(text) < MAX_SHOWN_CHARS + 100
+    assert text.endswith("(516 more characters not shown)")
+
+
+def test_durable_serve_refuses_a_sqlite_store_that_does_not_exist(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from durable_core.cli import main
+
+    missing = tmp_path / "typo.db"
+    assert main(["serve", "--store", f"sqlite:///{missing}"]) == 2
+    assert f"no store at {missing}" in capsys.readouterr().err
+    assert not missing.exists()

@@ -340,7 +340,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise DurableError(f"the dashboard needs the 'dashboard' extra ({exc}): pip install "
                            "'durable-core[dashboard]'") from None
     app = None if args.app is None else load_app(args.app)
-    store = _open_store(args.store)
+    store = _open_store(args.store, existing=True)
 
     def ready(urls: list[str]) -> None:
         print(f"durable serve: dashboard on {', '.join(urls)} for "

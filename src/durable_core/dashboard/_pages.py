@@ -98,12 +98,20 @@ def fmt_span(ms: int | None) -> str:
     return f"{sign}{s // 86400}d {s % 86400 // 3600}h"
 
 
+MAX_SHOWN_CHARS = 100_000
+"""The most characters of one output or payload a page shows (an output may be 4 MiB)."""
+
+
 def pretty_json(value: Any) -> str:
-    """Indented JSON text of a decoded value."""
+    """Indented JSON text of a decoded value, cut after :data:`MAX_SHOWN_CHARS`."""
     try:
-        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+        text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
     except (TypeError, ValueError, RecursionError):
-        return repr(value)
+        text = repr(value)
+    if len(text) > MAX_SHOWN_CHARS:
+        more = len(text) - MAX_SHOWN_CHARS
+        text = text[:MAX_SHOWN_CHARS] + f"\n… ({more} more characters not shown)"
+    return text
 
 
 def _loads(text: str) -> Any:
