@@ -148,7 +148,8 @@ def test_time_filter_splits_runs_by_creation(http: Http, ids: Ids, store: Store)
     ("page=0", "page: must be between 1 and 200, got 0"),
     ("page=x", "page: 'x' is not a page number"),
     ("colour=red", "unknown filter 'colour'"),
-    ("function=" + "f" * 600, "function: a function id is at most 512 characters"),
+    ("function=" + "f" * 600, "function: a function id is 1 to 512 characters"),
+    ("function=a%00b", "function: a function id is 1 to 512 characters"),
 ])
 def test_bad_filters_get_a_400_page_with_the_message(
         http: Http, query: str, message: str) -> None:
@@ -603,3 +604,23 @@ def test_durable_serve_refuses_a_sqlite_store_that_does_not_exist(
     assert main(["serve", "--store", f"sqlite:///{missing}"]) == 2
     assert f"no store at {missing}" in capsys.readouterr().err
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("path", ["/runs/%00", "/runs/%ED%A0%80", "/events/%00x",
+                                  "/events/%FF%FE", "/runs/a%2Fb"])
+def test_ids_no_store_can_hold_are_404_pages(http: Http, path: str) -> None:
+    assert http.get(path).status_code == 404
+    if path.startswith("/runs/"):
+        assert http.post(f"{path}/cancel").status_code == 404
+
+
+def test_a_form_with_a_percent_escape_that_is_not_utf8_is_a_400(http: Http) -> None:
+    resp = http.post("/send", content=b"name=%ED%A0%80&data=%7B%7D",
+                     headers={"content-type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 400 and "UTF-8" in _problem(resp)
+
+
+def test_the_runs_list_survives_odd_query_strings(http: Http) -> None:
+    for query in ("function=%00", "function=%ED%A0%80", "status=%00", "page=%F0",
+                  "since=%00", "page=99999999999999999999"):
+        assert http.get(f"/runs?{query}").status_code in (200, 400), query

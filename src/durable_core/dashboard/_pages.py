@@ -180,8 +180,9 @@ def parse_run_filter(params: Mapping[str, str]) -> RunFilter:
             f"unknown filter {unknown[0]!r}: the runs list takes function, status, since, "
             "until and page")
     function = params.get("function", "").strip() or None
-    if function is not None and len(function) > 512:
-        raise BadRequest("function: a function id is at most 512 characters")
+    if function is not None and not _storable_id(function, 512):
+        raise BadRequest("function: a function id is 1 to 512 characters of text, with no "
+                         "NUL character")
     status = params.get("status", "").strip() or None
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status: {status!r} is not a run status; use one of "
@@ -308,9 +309,21 @@ def _waits_for(kind: str, sched: Mapping[str, Any] | None, done: bool) -> str | 
     return None
 
 
+def _storable_id(text: str, limit: int) -> bool:
+    """Whether ``text`` can be an id a store holds (a NUL or a lone surrogate cannot: a
+    database would refuse the query rather than find nothing)."""
+    if not text or len(text) > limit or "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def run_page(store: Store, run_id: str, now: int) -> dict[str, Any]:
     """Everything the run page shows; :class:`NotFound` for an unknown run."""
-    if not run_id or len(run_id) > 512:
+    if not _storable_id(run_id, 512):
         raise NotFound(f"no run {run_id[:64]!r}")
     try:
         record = store.get_run(run_id)
@@ -449,7 +462,7 @@ def events_page(store: Store, sent_here: Iterable[str]) -> dict[str, Any]:
 
 def event_page(store: Store, event_id: str, app: App | None, now: int) -> dict[str, Any]:
     """One event: its payload and the runs it started; :class:`NotFound` if unknown."""
-    if not event_id or len(event_id) > 1024:
+    if not _storable_id(event_id, 1024):
         raise NotFound(f"no event {event_id[:64]!r}")
     ev = store.get_event(event_id)
     runs = store.list_runs(event_id=event_id, limit=1000)

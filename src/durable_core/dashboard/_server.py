@@ -131,6 +131,8 @@ class _Dashboard:
 
 
 def _get_run(store: Store, run_id: str) -> Any:
+    if not _pages._storable_id(run_id, 512):
+        raise NotFound(f"no run {run_id[:64]!r}")
     try:
         return store.get_run(run_id)
     except RunNotFoundError:
@@ -163,7 +165,10 @@ async def _read_form(request: Request) -> dict[str, str]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("the form is not valid UTF-8") from None
-    return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    try:
+        return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    except ValueError:  # a percent-escape that is not UTF-8
+        raise BadRequest("the form is not valid UTF-8") from None
 
 
 class _Forbidden(Exception):
