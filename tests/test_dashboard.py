@@ -624,3 +624,30 @@ def test_the_runs_list_survives_odd_query_strings(http: Http) -> None:
     for query in ("function=%00", "function=%ED%A0%80", "status=%00", "page=%F0",
                   "since=%00", "page=99999999999999999999"):
         assert http.get(f"/runs?{query}").status_code in (200, 400), query
+
+
+@pytest.mark.postgres
+def test_the_pages_on_postgres(pg_url: str, pg_schema: str) -> None:
+    store = open_store(f"{pg_url}?schema={pg_schema}")
+    try:
+        ids = populate(store)
+        http = Http(create_app(store, app=shop_app))
+        runs = http.get("/runs")
+        assert _run_ids(runs) == [ids["sleeping"], ids["completed"], ids["failed"],
+                                  ids["waiting"]]
+        failed = http.get(f"/runs/{ids['failed']}").text
+        assert "attempt 2 failed for good" in failed
+        for path in ("/runs?status=waiting&since=2000-01-01", "/functions", "/events",
+                     f"/runs/{ids['waiting']}"):
+            assert http.get(path).status_code == 200, path
+        for path in ("/runs/%00", "/events/%00", "/runs/r_nope"):
+            assert http.get(path).status_code == 404, path
+        assert http.get("/runs?function=a%00").status_code == 400
+        assert http.post(f"/runs/{ids['sleeping']}/cancel").status_code == 303
+        populate.engine.advance("1s")  # type: ignore[attr-defined]
+        assert 'id="run-status">cancelled<' in http.get(f"/runs/{ids['sleeping']}").text
+        sent = http.post("/send", data={"name": "shop/greet", "data": '{"name": "pg"}'})
+        assert len(re.findall(r'class="run-row"><td>',
+                              http.get(sent.headers["location"]).text)) == 1
+    finally:
+        store.close()
