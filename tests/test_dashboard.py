@@ -651,3 +651,19 @@ def test_the_pages_on_postgres(pg_url: str, pg_schema: str) -> None:
                               http.get(sent.headers["location"]).text)) == 1
     finally:
         store.close()
+
+
+def test_the_templates_ship_as_package_data() -> None:
+    import fnmatch
+    import tomllib
+
+    meta = tomllib.loads((HERE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = meta["tool"]["setuptools"]["package-data"]["durable_core"]
+    pkg = HERE.parent / "src" / "durable_core"
+    templates = sorted(p.relative_to(pkg).as_posix()
+                       for p in (pkg / "dashboard" / "templates").iterdir())
+    assert templates and all(any(fnmatch.fnmatch(t, g) for g in globs) for t in templates)
+    extras = meta["project"]["optional-dependencies"]
+    assert "durable-core[dashboard]" in extras["dev"]
+    assert {d.split(">")[0] for d in extras["dashboard"]} == {"starlette", "jinja2",
+                                                              "hypercorn"}
