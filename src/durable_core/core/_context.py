@@ -42,6 +42,8 @@ current_attempt: contextvars.ContextVar[tuple[str, int] | None] = contextvars.Co
 )
 
 _MAX_WAIT = dt.timedelta(days=366)
+MAX_PATCH_ID_LENGTH = 256
+"""The longest patch id ``ctx.patched`` takes (characters)."""
 
 
 class RunHost(Protocol):
@@ -57,6 +59,7 @@ class RunHost(Protocol):
     def clock_ms(self) -> int: ...
     @property
     def replaying(self) -> bool: ...
+    def patch(self, patch_id: str, deprecated: bool) -> bool: ...
 
 
 class Step(Protocol[T_co]):
@@ -101,6 +104,31 @@ def _check_event_name(name: object, where: str) -> None:
             f"{where}: {len(name.encode('utf-8'))} bytes is over the limit of "
             f"{MAX_EVENT_NAME_BYTES} bytes for an event name; use a shorter name",
             field=where,
+        )
+
+
+def _check_patch_id(patch_id: object, method: str, run_id: str) -> None:
+    if (not isinstance(patch_id, str) or not patch_id
+            or len(patch_id) > MAX_PATCH_ID_LENGTH):
+        got = (f"a str of {len(patch_id)} characters" if isinstance(patch_id, str) and patch_id
+               else repr(patch_id))
+        raise ValidationError(
+            f"ctx.{method}(patch_id): a patch id must be a non-empty string of at most "
+            f"{MAX_PATCH_ID_LENGTH} characters, got {got}; name the change, e.g. "
+            f"ctx.{method}('tax-v2')",
+            field="patch_id",
+        )
+    if not patch_id.isascii() or "\x00" in patch_id:
+        try:
+            check_text(patch_id, what=f"ctx.{method}(patch_id)", error=ValidationError, nul=True)
+        except ValidationError as bad:
+            raise ValidationError(str(bad), field="patch_id") from None
+    cur = current_attempt.get()
+    if cur is not None and cur[0] == run_id:
+        raise ValidationError(
+            f"ctx.{method}({patch_id!r}) was called inside a step body; ask for patches in "
+            "the orchestration code (around the ctx.step calls), not in a body",
+            field="patch_id",
         )
 
 
@@ -423,6 +451,34 @@ class Context:
         """A deterministic UUID, the same sequence on every replay."""
         self._random_count += 1
         return derive_uuid(self.run_id, "uuid", self._random_count)
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new branch of a code change named ``patch_id``::
+
+            if ctx.patched("tax-v2"):
+                total = await ctx.step.run("tax", compute_tax_v2, order)
+            else:
+                total = await ctx.step.run("tax", compute_tax, order)
+
+        True for a run that reaches this call past the end of its journal (a new run, or a
+        running one that had not got this far): the run records a ``patched`` marker and
+        answers True ever after. False for a run replaying steps it recorded before the
+        change without the marker: it ran the old code there and must keep following it.
+        The same id asked again in the run gives the same answer. Once no run without the
+        marker is running, replace the call with :meth:`deprecate_patch`; once no run that
+        recorded the marker is running, remove that too (``durable replay`` tells when).
+        """
+        _check_patch_id(patch_id, "patched", self.run_id)
+        return self._machine.patch(patch_id, False)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """The second stage of removing ``ctx.patched(patch_id)``: every running run takes
+        the new branch now, so the code keeps only it and says so here. Runs that recorded
+        the marker still replay (this call stands for the ``patched`` they asked), and new
+        runs record a deprecated marker, which code without the call accepts: the call can
+        be removed once no run that recorded the (not deprecated) marker is running."""
+        _check_patch_id(patch_id, "deprecate_patch", self.run_id)
+        self._machine.patch(patch_id, True)
 
     @overload
     def gather(self, s1: Step[T1], /) -> Awaitable[tuple[T1]]: ...

@@ -41,6 +41,7 @@ __all__ = [
     "entry_to_dict",
     "error_data",
     "output_payload",
+    "patched_data",
     "run_ended_data",
     "scheduled_data",
 ]
@@ -55,6 +56,7 @@ _SCHEDULED = JournalOp.SCHEDULED
 _ATTEMPT_FAILED = JournalOp.ATTEMPT_FAILED
 _RUN_ATTEMPT_FAILED = JournalOp.RUN_ATTEMPT_FAILED
 _RUN_ENDED = JournalOp.RUN_ENDED
+_PATCHED = JournalOp.PATCHED
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 _compact_unicode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -92,6 +94,12 @@ def run_ended_data(
         return _compact({"status": status, "error": error.to_dict()})
     assert output is not None
     return _with_output({"status": status}, output)
+
+
+def patched_data(at: int, deprecated: bool) -> str:
+    """``data`` of a ``patched`` marker: the step position it sits before, and whether
+    ``deprecate_patch`` recorded it."""
+    return _compact({"at": at, "deprecated": deprecated})
 
 
 def _with_output(head: dict[str, Any], output: str) -> str:
@@ -190,10 +198,12 @@ class JournalFold:
     ``steps`` maps a position to its :class:`StepMemo`; ``children`` an invoked child run id
     to the position of its ``invoke``; ``run_failures`` / ``run_retry_at`` count the
     run-level failures and say when the code may be re-entered; ``ended`` is the
-    ``run_ended`` entry, if any; ``state_bytes`` the UTF-8 size of the recorded outputs.
+    ``run_ended`` entry, if any; ``state_bytes`` the UTF-8 size of the recorded outputs;
+    ``patches`` maps each patch id with a ``patched`` marker to ``(at, deprecated)``.
     """
 
-    __slots__ = ("children", "ended", "run_failures", "run_retry_at", "state_bytes", "steps")
+    __slots__ = ("children", "ended", "patches", "run_failures", "run_retry_at",
+                 "state_bytes", "steps")
 
     def __init__(self, entries: Iterable[JournalEntry] = ()) -> None:
         self.steps: dict[int, StepMemo] = {}
@@ -202,6 +212,7 @@ class JournalFold:
         self.run_retry_at: int | None = None
         self.ended: JournalEntry | None = None
         self.state_bytes = 0
+        self.patches: dict[str, tuple[int, bool]] = {}
         for e in entries:
             self.apply(e)
 
@@ -214,6 +225,10 @@ class JournalFold:
             return
         if op == _RUN_ENDED:
             self.ended = e
+            return
+        if op == _PATCHED:
+            marker = json.loads(e.data)
+            self.patches.setdefault(e.step_id, (int(marker["at"]), bool(marker["deprecated"])))
             return
         rec = self.steps.get(e.position)
         if rec is None:

@@ -48,6 +48,7 @@ from durable_core.core._journal import (
     attempt_failed_data,
     error_data,
     output_payload,
+    patched_data,
     run_ended_data,
     utf8_len,
 )
@@ -148,7 +149,10 @@ class RunMachine:
         "_new",
         "_next_pos",
         "_parked",
+        "_patch_answers",
+        "_patches",
         "_persist",
+        "_pos_limit",
         "_reported",
         "_retries",
         "_run_failures",
@@ -209,6 +213,8 @@ class RunMachine:
         self._horizon = 0
         self._id_counts: dict[str, int] = {}
         self._colon_ids = False  # whether the code used an id with ":" (see _assign)
+        self._patch_answers: dict[str, bool] = {}
+        self._pos_limit = self._max_steps
         self.clock_ms = started_at
         self._new: list[JournalEntry] = []
         self._persist: list[Command] = []
@@ -223,6 +229,7 @@ class RunMachine:
         self._run_retry_at = fold.run_retry_at
         self._ended_entry = fold.ended
         self._state_bytes = fold.state_bytes
+        self._patches = fold.patches
 
     # ------------------------------------------------------------------ public API
 
@@ -321,6 +328,7 @@ class RunMachine:
         self._next_pos = 0
         self._id_counts = {}
         self._colon_ids = False
+        self._patch_answers = {}
         self._parked = None
         self._steps = {}
         # The step table is rebuilt from the journal: memos are dropped once the code has
@@ -331,6 +339,7 @@ class RunMachine:
         self._horizon = max(self._memos, default=-1) + 1
         if self._ended_entry is not None:
             self._horizon = self._max_steps + 1  # the whole run is a replay
+        self._pos_limit = self._patch_limit() if self._patches else self._max_steps
         self.clock_ms = max(self.started_at, self._run_retry_at or 0)
         self._coro = self.function.fn(self._ctx)
         self._settle(None, now)
@@ -405,8 +414,8 @@ class RunMachine:
             key = step_id
             counts[step_id] = 1
         pos = self._next_pos
-        if pos >= self._max_steps:
-            raise self._too_many_steps(key, pos)
+        if pos >= self._pos_limit:  # over max_steps, or past a patch marker not asked for
+            raise self._past_limit(key, req.kind, pos)
         self._next_pos = pos + 1
         if self._memos and (memo := self._memos.get(pos)) is not None and (
             memo.step_id != key or memo.kind != req.kind
@@ -423,6 +432,60 @@ class RunMachine:
             )
         req.position = pos
         return key
+
+    def _past_limit(self, key: str, kind: str, pos: int) -> DurableError:
+        """Why the code may not ask for a step at ``pos``: over ``max_steps``, or the journal
+        recorded a patch marker before that position and this attempt did not ask for it."""
+        if pos >= self._max_steps:
+            return self._too_many_steps(key, pos)
+        answers = self._patch_answers
+        at, patch_id = min((at, pid) for pid, (at, deprecated) in self._patches.items()
+                           if not deprecated and pid not in answers)
+        return DeterminismError(
+            f"run {self.run_id}: the journal recorded ctx.patched({patch_id!r}) before step "
+            f"position {at}, but the code asked for step {key!r} ({kind}) at position {pos} "
+            f"without asking for that patch first; this run took the patched branch, and "
+            f"code without the patch cannot follow it (keep ctx.deprecate_patch({patch_id!r}) "
+            "in the code until no run that recorded the patch is running)",
+            run_id=self.run_id,
+            position=pos,
+            recorded=f"patch {patch_id!r}",
+            requested=f"{key} ({kind})",
+        )
+
+    def _patch_limit(self) -> int:
+        """The first position the code may not reach before asking for a recorded patch:
+        the earliest marker (not deprecated) this attempt has not asked for, or max_steps."""
+        answers = self._patch_answers
+        return min([self._max_steps, *(at for pid, (at, deprecated) in self._patches.items()
+                                      if not deprecated and pid not in answers)])
+
+    def patch(self, patch_id: str, deprecated: bool) -> bool:
+        """``ctx.patched(patch_id)`` (``deprecated`` False) or ``ctx.deprecate_patch``
+        (True): whether the code takes the patched branch. The same id gets the same answer
+        for the rest of the attempt. A journal holding the id's marker answers True; a run
+        replaying steps it recorded without one answers False (it ran the old code there);
+        otherwise the run is past the end of its journal: True, and the marker is recorded."""
+        answers = self._patch_answers
+        answer = answers.get(patch_id)
+        if answer is not None:
+            return answer
+        if patch_id in self._patches:
+            answer = True
+        elif self._next_pos < self._horizon:
+            answer = False
+        else:
+            answer = True
+            at = self._next_pos
+            self._patches[patch_id] = (at, deprecated)
+            entry = JournalEntry(len(self.entries), JournalOp.PATCHED, -1, patch_id, "",
+                                 self.clock_ms, patched_data(at, deprecated))
+            self.entries.append(entry)
+            self._new.append(entry)
+        answers[patch_id] = answer
+        if self._pos_limit < self._max_steps:
+            self._pos_limit = self._patch_limit()
+        return answer
 
     def _too_many_steps(self, key: str, pos: int) -> LimitExceededError:
         return LimitExceededError(

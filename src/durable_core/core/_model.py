@@ -112,6 +112,13 @@ class JournalOp(enum.StrEnum):
     """The run ended (``position`` -1, ``kind`` ""), the last entry. ``data``: ``status``
     (completed, failed or cancelled) with ``output`` or ``error``. A machine rebuilt from a
     journal that holds it replays the run to its end without telling anybody again."""
+    PATCHED = "patched"
+    """A patch marker: the code first asked ``ctx.patched(id)`` (or ``ctx.deprecate_patch``)
+    past the end of the journal, so the run takes the patched branch. ``position`` -1 and
+    ``kind`` "" (a marker holds no step position, so it shifts none); ``step_id`` is the
+    patch id; ``ts`` the run's clock (``ctx.now()``) then. ``data``: ``at`` (the position of
+    the next step the code asked for: the marker sits before it) and ``deprecated``
+    (recorded by ``deprecate_patch``)."""
 
 
 class SignalKind(enum.StrEnum):
@@ -185,9 +192,9 @@ class JournalEntry(NamedTuple):
     """One record of a run's journal: a memo or a decision. Entries never change once written.
 
     ``seq`` is the entry's dense index in the journal. ``op`` is a :class:`JournalOp`
-    (``scheduled``, ``attempt_failed``, ``completed``, ``run_attempt_failed``, ``run_ended``;
-    each member documents its ``data``); ``kind`` a :class:`StepKind` (``""`` for run-level
-    entries).
+    (``scheduled``, ``attempt_failed``, ``completed``, ``run_attempt_failed``, ``run_ended``,
+    ``patched``; each member documents its ``data``); ``kind`` a :class:`StepKind` (``""``
+    for run-level entries).
 
     ``position`` is the step's place in discovery order; ``step_id`` includes the counter
     suffix of repeated ids (``fetch:1``); ``ts`` is the ``now`` (ms) of the input that led
