@@ -17,7 +17,13 @@ from durable_core.base._events import Event
 from durable_core.base._redact import redact, redact_url
 from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._function import App
-from durable_core.drivers._loading import DEFAULT_STORE, load_app, open_store, store_url
+from durable_core.drivers._loading import (
+    DEFAULT_STORE,
+    import_stores,
+    load_app,
+    open_store,
+    store_url,
+)
 from durable_core.engine._views import RunView
 
 
@@ -321,9 +327,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.ended_within is not None:
         window = parse_duration(args.ended_within, field="--ended-within", maximum=None)
         since = int(time.time() * 1000) - window // dt.timedelta(milliseconds=1)
-    store = _open_store(args.store, existing=True)
+    store = _open_store(args.store, existing=True)  # (a SQLite path with no store: an error)
     try:
-        report = check_deploy(load_app(args.app), store, include_ended_since_ms=since)
+        # Processes share only a store they can each open (not memory://).
+        jobs = args.jobs if import_stores().shareable(args.store) else 1
+        report = check_deploy(args.app, args.store if jobs > 1 else store,
+                              include_ended_since_ms=since, jobs=jobs)
     finally:
         store.close()
     if args.json:
@@ -498,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--app", required=True, help="package.module:app (the new code)")
     sp.add_argument("--ended-within", default=None, metavar="DURATION",
                     help="also replay runs that ended this long ago or less (e.g. 1h)")
+    sp.add_argument("--jobs", type=_int_in("--jobs", 1, 1024), default=os.cpu_count() or 1,
+                    help="replay in this many processes (default: one per CPU)")
     sp.add_argument("--json", action="store_true")
     store_arg(sp)
     sp.set_defaults(func=_cmd_replay)

@@ -244,6 +244,12 @@ class RunMachine:
         return self._next_pos < self._horizon
 
     @property
+    def next_position(self) -> int:
+        """The position of the next step the code asks for (the steps it asked for in this
+        attempt): where it is, e.g. when it raised."""
+        return self._next_pos
+
+    @property
     def done(self) -> bool:
         """True once the run completed, failed or was cancelled."""
         return self._end_status is not None

@@ -1,16 +1,21 @@
-"""check_deploy: replay a store's live runs against new code before it ships."""
+"""check_deploy: replay a store's live runs against new code before it ships, in one
+process or several."""
 
 from __future__ import annotations
 
-from typing import Any
+import atexit
+import concurrent.futures
+import multiprocessing
+from typing import Any, cast
 
 import attrs
 
-from durable_core.base._errors import DeterminismError
+from durable_core.base._errors import DeterminismError, ValidationError
 from durable_core.core._function import App
 from durable_core.core._model import TERMINAL_STATUSES, RunStatus
+from durable_core.drivers._loading import import_stores, load_app
 from durable_core.store import Store
-from durable_core.testing._engine import export_run, replay
+from durable_core.testing._engine import _CodeRaised, export_run, replay
 
 __all__ = ["DeployFailure", "DeployReport", "FunctionReport", "check_deploy"]
 
@@ -26,7 +31,10 @@ class DeployFailure:
     run_id: str
     status: str
     error: str
-    """``DeterminismError`` or the type of another error the replay raised."""
+    """``DeterminismError`` (``recorded`` and ``requested`` say how the code differs), or the
+    type of the exception the code raised on the recorded journal where the recorded run
+    did not (``requested`` is ``raise <type>``, ``recorded`` the step the journal holds at
+    ``position``), or ``UnknownFunctionError``."""
     message: str
     position: int | None = None
     recorded: str | None = None
@@ -89,10 +97,14 @@ class DeployReport:
                          f"{gone}")
             for x in f.failures:
                 where = "" if x.position is None else f" at step {x.position}"
-                diff = ("" if x.recorded is None and x.requested is None
-                        else f": recorded {x.recorded}, asked for {x.requested}")
-                lines.append(f"  {x.run_id} ({x.status}){where}{diff}")
-                if not diff:
+                if x.error == "DeterminismError" and x.requested is not None:
+                    lines.append(f"  {x.run_id} ({x.status}){where}: recorded {x.recorded}, "
+                                 f"asked for {x.requested}")
+                elif x.requested is not None:  # the code raised: show what it raised
+                    lines.append(f"  {x.run_id} ({x.status}){where}: the code raised "
+                                 f"{x.error}: {x.message}")
+                else:
+                    lines.append(f"  {x.run_id} ({x.status}){where}")
                     lines.append(f"    {x.error}: {x.message}")
         verdict = "ok" if self.ok else f"{len(self.failures)} would fail"
         lines.append(f"{self.checked} runs checked, {verdict}")
@@ -100,7 +112,11 @@ class DeployReport:
 
 
 def check_deploy(
-    app: App, store: Store, *, include_ended_since_ms: int | None = None
+    app: App | str,
+    store: Store | str,
+    *,
+    include_ended_since_ms: int | None = None,
+    jobs: int = 1,
 ) -> DeployReport:
     """Replay the journal of every run of ``store`` that has not ended (and, with
     ``include_ended_since_ms``, every run that ended at or after that instant, in ms since
@@ -109,29 +125,140 @@ def check_deploy(
 
         report = check_deploy(new_app, store)
         assert report.ok, report.format()
+
+    ``app`` is an :class:`App` or its ``package.module:app`` path, ``store`` a store or its
+    URL. With ``jobs`` > 1 the runs are replayed by that many processes (started with
+    ``spawn``): pass both as strings then; each process imports the app by its path, opens
+    the store by its URL, reads it only (``get_run``, ``load_journal``) and replays a share
+    of the run ids. Nothing is pickled but run ids and the findings.
     """
-    runs = [r for s in _LIVE for r in store.list_runs(status=s, limit=_ALL)]
-    if include_ended_since_ms is not None:
-        runs += [r for s in _ENDED for r in store.list_runs(status=s, limit=_ALL)
-                 if r.ended_at is not None and r.ended_at >= include_ended_since_ms]
-    known = app.functions
+    if type(jobs) is not int or jobs < 1:
+        raise ValidationError(f"check_deploy(jobs=...): jobs must be an int >= 1, got {jobs!r}",
+                              field="jobs")
+    if jobs > 1:
+        _check_shareable(app, store)
+    the_app = _load(app) if isinstance(app, str) else app
+    the_store = import_stores().open(store) if isinstance(store, str) else store
+    try:
+        runs = [(r.function_id, r.created_at, r.id, str(r.status)) for s in _LIVE
+                for r in the_store.list_runs(status=s, limit=_ALL)]
+        if include_ended_since_ms is not None:
+            runs += [(r.function_id, r.created_at, r.id, str(r.status)) for s in _ENDED
+                     for r in the_store.list_runs(status=s, limit=_ALL)
+                     if r.ended_at is not None and r.ended_at >= include_ended_since_ms]
+        runs.sort()
+        known = the_app.functions
+        ids = [run_id for fid, _, run_id, _ in runs if fid in known]
+        processes = min(jobs, -(-len(ids) // _MIN_SHARE))
+        if processes > 1:
+            assert isinstance(app, str) and isinstance(store, str)
+            found = _replay_in_processes(app, store, ids, processes)
+        else:
+            found = {run_id: _check_run(the_app, the_store, run_id) for run_id in ids}
+    finally:
+        if isinstance(store, str):
+            the_store.close()
     checked: dict[str, int] = {}
     failed: dict[str, list[DeployFailure]] = {}
-    for run in sorted(runs, key=lambda r: (r.function_id, r.created_at, r.id)):
-        checked[run.function_id] = checked.get(run.function_id, 0) + 1
-        bad = failed.setdefault(run.function_id, [])
-        if run.function_id not in known:
-            bad.append(DeployFailure(run.id, run.status, "UnknownFunctionError",
-                                     f"the app has no function {run.function_id!r}"))
-            continue
-        try:
-            replay(app, export_run(store, run.id))
-        except DeterminismError as exc:
-            bad.append(DeployFailure(run.id, run.status, "DeterminismError", str(exc),
-                                     exc.position, exc.recorded, exc.requested))
-        except Exception as exc:  # the new code may raise anything
-            bad.append(DeployFailure(run.id, run.status, type(exc).__name__, str(exc)))
+    for fid, _, run_id, status in runs:
+        checked[fid] = checked.get(fid, 0) + 1
+        bad = failed.setdefault(fid, [])
+        if fid not in known:
+            bad.append(DeployFailure(run_id, status, "UnknownFunctionError",
+                                     f"the app has no function {fid!r}"))
+        elif (failure := found[run_id]) is not None:
+            bad.append(failure)
     return DeployReport(tuple(
         FunctionReport(fid, checked[fid], tuple(failed[fid]), missing=fid not in known)
         for fid in sorted(checked)
     ))
+
+
+_MIN_SHARE = 25
+"""Fewer runs per process than this are replayed in fewer processes: starting one (and
+importing the app in it) costs more than replaying a few dozen journals."""
+
+
+def _load(spec: str) -> App:
+    try:
+        return load_app(spec)
+    except SystemExit as exc:  # load_app speaks to the command line
+        raise ValidationError(str(exc.code).removeprefix("durable: "), field="app") from None
+
+
+def _check_shareable(app: App | str, store: Store | str) -> None:
+    if not isinstance(app, str):
+        raise ValidationError(
+            "check_deploy(app, jobs=N): with jobs > 1 pass the app as its "
+            "'package.module:app' path, which each process imports (code is not pickled)",
+            field="app",
+        )
+    if not isinstance(store, str) or not import_stores().shareable(store):
+        raise ValidationError(
+            "check_deploy(store, jobs=N): with jobs > 1 pass the store as the URL of a "
+            "store several processes can open (sqlite:///file.db, postgresql://...), "
+            f"not {store if isinstance(store, str) else type(store).__name__!r}",
+            field="store",
+        )
+
+
+def _check_run(app: App, store: Store, run_id: str) -> DeployFailure | None:
+    """Replay one run against ``app``: None if the code follows it, else where it does not."""
+    doc = export_run(store, run_id)
+    status = str(doc["run"]["status"])
+    try:
+        replay(app, doc)
+    except _CodeRaised as exc:
+        return DeployFailure(run_id, status, exc.error.type, exc.error.message,
+                             exc.position, exc.recorded, exc.requested)
+    except DeterminismError as exc:
+        return DeployFailure(run_id, status, "DeterminismError", str(exc),
+                             exc.position, exc.recorded, exc.requested)
+    except Exception as exc:  # the new code (or its import of a journal) may raise anything
+        return DeployFailure(run_id, status, type(exc).__name__, str(exc))
+    return None
+
+
+def _replay_in_processes(
+    app: str, store: str, run_ids: list[str], processes: int
+) -> dict[str, DeployFailure | None]:
+    """Replay ``run_ids`` in ``processes`` spawned processes, each given a few shares in
+    turn (so one slow share does not leave the others idle)."""
+    size = max(1, -(-len(run_ids) // (processes * 4)))
+    shares = [run_ids[i:i + size] for i in range(0, len(run_ids), size)]
+    found: dict[str, DeployFailure | None] = {}
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_open_worker, initargs=(app, store)
+    ) as pool:
+        for share in pool.map(_replay_share, shares):
+            found.update(share)
+    return found
+
+
+class _ReadOnly:
+    """The reads a deploy check needs of a store, and nothing that writes."""
+
+    __slots__ = ("get_run", "load_journal")
+
+    def __init__(self, store: Store) -> None:
+        self.get_run = store.get_run
+        self.load_journal = store.load_journal
+
+
+_worker: tuple[App, Store] | None = None
+
+
+def _open_worker(app: str, store: str) -> None:
+    """In a worker process: import the app by its path and open the store by its URL."""
+    global _worker
+    opened = import_stores().open(store)
+    atexit.register(opened.close)
+    _worker = (load_app(app), cast(Store, _ReadOnly(opened)))
+
+
+def _replay_share(run_ids: list[str]) -> list[tuple[str, DeployFailure | None]]:
+    """In a worker process: replay a share of the runs."""
+    assert _worker is not None
+    app, store = _worker
+    return [(run_id, _check_run(app, store, run_id)) for run_id in run_ids]

@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from durable_core.base._durations import from_ms, parse_duration, parse_instant, to_ms
-from durable_core.base._errors import ValidationError
+from durable_core.base._errors import DeterminismError, ValidationError
 from durable_core.base._events import Event, Sent
 from durable_core.core._function import App
 from durable_core.core._journal import entry_from_dict, entry_to_dict
-from durable_core.core._model import ErrorInfo, ExecuteStep
+from durable_core.core._model import ErrorInfo, ExecuteStep, JournalEntry, JournalOp
 from durable_core.drivers._loading import import_stores
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView, run_view
@@ -274,12 +274,16 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
     against the current code of ``app``, with no side effects.
 
     Raises :class:`~durable_core.DeterminismError` showing the first diverging step
-    (recorded against requested) if the code no longer follows the journal, if it asks for
-    a new step where the recorded run had ended, or if it returns another output.
+    (``position``, ``recorded`` against ``requested``) if the code no longer follows the
+    journal: it asks for another step, it raises where the recorded run did not (the message
+    names the exception, ``requested`` is ``raise <type>``), it returns while the journal
+    holds later steps, it asks for a new step where the recorded run had ended, or it returns
+    another output.
     """
     import json
 
     from durable_core.base._errors import DeterminismError
+    from durable_core.core._journal import JournalFold
     from durable_core.core._machine import RunMachine
     from durable_core.core._model import (
         TERMINAL_STATUSES,
@@ -304,43 +308,97 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
             field="format",
         )
     run = doc["run"]
+    run_id = run["id"]
     entries = [entry_from_dict(e) for e in doc["journal"]]
     function = app.get(run["function_id"])
     machine = RunMachine(
-        function, run["id"], [Event.from_dict(e) for e in run["events"]], run["created_at"],
+        function, run_id, [Event.from_dict(e) for e in run["events"]], run["created_at"],
         entries, parent_run_id=run.get("parent_run_id"),
     )
-    now = max([run["created_at"], *(e.ts for e in entries)])
+    fold = JournalFold(entries)
+    # A run backing off after its code raised is re-entered at its retry time: the code is
+    # checked now, not when the run wakes up.
+    now = max([run["created_at"], fold.run_retry_at or 0, *(e.ts for e in entries)])
     cmds = machine.handle(RunStarted(now))
     if isinstance(machine.failure, DeterminismError):
         raise machine.failure
+    pos = machine.next_position
+    memo = fold.steps.get(pos)
+    at_pos = None if memo is None else f"{memo.step_id} ({memo.kind})"
+    raised = _raised(machine.entries[len(entries):], machine.error)
+    if raised is not None and raised != _recorded_error(entries):
+        there = f", where the journal recorded step {at_pos}" if at_pos else ""
+        raise _CodeRaised(
+            f"run {run_id}: replaying its journal, the code raised {raised.type}: "
+            f"{raised.message} at step position {pos}{there}; the recorded run did not",
+            raised, run_id=run_id, position=pos, recorded=at_pos,
+            requested=f"raise {raised.type}",
+        )
     ended = run["status"] in TERMINAL_STATUSES
     new_steps = [c for c in cmds if isinstance(c, ExecuteStep)]
     if ended and new_steps:
         step = new_steps[0]
         raise DeterminismError(
-            f"run {run['id']}: the recorded run had ended ({run['status']}) but the code now "
+            f"run {run_id}: the recorded run had ended ({run['status']}) but the code now "
             f"asks for a new step {step.step_id!r} at position {step.position}",
-            run_id=run["id"], position=step.position, recorded=f"run {run['status']}",
+            run_id=run_id, position=step.position, recorded=f"run {run['status']}",
             requested=step.step_id,
         )
     done = [c for c in cmds if isinstance(c, CompleteRun | FailRun | CancelRun)]
+    if not ended and done and at_pos is not None:
+        raise DeterminismError(
+            f"run {run_id}: the code now ends the run at step position {pos}, where the "
+            f"journal recorded step {at_pos}",
+            run_id=run_id, position=pos, recorded=at_pos, requested="the run's end",
+        )
     if run["status"] == "completed":
         got = json.loads(done[0].output) if done and isinstance(done[0], CompleteRun) else None
         if not done or not isinstance(done[0], CompleteRun) or got != run["output"]:
             raise DeterminismError(
-                f"run {run['id']}: the recorded run returned {run['output']!r}, the code now "
+                f"run {run_id}: the recorded run returned {run['output']!r}, the code now "
                 f"{'returns ' + repr(got) if done else 'does not finish'}",
-                run_id=run["id"], recorded=repr(run["output"]), requested=repr(got),
+                run_id=run_id, recorded=repr(run["output"]), requested=repr(got),
             )
     from durable_core.store import RunRecord
 
     record = RunRecord(
-        id=run["id"], function_id=run["function_id"], status=machine.status,
+        id=run_id, function_id=run["function_id"], status=machine.status,
         events=tuple(json.dumps(e) for e in run["events"]), created_at=run["created_at"],
         updated_at=now, output=machine.output, error=machine.error,
     )
     return run_view(record, entries)
+
+
+class _CodeRaised(DeterminismError):
+    """Replaying a journal, the code raised an exception the recorded run did not:
+    ``error`` is its type and message. Shown as a ``DeterminismError``."""
+
+    def __init__(self, message: str, error: ErrorInfo, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.error = error
+
+
+_CodeRaised.__name__ = _CodeRaised.__qualname__ = "DeterminismError"
+
+
+def _raised(new: Sequence[JournalEntry], error: ErrorInfo | None) -> ErrorInfo | None:
+    """The exception a replay's code raised: in the run-level retry it recorded (``new``,
+    the entries the replay added), or the error that ended the run."""
+    for e in new:
+        if e.op == JournalOp.RUN_ATTEMPT_FAILED:
+            return ErrorInfo.from_dict(e.payload()["error"])
+    return error
+
+
+def _recorded_error(entries: Sequence[JournalEntry]) -> ErrorInfo | None:
+    """The latest exception the recorded run's code raised (a run-level retry, or the
+    error that ended it), if any: the same one again in a replay is nothing new."""
+    for e in reversed(entries):
+        if e.op == JournalOp.RUN_ATTEMPT_FAILED or (
+            e.op == JournalOp.RUN_ENDED and "error" in e.payload()
+        ):
+            return ErrorInfo.from_dict(e.payload()["error"])
+    return None
 
 
 def replay_folder(app: App, folder: str | os.PathLike[str]) -> int:
