@@ -388,3 +388,15 @@ def test_every_store_keeps_the_marker(
         assert engine.run(run.id).output == {"version": 2, "total": 120, "again": True}
     finally:
         store.close()
+
+
+def test_crash_test_holds_with_patch_markers() -> None:
+    """Crashes before and after the commit that carries the marker, failed and unknown
+    writes, duplicate deliveries: the run ends as the fault-free run does, on the new
+    branch, and crash_test's invariants (no acknowledged entry changes, no replayed side
+    effect) hold after every commit."""
+    from durable_core.testing import crash_test
+
+    report = crash_test(version(2).get("order"), order_event(), max_examples=25)
+    assert report.outcomes == [("order", "completed",
+                                {"version": 2, "total": 120, "again": True})]
