@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import json
 import multiprocessing
 from typing import Any, cast
 
 import attrs
 
 from durable_core.base._errors import DeterminismError, ValidationError
+from durable_core.base._events import Event
 from durable_core.core._function import App
 from durable_core.core._model import TERMINAL_STATUSES, RunStatus
 from durable_core.drivers._loading import import_stores, load_app
 from durable_core.store import Store
-from durable_core.testing._engine import _CodeRaised, export_run, replay
+from durable_core.testing._engine import _CodeRaised, replay_run
 
 __all__ = ["DeployFailure", "DeployReport", "FunctionReport", "check_deploy"]
 
@@ -204,17 +206,22 @@ def _check_shareable(app: App | str, store: Store | str) -> None:
 
 def _check_run(app: App, store: Store, run_id: str) -> DeployFailure | None:
     """Replay one run against ``app``: None if the code follows it, else where it does not."""
-    doc = export_run(store, run_id)
-    status = str(doc["run"]["status"])
+    run = store.get_run(run_id)
+    status = str(run.status)
     try:
-        replay(app, doc)
+        replay_run(
+            app, run.id, run.function_id, status,
+            [Event.from_dict(json.loads(e)) for e in run.events], run.created_at,
+            store.load_journal(run_id), parent_run_id=run.parent_run_id,
+            output=None if run.output is None else json.loads(run.output),
+        )
     except _CodeRaised as exc:
         return DeployFailure(run_id, status, exc.error.type, exc.error.message,
                              exc.position, exc.recorded, exc.requested)
     except DeterminismError as exc:
         return DeployFailure(run_id, status, "DeterminismError", str(exc),
                              exc.position, exc.recorded, exc.requested)
-    except Exception as exc:  # the new code (or its import of a journal) may raise anything
+    except Exception as exc:  # the new code (or a journal it cannot read) may raise anything
         return DeployFailure(run_id, status, type(exc).__name__, str(exc))
     return None
 

@@ -14,6 +14,7 @@ from durable_core.base._errors import DeterminismError, ValidationError
 from durable_core.base._events import Event, Sent
 from durable_core.core._function import App
 from durable_core.core._journal import entry_from_dict, entry_to_dict
+from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalEntry, JournalOp
 from durable_core.drivers._loading import import_stores
 from durable_core.engine._engine import Engine
@@ -282,17 +283,7 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
     """
     import json
 
-    from durable_core.base._errors import DeterminismError
-    from durable_core.core._journal import JournalFold
-    from durable_core.core._machine import RunMachine
-    from durable_core.core._model import (
-        TERMINAL_STATUSES,
-        CancelRun,
-        CompleteRun,
-        ExecuteStep,
-        FailRun,
-        RunStarted,
-    )
+    from durable_core.store import RunRecord
 
     if isinstance(journal, dict):
         doc = journal
@@ -308,23 +299,58 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
             field="format",
         )
     run = doc["run"]
-    run_id = run["id"]
     entries = [entry_from_dict(e) for e in doc["journal"]]
-    function = app.get(run["function_id"])
-    machine = RunMachine(
-        function, run_id, [Event.from_dict(e) for e in run["events"]], run["created_at"],
-        entries, parent_run_id=run.get("parent_run_id"),
+    machine, now = replay_run(
+        app, run["id"], run["function_id"], run["status"],
+        [Event.from_dict(e) for e in run["events"]], run["created_at"], entries,
+        parent_run_id=run.get("parent_run_id"), output=run["output"],
     )
-    fold = JournalFold(entries)
+    record = RunRecord(
+        id=run["id"], function_id=run["function_id"], status=machine.status,
+        events=tuple(json.dumps(e) for e in run["events"]), created_at=run["created_at"],
+        updated_at=now, output=machine.output, error=machine.error,
+    )
+    return run_view(record, entries)
+
+
+def replay_run(
+    app: App,
+    run_id: str,
+    function_id: str,
+    status: str,
+    events: Sequence[Event],
+    created_at: int,
+    entries: Sequence[JournalEntry],
+    *,
+    parent_run_id: str | None = None,
+    output: Any = None,
+) -> tuple[RunMachine, int]:
+    """What :func:`replay` checks, over a run's fields and journal (``output`` parsed):
+    returns the machine replayed to where the journal ends and the ``now`` it was given."""
+    import json
+
+    from durable_core.core._model import (
+        TERMINAL_STATUSES,
+        CancelRun,
+        CompleteRun,
+        FailRun,
+        RunStarted,
+    )
+
+    machine = RunMachine(app.get(function_id), run_id, events, created_at, entries,
+                         parent_run_id=parent_run_id)
     # A run backing off after its code raised is re-entered at its retry time: the code is
     # checked now, not when the run wakes up.
-    now = max([run["created_at"], fold.run_retry_at or 0, *(e.ts for e in entries)])
+    retry_at = 0
+    for e in entries:
+        if e.op == JournalOp.RUN_ATTEMPT_FAILED:
+            retry_at = int(e.payload()["retry_at"])
+    now = max([created_at, retry_at, *(e.ts for e in entries)])
     cmds = machine.handle(RunStarted(now))
     if isinstance(machine.failure, DeterminismError):
         raise machine.failure
     pos = machine.next_position
-    memo = fold.steps.get(pos)
-    at_pos = None if memo is None else f"{memo.step_id} ({memo.kind})"
+    at_pos = next((f"{e.step_id} ({e.kind})" for e in entries if e.position == pos), None)
     raised = _raised(machine.entries[len(entries):], machine.error)
     if raised is not None and raised != _recorded_error(entries):
         there = f", where the journal recorded step {at_pos}" if at_pos else ""
@@ -334,14 +360,14 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
             raised, run_id=run_id, position=pos, recorded=at_pos,
             requested=f"raise {raised.type}",
         )
-    ended = run["status"] in TERMINAL_STATUSES
+    ended = status in TERMINAL_STATUSES
     new_steps = [c for c in cmds if isinstance(c, ExecuteStep)]
     if ended and new_steps:
         step = new_steps[0]
         raise DeterminismError(
-            f"run {run_id}: the recorded run had ended ({run['status']}) but the code now "
+            f"run {run_id}: the recorded run had ended ({status}) but the code now "
             f"asks for a new step {step.step_id!r} at position {step.position}",
-            run_id=run_id, position=step.position, recorded=f"run {run['status']}",
+            run_id=run_id, position=step.position, recorded=f"run {status}",
             requested=step.step_id,
         )
     done = [c for c in cmds if isinstance(c, CompleteRun | FailRun | CancelRun)]
@@ -351,22 +377,15 @@ def replay(app: App, journal: str | os.PathLike[str] | dict[str, Any]) -> RunVie
             f"journal recorded step {at_pos}",
             run_id=run_id, position=pos, recorded=at_pos, requested="the run's end",
         )
-    if run["status"] == "completed":
+    if status == "completed":
         got = json.loads(done[0].output) if done and isinstance(done[0], CompleteRun) else None
-        if not done or not isinstance(done[0], CompleteRun) or got != run["output"]:
+        if not done or not isinstance(done[0], CompleteRun) or got != output:
             raise DeterminismError(
-                f"run {run_id}: the recorded run returned {run['output']!r}, the code now "
+                f"run {run_id}: the recorded run returned {output!r}, the code now "
                 f"{'returns ' + repr(got) if done else 'does not finish'}",
-                run_id=run_id, recorded=repr(run["output"]), requested=repr(got),
+                run_id=run_id, recorded=repr(output), requested=repr(got),
             )
-    from durable_core.store import RunRecord
-
-    record = RunRecord(
-        id=run_id, function_id=run["function_id"], status=machine.status,
-        events=tuple(json.dumps(e) for e in run["events"]), created_at=run["created_at"],
-        updated_at=now, output=machine.output, error=machine.error,
-    )
-    return run_view(record, entries)
+    return machine, now
 
 
 class _CodeRaised(DeterminismError):
