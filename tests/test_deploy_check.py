@@ -352,3 +352,26 @@ def test_jobs_need_paths_a_shared_store_and_a_positive_count(tmp_path: pathlib.P
         with pytest.raises(ValidationError) as caught:
             check_deploy(**kwargs)  # type: ignore[arg-type]
         assert caught.value.field == field, kwargs
+
+
+def test_a_replay_process_that_dies_is_an_error_not_a_hang(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = stores.open(url)
+    try:
+        populate(store, load(tmp_path, "v1", APP_V1))
+    finally:
+        store.close()
+    # The app imports in this process, not in the replay processes.
+    (tmp_path / "child_fails.py").write_text(
+        "import multiprocessing\n"
+        "if multiprocessing.parent_process() is not None:\n"
+        "    raise SystemExit(3)\n" + APP_V1)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["replay", "--app", "child_fails:app", "--store", url, "--jobs", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "a replay process stopped before it finished" in err
+    assert "--jobs 1" in err
+    sys.modules.pop("child_fails", None)

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import attrs
 
-from durable_core.base._errors import DeterminismError, ValidationError
+from durable_core.base._errors import DeterminismError, DurableError, ValidationError
 from durable_core.base._events import Event
 from durable_core.core._function import App
 from durable_core.core._model import TERMINAL_STATUSES, RunStatus
@@ -235,11 +235,17 @@ def _replay_in_processes(
     shares = [run_ids[i:i + size] for i in range(0, len(run_ids), size)]
     found: dict[str, DeployFailure | None] = {}
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_open_worker, initargs=(app, store)
-    ) as pool:
-        for share in pool.map(_replay_share, shares):
-            found.update(share)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_open_worker, initargs=(app, store)
+        ) as pool:
+            for share in pool.map(_replay_share, shares):
+                found.update(share)
+    except concurrent.futures.process.BrokenProcessPool as exc:
+        raise DurableError(
+            f"check_deploy: a replay process stopped before it finished ({exc}); run with "
+            "jobs=1 (durable replay --jobs 1) to see the error in this process"
+        ) from exc
     return found
 
 
