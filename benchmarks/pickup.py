@@ -4,8 +4,8 @@ Run with ``python benchmarks/pickup.py [--quick] [--stores sqlite,postgres]``.
 
 Everything goes through the real CLI: ``durable worker benchmarks.pickup:app`` runs in a
 subprocess, and events come from a ``Client`` in another subprocess, as from a web app
-beside the worker. For each store (SQLite file with ``synchronous=FULL``; PostgreSQL on
-127.0.0.1):
+beside the worker. For each store (SQLite file with ``synchronous=FULL``, the default, and
+with ``NORMAL``, which skips the fsync of each commit; PostgreSQL on 127.0.0.1):
 
 - **pickup**: the sender sends one event at a time (a pause of 20-40 ms between sends, so
   each finds the worker idle), stamping the wall time just before ``Client.send`` in the
@@ -175,7 +175,7 @@ def measure(url: str, events: int, idle_s: float, burst_n: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument("--stores", default="sqlite,sqlite-normal,postgres")
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
     parser.add_argument("--burst", type=int, default=300)
@@ -197,6 +197,8 @@ def main() -> int:
             for i in range(args.rounds):
                 if name == "sqlite":
                     url = f"sqlite:///{pathlib.Path(tmp) / f'pickup-{i}.db'}"
+                elif name == "sqlite-normal":
+                    url = f"sqlite:///{pathlib.Path(tmp) / f'pickup-n{i}.db'}?synchronous=NORMAL"
                 else:
                     url = f"{PG_URL}?schema=bench_pickup_{uuid.uuid4().hex[:8]}"
                 try:
