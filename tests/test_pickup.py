@@ -163,15 +163,20 @@ def test_an_unusable_wake_file_leaves_polling(tmp_path: pathlib.Path,
     try:
         assert "no wake-ups between processes" in caplog.text and "polling" in caplog.text
         create(store, new_run("r1"))  # writes work
-        assert store.wait_for_notify(0) is False
-        assert store.get_run("r1").status == "queued"
+        assert store.wait_for_notify(0) is False  # starts listening: to this process only
+        create(store, new_run("r2"))
+        assert store.wait_for_notify(0) is True
+        assert [r.id for r in store.list_runs()] == ["r2", "r1"]
     finally:
         store.close()
 
 
-def test_an_in_memory_store_just_waits(tmp_path: pathlib.Path) -> None:
+def test_an_in_memory_store_hears_its_own_commits(tmp_path: pathlib.Path) -> None:
     store = SQLiteStore(":memory:")
     create(store, new_run("r1"))
+    assert store.wait_for_notify(0) is False  # starts listening: r1 came before
+    create(store, new_run("r2"))
+    assert store.wait_for_notify(0) is True
     assert store.wait_for_notify(0) is False
     assert not list(tmp_path.iterdir())
     got: list[bool] = []
@@ -208,12 +213,12 @@ def worker(tmp_path: pathlib.Path, *args: str, patch: str = ""
     finally:
         proc.terminate()
         try:
-            assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            client.store.close()
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        client.store.close()
+    assert proc.returncode == 0, err  # stopped gracefully
 
 
 def wait_completed(client: Client, count: int, timeout: float = 120) -> None:

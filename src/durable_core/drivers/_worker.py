@@ -146,7 +146,8 @@ class Worker:
     with step bodies in flight; ``lease_ms`` is how long a claim lasts without renewal;
     ``poll_interval`` (seconds) bounds how long an idle worker waits before checking the
     store again (a store with ``wait_for_notify``, as PostgreSQL and SQLite files have, also
-    wakes it at once when another process creates work). Options are checked here: ``max_runs`` and ``batch_limit`` 1 to 1,000,000,
+    wakes it at once when another process creates work). Options are checked here:
+    ``max_runs`` and ``batch_limit`` 1 to 1,000,000,
     ``lease_ms`` 1 to 86,400,000, ``poll_interval`` more than 0 and at most 3600 (finite);
     anything else is a :class:`~durable_core.ValidationError` naming the option.
     ``tune_gc`` raises CPython's garbage-collection thresholds while the worker

@@ -685,6 +685,11 @@ class SQLiteStore:
         self._wake: _WakeFile | None = None
         self._listen_lock = threading.Lock()
         self._stop_r, self._stop_w = socket.socketpair()  # wakes wait_for_notify at close
+        # Without a wake file (in memory, or it could not be opened), this process's own
+        # commits wake its listener: commits counted, under a condition.
+        self._local = threading.Condition()
+        self._local_commits = 0
+        self._local_seen: int | None = None  # the count last seen by wait_for_notify
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":  # a file
             try:
                 self._gate = _WriterGate(self._path, busy_timeout_ms)
@@ -830,6 +835,8 @@ class SQLiteStore:
             wake, self._wake = self._wake, None
         with contextlib.suppress(OSError):
             self._stop_w.send(b"x")  # wakes a blocked wait_for_notify
+        with self._local:
+            self._local.notify_all()
         with self._listen_lock:
             if wake is not None:
                 wake.close()
@@ -852,6 +859,10 @@ class SQLiteStore:
         with self._lock:  # not while close() closes the file
             if self._wake is not None:
                 self._wake.notify()
+                return
+        with self._local:
+            self._local_commits += 1
+            self._local.notify_all()
 
     def wait_for_notify(self, timeout_s: float) -> bool:
         """Block until a commit (from any process using this file, this one included)
@@ -864,8 +875,8 @@ class SQLiteStore:
         first call. From then on no wake-up is lost between calls. A True result may be
         spurious; callers just look at the store. Linux wakes listeners through inotify on
         ``<db>-wake`` (no cost while idle); elsewhere a listener checks
-        ``PRAGMA data_version`` every 50 ms. An in-memory store has no other process to
-        hear from: it waits out the timeout (or the close).
+        ``PRAGMA data_version`` every 50 ms. An in-memory store (or one whose wake file could
+        not be opened) hears only its own commits.
         """
         timeout_s = max(timeout_s, 0.0)
         deadline = time.monotonic() + timeout_s
@@ -875,10 +886,9 @@ class SQLiteStore:
             if self._conn is None:
                 return False
             wake = self._wake
+            if wake is None:
+                return self._wait_local(deadline)
             try:
-                if wake is None:
-                    select.select([self._stop_r], [], [], timeout_s)
-                    return False
                 wake.listen()
                 return wake.wait(self._stop_r, deadline)
             except (OSError, sqlite3.Error) as exc:
@@ -887,6 +897,21 @@ class SQLiteStore:
                 ) from exc
         finally:
             self._listen_lock.release()
+
+    def _wait_local(self, deadline: float) -> bool:
+        """wait_for_notify without a wake file: for this process's own commits."""
+        with self._local:
+            if self._local_seen is None:
+                self._local_seen = self._local_commits  # listening starts now
+            while self._local_commits == self._local_seen and self._conn is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._local.wait(remaining)
+            if self._conn is None:
+                return False
+            self._local_seen = self._local_commits
+            return True
 
     # ------------------------------------------------------------------ events
 
