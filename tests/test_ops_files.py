@@ -54,8 +54,8 @@ def test_sqlite_files_are_created_owner_only(tmp_path: pathlib.Path, umask: int)
     try:
         Client(store).send(Event("x", {"card": "4111"}))
         files = sorted(p.name for p in tmp_path.iterdir())
-        assert files == ["private.db", "private.db-shm", "private.db-wal",
-                         "private.db-writer.lock"]
+        assert files == ["private.db", "private.db-shm", "private.db-wake",
+                         "private.db-wal", "private.db-writer.lock"]
         for name in files:
             mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
             assert mode == 0o600, (name, oct(mode), oct(umask))

@@ -241,7 +241,12 @@ class Claim:
 @runtime_checkable
 class Store(Protocol):
     """The persistence contract. Every method is synchronous and thread-safe; drivers call
-    blocking stores from worker threads. Every write is durable when the method returns."""
+    blocking stores from worker threads. Every write is durable when the method returns.
+
+    Optional: ``wait_for_notify(timeout_s) -> bool``, blocking until a commit in any process
+    creates events, runs or signals (True, possibly spuriously) or until the timeout or
+    ``close()`` (False); the first call starts listening. A worker then wakes at once
+    instead of at its next poll (see docs/stores.md; ``stores.testing`` checks it)."""
 
     blocking: bool
     """True if calls do I/O (the trio driver then calls them from a thread)."""

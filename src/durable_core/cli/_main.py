@@ -433,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default 1; needs a SQLite file or PostgreSQL)")
     sp.add_argument("--poll-interval", type=_seconds("--poll-interval", 0, 3600), default=0.5,
                     help="seconds an idle worker waits before looking at the store again "
-                         "(default 0.5; PostgreSQL also wakes workers at once with NOTIFY)")
+                         "(default 0.5; PostgreSQL and SQLite files also wake workers at once "
+                         "when another process creates work)")
     store_arg(sp)
     sp.set_defaults(func=_cmd_worker)
 

@@ -59,6 +59,10 @@ _SIGNAL_REPEAT_S = 0.1
 """A second SIGINT/SIGTERM this soon (seconds) after the first is the same request (tools
 like ``timeout`` signal both the process and its group), not a second Ctrl-C."""
 
+_LISTEN_S = 1.0
+"""How long (seconds) one ``wait_for_notify`` call of the listener blocks: the thread it
+comes back at least this often (a call abandoned when the worker stops ends by then)."""
+
 _YIELD_AFTER = 0.02
 """A run's task yields to the trio scheduler at least this often (seconds) between steps,
 even if its step bodies and commits never do."""
@@ -141,7 +145,9 @@ class Worker:
     ``trio.current_time()`` to run under trio's ``MockClock``). ``max_runs`` bounds the runs
     with step bodies in flight; ``lease_ms`` is how long a claim lasts without renewal;
     ``poll_interval`` (seconds) bounds how long an idle worker waits before checking the
-    store again. Options are checked here: ``max_runs`` and ``batch_limit`` 1 to 1,000,000,
+    store again (a store with ``wait_for_notify``, as PostgreSQL and SQLite files have, also
+    wakes it at once when another process creates work). Options are checked here:
+    ``max_runs`` and ``batch_limit`` 1 to 1,000,000,
     ``lease_ms`` 1 to 86,400,000, ``poll_interval`` more than 0 and at most 3600 (finite);
     anything else is a :class:`~durable_core.ValidationError` naming the option.
     ``tune_gc`` raises CPython's garbage-collection thresholds while the worker
@@ -549,17 +555,27 @@ class Worker:
             self.leases_lost += len(lost)
 
     async def _listener(self) -> None:
-        """Wake the main loop when another process writes (PostgreSQL LISTEN/NOTIFY)."""
+        """Wake the main loop when a commit, in any process, creates work: the store's
+        ``wait_for_notify(timeout_s) -> bool`` (PostgreSQL LISTEN/NOTIFY, SQLite's wake file;
+        see docs/stores.md)."""
         wait = self.store.wait_for_notify  # type: ignore[attr-defined]
         outage = _Outage("listening for notifications")
+        listening = False
         while True:
             try:
-                notified = await trio.to_thread.run_sync(wait, 1.0, abandon_on_cancel=True)
+                # The first call only starts listening (timeout 0), then the main loop looks
+                # at the store: work created between its first poll and the start of
+                # listening is not left waiting for the poll interval.
+                notified = await trio.to_thread.run_sync(
+                    wait, _LISTEN_S if listening else 0.0, abandon_on_cancel=True
+                )
             except StoreError as exc:
                 # The server is down or restarting. Notifications only save latency: the main
                 # loop polls meanwhile; listen again, with backoff, until the server answers.
                 await trio.sleep(outage.failed(exc))
                 continue
+            if not listening:
+                listening = notified = True
             if notified or outage.ok():
                 self._wakeup.set()
 

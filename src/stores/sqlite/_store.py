@@ -17,10 +17,17 @@ and ``stores.testing`` checks it against the rule's function for every store.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
 import json
+import logging
 import os
+import select
+import socket
 import sqlite3
+import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -62,6 +69,8 @@ from durable_core.store import (
 __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS_MODES", "SQLiteStore"]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger("stores.sqlite")
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 """Accepted ``synchronous`` settings (``OFF`` is refused: it breaks the durability promise)."""
@@ -404,6 +413,168 @@ class _FileWatch:
         )
 
 
+# --------------------------------------------------------------------------- wake-ups
+
+_WAKE_SUFFIX = "-wake"
+"""The wake file, ``<db>-wake``: a commit that creates events, runs or signals rewrites its
+one byte, and listeners (:meth:`SQLiteStore.wait_for_notify`) watch it with inotify."""
+
+_FALLBACK_CHECK_S = 0.05
+"""Without inotify, how often (seconds) a listener checks ``PRAGMA data_version``."""
+
+_IN_MODIFY = 0x002
+_IN_ATTRIB = 0x004
+_IN_MOVE_SELF = 0x800
+_IN_DELETE_SELF = 0x400
+_IN_IGNORED = 0x8000
+_IN_WATCH = _IN_MODIFY | _IN_ATTRIB | _IN_MOVE_SELF | _IN_DELETE_SELF
+_IN_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then name)
+
+_inotify: tuple[Callable[[int], int], Callable[[int, bytes, int], int]] | None = None
+"""Linux's ``inotify_init1`` and ``inotify_add_watch`` through ctypes (None elsewhere, or if
+the C library lacks them: listeners then fall back to checking ``PRAGMA data_version``)."""
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _init1 = _libc.inotify_init1
+        _init1.argtypes, _init1.restype = [ctypes.c_int], ctypes.c_int
+        _add_watch = _libc.inotify_add_watch
+        _add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        _add_watch.restype = ctypes.c_int
+        _inotify = (_init1, _add_watch)
+    except (OSError, AttributeError):  # pragma: no cover - a libc without inotify
+        _inotify = None
+
+
+class _WakeFile:
+    """Wake-ups between processes sharing one database file: SQLite's stand-in for
+    PostgreSQL's ``LISTEN``/``NOTIFY``.
+
+    A writer whose commit created events, runs or signals rewrites the one byte of
+    ``<db>-wake`` *after* the commit (so a woken listener finds the data). A listener watches
+    the file with Linux inotify: it sleeps in the kernel, costing nothing while idle, and the
+    kernel queues every change, so a write between two waits is never lost. Commits that
+    only append to journals (the bulk of a busy worker's) do not touch the file. Without
+    inotify (another OS, or the per-user inotify limits reached), a listener checks
+    ``PRAGMA data_version`` on a connection of its own every ``_FALLBACK_CHECK_S``
+    seconds, which changes on any other connection's commit. Wake-ups only save latency:
+    workers keep polling, so a lost one (a writer that crashed between its commit and the
+    write here, another program writing the database) costs at most a poll interval.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path + _WAKE_SUFFIX
+        self._fd = self._open()
+        self._ino: int | None = None  # the inotify instance, once listening
+        self._dv_conn: sqlite3.Connection | None = None  # the fallback's connection
+        self._dv_last = 0
+        self._db_path = path
+
+    def _open(self) -> int:
+        return os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def notify(self) -> None:
+        """Wake every listener (call after the commit)."""
+        try:
+            if os.fstat(self._fd).st_nlink == 0:  # deleted or replaced: write the new file
+                os.close(self._fd)
+                self._fd = self._open()
+            os.pwrite(self._fd, b"\0", 0)  # one byte, rewritten: the file never grows
+        except OSError:
+            pass  # only latency is lost: listeners poll too
+
+    def listen(self) -> bool:
+        """Start listening (inotify, else the fallback); True if it was already started."""
+        if self._ino is not None or self._dv_conn is not None:
+            return True
+        if _inotify is not None:
+            init1, _ = _inotify
+            fd = init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd >= 0:
+                self._ino = fd
+                if self._watch():
+                    return False
+                os.close(fd)
+                self._ino = None
+        # The fallback: a connection of its own, so that its data_version moves on every
+        # commit of this process's store connection too.
+        conn = sqlite3.connect(  # mode=rw: never create a deleted database file again
+            f"file:{urllib.parse.quote(self._db_path)}?mode=rw", uri=True,
+            isolation_level=None, check_same_thread=False,
+        )
+        self._dv_last = conn.execute("PRAGMA data_version").fetchone()[0]
+        self._dv_conn = conn
+        return False
+
+    def _watch(self) -> bool:
+        assert self._ino is not None and _inotify is not None
+        with contextlib.suppress(OSError):
+            os.close(self._open())  # (re)create the file if it was deleted
+        return _inotify[1](self._ino, os.fsencode(self._path), _IN_WATCH) >= 0
+
+    def wait(self, stop: socket.socket, deadline: float) -> bool:
+        """Block until a wake-up, ``deadline`` (monotonic) or a byte on ``stop``; True if
+        woken (possibly spuriously)."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._ino is None:
+                conn = self._dv_conn
+                assert conn is not None
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._dv_last:
+                    self._dv_last = version
+                    return True
+                if remaining <= 0:
+                    return False
+                ready, _, _ = select.select([stop], [], [], min(remaining, _FALLBACK_CHECK_S))
+                if ready:
+                    return False
+                continue
+            woken = self._drain()
+            if woken:
+                return True
+            if remaining <= 0:
+                return False
+            readable, _, _ = select.select([self._ino, stop.fileno()], [], [], remaining)
+            if stop.fileno() in readable:
+                return False
+
+    def _drain(self) -> bool:
+        """Read the queued inotify events; True if there was any. A file deleted, moved
+        or changed in its links is watched again by path."""
+        assert self._ino is not None
+        got = rearm = False
+        while True:
+            try:
+                data = os.read(self._ino, 4096)
+            except BlockingIOError:
+                break
+            got = True
+            for offset in range(0, len(data), _IN_EVENT.size):
+                _, mask, _, length = _IN_EVENT.unpack_from(data, offset)
+                if mask & (_IN_ATTRIB | _IN_MOVE_SELF | _IN_DELETE_SELF | _IN_IGNORED):
+                    rearm = True
+                if length:  # pragma: no cover - a file watch has no names
+                    break
+        if rearm and not self._watch():
+            # The file cannot be watched any more: check data_version from now on.
+            os.close(self._ino)
+            self._ino = None
+            self.listen()
+        return got
+
+    def close(self) -> None:
+        """Close the file, the inotify instance and the fallback's connection."""
+        for fd in (self._fd, self._ino):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._ino = None
+        if self._dv_conn is not None:
+            self._dv_conn.close()
+            self._dv_conn = None
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -511,15 +682,26 @@ class SQLiteStore:
             raise
         self._conn: sqlite3.Connection | None = conn
         self._gate: _WriterGate | None = None
+        self._wake: _WakeFile | None = None
+        self._listen_lock = threading.Lock()
+        self._stop_r, self._stop_w = socket.socketpair()  # wakes wait_for_notify at close
+        # Without a wake file (in memory, or it could not be opened), this process's own
+        # commits wake its listener: commits counted, under a condition.
+        self._local = threading.Condition()
+        self._local_commits = 0
+        self._local_seen: int | None = None  # the count last seen by wait_for_notify
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":  # a file
             try:
                 self._gate = _WriterGate(self._path, busy_timeout_ms)
                 self._watch = _FileWatch(self._path, conn)
             except OSError as exc:
                 conn.close()
+                self._stop_r.close()
+                self._stop_w.close()
                 raise StoreError(
                     f"cannot open SQLite store {self._path!r}: its writers' lock file: {exc}"
                 ) from exc
+            self._wake = self._open_wake_file()
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -641,7 +823,8 @@ class SQLiteStore:
                 raise
 
     def close(self) -> None:
-        """Close the connection; later calls raise :class:`~durable_core.StoreError`."""
+        """Close the connection; later calls raise :class:`~durable_core.StoreError`.
+        Wakes a blocked :meth:`wait_for_notify`."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -649,6 +832,86 @@ class SQLiteStore:
             if self._gate is not None:
                 self._gate.close()
                 self._gate = None
+            wake, self._wake = self._wake, None
+        with contextlib.suppress(OSError):
+            self._stop_w.send(b"x")  # wakes a blocked wait_for_notify
+        with self._local:
+            self._local.notify_all()
+        with self._listen_lock:
+            if wake is not None:
+                wake.close()
+            self._stop_r.close()
+            self._stop_w.close()
+
+    # ------------------------------------------------------------------ notifications
+
+    def _open_wake_file(self) -> _WakeFile | None:
+        try:
+            return _WakeFile(self._path)
+        except OSError as exc:
+            # Only latency is lost: workers on this file poll (every --poll-interval).
+            log.warning("SQLite store %r: no wake-ups between processes (%s); workers find "
+                        "new work by polling", self._path, exc)
+            return None
+
+    def _notify(self) -> None:
+        """After a commit that created events, runs or signals: wake listeners."""
+        with self._lock:  # not while close() closes the file
+            if self._wake is not None:
+                self._wake.notify()
+                return
+        with self._local:
+            self._local_commits += 1
+            self._local.notify_all()
+
+    def wait_for_notify(self, timeout_s: float) -> bool:
+        """Block until a commit (from any process using this file, this one included)
+        created events, runs or signals, or until ``timeout_s`` seconds passed. Returns True
+        if woken, False on timeout or when the store is closed: the shape of
+        :meth:`stores.PostgresStore.wait_for_notify`, so a worker waits on either alike.
+
+        Listening starts on the first call (which returns False at once if ``timeout_s`` is
+        0): commits before it are not seen, so callers should look at the store after the
+        first call. From then on no wake-up is lost between calls. A True result may be
+        spurious; callers just look at the store. Linux wakes listeners through inotify on
+        ``<db>-wake`` (no cost while idle); elsewhere a listener checks
+        ``PRAGMA data_version`` every 50 ms. An in-memory store (or one whose wake file could
+        not be opened) hears only its own commits.
+        """
+        timeout_s = max(timeout_s, 0.0)
+        deadline = time.monotonic() + timeout_s
+        if not self._listen_lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            if self._conn is None:
+                return False
+            wake = self._wake
+            if wake is None:
+                return self._wait_local(deadline)
+            try:
+                wake.listen()
+                return wake.wait(self._stop_r, deadline)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(
+                    f"SQLite store {self._path!r}: cannot listen for wake-ups: {exc}"
+                ) from exc
+        finally:
+            self._listen_lock.release()
+
+    def _wait_local(self, deadline: float) -> bool:
+        """wait_for_notify without a wake file: for this process's own commits."""
+        with self._local:
+            if self._local_seen is None:
+                self._local_seen = self._local_commits  # listening starts now
+            while self._local_commits == self._local_seen and self._conn is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._local.wait(remaining)
+            if self._conn is None:
+                return False
+            self._local_seen = self._local_commits
+            return True
 
     # ------------------------------------------------------------------ events
 
@@ -657,7 +920,9 @@ class SQLiteStore:
         if not events:
             return []
         with self._write() as conn:
-            return self._insert_events(conn, events, now)
+            stored = self._insert_events(conn, events, now)
+        self._notify()
+        return stored
 
     @staticmethod
     def _insert_events(
@@ -738,10 +1003,14 @@ class SQLiteStore:
         writes = batch.writes
         with self._write() as conn:
             if writes and all(is_journal_only(w) for w in writes):
-                return self._commit_appends(conn, batch)
-            if len(writes) == 1 and self._apply_one(conn, batch):
-                return set()
-            return self._commit(conn, batch)
+                fenced = self._commit_appends(conn, batch)
+            elif len(writes) == 1 and self._apply_one(conn, batch):
+                fenced = set()
+            else:
+                fenced = self._commit(conn, batch)
+        if batch.events or batch.runs or batch.signals:
+            self._notify()
+        return fenced
 
     def _apply_one(self, conn: sqlite3.Connection, batch: CommitBatch) -> bool:
         """Apply a batch's only write (with memos, and a status or lease change: a run's

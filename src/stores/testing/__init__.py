@@ -1308,6 +1308,28 @@ class StoreConformance:
         assert _snapshot(store) == before
         assert store.get_event("e9") is None and store.get_event("e8") is None
 
+    # ------------------------------------------------------------------ wake-ups
+
+    def test_wait_for_notify_wakes_on_new_work_if_offered(self, store: Store) -> None:
+        """``wait_for_notify(timeout_s) -> bool`` is optional (docs/stores.md): skipped for
+        a store without it. Once listening (the first call), a commit that creates a run,
+        events or a signal, from any process and this store too, makes a wait return True;
+        the wake-up is kept for a wait that starts after the commit; a closed store's wait
+        returns False without waiting."""
+        wait = getattr(store, "wait_for_notify", None)
+        if not callable(wait):
+            pytest.skip(f"{type(store).__name__} has no wait_for_notify (optional)")
+        wait(0)  # starts listening
+        create(store, new_run("r1"))
+        assert wait(30) is True
+        store.append_events([event_json("e1")], T0)
+        assert wait(30) is True
+        assert store.commit(CommitBatch(now=T0, signals=(("r1", Signal("event", "k", "{}")),))
+                            ) == set()
+        assert wait(30) is True
+        store.close()
+        assert wait(600) is False
+
     # ------------------------------------------------------------------ stateful
 
     def test_stateful_matches_the_reference_store(self) -> None:
