@@ -47,6 +47,7 @@ from durable_core.core._model import (
     StepKind,
     TimerFired,
 )
+from durable_core.drivers._sandbox import install as install_sandbox
 from durable_core.engine._engine import Engine, Plan
 from durable_core.store import CommitBatch, Store
 
@@ -188,6 +189,7 @@ class Simulation:
             from durable_core.drivers._loading import import_stores
 
             store = import_stores().MemoryStore()
+        install_sandbox(app)  # guards for orchestration code (docs/determinism.md)
         self.app = app
         self.plan = faults or FaultPlan()
         self.rng = random.Random(self.plan.seed)
