@@ -146,6 +146,8 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 
 def _short(value: object) -> str:
+    if isinstance(value, bytes):  # (os.system and others pass a path or command as bytes)
+        value = value.decode("utf-8", "replace")
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
