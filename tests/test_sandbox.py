@@ -11,6 +11,7 @@ step body, are ``UsageError``s, the same in ``TestEngine`` and the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -387,6 +388,39 @@ def test_a_swallowed_violation_still_fails_the_run() -> None:
         assert run.error is not None and run.error.type == "DeterminismError"
         assert call in run.error.message
     assert [s.id for s in eng.run(runs["f"].id).steps] == ["a"]  # "b" never started
+
+
+def test_a_violation_in_a_finally_block_never_escapes_into_the_driver() -> None:
+    app = App("finally")
+    cleaned: list[str] = []
+
+    @app.function(id="cancelled", trigger=on_event("go"))
+    async def cancelled(ctx: Context) -> None:
+        try:
+            await ctx.step.sleep("nap", "1h")
+        finally:
+            cleaned.append("cancelled")
+            time.monotonic()  # raises in the sandbox, while the run is being cancelled
+
+    @app.function(id="failed", trigger=on_event("go"))
+    async def failed(ctx: Context) -> None:
+        try:
+            await ctx.step.run("a", int)
+            with contextlib.suppress(DeterminismError):
+                time.time()
+            await ctx.step.run("b", int)  # the run fails here: the error was swallowed
+        finally:
+            cleaned.append("failed")
+            random.random()  # and again in the finally block, as the run ends
+
+    eng = TestEngine(app)
+    runs = _by_function(eng.send(Event("go")).runs and eng.store.list_runs())
+    eng.cancel_run(runs["cancelled"].id)
+    runs = _by_function(eng.store.list_runs())
+    assert runs["cancelled"].status == "cancelled"
+    assert runs["failed"].status == "failed"
+    assert runs["failed"].error is not None and "time.time()" in runs["failed"].error.message
+    assert sorted(cleaned) == ["cancelled", "failed"]
 
 
 def test_escape_hatch_lifts_the_sandbox_and_logs_why(caplog: pytest.LogCaptureFixture) -> None:

@@ -704,9 +704,11 @@ class RunMachine:
         coro, self._coro = self._coro, None
         if coro is not None:
             # RuntimeError: the code awaited a step in a finally block; nothing more will run.
+            # Any other error of a finally block (a sandbox error, say) is the code's, and the
+            # run ends anyway: it must not escape into the driver.
             _enter(self)  # its finally blocks are orchestration code too
             try:
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(Exception):
                     coro.close()
             finally:
                 _leave()
@@ -744,10 +746,11 @@ class RunMachine:
         if (coro is not None and coro.cr_frame is not None  # type: ignore[attr-defined]
                 and not coro.cr_running):  # type: ignore[attr-defined]
             # Still suspended (the run failed on a limit): run its finally blocks now, as
-            # a cancel does. RuntimeError: it awaited a step in one; nothing more will run.
+            # a cancel does. RuntimeError: it awaited a step in one; nothing more will run
+            # (nor may any other error of the code escape: the run ends anyway).
             _enter(self)
             try:
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(Exception):
                     coro.close()
             finally:
                 _leave()
