@@ -36,8 +36,8 @@ PINNED: dict[str, list[str]] = {
         "RetryAfterError", "RunFailedError", "RunHandle", "RunMachine", "RunNotFoundError",
         "RunTimeoutError", "RunView", "Sent",
         "SerializationError", "Step", "StepError", "StepView", "Steps", "Store", "StoreError",
-        "StoreLostError", "UnknownFunctionError", "ValidationError", "Worker", "__version__",
-        "converter", "on_cron", "on_event", "open_store", "tuned_gc",
+        "StoreLostError", "UnknownFunctionError", "UsageError", "ValidationError", "Worker",
+        "__version__", "converter", "on_cron", "on_event", "open_store", "tuned_gc",
     ],
     "durable_core.testing": [
         "CrashTestReport", "DeployFailure", "DeployReport", "FaultPlan", "Finding",

@@ -27,6 +27,7 @@ from durable_core.base._errors import (
     StoreError,
     StoreLostError,
     UnknownFunctionError,
+    UsageError,
     ValidationError,
 )
 from durable_core.base._events import Event, Sent
@@ -87,6 +88,7 @@ __all__ = [
     "StoreError",
     "StoreLostError",
     "UnknownFunctionError",
+    "UsageError",
     "ValidationError",
     "Worker",
     "__version__",

@@ -247,7 +247,7 @@ def run_step_body(
     itself). Call it from the thread that should run the body (e.g. inside
     ``asyncio.to_thread``)."""
     fn = step.fn
-    token = _set_attempt((step.run_id, step.attempt))
+    token = _set_attempt((step.run_id, step.attempt, step.step_id))
     try:
         if (fn.__code__.co_flags & _CO_COROUTINE if type(fn) is _FunctionType
                 else inspect.iscoroutinefunction(fn)):
@@ -277,7 +277,7 @@ async def run_step_body_async(step: ExecuteStep) -> StepResult:
     instead), and an awaitable it returns is awaited. Never raises for what the body raises
     (see :func:`run_step_body`)."""
     fn = step.fn
-    token = _set_attempt((step.run_id, step.attempt))
+    token = _set_attempt((step.run_id, step.attempt, step.step_id))
     try:
         value = fn(*step.args, **step.kwargs)
         if type(value) not in _PLAIN and inspect.isawaitable(value):

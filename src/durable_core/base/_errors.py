@@ -29,6 +29,7 @@ __all__ = [
     "StoreError",
     "StoreLostError",
     "UnknownFunctionError",
+    "UsageError",
     "ValidationError",
 ]
 
@@ -85,8 +86,11 @@ class DeterminismError(DurableError):
     """Orchestration code did something that cannot be replayed deterministically.
 
     Raised when, on replay, the code asks for a step that does not match the journal (another
-    id or kind at that position), or when orchestration code awaits something other than a
-    ``ctx`` primitive. ``position``, ``recorded`` and ``requested`` say where and what.
+    id or kind at that position), when orchestration code awaits something other than a
+    ``ctx`` primitive, and by the sandbox, at the call, when orchestration code reads the
+    clock, draws random values, blocks, starts a thread or does I/O (``requested`` is then
+    the call, e.g. ``"random.random()"``). ``position``, ``recorded`` and ``requested`` say where
+    and what. It fails the run at once (no retries).
     """
 
     def __init__(
@@ -107,6 +111,12 @@ class DeterminismError(DurableError):
 
 class NonRetriableError(DurableError):
     """Raise from a step (or orchestration code) to fail at once, without further retries."""
+
+
+class UsageError(NonRetriableError):
+    """A ``ctx`` primitive was used where it cannot work: a step created and never awaited
+    (the run fails, naming the step), or a step called inside another step's body (that
+    step fails for good, naming both). Never retried: the same code would do it again."""
 
 
 class RetryAfterError(DurableError):

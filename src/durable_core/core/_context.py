@@ -17,11 +17,17 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from durable_core.base._backoff import stable_unit
 from durable_core.base._cel import Expression, compile_expression
 from durable_core.base._durations import from_ms, parse_duration, parse_instant
-from durable_core.base._errors import InvalidDurationError, InvalidEventError, ValidationError
+from durable_core.base._errors import (
+    InvalidDurationError,
+    InvalidEventError,
+    UsageError,
+    ValidationError,
+)
 from durable_core.base._events import MAX_EVENT_NAME_BYTES, Event
 from durable_core.base._serde import check_text, json_problem
 from durable_core.core._function import Function
 from durable_core.core._model import StepKind, derive_uuid
+from durable_core.core._sandbox import Unsafe
 
 __all__ = ["Context", "Step", "Steps"]
 
@@ -34,12 +40,15 @@ T3 = TypeVar("T3")
 T4 = TypeVar("T4")
 T5 = TypeVar("T5")
 T6 = TypeVar("T6")
+_R = TypeVar("_R", bound="StepRequest")
 
-# Set by drivers while a step body runs, so ``ctx.attempt`` inside a body reads the attempt
-# of that step.
-current_attempt: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+# Set by drivers while a step body runs, to ``(run_id, attempt, step_id)``, so ``ctx.attempt``
+# inside a body reads the attempt of that step, and a ``ctx.step.*`` call inside a body can
+# name it.
+current_attempt: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(
     "durable_core_current_attempt", default=None
 )
+_in_body = current_attempt.get
 
 _MAX_WAIT = dt.timedelta(days=366)
 MAX_PATCH_ID_LENGTH = 256
@@ -135,7 +144,7 @@ def _check_patch_id(patch_id: object, method: str, run_id: str) -> None:
 class StepRequest:
     """Base of the requests a ``ctx.step.*`` awaitable yields to the core. Don't subclass."""
 
-    __slots__ = ("id", "position")
+    __slots__ = ("__weakref__", "id", "position")
     kind: str = ""
 
     def __init__(self, step_id: str) -> None:
@@ -249,12 +258,28 @@ class GatherRequest:
 class Steps:
     """The step primitives, reached as ``ctx.step``. Each returns an awaitable; await it."""
 
-    __slots__ = ("_host",)
+    __slots__ = ("_host", "_made")
 
     def __init__(self, host: RunHost) -> None:
         # The machine, not the context: a context <-> steps cycle would keep every finished
         # run (its machine, journal and events) in memory until a full garbage collection.
         self._host = host
+        self._made: list[Any] = []
+        """Every step created, for the machine's check that each is awaited (it takes the
+        list: ``RunMachine._review``)."""
+
+    def _nested(self, step_id: str, method: str) -> None:
+        """Raise the error for a step primitive called inside a step body of this run."""
+        cur = current_attempt.get()
+        if cur is None or cur[0] != self._host.run_id:
+            return  # another run's body (a test driving an engine from a body): not ours
+        body = repr(cur[2]) if len(cur) > 2 else "(unknown)"
+        raise UsageError(
+            f"run {cur[0]}: step {step_id!r} (ctx.step.{method}) was called inside the body "
+            f"of step {body}; steps do not nest: a body does the work and returns its "
+            f"result, and the function's code calls the next step (`await "
+            f"ctx.step.{method}({step_id!r}, ...)` after `await ctx.step.run({body}, ...)`)"
+        )
 
     @overload
     def run(
@@ -283,14 +308,18 @@ class Steps:
                 f"ctx.step.run({id!r}, fn): fn must be callable, got {type(fn).__name__}",
                 field="step.fn",
             )
-        return RunRequest(id, fn, args, kwargs)
+        if _in_body() is not None:
+            self._nested(id, "run")
+        req = RunRequest(id, fn, args, kwargs)
+        self._made.append(req)
+        return req
 
     def sleep(self, id: str, duration: str | float | dt.timedelta, /) -> Step[None]:
         """Pause the run for ``duration`` (``"1h30m"``, seconds, or a timedelta; at most
         366 days). Durable: the run resumes after a restart at the same instant."""
         _check_id(id, "sleep")
         td = parse_duration(duration, field=f"step.sleep({id!r}).duration")
-        return SleepRequest(id, td, None)
+        return self._made_one(SleepRequest(id, td, None), "sleep")
 
     def sleep_until(self, id: str, until: str | dt.datetime, /) -> Step[None]:
         """Pause the run until ``until`` (an aware datetime or an ISO-8601 string with an
@@ -308,7 +337,7 @@ class Steps:
                 "sleep at most 366 days at a time (loop for longer)",
                 field=field,
             )
-        return SleepRequest(id, None, when)
+        return self._made_one(SleepRequest(id, None, when), "sleep_until")
 
     def wait_for_event(
         self,
@@ -334,7 +363,7 @@ class Steps:
             expression = compile_expression(
                 if_, field=f"step.wait_for_event({id!r}).if_", variables=("event", "async")
             )
-        return WaitRequest(id, event, td, at, if_, expression)
+        return self._made_one(WaitRequest(id, event, td, at, if_, expression), "wait_for_event")
 
     @overload
     def invoke(
@@ -387,7 +416,7 @@ class Steps:
                 f"ctx.step.invoke({id!r}, data=...): {problem}", field="step.invoke.data"
             )
         td = parse_duration(timeout, field=f"step.invoke({id!r}).timeout", maximum=_MAX_WAIT)
-        return InvokeRequest(id, func, payload, td)
+        return self._made_one(InvokeRequest(id, func, payload, td), "invoke")
 
     def send_event(self, id: str, events: Event | Sequence[Event], /) -> Step[list[str]]:
         """Send one event or a list, exactly once per run (memoized). Returns their ids;
@@ -400,7 +429,13 @@ class Steps:
                     f"ctx.step.send_event({id!r}): item {i} is {type(e).__name__}, not an Event",
                     field="step.send_event.events",
                 )
-        return SendRequest(id, batch)
+        return self._made_one(SendRequest(id, batch), "send_event")
+
+    def _made_one(self, req: _R, method: str) -> _R:
+        if _in_body() is not None:
+            self._nested(req.id, method)
+        self._made.append(req)
+        return req
 
 
 class Context:
@@ -428,12 +463,19 @@ class Context:
         return self._machine.function.id
 
     @property
+    def unsafe(self) -> Unsafe:
+        """Explicit ways out of the determinism sandbox:
+        ``with ctx.unsafe.nondeterministic("why"):`` lifts it for a block."""
+        return Unsafe(self._machine)
+
+    @property
     def attempt(self) -> int:
         """0-based attempt number: of the current step inside a step body, else of the
         run's orchestration code (re-entries after it raised outside a step)."""
         cur = current_attempt.get()
         if cur is not None and cur[0] == self.run_id:
-            return cur[1]
+            attempt: int = cur[1]
+            return attempt
         return self._machine.run_attempt
 
     def now(self) -> dt.datetime:

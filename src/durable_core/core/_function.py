@@ -148,6 +148,10 @@ class Function(Generic[Output]):
     retries: int
     max_steps: int
     app: App = attrs.field(repr=False)
+    sandbox: bool = True
+    """Whether the determinism sandbox guards this function's orchestration code (see
+    docs/determinism.md); ``@app.function(sandbox=False)`` or ``App(sandbox=False)`` turn
+    it off."""
 
     @property
     def event_triggers(self) -> tuple[EventTrigger, ...]:
@@ -169,14 +173,21 @@ class App:
     ...     return "hi"
     """
 
-    def __init__(self, id: str) -> None:
+    def __init__(self, id: str, *, sandbox: bool = True) -> None:
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
                 f"App(id): {id!r} is not a valid app id; use 1-128 letters, digits and "
                 "'_.:/-', starting with a letter or digit",
                 field="app.id",
             )
+        if not isinstance(sandbox, bool):
+            raise FunctionConfigError(
+                f"App(sandbox): must be True or False, got {sandbox!r}", field="app.sandbox"
+            )
         self.id = id
+        self.sandbox = sandbox
+        """The default of ``@app.function(sandbox=...)``: whether the determinism sandbox
+        guards orchestration code (on unless turned off)."""
         self._functions: dict[str, Function[Any]] = {}
         self._by_event: dict[str, list[tuple[Function[Any], EventTrigger]]] = {}
 
@@ -187,6 +198,7 @@ class App:
         trigger: Trigger | Sequence[Trigger] | None = None,
         retries: int = DEFAULT_RETRIES,
         max_steps: int = DEFAULT_MAX_STEPS,
+        sandbox: bool | None = None,
     ) -> Callable[[Callable[[Any], Coroutine[Any, Any, T]]], Function[T]]:
         """Register ``async def fn(ctx)`` as a durable function.
 
@@ -194,6 +206,9 @@ class App:
         function without triggers can still be invoked. ``retries`` (0-20, default 4) is the
         number of retries of each step, and of orchestration code that raises outside a step.
         ``max_steps`` (default 1,000, at most 10,000) bounds the steps of one run.
+        ``sandbox`` (default: the app's, on) makes calls that break replay (the clock,
+        randomness, blocking waits, threads, I/O) raise ``DeterminismError`` at once in the
+        orchestration code (never in step bodies); see docs/determinism.md.
         """
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
@@ -249,6 +264,13 @@ class App:
                 field="max_steps",
             )
 
+        if sandbox is not None and not isinstance(sandbox, bool):
+            raise FunctionConfigError(
+                f"function {id!r}: sandbox: must be True or False, got {sandbox!r}",
+                field="sandbox",
+            )
+        guarded = self.sandbox if sandbox is None else sandbox
+
         def register(fn: Callable[[Any], Coroutine[Any, Any, T]]) -> Function[T]:
             if not inspect.iscoroutinefunction(fn):
                 raise FunctionConfigError(
@@ -257,7 +279,8 @@ class App:
                     field="fn",
                 )
             func = Function(
-                id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self
+                id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self,
+                sandbox=guarded,
             )
             self._functions[id] = func
             for t in func.event_triggers:

@@ -18,6 +18,7 @@ place (:attr:`RunMachine.status`); the journal is folded in one place
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from durable_core.base._errors import (
     NonRetriableError,
     SerializationError,
     StepError,
+    UsageError,
     ValidationError,
 )
 from durable_core.base._events import Event
@@ -75,6 +77,13 @@ from durable_core.core._model import (
     StepFailed,
     TimerFired,
 )
+from durable_core.core._sandbox import (
+    ACTIVE,
+    foreign_call,
+    foreign_error,
+    register_driver,
+    violation,
+)
 from durable_core.core._steps import (
     MACHINES,
     InvokeStep,
@@ -86,6 +95,10 @@ from durable_core.core._steps import (
 
 _new = object.__new__
 _tuple_new = tuple.__new__
+_enter = ACTIVE.append
+_leave = ACTIVE.pop
+"""Orchestration code runs between the two (see ``core._sandbox``): one C call each per
+turn. Only the list's truthiness is read elsewhere, so a pop need not take this machine."""
 """Builds the hot path's NamedTuples without their Python-level ``__new__`` (one frame less
 per record; the fields are passed in declaration order)."""
 
@@ -144,6 +157,7 @@ class RunMachine:
         "_execute",
         "_horizon",
         "_id_counts",
+        "_made",
         "_max_steps",
         "_memos",
         "_new",
@@ -220,6 +234,9 @@ class RunMachine:
         self._persist: list[Command] = []
         self._execute: list[Command] = []
         self._reported: tuple[RunStatus, int | None] = (RunStatus.QUEUED, None)
+        self._made: list[Any] = []
+        """Steps the code created this turn (``ctx.step.*`` appends them) and sandbox
+        violations; checked at each step request (see ``_review``)."""
 
     def _fold(self, fold: JournalFold) -> None:
         """Take the run-level facts of a journal fold (on load and on each re-entry)."""
@@ -347,6 +364,7 @@ class RunMachine:
             self._horizon = self._max_steps + 1  # the whole run is a replay
         self._pos_limit = self._patch_limit() if self._patches else self._max_steps
         self.clock_ms = max(self.started_at, self._run_retry_at or 0)
+        self._made = self._ctx.step._made
         self._coro = self.function.fn(self._ctx)
         self._settle(None, now)
 
@@ -366,14 +384,8 @@ class RunMachine:
                 return self._gather_result(req, members)
             self._parked = _Gather(req, members)
             return _PARKED
-        raise DeterminismError(
-            f"run {self.run_id}: orchestration code awaited {req!r}, which is not a ctx.step "
-            "primitive; do I/O and waiting inside ctx.step.run(...) bodies, and use "
-            "ctx.step.sleep / wait_for_event instead of trio or asyncio sleeps",
-            run_id=self.run_id,
-            position=self._next_pos,
-            requested=repr(req),
-        )
+        # Something else than a ctx primitive (a trio or asyncio wait...) yielded to us.
+        raise violation(self, foreign_call(self._coro, req), "wait", verb="awaited")
 
     def _step_for(self, req: StepRequest, now: int) -> StepMachine | StepMemo:
         """Position the request; its memo if the journal answered it, else its step machine,
@@ -555,32 +567,98 @@ class RunMachine:
                 return
         coro = self._coro
         assert coro is not None
-        while True:
-            try:
-                req = coro.send(value) if exc is None else coro.throw(exc)
-            except StopIteration as stop:
-                self._finish_ok(stop.value, now)
-                return
-            except Exception as err:
-                self._finish_err(err, now)
-                return
-            try:
-                if type(req) is RunRequest and (
-                    not self._memos or self._next_pos not in self._memos
-                ):
-                    # The hot path: a new ``run`` step past the end of the journal.
-                    # The run step machine takes row (NEW, START) itself: RunStep.dispatch.
-                    self._parked = (spare if spare is not None else _new(RunStep)).dispatch(
-                        self, self._next_pos, self._assign(req), req, 0
-                    )
+        made = self._made
+        _enter(self)  # the sandbox is on in this thread (core._sandbox)
+        try:
+            while True:
+                try:
+                    req = coro.send(value) if exc is None else coro.throw(exc)
+                except StopIteration as stop:
+                    if made and self._review(None, now):
+                        return
+                    self._finish_ok(stop.value, now)
                     return
-                res = self._on_request(req, now)
-            except DurableError as err:
-                value, exc = None, err
-                continue
-            if res is _PARKED:
-                return
-            value, exc = res
+                except Exception as err:
+                    if made:
+                        err = self._review_error(err)
+                    if type(err) is RuntimeError:  # trio or asyncio outside their loop?
+                        err = foreign_error(self, err)
+                    self._finish_err(err, now)
+                    return
+                # Usage checks: the request is the one step the code created since the
+                # last one, unless it dropped a step unawaited or swallowed a sandbox error.
+                if len(made) == 1 and made[0] is req:
+                    made.clear()
+                elif self._review(req, now):
+                    return
+                try:
+                    if type(req) is RunRequest and (
+                        not self._memos or self._next_pos not in self._memos
+                    ):
+                        # The hot path: a new ``run`` step past the end of the journal.
+                        # The run step machine takes row (NEW, START) itself: RunStep.dispatch.
+                        self._parked = (spare if spare is not None else _new(RunStep)).dispatch(
+                            self, self._next_pos, self._assign(req), req, 0
+                        )
+                        return
+                    res = self._on_request(req, now)
+                except DurableError as err:
+                    value, exc = None, err
+                    continue
+                if res is _PARKED:
+                    return
+                value, exc = res
+        finally:
+            _leave()
+
+    def _review(self, req: Any, now: int) -> bool:
+        """The code asked for ``req`` (None: it returned): fail the run if it swallowed a
+        sandbox error this turn, or dropped a step it created without awaiting it. Steps
+        created and still referenced (``steps = [ctx.step.run(...) ...]``, awaited one by
+        one later) are kept, weakly, and looked at again at each request. True if the run
+        failed."""
+        made = self._made
+        current = req.requests if type(req) is GatherRequest else (req,)
+        keep: list[Any] = []
+        dropped: list[tuple[str, str]] = []
+        found: DeterminismError | None = None
+        for x in made:
+            if type(x) is tuple:  # (id, kind, weak reference) of a step kept from before
+                step = x[2]()
+                if step is None:
+                    dropped.append((x[0], x[1]))
+                elif step.position < 0 and not any(step is c for c in current):
+                    keep.append(x)
+            elif isinstance(x, DeterminismError):
+                found = found or x
+            elif x.position < 0 and not any(x is c for c in current):
+                keep.append((x.id, x.kind, weakref.ref(x)))
+        made.clear()
+        x = step = None  # (no strong reference left here)
+        if found is not None:
+            self._fail(found, now)
+            return True
+        for entry in keep:  # (our list no longer holds the steps: see who still does)
+            if entry[2]() is None:
+                dropped.append((entry[0], entry[1]))
+            else:
+                made.append(entry)
+        if dropped:
+            step_id, kind = dropped[0]
+            self._fail(UsageError(
+                f"run {self.run_id}: function {self.function.id!r}: step {step_id!r} "
+                f"(ctx.step.{kind}) was created but never awaited; await it "
+                f"(`await ctx.step.{kind}({step_id!r}, ...)`) or pass it to ctx.gather(...)"
+            ), now)
+            return True
+        return False
+
+    def _review_error(self, err: Exception) -> Exception:
+        """The code raised ``err``: the sandbox error it swallowed this turn, if any, is
+        what fails the run (else ``err``, also when it left steps unawaited)."""
+        found = next((x for x in self._made if isinstance(x, DeterminismError)), None)
+        self._made.clear()
+        return found if found is not None and found is not err else err
 
     def _trigger(self) -> str:
         if self._trigger_json is None:
@@ -695,8 +773,14 @@ class RunMachine:
         coro, self._coro = self._coro, None
         if coro is not None:
             # RuntimeError: the code awaited a step in a finally block; nothing more will run.
-            with contextlib.suppress(RuntimeError):
-                coro.close()
+            # Any other error of a finally block (a sandbox error, say) is the code's, and the
+            # run ends anyway: it must not escape into the driver.
+            _enter(self)  # its finally blocks are orchestration code too
+            try:
+                with contextlib.suppress(Exception):
+                    coro.close()
+            finally:
+                _leave()
         err = _Cancelled(reason or "run cancelled")
         info = ErrorInfo.from_exception(err)
         self.error = info
@@ -731,9 +815,14 @@ class RunMachine:
         if (coro is not None and coro.cr_frame is not None  # type: ignore[attr-defined]
                 and not coro.cr_running):  # type: ignore[attr-defined]
             # Still suspended (the run failed on a limit): run its finally blocks now, as
-            # a cancel does. RuntimeError: it awaited a step in one; nothing more will run.
-            with contextlib.suppress(RuntimeError):
-                coro.close()
+            # a cancel does. RuntimeError: it awaited a step in one; nothing more will run
+            # (nor may any other error of the code escape: the run ends anyway).
+            _enter(self)
+            try:
+                with contextlib.suppress(Exception):
+                    coro.close()
+            finally:
+                _leave()
         if self._steps or self._dispatched:
             steps = list(self._steps.values())
             steps += [s for p, s in self._dispatched.items() if p not in self._steps]
@@ -780,6 +869,10 @@ class RunMachine:
             out += execute
             execute.clear()
         return out
+
+
+register_driver(RunMachine._settle.__code__, RunMachine._cancel.__code__,
+                RunMachine._end.__code__)
 
 
 def _without_frames(err: BaseException) -> BaseException:

@@ -39,6 +39,7 @@ from durable_core.drivers._options import (
     check_seconds,
     check_store,
 )
+from durable_core.drivers._sandbox import install as install_sandbox
 from durable_core.engine._engine import Engine, Plan
 from durable_core.store import Store
 
@@ -188,6 +189,7 @@ class Worker:
         check_count("Worker", "lease_ms", lease_ms, 1, 86_400_000)
         poll_interval = check_seconds("Worker", "poll_interval", poll_interval, 3600.0)
         check_count("Worker", "batch_limit", batch_limit, 1, 1_000_000)
+        install_sandbox(app)  # guards for orchestration code (docs/determinism.md)
         self.app = app
         self.store = store
         self.owner = owner or f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -419,7 +421,7 @@ class Worker:
         is_async = _is_async(fn)
         if is_async and not self.engine.lease_held(step.run_id, self.clock()):
             return _LEASE_LOST, None
-        token = current_attempt.set((step.run_id, step.attempt))
+        token = current_attempt.set((step.run_id, step.attempt, step.step_id))
         try:
             if is_async:
                 self.steps_executed += 1

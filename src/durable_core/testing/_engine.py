@@ -17,6 +17,7 @@ from durable_core.core._journal import entry_from_dict, entry_to_dict
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalEntry, JournalOp
 from durable_core.drivers._loading import import_stores
+from durable_core.drivers._sandbox import install as install_sandbox
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView, run_view
 from durable_core.protocol import run_step_body
@@ -114,6 +115,7 @@ class TestEngine:
         store_given = store
         if store is None:
             store = import_stores().MemoryStore()
+        install_sandbox(app)  # guards for orchestration code (docs/determinism.md)
         self.app = app
         self.store: Store = store
         self._now = to_ms(parse_instant(start, field="TestEngine(start)"))

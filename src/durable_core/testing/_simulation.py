@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from durable_core.base._durations import parse_duration, parse_instant, to_ms
-from durable_core.base._errors import StoreError
+from durable_core.base._errors import DeterminismError, StoreError, UsageError
 from durable_core.base._events import Event, Sent
 from durable_core.core._function import App, Function
 from durable_core.core._journal import JournalFold
@@ -47,6 +47,7 @@ from durable_core.core._model import (
     StepKind,
     TimerFired,
 )
+from durable_core.drivers._sandbox import install as install_sandbox
 from durable_core.engine._engine import Engine, Plan
 from durable_core.store import CommitBatch, Store
 
@@ -188,6 +189,7 @@ class Simulation:
             from durable_core.drivers._loading import import_stores
 
             store = import_stores().MemoryStore()
+        install_sandbox(app)  # guards for orchestration code (docs/determinism.md)
         self.app = app
         self.plan = faults or FaultPlan()
         self.rng = random.Random(self.plan.seed)
@@ -549,6 +551,19 @@ def fault_plans(max_commit: int = 40, max_execution: int = 40) -> Any:
     )
 
 
+def _raise_code_bugs(sim: Simulation) -> None:
+    """A run of the fault-free execution that failed with a ``DeterminismError`` or a
+    ``UsageError`` has a bug in its code (the sandbox caught a call that breaks replay, a
+    step never awaited...), not a fault to explore: raise it, naming the call."""
+    for r in sim.inner.list_runs(limit=1_000_000):
+        if r.error is not None and r.error.type in ("DeterminismError", "UsageError"):
+            error = DeterminismError if r.error.type == "DeterminismError" else UsageError
+            raise error(
+                f"crash_test: function {r.function_id!r} failed in the fault-free run, before "
+                f"any fault was injected: {r.error.message}"
+            )
+
+
 def crash_test(
     target: Function | App,
     events: Event | Sequence[Event],
@@ -566,7 +581,10 @@ def crash_test(
     plans (crashes before/after commits, failed and unknown-outcome writes, duplicated
     results, events, timers and signals, clock jumps, failing and hanging step bodies) and
     checks every invariant after each commit and at the end. The first broken invariant is
-    raised as :class:`InvariantViolation` with the shrunk plan that reproduces it. Step bodies
+    raised as :class:`InvariantViolation` with the shrunk plan that reproduces it. A run that
+    fails in the fault-free execution with a ``DeterminismError`` (the sandbox caught a call
+    that breaks replay, such as ``random.random()``) or a ``UsageError`` is raised at once,
+    before any example, with the call named. Step bodies
     run many times: mock the ones with outside effects (``mocks={"charge": ...}``).
     """
     from hypothesis import HealthCheck, given, settings
@@ -582,6 +600,7 @@ def crash_test(
     baseline.send(batch)
     baseline.run(until)
     baseline.check()
+    _raise_code_bugs(baseline)
     expected = baseline.outcomes()
     n_commits = max(baseline.stats["commits"], 1)
     n_execs = max(baseline.stats["executions"], 1)
