@@ -373,7 +373,12 @@ class _Compiler:
 
     # -- binary operators
 
-    def binary(self, tree: lark.Tree[Any], operate: Callable[[Any, Any], Any]) -> Program:
+    def binary(
+        self,
+        tree: lark.Tree[Any],
+        operate: Callable[[Any, Any], Any],
+        fast: Callable[[Program, Any, Callable[[Any, Any], Any]], Program] | None = None,
+    ) -> Program:
         operator_tree, right_tree = tree.children
         left = _program(self.compile(operator_tree.children[0]))
         right_node = self.compile(right_tree)
@@ -387,7 +392,7 @@ class _Compiler:
                     x = error
                 return operate(x, constant)
 
-            return with_constant
+            return with_constant if fast is None else fast(left, constant, operate)
         right = right_node
 
         def binary(act: Mapping[str, Any], budget: list[int]) -> Any:
@@ -426,7 +431,7 @@ class _Compiler:
                     return negate
                 return delegate(name, _RELATION, x, y)
 
-            return self.binary(tree, equality)
+            return self.binary(tree, equality, _equal_constant(negate))
         if op == "relation_in":
 
             def contains(item: Any, container: Any) -> Any:
@@ -472,7 +477,7 @@ class _Compiler:
                 return compare(x, y)
             return delegate(name, _RELATION, x, y)
 
-        return self.binary(tree, ordering)
+        return self.binary(tree, ordering, _compare_constant(compare))
 
     def node_addition(self, tree: lark.Tree[Any]) -> _Node:
         subtract = tree.children[0].data == "addition_sub"
@@ -621,25 +626,50 @@ class _Compiler:
         return (str(leaf.children[0]), *reversed(keys))
 
     def path_program(self, path: tuple[str, ...]) -> Program:
+        """Read ``variable.key.key...`` from the activation.
+
+        cel-python converted what the expression reads before evaluating; the path checks,
+        as it reads, that what it reads is plain JSON (see :func:`_leaf`), so that the
+        conversion would have succeeded and given the same values (else: fallback).
+        """
         name = path[0]
         if name not in self.variables:
             raise _Unsupported(name)  # a type name such as ``int``
         keys = path[1:]
         # An intermediate map is charged only where cel-python converts it whole; where it
         # is narrowed to the keys read, it holds fewer than 64 of them (checked below).
-        whole_from = len(keys) + 1
+        whole_from = len(keys)
         need = self.needs.get(name)
-        for position in range(len(keys) + 1):
+        for position in range(len(keys)):
             if need is None:
                 whole_from = position
                 break
             if len(need) >= 64:
                 raise _Unsupported("64 keys or more read from one map")
-            if position < len(keys):
-                need = need.get(keys[position])
-        charge = self.charge()
-        if whole_from < len(keys):
-            return self.sized_path(name, keys, whole_from, charge)
+            need = need.get(keys[position])
+        leaf = self.leaf()
+        if whole_from < len(keys) or len(keys) > 3:
+            return self.long_path(name, keys, whole_from, leaf)
+        not_a_map = self.not_a_map()
+        if not keys:
+
+            def path0(act: Mapping[str, Any], budget: list[int]) -> Any:
+                try:
+                    value = act[name]
+                except KeyError:
+                    raise CelError(KeyError) from None
+                kind = type(value)
+                if (
+                    (kind is str and len(value) < 64)
+                    or kind is bool
+                    or kind is float
+                    or value is None
+                    or (kind is int and _INT64_MIN <= value <= _INT64_MAX)
+                ):
+                    return value
+                return leaf(value, budget)
+
+            return path0
         if len(keys) == 1:
             (k1,) = keys
 
@@ -649,14 +679,21 @@ class _Compiler:
                 except KeyError:
                     raise CelError(KeyError) from None
                 if type(value) is not dict:
-                    raise _not_a_map(value, budget, charge)
+                    raise not_a_map(value, budget)
                 try:
                     value = value[k1]
                 except KeyError:
                     raise CelError(KeyError) from None
-                if type(value) in _SIZED and len(value) >= 64:
-                    charge(value, budget)
-                return value
+                kind = type(value)
+                if (
+                    (kind is str and len(value) < 64)
+                    or kind is bool
+                    or kind is float
+                    or value is None
+                    or (kind is int and _INT64_MIN <= value <= _INT64_MAX)
+                ):
+                    return value
+                return leaf(value, budget)
 
             return path1
         if len(keys) == 2:
@@ -668,31 +705,77 @@ class _Compiler:
                 except KeyError:
                     raise CelError(KeyError) from None
                 if type(value) is not dict:
-                    raise _not_a_map(value, budget, charge)
+                    raise not_a_map(value, budget)
                 try:
                     value = value[k1]
                 except KeyError:
                     raise CelError(KeyError) from None
                 if type(value) is not dict:
-                    raise _not_a_map(value, budget, charge)
+                    raise not_a_map(value, budget)
                 try:
                     value = value[k2]
                 except KeyError:
                     raise CelError(KeyError) from None
-                if type(value) in _SIZED and len(value) >= 64:
-                    charge(value, budget)
-                return value
+                kind = type(value)
+                if (
+                    (kind is str and len(value) < 64)
+                    or kind is bool
+                    or kind is float
+                    or value is None
+                    or (kind is int and _INT64_MIN <= value <= _INT64_MAX)
+                ):
+                    return value
+                return leaf(value, budget)
 
             return path2
-        return self.sized_path(name, keys, whole_from, charge)
+        k1, k2, k3 = keys
 
-    def sized_path(
+        def path3(act: Mapping[str, Any], budget: list[int]) -> Any:
+            try:
+                value = act[name]
+            except KeyError:
+                raise CelError(KeyError) from None
+            if type(value) is not dict:
+                raise not_a_map(value, budget)
+            try:
+                value = value[k1]
+            except KeyError:
+                raise CelError(KeyError) from None
+            if type(value) is not dict:
+                raise not_a_map(value, budget)
+            try:
+                value = value[k2]
+            except KeyError:
+                raise CelError(KeyError) from None
+            if type(value) is not dict:
+                raise not_a_map(value, budget)
+            try:
+                value = value[k3]
+            except KeyError:
+                raise CelError(KeyError) from None
+            kind = type(value)
+            if (
+                (kind is str and len(value) < 64)
+                or kind is bool
+                or kind is float
+                or value is None
+                or (kind is int and _INT64_MIN <= value <= _INT64_MAX)
+            ):
+                return value
+            return leaf(value, budget)
+
+        return path3
+
+    def long_path(
         self,
         name: str,
         keys: tuple[str, ...],
         whole_from: int,
-        charge: Callable[[Any, list[int]], None],
+        leaf: Callable[[Any, list[int]], Any],
     ) -> Program:
+        not_a_map = self.not_a_map()
+        charge = self.charge()
+
         def path(act: Mapping[str, Any], budget: list[int]) -> Any:
             try:
                 value = act[name]
@@ -700,18 +783,42 @@ class _Compiler:
                 raise CelError(KeyError) from None
             for position, key in enumerate(keys):
                 if type(value) is not dict:
-                    raise _not_a_map(value, budget, charge)
+                    raise not_a_map(value, budget)
                 if position >= whole_from and len(value) >= 64:
                     charge(value, budget)
                 try:
                     value = value[key]
                 except KeyError:
                     raise CelError(KeyError) from None
+            return leaf(value, budget)
+
+        return path
+
+    def leaf(self) -> Callable[[Any, list[int]], Any]:
+        """Check (and charge) a value read whole from the activation; returns it."""
+        charge = self.charge()
+
+        def leaf(value: Any, budget: list[int]) -> Any:
+            if not _plain(value, 0):
+                raise Fallback  # cel-python converts it differently, or fails to
             if type(value) in _SIZED and len(value) >= 64:
                 charge(value, budget)
             return value
 
-        return path
+        return leaf
+
+    def not_a_map(self) -> Callable[[Any, list[int]], CelError]:
+        """The error for ``value.key`` where ``value`` is not a map (cel-python converted such
+        a value whole, and charged it)."""
+        leaf = self.leaf()
+
+        def not_a_map(value: Any, budget: list[int]) -> CelError:
+            if isinstance(value, Mapping):
+                raise Fallback  # cel-python converts only the keys read
+            leaf(value, budget)
+            return CelError(TypeError)
+
+        return not_a_map
 
     def node_member_index(self, tree: lark.Tree[Any]) -> _Node:
         member_tree, index_tree = tree.children
@@ -894,14 +1001,77 @@ class _Compiler:
         return self.sized(make_map)
 
 
-def _not_a_map(
-    value: Any, budget: list[int], charge: Callable[[Any, list[int]], None]
-) -> CelError:
-    """The error for ``value.key`` on a value that is not a map (cel-python, which converts
-    such a value whole, has charged it first)."""
-    if type(value) in _SIZED and len(value) >= 64:
-        charge(value, budget)
-    return CelError(TypeError)
+def _equal_constant(
+    negate: bool,
+) -> Callable[[Program, Any, Callable[[Any, Any], Any]], Program]:
+    """``x == constant``: the same-typed case inline (the common trigger filter)."""
+
+    def build(left: Program, constant: Any, equality: Callable[[Any, Any], Any]) -> Program:
+        kind = type(constant)
+        if kind not in (str, int, float, bool):
+            return _generic_constant(left, constant, equality)
+
+        def equal_constant(act: Mapping[str, Any], budget: list[int]) -> Any:
+            try:
+                x = left(act, budget)
+            except CelError as error:
+                x = error
+            if type(x) is kind:
+                return (x == constant) is not negate
+            return equality(x, constant)
+
+        return equal_constant
+
+    return build
+
+
+def _compare_constant(
+    compare: Callable[[Any, Any], bool],
+) -> Callable[[Program, Any, Callable[[Any, Any], Any]], Program]:
+    """``x < constant``: numbers (or strings) inline."""
+
+    def build(left: Program, constant: Any, ordering: Callable[[Any, Any], Any]) -> Program:
+        kind = type(constant)
+        if kind is str:
+
+            def string_constant(act: Mapping[str, Any], budget: list[int]) -> Any:
+                try:
+                    x = left(act, budget)
+                except CelError as error:
+                    x = error
+                if type(x) is str:
+                    return compare(x, constant)
+                return ordering(x, constant)
+
+            return string_constant
+        if kind not in _NUMBERS:
+            return _generic_constant(left, constant, ordering)
+
+        def number_constant(act: Mapping[str, Any], budget: list[int]) -> Any:
+            try:
+                x = left(act, budget)
+            except CelError as error:
+                x = error
+            if type(x) is int or type(x) is float:
+                return compare(x, constant)
+            return ordering(x, constant)
+
+        return number_constant
+
+    return build
+
+
+def _generic_constant(
+    left: Program, constant: Any, operate: Callable[[Any, Any], Any]
+) -> Program:
+    def with_constant(act: Mapping[str, Any], budget: list[int]) -> Any:
+        try:
+            x = left(act, budget)
+        except CelError as error:
+            x = error
+        return operate(x, constant)
+
+    return with_constant
 
 
 def _size(value: Any) -> Any:
@@ -975,17 +1145,24 @@ class FastProgram:
 
     __slots__ = ("_allowance", "_checks", "_program")
 
-    def __init__(self, program: Program, needs: Mapping[str, Any], allowance: int) -> None:
+    def __init__(
+        self, program: Program, needs: Mapping[str, Any], allowance: int, check_first: bool
+    ) -> None:
         self._program = program
-        self._checks = [(name, _checker(need)) for name, need in needs.items()]
+        # Every path the expression reads is read, and checked, on every evaluation, except
+        # in the branch of a ``?:`` not taken: then the activation is checked first.
+        self._checks = (
+            [(name, _checker(need)) for name, need in needs.items()] if check_first else None
+        )
         self._allowance = allowance
 
     def run(self, activation: Mapping[str, Any]) -> Any:
         """The result (compiled form, see :func:`to_plain`); raises :class:`CelError` for an
         evaluation error, :class:`Fallback` when this call must run on cel-python."""
-        for name, check in self._checks:
-            if name in activation and not check(activation[name]):
-                raise Fallback
+        if self._checks is not None:
+            for name, check in self._checks:
+                if name in activation and not check(activation[name]):
+                    raise Fallback
         try:
             return self._program(activation, [self._allowance])
         except (CelError, Fallback):
@@ -1015,4 +1192,7 @@ def compile_fast(
         program = _program(compiler.compile(tree))
     except (_Unsupported, RecursionError):
         return None
-    return FastProgram(program, needs, allowance)
+    ternary = any(
+        node.data == "expr" and len(node.children) == 3 for node in tree.iter_subtrees()
+    )
+    return FastProgram(program, needs, allowance, check_first=ternary)
