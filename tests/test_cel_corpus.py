@@ -430,14 +430,16 @@ def test_most_cel_spec_cases_in_the_subset_compile() -> None:
         "event.data.s == 'x' || true",
     ],
 )
-@pytest.mark.parametrize("length", [10_000, 400_000, 3_000_000])
+@pytest.mark.parametrize(
+    ("string", "items"), [(10_000, 10_000), (400_000, 200_000), (3_000_000, 0)]
+)
 def test_cost_budget_holds_on_the_compiled_path(
-    source: str, length: int, caplog: pytest.LogCaptureFixture
+    source: str, string: int, items: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Large values: the compiled path keeps an upper bound of cel-python's cost and hands
     # the call over before that bound passes the budget, so the outcome is cel-python's,
-    # over budget included.
-    activation = {"event": {"data": {"s": "y" * length, "xs": [0] * length}}}
+    # over budget included. (Long lists are slow to convert for cel-python: kept shorter.)
+    activation = {"event": {"data": {"s": "y" * string, "xs": [0] * items}}}
     expression = compile_expression(source, field="f", variables=VARIABLES)
     assert expression._compiled.fast is not None
     expected = reference(expression, activation)
@@ -452,12 +454,31 @@ def test_cost_budget_holds_on_the_compiled_path(
         assert "cost budget" in caplog.text
 
 
+def test_budget_cases_include_over_budget_ones() -> None:
+    expression = compile_expression("size(event.data.s) > 0", field="f")
+    activation = {"event": {"data": {"s": "y" * 3_000_000}}}
+    assert reference(expression, activation) == ("over budget",)
+    assert compiled(expression, activation) == ("fallback",)
+
+
 def test_small_values_never_fall_back_for_cost() -> None:
     activation = {"event": {"data": {"s": "y" * 5000, "xs": [0] * 5000}}}
     expression = compile_expression(
         "size(event.data.s + event.data.s) > 0 && size(event.data.xs) > 0", field="f"
     )
     assert compiled(expression, activation) == ("value", True)
+
+
+def test_a_ternary_checks_the_activation_first() -> None:
+    # cel-python converts what both branches read before it evaluates; the compiled path
+    # reads only the branch taken, so it checks the activation first.
+    expression = compile_expression("event.data.n > 0 ? 1 : event.data.x", field="f")
+    activation = {"event": {"data": {"n": 1, "x": object()}}}
+    assert reference(expression, activation) == ("invalid",)
+    assert compiled(expression, activation) == ("fallback",)
+    with pytest.raises(InvalidExpressionError, match="JSON-like"):
+        expression.matches(activation)
+    assert compiled(expression, {"event": {"data": {"n": 1, "x": [2]}}}) == ("value", 1)
 
 
 # --- Hypothesis: generated expressions over generated JSON events ----------------------------
