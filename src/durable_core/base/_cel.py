@@ -4,6 +4,11 @@
 top-level variables and unknown functions, and returns an :class:`Expression` that evaluates
 against plain JSON-like Python values.
 
+Expressions in the common subset (field paths, comparisons, logic, arithmetic, ``in``,
+``size``, ``has``, string methods) are also compiled to Python closures that evaluate on the
+plain values directly (:mod:`durable_core.base._cel_compile`, ~1 us instead of ~200 us);
+cel-python stays the reference and runs everything else, with the same results either way.
+
 Differences from raw cel-python, chosen to match Inngest (cel-go over JSON data):
 
 * Mixed int/double comparisons work: ``<``, ``<=``, ``>``, ``>=``, ``==`` and ``!=`` compare
