@@ -553,3 +553,38 @@ def test_generated_expressions_agree(source: str, event: dict[str, Any], async_:
     got = compiled(expression, activation)
     if got[0] not in ("fallback", "not compiled"):
         assert agree(got, expected), f"{source!r}: compiled {got}, cel-python {expected}"
+
+
+# --- the callers use the compiled path -------------------------------------------------------
+
+
+def test_trigger_filters_and_wait_matches_run_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from durable_core import App, Context, Event, on_event
+    from durable_core.base import _cel
+    from durable_core.testing import TestEngine
+
+    interpreted: list[str] = []
+    reference_evaluate = _cel._Compiled.evaluate
+
+    def counting(self: Any, context: dict[str, Any], budget: int) -> Any:
+        interpreted.append(str(self.program.ast))
+        return reference_evaluate(self, context, budget)
+
+    monkeypatch.setattr(_cel._Compiled, "evaluate", counting)
+    app = App("shop")
+
+    @app.function(id="paid", trigger=on_event("order/created", if_="event.data.amount > 100"))
+    async def paid(ctx: Context) -> Any:
+        payment = await ctx.step.wait_for_event(
+            "payment", event="order/paid", timeout="1h",
+            if_="async.data.orderId == event.data.orderId",
+        )
+        return None if payment is None else payment.data["orderId"]
+
+    engine = TestEngine(app)
+    assert engine.send(Event("order/created", {"amount": 5, "orderId": "o-0"})).runs == []
+    run = engine.send(Event("order/created", {"amount": 150, "orderId": "o-1"})).runs[0]
+    engine.send(Event("order/paid", {"orderId": "o-2"}))
+    engine.send(Event("order/paid", {"orderId": "o-1"}))
+    assert run.output == "o-1"
+    assert interpreted == []  # every condition above ran as compiled Python
