@@ -1,6 +1,6 @@
 """Run one CEL expression on both paths: the compiled closures and cel-python (the reference).
 
-Used by tests/test_cel_corpus.py and benchmarks/cel.py.
+Used by tests/test_cel_corpus.py.
 """
 
 from __future__ import annotations
