@@ -293,7 +293,7 @@ FORBIDDEN_MODULES = {
     "random",
     "time",
 }
-PURE_MODULES = ["_durations", "_cron", "_cel", "_backoff"]
+PURE_MODULES = ["_durations", "_cron", "_cel", "_cel_compile", "_backoff"]
 
 
 @pytest.mark.parametrize("module", PURE_MODULES)

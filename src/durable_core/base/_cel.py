@@ -4,6 +4,11 @@
 top-level variables and unknown functions, and returns an :class:`Expression` that evaluates
 against plain JSON-like Python values.
 
+Expressions in the common subset (field paths, comparisons, logic, arithmetic, ``in``,
+``size``, ``has``, string methods) are also compiled to Python closures that evaluate on the
+plain values directly (:mod:`durable_core.base._cel_compile`, ~1 us instead of ~200 us);
+cel-python stays the reference and runs everything else, with the same results either way.
+
 Differences from raw cel-python, chosen to match Inngest (cel-go over JSON data):
 
 * Mixed int/double comparisons work: ``<``, ``<=``, ``>``, ``>=``, ``==`` and ``!=`` compare
@@ -44,6 +49,13 @@ import lark
 from celpy import celtypes
 from celpy.evaluation import CELEvalError, Evaluator, base_functions
 
+from durable_core.base._cel_compile import (
+    CelError,
+    Fallback,
+    FastProgram,
+    compile_fast,
+    to_plain,
+)
 from durable_core.base._errors import InvalidExpressionError
 
 __all__ = [
@@ -188,6 +200,9 @@ _FUNCTION_OVERRIDES: Final[dict[str, Callable[[Any, Any], Any]]] = {
     "_==_": _equality(negate=False),
     "_!=_": _equality(negate=True),
 }
+
+#: Every function cel-python's program runs with (its base functions, our overrides).
+_FUNCTIONS: Final[dict[str, Callable[..., Any]]] = {**base_functions, **_FUNCTION_OVERRIDES}
 
 # --- bounded evaluation ----------------------------------------------------------------------
 
@@ -510,11 +525,16 @@ class _CompileFailure(Exception):
 
 
 class _Compiled:
-    __slots__ = ("needs", "program")
+    __slots__ = ("fast", "needs", "program")
 
-    def __init__(self, program: Any, needs: dict[str, _Need]) -> None:
+    def __init__(
+        self, program: Any, needs: dict[str, _Need], fast: FastProgram | None = None
+    ) -> None:
         self.program = program
         self.needs = needs
+        #: The expression compiled to Python closures, or None if it is outside the
+        #: compiled subset (see :mod:`durable_core.base._cel_compile`).
+        self.fast = fast
 
     def evaluate(self, context: dict[str, Any], budget: int) -> Any:
         """Evaluate within ``budget`` units (raises _OverBudget past it)."""
@@ -563,7 +583,8 @@ def _compile(source: str, variables: tuple[str, ...]) -> _Compiled:
         program = environment.program(tree, functions=_FUNCTION_OVERRIDES)
     except Exception as error:
         raise _CompileFailure(f"cannot be prepared for evaluation: {error}") from None
-    return _Compiled(program, analysis.needs)
+    fast = compile_fast(tree, variables, analysis.needs, _FUNCTIONS, MAX_EVALUATION_COST)
+    return _Compiled(program, analysis.needs, fast)
 
 
 def compile_expression(
@@ -622,6 +643,12 @@ class Expression:
         :class:`InvalidExpressionError` if evaluation fails (a missing key, a type error...)
         or a value cannot be converted.
         """
+        fast = self._compiled.fast
+        if fast is not None:
+            try:
+                return to_plain(fast.run(activation))
+            except (CelError, Fallback):
+                pass  # cel-python decides, and words the error exactly
         context = self._context(activation)
         try:
             return _from_cel(self._compiled.evaluate(context, MAX_EVALUATION_COST))
@@ -643,6 +670,14 @@ class Expression:
         warning on ``durable_core.cel``, naming the expression). Values that cannot be
         converted to CEL still raise :class:`InvalidExpressionError`.
         """
+        fast = self._compiled.fast
+        if fast is not None:
+            try:
+                return fast.run(activation) is True
+            except CelError:
+                return False
+            except Fallback:
+                pass
         context = self._context(activation)
         try:
             result = self._compiled.evaluate(context, MAX_EVALUATION_COST)
