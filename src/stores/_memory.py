@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import attrs
 
 from durable_core.base._errors import RunNotFoundError
+from durable_core.base._match import key_path
 from durable_core.core._model import TERMINAL_STATUSES, JournalEntry, Signal
 from durable_core.store import (
     Claim,
@@ -57,7 +58,14 @@ class MemoryStore:
         self._open: dict[str, None] = {}  # runs that have not ended, in creation order
         self._journals: dict[str, list[JournalEntry]] = {}
         self._idempotency: dict[tuple[str, str], int] = {}  # -> created_at of the holder
+        # Waits by event name, then (run, position): all of them, in registration order.
         self._waits: dict[str, dict[tuple[str, int], WaitRecord]] = {}
+        # The match-key index: waits without keys, and waits by key (one record, or a list
+        # when several waits share the key: per-run keys cost no container), and how many
+        # registered keys use each path (for wait_key_paths).
+        self._unkeyed: dict[str, dict[tuple[str, int], WaitRecord]] = {}
+        self._by_key: dict[str, dict[str, WaitRecord | list[WaitRecord]]] = {}
+        self._paths: dict[str, dict[str, int]] = {}
         self._signals: dict[str, list[tuple[int, Signal]]] = {}
         self._signal_seq = 0
         self._cron: dict[str, int] = {}
@@ -164,10 +172,13 @@ class MemoryStore:
                 waits = self._waits.setdefault(wait.event, {})
                 wkey = (wait.run_id, wait.position)
                 if wkey not in waits:
-                    waits[wkey] = attrs.evolve(wait, after_seq=len(self._events))
-            for run_id, pos in removes:
+                    waits[wkey] = wait = attrs.evolve(wait, after_seq=len(self._events))
+                    self._index_wait(wkey, wait)
+            for wkey in removes:
                 for waits in self._waits.values():
-                    waits.pop((run_id, pos), None)
+                    removed = waits.pop(wkey, None)
+                    if removed is not None:
+                        self._unindex_wait(wkey, removed)
             for run_id, signal in batch.signals:
                 target = self._runs.get(run_id)
                 if signal_accepted(None if target is None else target.status):
@@ -226,10 +237,69 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ queries
 
-    def find_waits(self, event_name: str, now: int) -> list[WaitRecord]:
-        """See :meth:`durable_core.Store.find_waits`."""
+    def _index_wait(self, wkey: tuple[str, int], wait: WaitRecord) -> None:
+        if not wait.keys:
+            self._unkeyed.setdefault(wait.event, {})[wkey] = wait
+            return
+        by_key = self._by_key.setdefault(wait.event, {})
+        paths = self._paths.setdefault(wait.event, {})
+        for key in wait.keys:
+            held = by_key.get(key)
+            if held is None:
+                by_key[key] = wait
+            elif type(held) is list:
+                held.append(wait)
+            else:
+                by_key[key] = [held, wait]  # type: ignore[list-item]
+            path = key_path(key)
+            paths[path] = paths.get(path, 0) + 1
+
+    def _unindex_wait(self, wkey: tuple[str, int], wait: WaitRecord) -> None:
+        if not wait.keys:
+            self._unkeyed[wait.event].pop(wkey, None)
+            return
+        by_key = self._by_key[wait.event]
+        paths = self._paths[wait.event]
+        for key in wait.keys:
+            held = by_key.get(key)
+            if type(held) is list:
+                held[:] = [w for w in held if (w.run_id, w.position) != wkey]
+                if len(held) == 1:
+                    by_key[key] = held[0]
+            elif held is not None:
+                del by_key[key]
+            path = key_path(key)
+            paths[path] -= 1
+            if not paths[path]:
+                del paths[path]
+
+    def find_waits(
+        self, event_name: str, now: int, keys: Collection[str] | None = None
+    ) -> list[WaitRecord]:
+        """See :meth:`durable_core.Store.find_waits`: with ``keys``, read from the index
+        (the waits without keys, then those under each key), never from all the waits."""
         with self._lock:
-            return [w for w in self._waits.get(event_name, {}).values() if w.expires_at > now]
+            if keys is None:
+                return [w for w in self._waits.get(event_name, {}).values() if w.expires_at > now]
+            out = [w for w in self._unkeyed.get(event_name, {}).values() if w.expires_at > now]
+            by_key = self._by_key.get(event_name)
+            if by_key:
+                seen: set[tuple[str, int]] = set()
+                for key in keys:
+                    held = by_key.get(key)
+                    if held is None:
+                        continue
+                    for w in held if type(held) is list else (held,):
+                        assert isinstance(w, WaitRecord)
+                        if w.expires_at > now and (w.run_id, w.position) not in seen:
+                            seen.add((w.run_id, w.position))
+                            out.append(w)
+            return out
+
+    def wait_key_paths(self, event_name: str) -> list[str]:
+        """See :meth:`durable_core.Store.wait_key_paths`."""
+        with self._lock:
+            return sorted(self._paths.get(event_name, ()))
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """See :meth:`durable_core.Store.cancel_requested`."""
