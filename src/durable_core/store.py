@@ -12,8 +12,9 @@ pure functions at the end of this module (:func:`event_is_duplicate`, :func:`new
 :func:`lease_held`, :func:`signal_accepted`, :func:`wait_changes`, :func:`wait_found`,
 :func:`cron_advances`) decide them, and every store uses them: a store only persists.
 Where a store needs SQL for atomicity (a fencing check inside the statement that writes, a
-claim that selects and locks in one statement), its SQL states the same rule, and ``stores.testing`` checks it against
-the function on a table of cases for every store (its ``test_*_follow*_rule*`` tests).
+claim that selects and locks in one statement), its SQL states the same rule, and
+``stores.testing`` checks it against the function on a table of cases for every store (its
+``test_*_follow*_rule*`` tests).
 
 The rules, in short (each is detailed where it is decided):
 
