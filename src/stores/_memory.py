@@ -6,6 +6,7 @@ one lock, so it is safe to share between threads.
 
 from __future__ import annotations
 
+import heapq
 import json
 import threading
 from collections.abc import Collection, Sequence
@@ -55,7 +56,12 @@ class MemoryStore:
         self._unrouted: dict[int, StoredEvent] = {}
         self._runs: dict[str, RunRecord] = {}
         self._run_order: list[str] = []
-        self._open: dict[str, None] = {}  # runs that have not ended, in creation order
+        self._open: dict[str, int] = {}  # runs that have not ended -> creation index
+        # When each open run becomes claimable (its due_at; absent: never, as it stands),
+        # and a heap of (due, creation index, run) entries, stale ones skipped when popped:
+        # a claim reads only the runs that are due, not every open run.
+        self._due: dict[str, int] = {}
+        self._due_heap: list[tuple[int, int, str]] = []
         self._journals: dict[str, list[JournalEntry]] = {}
         self._idempotency: dict[tuple[str, str], int] = {}  # -> created_at of the holder
         # Waits by event name, then (run, position): all of them, in registration order.
@@ -149,8 +155,9 @@ class MemoryStore:
                         idempotency_key=new.idempotency_key, event_ids=new.event_ids,
                     )
                     self._run_order.append(new.id)
-                    self._open[new.id] = None
+                    self._open[new.id] = len(self._run_order)
                     self._journals[new.id] = []
+                    self._refresh_due(new.id)
             for run_id, c in changes.items():
                 if run_id in fenced:
                     continue
@@ -158,8 +165,6 @@ class MemoryStore:
                 if not c.touch:
                     continue  # journal only: the run record stays as it is
                 self._runs[run_id] = apply_change(self._runs[run_id], c, batch.now)
-                if c.ends:
-                    del self._open[run_id]
                 if c.consumed:
                     box = self._signals.get(run_id)
                     if box:
@@ -168,6 +173,9 @@ class MemoryStore:
                             self._signals[run_id] = kept
                         else:
                             del self._signals[run_id]
+                self._refresh_due(run_id)
+                if c.ends:
+                    del self._open[run_id]
             for wait in adds:
                 waits = self._waits.setdefault(wait.event, {})
                 wkey = (wait.run_id, wait.position)
@@ -184,6 +192,7 @@ class MemoryStore:
                 if signal_accepted(None if target is None else target.status):
                     self._signal_seq += 1
                     self._signals.setdefault(run_id, []).append((self._signal_seq, signal))
+                    self._refresh_due(run_id)
             for seq in batch.routed_events:
                 self._unrouted.pop(seq, None)
             for key, tick in cron_advances(batch.cron).items():
@@ -203,23 +212,51 @@ class MemoryStore:
             if limit <= 0:
                 return out
             only = None if function_ids is None else set(function_ids)
-            for run_id in self._open:  # due_at of an ended run is None: skip them all
+            # Every run due by now, oldest (creation order) first.
+            heap, current = self._due_heap, self._due
+            due_runs: list[tuple[int, int, str]] = []
+            seen: set[str] = set()
+            while heap and heap[0][0] <= now:
+                item = heapq.heappop(heap)
+                if current.get(item[2]) == item[0] and item[2] not in seen:
+                    seen.add(item[2])  # (an entry pushed again after its due went and came)
+                    due_runs.append(item)
+            due_runs.sort(key=lambda item: item[1])
+            taken = 0
+            for item in due_runs:
+                run_id = item[2]
                 run = self._runs[run_id]
-                if only is not None and run.function_id not in only:
-                    continue
+                # The rule decides, from the record as it is (the heap only finds candidates).
                 due = due_at(run.status, run.lease_owner, run.lease_expires, run.wake_at,
                              run_id in self._signals)
                 if due is None or due > now:
+                    continue
+                if taken >= limit or (only is not None and run.function_id not in only):
+                    heapq.heappush(heap, item)  # still due: left for a later claim
                     continue
                 run = attrs.evolve(
                     run, epoch=run.epoch + 1, lease_owner=owner, lease_expires=now + lease_ms
                 )
                 self._runs[run_id] = run
+                taken += 1
+                del current[run_id]
+                self._refresh_due(run_id)
                 out.append(Claim(run, tuple(self._journals[run_id]),
                                  tuple(self._signals.get(run_id, ()))))
-                if len(out) >= limit:
-                    break
             return out
+
+    def _refresh_due(self, run_id: str) -> None:
+        """Record when ``run_id`` becomes claimable (:func:`due_at`) after it changed."""
+        run = self._runs[run_id]
+        due = due_at(run.status, run.lease_owner, run.lease_expires, run.wake_at,
+                     run_id in self._signals)
+        if due == self._due.get(run_id):
+            return
+        if due is None:
+            del self._due[run_id]
+            return
+        self._due[run_id] = due
+        heapq.heappush(self._due_heap, (due, self._open[run_id], run_id))
 
     def renew(self, owner: str, run_ids: Sequence[str], now: int, lease_ms: int) -> set[str]:
         """See :meth:`durable_core.Store.renew`."""
@@ -233,6 +270,7 @@ class MemoryStore:
                     lost.add(run_id)
                     continue
                 self._runs[run_id] = attrs.evolve(run, lease_expires=now + lease_ms)
+                self._refresh_due(run_id)
             return lost
 
     # ------------------------------------------------------------------ queries
