@@ -135,8 +135,15 @@ def key_path(key: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Any:
-    """A cel-python environment, used only to parse (``celpy.Environment()`` raises the
-    recursion limit for its parse trees; a higher limit the application chose is kept)."""
+    """A cel-python environment, used only to parse: the one ``_cel`` built if it has one
+    (building cel-python's parser costs about half a second), else our own
+    (``celpy.Environment()`` raises the recursion limit for its parse trees; a higher limit
+    the application chose is kept)."""
+    from durable_core.base import _cel
+
+    shared = getattr(_cel, "_environment", None)
+    if callable(shared):
+        return shared()
     previous = sys.getrecursionlimit()
     environment = celpy.Environment()
     sys.setrecursionlimit(max(previous, sys.getrecursionlimit()))
