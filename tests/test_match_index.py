@@ -436,3 +436,55 @@ def test_functions_are_looked_up_by_key() -> None:
         "f1", "all"]
     # A missing field is an error, so no match (as without the index).
     assert [f.id for f in app.triggered_by({"name": "e", "data": {}})] == ["all"]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    if request.param == "sqlite":
+        store: Store = SQLiteStore(tmp_path / "s.db")
+    else:
+        url = request.getfixturevalue("pg_url")
+        store = PostgresStore(url, schema=request.getfixturevalue("pg_schema"), pool_max=2)
+    yield store
+    store.close()
+
+
+def test_keyed_waits_resume_time_out_and_are_cancelled_through_the_engine(
+    any_store: Store,
+) -> None:
+    """Waits registered through the engine carry their keys, resume only on their own key,
+    and leave the index once resumed, timed out or cancelled."""
+    from durable_core import Context, Event
+    from durable_core.testing import TestEngine
+
+    app = App("keyed")
+
+    @app.function(id="waiter", trigger=on_event("start"))
+    async def waiter(ctx: Context) -> Any:
+        got = await ctx.step.wait_for_event("w", event="go", timeout="1h",
+                                            if_="async.data.k == event.data.k")
+        return None if got is None else got.data["k"]
+
+    te = TestEngine(app, store=any_store)
+    [a] = te.send(Event("start", {"k": "a"})).runs
+    [b] = te.send(Event("start", {"k": "b"})).runs
+    [c] = te.send(Event("start", {"k": "c"})).runs
+    waits = any_store.find_waits("go", int(te.now.timestamp() * 1000))
+    assert sorted(w.keys for w in waits) == [('data.k="a"',), ('data.k="b"',), ('data.k="c"',)]
+    assert any_store.wait_key_paths("go") == ["data.k"]
+    te.send(Event("go", {"k": "z"}))  # nobody's key
+    assert (a.status, b.status, c.status) == ("waiting", "waiting", "waiting")
+    te.send(Event("go", {"k": "a"}))
+    assert (a.status, a.output, b.status) == ("completed", "a", "waiting")
+    te.cancel_run(c.id)
+    assert c.status == "cancelled"
+    now = int(te.now.timestamp() * 1000)
+    assert [w.run_id for w in any_store.find_waits("go", now, ['data.k="b"'])] == [b.id]
+    assert any_store.find_waits("go", now, ['data.k="a"', 'data.k="c"']) == []
+    te.advance("2h")
+    assert (b.status, b.output) == ("completed", None)
+    assert any_store.find_waits("go", 0) == []
+    assert any_store.wait_key_paths("go") == []
