@@ -113,7 +113,8 @@ def drain(engine: Engine, now: Callable[[], int], *, limit: int, claim_limit: in
             return steps
 
 
-def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000) -> dict[str, Any]:
+def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000,
+                condition: str = CONDITION) -> dict[str, Any]:
     app = App("routing")
 
     def after(k: int) -> int:
@@ -121,7 +122,7 @@ def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000) -> d
 
     @app.function(id="waiter", trigger=on_event("bench/start"))
     async def waiter(ctx: Context) -> int:
-        got = await ctx.step.wait_for_event("w", event="bench/go", timeout="7d", if_=CONDITION)
+        got = await ctx.step.wait_for_event("w", event="bench/go", timeout="7d", if_=condition)
         assert got is not None
         value: int = await ctx.step.run("after", after, got.data["k"])
         return value
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--functions", type=int, default=1_000)
     parser.add_argument("--events", type=int, default=5_000)
     parser.add_argument("--only", choices=("waits", "functions", "memory"))
+    parser.add_argument("--scan", action="store_true",
+                        help="waits on an equivalent condition that cannot be indexed "
+                        "(the full scan every event paid before the index), for an A/B")
     args = parser.parse_args(argv)
     print(f"store={args.store} python={sys.version.split()[0]}"
           + (f" synchronous={args.synchronous}" if args.store == "sqlite" else ""))
@@ -268,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
             # PostgreSQL takes an advisory lock per run created: 10,000 in one transaction
             # exceed the server's lock table (max_locks_per_transaction).
             batch = 1_000 if args.store == "postgres" else 10_000
-            r = bench_waits(store, args.runs, args.samples, batch)
+            condition = f"({CONDITION}) || false" if args.scan else CONDITION
+            r = bench_waits(store, args.runs, args.samples, batch, condition)
         print(f"waits: {r['runs']:,} waiting runs created in {r['create_s']:.1f} s "
               f"({r['runs'] / r['create_s']:,.0f} runs/s, send {r['send_s']:.1f} s)")
         print(f"  matching event, send to the resumed run's next step committed: median "
