@@ -1,7 +1,8 @@
 """The engine under deterministic simulation: generated workflow programs, random fault plans.
 
 Each example draws a workflow program (every step kind: run, flaky run, failing run caught
-with try/except, sleep, wait that times out, wait answered by another function, invoke,
+with try/except, sleep, wait that times out, wait answered by another function (its match
+key a literal, or a value of the run's own event), invoke,
 send_event, gather) and a fault plan (crashes before/after commits, failed and unknown-outcome
 writes, duplicated results, events, timers and signals, clock jumps, failing and hanging
 bodies). The simulation checks the invariants after every commit; at the end the outcome must
@@ -46,7 +47,8 @@ def build_app() -> App:
     @app.function(id="responder", trigger=on_event("sim/ping"))
     async def responder(ctx: Context) -> str:
         key = ctx.event.data["key"]
-        await ctx.step.send_event("pong", Event("sim/pong", {"key": key}))
+        i = ctx.event.data.get("i")
+        await ctx.step.send_event("pong", Event("sim/pong", {"key": key, "i": i}))
         return "pong"  # not the key: run ids differ between executions
 
     def value_of(v: Any) -> Any:
@@ -88,6 +90,17 @@ def build_app() -> App:
                     ctx.step.send_event(f"ping{i}", Event("sim/ping", {"key": key})),
                 )
                 out.append(pong is not None)
+            elif op == "ping_known":
+                # A wait keyed by a value of the run's own event (match keys resolved at
+                # registration), registered and resumed under the plan's faults.
+                pong, _ = await ctx.gather(
+                    ctx.step.wait_for_event(
+                        sid, event="sim/pong", timeout="1d",
+                        if_=f"async.data.key == event.id && async.data.i == {i}"),
+                    ctx.step.send_event(f"ping{i}",
+                                        Event("sim/ping", {"key": ctx.event.id, "i": i})),
+                )
+                out.append(pong is not None)
             elif op == "invoke":
                 out.append(await ctx.step.invoke(sid, function="double", data={"n": arg}))
             elif op == "send":
@@ -115,6 +128,7 @@ OPS = st.one_of(
     st.tuples(st.just("sleep"), st.sampled_from(["1s", "90s", "2h"])),
     st.tuples(st.just("wait_timeout"), st.sampled_from(["30s", "1h"])),
     st.tuples(st.just("ping"), st.just(0)),
+    st.tuples(st.just("ping_known"), st.just(0)),
     st.tuples(st.just("invoke"), st.integers(0, 100)),
     st.tuples(st.just("send"), st.integers(0, 100)),
     st.tuples(st.just("gather"), st.lists(st.integers(0, 9), min_size=2, max_size=3)),
@@ -244,6 +258,26 @@ def test_every_step_kind_under_a_fixed_heavy_plan() -> None:
     sim = simulate(APP, program, plan)
     sim.check(expected.outcomes())
     assert sim.stats["crashes"] >= 3 and sim.stats["unknown_writes"] == 1
+
+
+@pytest.mark.parametrize("at", range(0, 12, 2))  # the fault-free run commits 14 times
+def test_keyed_waits_under_crashes_and_unknown_outcomes(at: int) -> None:
+    """Waits stored under match keys (a literal, and a value of the run's own event) are
+    registered and resumed through crashes before and after commits and writes whose
+    outcome is unknown, at every point of the program."""
+    from durable_core.base._match import condition_keys
+
+    assert condition_keys("async.data.key == event.id && async.data.i == 0", incoming="async",
+                          known="event", known_value={"id": "e_1"}) == ('data.key="e_1"',)
+    program = [["ping_known", 0], ["ping", 0], ["ping_known", 0]]
+    expected = simulate(APP, program, None)
+    assert [o[2] for o in expected.outcomes() if o[0] == "program"] == [[True] * 3] * 2
+    plan = FaultPlan(seed=at, crash_before_commit=frozenset({at}),
+                     crash_after_commit=frozenset({at + 1}), unknown_writes=frozenset({at + 2}),
+                     duplicate_events=True, duplicate_signals=True)
+    sim = simulate(APP, program, plan)
+    sim.check(expected.outcomes())
+    assert sim.stats["crashes"] == 2 and sim.stats["unknown_writes"] == 1
 
 
 def test_a_planted_bug_is_caught_within_the_ci_budget() -> None:

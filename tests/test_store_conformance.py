@@ -298,7 +298,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
 
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         # v2: run_events is filled from the runs already there.
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
@@ -760,7 +760,7 @@ def test_a_version_4_database_gets_received_at_from_ts(tmp_path: Path) -> None:
     conn.close()
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == 5
+        assert store.schema_version == SCHEMA_VERSION
         ev = store.get_event("e1")
         assert ev is not None and (ev.ts, ev.received_at) == (T0 - 5, T0 - 5)
         [dup] = store.append_events([event_json("e1", "a")], T0 + 10)

@@ -292,7 +292,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
 
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 3
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 4
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
         assert store.list_runs(event_id="e2") == [old]
@@ -307,7 +307,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
     assert "run_events" in tables_of(pg_url, pg_schema)
     # Opening an up-to-date schema again changes nothing.
     PostgresStore(pg_url, schema=pg_schema).close()
-    assert version_of(pg_url, pg_schema) == 3
+    assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION
 
 
 def test_a_newer_schema_is_refused_naming_both_versions(pg_url: str, pg_schema: str) -> None:
@@ -909,7 +909,7 @@ def test_a_version_2_schema_keeps_its_data_through_version_3(pg_url: str,
             sql.Identifier(pg_schema, "counters")))
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == 3
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION
         assert {"signals", "idempotency"} <= tables_of(pg_url, pg_schema)
         assert not {"inbox", "idem"} & tables_of(pg_url, pg_schema)
         ev = store.get_event("e1")

@@ -9,11 +9,12 @@ caller (stores never read the clock for semantics). All payloads are JSON text.
 **Each rule is decided once, here.** The docstrings of :class:`Store` state every rule; the
 pure functions at the end of this module (:func:`event_is_duplicate`, :func:`new_runs_to_create`,
 :func:`fold_writes`, :func:`write_accepted`, :func:`apply_change`, :func:`due_at`,
-:func:`lease_held`, :func:`signal_accepted`, :func:`wait_changes`, :func:`cron_advances`)
-decide them, and every store uses them: a store only persists. Where a store needs SQL for
-atomicity (a fencing check inside the statement that writes, a claim that selects and locks
-in one statement), its SQL states the same rule, and ``stores.testing`` checks it against
-the function on a table of cases for every store (its ``test_*_follow*_rule*`` tests).
+:func:`lease_held`, :func:`signal_accepted`, :func:`wait_changes`, :func:`wait_found`,
+:func:`cron_advances`) decide them, and every store uses them: a store only persists.
+Where a store needs SQL for atomicity (a fencing check inside the statement that writes, a
+claim that selects and locks in one statement), its SQL states the same rule, and
+``stores.testing`` checks it against the function on a table of cases for every store (its
+``test_*_follow*_rule*`` tests).
 
 The rules, in short (each is detailed where it is decided):
 
@@ -48,6 +49,9 @@ The rules, in short (each is detailed where it is decided):
   (registering again keeps the first, ``after_seq`` included); ``after_seq`` is the last event
   ``seq`` when it was registered, after the batch's own events; a wait added and removed in
   one batch ends up removed.
+- **Match keys.** A wait registered with keys is found for an event only if it shares one
+  of the event's keys; a wait without keys is found for every event of its name
+  (:func:`wait_found`). Keys are stored with the wait and removed with it.
 - **Cron cursors** only move forward (:func:`cron_advances`).
 - **Atomicity and durability.** A commit is applied whole or not at all (a store that fails
   half way leaves nothing of the batch), and is durable when it returns: closing and
@@ -56,7 +60,7 @@ The rules, in short (each is detailed where it is decided):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import attrs
@@ -89,6 +93,7 @@ __all__ = [
     "record_changes",
     "signal_accepted",
     "wait_changes",
+    "wait_found",
     "write_accepted",
 ]
 
@@ -162,6 +167,11 @@ class WaitRecord:
     """Set by the store when the wait is first registered: the last event ``seq`` in the log
     at that moment (after the batch's own events). Only later events can match the wait.
     Registering the same (run, position) again keeps the original value."""
+    keys: tuple[str, ...] = ()
+    """The match keys of the wait's condition (see :mod:`durable_core.base._match`): texts
+    ``<path>=<value>`` (the path holds no ``=``). A wait with keys can only match an event
+    whose own keys (its values at those paths) include one of them; a wait without keys
+    may match any event of its name. See :meth:`Store.find_waits`."""
 
 
 class RunWrite(NamedTuple):
@@ -287,8 +297,24 @@ class Store(Protocol):
         (unknown ids included). An expired lease cannot be renewed, even by its owner."""
         ...
 
-    def find_waits(self, event_name: str, now: int) -> list[WaitRecord]:
-        """Unexpired waits (``expires_at > now``) for events named ``event_name``."""
+    def find_waits(
+        self, event_name: str, now: int, keys: Collection[str] | None = None
+    ) -> list[WaitRecord]:
+        """Unexpired waits (``expires_at > now``) for events named ``event_name``, each once,
+        as registered (``keys`` included), in no promised order.
+
+        With ``keys``, only the waits :func:`wait_found` for them: those without keys, and
+        those with a key among ``keys``. This is the routing lookup: a store answers it from
+        an index on (event name, match key) (one indexed query in the SQL stores), never by
+        reading every wait of the name. ``keys=None`` gives every wait of the name."""
+        ...
+
+    def wait_key_paths(self, event_name: str) -> list[str]:
+        """The distinct paths (the part before the first ``=``) of the keys of the waits
+        registered for events named ``event_name`` (expired ones may be included), sorted.
+        An event's keys for these paths are what :meth:`find_waits` is asked for; a path
+        of a wait registered after this call belongs to a wait registered after every event
+        already in the log, which cannot match them anyway."""
         ...
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
@@ -554,6 +580,15 @@ def wait_changes(
         if wait.run_id not in skip and (wait.run_id, wait.position) not in removed:
             adds.setdefault((wait.event, wait.run_id, wait.position), wait)
     return list(adds.values()), removes
+
+
+def wait_found(wait_keys: Sequence[str], keys: Collection[str] | None) -> bool:
+    """Whether ``find_waits(..., keys)`` returns a wait registered with ``wait_keys``: always
+    without ``keys`` (None) or if the wait has none (its condition could not be indexed: it
+    is tested against every event), else iff one of its keys is among ``keys``."""
+    if keys is None or not wait_keys:
+        return True
+    return any(k in keys for k in wait_keys)
 
 
 def cron_advances(cursors: Iterable[tuple[str, int]]) -> dict[str, int]:

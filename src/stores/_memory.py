@@ -6,13 +6,15 @@ one lock, so it is safe to share between threads.
 
 from __future__ import annotations
 
+import heapq
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import attrs
 
 from durable_core.base._errors import RunNotFoundError
+from durable_core.base._match import key_path
 from durable_core.core._model import TERMINAL_STATUSES, JournalEntry, Signal
 from durable_core.store import (
     Claim,
@@ -54,10 +56,22 @@ class MemoryStore:
         self._unrouted: dict[int, StoredEvent] = {}
         self._runs: dict[str, RunRecord] = {}
         self._run_order: list[str] = []
-        self._open: dict[str, None] = {}  # runs that have not ended, in creation order
+        self._open: dict[str, int] = {}  # runs that have not ended -> creation index
+        # When each open run becomes claimable (its due_at; absent: never, as it stands),
+        # and a heap of (due, creation index, run) entries, stale ones skipped when popped:
+        # a claim reads only the runs that are due, not every open run.
+        self._due: dict[str, int] = {}
+        self._due_heap: list[tuple[int, int, str]] = []
         self._journals: dict[str, list[JournalEntry]] = {}
         self._idempotency: dict[tuple[str, str], int] = {}  # -> created_at of the holder
+        # Waits by event name, then (run, position): all of them, in registration order.
         self._waits: dict[str, dict[tuple[str, int], WaitRecord]] = {}
+        # The match-key index: waits without keys, and waits by key (one record, or a list
+        # when several waits share the key: per-run keys cost no container), and how many
+        # registered keys use each path (for wait_key_paths).
+        self._unkeyed: dict[str, dict[tuple[str, int], WaitRecord]] = {}
+        self._by_key: dict[str, dict[str, WaitRecord | list[WaitRecord]]] = {}
+        self._paths: dict[str, dict[str, int]] = {}
         self._signals: dict[str, list[tuple[int, Signal]]] = {}
         self._signal_seq = 0
         self._cron: dict[str, int] = {}
@@ -141,8 +155,9 @@ class MemoryStore:
                         idempotency_key=new.idempotency_key, event_ids=new.event_ids,
                     )
                     self._run_order.append(new.id)
-                    self._open[new.id] = None
+                    self._open[new.id] = len(self._run_order)
                     self._journals[new.id] = []
+                    self._refresh_due(new.id)
             for run_id, c in changes.items():
                 if run_id in fenced:
                     continue
@@ -150,8 +165,6 @@ class MemoryStore:
                 if not c.touch:
                     continue  # journal only: the run record stays as it is
                 self._runs[run_id] = apply_change(self._runs[run_id], c, batch.now)
-                if c.ends:
-                    del self._open[run_id]
                 if c.consumed:
                     box = self._signals.get(run_id)
                     if box:
@@ -160,19 +173,26 @@ class MemoryStore:
                             self._signals[run_id] = kept
                         else:
                             del self._signals[run_id]
+                self._refresh_due(run_id)
+                if c.ends:
+                    del self._open[run_id]
             for wait in adds:
                 waits = self._waits.setdefault(wait.event, {})
                 wkey = (wait.run_id, wait.position)
                 if wkey not in waits:
-                    waits[wkey] = attrs.evolve(wait, after_seq=len(self._events))
-            for run_id, pos in removes:
+                    waits[wkey] = wait = attrs.evolve(wait, after_seq=len(self._events))
+                    self._index_wait(wkey, wait)
+            for wkey in removes:
                 for waits in self._waits.values():
-                    waits.pop((run_id, pos), None)
+                    removed = waits.pop(wkey, None)
+                    if removed is not None:
+                        self._unindex_wait(wkey, removed)
             for run_id, signal in batch.signals:
                 target = self._runs.get(run_id)
                 if signal_accepted(None if target is None else target.status):
                     self._signal_seq += 1
                     self._signals.setdefault(run_id, []).append((self._signal_seq, signal))
+                    self._refresh_due(run_id)
             for seq in batch.routed_events:
                 self._unrouted.pop(seq, None)
             for key, tick in cron_advances(batch.cron).items():
@@ -192,23 +212,51 @@ class MemoryStore:
             if limit <= 0:
                 return out
             only = None if function_ids is None else set(function_ids)
-            for run_id in self._open:  # due_at of an ended run is None: skip them all
+            # Every run due by now, oldest (creation order) first.
+            heap, current = self._due_heap, self._due
+            due_runs: list[tuple[int, int, str]] = []
+            seen: set[str] = set()
+            while heap and heap[0][0] <= now:
+                item = heapq.heappop(heap)
+                if current.get(item[2]) == item[0] and item[2] not in seen:
+                    seen.add(item[2])  # (an entry pushed again after its due went and came)
+                    due_runs.append(item)
+            due_runs.sort(key=lambda item: item[1])
+            taken = 0
+            for item in due_runs:
+                run_id = item[2]
                 run = self._runs[run_id]
-                if only is not None and run.function_id not in only:
-                    continue
+                # The rule decides, from the record as it is (the heap only finds candidates).
                 due = due_at(run.status, run.lease_owner, run.lease_expires, run.wake_at,
                              run_id in self._signals)
                 if due is None or due > now:
+                    continue
+                if taken >= limit or (only is not None and run.function_id not in only):
+                    heapq.heappush(heap, item)  # still due: left for a later claim
                     continue
                 run = attrs.evolve(
                     run, epoch=run.epoch + 1, lease_owner=owner, lease_expires=now + lease_ms
                 )
                 self._runs[run_id] = run
+                taken += 1
+                del current[run_id]
+                self._refresh_due(run_id)
                 out.append(Claim(run, tuple(self._journals[run_id]),
                                  tuple(self._signals.get(run_id, ()))))
-                if len(out) >= limit:
-                    break
             return out
+
+    def _refresh_due(self, run_id: str) -> None:
+        """Record when ``run_id`` becomes claimable (:func:`due_at`) after it changed."""
+        run = self._runs[run_id]
+        due = due_at(run.status, run.lease_owner, run.lease_expires, run.wake_at,
+                     run_id in self._signals)
+        if due == self._due.get(run_id):
+            return
+        if due is None:
+            del self._due[run_id]
+            return
+        self._due[run_id] = due
+        heapq.heappush(self._due_heap, (due, self._open[run_id], run_id))
 
     def renew(self, owner: str, run_ids: Sequence[str], now: int, lease_ms: int) -> set[str]:
         """See :meth:`durable_core.Store.renew`."""
@@ -222,14 +270,74 @@ class MemoryStore:
                     lost.add(run_id)
                     continue
                 self._runs[run_id] = attrs.evolve(run, lease_expires=now + lease_ms)
+                self._refresh_due(run_id)
             return lost
 
     # ------------------------------------------------------------------ queries
 
-    def find_waits(self, event_name: str, now: int) -> list[WaitRecord]:
-        """See :meth:`durable_core.Store.find_waits`."""
+    def _index_wait(self, wkey: tuple[str, int], wait: WaitRecord) -> None:
+        if not wait.keys:
+            self._unkeyed.setdefault(wait.event, {})[wkey] = wait
+            return
+        by_key = self._by_key.setdefault(wait.event, {})
+        paths = self._paths.setdefault(wait.event, {})
+        for key in wait.keys:
+            held = by_key.get(key)
+            if held is None:
+                by_key[key] = wait
+            elif type(held) is list:
+                held.append(wait)
+            else:
+                by_key[key] = [held, wait]  # type: ignore[list-item]
+            path = key_path(key)
+            paths[path] = paths.get(path, 0) + 1
+
+    def _unindex_wait(self, wkey: tuple[str, int], wait: WaitRecord) -> None:
+        if not wait.keys:
+            self._unkeyed[wait.event].pop(wkey, None)
+            return
+        by_key = self._by_key[wait.event]
+        paths = self._paths[wait.event]
+        for key in wait.keys:
+            held = by_key.get(key)
+            if type(held) is list:
+                held[:] = [w for w in held if (w.run_id, w.position) != wkey]
+                if len(held) == 1:
+                    by_key[key] = held[0]
+            elif held is not None:
+                del by_key[key]
+            path = key_path(key)
+            paths[path] -= 1
+            if not paths[path]:
+                del paths[path]
+
+    def find_waits(
+        self, event_name: str, now: int, keys: Collection[str] | None = None
+    ) -> list[WaitRecord]:
+        """See :meth:`durable_core.Store.find_waits`: with ``keys``, read from the index
+        (the waits without keys, then those under each key), never from all the waits."""
         with self._lock:
-            return [w for w in self._waits.get(event_name, {}).values() if w.expires_at > now]
+            if keys is None:
+                return [w for w in self._waits.get(event_name, {}).values() if w.expires_at > now]
+            out = [w for w in self._unkeyed.get(event_name, {}).values() if w.expires_at > now]
+            by_key = self._by_key.get(event_name)
+            if by_key:
+                seen: set[tuple[str, int]] = set()
+                for key in keys:
+                    held = by_key.get(key)
+                    if held is None:
+                        continue
+                    for w in held if type(held) is list else (held,):
+                        assert isinstance(w, WaitRecord)
+                        if w.expires_at > now and (w.run_id, w.position) not in seen:
+                            seen.add((w.run_id, w.position))
+                            out.append(w)
+            return out
+
+    def wait_key_paths(self, event_name: str) -> list[str]:
+        """See :meth:`durable_core.Store.wait_key_paths`."""
+        with self._lock:
+            return sorted(self._paths.get(event_name, ()))
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """See :meth:`durable_core.Store.cancel_requested`."""

@@ -20,6 +20,7 @@ from durable_core.base._errors import (
     ValidationError,
 )
 from durable_core.base._events import MAX_EVENT_NAME_BYTES
+from durable_core.base._match import condition_keys, event_keys, key_path
 from durable_core.base._serde import check_text
 
 __all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
@@ -74,6 +75,41 @@ class CronTrigger:
 
 Trigger = EventTrigger | CronTrigger
 _log = logging.getLogger("durable_core.cel")
+
+
+class _TriggerIndex:
+    """The event triggers of one event name, indexed by match key (see
+    :mod:`durable_core.base._match`): an event is tested only against the triggers without
+    keys and those under one of its own keys. Entries are positions in registration order."""
+
+    __slots__ = ("by_key", "paths", "unkeyed")
+
+    def __init__(self) -> None:
+        self.unkeyed: list[int] = []
+        self.by_key: dict[str, list[int]] = {}
+        self.paths: list[str] = []
+
+    def add(self, position: int, trigger: EventTrigger) -> None:
+        keys = condition_keys(trigger.if_, incoming="event")
+        if not keys:
+            self.unkeyed.append(position)
+            return
+        for key in keys:
+            self.by_key.setdefault(key, []).append(position)
+            path = key_path(key)
+            if path not in self.paths:
+                self.paths.append(path)
+
+    def candidates(self, event: dict[str, Any]) -> list[int]:
+        """The positions of the triggers ``event`` may fire, in registration order."""
+        picks = list(self.unkeyed)
+        by_key = self.by_key
+        for key in event_keys(event, self.paths):
+            hit = by_key.get(key)
+            if hit:
+                picks += hit
+        picks.sort()
+        return picks
 
 
 def on_event(name: str, *, if_: str | None = None) -> EventTrigger:
@@ -190,6 +226,7 @@ class App:
         guards orchestration code (on unless turned off)."""
         self._functions: dict[str, Function[Any]] = {}
         self._by_event: dict[str, list[tuple[Function[Any], EventTrigger]]] = {}
+        self._trigger_index: dict[str, _TriggerIndex] = {}
 
     def function(
         self,
@@ -284,7 +321,9 @@ class App:
             )
             self._functions[id] = func
             for t in func.event_triggers:
-                self._by_event.setdefault(t.event, []).append((func, t))
+                entries = self._by_event.setdefault(t.event, [])
+                self._trigger_index.setdefault(t.event, _TriggerIndex()).add(len(entries), t)
+                entries.append((func, t))
             return func
 
         return register
@@ -312,9 +351,19 @@ class App:
         return self.get(function)
 
     def triggered_by(self, event: dict[str, Any]) -> list[Function[Any]]:
-        """The functions an event (in dict form) starts, in registration order."""
+        """The functions an event (in dict form) starts, in registration order.
+
+        Filters are looked up by match key: only the triggers whose filter has no indexable
+        part, or whose key the event has, are evaluated (the others cannot be true)."""
         out: list[Function[Any]] = []
-        for func, trig in self._by_event.get(event["name"], ()):
+        name = event["name"]
+        entries = self._by_event.get(name)
+        if not entries:
+            return out
+        index = self._trigger_index[name]
+        if index.by_key:
+            entries = [entries[i] for i in index.candidates(event)]
+        for func, trig in entries:
             if trig.matches(event) and func not in out:
                 out.append(func)
         return out

@@ -35,6 +35,7 @@ from durable_core.base._errors import (
     ValidationError,
 )
 from durable_core.base._events import Event, Sent
+from durable_core.base._match import condition_keys, event_keys
 from durable_core.base._serde import check_text
 from durable_core.core._function import App, Function
 from durable_core.core._machine import RunMachine
@@ -278,18 +279,31 @@ class Engine:
             return 0
         runs: list[NewRun] = []
         signals: list[tuple[str, Signal]] = []
-        waits: dict[str, list[WaitRecord]] = {}
-        parts: list[tuple[StoredEvent, list[NewRun], list[tuple[str, Signal]]]] = []
+        parsed: list[tuple[StoredEvent, dict[str, Any] | None]] = []
         for ev in events:
             try:
-                ev_runs, ev_signals = self._route_one(ev, now, waits)
-            except StoreError:
-                raise
+                raw = json.loads(ev.data)
+                if not isinstance(raw, dict):
+                    raise TypeError(f"an event must be a JSON object, not {type(raw).__name__}")
             except Exception as exc:
                 # A poison event (it cannot be parsed or matched): it starts nothing and is
                 # marked routed, so neither the worker nor the rest of the batch stops on it.
                 self._unroutable(ev, exc)
-                ev_runs, ev_signals = [], []
+                raw = None
+            parsed.append((ev, raw))
+        waits = self._candidate_waits(parsed, now)
+        parts: list[tuple[StoredEvent, list[NewRun], list[tuple[str, Signal]]]] = []
+        for ev, raw in parsed:
+            ev_runs: list[NewRun] = []
+            ev_signals: list[tuple[str, Signal]] = []
+            if raw is not None:
+                try:
+                    ev_runs, ev_signals = self._route_one(ev, raw, now, waits[ev.name])
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    self._unroutable(ev, exc)
+                    ev_runs, ev_signals = [], []
             runs += ev_runs
             signals += ev_signals
             parts.append((ev, ev_runs, ev_signals))
@@ -308,12 +322,33 @@ class Engine:
                 self._route_alone(ev, ev_runs, ev_signals, now)
         return len(events)
 
+    def _candidate_waits(
+        self, parsed: list[tuple[StoredEvent, dict[str, Any] | None]], now: int
+    ) -> dict[str, _Candidates]:
+        """The waits each event of the batch may resume, by event name: per name, the
+        store's key paths, then one lookup of the waits under the keys of all the batch's
+        events of that name (and those without keys)."""
+        by_name: dict[str, list[tuple[StoredEvent, dict[str, Any]]]] = {}
+        for ev, raw in parsed:
+            if raw is not None:
+                by_name.setdefault(ev.name, []).append((ev, raw))
+        out: dict[str, _Candidates] = {}
+        for name, evs in by_name.items():
+            paths = self.store.wait_key_paths(name)
+            per_event: dict[int, list[str]] = {}
+            wanted: dict[str, None] = {}
+            if paths:
+                for ev, raw in evs:
+                    keys = per_event[ev.seq] = event_keys(raw, paths)
+                    wanted.update(dict.fromkeys(keys))
+            out[name] = _Candidates(self.store.find_waits(name, now, wanted), per_event)
+        return out
+
     def _route_one(
-        self, ev: StoredEvent, now: int, waits: dict[str, list[WaitRecord]]
+        self, ev: StoredEvent, raw: dict[str, Any], now: int, waits: _Candidates
     ) -> tuple[list[NewRun], list[tuple[str, Signal]]]:
         runs: list[NewRun] = []
         signals: list[tuple[str, Signal]] = []
-        raw = json.loads(ev.data)
         for func in self.app.triggered_by(raw):
             runs.append(
                 NewRun(
@@ -321,9 +356,7 @@ class Engine:
                     event_ids=(ev.id,), created_at=now, idempotency_key=f"event:{ev.id}",
                 )
             )
-        if ev.name not in waits:
-            waits[ev.name] = self.store.find_waits(ev.name, now)
-        for w in waits[ev.name]:
+        for w in waits.of(ev.seq):
             # No lookback: only events appended after the wait was registered match.
             if ev.seq > w.after_seq and wait_matches(w, raw):
                 signals.append(
@@ -622,10 +655,7 @@ class Engine:
                     status, error = RunStatus.CANCELLED, c.error  # type: ignore[union-attr]
                 elif t is RegisterWait:
                     assert isinstance(c, RegisterWait)
-                    waits_add.append(
-                        WaitRecord(c.run_id, c.position, c.event, c.if_, c.trigger_event,
-                                   c.expires_at)
-                    )
+                    waits_add.append(wait_record(c))
                 elif t is ClearWait:
                     waits_remove.append((c.run_id, c.position))  # type: ignore[union-attr]
                 elif t is EmitEvents:
@@ -908,6 +938,52 @@ def merge_batches(batches: Sequence[CommitBatch], now: int | None = None) -> Com
         routed_events=tuple(x for b in batches for x in b.routed_events),
         cron=tuple(x for b in batches for x in b.cron),
     )
+
+
+class _Candidates:
+    """The waits a routing batch found for one event name, and the keys of each of its
+    events: :meth:`of` gives an event the waits without keys and those under its keys, in
+    the order the store returned them."""
+
+    __slots__ = ("by_key", "keys", "unkeyed")
+
+    def __init__(self, waits: list[WaitRecord], keys: dict[int, list[str]]) -> None:
+        self.keys = keys
+        self.unkeyed: list[tuple[int, WaitRecord]] = []
+        self.by_key: dict[str, list[tuple[int, WaitRecord]]] = {}
+        for i, w in enumerate(waits):
+            if not w.keys:
+                self.unkeyed.append((i, w))
+            for key in w.keys:
+                self.by_key.setdefault(key, []).append((i, w))
+
+    def of(self, seq: int) -> list[WaitRecord]:
+        """The candidate waits of the event with this seq."""
+        by_key = self.by_key
+        picks = self.unkeyed
+        if by_key:
+            picks = list(picks)
+            for key in self.keys.get(seq, ()):
+                hit = by_key.get(key)
+                if hit:
+                    picks += hit
+            picks.sort(key=lambda p: p[0])
+        out: list[WaitRecord] = []
+        last = -1
+        for i, w in picks:
+            if i != last:  # a wait under two of the event's keys is taken once
+                out.append(w)
+                last = i
+        return out
+
+
+def wait_record(c: RegisterWait) -> WaitRecord:
+    """The stored form of a wait, with the match keys of its condition (its ``async.<path>
+    == ...`` parts, resolved against the run's triggering event; see
+    :mod:`durable_core.base._match`)."""
+    keys = condition_keys(c.if_, incoming="async", known="event", known_value=c.trigger_event)
+    return WaitRecord(c.run_id, c.position, c.event, c.if_, c.trigger_event, c.expires_at,
+                      0, keys)
 
 
 def wait_matches(wait: WaitRecord, event: dict[str, Any]) -> bool:

@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, LiteralString, NamedTuple, TypeVar
 
 import psycopg
@@ -207,6 +207,18 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "ALTER INDEX {schema}.inbox_by_run RENAME TO signals_by_run",
         "ALTER TABLE {runs} RENAME COLUMN inbox_count TO signal_count",
         "ALTER TABLE {idem} RENAME TO idempotency",
+    ),
+    # 4: waits are indexed by (event name, match key): the primary key becomes (event,
+    # match_key, run_id, position), the routing lookup's index. A wait with several keys has
+    # a row per key, each holding the whole list in match_keys (JSON; NULL with one key or
+    # none); '' is the key of a wait without keys (found for every event of its name, as
+    # every wait registered before is). Keys are compared bytewise (COLLATE "C"), which the
+    # skip scan of wait_key_paths relies on.
+    (
+        "ALTER TABLE {waits} ADD COLUMN match_key text COLLATE \"C\" NOT NULL DEFAULT ''",
+        "ALTER TABLE {waits} ADD COLUMN match_keys text",
+        "ALTER TABLE {waits} DROP CONSTRAINT waits_pkey",
+        "ALTER TABLE {waits} ADD PRIMARY KEY (event, match_key, run_id, position)",
     ),
 )
 
@@ -422,10 +434,24 @@ class _Queries:
             "SELECT " + _EVENT_COLS + " FROM {events} WHERE id = %s AND NOT duplicate "
             "ORDER BY seq DESC LIMIT 1"
         )
+        wait_cols: LiteralString = (
+            "SELECT run_id, position, event, if_, trigger_event, expires_at, after_seq, "
+            "match_key, match_keys FROM {waits} "
+        )
+        self.find_all_waits = r(wait_cols + "WHERE event = %s AND expires_at > %s ORDER BY ord")
+        # The routing lookup: the primary key (event, match_key, ...) searched for each key.
         self.find_waits = r(
-            "SELECT run_id, position, event, if_, trigger_event, expires_at, after_seq "
-            "FROM {waits} "
-            "WHERE event = %s AND expires_at > %s ORDER BY ord"
+            wait_cols + "WHERE event = %s AND match_key = ANY(%s::text[]) AND expires_at > %s "
+            "ORDER BY ord"
+        )
+        # The distinct paths of the keys (a key is path=value, and a path holds no '='):
+        # from the smallest key, jump past every key of the same path ('>' follows '=').
+        self.wait_key_paths = r(
+            "WITH RECURSIVE p(k) AS ("
+            "SELECT (SELECT min(match_key) FROM {waits} WHERE event = %(e)s AND match_key > '') "
+            "UNION ALL SELECT (SELECT min(match_key) FROM {waits} WHERE event = %(e)s "
+            "AND match_key >= split_part(p.k, '=', 1) || '>') FROM p WHERE p.k IS NOT NULL) "
+            "SELECT split_part(k, '=', 1) FROM p WHERE k IS NOT NULL"
         )
         self.cancel_requested = r(
             "SELECT DISTINCT run_id FROM {signals} WHERE kind = 'cancel' AND run_id = ANY(%s)"
@@ -626,13 +652,15 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
     if shape.waits_add:
         ctes.append(
             "wa AS (INSERT INTO {waits} (event, run_id, position, if_, trigger_event, "
-            "expires_at, after_seq) SELECT w.event, w.run_id, w.position, w.if_, "
-            "w.trigger_event, w.expires_at, (SELECT COALESCE(max(seq), 0) FROM {events}) "
+            "expires_at, after_seq, match_key, match_keys) SELECT w.event, w.run_id, "
+            "w.position, w.if_, w.trigger_event, w.expires_at, "
+            "(SELECT COALESCE(max(seq), 0) FROM {events}), w.match_key, w.match_keys "
             "FROM unnest(%(wa_event)b::text[], %(wa_run)b::text[], "
             "%(wa_position)b::bigint[], %(wa_if)b::text[], %(wa_trigger)b::text[], "
-            "%(wa_expires)b::bigint[]) WITH ORDINALITY AS w(event, run_id, position, if_, "
-            "trigger_event, expires_at, o) WHERE true" + wait_filter + " ORDER BY w.o "
-            "ON CONFLICT (event, run_id, position) DO NOTHING)"
+            "%(wa_expires)b::bigint[], %(wa_key)b::text[], %(wa_keys)b::text[]) "
+            "WITH ORDINALITY AS w(event, run_id, position, if_, "
+            "trigger_event, expires_at, match_key, match_keys, o) WHERE true" + wait_filter
+            + " ORDER BY w.o ON CONFLICT (event, match_key, run_id, position) DO NOTHING)"
         )
     if shape.waits_remove:
         ctes.append(
@@ -1128,10 +1156,16 @@ class PostgresStore:
         ws, removes = wait_changes(batch)
         removed = set(removes)
         if ws:
+            # A row per key ('' for a wait without keys).
+            rows = [(w, key, many) for w in ws
+                    for many in (json.dumps(w.keys) if len(w.keys) > 1 else None,)
+                    for key in (w.keys or ("",))]
             params.update(
-                wa_event=[w.event for w in ws], wa_run=[w.run_id for w in ws],
-                wa_position=[w.position for w in ws], wa_if=[w.if_ for w in ws],
-                wa_trigger=[w.trigger_event for w in ws], wa_expires=[w.expires_at for w in ws],
+                wa_event=[w.event for w, _, _ in rows], wa_run=[w.run_id for w, _, _ in rows],
+                wa_position=[w.position for w, _, _ in rows], wa_if=[w.if_ for w, _, _ in rows],
+                wa_trigger=[w.trigger_event for w, _, _ in rows],
+                wa_expires=[w.expires_at for w, _, _ in rows],
+                wa_key=[key for _, key, _ in rows], wa_keys=[many for _, _, many in rows],
             )
         if removed:
             rs = sorted(removed)
@@ -1236,13 +1270,31 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ queries
 
-    def find_waits(self, event_name: str, now: int) -> list[WaitRecord]:
-        """See :meth:`durable_core.Store.find_waits`."""
-        return [
-            WaitRecord(run_id=row[0], position=row[1], event=row[2], if_=row[3],
-                       trigger_event=row[4], expires_at=row[5], after_seq=row[6])
-            for row in self._read(self._q.find_waits, (event_name, now))
-        ]
+    def find_waits(
+        self, event_name: str, now: int, keys: Collection[str] | None = None
+    ) -> list[WaitRecord]:
+        """See :meth:`durable_core.Store.find_waits`. With ``keys``, one statement that
+        searches the primary key ``(event, match_key, ...)`` for each key (and for ``''``,
+        the waits without keys)."""
+        if keys is None:
+            rows = self._read(self._q.find_all_waits, (event_name, now))
+        else:
+            rows = self._read(self._q.find_waits, (event_name, ["", *keys], now))
+        out: list[WaitRecord] = []
+        seen: set[tuple[str, int]] = set()
+        for run_id, position, event, if_, trigger, expires_at, after_seq, key, many in rows:
+            if (run_id, position) in seen:
+                continue  # a wait with several keys, or registered again under new keys
+            seen.add((run_id, position))
+            wkeys = tuple(json.loads(many)) if many is not None else (key,) if key else ()
+            out.append(WaitRecord(run_id, position, event, if_, trigger, expires_at, after_seq,
+                                  wkeys))
+        return out
+
+    def wait_key_paths(self, event_name: str) -> list[str]:
+        """See :meth:`durable_core.Store.wait_key_paths`: a skip scan of the primary key,
+        one search per path."""
+        return sorted({row[0] for row in self._read(self._q.wait_key_paths, {"e": event_name})})
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """See :meth:`durable_core.Store.cancel_requested`."""

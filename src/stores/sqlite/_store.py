@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -254,8 +254,32 @@ def _migrate_v5(db: Any) -> None:
     db.execute("UPDATE events SET received_at = ts")
 
 
+def _migrate_v6(db: Any) -> None:
+    """Version 6: waits are indexed by (event name, match key).
+
+    ``waits`` gets ``match_key`` (``''``: a wait without keys, found for every event of its
+    name) in its primary key, ``(event, match_key, run_id, position)``, which is the routing
+    lookup's index: a wait with several keys has a row per key, each holding the whole list
+    in ``match_keys`` (JSON, NULL with one key or none). Waits registered before keep
+    ``''``: they are found for every event, as before."""
+    db.execute(
+        "CREATE TABLE waits_v6 (event TEXT NOT NULL, match_key TEXT NOT NULL, "
+        "run_id TEXT NOT NULL, position INTEGER NOT NULL, if_ TEXT, trigger_event TEXT NOT NULL, "
+        "expires_at INTEGER NOT NULL, after_seq INTEGER NOT NULL DEFAULT 0, match_keys TEXT, "
+        "PRIMARY KEY (event, match_key, run_id, position))"
+    )
+    db.execute(
+        "INSERT INTO waits_v6 (event, match_key, run_id, position, if_, trigger_event, "
+        "expires_at, after_seq) SELECT event, '', run_id, position, if_, trigger_event, "
+        "expires_at, after_seq FROM waits ORDER BY rowid"
+    )
+    db.execute("DROP TABLE waits")
+    db.execute("ALTER TABLE waits_v6 RENAME TO waits")
+    db.execute("CREATE INDEX waits_by_run ON waits (run_id, position)")
+
+
 _MIGRATIONS: tuple[Callable[[Any], None], ...] = (
-    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5,
+    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
 )
 """``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
 
@@ -576,6 +600,43 @@ class _WakeFile:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+_WAIT_COLS = (
+    "run_id, position, event, if_, trigger_event, expires_at, after_seq, match_key, match_keys"
+)
+_FIND_ALL_WAITS = (
+    f"SELECT {_WAIT_COLS} FROM waits WHERE event = ? AND expires_at > ? ORDER BY rowid"
+)
+# The routing lookup: one seek of the primary key per key (json_each gives the keys).
+_FIND_WAITS = (
+    f"SELECT {_WAIT_COLS} FROM waits WHERE event = ?1 "
+    "AND match_key IN (SELECT value FROM json_each(?2)) AND expires_at > ?3 ORDER BY rowid"
+)
+# The distinct paths of the keys (a key is path=value, and a path holds no '='): from the
+# smallest key, jump past every key of the same path ('>' follows '=') to the next one.
+_WAIT_KEY_PATHS = (
+    "WITH RECURSIVE p(k) AS ("
+    "SELECT (SELECT min(match_key) FROM waits WHERE event = ?1 AND match_key > '') "
+    "UNION ALL SELECT (SELECT min(match_key) FROM waits WHERE event = ?1 "
+    "AND match_key >= substr(p.k, 1, instr(p.k, '=') - 1) || '>') FROM p "
+    "WHERE p.k IS NOT NULL) "
+    "SELECT substr(k, 1, instr(k, '=') - 1) FROM p WHERE k IS NOT NULL"
+)
+
+
+def _wait_records(rows: Iterable[Sequence[Any]]) -> list[WaitRecord]:
+    """Wait rows (one per key) as records, each wait once (its first row)."""
+    out: list[WaitRecord] = []
+    seen: set[tuple[str, int]] = set()
+    for run_id, position, event, if_, trigger, expires_at, after_seq, key, many in rows:
+        if (run_id, position) in seen:
+            continue  # a wait with several keys, or registered again under new keys
+        seen.add((run_id, position))
+        keys = tuple(json.loads(many)) if many is not None else (key,) if key else ()
+        out.append(WaitRecord(run_id, position, event, if_, trigger, expires_at, after_seq,
+                              keys))
+    return out
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -1107,11 +1168,14 @@ class SQLiteStore:
             # new wait; registering the same wait again keeps the original record.
             after: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             conn.executemany(
-                "INSERT OR IGNORE INTO waits "
-                "(event, run_id, position, if_, trigger_event, expires_at, after_seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(w.event, w.run_id, w.position, w.if_, w.trigger_event, w.expires_at, after)
-                 for w in waits_add],
+                "INSERT OR IGNORE INTO waits (event, match_key, run_id, position, if_, "
+                "trigger_event, expires_at, after_seq, match_keys) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(w.event, key, w.run_id, w.position, w.if_, w.trigger_event, w.expires_at,
+                  after, many)
+                 for w in waits_add
+                 for many in (json.dumps(w.keys) if len(w.keys) > 1 else None,)
+                 for key in (w.keys or ("",))],
             )
         if waits_remove:
             conn.executemany("DELETE FROM waits WHERE run_id = ? AND position = ?", waits_remove)
@@ -1325,16 +1389,27 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ queries
 
-    def find_waits(self, event_name: str, now: int) -> list[WaitRecord]:
-        """See :meth:`durable_core.Store.find_waits`."""
+    def find_waits(
+        self, event_name: str, now: int, keys: Collection[str] | None = None
+    ) -> list[WaitRecord]:
+        """See :meth:`durable_core.Store.find_waits`. With ``keys``, one query that seeks
+        the primary key ``(event, match_key, ...)`` once per key (and once for ``''``, the
+        waits without keys)."""
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT run_id, position, event, if_, trigger_event, expires_at, after_seq "
-                "FROM waits "
-                "WHERE event = ? AND expires_at > ? ORDER BY rowid",
-                (event_name, now),
-            ).fetchall()
-        return [WaitRecord(*row) for row in rows]
+            if keys is None:
+                rows = conn.execute(_FIND_ALL_WAITS, (event_name, now)).fetchall()
+            else:
+                rows = conn.execute(
+                    _FIND_WAITS, (event_name, json.dumps(["", *keys]), now)
+                ).fetchall()
+        return _wait_records(rows)
+
+    def wait_key_paths(self, event_name: str) -> list[str]:
+        """See :meth:`durable_core.Store.wait_key_paths`: a skip scan of the primary key,
+        one seek per path."""
+        with self._read() as conn:
+            rows = conn.execute(_WAIT_KEY_PATHS, (event_name,)).fetchall()
+        return sorted({row[0] for row in rows})
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """See :meth:`durable_core.Store.cancel_requested`."""

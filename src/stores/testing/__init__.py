@@ -81,6 +81,7 @@ from durable_core.store import (
     due_at,
     fold_writes,
     lease_held,
+    wait_found,
     write_accepted,
 )
 from stores._memory import MemoryStore
@@ -276,7 +277,11 @@ def _populate(store: Store) -> dict[str, int]:
         RunWrite("r3", epochs["r3"], entries(0, 3), status="failed",
                  error=ErrorInfo("E", "boom")),
         now=T0 + 1,
-        waits_add=(WaitRecord("r1", 1, "paid", "true", event_json("e1"), T0 + 10_000),),
+        waits_add=(WaitRecord("r1", 1, "paid", "true", event_json("e1"), T0 + 10_000),
+                   WaitRecord("r1", 2, "paid", "async.data.k == 1", event_json("e1"),
+                              T0 + 10_000, keys=("data.k=1",)),
+                   WaitRecord("r1", 3, "paid", "async.data.k in [1, 'a']", event_json("e1"),
+                              T0 + 10_000, keys=("data.k=1", 'data.k="a"'))),
         signals=(("r1", sig),),
         routed_events=(first.seq,),
         cron=(("f|* * * * *", T0),),
@@ -293,6 +298,9 @@ def _snapshot(store: Store) -> dict[str, Any]:
         "unrouted": store.unrouted_events(10_000),
         "events": {i: store.get_event(i) for i in ("e1", "e2", "e3", "e9")},
         "waits": sorted(store.find_waits("paid", T0), key=where),
+        "keyed": [sorted(store.find_waits("paid", T0, keys), key=where)
+                  for keys in ([], ["data.k=1"], ['data.k="a"'], ["data.k=2"])],
+        "paths": store.wait_key_paths("paid"),
         "cron": store.cron_cursors(),
         "wake": store.next_wake_at(),
         "cancel": store.cancel_requested([r.id for r in runs]),
@@ -939,6 +947,75 @@ class StoreConformance:
         assert register(1).after_seq == store.unrouted_events(10)[-1].seq
         assert first.seq < dup.seq
 
+    def test_waits_are_found_by_match_key(self, store: Store) -> None:
+        """With keys, ``find_waits`` returns exactly the waits :func:`wait_found` says: those
+        without keys and those sharing a key, each once, with all their keys; expired and
+        removed waits are never found, and ``wait_key_paths`` lists the keys' paths."""
+        create(store, new_run("r1"), new_run("r2"), new_run("r3"))
+        te = event_json("e0")
+        none = WaitRecord("r1", 0, "paid", None, te, T0 + 100)
+        one = WaitRecord("r1", 1, "paid", "async.data.k == 'a'", te, T0 + 100,
+                         keys=('data.k="a"',))
+        many = WaitRecord("r2", 0, "paid", "async.data.k in ['a', 'b']", te, T0 + 100,
+                          keys=('data.k="a"', 'data.k="b"'))
+        other = WaitRecord("r2", 1, "paid", "async.id == 'x'", te, T0 + 100, keys=('id="x"',))
+        short = WaitRecord("r3", 0, "paid", "async.data.k == 'b'", te, T0 + 50,
+                           keys=('data.k="b"',))
+        elsewhere = WaitRecord("r3", 1, "shipped", "async.data.k == 'a'", te, T0 + 100,
+                               keys=('data.k="a"',))
+        waits: tuple[WaitRecord, ...] = (none, one, many, other, short, elsewhere)
+        assert store.commit(CommitBatch(now=T0, waits_add=waits)) == set()
+
+        def find(keys: Sequence[str] | None, name: str = "paid", now: int = T0
+                 ) -> list[WaitRecord]:
+            got = store.find_waits(name, now, keys)
+            assert len({where(w) for w in got}) == len(got), "a wait was found twice"
+            return sorted((attrs.evolve(w, after_seq=0) for w in got), key=where)
+
+        def expected(keys: Sequence[str] | None, name: str = "paid", now: int = T0
+                     ) -> list[WaitRecord]:
+            return sorted((w for w in waits if w.event == name and w.expires_at > now
+                           and wait_found(w.keys, keys)), key=where)
+
+        cases: list[Sequence[str] | None] = [
+            None, [], ['data.k="a"'], ['data.k="b"'], ['data.k="c"'], ['id="x"'],
+            ['data.k="a"', 'data.k="b"'], ['data.k="b"', 'id="x"'], ["data.k=1"],
+        ]
+        for keys in cases:
+            assert find(keys) == expected(keys), keys
+            assert find(keys, now=T0 + 50) == expected(keys, now=T0 + 50), keys
+            assert find(keys, "shipped") == expected(keys, "shipped"), keys
+        assert find(['data.k="b"']) == [none, many, short]  # the rule, spelled out
+        assert store.wait_key_paths("paid") == ["data.k", "id"]
+        assert store.wait_key_paths("shipped") == ["data.k"]
+        assert store.wait_key_paths("nope") == []
+        # Registering again keeps the first record; removing takes every key with it.
+        again = attrs.evolve(many, expires_at=T0 + 999)
+        assert store.commit(CommitBatch(now=T0, waits_add=(again,))) == set()
+        assert find(['data.k="b"']) == [none, many, short]
+        rm = (("r2", 0), ("r2", 1), ("r1", 0))
+        assert store.commit(CommitBatch(now=T0, waits_remove=rm)) == set()
+        waits = (one, short, elsewhere)
+        for keys in cases:
+            assert find(keys) == expected(keys), keys
+        assert store.wait_key_paths("paid") == ["data.k"]
+        # Removed and expired alike once resumed, timed out or cancelled: cleared by the run.
+        rm = (("r1", 1), ("r3", 0), ("r3", 1))
+        assert store.commit(CommitBatch(now=T0, waits_remove=rm)) == set()
+        assert find(None) == find(['data.k="a"', 'data.k="b"']) == []
+        assert store.wait_key_paths("paid") == []
+
+    def test_waits_of_a_fenced_run_are_not_indexed(self, store: Store) -> None:
+        """A wait (with keys) of a run whose writes are rejected is not registered, so no
+        key finds it."""
+        create(store, new_run("r1"))
+        c = claim(store, "r1")
+        w = WaitRecord("r1", 0, "paid", "async.data.k == 1", "{}", T0 + DAY, keys=("data.k=1",))
+        stale = RunWrite("r1", c.run.epoch - 1, entries(0, 1))
+        assert write(store, stale, waits_add=(w,)) == {"r1"}
+        assert store.find_waits("paid", T0, ["data.k=1"]) == []
+        assert store.wait_key_paths("paid") == []
+
     # ------------------------------------------------------------------ timers, cron
 
     def test_next_wake_at(self, store: Store) -> None:
@@ -1357,8 +1434,15 @@ def _wait(run_id: str, position: int) -> WaitRecord:
     registering it again is unambiguous."""
     return WaitRecord(
         run_id, position, _EVENT_NAMES[position % 2], None if position else "true", "{}",
-        T0 + (position + 1) * 3 * LEASE,
+        T0 + (position + 1) * 3 * LEASE, keys=_WAIT_KEYS[position % len(_WAIT_KEYS)],
     )
+
+
+# Match keys of the state machine's waits (by position): none, one, several, another path.
+_WAIT_KEYS: tuple[tuple[str, ...], ...] = (
+    (), ("data.k=1",), ("data.k=1", 'data.k="a"'), ("id=\"x\"",), ('data.k="a"',),
+)
+_KEY_SETS: tuple[tuple[str, ...], ...] = (("data.k=1",), ("data.k=2", 'id="x"'))
 
 
 class StoreStateMachine(RuleBasedStateMachine):
@@ -1632,6 +1716,12 @@ class StoreStateMachine(RuleBasedStateMachine):
         assert [attrs.evolve(w, after_seq=0) for w in s] == [
             attrs.evolve(w, after_seq=0) for w in m
         ]
+        for keys in _KEY_SETS:
+            mk = sorted(self.model.find_waits(name, self.now, keys), key=where)
+            sk = sorted(self.store.find_waits(name, self.now, keys), key=where)
+            assert [where(w) for w in sk] == [where(w) for w in mk], keys
+            assert [w.keys for w in sk] == [w.keys for w in mk], keys
+        assert self.store.wait_key_paths(name) == self.model.wait_key_paths(name)
         for mw, sw in zip(m, s, strict=True):
             if mw.after_seq in self.event_seqs:
                 assert self.event_seqs[mw.after_seq] == sw.after_seq
