@@ -43,10 +43,21 @@ def png_text(path: pathlib.Path) -> dict[str, str]:
     return out
 
 
-def _plain_ticks(axis: Any) -> None:
+def _axes(ax: Any, title: str, xlabel: str, ylabel: str, *, log_y: bool = False) -> None:
+    """Log x axis (and y with ``log_y``) with plain tick labels, labels, grid, legend."""
     from matplotlib.ticker import FuncFormatter
 
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _throughput(plt: Any, data: dict[str, Any]) -> Any:
@@ -64,14 +75,7 @@ def _throughput(plt: Any, data: dict[str, Any]) -> Any:
                 ax.plot([row["runs"]], [row["steps_per_s"]], marker="^", markersize=9,
                         linestyle="none", color=color,
                         label=f"{store}, {row['processes']} processes")
-    ax.set_xscale("log")
-    _plain_ticks(ax.xaxis)
-    _plain_ticks(ax.yaxis)
-    ax.set_xlabel("concurrent runs")
-    ax.set_ylabel("durable steps per second")
-    ax.set_title(data["title"], fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    _axes(ax, data["title"], "concurrent runs", "durable steps per second")
     return fig
 
 
@@ -84,15 +88,7 @@ def _overhead(plt: Any, data: dict[str, Any]) -> Any:
         xs, ys = zip(*sorted(points), strict=True)
         ax.plot(xs, ys, marker="o", linestyle="-" if runs == 1 else "--",
                 label=f"{path}, {runs:,} run{'s' if runs > 1 else ''} at once")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _plain_ticks(ax.xaxis)
-    _plain_ticks(ax.yaxis)
-    ax.set_xlabel("steps per run")
-    ax.set_ylabel("overhead per step (µs)")
-    ax.set_title(data["title"], fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _axes(ax, data["title"], "steps per run", "overhead per step (µs)", log_y=True)
     return fig
 
 
