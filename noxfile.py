@@ -1,4 +1,5 @@
-"""Task runner: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``."""
+"""Task runner: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``,
+``nox -s docs`` (the documentation site), ``nox -s plots`` (its benchmark plots)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,23 @@ def crash(session: nox.Session) -> None:
         "pytest", "-s", "tests/test_simulation.py", "tests/test_crash.py", *session.posargs,
         env={"DURABLE_SIM_PROFILE": "thorough"},
     )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs-material + mkdocstrings) into site/, every warning an
+    error. ``nox -s docs -- serve`` previews it instead."""
+    session.install("-e", ".[docs]")
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:], env=env)
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs, env=env)
+
+
+@nox.session
+def plots(session: nox.Session) -> None:
+    """Render docs/img/bench-*.png from benchmarks/results.json (the numbers of
+    docs/benchmarks.md); commit the images with the numbers."""
+    session.install("-e", ".[plots]")
+    session.run("python", "benchmarks/plots.py", *session.posargs)
