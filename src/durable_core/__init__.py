@@ -43,6 +43,7 @@ from durable_core.engine._views import RunView, StepView
 from durable_core.store import Store
 
 if _TYPE_CHECKING:
+    from durable_core.drivers._async import AsyncClient, AsyncioWorker
     from durable_core.drivers._background import BackgroundWorker
     from durable_core.drivers._client import Client, RunHandle
     from durable_core.drivers._worker import Worker
@@ -52,6 +53,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncClient",
+    "AsyncioWorker",
     "BackgroundWorker",
     "Client",
     "Context",
@@ -115,6 +118,10 @@ def __getattr__(name: str) -> object:
         from durable_core.drivers._client import RunHandle
 
         return RunHandle
+    if name in ("AsyncClient", "AsyncioWorker"):
+        from durable_core.drivers import _async
+
+        return getattr(_async, name)
     if name == "BackgroundWorker":
         from durable_core.drivers._background import BackgroundWorker
 

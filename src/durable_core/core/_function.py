@@ -31,6 +31,10 @@ DEFAULT_RETRIES = 4
 DEFAULT_MAX_STEPS = 1_000
 ABSOLUTE_MAX_STEPS = 10_000
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+ASYNCIO = "asyncio"
+TRIO = "trio"
+ASYNC_BODIES = (ASYNCIO, TRIO)
+"""The values of ``App(async_bodies=...)``."""
 
 FunctionBody = Callable[[Any], Coroutine[Any, Any, Any]]
 """An orchestration function: ``async def fn(ctx: Context)``."""
@@ -207,14 +211,25 @@ class App:
     >>> @app.function(id="hello", trigger=on_event("demo/hello"))
     ... async def hello(ctx):
     ...     return "hi"
+
+    ``async_bodies`` names the event loop library the app's ``async def`` step bodies are
+    written for: ``"asyncio"`` (the default: most of the async ecosystem, aiohttp, asyncpg,
+    httpx) or ``"trio"``. Every worker and ``TestEngine`` runs them on that library (see
+    docs/asyncio.md); sync bodies run in threads either way.
     """
 
-    def __init__(self, id: str, *, sandbox: bool = True) -> None:
+    def __init__(self, id: str, *, sandbox: bool = True, async_bodies: str = ASYNCIO) -> None:
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
                 f"App(id): {id!r} is not a valid app id; use 1-128 letters, digits and "
                 "'_.:/-', starting with a letter or digit",
                 field="app.id",
+            )
+        if async_bodies not in ASYNC_BODIES:
+            raise FunctionConfigError(
+                f"App({id!r}, async_bodies=...): must be 'asyncio' or 'trio' (the library "
+                f"the app's async step bodies are written for), got {async_bodies!r}",
+                field="app.async_bodies",
             )
         if not isinstance(sandbox, bool):
             raise FunctionConfigError(
@@ -224,6 +239,8 @@ class App:
         self.sandbox = sandbox
         """The default of ``@app.function(sandbox=...)``: whether the determinism sandbox
         guards orchestration code (on unless turned off)."""
+        self.async_bodies = async_bodies
+        """The library async step bodies run on: ``"asyncio"`` or ``"trio"``."""
         self._functions: dict[str, Function[Any]] = {}
         self._by_event: dict[str, list[tuple[Function[Any], EventTrigger]]] = {}
         self._trigger_index: dict[str, _TriggerIndex] = {}

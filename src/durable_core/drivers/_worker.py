@@ -1,11 +1,12 @@
 """The trio driver: claims runs, executes step bodies, commits what the core decides.
 
 One :class:`Worker` runs many runs concurrently. Each live run gets one trio task that awaits
-its own step bodies in turn (async bodies directly, sync ones in a thread), so a step costs
-no task spawn. Results from many runs are committed together: with an in-memory store inline,
-with a blocking store (SQLite, Postgres) by one committer task that hands a whole batch to a
-thread, so one transaction (one fsync) serves many steps. A step's next body never starts
-before its predecessor's memo is durable.
+its own step bodies in turn (sync ones in a thread; async ones on the library the app names:
+directly for ``App(async_bodies="trio")``, on an asyncio loop otherwise, see ``_bodies``), so
+a step costs no task spawn. Results from many runs are committed together: with an in-memory
+store inline, with a blocking store (SQLite, Postgres) by one committer task that hands a whole
+batch to a thread, so one transaction (one fsync) serves many steps. A step's next body never
+starts before its predecessor's memo is durable.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import trio
 from durable_core.base._errors import StoreError, StoreLostError, ValidationError
 from durable_core.base._events import Event, Sent
 from durable_core.core._context import current_attempt
-from durable_core.core._function import App
+from durable_core.core._function import TRIO, App
 from durable_core.core._model import ExecuteStep
+from durable_core.drivers._bodies import AsyncioBodies, check_asyncio_loop, wrong_library
 from durable_core.drivers._clock import wall_clock_ms
 from durable_core.drivers._gc import tuned_gc
 from durable_core.drivers._options import (
@@ -77,6 +79,10 @@ def _exit_now(message: str, code: int) -> None:
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
     os._exit(code)
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _is_async(fn: Any) -> bool:
@@ -157,6 +163,12 @@ class Worker:
     doubles the per-step cost (see docs/benchmarks.md). It changes a process-wide setting,
     hence off by default.
 
+    ``async def`` step bodies run on the library the app names (``App(async_bodies=...)``):
+    with ``"trio"``, in the run's trio task; with ``"asyncio"`` (the default), as tasks on an
+    asyncio event loop the worker starts on a thread of its own at the first such body, or on
+    ``asyncio_loop`` if given (the loop of the asyncio application that hosts the worker,
+    which must keep running until the worker stops). Sync bodies run in threads.
+
     Counters for monitoring: ``steps_executed`` (bodies run), ``commits``,
     ``bodies_skipped`` (bodies not started because the run's lease might have run out: the
     worker was held up for longer than ``lease_ms``) and ``leases_lost`` (runs found taken
@@ -176,6 +188,7 @@ class Worker:
         poll_interval: float = 0.5,
         batch_limit: int = 1_000,
         tune_gc: bool = False,
+        asyncio_loop: Any = None,
     ) -> None:
         if not isinstance(app, App):
             raise ValidationError(f"Worker(app=...) must be an App, got {type(app).__name__}",
@@ -189,6 +202,7 @@ class Worker:
         check_count("Worker", "lease_ms", lease_ms, 1, 86_400_000)
         poll_interval = check_seconds("Worker", "poll_interval", poll_interval, 3600.0)
         check_count("Worker", "batch_limit", batch_limit, 1, 1_000_000)
+        check_asyncio_loop("Worker", asyncio_loop)
         install_sandbox(app)  # guards for orchestration code (docs/determinism.md)
         self.app = app
         self.store = store
@@ -217,6 +231,8 @@ class Worker:
         self.commits = 0
         self._next_orphan_check: int | None = None  # clock ms; None: at the first poll
         self._orphans_reported: frozenset[str] = frozenset()
+        self._trio_bodies = app.async_bodies == TRIO
+        self._asyncio = AsyncioBodies(asyncio_loop)  # starts no thread until needed
 
     # ------------------------------------------------------------------ public API
 
@@ -262,6 +278,7 @@ class Worker:
                         if self._lost is None:
                             log.warning("could not release this worker's runs (other workers "
                                         "take them when their leases run out): %s", exc)
+                    await trio.to_thread.run_sync(self._asyncio.close)
                     self._stopped.set()
                 nursery.cancel_scope.cancel()
 
@@ -289,6 +306,12 @@ class Worker:
     def wake(self) -> None:
         """Make an idle worker look at the store now (e.g. after another process wrote)."""
         self._wakeup.set()
+
+    def _run_bodies_on(self, loop: Any) -> None:
+        """Run asyncio step bodies on ``loop`` from now on (``AsyncioWorker``: the loop of
+        the application hosting the worker); call it before :meth:`run`."""
+        check_asyncio_loop("Worker", loop)
+        self._asyncio = AsyncioBodies(loop)
 
     def _store_lost(self, exc: StoreError) -> bool:
         """If ``exc`` says the store is gone for good (its file deleted, replaced or
@@ -425,7 +448,12 @@ class Worker:
         try:
             if is_async:
                 self.steps_executed += 1
-                value = await fn(*step.args, **step.kwargs)
+                if self._trio_bodies:
+                    value = await fn(*step.args, **step.kwargs)
+                else:
+                    value = await self._asyncio.run(
+                        functools.partial(fn, *step.args, **step.kwargs),
+                        (step.run_id, step.attempt))
             else:
                 # Checked in the thread, right before the body: the call may have waited
                 # for a free thread.
@@ -435,9 +463,17 @@ class Worker:
                 if value is _LEASE_LOST:
                     return _LEASE_LOST, None
                 if inspect.isawaitable(value):
-                    value = await value
+                    is_async = True  # e.g. ``lambda: fetch(x)`` with an async ``fetch``
+                    if self._trio_bodies:
+                        value = await value
+                    else:
+                        value = await self._asyncio.run(
+                            functools.partial(_identity, value), (step.run_id, step.attempt))
             return value, None
         except Exception as exc:
+            if is_async:
+                return None, wrong_library(exc, self.app.async_bodies, self.app.id,
+                                           step.step_id)
             return None, exc
         finally:
             current_attempt.reset(token)

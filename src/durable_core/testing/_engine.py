@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from durable_core.base._durations import from_ms, parse_duration, parse_instant, to_ms
@@ -22,6 +22,7 @@ from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView, run_view
 from durable_core.protocol import run_step_body
 from durable_core.store import Store
+from durable_core.testing._bodies import BodyRunner, body_runner, run_on_mock_clock
 
 JOURNAL_FORMAT = "durable-core-journal/1"
 
@@ -131,6 +132,7 @@ class TestEngine:
         )
         self.mocks: dict[str, Any] = dict(mocks or {})
         self.steps_executed = 0
+        self._run_async = body_runner(app)  # async bodies on the library the app names
 
     @property
     def now(self) -> dt.datetime:
@@ -202,6 +204,7 @@ class TestEngine:
         engine = self.engine
         finish = engine.finish_step
         mocks = self.mocks
+        run_async = self._run_async
         while True:
             work = engine.poll(now)
             if work.idle:
@@ -213,8 +216,8 @@ class TestEngine:
             while pending:
                 step = pop()
                 executed += 1
-                value, error = (execute_body(step, mocks) if mocks
-                                else run_step_body(step, run_async=_run_on_mock_clock))
+                value, error = (execute_body(step, mocks, run_async) if mocks
+                                else run_step_body(step, run_async=run_async))
                 push(finish(step, value, error, now))
             self.steps_executed += executed
 
@@ -229,26 +232,20 @@ def _mock_for(step_id: str, mocks: dict[str, Any]) -> tuple[bool, Any]:
     return False, None
 
 
-def _run_on_mock_clock(afn: Callable[[], Awaitable[Any]]) -> Any:
-    """Run an async step body under ``trio.run`` with an autojumping MockClock."""
-    import trio
-    import trio.testing
-
-    return trio.run(afn, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
 def execute_body(
-    step: ExecuteStep, mocks: dict[str, Any] | None = None
+    step: ExecuteStep, mocks: dict[str, Any] | None = None, run_async: BodyRunner | None = None
 ) -> tuple[Any, BaseException | None]:
-    """Run a step body synchronously (async bodies under ``trio.run`` with an autojumping
-    MockClock), with ``ctx.attempt`` set. Returns ``(value, None)`` or ``(None, error)``."""
+    """Run a step body synchronously (async bodies by ``run_async``, from
+    :func:`~durable_core.testing._bodies.body_runner`; without it, under ``trio.run`` with an
+    autojumping MockClock), with ``ctx.attempt`` set. Returns ``(value, None)`` or
+    ``(None, error)``."""
     if mocks:
         found, mock = _mock_for(step.step_id, mocks)
         if found:
             if not callable(mock):
                 return mock, None
             step = step._replace(fn=mock)
-    return run_step_body(step, run_async=_run_on_mock_clock)
+    return run_step_body(step, run_async=run_async or run_on_mock_clock)
 
 
 # --------------------------------------------------------------------------- replay testing

@@ -50,6 +50,7 @@ from durable_core.core._model import (
 from durable_core.drivers._sandbox import install as install_sandbox
 from durable_core.engine._engine import Engine, Plan
 from durable_core.store import CommitBatch, Store
+from durable_core.testing._bodies import body_runner
 
 __all__ = ["CrashTestReport", "FaultPlan", "InvariantViolation", "Simulation", "crash_test"]
 
@@ -198,6 +199,7 @@ class Simulation:
         self.now = to_ms(parse_instant(start, field="Simulation(start)"))
         self.lease_ms = lease_ms
         self.mocks = dict(mocks or {})
+        self._run_async = body_runner(app)  # async bodies on the library the app names
         self.planted_bug = planted_bug
         self.max_iterations = 20_000
         """Loop iterations of :meth:`run` before it reports that the runs are stuck."""
@@ -385,7 +387,7 @@ class Simulation:
             self.stats["step_errors"] += 1
             value, error = None, RuntimeError("injected step failure")
         else:
-            value, error = execute_body(step, self.mocks)
+            value, error = execute_body(step, self.mocks, self._run_async)
             if error is None:
                 self._successes[key] += 1
         self.stats["steps_executed"] += 1
