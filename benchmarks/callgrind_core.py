@@ -72,7 +72,7 @@ def run_worker(n: int) -> None:
     from durable_core.drivers._worker import Worker
     from stores import MemoryStore
 
-    app = App("bench")
+    app = App("bench", async_bodies="trio")  # bodies awaited in the run's task, as measured before
 
     async def awork(i: int) -> int:
         return i + 1

@@ -41,7 +41,7 @@ def rss_mib() -> float:
 
 
 def make_app(done: list[int]) -> App:
-    app = App("memory")
+    app = App("memory", async_bodies="trio")  # bodies awaited in the run's task
 
     async def body(n: int, i: int) -> dict[str, int]:
         return {"n": n, "i": i}

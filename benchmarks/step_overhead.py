@@ -9,10 +9,13 @@ runs:
     minimal loop: the cost of orchestration itself;
 (a+gc) the same inside ``durable_core.tuned_gc()``, the collector thresholds a driver that
     keeps many runs alive should use (the worker's ``tune_gc=True``);
-(b) the trio ``Worker`` with the in-memory store and async step bodies: the whole engine
-    (routing, claims, journal commits) minus disk;
+(b) the trio ``Worker`` with the in-memory store and async step bodies of an
+    ``App(async_bodies="trio")`` (awaited in the run's task): the whole engine (routing,
+    claims, journal commits) minus disk;
 (b+gc) the same with ``Worker(tune_gc=True)`` (as ``durable worker`` runs);
 (b-sync) the same with sync step bodies, which pay a thread hop each;
+(b-asyncio) the same with the async bodies of an ``App(async_bodies="asyncio")`` (the
+    default), which run as tasks on the worker's asyncio loop thread: a hop there and back;
 (c) ``durable_core.testing.TestEngine`` (the engine's loop on a virtual clock, the memory
     store, sync step bodies run inline): what a unit test of a durable function pays.
 
@@ -51,8 +54,8 @@ async def awork(i: int) -> int:
     return i + 1
 
 
-def make_app(n_steps: int) -> tuple[App, Any, Any]:
-    app = App("bench")
+def make_app(n_steps: int, async_bodies: str = "trio") -> tuple[App, Any, Any]:
+    app = App("bench", async_bodies=async_bodies)
 
     @app.function(id="sync-steps", trigger=on_event("bench/sync"), max_steps=10_000)
     async def sync_steps(ctx: Context) -> int:
@@ -155,8 +158,9 @@ class _CountingStore(MemoryStore):
         return fenced
 
 
-def worker(n: int, c: int, *, sync_bodies: bool, tune_gc: bool = False) -> float:
-    app, _, _ = make_app(n)
+def worker(n: int, c: int, *, sync_bodies: bool, tune_gc: bool = False,
+           async_bodies: str = "trio") -> float:
+    app, _, _ = make_app(n, async_bodies)
     store = _CountingStore(c)
     name = "bench/sync" if sync_bodies else "bench/async"
 
@@ -238,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
                 cases.append(
                     ("worker-sync", lambda n=n, c=c: worker(n, c, sync_bodies=True),
                      lambda n=n, c=c: plain_sync(n, c))
+                )
+                cases.append(
+                    ("worker-aio", lambda n=n, c=c: worker(n, c, sync_bodies=False,
+                                                           async_bodies="asyncio"),
+                     lambda n=n, c=c: plain_async(n, c))
                 )
             for label, durable, plain in cases:
                 d = best_of(repeat, durable) / total * 1e6

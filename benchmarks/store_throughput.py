@@ -42,7 +42,7 @@ MEASURED_STEPS = 30_000  # per level with concurrent runs: a round of 1,000 runs
 
 
 def make_app() -> App:
-    app = App("throughput")
+    app = App("throughput", async_bodies="trio")  # bodies awaited in the run's task
 
     async def body(i: int) -> int:
         return i

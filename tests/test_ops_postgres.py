@@ -54,7 +54,7 @@ def test_a_worker_rides_out_restarts_and_an_outage(
             running.discard(key)
         return n * 1000 + i
 
-    app = App("ride")
+    app = App("ride", async_bodies="trio")  # the body awaits trio.sleep
 
     @app.function(id="ten", trigger=on_event("go"))
     async def ten(ctx: Context) -> int:

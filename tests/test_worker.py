@@ -38,7 +38,7 @@ def statuses(store: MemoryStore) -> list[str]:
 
 
 def test_worker_runs_sleeps_waits_and_threads_in_virtual_time() -> None:
-    app = App("w")
+    app = App("w", async_bodies="trio")
     threads: list[str] = []
 
     def sync_body(x: int) -> int:
@@ -46,7 +46,7 @@ def test_worker_runs_sleeps_waits_and_threads_in_virtual_time() -> None:
         return x + 1
 
     async def async_body(x: int) -> int:
-        await trio.sleep(5)  # real trio awaits are fine inside step bodies
+        await trio.sleep(5)  # trio awaits are fine in step bodies of a 'trio' app
         return x * 10
 
     @app.function(id="flow", trigger=on_event("go"))
