@@ -484,3 +484,51 @@ def test_fastapi_under_httpx_asgi_transport(tmp_path: Any) -> None:
     assert seen["loop"] is seen["app_loop"]
     assert len(store.list_runs(function_id="order", status="completed")) == 5
     store.close()
+
+
+# ----------------------------------------------------------------------- durable worker
+
+CLI_APP = '''
+import asyncio
+from durable_core import App, Context
+
+app = App("cli-aio")
+
+async def pause_and_echo(text: str) -> str:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    asyncio.get_running_loop().call_later(0.001, queue.put_nowait, text)
+    return (await queue.get()).upper()
+
+@app.function(id="echo")
+async def echo(ctx: Context) -> str:
+    return await ctx.step.run("echo", pause_and_echo, ctx.event.data["text"])
+'''
+
+
+def test_durable_worker_runs_asyncio_bodies(tmp_path: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "cli_aio_app.py").write_text(CLI_APP, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import cli_aio_app  # type: ignore[import-not-found]
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store = stores.open(url)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from durable_core.cli import main; sys.exit(main())",
+         "worker", "cli_aio_app:app", "--poll-interval", "0.05", "--store", url],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        handle = Client(store, app=cli_aio_app.app).run("echo", {"text": "hi"})
+        assert handle.result(timeout=120) == "HI"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        store.close()
+    assert proc.returncode == 0, out
