@@ -20,8 +20,10 @@ __all__ = ["BackgroundWorker"]
 class BackgroundWorker:
     """A :class:`Worker` on its own thread, with its own trio loop.
 
-    For applications that are not trio programs: a sync web app, a script, an asyncio
-    service. ``client`` sends events and wakes the worker at once::
+    For applications that are not trio programs: a sync web app, a script (an asyncio
+    service uses :class:`~durable_core.AsyncioWorker`, which runs one of these and starts
+    and stops it without blocking the loop). ``client`` sends events and wakes the worker at
+    once::
 
         with BackgroundWorker(app, store) as bg:
             bg.client.send(Event("order/created", {...}))
