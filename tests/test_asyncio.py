@@ -322,7 +322,7 @@ def test_an_asyncio_body_that_never_returns_is_handled_like_any_hung_body() -> N
     client = Client(store, app=app)
 
     async def main() -> None:
-        worker = Worker(app, store, poll_interval=0.01, lease_ms=900)
+        worker = Worker(app, store, poll_interval=0.01, lease_ms=6000)
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
             hung = client.run("stuck", {})
@@ -532,3 +532,9 @@ def test_durable_worker_runs_asyncio_bodies(tmp_path: Any,
         out, _ = proc.communicate(timeout=60)
         store.close()
     assert proc.returncode == 0, out
+
+
+def test_asyncio_worker_outside_asyncio_says_what_to_use() -> None:
+    worker = AsyncioWorker(hello_app(), MemoryStore())
+    with pytest.raises(RuntimeError, match=r"run Worker\(app, store\)\.run in a nursery"):
+        trio.run(worker.start)

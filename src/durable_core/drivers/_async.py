@@ -147,7 +147,12 @@ class AsyncioWorker:
         import asyncio
 
         check_seconds("AsyncioWorker.start", "timeout", timeout)
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "AsyncioWorker.start() must be awaited in an asyncio program; in a trio "
+                "program, run Worker(app, store).run in a nursery instead") from None
         if not self._separate:
             self._background.worker._run_bodies_on(loop)
         await asyncio.to_thread(self._background.start, timeout)
