@@ -103,7 +103,7 @@ def test_cron_ticks_once_each_in_the_worker() -> None:
 
 
 def test_crashed_worker_is_replaced_without_rerunning_committed_steps() -> None:
-    app = App("r")
+    app = App("r", async_bodies="trio")
     calls: list[str] = []
     gate = trio.Event()
 
@@ -139,7 +139,7 @@ def test_crashed_worker_is_replaced_without_rerunning_committed_steps() -> None:
 
 
 def test_graceful_stop_releases_runs_for_another_worker() -> None:
-    app = App("g")
+    app = App("g", async_bodies="trio")
     calls: list[int] = []
 
     async def body(i: int) -> int:
@@ -175,7 +175,7 @@ def test_graceful_stop_releases_runs_for_another_worker() -> None:
 
 @pytest.mark.parametrize("bodies", ["async", "sync"])
 def test_parallel_steps_in_the_worker(bodies: str) -> None:
-    app = App("p")
+    app = App("p", async_bodies="trio")
 
     def sync_body(i: int) -> int:
         return i * i
@@ -288,7 +288,7 @@ def test_leases_are_renewed_every_third_of_a_lease_while_bodies_run() -> None:
     # Five 4-second bodies outlast a 9-second lease: renewals (every 3 s) keep it, so no
     # body is held back and the run finishes in one go; cancels are still looked for
     # every second, but the per-run renewal writes happen only every third of a lease.
-    app = App("renew")
+    app = App("renew", async_bodies="trio")
     calls: list[int] = []
 
     async def slow(i: int) -> int:
