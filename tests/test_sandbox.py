@@ -260,7 +260,7 @@ def sync_body() -> str:
 
 
 async def async_body() -> str:
-    """An async step body too (it runs in trio, in every driver)."""
+    """An async step body too (on trio, in every driver: the app says so)."""
     await trio.sleep(1)
     trio.current_time()
     time.time(), random.random()
@@ -268,7 +268,7 @@ async def async_body() -> str:
 
 
 def _allowed_app() -> App:
-    app = App("allowed")
+    app = App("allowed", async_bodies="trio")
     log = logging.getLogger("tests.sandbox")
 
     @app.function(id="allowed", trigger=on_event("go/allowed"))

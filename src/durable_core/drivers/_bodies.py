@@ -43,9 +43,9 @@ def check_asyncio_loop(owner: str, loop: Any) -> None:
             field="asyncio_loop")
 
 
-async def _body(call: Callable[[], Any], attempt: tuple[str, int]) -> Any:
+async def _body(call: Callable[[], Any], attempt: tuple[Any, ...] | None) -> Any:
     # In a fresh context of its own (nothing of the trio task's leaks in), so only the
-    # attempt is set here.
+    # attempt (what ``ctx.attempt`` and the usage checks read) is set here.
     current_attempt.set(attempt)
     value = call()
     if inspect.isawaitable(value):
@@ -84,15 +84,17 @@ class AsyncioBodies:
                 self._loop, self._thread = loop, thread
             return self._loop
 
-    async def run(self, call: Callable[[], Any], attempt: tuple[str, int]) -> Any:
+    async def run(self, call: Callable[[], Any]) -> Any:
         """Run ``call()`` (and await what it returns) in a task on the asyncio loop, with
-        ``ctx.attempt`` reading ``attempt``; return its value or raise its exception.
+        the calling task's step attempt (``ctx.attempt``) set; return its value or raise its
+        exception.
 
         A cancelled trio wait cancels the asyncio task. A task the loop cancelled (the loop
         shutting down) is a ``RuntimeError``: an ordinary step failure, retried."""
         import asyncio
 
         loop = self._ensure_loop()
+        attempt = current_attempt.get()
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         box: list[asyncio.Task[Any]] = []

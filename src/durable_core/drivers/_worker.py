@@ -452,8 +452,7 @@ class Worker:
                     value = await fn(*step.args, **step.kwargs)
                 else:
                     value = await self._asyncio.run(
-                        functools.partial(fn, *step.args, **step.kwargs),
-                        (step.run_id, step.attempt))
+                        functools.partial(fn, *step.args, **step.kwargs))
             else:
                 # Checked in the thread, right before the body: the call may have waited
                 # for a free thread.
@@ -467,8 +466,7 @@ class Worker:
                     if self._trio_bodies:
                         value = await value
                     else:
-                        value = await self._asyncio.run(
-                            functools.partial(_identity, value), (step.run_id, step.attempt))
+                        value = await self._asyncio.run(functools.partial(_identity, value))
             return value, None
         except Exception as exc:
             if is_async:
