@@ -60,8 +60,9 @@ The rules, in short (each is detailed where it is decided):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
@@ -94,6 +95,7 @@ __all__ = [
     "signal_accepted",
     "wait_changes",
     "wait_found",
+    "wait_records",
     "write_accepted",
 ]
 
@@ -580,6 +582,23 @@ def wait_changes(
         if wait.run_id not in skip and (wait.run_id, wait.position) not in removed:
             adds.setdefault((wait.event, wait.run_id, wait.position), wait)
     return list(adds.values()), removes
+
+
+def wait_records(rows: Iterable[Sequence[Any]]) -> list[WaitRecord]:
+    """Wait rows of a SQL store (one per match key: ``run_id, position, event, if_,
+    trigger_event, expires_at, after_seq, key, keys_json``) as records, each wait once (its
+    first row). ``keys_json`` holds the wait's keys when it has several; else ``key`` is its
+    one key, and ``""`` no key."""
+    out: list[WaitRecord] = []
+    seen: set[tuple[str, int]] = set()
+    for run_id, position, event, if_, trigger, expires_at, after_seq, key, many in rows:
+        if (run_id, position) in seen:
+            continue  # a wait with several keys, or registered again under new keys
+        seen.add((run_id, position))
+        keys = tuple(json.loads(many)) if many is not None else (key,) if key else ()
+        out.append(WaitRecord(run_id, position, event, if_, trigger, expires_at, after_seq,
+                              keys))
+    return out
 
 
 def wait_found(wait_keys: Sequence[str], keys: Collection[str] | None) -> bool:

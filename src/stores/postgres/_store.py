@@ -69,6 +69,7 @@ from durable_core.store import (
     lone_memo,
     new_runs_to_create,
     wait_changes,
+    wait_records,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
@@ -1280,16 +1281,7 @@ class PostgresStore:
             rows = self._read(self._q.find_all_waits, (event_name, now))
         else:
             rows = self._read(self._q.find_waits, (event_name, ["", *keys], now))
-        out: list[WaitRecord] = []
-        seen: set[tuple[str, int]] = set()
-        for run_id, position, event, if_, trigger, expires_at, after_seq, key, many in rows:
-            if (run_id, position) in seen:
-                continue  # a wait with several keys, or registered again under new keys
-            seen.add((run_id, position))
-            wkeys = tuple(json.loads(many)) if many is not None else (key,) if key else ()
-            out.append(WaitRecord(run_id, position, event, if_, trigger, expires_at, after_seq,
-                                  wkeys))
-        return out
+        return wait_records(rows)
 
     def wait_key_paths(self, event_name: str) -> list[str]:
         """See :meth:`durable_core.Store.wait_key_paths`: a skip scan of the primary key,

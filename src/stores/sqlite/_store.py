@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -63,6 +63,7 @@ from durable_core.store import (
     record_changes,
     signal_accepted,
     wait_changes,
+    wait_records,
     write_accepted,
 )
 
@@ -623,20 +624,6 @@ _WAIT_KEY_PATHS = (
     "WHERE p.k IS NOT NULL) "
     "SELECT substr(k, 1, instr(k, '=') - 1) FROM p WHERE k IS NOT NULL"
 )
-
-
-def _wait_records(rows: Iterable[Sequence[Any]]) -> list[WaitRecord]:
-    """Wait rows (one per key) as records, each wait once (its first row)."""
-    out: list[WaitRecord] = []
-    seen: set[tuple[str, int]] = set()
-    for run_id, position, event, if_, trigger, expires_at, after_seq, key, many in rows:
-        if (run_id, position) in seen:
-            continue  # a wait with several keys, or registered again under new keys
-        seen.add((run_id, position))
-        keys = tuple(json.loads(many)) if many is not None else (key,) if key else ()
-        out.append(WaitRecord(run_id, position, event, if_, trigger, expires_at, after_seq,
-                              keys))
-    return out
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -1402,7 +1389,7 @@ class SQLiteStore:
                 rows = conn.execute(
                     _FIND_WAITS, (event_name, json.dumps(["", *keys]), now)
                 ).fetchall()
-        return _wait_records(rows)
+        return wait_records(rows)
 
     def wait_key_paths(self, event_name: str) -> list[str]:
         """See :meth:`durable_core.Store.wait_key_paths`: a skip scan of the primary key,
