@@ -209,19 +209,12 @@ class RunHandle:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to end and return its output (see the class)."""
-        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
-        pause = _FIRST_POLL_S
+        backoff = _Backoff(self.id, timeout)
         while True:
             done, value = self._outcome()
             if done:
                 return value
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RunTimeoutError(self.id, value, float(timeout or 0))
-                pause = min(pause, left)
-            time.sleep(pause)
-            pause = min(pause * 2, _MAX_POLL_S)
+            time.sleep(backoff.next(value))
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result()`` for trio and asyncio code: the store is read in a worker thread and
@@ -237,19 +230,37 @@ class RunHandle:
             import asyncio
 
             to_thread, sleep = asyncio.to_thread, asyncio.sleep
-        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
-        pause = _FIRST_POLL_S
+        backoff = _Backoff(self.id, timeout)
         while True:
             done, value = await to_thread(self._outcome)
             if done:
                 return value
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RunTimeoutError(self.id, value, float(timeout or 0))
-                pause = min(pause, left)
-            await sleep(pause)
-            pause = min(pause * 2, _MAX_POLL_S)
+            await sleep(backoff.next(value))
+
+
+class _Backoff:
+    """The pauses between two looks at a run: from 2 ms, doubling up to 100 ms, never past
+    the deadline ``timeout`` seconds from now; at the deadline, :class:`RunTimeoutError`."""
+
+    __slots__ = ("deadline", "pause", "run_id", "timeout")
+
+    def __init__(self, run_id: str, timeout: float | None) -> None:
+        self.run_id = run_id
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        self.pause = _FIRST_POLL_S
+
+    def next(self, status: str) -> float:
+        """The next pause; raises :class:`RunTimeoutError` (the run is ``status``) once the
+        deadline has passed."""
+        pause = self.pause
+        self.pause = min(pause * 2, _MAX_POLL_S)
+        if self.deadline is None:
+            return pause
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise RunTimeoutError(self.run_id, status, float(self.timeout or 0))
+        return min(pause, left)
 
 
 def _check_timeout(timeout: float) -> float:
