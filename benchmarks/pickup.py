@@ -36,8 +36,8 @@ import uuid
 from typing import Any
 
 from durable_core import App, Context, on_event
+from store_throughput import PG_URL, drop_schema
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 app = App("pickup-bench")
@@ -204,19 +204,11 @@ def main() -> int:
                 try:
                     r = measure(url, args.events, args.idle, args.burst, args.baseline)
                 finally:
-                    _drop(name, url)
+                    drop_schema(name, url)
                 print(f"{name:>9} {r['p50']:>8.1f} {r['p90']:>8.1f} {r['p99']:>8.1f} "
                       f"{r['send_p50']:>9.1f} {r['idle_pct']:>11.2f} "
                       f"{r['burst_rate']:>13,.0f}", flush=True)
     return 0
-
-
-def _drop(store_name: str, url: str) -> None:
-    if store_name == "postgres":
-        import psycopg
-
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{url.rsplit("=", 1)[1]}" CASCADE')
 
 
 if __name__ == "__main__":

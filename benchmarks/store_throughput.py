@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             rate, per_step_us = durable(url, c)
             print(f"{c:>6} {1:>6} {rate:>16,.0f} {per_step_us:>17.0f} "
                   f"{per_step_us * single / 1e6:>13.2f}", flush=True)
-            _drop(name, url)
+            drop_schema(name, url)
         if args.processes > 1:
             c = max(levels)
             if name == "sqlite":
@@ -361,11 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             rate, per_step_us = durable_processes(url, c, args.processes)
             print(f"{c:>6} {args.processes:>6} {rate:>16,.0f} {per_step_us:>17.0f} "
                   f"{per_step_us * single / 1e6:>13.2f}", flush=True)
-            _drop(name, url)
+            drop_schema(name, url)
     return 0
 
 
-def _drop(store_name: str, url: str) -> None:
+def drop_schema(store_name: str, url: str) -> None:
+    """Drop the PostgreSQL schema a benchmark store URL names (nothing for other stores)."""
     if store_name == "postgres":
         import psycopg
 
