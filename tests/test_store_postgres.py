@@ -929,3 +929,25 @@ def test_a_version_2_schema_keeps_its_data_through_version_3(pg_url: str,
         assert store.cancel_requested(["old"]) == set()
     finally:
         store.close()
+
+
+def test_one_commit_creates_ten_thousand_keyed_runs(store: PostgresStore) -> None:
+    # Every new run and idempotency key once took its own advisory lock: 20,000 locks in one
+    # transaction ran out of the server's shared lock table ("out of shared memory"). Keys
+    # now share LOCK_BUCKETS locks, so the lock count is bounded whatever the batch size.
+    runs = tuple(new_run(f"r{k}", key=f"key{k}") for k in range(10_000))
+    assert store.commit(CommitBatch(now=T0, runs=runs, events=(event_json("e1"),))) == set()
+    assert len(store.list_runs(limit=20_000)) == 10_000
+    # The keys still deduplicate: a second run with a taken key is skipped.
+    assert store.commit(CommitBatch(now=T0 + 1, runs=(new_run("again", key="key7"),))) == set()
+    with pytest.raises(RunNotFoundError):
+        store.get_run("again")
+
+
+def test_deduplication_keys_share_a_bounded_set_of_locks() -> None:
+    keys = {pg_module._lock_key("s", "run", f"r{k}") for k in range(20_000)}
+    assert len(keys) == pg_module.LOCK_BUCKETS
+    assert all(-(2**63) <= k < 2**63 for k in keys)
+    # The same key always maps to the same lock; another schema to other locks.
+    assert pg_module._lock_key("s", "run", "r1") == pg_module._lock_key("s", "run", "r1")
+    assert pg_module._lock_key("t", "run", "r1") not in keys

@@ -745,15 +745,28 @@ def _parse_event(text: str) -> tuple[str, str, int, str]:
     return str(raw["id"]), str(raw["name"]), int(raw["ts"]), text
 
 
-def _lock_key(schema: str, kind: str, *parts: str) -> int:
-    """A signed 64-bit advisory-lock key for a deduplication key (collisions only cost
-    some needless waiting)."""
+LOCK_BUCKETS = 512
+"""How many advisory locks deduplication keys share: a key locks one of these buckets, so a
+commit creating any number of runs takes at most this many locks (one lock per key ran out
+of PostgreSQL's shared lock table, ``max_locks_per_transaction``, on a 10,000-run batch)."""
+
+
+def _hash64(*parts: str) -> int:
+    """An unsigned 64-bit hash of the parts (length-prefixed, so parts cannot run together)."""
     h = hashlib.blake2b(digest_size=8)
-    for part in (schema, kind, *parts):
+    for part in parts:
         b = part.encode("utf-8", "surrogatepass")
         h.update(len(b).to_bytes(4, "big"))
         h.update(b)
-    return int.from_bytes(h.digest(), "big", signed=True)
+    return int.from_bytes(h.digest(), "big")
+
+
+def _lock_key(schema: str, kind: str, *parts: str) -> int:
+    """A signed 64-bit advisory-lock key for a deduplication key: the key of one of
+    :data:`LOCK_BUCKETS` buckets of the schema (two keys sharing a bucket only cost some
+    needless waiting; every transaction maps a key to the same bucket)."""
+    bucket = _hash64(kind, *parts) % LOCK_BUCKETS
+    return _hash64(schema, "dedupe-bucket", str(bucket)) - 2**63
 
 
 def _signal_counts(batch: CommitBatch) -> dict[str, int]:
