@@ -74,6 +74,8 @@ class CronTrigger:
     """Start one run per tick of a 5-field cron schedule (``"TZ=Europe/Paris 0 12 * * 5"``)."""
 
     cron: str
+    catch_up: str = "latest"
+    """What happens to ticks missed while no worker ran (see :func:`on_cron`)."""
     schedule: CronSchedule | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -142,16 +144,34 @@ def on_event(name: str, *, if_: str | None = None) -> EventTrigger:
     return EventTrigger(event=name, if_=if_)
 
 
-def on_cron(cron: str) -> CronTrigger:
+CATCH_UP_MODES = ("latest", "all", "skip")
+"""The values of ``on_cron(..., catch_up=)``."""
+
+
+def on_cron(cron: str, *, catch_up: str = "latest") -> CronTrigger:
     """A trigger on a 5-field cron schedule with an optional ``TZ=``/``CRON_TZ=`` prefix
     (UTC without one). The schedule is checked when the function is registered; an invalid
-    one raises :class:`~durable_core.InvalidCronError` naming the function."""
+    one raises :class:`~durable_core.InvalidCronError` naming the function.
+
+    ``catch_up`` decides what happens to ticks that fell due while no worker ran (a tick
+    is *missed* once a later tick is also due, or once it is more than a minute late):
+    ``"latest"`` (the default) starts one run, for the most recent due tick; ``"all"`` starts
+    one run per missed tick of the last 24 hours, oldest first (older ones are skipped);
+    ``"skip"`` starts none, and only a tick at most a minute late runs. Skipped ticks are
+    logged (``durable_core.cron``, INFO). Each tick starts at most one run whatever the
+    mode, even with several workers."""
     if not isinstance(cron, str):
         raise FunctionConfigError(
             f"on_cron(cron): must be a string such as '0 12 * * 5', got {cron!r}",
             field="trigger.cron",
         )
-    return CronTrigger(cron=cron)
+    if catch_up not in CATCH_UP_MODES:
+        raise FunctionConfigError(
+            f"on_cron(catch_up): must be one of {', '.join(map(repr, CATCH_UP_MODES))}, "
+            f"got {catch_up!r}",
+            field="trigger.catch_up",
+        )
+    return CronTrigger(cron=cron, catch_up=catch_up)
 
 
 def _bind(trigger: Trigger, function_id: str, index: int) -> Trigger:

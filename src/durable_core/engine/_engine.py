@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from durable_core.base._cel import compile_expression
+from durable_core.base._cron import CronSchedule
 from durable_core.base._durations import from_ms, to_ms
 from durable_core.base._errors import (
     DurableError,
@@ -150,6 +151,46 @@ class Work:
     def __repr__(self) -> str:
         return (f"Work(steps={len(self.steps)}, claimed={len(self.claimed)}, "
                 f"created={self.created}, routed={self.routed}, more={self.more})")
+
+
+CRON_GRACE_MS = 60_000
+"""A cron tick at most this late (ms) is on time, not missed (``catch_up="skip"`` runs it)."""
+
+CRON_CATCH_UP_LIMIT = 1_000
+"""``catch_up="all"`` starts runs for at most this many missed ticks (the most recent)."""
+
+_cron_log = logging.getLogger("durable_core.cron")
+
+
+def due_cron_ticks(
+    schedule: CronSchedule, catch_up: str, cursor: int, now: int
+) -> tuple[list[int], int, int]:
+    """The ticks (ms) of ``schedule`` after ``cursor`` and at or before ``now`` to start runs
+    for, the new cursor (the last due tick) and how many due ticks are skipped, following
+    ``catch_up`` (see :func:`~durable_core.on_cron`). Pure: a function of its arguments."""
+    latest = schedule.latest_at_or_before(from_ms(now))
+    if latest is None or to_ms(latest) <= cursor:
+        return [], cursor, 0
+    last = to_ms(latest)
+    if catch_up == "all":
+        ticks, cut = schedule.ticks_between(from_ms(cursor), latest, CRON_CATCH_UP_LIMIT)
+        return [to_ms(t) for t in ticks], last, _count_ticks(
+            schedule, cursor, to_ms(ticks[0]) - 1) if cut else 0
+    due = _count_ticks(schedule, cursor, last)
+    if catch_up == "skip" and now - last > CRON_GRACE_MS:
+        return [], last, due
+    return [last], last, due - 1
+
+
+def _count_ticks(schedule: CronSchedule, after: int, until: int, cap: int = 1_001) -> int:
+    """How many ticks fall in ``(after, until]``, counted up to ``cap`` (for the log line
+    only: a long outage of a dense schedule is not walked tick by tick)."""
+    n = 0
+    tick = to_ms(schedule.next_after(from_ms(after)))
+    while tick <= until and n < cap:
+        n += 1
+        tick = to_ms(schedule.next_after(from_ms(tick)))
+    return n
 
 
 class Engine:
@@ -406,15 +447,27 @@ class Engine:
 
     def schedule_cron(self, now: int) -> int:
         """Create one run per cron tick that has fallen due (each tick at most once, even
-        across restarts and several workers). Returns how many runs were created."""
+        across restarts and several workers), following each trigger's ``catch_up`` for
+        the ticks missed meanwhile (:func:`due_cron_ticks`). Returns how many runs were
+        created."""
         if not self._cron:
             return 0
         cursors = self._cursors(now)
         runs: list[NewRun] = []
         moved: list[tuple[str, int]] = []
         for key, func, trig in self._cron:
-            tick = to_ms(trig.schedule.next_after(from_ms(cursors[key])))
-            while tick <= now:
+            cursor = cursors[key]
+            assert trig.schedule is not None
+            if to_ms(trig.schedule.next_after(from_ms(cursor))) > now:
+                continue  # the common case: nothing due
+            ticks, last, skipped = due_cron_ticks(trig.schedule, trig.catch_up, cursor, now)
+            if skipped:
+                _cron_log.info(
+                    "cron %s of function %s: %s missed tick(s) skipped (catch_up=%r)",
+                    trig.cron, func.id, "1000+" if skipped >= 1_000 else skipped,
+                    trig.catch_up,
+                )
+            for tick in ticks:
                 at = from_ms(tick).isoformat().replace("+00:00", "Z")
                 eid = f"cron:{func.id}:{trig.cron}:{tick}"
                 ev = Event(CRON_EVENT, {"cron": trig.cron, "scheduledAt": at}, id=eid, ts=tick)
@@ -424,9 +477,8 @@ class Engine:
                         event_ids=(eid,), created_at=now, idempotency_key=eid,
                     )
                 )
-                cursors[key] = tick
-                moved.append((key, tick))
-                tick = to_ms(trig.schedule.next_after(from_ms(tick)))
+            cursors[key] = last
+            moved.append((key, last))
         if moved:
             self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved)))
         return len(runs)
