@@ -161,6 +161,9 @@ CRON_CATCH_UP_LIMIT = 1_000
 
 _cron_log = logging.getLogger("durable_core.cron")
 
+_EVICT_SLACK = 64
+"""How much the machine cache may grow past a fruitless eviction scan before the next."""
+
 
 def due_cron_ticks(
     schedule: CronSchedule, catch_up: str, cursor: int, now: int
@@ -213,6 +216,7 @@ class Engine:
     ) -> None:
         self.app = app
         self.cache_size = cache_size
+        self._evict_floor = 0  # after a fruitless scan, _evict scans only above this size
         self.store = store
         self.owner = owner
         self.lease_ms = lease_ms
@@ -736,6 +740,8 @@ class Engine:
             if m.done:
                 steps = [s for s in steps if s.run_id != m.run_id]
             live.leased = not release and not m.done
+            if release:
+                self._evict_floor = 0  # a parked machine may be evicted: scan again
         batch = CommitBatch(
             now=now, runs=tuple(runs), events=tuple(events), writes=tuple(writes),
             waits_add=tuple(waits_add), waits_remove=tuple(waits_remove),
@@ -855,10 +861,22 @@ class Engine:
 
     def _evict(self) -> None:
         """Drop the oldest parked machines beyond ``cache_size`` (they are rebuilt by replay
-        when their run is claimed again)."""
-        excess = len(self.live) - self.cache_size
-        for run_id in [r for r, live in self.live.items() if not live.leased][:excess]:
+        when their run is claimed again). Leased machines stay: when too many are leased to
+        get back under the size, the scan is not repeated on every commit, only once the
+        cache has grown by ``_EVICT_SLACK`` more (amortised O(1) per commit)."""
+        size = len(self.live)
+        if size <= self._evict_floor:
+            return  # too many machines were leased last time: wait for the cache to grow
+        excess = size - self.cache_size
+        victims: list[str] = []
+        for run_id, live in self.live.items():
+            if not live.leased:
+                victims.append(run_id)
+                if len(victims) >= excess:
+                    break
+        for run_id in victims:
             del self.live[run_id]
+        self._evict_floor = len(self.live) + _EVICT_SLACK if len(victims) < excess else 0
 
     def cancel_run(self, run_id: str, now: int, *, reason: str = "cancelled by request") -> None:
         """Durably put a cancel signal for a run; whoever holds (or next claims) the
