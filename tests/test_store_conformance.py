@@ -298,7 +298,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
 
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         # v2: run_events is filled from the runs already there.
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
@@ -359,13 +359,39 @@ def test_a_failed_migration_leaves_the_file_untouched(
     store.close()
 
 
+def test_a_version_6_database_gets_skipped_triggers(tmp_path: Path) -> None:
+    """Migration 7 adds ``skipped_triggers``; an idempotency key held before it still folds
+    triggers, which are then recorded naming the holder."""
+    path = tmp_path / "v6.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    db6 = sqlite_utils.Database(conn, execute_plugins=False)
+    for step in _MIGRATIONS[:6]:
+        step(db6)
+    conn.execute("PRAGMA user_version = 6")
+    conn.execute(
+        "INSERT INTO idempotency (function_id, key, run_id, created_at) "
+        "VALUES ('fn', 'k', 'r1', ?)", (T0,)
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    assert "skipped_triggers" not in sqlite_utils.Database(path).table_names()
+    store = SQLiteStore(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 7
+        store.commit(CommitBatch(now=T0 + 1, runs=(new_run("r2", key="k", created_at=T0 + 1),)))
+        assert [(s.id, s.run_id) for s in store.skipped_triggers()] == [("r2", "r1")]
+    finally:
+        store.close()
+
+
 def test_schema_tables_and_indexes(tmp_path: Path) -> None:
     path = tmp_path / "schema.db"
     SQLiteStore(path).close()
     db = sqlite_utils.Database(path)
     assert set(db.table_names()) == {
         "events", "runs", "journal", "waits", "signals", "idempotency", "cron", "meta",
-        "run_events",
+        "run_events", "skipped_triggers",
     }
     assert db.table("journal").pks == ["run_id", "seq"]
     assert db.table("run_events").pks == ["event_id", "run_id"]
