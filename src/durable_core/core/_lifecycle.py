@@ -18,11 +18,11 @@ from durable_core.base._events import MAX_EVENT_BYTES
 from durable_core.core._model import ErrorInfo, RunStatus
 
 __all__ = [
+    "CANCELLED_EVENT",
     "CANCEL_REASONS",
+    "FAILED_EVENT",
     "FAILURE_SUFFIX",
     "FINISHED_EVENT",
-    "FAILED_EVENT",
-    "CANCELLED_EVENT",
     "SYSTEM_EVENTS",
     "idempotency_text",
     "starts_nothing",
