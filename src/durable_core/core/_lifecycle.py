@@ -14,7 +14,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from durable_core.base._events import MAX_EVENT_BYTES
+from durable_core.base._errors import InvalidEventError
+from durable_core.base._events import Event
 from durable_core.core._model import ErrorInfo, RunStatus
 
 __all__ = [
@@ -57,7 +58,7 @@ def system_event_id(name: str, run_id: str) -> str:
 def _trigger(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None  # a stored event that is not valid any more (the run was poisoned)
 
 
@@ -102,24 +103,37 @@ def system_events(
 
 
 def _fit(name: str, event_id: str, data: dict[str, Any], now: int) -> str:
-    """The event as JSON, trimmed to fit the event size limit (see system_events)."""
+    """The event as JSON, valid as any event must be (size, nesting, Unicode text): trimmed
+    if not (see system_events), so a run that ends always emits storable events."""
     data = dict(data)
     trimmed: list[str] = []
-    for drop in ("events", "result", "event", "error", None):
-        text = json.dumps({"name": name, "data": data, "id": event_id, "ts": now},
-                          separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        if len(text.encode("utf-8")) <= MAX_EVENT_BYTES - 1024 or drop is None:
-            return text
+    for drop in ("events", "result", "event", "error"):
+        try:
+            return Event(name, data, id=event_id, ts=now).to_json()
+        except (InvalidEventError, RecursionError):
+            pass
         if drop in data:
             if drop == "error":
                 err = data["error"]
-                data["error"] = {"type": str(err.get("type", ""))[:200],
-                                 "message": str(err.get("message", ""))[:2000]}
+                data["error"] = {"type": _plain(err.get("type"), 200),
+                                 "message": _plain(err.get("message"), 2000)}
             else:
                 data[drop] = [] if drop == "events" else None
             trimmed.append(drop)
             data["trimmed"] = trimmed
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        return Event(name, data, id=event_id, ts=now).to_json()
+    except (InvalidEventError, RecursionError):
+        data = {k: data.get(k) for k in ("function_id", "run_id", "status", "reason")}
+        data["trimmed"] = [*trimmed, "error"]
+        return json.dumps({"name": name, "data": data, "id": event_id, "ts": now},
+                          separators=(",", ":"))
+
+
+def _plain(value: Any, limit: int) -> str:
+    """``value`` as text of at most ``limit`` characters, lone surrogates replaced."""
+    text = str(value)[:limit]
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def starts_nothing(event: Mapping[str, Any]) -> bool:
