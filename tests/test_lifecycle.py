@@ -459,3 +459,48 @@ def test_on_failure_id_must_be_free_and_short_enough() -> None:
     with pytest.raises(FunctionConfigError) as info:
         app.function(id="x" * 125, on_failure=handler)
     assert info.value.field == "on_failure"
+
+
+# --------------------------------------------------------------------------- the emitter
+
+
+def test_end_events_carry_the_cancel_reason_and_are_always_valid() -> None:
+    """``Engine.end_events`` is the one emitter (cancel-on and timeouts call it with their
+    reason); whatever the run held, its events are valid events."""
+    from durable_core.core._model import ErrorInfo
+    from durable_core.engine._engine import Engine
+
+    engine = Engine(App("a"), MemoryStore(), owner="t", entropy=lambda n: b"\0" * n)
+    trigger = Event("go", {"x": 1}, id="e1", ts=1_767_225_600_000).to_json()
+    now = 1_767_225_600_000
+    pairs = engine.end_events("r1", "f", [trigger], "cancelled", now,
+                              error=ErrorInfo("Cancelled", "too slow"), reason="timeout")
+    assert [run_id for run_id, _ in pairs] == ["r1", "r1"]
+    finished, cancelled = (Event.from_json(text) for _, text in pairs)
+    assert (finished.name, finished.id) == ("durable/function.finished", "finished:r1")
+    assert (cancelled.name, cancelled.id) == ("durable/function.cancelled", "cancelled:r1")
+    assert cancelled.data["reason"] == "timeout" and cancelled.ts == now
+    assert cancelled.data["error"] == {"type": "Cancelled", "message": "too slow"}
+    # A trigger that is not valid JSON any more, an error with a lone surrogate: still valid.
+    [(_, text), _failed] = engine.end_events(
+        "r2", "f", ["{not json"], "failed", now, error=ErrorInfo("E\ud800", "m" * 600_000))
+    ev = Event.from_json(text)
+    assert ev.data["event"] is None and ev.data["error"]["type"] == "E\ufffd"
+    assert ev.data["trimmed"] == ["events", "event", "error"]
+
+
+def test_the_async_client_shows_folded_triggers() -> None:
+    import asyncio
+
+    from durable_core import AsyncClient
+
+    app, _seen = _keyed_app()
+
+    async def main() -> list[SkippedTrigger]:
+        client = AsyncClient(MemoryStore(), app=app)
+        await client.send(Event("cart/checkout", {"cart": "c1"}, id="a"))
+        await client.send(Event("cart/checkout", {"cart": "c1"}, id="b"))
+        return await client.skipped_triggers(function_id="checkout")
+
+    [skip] = asyncio.run(main())
+    assert skip.event_id == "b"

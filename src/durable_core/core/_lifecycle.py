@@ -133,7 +133,7 @@ def _fit(name: str, event_id: str, data: dict[str, Any], now: int) -> str:
 def _plain(value: Any, limit: int) -> str:
     """``value`` as text of at most ``limit`` characters, lone surrogates replaced."""
     text = str(value)[:limit]
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def starts_nothing(event: Mapping[str, Any]) -> bool:
