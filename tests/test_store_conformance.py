@@ -149,10 +149,35 @@ class _KeepsConsumedSignals(MemoryStore):
         return super().commit(batch._replace(writes=writes))
 
 
+class _EmitsFencedRunEvents(MemoryStore):
+    """Appends a batch's run events even for runs whose writes were fenced."""
+
+    def commit(self, batch: CommitBatch) -> set[str]:
+        fenced = super().commit(batch._replace(run_events=()))
+        if batch.run_events:
+            self.append_events([text for _, text in batch.run_events], batch.now)
+        return fenced
+
+
+class _ExtendsKeyWindows(MemoryStore):
+    """Lets a skipped trigger restart its key's 24 h."""
+
+    def commit(self, batch: CommitBatch) -> set[str]:
+        fenced = super().commit(batch)
+        for new in batch.runs:
+            held = self._idempotency.get((new.function_id, new.idempotency_key or ""))
+            if held is not None and held[1] != new.id:
+                self._idempotency[(new.function_id, new.idempotency_key or "")] = (
+                    new.created_at, held[1])
+        return fenced
+
+
 @pytest.mark.parametrize(
     ("mutant", "test_name"),
     [
         (_LimitZeroLists, "test_list_runs_limit_zero_returns_nothing"),
+        (_EmitsFencedRunEvents, "test_run_events_are_appended_only_with_an_accepted_write"),
+        (_ExtendsKeyWindows, "test_idempotency_window_runs_from_the_holder_creation"),
         (_HidesFencing, "test_stale_epoch_write_is_fenced_and_nothing_of_it_applied"),
         (_CronGoesBack, "test_cron_cursors_only_move_forward"),
         (_ExpiredLeasesStayHeld, "test_expired_lease_can_be_claimed_again"),
