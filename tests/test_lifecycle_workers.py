@@ -54,7 +54,8 @@ def _race(url: str, processes: int) -> stores.Store:
     return store
 
 
-def _check(store: stores.Store, processes: int, system_ids: Counter[str]) -> None:
+def _check(store: stores.Store, processes: int, system_ids: Counter[str], *,
+           per_process: int = EVENTS) -> None:
     runs = store.list_runs(limit=100_000)
     by_fn: dict[str, list[Any]] = {}
     for r in runs:
@@ -63,13 +64,13 @@ def _check(store: stores.Store, processes: int, system_ids: Counter[str]) -> Non
     [holder] = by_fn["checkout"]
     assert holder.status == "completed" and holder.idempotency_key == "c1"
     skipped = store.skipped_triggers(limit=100_000)
-    assert len(skipped) == processes * EVENTS - 1
+    assert len(skipped) == processes * per_process - 1
     assert {s.run_id for s in skipped} == {holder.id}
     assert len({s.event_id for s in skipped}) == len(skipped)
     assert holder.event_ids[0] not in {s.event_id for s in skipped}
     # Every pay event failed once; each failure started exactly one handler run.
     failed = by_fn["pay"]
-    assert len(failed) == processes * EVENTS
+    assert len(failed) == processes * per_process
     assert all(r.status == "failed" for r in failed)
     handlers = by_fn["pay-failure"]
     assert sorted(json.loads(r.output) for r in handlers) == sorted(r.id for r in failed)
@@ -115,3 +116,56 @@ def test_two_processes_on_sqlite(tmp_path: pathlib.Path) -> None:
         _check(store, 2, Counter(r[0] for r in rows))
     finally:
         store.close()
+
+
+def test_four_worker_processes_on_postgres_route_the_same_events(
+    pg_url: str, pg_schema: str, tmp_path: pathlib.Path,
+) -> None:
+    """``durable worker --processes 4``: the client only stores the events, the four worker
+    processes route them (racing on the same unrouted events and on one key) and run them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    from durable_core import Client, Event
+
+    sep = "&" if "?" in pg_url else "?"
+    url = f"{pg_url}{sep}schema={pg_schema}"
+    client = Client(stores.open(url))  # no app: the workers route
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from durable_core.cli import main; sys.exit(main())",
+         "worker", "lifecycle_app:app", "--processes", "4", "--store", url],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    n = 40
+    try:
+        for i in range(n):
+            client.send([Event("cart/checkout", {"cart": "c1"}, id=f"cart-{i}"),
+                         Event("pay", {}, id=f"pay-{i}")])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            runs = client.store.list_runs(limit=100_000)
+            handlers = [r for r in runs if r.function_id == "pay-failure"]
+            if (len(handlers) == n and not client.store.unrouted_events(1)
+                    and all(r.status in ("completed", "failed") for r in runs)):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute(
+                f'SELECT id FROM "{pg_schema}".events WHERE NOT duplicate '
+                "AND (id LIKE 'finished:%%' OR id LIKE 'failed:%%' OR id LIKE 'cancelled:%%')"
+            ).fetchall()
+        _check(client.store, n, Counter(r[0] for r in rows), per_process=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.store.close()
