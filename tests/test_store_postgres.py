@@ -218,7 +218,7 @@ def test_everything_lives_in_the_given_schema(pg_url: str, pg_schemas: Callable[
             b.get_run("r1")
         assert b.list_runs() == []
         expected = {"meta", "counters", "events", "runs", "run_events", "idempotency",
-                    "journal", "signals", "waits", "cron"}
+                    "journal", "signals", "waits", "cron", "skipped_triggers"}
         assert tables_of(pg_url, a_name) == expected
         assert tables_of(pg_url, b_name) == expected
         assert version_of(pg_url, a_name) == pg_module.SCHEMA_VERSION
@@ -292,7 +292,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
 
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 4
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 5
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
         assert store.list_runs(event_id="e2") == [old]

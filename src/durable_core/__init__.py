@@ -40,7 +40,7 @@ from durable_core.drivers._gc import tuned_gc
 from durable_core.drivers._loading import open_store
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView
-from durable_core.store import Store
+from durable_core.store import SkippedTrigger, Store
 
 if _TYPE_CHECKING:
     from durable_core.drivers._async import AsyncClient, AsyncioWorker
@@ -83,6 +83,7 @@ __all__ = [
     "RunView",
     "Sent",
     "SerializationError",
+    "SkippedTrigger",
     "Step",
     "StepError",
     "StepView",

@@ -177,21 +177,42 @@ def _cmd_send(args: argparse.Namespace) -> int:
     app = None if args.app is None else load_app(args.app)
     client = Client(_open_store(args.store), app=app)
     ids = client.send(event)
+    # With an app the event is routed at once: say which runs it was folded into.
+    folded = [_folded(s) for i in ids for s in client.skipped_triggers(event_id=i)]
+    folded_text = "".join(
+        f"\nevent {f['event_id']} folded into run {f['run_id']} ({f['function_id']}, "
+        f"idempotency key {f['key']!r})" for f in folded)
     if not args.wait:
-        _print({"ids": ids}, args.json, "\n".join(ids))
+        # Without an app, workers route the event later: nothing is known yet.
+        shown = {"ids": ids, "folded": folded} if app is not None else {"ids": ids}
+        _print(shown, args.json, "\n".join(ids) + folded_text)
         return 0
     handles = [h for i in ids for h in client.runs_of(i)]
     outcomes = [_await_run(h, args.timeout) for h in handles]
     if args.json:
-        print(json.dumps({"ids": ids, "runs": [o for o, _ in outcomes]}, indent=2,
-                         ensure_ascii=False))
+        print(json.dumps({"ids": ids, "runs": [o for o, _ in outcomes], "folded": folded},
+                         indent=2, ensure_ascii=False))
     else:
-        print("\n".join(ids))
-        if not handles:
+        print("\n".join(ids) + folded_text)
+        if not handles and not folded:
             print("the event started no run")
         for (o, _), h in zip(outcomes, handles, strict=True):
             print(f"{h.id}  {o['status']}  {_outcome_text(o)}")
     return max((code for _, code in outcomes), default=0)
+
+
+def _folded(skip: Any) -> dict[str, Any]:
+    """A trigger folded into a run by an idempotency key, as JSON."""
+    return {"event_id": skip.event_id, "function_id": skip.function_id, "key": skip.key,
+            "run_id": skip.run_id, "at": skip.at}
+
+
+def _with_folded(client: Any, run: Any) -> dict[str, Any]:
+    """A run's JSON with ``folded``: the triggers its idempotency key folded into it."""
+    out: dict[str, Any] = run.to_dict()
+    out["folded"] = [_folded(s) for s in client.skipped_triggers(run_id=run.id,
+                                                                   limit=10_000)]
+    return out
 
 
 _EXIT_FAILED = 1
@@ -268,15 +289,16 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
     text = "\n".join(
         f"{r.id}  {r.function_id:<24} {r.status:<10} steps={len(r.steps)}" for r in runs
     ) or "no runs"
-    _print([r.to_dict() for r in runs], args.json, text)
+    _print([_with_folded(client, r) for r in runs] if args.json else [], args.json, text)
     return 0
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
     from durable_core.drivers._client import Client
 
-    run = Client(_open_store(args.store, existing=True)).get_run(args.run_id)
-    _print(run.to_dict(), args.json, format_timeline(run))
+    client = Client(_open_store(args.store, existing=True))
+    run = client.get_run(args.run_id)
+    _print(_with_folded(client, run) if args.json else {}, args.json, format_timeline(run))
     return 0
 
 

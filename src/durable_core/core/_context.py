@@ -26,6 +26,7 @@ from durable_core.base._errors import (
 from durable_core.base._events import MAX_EVENT_NAME_BYTES, Event
 from durable_core.base._serde import check_text, json_problem
 from durable_core.core._function import Function
+from durable_core.core._lifecycle import SYSTEM_EVENTS
 from durable_core.core._model import StepKind, derive_uuid
 from durable_core.core._sandbox import Unsafe
 
@@ -427,6 +428,12 @@ class Steps:
             if not isinstance(e, Event):
                 raise InvalidEventError(
                     f"ctx.step.send_event({id!r}): item {i} is {type(e).__name__}, not an Event",
+                    field="step.send_event.events",
+                )
+            if e.name in SYSTEM_EVENTS:
+                raise InvalidEventError(
+                    f"ctx.step.send_event({id!r}): item {i} is named {e.name!r}, a system "
+                    "event only the engine emits when a run ends; send your own event name",
                     field="step.send_event.events",
                 )
         return self._made_one(SendRequest(id, batch), "send_event")

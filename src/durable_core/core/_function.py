@@ -22,12 +22,15 @@ from durable_core.base._errors import (
 from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
 from durable_core.base._serde import check_text
+from durable_core.core._lifecycle import FAILED_EVENT, FAILURE_SUFFIX, idempotency_text
 
 __all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
 
 MAX_TRIGGERS = 10
 MAX_RETRIES = 20
 DEFAULT_RETRIES = 4
+FAILURE_HANDLER_RETRIES = 1
+"""The retries of a failure handler (``on_failure=``), as Inngest's."""
 DEFAULT_MAX_STEPS = 1_000
 ABSOLUTE_MAX_STEPS = 10_000
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
@@ -212,6 +215,28 @@ class Function(Generic[Output]):
     """Whether the determinism sandbox guards this function's orchestration code (see
     docs/determinism.md); ``@app.function(sandbox=False)`` or ``App(sandbox=False)`` turn
     it off."""
+    idempotency: str | None = None
+    """The CEL expression over ``event`` whose value is the run's idempotency key: at most
+    one run per key per 24 h (see docs/lifecycle.md)."""
+    idempotency_expression: Expression | None = attrs.field(default=None, eq=False,
+                                                            repr=False)
+    failure_handler: str | None = None
+    """The id of the function ``on_failure=`` registered for this one (``<id>-failure``)."""
+
+    def idempotency_key(self, event: dict[str, Any]) -> str | None:
+        """The idempotency key of a run triggered by ``event`` (dict form): the value of
+        ``idempotency`` (a string as it is, another value as its JSON text). None without
+        ``idempotency``, or when the expression gives null or fails on this event (then the
+        run starts without a key, and a warning is logged)."""
+        expr = self.idempotency_expression
+        if expr is None:
+            return None
+        try:
+            return idempotency_text(expr.evaluate({"event": event}))
+        except (InvalidExpressionError, RecursionError, ValueError) as exc:
+            _log.warning("function %r: idempotency: %s; the run starts without a key",
+                         self.id, exc)
+            return None
 
     @property
     def event_triggers(self) -> tuple[EventTrigger, ...]:
@@ -273,6 +298,8 @@ class App:
         retries: int = DEFAULT_RETRIES,
         max_steps: int = DEFAULT_MAX_STEPS,
         sandbox: bool | None = None,
+        idempotency: str | None = None,
+        on_failure: Callable[[Any], Coroutine[Any, Any, Any]] | None = None,
     ) -> Callable[[Callable[[Any], Coroutine[Any, Any, T]]], Function[T]]:
         """Register ``async def fn(ctx)`` as a durable function.
 
@@ -283,6 +310,12 @@ class App:
         ``sandbox`` (default: the app's, on) makes calls that break replay (the clock,
         randomness, blocking waits, threads, I/O) raise ``DeterminismError`` at once in the
         orchestration code (never in step bodies); see docs/determinism.md.
+        ``idempotency`` is a CEL expression over ``event`` (``"event.data.cart_id"``): at
+        most one run per value per 24 h from the first run's creation; the triggers it folds
+        are recorded (``Client.skipped_triggers``). ``on_failure`` is an
+        ``async def handler(ctx)`` registered as function ``<id>-failure`` (retries 1), run
+        once when a run of this function fails for good, with the
+        ``durable/function.failed`` event as ``ctx.event``. See docs/lifecycle.md.
         """
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
@@ -344,6 +377,41 @@ class App:
                 field="sandbox",
             )
         guarded = self.sandbox if sandbox is None else sandbox
+        idem_expr: Expression | None = None
+        if idempotency is not None:
+            if not isinstance(idempotency, str) or not idempotency.strip():
+                raise FunctionConfigError(
+                    f"function {id!r}: idempotency: must be a CEL expression over event "
+                    f"(e.g. 'event.data.cart_id'), got {idempotency!r}",
+                    field="idempotency",
+                )
+            try:
+                idem_expr = compile_expression(idempotency, field="idempotency",
+                                               variables=("event",))
+            except InvalidExpressionError as exc:
+                raise InvalidExpressionError(f"function {id!r}: {exc}",
+                                             field="idempotency") from None
+        failure_id: str | None = None
+        if on_failure is not None:
+            failure_id = id + FAILURE_SUFFIX
+            if not inspect.iscoroutinefunction(on_failure):
+                raise FunctionConfigError(
+                    f"function {id!r}: on_failure: must be an 'async def handler(ctx)', got "
+                    f"{on_failure!r}",
+                    field="on_failure",
+                )
+            if not _ID_RE.match(failure_id):
+                raise FunctionConfigError(
+                    f"function {id!r}: on_failure: the handler's id {failure_id!r} is over "
+                    "128 characters; use a shorter function id",
+                    field="on_failure",
+                )
+            if failure_id in self._functions:
+                raise FunctionConfigError(
+                    f"function {id!r}: on_failure: the handler's id {failure_id!r} is taken "
+                    "by another function of the app; rename that function",
+                    field="on_failure",
+                )
 
         def register(fn: Callable[[Any], Coroutine[Any, Any, T]]) -> Function[T]:
             if not inspect.iscoroutinefunction(fn):
@@ -352,15 +420,31 @@ class App:
                     "'async def fn(ctx)'",
                     field="fn",
                 )
+            if failure_id is not None and failure_id in self._functions:
+                raise FunctionConfigError(
+                    f"function {id!r}: on_failure: the handler's id {failure_id!r} is taken "
+                    "by another function of the app; rename that function",
+                    field="on_failure",
+                )
             func = Function(
                 id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self,
-                sandbox=guarded,
+                sandbox=guarded, idempotency=idempotency, idempotency_expression=idem_expr,
+                failure_handler=failure_id,
             )
             self._functions[id] = func
             for t in func.event_triggers:
                 entries = self._by_event.setdefault(t.event, [])
                 self._trigger_index.setdefault(t.event, _TriggerIndex()).add(len(entries), t)
                 entries.append((func, t))
+            if on_failure is not None and failure_id is not None:
+                # The handler is an ordinary function, triggered by this function's failed
+                # events: one event per failed run (its id is derived from the run id), and
+                # routing starts one run per event, so the handler runs once per failure.
+                self.function(
+                    id=failure_id,
+                    trigger=on_event(FAILED_EVENT, if_=f"event.data.function_id == '{id}'"),
+                    retries=FAILURE_HANDLER_RETRIES, max_steps=max_steps, sandbox=guarded,
+                )(on_failure)
             return func
 
         return register

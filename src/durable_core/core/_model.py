@@ -385,10 +385,12 @@ class FailRun:
 @attrs.frozen
 class CancelRun:
     """The run was cancelled. Persist status ``cancelled`` with ``error`` (type
-    ``Cancelled``, the reason as its message)."""
+    ``Cancelled``, the reason as its message). ``reason`` says why, for the run's
+    ``durable/function.cancelled`` event: ``"request"``, ``"cancel_on"`` or ``"timeout"``."""
 
     run_id: str
     error: ErrorInfo
+    reason: str = "request"
 
 
 Command = (

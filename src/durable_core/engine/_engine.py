@@ -39,6 +39,7 @@ from durable_core.base._events import Event, Sent
 from durable_core.base._match import condition_keys, event_keys
 from durable_core.base._serde import check_text
 from durable_core.core._function import App, Function
+from durable_core.core._lifecycle import SYSTEM_EVENTS, starts_nothing, system_events
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
     AppendJournal,
@@ -264,6 +265,12 @@ class Engine:
                     "with Event(name, data)",
                     field="event",
                 )
+            if e.name in SYSTEM_EVENTS:
+                raise InvalidEventError(
+                    f"send: {e.name!r} is a system event, emitted only by the engine when a "
+                    "run ends; send your own event name (see docs/lifecycle.md)",
+                    field="event.name",
+                )
             if e.id is None or e.ts is None:
                 e = Event(e.name, e.data, id=e.id or self.new_id("e_", now), ts=e.ts or now)
             texts.append(e.to_json())
@@ -394,11 +401,13 @@ class Engine:
     ) -> tuple[list[NewRun], list[tuple[str, Signal]]]:
         runs: list[NewRun] = []
         signals: list[tuple[str, Signal]] = []
-        for func in self.app.triggered_by(raw):
+        # The run id derives from the stored event, so engines routing the same event at
+        # once create its runs once; the idempotency key is the function's own (if any).
+        for func in () if starts_nothing(raw) else self.app.triggered_by(raw):
             runs.append(
                 NewRun(
-                    id=self.new_id("r_", now), function_id=func.id, events=(ev.data,),
-                    event_ids=(ev.id,), created_at=now, idempotency_key=f"event:{ev.id}",
+                    id=routed_run_id(func.id, ev), function_id=func.id, events=(ev.data,),
+                    event_ids=(ev.id,), created_at=now, idempotency_key=func.idempotency_key(raw),
                 )
             )
         for w in waits.of(ev.seq):
@@ -477,8 +486,10 @@ class Engine:
                 ev = Event(CRON_EVENT, {"cron": trig.cron, "scheduledAt": at}, id=eid, ts=tick)
                 runs.append(
                     NewRun(
-                        id=self.new_id("r_", now), function_id=func.id, events=(ev.to_json(),),
-                        event_ids=(eid,), created_at=now, idempotency_key=eid,
+                        id=f"r_{tick:012x}{derive_id('', 'cron', eid)[:16]}",
+                        function_id=func.id,
+                        events=(ev.to_json(),), event_ids=(eid,), created_at=now,
+                        idempotency_key=func.idempotency_key(ev.to_dict()),
                     )
                 )
             cursors[key] = last
@@ -598,7 +609,10 @@ class Engine:
             # As the machine does when a child fails: the parent's invoke gets the error.
             payload = json.dumps({"error": info.to_dict()}, separators=(",", ":"))
             signals = ((run.parent_run_id, Signal("invoke", run.id, payload)),)
-        return Plan(CommitBatch(now=now, writes=(write,), signals=signals), [])
+        ended = self.end_events(run.id, run.function_id, run.events, RunStatus.FAILED, now,
+                                error=info)
+        return Plan(CommitBatch(now=now, writes=(write,), signals=signals,
+                                run_events=tuple(ended)), [])
 
     def _adopt(self, claim: Claim) -> _Live:
         run = claim.run
@@ -688,6 +702,7 @@ class Engine:
         waits_remove: list[tuple[str, int]] = []
         signals: list[tuple[str, Signal]] = []
         steps: list[ExecuteStep] = []
+        run_events: list[tuple[str, str]] = []
         for live, cmds in items:
             m = live.machine
             entries: tuple[Any, ...] = ()
@@ -695,6 +710,7 @@ class Engine:
             wake_at: int | None = None
             output = None
             error = None
+            reason: str | None = None
             for c in cmds:
                 t = type(c)
                 if t is AppendJournal:
@@ -709,6 +725,7 @@ class Engine:
                     status, error = RunStatus.FAILED, c.error  # type: ignore[union-attr]
                 elif t is CancelRun:
                     status, error = RunStatus.CANCELLED, c.error  # type: ignore[union-attr]
+                    reason = c.reason  # type: ignore[union-attr]
                 elif t is RegisterWait:
                     assert isinstance(c, RegisterWait)
                     waits_add.append(wait_record(c))
@@ -728,6 +745,11 @@ class Engine:
             release = not m.done and not m.running_steps()
             if release and status is None:
                 status, wake_at = m.status, m.next_deadline()
+            if status is not None and status in _ENDED:
+                run_events += self.end_events(
+                    m.run_id, m.function.id, [e.to_json() for e in m.events], status, now,
+                    output=output, error=error, reason=reason,
+                )
             if entries or status is not None or release or force or live.signals:
                 writes.append(
                     RunWrite(
@@ -745,7 +767,7 @@ class Engine:
         batch = CommitBatch(
             now=now, runs=tuple(runs), events=tuple(events), writes=tuple(writes),
             waits_add=tuple(waits_add), waits_remove=tuple(waits_remove),
-            signals=tuple(signals),
+            signals=tuple(signals), run_events=tuple(run_events),
         )
         return Plan(batch, steps)
 
@@ -848,11 +870,14 @@ class Engine:
             "retried for ever. Check the step ids, event names and values it records"
         )
         log.error("%s", err)
+        info = ErrorInfo.from_exception(err)
         try:
+            run = self.store.get_run(w.run_id)
+            ended = self.end_events(run.id, run.function_id, run.events, RunStatus.FAILED,
+                                    now, error=info)
             self.store.commit(CommitBatch(now=now, writes=(
-                RunWrite(run_id=w.run_id, epoch=w.epoch, status="failed",
-                         error=ErrorInfo.from_exception(err)),
-            )))
+                RunWrite(run_id=w.run_id, epoch=w.epoch, status="failed", error=info),
+            ), run_events=tuple(ended)))
         except Exception as again:
             log.warning("run %s: recording its failure failed too: %s", w.run_id, again)
             return
@@ -892,6 +917,21 @@ class Engine:
         self.store.commit(
             CommitBatch(now=now, signals=((run_id, Signal(SignalKind.CANCEL, run_id, reason)),))
         )
+
+    def end_events(
+        self, run_id: str, function_id: str, events: Sequence[str], status: str, now: int, *,
+        output: str | None = None, error: ErrorInfo | None = None, reason: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """The system events of a run that ends with ``status`` at ``now``, as
+        ``CommitBatch.run_events`` (commit them in the batch holding the run's end: a store
+        appends them only if that end is accepted). ``events`` are the run's triggering
+        events (JSON texts); ``output``/``error`` its outcome; ``reason`` why it was
+        cancelled (``"request"``, ``"cancel_on"``, ``"timeout"``). Every way a run ends goes
+        through here (see :mod:`durable_core.core._lifecycle`)."""
+        return [(run_id, text) for text in system_events(
+            function_id, run_id, events, status, now, output=output, error=error,
+            reason=reason,
+        )]
 
     def cancel_live(self, run_ids: Iterable[str], now: int) -> Plan:
         """Cancel runs this engine holds (a cancel arrived while they were executing)."""
@@ -991,7 +1031,7 @@ def _memo_batch(live: _Live, cmds: list[Command], now: int) -> CommitBatch | Non
         write = _tuple_new(RunWrite, (
             live.machine.run_id, live.epoch, cmds[0].entries, None, None, None, None, 0, False,
         ))
-        return _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), ()))
+        return _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), (), ()))
     return None
 
 
@@ -1007,6 +1047,7 @@ def merge_batches(batches: Sequence[CommitBatch], now: int | None = None) -> Com
         signals=tuple(x for b in batches for x in b.signals),
         routed_events=tuple(x for b in batches for x in b.routed_events),
         cron=tuple(x for b in batches for x in b.cron),
+        run_events=tuple(x for b in batches for x in b.run_events),
     )
 
 
@@ -1072,6 +1113,17 @@ def wait_matches(wait: WaitRecord, event: dict[str, Any]) -> bool:
         log.warning("run %s: wait at position %d does not match event %s: %s", wait.run_id,
                     wait.position, ascii(event.get("id")), _short(exc))
         return False
+
+
+_ENDED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+def routed_run_id(function_id: str, event: StoredEvent) -> str:
+    """The id of the run of ``function_id`` that routing the stored ``event`` creates: the
+    same for every engine routing it (so a race creates it once), time-sortable like
+    :meth:`Engine.new_id` (the event's receipt time, then a hash)."""
+    digest = derive_id("", "route", function_id, event.seq, event.id, event.received_at)
+    return f"r_{event.received_at:012x}{digest[:16]}"
 
 
 _DATA_SQLSTATES = ("22", "23", "54")  # data exception, integrity violation, program limit

@@ -21,7 +21,7 @@ from durable_core.drivers._sandbox import install as install_sandbox
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView, run_view
 from durable_core.protocol import run_step_body
-from durable_core.store import Store
+from durable_core.store import SkippedTrigger, Store
 from durable_core.testing._bodies import BodyRunner, body_runner, run_on_mock_clock
 
 JOURNAL_FORMAT = "durable-core-journal/1"
@@ -183,6 +183,19 @@ class TestEngine:
     def runs(self) -> list[RunHandle]:
         """Every run (cron-started and invoked ones too), in start order."""
         return [RunHandle(self, r.id) for r in reversed(self.store.list_runs(limit=1_000_000))]
+
+    def skipped_triggers(
+        self,
+        *,
+        event_id: str | None = None,
+        function_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """Triggers folded into an existing run by a function's ``idempotency`` key, newest
+        first (see :meth:`durable_core.Client.skipped_triggers`)."""
+        return self.store.skipped_triggers(
+            function_id=function_id, event_id=event_id, run_id=run_id, limit=limit)
 
     def run(self, run_id: str) -> RunHandle:
         """A handle on one run; raises RunNotFoundError."""

@@ -61,6 +61,7 @@ from durable_core.store import (
     NewRun,
     RunChange,
     RunRecord,
+    SkippedTrigger,
     StoredEvent,
     WaitRecord,
     cron_advances,
@@ -68,6 +69,7 @@ from durable_core.store import (
     fold_writes,
     lone_memo,
     new_runs_to_create,
+    run_events_to_append,
     wait_changes,
     wait_records,
 )
@@ -84,7 +86,7 @@ assert frozenset({"completed", "failed", "cancelled"}) == TERMINAL_STATUSES
 
 _TABLES = (
     "meta", "events", "runs", "run_events", "idempotency", "journal", "signals", "waits",
-    "cron", "counters", "signal_seq",
+    "cron", "counters", "signal_seq", "skipped_triggers",
     "idem", "inbox",  # the names of idempotency and signals before version 3
 )
 
@@ -221,6 +223,20 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "ALTER TABLE {waits} DROP CONSTRAINT waits_pkey",
         "ALTER TABLE {waits} ADD PRIMARY KEY (event, match_key, run_id, position)",
     ),
+    # 5: skipped_triggers, the triggers that started no run because their function's
+    # idempotency key was held (one row per would-be run id; ord orders them).
+    (
+        """CREATE TABLE {skipped_triggers} (
+            id text PRIMARY KEY,
+            ord bigserial NOT NULL,
+            function_id text NOT NULL,
+            key text NOT NULL,
+            run_id text NOT NULL,
+            event_id text,
+            at bigint NOT NULL)""",
+        "CREATE INDEX skipped_by_run ON {skipped_triggers} (run_id, ord)",
+        "CREATE INDEX skipped_by_event ON {skipped_triggers} (event_id, ord)",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -347,8 +363,22 @@ class _Queries:
             ") AS u(seq, id, name, data, ts, dup)"
         )
         self.existing_runs = r("SELECT id FROM {runs} WHERE id = ANY(%b::text[])")
+        # With idempotency keys: the ids of skipped triggers count as existing too.
+        self.existing_or_skipped = r(
+            "SELECT id FROM {runs} WHERE id = ANY(%b::text[]) UNION ALL "
+            "SELECT id FROM {skipped_triggers} WHERE id = ANY(%b::text[])"
+        )
+        self.insert_skipped = r(
+            "INSERT INTO {skipped_triggers} (id, function_id, key, run_id, event_id, at) "
+            "SELECT u.id, u.f, u.k, u.r, u.e, u.a FROM unnest(%b::text[], %b::text[], "
+            "%b::text[], %b::text[], %b::text[], %b::bigint[]) WITH ORDINALITY "
+            "AS u(id, f, k, r, e, a, o) ORDER BY u.o ON CONFLICT (id) DO NOTHING"
+        )
+        self.lock_event_counter = r(
+            "SELECT value FROM {counters} WHERE name = 'events' FOR UPDATE"
+        )
         self.idempotency_get = r(
-            "SELECT i.function_id, i.key, i.created_at FROM {idempotency} AS i "
+            "SELECT i.function_id, i.key, i.created_at, i.run_id FROM {idempotency} AS i "
             "JOIN unnest(%b::text[], %b::text[]) AS u(f, k) ON i.function_id = u.f AND i.key = u.k "
             "WHERE i.key = ANY(%b::text[])"
         )
@@ -479,6 +509,13 @@ class _Queries:
             "%(kind)s, %(ts)s::bigint, %(data)s FROM upd RETURNING run_id"
         )
         self.get_run = r("SELECT " + _RUN_COLS + " FROM {runs} AS r WHERE r.id = %s")
+        self.skipped = r(
+            "SELECT id, function_id, key, run_id, event_id, at FROM {skipped_triggers} "
+            "WHERE (%(function_id)s::text IS NULL OR function_id = %(function_id)s) "
+            "AND (%(event_id)s::text IS NULL OR event_id = %(event_id)s) "
+            "AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s) "
+            "ORDER BY ord DESC LIMIT %(limit)s"
+        )
         self.load_journal = r(
             "SELECT " + _JOURNAL_COLS + " FROM {journal} WHERE run_id = %s ORDER BY seq"
         )
@@ -1035,6 +1072,7 @@ class PostgresStore:
         if not (
             batch.runs or batch.events or batch.writes or batch.waits_add
             or batch.waits_remove or batch.signals or batch.routed_events or batch.cron
+            or batch.run_events
         ):
             return set()
         lone = lone_memo(batch)
@@ -1049,8 +1087,10 @@ class PostgresStore:
             )
             return set() if row is not None else {w.run_id}
         parsed = [_parse_event(text) for text in batch.events]
+        for _run_id, text in batch.run_events:
+            _parse_event(text)  # a batch that cannot be applied raises before anything
         folded = fold_writes(batch.writes)
-        if not parsed and not batch.runs:
+        if not parsed and not batch.runs and not batch.run_events:
             shape, params = self._core(batch, folded, set(), notify=bool(batch.signals))
             query = self._q.core(shape)
             row = self._run_conn(lambda conn: conn.execute(query, params).fetchone())
@@ -1067,16 +1107,22 @@ class PostgresStore:
         })
         q = self._q
 
-        def tx(conn: _Conn, pipe: psycopg.Pipeline) -> _Cursor:
+        def tx(conn: _Conn, pipe: psycopg.Pipeline) -> _Cursor | tuple[Any, ...] | None:
             # Lock order, everywhere: advisory locks (sorted), the event counter, run rows
             # (sorted), then waits, event and cron rows.
             if keys:
                 conn.execute(q.advisory, (sorted(keys),))
+            if batch.run_events and not parsed:
+                # The run events are appended after the run writes are decided: take the
+                # event counter now, in lock order.
+                conn.execute(q.lock_event_counter)
             event_reads = self._read_events(conn, parsed) if parsed else None
             run_reads = None
             if batch.runs:
+                ids = sorted({n.id for n in batch.runs})
                 run_reads = (
-                    conn.execute(q.existing_runs, (sorted({n.id for n in batch.runs}),)),
+                    conn.execute(q.existing_or_skipped, (ids, ids)) if keyed
+                    else conn.execute(q.existing_runs, (ids,)),
                     conn.execute(q.idempotency_get, ([f for f, _ in keyed], [k for _, k in keyed],
                                               [k for _, k in keyed]))
                     if keyed else None,
@@ -1090,11 +1136,21 @@ class PostgresStore:
             # The reference store checks writes against the state before the batch: a write
             # to a run this batch creates is fenced.
             shape, params = self._core(batch, folded, created, notify=True)
-            return conn.execute(q.core(shape), params)  # read after COMMIT: one round trip
+            cur = conn.execute(q.core(shape), params)
+            if not batch.run_events:
+                return cur  # read after COMMIT: one round trip
+            pipe.sync()
+            row: tuple[Any, ...] | None = cur.fetchone()
+            appended = [_parse_event(t) for t in
+                        run_events_to_append(batch, self._fenced(batch, row))]
+            if appended:
+                reads = self._read_events(conn, appended)
+                pipe.sync()
+                self._insert_events(conn, appended, batch.now, reads)
+            return row
 
-        row = self._run_conn(
-            lambda conn: self._transaction(conn, lambda pipe: tx(conn, pipe)).fetchone()
-        )
+        out = self._run_conn(lambda conn: self._transaction(conn, lambda pipe: tx(conn, pipe)))
+        row = out.fetchone() if isinstance(out, psycopg.Cursor) else out
         return self._fenced(batch, row)
 
     @staticmethod
@@ -1208,10 +1264,17 @@ class PostgresStore:
         self, conn: _Conn, runs: Sequence[NewRun], cursors: tuple[_Cursor, _Cursor | None]
     ) -> set[str]:
         existing = {row[0] for row in cursors[0].fetchall()}
-        keys: dict[tuple[str, str], int] = {
-            (r[0], r[1]): r[2] for r in (cursors[1].fetchall() if cursors[1] else ())
+        keys: dict[tuple[str, str], tuple[int, str]] = {
+            (r[0], r[1]): (r[2], r[3]) for r in (cursors[1].fetchall() if cursors[1] else ())
         }
-        create = new_runs_to_create(runs, existing, keys)
+        skipped: list[SkippedTrigger] = []
+        create = new_runs_to_create(runs, existing, keys, skipped)
+        if skipped:
+            conn.execute(self._q.insert_skipped, (
+                [k.id for k in skipped], [k.function_id for k in skipped],
+                [k.key for k in skipped], [k.run_id for k in skipped],
+                [k.event_id for k in skipped], [k.at for k in skipped],
+            ))
         held = {(n.function_id, n.idempotency_key): n for n in create
                 if n.idempotency_key is not None}
         if create and all(len(n.events) == 1 and len(n.event_ids) == 1 for n in create):
@@ -1347,6 +1410,19 @@ class PostgresStore:
         params = {"function_id": function_id, "status": status, "event_id": event_id,
                   "limit": max(limit, 0), "exclude": list(exclude_function_ids or ())}
         return [_run(row) for row in self._read(query, params)]
+
+    def skipped_triggers(
+        self,
+        *,
+        function_id: str | None = None,
+        event_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """See :meth:`durable_core.Store.skipped_triggers`."""
+        params = {"function_id": function_id, "event_id": event_id, "run_id": run_id,
+                  "limit": max(limit, 0)}
+        return [SkippedTrigger(*row) for row in self._read(self._q.skipped, params)]
 
     # ------------------------------------------------------------------ notifications
 
