@@ -18,6 +18,7 @@ A driver keeps only its I/O: how it waits, where bodies run, how commits are gro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -64,6 +65,7 @@ from durable_core.core._model import (
     TimerFired,
     derive_id,
 )
+from durable_core.engine import _observe
 from durable_core.store import (
     Claim,
     CommitBatch,
@@ -109,14 +111,16 @@ class Plan:
     writes were accepted may then run.
     """
 
-    __slots__ = ("batch", "parts", "steps")
+    __slots__ = ("batch", "notes", "parts", "steps")
 
     def __init__(
-        self, batch: CommitBatch, steps: list[ExecuteStep], parts: list[Plan] | None = None
+        self, batch: CommitBatch, steps: list[ExecuteStep], parts: list[Plan] | None = None,
+        notes: list[_observe.Note] | None = None,
     ) -> None:
         self.batch = batch
         self.steps = steps
         self.parts = parts  # the per-run plans merged into this one, if several
+        self.notes = notes  # what to report once the batch is committed (log lines, spans)
 
 
 class Work:
@@ -498,20 +502,26 @@ class Engine:
             parts.append(self._plan([item], now, force=True))
         if len(parts) == 1:
             return parts[0]
+        notes = [n for p in parts if p.notes for n in p.notes]
         return Plan(
             merge_batches([p.batch for p in parts], now), [s for p in parts for s in p.steps],
-            parts,
+            parts, notes or None,
         )
 
     def _feed(self, claim: Claim, now: int) -> tuple[_Live, list[Command]]:
         live = self._adopt(claim)
         live.lease_until = now + self.lease_ms
+        t = _observe.tracing
+        if t is not None:
+            _trace_claim(t, live, claim)
         cmds: list[Command] = []
         m = live.machine
         if any(s.kind == SignalKind.CANCEL for _, s in claim.signals):
             cancel = next(s for _, s in claim.signals if s.kind == SignalKind.CANCEL)
             cmds += m.handle(CancelRequested(cancel.payload, now))
         else:
+            if not claim.journal and m.status == RunStatus.QUEUED:
+                _observe.run_started(m.run_id, m.function.id)  # before its code runs
             cmds += m.handle(RunStarted(now))
             deadline = m.next_deadline()
             if deadline is not None and deadline <= now:
@@ -632,6 +642,7 @@ class Engine:
         waits_remove: list[tuple[str, int]] = []
         signals: list[tuple[str, Signal]] = []
         steps: list[ExecuteStep] = []
+        notes: list[_observe.Note] = []
         for live, cmds in items:
             m = live.machine
             entries: tuple[Any, ...] = ()
@@ -683,13 +694,19 @@ class Engine:
                 live.signals = 0
             if m.done:
                 steps = [s for s in steps if s.run_id != m.run_id]
+            if entries or m.done or release:
+                notes += _observe.notes_for(
+                    m.run_id, m.function.id, m.run_attempt, m.started_at, entries,
+                    (m.status, error.to_dict() if error is not None else None)
+                    if m.done and status is not None else None,
+                    str(status or m.status) if release else None, now)
             live.leased = not release and not m.done
         batch = CommitBatch(
             now=now, runs=tuple(runs), events=tuple(events), writes=tuple(writes),
             waits_add=tuple(waits_add), waits_remove=tuple(waits_remove),
             signals=tuple(signals),
         )
-        return Plan(batch, steps)
+        return Plan(batch, steps, None, notes or None)
 
     def commit(self, plans: Sequence[Plan]) -> list[ExecuteStep]:
         """Commit the batches of several plans in one store transaction (group commit);
@@ -715,6 +732,9 @@ class Engine:
                 if w.entries:
                     self._commit_failures.pop(w.run_id, None)
         steps = plans[0].steps if len(plans) == 1 else [s for p in plans for s in p.steps]
+        for p in plans:
+            if p.notes:
+                _observe.publish(p.notes, fenced)
         if fenced:
             self.stale_writes += len(fenced)
             for run_id in fenced:
@@ -840,9 +860,10 @@ class Engine:
         live = self.live.get(step.run_id)
         return live is not None and live.machine.is_current(step)
 
-    def release_all(self, now: int) -> None:
+    def release_all(self, now: int) -> int:
         """Give up every lease this engine holds (graceful stop). Runs with step bodies that
-        were not executed are left due at once, so another worker picks them up."""
+        were not executed are left due at once, so another worker picks them up. Returns
+        how many runs were released."""
         writes = []
         for run_id, live in self.live.items():
             if not live.leased or live.machine.done:
@@ -855,7 +876,8 @@ class Engine:
             )
         if writes:
             self.store.commit(CommitBatch(now=now, writes=tuple(writes)))
-        self.live.clear()
+        self.forget(list(self.live))
+        return len(writes)
 
     def leased_runs(self) -> list[str]:
         """Runs whose lease this engine holds (they have step bodies in flight)."""
@@ -863,8 +885,11 @@ class Engine:
 
     def forget(self, run_ids: Iterable[str]) -> None:
         """Drop cached machines (e.g. after their lease was lost)."""
+        t = _observe.tracing
         for run_id in run_ids:
-            self.live.pop(run_id, None)
+            if self.live.pop(run_id, None) is not None and t is not None:
+                with contextlib.suppress(Exception):  # tracing must never stop a run
+                    t.run_left(run_id, "released", None)
 
     def renew_leases(self, now: int) -> set[str]:
         """Keep the runs this engine holds (their step bodies in flight) from being taken
@@ -908,6 +933,19 @@ class Engine:
         ran out may still finish; the store fences its result."""
         live = self.live.get(run_id)
         return live is not None and now + self._lease_margin < live.lease_until
+
+
+def _trace_claim(t: _observe.Tracing, live: _Live, claim: Claim) -> None:
+    """Open the span of a run an engine begins driving (tracing on), as a child of the
+    trace context its triggering event carries."""
+    try:
+        raw = json.loads(claim.run.events[0]) if claim.run.events else {}
+        parent = raw.get("traceparent") if isinstance(raw, dict) else None
+        m = live.machine
+        t.run_resumed(m.run_id, m.function.id, m.run_attempt,
+                      parent if isinstance(parent, str) else None)
+    except Exception:  # tracing must never stop a run
+        log.debug("tracing: could not open the span of run %s", claim.run.id, exc_info=True)
 
 
 def _memo_batch(live: _Live, cmds: list[Command], now: int) -> CommitBatch | None:
