@@ -162,7 +162,7 @@ class Event:
                 f"event: expected a JSON object with 'name' and 'data', got {type(raw).__name__}",
                 field="event",
             )
-        unknown = set(raw) - {"name", "data", "id", "ts"}
+        unknown = set(raw) - {"name", "data", "id", "ts", "traceparent"}
         if unknown:
             raise InvalidEventError(
                 f"event: unknown field(s) {sorted(unknown)}; allowed: name, data, id, ts",

@@ -225,7 +225,8 @@ class Engine:
                 )
             if e.id is None or e.ts is None:
                 e = Event(e.name, e.data, id=e.id or self.new_id("e_", now), ts=e.ts or now)
-            texts.append(e.to_json())
+            texts.append(e.to_json() if _observe.tracing is None
+                         else _observe.with_trace(e.to_json()))
         return texts
 
     def send(self, events: Iterable[Event], now: int, *, route: bool = False) -> Sent:
@@ -270,7 +271,7 @@ class Engine:
             run_id, event_id = self.new_id("r_", now), self.new_id("e_", now)
         event = Event(INVOKED_EVENT, {} if data is None else data, id=event_id, ts=now)
         self.store.commit(CommitBatch(now=now, runs=(NewRun(
-            id=run_id, function_id=function_id, events=(event.to_json(),),
+            id=run_id, function_id=function_id, events=(_observe.with_trace(event.to_json()),),
             event_ids=(event_id,), created_at=now,
         ),)))
         return run_id
@@ -697,7 +698,7 @@ class Engine:
             if entries or m.done or release:
                 notes += _observe.notes_for(
                     m.run_id, m.function.id, m.run_attempt, m.started_at, entries,
-                    (m.status, error.to_dict() if error is not None else None)
+                    (m.status.value, error.to_dict() if error is not None else None)
                     if m.done and status is not None else None,
                     str(status or m.status) if release else None, now)
             live.leased = not release and not m.done
@@ -852,6 +853,31 @@ class Engine:
                 items.append((live, live.machine.handle(CancelRequested("cancelled by request",
                                                                          now))))
         return self._plan(items, now)
+
+    def step_started(self, step: ExecuteStep) -> Any:
+        """Tracing is on (``_observe.tracing``) and the body of ``step`` is about to run:
+        open its span (current while the body runs, in the run's span) and return it for
+        :meth:`step_ended`; None if tracing is off or fails."""
+        t = _observe.tracing
+        if t is None:
+            return None
+        live = self.live.get(step.run_id)
+        function_id = live.machine.function.id if live is not None else ""
+        try:
+            return t.step_started(step.run_id, function_id, step.step_id, step.attempt)
+        except Exception:  # tracing must never stop a run
+            log.debug("tracing: could not open the span of a step", exc_info=True)
+            return None
+
+    def step_ended(self, span: Any, error: BaseException | None) -> None:
+        """The body whose span :meth:`step_started` opened returned (``error`` None) or
+        raised: end the span."""
+        t = _observe.tracing
+        if t is not None and span is not None:
+            try:
+                t.step_ended(span, error)
+            except Exception:
+                log.debug("tracing: could not end the span of a step", exc_info=True)
 
     def is_current(self, step: ExecuteStep) -> bool:
         """Whether a dispatched step should still run: its run is held by this engine and its

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "RUN_LOG", "Note", "Tracing", "emit", "iso_ms", "notes_for", "publish", "run_started",
-    "tracing",
+    "tracing", "with_trace",
 ]
 
 RUN_LOG = logging.getLogger("durable_core.runs")
@@ -61,8 +61,9 @@ class Tracing(Protocol):
     def step_ended(self, token: Any, error: BaseException | None) -> None:
         """The body of ``step_started``'s step returned (``error`` None) or raised."""
 
-    def log_ids(self, run_id: str) -> dict[str, str] | None:
-        """``trace_id``/``span_id`` (hex) to put on a log record about ``run_id``."""
+    def log_ids(self, run_id: str | None) -> dict[str, str] | None:
+        """``trace_id``/``span_id`` (hex) to put on a log record about ``run_id`` (None:
+        of the current span)."""
 
 
 tracing: Tracing | None = None
@@ -75,6 +76,21 @@ def emit(logger: logging.Logger | logging.LoggerAdapter[Any], level: int, msg: s
     # (Errors of a filter or a broken logger object; a handler's own go to its handleError.)
     with contextlib.suppress(Exception):
         logger.log(level, msg, *args, extra=extra)
+
+
+def with_trace(text: str) -> str:
+    """An event's JSON text with the ``traceparent`` of the current context (tracing on),
+    so the runs it starts join the sender's trace."""
+    t = tracing
+    if t is None:
+        return text
+    try:
+        parent = t.traceparent()
+    except Exception:
+        return text
+    if not parent or not text.endswith("}"):
+        return text
+    return f"{text[:-1]},\"traceparent\":{json.dumps(parent)}}}"
 
 
 def iso_ms(ms: int) -> str:
