@@ -12,7 +12,10 @@ Then:
   the run and ended when the run ends, with its status (``completed``, ``failed``,
   ``cancelled``) and error. A run that sleeps or waits is let go by the worker meanwhile:
   each stretch a worker drives it is one span (status ``sleeping`` or ``waiting``), all in
-  the same trace.
+  the same trace: the sender's (below), or for a run started outside any trace (a cron
+  tick, an event sent with no span current) a trace of its own whose id is derived from
+  the run id (its stretches share a parent span id, derived too, under which no span is
+  recorded).
 - **a span per step attempt** (``durable.step <step id>``), a child of the run's span,
   around the step body, with the attempt, its outcome and its error; it is the current span
   while the body runs, so spans the body opens (an HTTP client's) nest under it. Steps
@@ -32,11 +35,19 @@ its status), ``error.type``; errors are also recorded as span events (``exceptio
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from durable_core import __version__
@@ -66,7 +77,7 @@ class _Tracing:
         if run_id in self.runs:
             return
         parent = (_PROPAGATOR.extract({"traceparent": traceparent}) if traceparent
-                  else otel_context.Context())  # not the driver's current span
+                  else _run_trace(run_id))
         self.runs[run_id] = self.tracer.start_span(
             f"durable.run {function_id}", context=parent,
             attributes={"durable.run_id": run_id, "durable.function_id": function_id,
@@ -122,6 +133,19 @@ class _Tracing:
         if not sc.is_valid:
             return None
         return {"trace_id": format(sc.trace_id, "032x"), "span_id": format(sc.span_id, "016x")}
+
+
+def _run_trace(run_id: str) -> otel_context.Context:
+    """The parent of the spans of a run started outside any trace (a cron tick, an event
+    sent with no span current): a trace of its own, with ids derived from the run id, so
+    that every stretch of the run lands in the same trace. No span is recorded under the
+    parent id itself."""
+    digest = hashlib.sha256(f"durable-run:{run_id}".encode()).digest()
+    trace_id = int.from_bytes(digest[:16], "big") or 1
+    span_id = int.from_bytes(digest[16:24], "big") or 1
+    parent = NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=True,
+                                          trace_flags=TraceFlags(TraceFlags.SAMPLED)))
+    return trace.set_span_in_context(parent, otel_context.Context())
 
 
 def _describe(error: dict[str, Any] | None) -> str:

@@ -21,6 +21,7 @@ from durable_core.base._errors import (
 )
 from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
+from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import check_text
 
 __all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
@@ -78,7 +79,7 @@ class CronTrigger:
 
 
 Trigger = EventTrigger | CronTrigger
-_log = logging.getLogger("durable_core.cel")
+_log = safe_logger("durable_core.cel")
 
 
 class _TriggerIndex:

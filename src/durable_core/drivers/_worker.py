@@ -15,7 +15,6 @@ import contextlib
 import functools
 import gc
 import inspect
-import logging
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ import trio
 
 from durable_core.base._errors import StoreError, StoreLostError, ValidationError
 from durable_core.base._events import Event, Sent
+from durable_core.base._safelog import safe_logger
 from durable_core.core._context import current_attempt
 from durable_core.core._function import TRIO, App
 from durable_core.core._model import ExecuteStep
@@ -48,7 +48,7 @@ from durable_core.store import Store
 
 __all__ = ["Worker", "wall_clock_ms"]
 
-log = logging.getLogger("durable_core.worker")
+log = safe_logger("durable_core.worker")
 
 _ORPHAN_CHECK_MS = 60_000  # how often a worker looks for runs of functions it lacks
 _ORPHAN_SAMPLE = 100  # the most such runs it reads at a time
@@ -275,7 +275,7 @@ class Worker:
                 await self._main_loop()
             finally:
                 with trio.CancelScope(shield=True):
-                    in_flight, executed = self._active, self.steps_executed
+                    in_flight, abandoned = self._active, self.bodies_abandoned
                     while self._active:
                         await trio.sleep(0.01)
                     released: int | None = None
@@ -287,7 +287,8 @@ class Worker:
                                         "take them when their leases run out): %s", exc)
                     await trio.to_thread.run_sync(self._asyncio.close)
                     self._stopped.set()
-                    self._log_stopped(in_flight, self.steps_executed - executed, released)
+                    self._log_stopped(
+                        in_flight, in_flight - (self.bodies_abandoned - abandoned), released)
                 nursery.cancel_scope.cancel()
 
     def _log_stopped(self, in_flight: int, finished: int, released: int | None) -> None:
@@ -616,7 +617,8 @@ class Worker:
         # run between reading the leased runs and acting on the store's answer.
         lost = self.engine.renew_leases(now)
         if lost:
-            log.warning("lost the lease of %d run(s); another worker took them", len(lost))
+            log.warning("lost the lease of %d run(s); another worker took them: %s", len(lost),
+                        ", ".join(sorted(lost)[:10]), extra={"run_ids": sorted(lost)})
             self.leases_lost += len(lost)
 
     async def _listener(self) -> None:

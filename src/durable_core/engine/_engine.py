@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ from durable_core.base._errors import (
 )
 from durable_core.base._events import Event, Sent
 from durable_core.base._match import condition_keys, event_keys
+from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import check_text
 from durable_core.core._function import App, Function
 from durable_core.core._machine import RunMachine
@@ -85,7 +85,7 @@ MAX_COMMIT_FAILURES = 3
 """A run whose writes the store refuses this many times in a row with a data error (not a
 lost connection) is failed instead of being retried for ever."""
 
-log = logging.getLogger("durable_core.engine")
+log = safe_logger("durable_core.engine")
 
 _tuple_new = tuple.__new__
 _ROUTE_BATCH = 500  # events routed per commit
@@ -543,7 +543,8 @@ class Engine:
             )
         self.poisoned_runs += 1
         log.error("run %s fails: it cannot be loaded: %s: %s", run.id, type(exc).__name__,
-                  _short(exc))
+                  _short(exc), extra={"run_id": run.id, "function_id": run.function_id,
+                                      "event": "run.failed"})
         consumed = max((seq for seq, _ in claim.signals), default=0)
         info = ErrorInfo.from_exception(exc)
         write = RunWrite(run_id=run.id, epoch=run.epoch, status="failed", error=info,
@@ -798,6 +799,7 @@ class Engine:
                         "run %s: the store refused its writes (%d of %d times): %s: %s; the "
                         "run will be retried from the store",
                         w.run_id, n, MAX_COMMIT_FAILURES, type(exc).__name__, _short(exc),
+                        extra={"run_id": w.run_id},
                     )
                     continue
                 self._fail_refused(w, exc, n, now)
@@ -810,14 +812,15 @@ class Engine:
             f"({type(cause).__name__}: {_short(cause)}); the run is failed instead of being "
             "retried for ever. Check the step ids, event names and values it records"
         )
-        log.error("%s", err)
+        log.error("%s", err, extra={"run_id": w.run_id, "event": "run.failed"})
         try:
             self.store.commit(CommitBatch(now=now, writes=(
                 RunWrite(run_id=w.run_id, epoch=w.epoch, status="failed",
                          error=ErrorInfo.from_exception(err)),
             )))
         except Exception as again:
-            log.warning("run %s: recording its failure failed too: %s", w.run_id, again)
+            log.warning("run %s: recording its failure failed too: %s", w.run_id, again,
+                        extra={"run_id": w.run_id})
             return
         self._commit_failures.pop(w.run_id, None)
         self.poisoned_runs += 1
@@ -1064,7 +1067,8 @@ def wait_matches(wait: WaitRecord, event: dict[str, Any]) -> bool:
     except (InvalidExpressionError, RecursionError, ValueError) as exc:
         # The wait does not resume on this event; it still times out as usual.
         log.warning("run %s: wait at position %d does not match event %s: %s", wait.run_id,
-                    wait.position, ascii(event.get("id")), _short(exc))
+                    wait.position, ascii(event.get("id")), _short(exc),
+                    extra={"run_id": wait.run_id})
         return False
 
 
