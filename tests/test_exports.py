@@ -57,6 +57,7 @@ PINNED: dict[str, list[str]] = {
         "write_accepted",
     ],
     "durable_core.demo": ["app", "charge_card", "process_order"],
+    "durable_core.otel": ["instrument", "instrumented", "uninstrument"],
     "durable_core.protocol": [
         "CRON_EVENT", "TERMINAL_STATUSES", "AppendJournal", "CancelRequested", "CancelRun",
         "ClearWait", "Command", "CompleteRun", "EmitEvents", "Engine", "ErrorInfo",
