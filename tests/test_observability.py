@@ -27,11 +27,13 @@ from durable_core import (
     Context,
     Event,
     FunctionConfigError,
+    JsonLogFormatter,
     NonRetriableError,
+    TextLogFormatter,
     Worker,
+    configure_logging,
     on_event,
 )
-from durable_core.drivers._logs import JsonFormatter, TextFormatter, configure_logging
 from durable_core.testing import TestEngine
 
 RUNS = "durable_core.runs"
@@ -172,7 +174,7 @@ def test_lines_are_not_repeated_when_a_run_is_replayed(caplog: pytest.LogCapture
     eng2 = TestEngine(app, start=eng.now, store=eng.store)
     eng2.advance("2h")
     assert eng2.run(run.id).status == "completed"
-    assert events(caplog) == before + ["run.completed"]
+    assert events(caplog) == [*before, "run.completed"]
 
 
 def test_lines_cost_nothing_when_their_level_is_off(caplog: pytest.LogCaptureFixture) -> None:
@@ -415,7 +417,7 @@ def _record(**extra: Any) -> logging.LogRecord:
 
 
 def test_json_lines_hold_the_time_level_logger_message_and_ids() -> None:
-    line = JsonFormatter().format(_record(run_id="r_1", function_id="pay", step_id="charge",
+    line = JsonLogFormatter().format(_record(run_id="r_1", function_id="pay", step_id="charge",
                                           attempt=2, error={"type": "E"}, odd=object()))
     assert "\n" not in line
     out = json.loads(line)
@@ -425,18 +427,18 @@ def test_json_lines_hold_the_time_level_logger_message_and_ids() -> None:
         "message": "run r_1 retrying", "run_id": "r_1", "function_id": "pay",
         "step_id": "charge", "attempt": 2, "error": {"type": "E"}}
     assert out["odd"].startswith("<object object")  # not JSON: shown as its repr
-    bare = json.loads(JsonFormatter().format(_record()))
+    bare = json.loads(JsonLogFormatter().format(_record()))
     assert bare["run_id"] is None and bare["attempt"] is None  # always present
     try:
         raise ValueError("boom")
     except ValueError:
         rec = _record()
         rec.exc_info = sys.exc_info()
-    assert "ValueError: boom" in json.loads(JsonFormatter().format(rec))["exception"]
+    assert "ValueError: boom" in json.loads(JsonLogFormatter().format(rec))["exception"]
 
 
 def test_text_lines_show_the_ids_after_the_message() -> None:
-    line = TextFormatter().format(_record(run_id="r_1", step_id="charge", attempt=0))
+    line = TextLogFormatter().format(_record(run_id="r_1", step_id="charge", attempt=0))
     assert line == ("2026-01-01T00:00:00.500Z WARNING durable_core.runs: run r_1 retrying "
                     "run_id=r_1 step_id=charge attempt=0")
 

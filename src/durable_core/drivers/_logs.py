@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from durable_core.base._errors import ValidationError
 from durable_core.engine import _observe
 
-__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "TextFormatter", "configure_logging"]
+__all__ = ["FORMATS", "LEVELS", "JsonLogFormatter", "TextLogFormatter", "configure_logging"]
 
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
@@ -53,7 +53,7 @@ def extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
-class TextFormatter(logging.Formatter):
+class TextLogFormatter(logging.Formatter):
     """``2026-01-01T10:00:00.000Z WARNING durable_core.runs: message run_id=r_... step_id=fetch
     attempt=0``: the ids a record carries follow its message."""
 
@@ -74,7 +74,7 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class JsonFormatter(logging.Formatter):
+class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (ISO 8601 UTC), ``level``, ``logger``,
     ``message``, then ``run_id``, ``function_id``, ``step_id``, ``attempt`` (null when the
     record has none), ``trace_id``/``span_id`` when tracing is on, the record's other
@@ -115,7 +115,7 @@ def configure_logging(level: str | int = "info", format: str = "text",
                 field="log_level")
         level = getattr(logging, level.upper())
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    handler.setFormatter(JsonLogFormatter() if format == "json" else TextLogFormatter())
     handler._durable = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
