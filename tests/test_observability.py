@@ -460,6 +460,7 @@ def test_configure_logging_checks_its_arguments_and_replaces_itself() -> None:
     finally:
         root.removeHandler(second)
         root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 def test_durable_worker_log_format_json_writes_one_object_per_line(
@@ -649,3 +650,59 @@ def test_import_durable_core_does_not_import_opentelemetry() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.strip() == "False"
+
+
+def test_the_step_span_is_current_in_sync_and_asyncio_bodies_on_the_worker(spans: Any) -> None:
+    from opentelemetry import trace
+
+    app = App("obs")  # async bodies on the worker's asyncio loop thread; sync in threads
+    tracer = spans.provider.get_tracer("body")
+
+    def sync_body() -> None:
+        with tracer.start_as_current_span("inner sync"):
+            pass
+
+    async def async_body() -> None:
+        assert trace.get_current_span().is_recording()
+        with tracer.start_as_current_span("inner async"):
+            pass
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> None:
+        await ctx.step.run("sync", sync_body)
+        await ctx.step.run("async", async_body)
+
+    store = stores.MemoryStore()
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=30, clock=mock_ms)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(w.run)
+            await w.send(Event("go"))
+            await until_completed(store)
+            w.stop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    for inner, step in (("inner sync", "durable.step sync"), ("inner async", "durable.step async")):
+        assert by_name[inner].parent.span_id == by_name[step].context.span_id, inner
+
+
+def test_python_warnings_go_through_the_same_path() -> None:
+    import warnings
+
+    out = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with warnings.catch_warnings():  # (out of pytest's own capture of warnings)
+            warnings.simplefilter("always")
+            handler = configure_logging("info", "json", out)
+            warnings.warn("something odd", UserWarning, stacklevel=1)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        logging.captureWarnings(False)
+    [line] = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert line["logger"] == "py.warnings" and line["level"] == "WARNING"
+    assert "something odd" in line["message"] and line["time"].endswith("Z")

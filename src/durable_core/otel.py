@@ -36,6 +36,7 @@ its status), ``error.type``; errors are also recorded as span events (``exceptio
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -124,6 +125,15 @@ class _Tracing:
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             span.end()
+
+    def bind(self, call: Callable[[], Any]) -> Callable[[], Any]:
+        current = otel_context.get_current()
+
+        def bound() -> Any:
+            otel_context.attach(current)  # in the body's own task context, dropped with it
+            return call()
+
+        return bound
 
     def log_ids(self, run_id: str | None) -> dict[str, str] | None:
         span = trace.get_current_span() if run_id is None else self.runs.get(run_id)

@@ -104,7 +104,8 @@ def configure_logging(level: str | int = "info", format: str = "text",
     ``error``) to ``stream`` (default stderr) in ``format`` (``text`` or ``json``), as
     ``durable worker`` does: one handler on the root logger, so the app's own loggers
     (``App(logger=...)``, ``logging.getLogger(__name__)`` in step bodies) come out the same
-    way. Replaces a handler this function installed before. Returns the handler."""
+    way, and so do Python warnings (``warnings.warn``, on the ``py.warnings`` logger).
+    Replaces a handler this function installed before. Returns the handler."""
     if format not in FORMATS:
         raise ValidationError(f"log format must be one of {', '.join(FORMATS)}, got {format!r}",
                               field="log_format")
@@ -123,4 +124,5 @@ def configure_logging(level: str | int = "info", format: str = "text",
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn(...) too, with a time and a level
     return handler

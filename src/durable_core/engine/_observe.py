@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = [
@@ -60,6 +61,10 @@ class Tracing(Protocol):
 
     def step_ended(self, token: Any, error: BaseException | None) -> None:
         """The body of ``step_started``'s step returned (``error`` None) or raised."""
+
+    def bind(self, call: Callable[[], Any]) -> Callable[[], Any]:
+        """``call`` made to run in the current trace context when called in another
+        context (an asyncio task on the bodies' loop)."""
 
     def log_ids(self, run_id: str | None) -> dict[str, str] | None:
         """``trace_id``/``span_id`` (hex) to put on a log record about ``run_id`` (None:
