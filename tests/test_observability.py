@@ -463,8 +463,9 @@ def test_configure_logging_checks_its_arguments_and_replaces_itself() -> None:
         logging.captureWarnings(False)
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "processes"])
 def test_durable_worker_log_format_json_writes_one_object_per_line(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, processes: int,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'logs.db'}"
     store = stores.open(url)
@@ -474,7 +475,7 @@ def test_durable_worker_log_format_json_writes_one_object_per_line(
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from durable_core.cli import main; sys.exit(main())",
          "worker", "logs_app:app", "--log-format", "json", "--log-level", "info",
-         "--poll-interval", "0.05", "--store", url],
+         "--poll-interval", "0.05", "--processes", str(processes), "--store", url],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )
@@ -494,6 +495,8 @@ def test_durable_worker_log_format_json_writes_one_object_per_line(
         store.close()
     assert proc.returncode == 0, err
     assert "durable worker" in out and "Ctrl-C to stop" in out  # the start line still
+    if processes > 1:
+        assert out.rstrip().endswith("durable worker: stopped")  # the supervisor's lines
     records = [json.loads(line) for line in err.splitlines()]  # every line is one object
     for r in records:
         assert {"time", "level", "logger", "message", "run_id", "function_id", "step_id",
@@ -508,9 +511,14 @@ def test_durable_worker_log_format_json_writes_one_object_per_line(
     [failed] = [r for r in records if r.get("event") == "run.failed"]
     assert failed["run_id"] == runs["refuse"] and failed["level"] == "ERROR"
     assert failed["error"]["type"] == "StepError"
-    assert any("received SIGTERM" in r["message"] and r["level"] == "WARNING" for r in records)
-    assert records[-1]["logger"] == "durable_core.worker"
-    assert "stopped" in records[-1]["message"] and records[-1]["runs_in_flight"] == 0
+    stops = [r for r in records if r.get("event") == "worker.stopped"]
+    assert len(stops) == processes  # each worker process's last line
+    if processes == 1:
+        assert any("received SIGTERM" in r["message"] and r["level"] == "WARNING"
+                   for r in records)
+        assert records[-1] == stops[0]
+    assert all(r["logger"] == "durable_core.worker" and r["runs_in_flight"] == 0
+               and r["message"].startswith("worker ") for r in stops)
 
 
 # --------------------------------------------------------------------------- OpenTelemetry
@@ -573,6 +581,31 @@ def test_a_span_per_run_and_per_step_attempt_in_the_senders_trace(
     # Log records about the run carry its trace.
     for r in lines(caplog):
         assert r.trace_id == format(trace_id, "032x")  # type: ignore[attr-defined]
+
+
+def test_client_send_carries_the_trace_into_the_runs_it_starts(spans: Any) -> None:
+    app, _ = _flaky_app(failures=0)
+    seen: list[dict[str, Any]] = []
+
+    @app.function(id="look", trigger=on_event("pay"))
+    async def look(ctx: Context) -> None:
+        seen.append(ctx.event.to_dict())
+
+    store = stores.MemoryStore()
+    tracer = spans.provider.get_tracer("test")
+    with tracer.start_as_current_span("web request") as request:
+        Client(store).send(Event("pay"))  # a process without the app: the event only
+    raw = json.loads(store.unrouted_events(10)[0].data)
+    assert raw["traceparent"].split("-")[1] == format(request.get_span_context().trace_id,
+                                                      "032x")
+    eng = TestEngine(app, store=store)  # a worker elsewhere picks the event up
+    eng.advance("2h")
+    assert sorted(r.status for r in eng.runs) == ["completed", "completed"]
+    assert set(seen[0]) == {"name", "data", "id", "ts"}  # ctx.event: no trace field in it
+    got = spans.get_finished_spans()
+    assert {s.context.trace_id for s in got} == {request.get_span_context().trace_id}
+    first_run_span = next(s for s in got if s.name == "durable.run pay")
+    assert first_run_span.parent.span_id == request.get_span_context().span_id
 
 
 def test_replayed_steps_make_no_spans(spans: Any) -> None:
