@@ -739,3 +739,36 @@ def test_python_warnings_go_through_the_same_path() -> None:
     [line] = [json.loads(x) for x in out.getvalue().splitlines()]
     assert line["logger"] == "py.warnings" and line["level"] == "WARNING"
     assert "something odd" in line["message"] and line["time"].endswith("Z")
+
+
+def test_the_last_line_counts_bodies_abandoned_when_the_worker_is_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="durable_core.worker")
+    app = App("obs", async_bodies="trio")
+    reached = trio.Event()
+
+    async def forever() -> None:
+        reached.set()
+        await trio.sleep_forever()
+
+    @app.function(id="stuck", trigger=on_event("stuck"))
+    async def stuck(ctx: Context) -> None:
+        await ctx.step.run("forever", forever)
+
+    store = stores.MemoryStore()
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=30, clock=mock_ms, owner="w2")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(w.run)
+            await w.send(Event("stuck"))
+            await reached.wait()
+            nursery.cancel_scope.cancel()  # from outside: the body is cut short
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    [last] = [r for r in lines(caplog, "durable_core.worker") if "stopped" in r.getMessage()]
+    assert (last.runs_in_flight, last.bodies_finished, last.bodies_abandoned,  # type: ignore[attr-defined]
+            last.runs_released) == (1, 0, 1, 1)  # type: ignore[attr-defined]
+    (run,) = store.list_runs()
+    assert run.lease_owner is None  # handed back: another worker runs the body again

@@ -287,21 +287,22 @@ class Worker:
                                         "take them when their leases run out): %s", exc)
                     await trio.to_thread.run_sync(self._asyncio.close)
                     self._stopped.set()
-                    self._log_stopped(
-                        in_flight, in_flight - (self.bodies_abandoned - abandoned), released)
+                    abandoned = self.bodies_abandoned - abandoned
+                    self._log_stopped(in_flight, in_flight - abandoned, abandoned, released)
                 nursery.cancel_scope.cancel()
 
-    def _log_stopped(self, in_flight: int, finished: int, released: int | None) -> None:
+    def _log_stopped(self, in_flight: int, finished: int, abandoned: int,
+                     released: int | None) -> None:
         """The worker's last line: what was in flight when it stopped."""
         with contextlib.suppress(Exception):  # logging never stops a worker
             log.info(
                 "worker %s stopped: %d run(s) had step bodies in flight (%d bodies finished "
                 "and committed while stopping, %d abandoned); %s run(s) released to other "
                 "workers; %d steps executed in all",
-                self.owner, in_flight, finished, self.bodies_abandoned,
+                self.owner, in_flight, finished, abandoned,
                 "no" if released is None else released, self.steps_executed,
                 extra={"runs_in_flight": in_flight, "bodies_finished": finished,
-                       "bodies_abandoned": self.bodies_abandoned, "runs_released": released,
+                       "bodies_abandoned": abandoned, "runs_released": released,
                        "steps_executed": self.steps_executed, "event": "worker.stopped"})
 
     def stop(self) -> None:
