@@ -245,6 +245,30 @@ def test_app_logger_must_be_a_logger() -> None:
     assert App("obs", logger=adapter).logger is adapter
 
 
+def test_an_adapter_as_app_logger_keeps_its_extra_and_the_runs_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="tests.observability.tenant")
+
+    class Prefixed(logging.LoggerAdapter):  # type: ignore[type-arg]
+        def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+            msg, kwargs = super().process(msg, kwargs)
+            return f"[t1] {msg}", kwargs
+
+    app = App("obs", logger=Prefixed(logging.getLogger("tests.observability.tenant"),
+                                     {"tenant": "t1"}))
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> None:
+        ctx.logger.info("hi")
+
+    [run] = TestEngine(app).send(Event("go")).runs
+    [record] = lines(caplog, "tests.observability.tenant")
+    assert record.getMessage() == "[t1] hi"
+    assert (record.tenant, record.run_id, record.function_id) == ("t1", run.id, "f")  # type: ignore[attr-defined]
+    assert record.funcName == "f"
+
+
 def test_ctx_logger_lines_after_the_last_step_repeat_when_the_code_is_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

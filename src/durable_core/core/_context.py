@@ -621,4 +621,16 @@ class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             return
         kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller's line, not ours
         with contextlib.suppress(Exception):
-            super().log(level, msg, *args, **kwargs)
+            if not self.isEnabledFor(level):
+                return
+            call: MutableMapping[str, Any] = kwargs
+            msg, call = self.process(msg, call)
+            target: Any = self.logger
+            while isinstance(target, logging.LoggerAdapter):
+                # The app's logger is an adapter: its own processing, with the run's ids
+                # kept (a plain LoggerAdapter would replace ``extra`` with its own).
+                ours = call["extra"]
+                msg, call = target.process(msg, call)
+                call["extra"] = {**(call.get("extra") or {}), **ours}
+                target = target.logger
+            target.log(level, msg, *args, **call)
