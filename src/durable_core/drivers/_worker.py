@@ -269,13 +269,15 @@ class Worker:
             if handle_signals:
                 nursery.start_soon(self._signal_watcher)
             task_status.started()
+            before = self.bodies_abandoned
             log.debug("worker %s started: app %r, max_runs %d", self.owner, self.app.id,
                       self.max_runs)
             try:
                 await self._main_loop()
             finally:
                 with trio.CancelScope(shield=True):
-                    in_flight, abandoned = self._active, self.bodies_abandoned
+                    # (Bodies cut short by a cancel from outside may have ended already.)
+                    in_flight = self._active + self.bodies_abandoned - before
                     while self._active:
                         await trio.sleep(0.01)
                     released: int | None = None
@@ -287,7 +289,7 @@ class Worker:
                                         "take them when their leases run out): %s", exc)
                     await trio.to_thread.run_sync(self._asyncio.close)
                     self._stopped.set()
-                    abandoned = self.bodies_abandoned - abandoned
+                    abandoned = self.bodies_abandoned - before
                     self._log_stopped(in_flight, in_flight - abandoned, abandoned, released)
                 nursery.cancel_scope.cancel()
 
