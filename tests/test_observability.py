@@ -139,6 +139,32 @@ def test_a_failed_and_a_cancelled_run_say_so_with_the_error(
     assert "changed my mind" in cancelled.getMessage()
 
 
+def test_a_step_that_failed_for_good_is_reported_when_the_code_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=RUNS)
+    app = App("obs")
+
+    def refuse() -> None:
+        raise NonRetriableError("no, thanks")
+
+    @app.function(id="fallback", trigger=on_event("go"))
+    async def fallback(ctx: Context) -> str:
+        try:
+            await ctx.step.run("primary", refuse)
+        except StepError:
+            ctx.logger.info("primary refused; using the secondary")
+        return await ctx.step.run("secondary", lambda: "ok")
+
+    eng = TestEngine(app)
+    [run] = eng.send(Event("go")).runs
+    assert run.status == "completed"
+    assert events(caplog) == ["run.started", "step.failed", "run.completed"]
+    failed = lines(caplog)[1]
+    assert failed.step_id == "primary" and failed.run_id == run.id  # type: ignore[attr-defined]
+    assert failed.error["type"] == "NonRetriableError"  # type: ignore[attr-defined]
+
+
 def test_orchestration_code_that_raises_reports_a_run_retry(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -592,7 +592,9 @@ class Engine:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
         batch = _memo_batch(live, cmds, now)
         if batch is not None:
-            return Plan(batch, [cmds[1]])  # type: ignore[list-item]
+            # (A step that failed for good, its error caught by the code, takes this path.)
+            return Plan(batch, [cmds[1]], None,  # type: ignore[list-item]
+                        None if error is None else _failed_notes(live, cmds, now))
         return self._plan([(live, cmds)], now)
 
     def finish_step(
@@ -624,6 +626,10 @@ class Engine:
             return []
         if self._commit_failures:
             self._commit_failures.pop(step.run_id, None)  # its journal moved on (_committed)
+        if error is not None:  # a step that failed for good, its error caught by the code
+            notes = _failed_notes(live, cmds, now)
+            if notes:
+                _observe.publish(notes)
         return cmds[1:]  # type: ignore[return-value]
 
     def feed(self, run_id: str, inp: Input, now: int) -> Plan | None:
@@ -975,6 +981,14 @@ def _trace_claim(t: _observe.Tracing, live: _Live, claim: Claim) -> None:
                       parent if isinstance(parent, str) else None)
     except Exception:  # tracing must never stop a run
         log.debug("tracing: could not open the span of run %s", claim.run.id, exc_info=True)
+
+
+def _failed_notes(live: _Live, cmds: list[Command], now: int) -> list[_observe.Note] | None:
+    """The notes of a memo batch (``_memo_batch``) that records a failed step."""
+    m = live.machine
+    notes = _observe.notes_for(m.run_id, m.function.id, m.run_attempt, m.started_at,
+                               cmds[0].entries, None, None, now)  # type: ignore[union-attr]
+    return notes or None
 
 
 def _memo_batch(live: _Live, cmds: list[Command], now: int) -> CommitBatch | None:
