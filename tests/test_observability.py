@@ -29,6 +29,7 @@ from durable_core import (
     FunctionConfigError,
     JsonLogFormatter,
     NonRetriableError,
+    StepError,
     TextLogFormatter,
     Worker,
     configure_logging,
