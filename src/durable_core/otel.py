@@ -39,17 +39,22 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    Status,
-    StatusCode,
-    TraceFlags,
-)
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        Span,
+        SpanContext,
+        Status,
+        StatusCode,
+        TraceFlags,
+    )
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError as exc:  # pragma: no cover - the extra is part of [dev]
+    raise ImportError(
+        f"durable_core.otel needs OpenTelemetry ({exc}); install it with: "
+        "pip install 'durable-core[otel]'") from exc
 
 from durable_core import __version__
 from durable_core.core import _context
