@@ -89,7 +89,7 @@ def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
                         tune_gc=True)
         if announce:
             print(f"durable worker {worker.owner}: app {app.id!r} on "
-                  f"{redact_url(store_url)} (Ctrl-C to stop)")
+                  f"{redact_url(store_url)} (Ctrl-C to stop)", flush=True)  # before log lines
         try:
             trio.run(main, worker)
         except BaseExceptionGroup as group:
