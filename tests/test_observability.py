@@ -47,7 +47,7 @@ def lines(caplog: pytest.LogCaptureFixture, name: str = RUNS) -> list[logging.Lo
 
 
 def events(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [getattr(r, "event", "") for r in lines(caplog)]
+    return [getattr(r, "action", "") for r in lines(caplog)]
 
 
 def _flaky_app(failures: int = 1, retries: int = 4) -> tuple[App, list[int]]:
@@ -100,7 +100,7 @@ def test_a_run_reports_start_retry_and_completion_with_its_ids(
     eng.advance("2h")
     assert run.status == "completed"
     done = lines(caplog)[-1]
-    assert done.event == "run.completed" and done.levelno == logging.INFO  # type: ignore[attr-defined]
+    assert done.action == "run.completed" and done.levelno == logging.INFO  # type: ignore[attr-defined]
     assert done.run_id == run.id and done.status == "completed"  # type: ignore[attr-defined]
     # From the run's creation to its end, in virtual time: the retry's backoff and the hour.
     assert done.duration_ms == eng.store.get_run(run.id).updated_at - eng.store.get_run(  # type: ignore[attr-defined]
@@ -129,13 +129,13 @@ def test_a_failed_and_a_cancelled_run_say_so_with_the_error(
     eng = TestEngine(app)
     [bad] = eng.send(Event("refuse")).runs
     assert bad.status == "failed"
-    failed = [r for r in lines(caplog) if r.event == "run.failed"]  # type: ignore[attr-defined]
+    failed = [r for r in lines(caplog) if r.action == "run.failed"]  # type: ignore[attr-defined]
     assert len(failed) == 1 and failed[0].levelno == logging.ERROR
     assert failed[0].error["type"] == "StepError"  # type: ignore[attr-defined]
     assert "step.failed" in events(caplog)  # the step's own failure, before the run's
     [sleeper] = eng.send(Event("nap")).runs
     eng.cancel_run(sleeper.id, reason="changed my mind")
-    [cancelled] = [r for r in lines(caplog) if r.event == "run.cancelled"]  # type: ignore[attr-defined]
+    [cancelled] = [r for r in lines(caplog) if r.action == "run.cancelled"]  # type: ignore[attr-defined]
     assert cancelled.levelno == logging.WARNING and cancelled.run_id == sleeper.id  # type: ignore[attr-defined]
     assert "changed my mind" in cancelled.getMessage()
 
@@ -182,7 +182,7 @@ def test_orchestration_code_that_raises_reports_a_run_retry(
 
     eng = TestEngine(app)
     [run] = eng.send(Event("go")).runs
-    [retry] = [r for r in lines(caplog) if r.event == "run.retrying"]  # type: ignore[attr-defined]
+    [retry] = [r for r in lines(caplog) if r.action == "run.retrying"]  # type: ignore[attr-defined]
     assert retry.step_id is None and retry.attempt == 0 and retry.run_id == run.id  # type: ignore[attr-defined]
     assert retry.error == {"type": "RuntimeError", "message": "not yet"}  # type: ignore[attr-defined]
     eng.advance("1h")
@@ -442,10 +442,10 @@ def test_the_worker_reports_runs_and_a_last_line_on_stop(
             release.set()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    pay_events = [r.event for r in lines(caplog)  # type: ignore[attr-defined]
-                  if r.function_id == "pay" and r.event != "run.released"]  # type: ignore[attr-defined]
+    pay_events = [r.action for r in lines(caplog)  # type: ignore[attr-defined]
+                  if r.function_id == "pay" and r.action != "run.released"]  # type: ignore[attr-defined]
     assert pay_events == ["run.started", "step.retrying", "run.completed"]
-    [done] = [r for r in lines(caplog) if r.event == "run.completed"]  # type: ignore[attr-defined]
+    [done] = [r for r in lines(caplog) if r.action == "run.completed"]  # type: ignore[attr-defined]
     assert done.duration_ms >= 3_600_000  # type: ignore[attr-defined]  # virtual time
     [last] = [r for r in lines(caplog, "durable_core.worker") if "stopped" in r.getMessage()]
     assert last is caplog.records[-1]
@@ -557,12 +557,12 @@ def test_durable_worker_log_format_json_writes_one_object_per_line(
     greet = [r for r in records if r["run_id"] == runs["greet"]]
     assert [r["message"] for r in greet if r["logger"] == "durable_core.run"] == [
         "greeting Ada"]
-    assert [r.get("event") for r in greet if r["logger"] == RUNS] == [
+    assert [r.get("action") for r in greet if r["logger"] == RUNS] == [
         "run.started", "run.completed"]
-    [failed] = [r for r in records if r.get("event") == "run.failed"]
+    [failed] = [r for r in records if r.get("action") == "run.failed"]
     assert failed["run_id"] == runs["refuse"] and failed["level"] == "ERROR"
     assert failed["error"]["type"] == "StepError"
-    stops = [r for r in records if r.get("event") == "worker.stopped"]
+    stops = [r for r in records if r.get("action") == "worker.stopped"]
     assert len(stops) == processes  # each worker process's last line
     if processes == 1:
         assert any("received SIGTERM" in r["message"] and r["level"] == "WARNING"

@@ -305,7 +305,7 @@ class Worker:
                 "no" if released is None else released, self.steps_executed,
                 extra={"runs_in_flight": in_flight, "bodies_finished": finished,
                        "bodies_abandoned": abandoned, "runs_released": released,
-                       "steps_executed": self.steps_executed, "event": "worker.stopped"})
+                       "steps_executed": self.steps_executed, "action": "worker.stopped"})
 
     def stop(self) -> None:
         """Ask the worker to stop gracefully (safe to call from the trio thread)."""

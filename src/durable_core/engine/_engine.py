@@ -544,7 +544,7 @@ class Engine:
         self.poisoned_runs += 1
         log.error("run %s fails: it cannot be loaded: %s: %s", run.id, type(exc).__name__,
                   _short(exc), extra={"run_id": run.id, "function_id": run.function_id,
-                                      "event": "run.failed"})
+                                      "action": "run.failed"})
         consumed = max((seq for seq, _ in claim.signals), default=0)
         info = ErrorInfo.from_exception(exc)
         write = RunWrite(run_id=run.id, epoch=run.epoch, status="failed", error=info,
@@ -818,7 +818,7 @@ class Engine:
             f"({type(cause).__name__}: {_short(cause)}); the run is failed instead of being "
             "retried for ever. Check the step ids, event names and values it records"
         )
-        log.error("%s", err, extra={"run_id": w.run_id, "event": "run.failed"})
+        log.error("%s", err, extra={"run_id": w.run_id, "action": "run.failed"})
         try:
             self.store.commit(CommitBatch(now=now, writes=(
                 RunWrite(run_id=w.run_id, epoch=w.epoch, status="failed",

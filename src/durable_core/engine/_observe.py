@@ -3,7 +3,8 @@ tracing (:mod:`durable_core.otel`) plugs into.
 
 Every line goes to the logger ``durable_core.runs`` and carries, as ``extra`` fields,
 ``run_id``, ``function_id``, ``step_id`` (None for a line about the whole run) and
-``attempt`` (0-based), so a handler or formatter can filter and index by them:
+``attempt`` (0-based), so a handler or formatter can filter and index by them, and
+``action`` (``run.started``, ``step.retrying``, ...: which line it is):
 
 - ``run started`` (INFO): a new run's code was entered for the first time;
 - ``step retrying`` (WARNING): a step attempt raised; ``error`` and ``retry_at`` (ISO 8601
@@ -129,7 +130,7 @@ def run_started(run_id: str, function_id: str) -> None:
     """A new run's code is about to be entered for the first time."""
     if RUN_LOG.isEnabledFor(_INFO):
         extra = {"run_id": run_id, "function_id": function_id, "step_id": None,
-                 "attempt": 0, "event": "run.started"}
+                 "attempt": 0, "action": "run.started"}
         t = tracing
         if t is not None:
             with contextlib.suppress(Exception):
@@ -161,7 +162,7 @@ def notes_for(run_id: str, function_id: str, run_attempt: int, started_at: int,
                      _error_text(data.get("error")), when),
                     {"run_id": run_id, "function_id": function_id, "step_id": step_id,
                      "attempt": data.get("attempt", 0), "error": data.get("error"),
-                     "retry_at": when, "event": f"{what}.retrying"}))
+                     "retry_at": when, "action": f"{what}.retrying"}))
             elif op == "completed" and '"error"' in e.data:
                 data = json.loads(e.data)
                 if "error" in data:
@@ -170,7 +171,7 @@ def notes_for(run_id: str, function_id: str, run_attempt: int, started_at: int,
                         (run_id, e.step_id, _error_text(data["error"])),
                         {"run_id": run_id, "function_id": function_id,
                          "step_id": e.step_id, "attempt": None, "error": data["error"],
-                         "event": "step.failed"}))
+                         "action": "step.failed"}))
     if end is not None:
         status, error = end
         level = {"completed": _INFO, "failed": _ERROR}.get(status, _WARNING)
@@ -179,7 +180,7 @@ def notes_for(run_id: str, function_id: str, run_attempt: int, started_at: int,
         extra = {"run_id": run_id, "function_id": function_id, "step_id": None,
                  "attempt": run_attempt, "status": status,
                  "duration_ms": max(0, now - started_at),
-                 "error": error, "event": f"run.{status}"}
+                 "error": error, "action": f"run.{status}"}
         if error is None:
             notes.append(Note(run_id, level, "run %s of %s %s in %.3fs",
                               (run_id, function_id, status, extra["duration_ms"] / 1000),
@@ -192,7 +193,7 @@ def notes_for(run_id: str, function_id: str, run_attempt: int, started_at: int,
         notes.append(Note(run_id, logging.DEBUG, "run %s of %s is %s; released",
                           (run_id, function_id, parked),
                           {"run_id": run_id, "function_id": function_id, "step_id": None,
-                           "attempt": run_attempt, "status": parked, "event": "run.released"},
+                           "attempt": run_attempt, "status": parked, "action": "run.released"},
                           parked))
     return notes
 
