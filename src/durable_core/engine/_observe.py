@@ -14,8 +14,9 @@ Every line goes to the logger ``durable_core.runs`` and carries, as ``extra`` fi
 - ``run completed`` (INFO), ``run failed`` (ERROR), ``run cancelled`` (WARNING), with
   ``duration_ms`` (from the run's creation) and ``error``.
 
-A line is written once its facts are committed (never for a commit that failed), and never
-for a step replayed from the journal. Nothing here may stop a run or a worker: a handler,
+``run started`` is written as the code is first entered; the other lines once their facts
+are committed (never for a commit that failed), and never for a step replayed from the
+journal. Nothing here may stop a run or a worker: a handler,
 filter or formatter that raises is ignored, and when the level is off no record (and no
 ``extra`` dict) is built at all.
 """
