@@ -823,3 +823,45 @@ def test_the_last_line_counts_bodies_abandoned_when_the_worker_is_cancelled(
             last.runs_released) == (1, 0, 1, 1)  # type: ignore[attr-defined]
     (run,) = store.list_runs()
     assert run.lease_owner is None  # handed back: another worker runs the body again
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_many_runs_on_the_worker_each_report_once(
+    kind: str, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a blocking store (SQLite) results are group-committed from a thread: each run
+    still reports its start and its end once."""
+    caplog.set_level(logging.INFO, logger=RUNS)
+    app = App("obs", async_bodies="trio")
+
+    async def body(i: int) -> int:
+        await trio.sleep(1)
+        return i
+
+    @app.function(id="three", trigger=on_event("go"))
+    async def three(ctx: Context) -> int:
+        total = 0
+        for i in range(3):
+            total += await ctx.step.run(f"s{i}", body, i)
+        return total
+
+    store = stores.open("memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'w.db'}")
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=30, clock=mock_ms)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(w.run)
+            await w.send([Event("go") for _ in range(20)])
+            with trio.fail_after(86_400):
+                while sorted(r.status for r in store.list_runs()) != ["completed"] * 20:
+                    await trio.sleep(1)
+            w.stop()
+
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        run_ids = sorted(r.id for r in store.list_runs())
+    finally:
+        store.close()
+    started = sorted(r.run_id for r in lines(caplog) if r.action == "run.started")  # type: ignore[attr-defined]
+    done = sorted(r.run_id for r in lines(caplog) if r.action == "run.completed")  # type: ignore[attr-defined]
+    assert started == run_ids and done == run_ids
