@@ -38,6 +38,7 @@ from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.drivers._gc import tuned_gc
 from durable_core.drivers._loading import open_store
+from durable_core.drivers._logs import JsonLogFormatter, TextLogFormatter, configure_logging
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView
 from durable_core.store import SkippedTrigger, Store
@@ -72,6 +73,7 @@ __all__ = [
     "InvalidEventError",
     "InvalidExpressionError",
     "JournalEntry",
+    "JsonLogFormatter",
     "LimitExceededError",
     "NonRetriableError",
     "RetryAfterError",
@@ -91,11 +93,13 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLostError",
+    "TextLogFormatter",
     "UnknownFunctionError",
     "UsageError",
     "ValidationError",
     "Worker",
     "__version__",
+    "configure_logging",
     "converter",
     "on_cron",
     "on_event",

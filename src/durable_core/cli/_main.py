@@ -122,8 +122,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from durable_core.drivers._logs import configure_logging
     from durable_core.drivers._processes import run_worker
 
+    configure_logging(args.log_level, args.log_format)
     app = load_app(args.app)
     if args.processes != 1:
         return _worker_processes(args, app)
@@ -136,7 +138,8 @@ def _worker_processes(args: argparse.Namespace, app: App) -> int:
     from durable_core.drivers._processes import Supervisor
 
     supervisor = Supervisor(args.app, args.store, processes=args.processes,
-                            max_runs=args.max_runs, poll_interval=args.poll_interval)
+                            max_runs=args.max_runs, poll_interval=args.poll_interval,
+                            log_level=args.log_level, log_format=args.log_format)
     # Open the store once here: a bad URL fails now, with one message, and a new database
     # is migrated before the processes open it.
     _open_store(args.store).close()
@@ -457,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds an idle worker waits before looking at the store again "
                          "(default 0.5; PostgreSQL and SQLite files also wake workers at once "
                          "when another process creates work)")
+    sp.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                    default="info", help="the least severe log lines shown (default info: "
+                    "runs started, retried and ended, and what the app logs)")
+    sp.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="log lines on stderr as text for people (default) or one JSON "
+                         "object per line, for log collectors")
     store_arg(sp)
     sp.set_defaults(func=_cmd_worker)
 

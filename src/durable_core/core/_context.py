@@ -7,11 +7,12 @@ core answers memoized requests at once and turns new ones into commands.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from durable_core.base._backoff import stable_unit
@@ -578,18 +579,65 @@ class Context:
         return GatherRequest(requests)
 
 
-_logger = logging.getLogger("durable_core.run")
+log_ids: Callable[[str | None], dict[str, str] | None] | None = None
+"""Set by tracing (:mod:`durable_core.otel`): the ``trace_id``/``span_id`` to put on a
+``ctx.logger`` record of a run (None: the current span's)."""
 
 
 class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """``ctx.logger``: a logger that stays silent while its run is replaying, so a record
-    is emitted once, not again each time the journal is replayed. Records carry ``run_id``."""
+    """``ctx.logger``: the app's logger (``App(id, logger=...)``, by default
+    ``durable_core.run``) that stays silent while its run is replaying, so a record is
+    emitted once, not again each time the journal is replayed.
+
+    Records carry ``run_id``, ``function_id``, ``step_id`` (inside a step body, the step's;
+    None in orchestration code) and ``attempt`` (0-based: the step's attempt inside a body,
+    else the orchestration code's) as ``extra`` fields, plus ``trace_id``/``span_id`` when
+    tracing is on. Logging never raises into the run: a handler, filter or logger that
+    fails is ignored."""
 
     def __init__(self, machine: RunHost) -> None:
-        super().__init__(_logger, {"run_id": machine.run_id})
+        super().__init__(machine.function.app.logger, None)
         self._machine = machine
 
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        """Add the run's ids to the record's ``extra`` (the caller's own keys kept)."""
+        m = self._machine
+        cur = current_attempt.get()
+        if cur is not None and cur[0] == m.run_id:
+            step_id, attempt = cur[2], cur[1]
+        else:
+            step_id, attempt = None, m.run_attempt
+        extra = {"run_id": m.run_id, "function_id": m.function.id, "step_id": step_id,
+                 "attempt": attempt}
+        hook = log_ids
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                # In a body, the step's span is the current one; else the run's.
+                extra.update(hook(None if step_id is not None else m.run_id) or {})
+        given = kwargs.get("extra")
+        if given:
+            extra = {**given, **extra}
+        kwargs["extra"] = extra
+        return msg, kwargs
+
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        """Log unless the run is replaying."""
-        if not self._machine.replaying:
-            super().log(level, msg, *args, **kwargs)
+        """Log unless the run is replaying; never raises."""
+        if self._machine.replaying:
+            return
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller's line, not ours
+        with contextlib.suppress(Exception):
+            if not self.isEnabledFor(level):
+                return
+            call: MutableMapping[str, Any] = kwargs
+            msg, call = self.process(msg, call)
+            target: Any = self.logger
+            while isinstance(target, logging.LoggerAdapter):
+                # The app's logger is an adapter: its own processing, with the run's ids
+                # kept (a plain LoggerAdapter would replace ``extra`` with its own).
+                ours = call["extra"]
+                msg, call = target.process(msg, call)
+                call["extra"] = {**(call.get("extra") or {}), **ours}
+                target = target.logger
+            target.log(level, msg, *args, **call)

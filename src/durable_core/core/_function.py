@@ -21,6 +21,7 @@ from durable_core.base._errors import (
 )
 from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
+from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import check_text
 from durable_core.core._lifecycle import FAILED_EVENT, FAILURE_SUFFIX, idempotency_text
 
@@ -83,7 +84,7 @@ class CronTrigger:
 
 
 Trigger = EventTrigger | CronTrigger
-_log = logging.getLogger("durable_core.cel")
+_log = safe_logger("durable_core.cel")
 
 
 class _TriggerIndex:
@@ -261,9 +262,15 @@ class App:
     written for: ``"asyncio"`` (the default: most of the async ecosystem, aiohttp, asyncpg,
     httpx) or ``"trio"``. Every worker and ``TestEngine`` runs them on that library (see
     docs/asyncio.md); sync bodies run in threads either way.
+
+    ``logger`` is where ``ctx.logger`` writes (a :class:`logging.Logger` or
+    ``LoggerAdapter``; default ``logging.getLogger("durable_core.run")``): ``ctx.logger``
+    adds the run's ids to each record and stays silent while a run replays (see
+    docs/observability.md).
     """
 
-    def __init__(self, id: str, *, sandbox: bool = True, async_bodies: str = ASYNCIO) -> None:
+    def __init__(self, id: str, *, sandbox: bool = True, async_bodies: str = ASYNCIO,
+                 logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
                 f"App(id): {id!r} is not a valid app id; use 1-128 letters, digits and "
@@ -280,7 +287,17 @@ class App:
             raise FunctionConfigError(
                 f"App(sandbox): must be True or False, got {sandbox!r}", field="app.sandbox"
             )
+        if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
+            raise FunctionConfigError(
+                f"App({id!r}, logger=...): must be a logging.Logger (or LoggerAdapter), e.g. "
+                f"logging.getLogger('myapp'), got {type(logger).__name__}",
+                field="app.logger",
+            )
         self.id = id
+        self.logger: logging.Logger | logging.LoggerAdapter[Any] = (
+            logging.getLogger("durable_core.run") if logger is None else logger)
+        """Where ``ctx.logger`` sends its records (``App(id, logger=...)``; by default the
+        logger ``durable_core.run``)."""
         self.sandbox = sandbox
         """The default of ``@app.function(sandbox=...)``: whether the determinism sandbox
         guards orchestration code (on unless turned off)."""

@@ -18,8 +18,8 @@ A driver keeps only its I/O: how it waits, where bodies run, how commits are gro
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
@@ -37,6 +37,7 @@ from durable_core.base._errors import (
 )
 from durable_core.base._events import Event, Sent
 from durable_core.base._match import condition_keys, event_keys
+from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import check_text
 from durable_core.core._function import App, Function
 from durable_core.core._lifecycle import SYSTEM_EVENTS, starts_nothing, system_events
@@ -66,6 +67,7 @@ from durable_core.core._model import (
     TimerFired,
     derive_id,
 )
+from durable_core.engine import _observe
 from durable_core.store import (
     Claim,
     CommitBatch,
@@ -85,7 +87,7 @@ MAX_COMMIT_FAILURES = 3
 """A run whose writes the store refuses this many times in a row with a data error (not a
 lost connection) is failed instead of being retried for ever."""
 
-log = logging.getLogger("durable_core.engine")
+log = safe_logger("durable_core.engine")
 
 _tuple_new = tuple.__new__
 _ROUTE_BATCH = 500  # events routed per commit
@@ -111,14 +113,16 @@ class Plan:
     writes were accepted may then run.
     """
 
-    __slots__ = ("batch", "parts", "steps")
+    __slots__ = ("batch", "notes", "parts", "steps")
 
     def __init__(
-        self, batch: CommitBatch, steps: list[ExecuteStep], parts: list[Plan] | None = None
+        self, batch: CommitBatch, steps: list[ExecuteStep], parts: list[Plan] | None = None,
+        notes: list[_observe.Note] | None = None,
     ) -> None:
         self.batch = batch
         self.steps = steps
         self.parts = parts  # the per-run plans merged into this one, if several
+        self.notes = notes  # what to report once the batch is committed (log lines, spans)
 
 
 class Work:
@@ -160,7 +164,7 @@ CRON_GRACE_MS = 60_000
 CRON_CATCH_UP_LIMIT = 1_000
 """``catch_up="all"`` starts runs for at most this many missed ticks (the most recent)."""
 
-_cron_log = logging.getLogger("durable_core.cron")
+_cron_log = safe_logger("durable_core.cron")
 
 _EVICT_SLACK = 64
 """How much the machine cache may grow past a fruitless eviction scan before the next."""
@@ -273,7 +277,8 @@ class Engine:
                 )
             if e.id is None or e.ts is None:
                 e = Event(e.name, e.data, id=e.id or self.new_id("e_", now), ts=e.ts or now)
-            texts.append(e.to_json())
+            texts.append(e.to_json() if _observe.tracing is None
+                         else _observe.with_trace(e.to_json()))
         return texts
 
     def send(self, events: Iterable[Event], now: int, *, route: bool = False) -> Sent:
@@ -318,7 +323,7 @@ class Engine:
             run_id, event_id = self.new_id("r_", now), self.new_id("e_", now)
         event = Event(INVOKED_EVENT, {} if data is None else data, id=event_id, ts=now)
         self.store.commit(CommitBatch(now=now, runs=(NewRun(
-            id=run_id, function_id=function_id, events=(event.to_json(),),
+            id=run_id, function_id=function_id, events=(_observe.with_trace(event.to_json()),),
             event_ids=(event_id,), created_at=now,
         ),)))
         return run_id
@@ -565,20 +570,26 @@ class Engine:
             parts.append(self._plan([item], now, force=True))
         if len(parts) == 1:
             return parts[0]
+        notes = [n for p in parts if p.notes for n in p.notes]
         return Plan(
             merge_batches([p.batch for p in parts], now), [s for p in parts for s in p.steps],
-            parts,
+            parts, notes or None,
         )
 
     def _feed(self, claim: Claim, now: int) -> tuple[_Live, list[Command]]:
         live = self._adopt(claim)
         live.lease_until = now + self.lease_ms
+        t = _observe.tracing
+        if t is not None:
+            _trace_claim(t, live, claim)
         cmds: list[Command] = []
         m = live.machine
         if any(s.kind == SignalKind.CANCEL for _, s in claim.signals):
             cancel = next(s for _, s in claim.signals if s.kind == SignalKind.CANCEL)
             cmds += m.handle(CancelRequested(cancel.payload, now))
         else:
+            if not claim.journal and m.status == RunStatus.QUEUED:
+                _observe.run_started(m.run_id, m.function.id)  # before its code runs
             cmds += m.handle(RunStarted(now))
             deadline = m.next_deadline()
             if deadline is not None and deadline <= now:
@@ -599,7 +610,8 @@ class Engine:
             )
         self.poisoned_runs += 1
         log.error("run %s fails: it cannot be loaded: %s: %s", run.id, type(exc).__name__,
-                  _short(exc))
+                  _short(exc), extra={"run_id": run.id, "function_id": run.function_id,
+                                      "action": "run.failed"})
         consumed = max((seq for seq, _ in claim.signals), default=0)
         info = ErrorInfo.from_exception(exc)
         write = RunWrite(run_id=run.id, epoch=run.epoch, status="failed", error=info,
@@ -650,7 +662,9 @@ class Engine:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
         batch = _memo_batch(live, cmds, now)
         if batch is not None:
-            return Plan(batch, [cmds[1]])  # type: ignore[list-item]
+            # (A step that failed for good, its error caught by the code, takes this path.)
+            return Plan(batch, [cmds[1]], None,  # type: ignore[list-item]
+                        None if error is None else _failed_notes(live, cmds, now))
         return self._plan([(live, cmds)], now)
 
     def finish_step(
@@ -682,6 +696,10 @@ class Engine:
             return []
         if self._commit_failures:
             self._commit_failures.pop(step.run_id, None)  # its journal moved on (_committed)
+        if error is not None:  # a step that failed for good, its error caught by the code
+            notes = _failed_notes(live, cmds, now)
+            if notes:
+                _observe.publish(notes)
         return cmds[1:]  # type: ignore[return-value]
 
     def feed(self, run_id: str, inp: Input, now: int) -> Plan | None:
@@ -703,6 +721,7 @@ class Engine:
         signals: list[tuple[str, Signal]] = []
         steps: list[ExecuteStep] = []
         run_events: list[tuple[str, str]] = []
+        notes: list[_observe.Note] = []
         for live, cmds in items:
             m = live.machine
             entries: tuple[Any, ...] = ()
@@ -761,6 +780,12 @@ class Engine:
                 live.signals = 0
             if m.done:
                 steps = [s for s in steps if s.run_id != m.run_id]
+            if entries or m.done or release:
+                notes += _observe.notes_for(
+                    m.run_id, m.function.id, m.run_attempt, m.started_at, entries,
+                    (m.status.value, error.to_dict() if error is not None else None)
+                    if m.done and status is not None else None,
+                    str(status or m.status) if release else None, now)
             live.leased = not release and not m.done
             if release:
                 self._evict_floor = 0  # a parked machine may be evicted: scan again
@@ -769,7 +794,7 @@ class Engine:
             waits_add=tuple(waits_add), waits_remove=tuple(waits_remove),
             signals=tuple(signals), run_events=tuple(run_events),
         )
-        return Plan(batch, steps)
+        return Plan(batch, steps, None, notes or None)
 
     def commit(self, plans: Sequence[Plan]) -> list[ExecuteStep]:
         """Commit the batches of several plans in one store transaction (group commit);
@@ -795,6 +820,9 @@ class Engine:
                 if w.entries:
                     self._commit_failures.pop(w.run_id, None)
         steps = plans[0].steps if len(plans) == 1 else [s for p in plans for s in p.steps]
+        for p in plans:
+            if p.notes:
+                _observe.publish(p.notes, fenced)
         if fenced:
             self.stale_writes += len(fenced)
             for run_id in fenced:
@@ -857,6 +885,7 @@ class Engine:
                         "run %s: the store refused its writes (%d of %d times): %s: %s; the "
                         "run will be retried from the store",
                         w.run_id, n, MAX_COMMIT_FAILURES, type(exc).__name__, _short(exc),
+                        extra={"run_id": w.run_id},
                     )
                     continue
                 self._fail_refused(w, exc, n, now)
@@ -869,7 +898,7 @@ class Engine:
             f"({type(cause).__name__}: {_short(cause)}); the run is failed instead of being "
             "retried for ever. Check the step ids, event names and values it records"
         )
-        log.error("%s", err)
+        log.error("%s", err, extra={"run_id": w.run_id, "action": "run.failed"})
         info = ErrorInfo.from_exception(err)
         try:
             run = self.store.get_run(w.run_id)
@@ -879,7 +908,8 @@ class Engine:
                 RunWrite(run_id=w.run_id, epoch=w.epoch, status="failed", error=info),
             ), run_events=tuple(ended)))
         except Exception as again:
-            log.warning("run %s: recording its failure failed too: %s", w.run_id, again)
+            log.warning("run %s: recording its failure failed too: %s", w.run_id, again,
+                        extra={"run_id": w.run_id})
             return
         self._commit_failures.pop(w.run_id, None)
         self.poisoned_runs += 1
@@ -943,6 +973,31 @@ class Engine:
                                                                          now))))
         return self._plan(items, now)
 
+    def step_started(self, step: ExecuteStep) -> Any:
+        """Tracing is on (``_observe.tracing``) and the body of ``step`` is about to run:
+        open its span (current while the body runs, in the run's span) and return it for
+        :meth:`step_ended`; None if tracing is off or fails."""
+        t = _observe.tracing
+        if t is None:
+            return None
+        live = self.live.get(step.run_id)
+        function_id = live.machine.function.id if live is not None else ""
+        try:
+            return t.step_started(step.run_id, function_id, step.step_id, step.attempt)
+        except Exception:  # tracing must never stop a run
+            log.debug("tracing: could not open the span of a step", exc_info=True)
+            return None
+
+    def step_ended(self, span: Any, error: BaseException | None) -> None:
+        """The body whose span :meth:`step_started` opened returned (``error`` None) or
+        raised: end the span."""
+        t = _observe.tracing
+        if t is not None and span is not None:
+            try:
+                t.step_ended(span, error)
+            except Exception:
+                log.debug("tracing: could not end the span of a step", exc_info=True)
+
     def is_current(self, step: ExecuteStep) -> bool:
         """Whether a dispatched step should still run: its run is held by this engine and its
         machine still waits for exactly this dispatch. Check it right before running a body
@@ -950,9 +1005,10 @@ class Engine:
         live = self.live.get(step.run_id)
         return live is not None and live.machine.is_current(step)
 
-    def release_all(self, now: int) -> None:
+    def release_all(self, now: int) -> int:
         """Give up every lease this engine holds (graceful stop). Runs with step bodies that
-        were not executed are left due at once, so another worker picks them up."""
+        were not executed are left due at once, so another worker picks them up. Returns
+        how many runs were released."""
         writes = []
         for run_id, live in self.live.items():
             if not live.leased or live.machine.done:
@@ -965,7 +1021,8 @@ class Engine:
             )
         if writes:
             self.store.commit(CommitBatch(now=now, writes=tuple(writes)))
-        self.live.clear()
+        self.forget(list(self.live))
+        return len(writes)
 
     def leased_runs(self) -> list[str]:
         """Runs whose lease this engine holds (they have step bodies in flight)."""
@@ -973,8 +1030,11 @@ class Engine:
 
     def forget(self, run_ids: Iterable[str]) -> None:
         """Drop cached machines (e.g. after their lease was lost)."""
+        t = _observe.tracing
         for run_id in run_ids:
-            self.live.pop(run_id, None)
+            if self.live.pop(run_id, None) is not None and t is not None:
+                with contextlib.suppress(Exception):  # tracing must never stop a run
+                    t.run_left(run_id, "released", None)
 
     def renew_leases(self, now: int) -> set[str]:
         """Keep the runs this engine holds (their step bodies in flight) from being taken
@@ -1018,6 +1078,27 @@ class Engine:
         ran out may still finish; the store fences its result."""
         live = self.live.get(run_id)
         return live is not None and now + self._lease_margin < live.lease_until
+
+
+def _trace_claim(t: _observe.Tracing, live: _Live, claim: Claim) -> None:
+    """Open the span of a run an engine begins driving (tracing on), as a child of the
+    trace context its triggering event carries."""
+    try:
+        raw = json.loads(claim.run.events[0]) if claim.run.events else {}
+        parent = raw.get("traceparent") if isinstance(raw, dict) else None
+        m = live.machine
+        t.run_resumed(m.run_id, m.function.id, m.run_attempt,
+                      parent if isinstance(parent, str) else None)
+    except Exception:  # tracing must never stop a run
+        log.debug("tracing: could not open the span of run %s", claim.run.id, exc_info=True)
+
+
+def _failed_notes(live: _Live, cmds: list[Command], now: int) -> list[_observe.Note] | None:
+    """The notes of a memo batch (``_memo_batch``) that records a failed step."""
+    m = live.machine
+    notes = _observe.notes_for(m.run_id, m.function.id, m.run_attempt, m.started_at,
+                               cmds[0].entries, None, None, now)  # type: ignore[union-attr]
+    return notes or None
 
 
 def _memo_batch(live: _Live, cmds: list[Command], now: int) -> CommitBatch | None:
@@ -1111,7 +1192,8 @@ def wait_matches(wait: WaitRecord, event: dict[str, Any]) -> bool:
     except (InvalidExpressionError, RecursionError, ValueError) as exc:
         # The wait does not resume on this event; it still times out as usual.
         log.warning("run %s: wait at position %d does not match event %s: %s", wait.run_id,
-                    wait.position, ascii(event.get("id")), _short(exc))
+                    wait.position, ascii(event.get("id")), _short(exc),
+                    extra={"run_id": wait.run_id})
         return False
 
 

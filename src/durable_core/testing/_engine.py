@@ -18,6 +18,7 @@ from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalEntry, JournalOp
 from durable_core.drivers._loading import import_stores
 from durable_core.drivers._sandbox import install as install_sandbox
+from durable_core.engine import _observe
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView, run_view
 from durable_core.protocol import run_step_body
@@ -229,8 +230,11 @@ class TestEngine:
             while pending:
                 step = pop()
                 executed += 1
+                span = engine.step_started(step) if _observe.tracing is not None else None
                 value, error = (execute_body(step, mocks, run_async) if mocks
                                 else run_step_body(step, run_async=run_async))
+                if span is not None:
+                    engine.step_ended(span, error)
                 push(finish(step, value, error, now))
             self.steps_executed += executed
 
