@@ -178,7 +178,9 @@ def decode_memo(
 ) -> tuple[Any, BaseException | None]:
     """What the code gets for a memo: its value, or the :class:`StepError` to raise."""
     if error is not None:
-        return None, StepError(step_id, error.type, error.message)
+        err = StepError(step_id, error.type, error.message)
+        err.traceback_text = error.traceback  # (in the run's traceback, if it fails of it)
+        return None, err
     assert output is not None
     if kind == StepKind.RUN:
         assert isinstance(req, RunRequest)
@@ -206,6 +208,7 @@ class StepMachine:
     output: str | None = None
     error: ErrorInfo | None = None
     done_ts = 0
+    started: int | None = None
     live: Any = _UNSET
 
     KIND: ClassVar[StepKind]
@@ -313,14 +316,17 @@ class StepMachine:
         self.done_ts = now
         host = self.host
         output = self.output
+        started = self.started
         if output is not None:
             host._state_bytes += size if size >= 0 else utf8_len(output)
             # The one place a memo's output is written: the serde's JSON text, as the value
-            # of "output" (see durable_core.core._journal for why it is not re-encoded).
-            data = f'{{"output":{output}}}'
+            # of "output" (see durable_core.core._journal for why it is not re-encoded),
+            # with when the body of the attempt started, for a ``run`` step.
+            data = (f'{{"output":{output}}}' if started is None
+                    else f'{{"output":{output},"started_at":{started}}}')
         else:
             assert self.error is not None
-            data = error_data(self.error)
+            data = error_data(self.error, started)
         # _append, inlined: this is once per step.
         entries = host.entries
         entry = _tuple_new(

@@ -107,15 +107,18 @@ class RunStep(StepMachine):
     DONE = frozenset({RunState.COMPLETED, RunState.FAILED})
 
     failures = 0
+    started: int | None = None
+    """When the current attempt's body was dispatched (ms): journalled with its end."""
     cmd: ExecuteStep | None = None
     req: RunRequest
 
     def dispatch(
-        self, host: StepHost, position: int, step_id: str, req: RunRequest, attempt: int
+        self, host: StepHost, position: int, step_id: str, req: RunRequest, attempt: int,
+        now: int,
     ) -> RunStep:
         """Dispatch the body of ``attempt`` (the EXECUTE_BODY effect) and be RUNNING. It is
         also how a new step past the end of the journal is started, the hot path:
-        ``RunStep.__new__(RunStep).dispatch(host, ..., 0)`` takes row ``(NEW, START)``
+        ``RunStep.__new__(RunStep).dispatch(host, ..., 0, now)`` takes row ``(NEW, START)``
         without a table look-up and without a place in the host's step table (the host finds
         a running body through ``_dispatched``).
 
@@ -134,6 +137,7 @@ class RunStep(StepMachine):
         self.state = _RUNNING
         self.output = self.error = None
         self.live = _UNSET
+        self.started = now
         cmd = _tuple_new(
             ExecuteStep,
             (host.run_id, position, step_id, attempt, req.fn, req.args, req.kwargs),
@@ -231,7 +235,7 @@ class RunStep(StepMachine):
     # ---------------------------------------------------------------- effects
 
     def _do_execute_body(self, now: int) -> None:
-        self.dispatch(self.host, self.position, self.step_id, self.req, self.failures)
+        self.dispatch(self.host, self.position, self.step_id, self.req, self.failures, now)
 
     def _do_forget_body(self, now: int) -> None:
         del self.host._dispatched[self.position]
@@ -240,6 +244,6 @@ class RunStep(StepMachine):
         assert self.error is not None and self.deadline is not None
         self._append(
             JournalOp.ATTEMPT_FAILED, now,
-            attempt_failed_data(self.failures, self.error, self.deadline),
+            attempt_failed_data(self.failures, self.error, self.deadline, self.started),
         )
         self.failures += 1
