@@ -39,7 +39,7 @@ from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.drivers._gc import tuned_gc
 from durable_core.drivers._loading import open_store
 from durable_core.engine._engine import Engine
-from durable_core.engine._views import RunView, StepView
+from durable_core.engine._views import AttemptView, RunView, StepView
 from durable_core.store import Store
 
 if _TYPE_CHECKING:
@@ -53,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AttemptView",
     "AsyncClient",
     "AsyncioWorker",
     "BackgroundWorker",
