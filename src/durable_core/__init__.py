@@ -53,9 +53,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
-    "AttemptView",
     "AsyncClient",
     "AsyncioWorker",
+    "AttemptView",
     "BackgroundWorker",
     "Client",
     "Context",

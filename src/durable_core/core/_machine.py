@@ -148,6 +148,7 @@ class RunMachine:
     # ad-hoc attributes, as before.)
     __slots__ = (
         "__dict__",
+        "_adopt",
         "_children",
         "_colon_ids",
         "_coro",
@@ -155,9 +156,8 @@ class RunMachine:
         "_dispatched",
         "_end_status",
         "_ended_entry",
-        "_execute",
-        "_adopt",
         "_event_bytes",
+        "_execute",
         "_horizon",
         "_id_counts",
         "_made",

@@ -55,6 +55,7 @@ __all__ = [
     "StepFailed",
     "StepKind",
     "TimerFired",
+    "bound_traceback",
     "derive_id",
 ]
 
