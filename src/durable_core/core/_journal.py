@@ -248,8 +248,8 @@ class JournalFold:
     data is the run machine's to add (it is not in the journal).
     """
 
-    __slots__ = ("children", "ended", "patches", "run_failures", "run_log", "run_retry_at",
-                 "state_bytes", "steps")
+    __slots__ = ("_last_ts", "children", "ended", "patches", "run_failures", "run_log",
+                 "run_retry_at", "state_bytes", "steps")
 
     def __init__(self, entries: Iterable[JournalEntry] = ()) -> None:
         self.steps: dict[int, StepMemo] = {}
@@ -260,12 +260,16 @@ class JournalFold:
         self.state_bytes = 0
         self.patches: dict[str, tuple[int, bool]] = {}
         self.run_log: list[AttemptRecord] = []
+        self._last_ts: int | None = None
         for e in entries:
             self.apply(e)
 
     def apply(self, e: JournalEntry) -> None:
         """Fold one more entry."""
         op = e.op
+        last_ts = self._last_ts
+        if op != _PATCHED:  # (a marker's ts is the run's clock: no resumption)
+            self._last_ts = e.ts
         if op == _RUN_ATTEMPT_FAILED:
             data = json.loads(e.data)
             self.run_failures += 1
@@ -285,9 +289,13 @@ class JournalFold:
             self.patches.setdefault(e.step_id, (int(marker["at"]), bool(marker["deprecated"])))
             return
         data = json.loads(e.data)
+        # A run step's attempt started at its "started_at", or when absent at the entry
+        # before (written so: see StepMachine._do_journal_completed).
+        started = None
+        if op != _SCHEDULED:
+            started = data.get("started_at", last_ts)
         rec = self.steps.get(e.position)
         if rec is None:
-            started = data.get("started_at") if op != _SCHEDULED else None
             rec = self.steps[e.position] = StepMemo(
                 e.position, e.step_id, e.kind, e.ts if started is None else int(started))
         elif not rec.done and (rec.step_id != e.step_id or rec.kind != e.kind):
@@ -298,8 +306,8 @@ class JournalFold:
         if op == _COMPLETED:
             rec.done = True
             rec.done_ts = e.ts
-            if "started_at" in data:
-                rec.body_started = int(data["started_at"])
+            if started is not None:
+                rec.body_started = int(started)
             if "error" in data:
                 rec.error = ErrorInfo.from_dict(data["error"])
             else:
@@ -311,7 +319,6 @@ class JournalFold:
             rec.last_error = ErrorInfo.from_dict(data["error"])
             if rec.log is None:
                 rec.log = []
-            started = data.get("started_at")
             rec.log.append(AttemptRecord(
                 int(data["attempt"]), e.step_id, None if started is None else int(started),
                 e.ts, rec.last_error, rec.retry_at))

@@ -388,6 +388,11 @@ class RunMachine:
         self._made = self._ctx.step._made
         self._coro = self.function.fn(self._ctx)
         self._settle(None, now)
+        # A body dispatched now, by the hot path, started at no journalled time: say when
+        # (see StepMachine.started).
+        for running in self._dispatched.values():
+            if running.started is None:
+                running.started = now
 
     def _on_request(self, req: Any, now: int) -> Any:
         if isinstance(req, StepRequest):
@@ -628,7 +633,7 @@ class RunMachine:
                         # The hot path: a new ``run`` step past the end of the journal.
                         # The run step machine takes row (NEW, START) itself: RunStep.dispatch.
                         self._parked = (spare if spare is not None else _new(RunStep)).dispatch(
-                            self, self._next_pos, self._assign(req), req, 0, now
+                            self, self._next_pos, self._assign(req), req, 0
                         )
                         return
                     res = self._on_request(req, now)

@@ -107,18 +107,15 @@ class RunStep(StepMachine):
     DONE = frozenset({RunState.COMPLETED, RunState.FAILED})
 
     failures = 0
-    started: int | None = None
-    """When the current attempt's body was dispatched (ms): journalled with its end."""
     cmd: ExecuteStep | None = None
     req: RunRequest
 
     def dispatch(
-        self, host: StepHost, position: int, step_id: str, req: RunRequest, attempt: int,
-        now: int,
+        self, host: StepHost, position: int, step_id: str, req: RunRequest, attempt: int
     ) -> RunStep:
         """Dispatch the body of ``attempt`` (the EXECUTE_BODY effect) and be RUNNING. It is
         also how a new step past the end of the journal is started, the hot path:
-        ``RunStep.__new__(RunStep).dispatch(host, ..., 0, now)`` takes row ``(NEW, START)``
+        ``RunStep.__new__(RunStep).dispatch(host, ..., 0)`` takes row ``(NEW, START)``
         without a table look-up and without a place in the host's step table (the host finds
         a running body through ``_dispatched``).
 
@@ -137,7 +134,6 @@ class RunStep(StepMachine):
         self.state = _RUNNING
         self.output = self.error = None
         self.live = _UNSET
-        self.started = now
         cmd = _tuple_new(
             ExecuteStep,
             (host.run_id, position, step_id, attempt, req.fn, req.args, req.kwargs),
@@ -235,7 +231,8 @@ class RunStep(StepMachine):
     # ---------------------------------------------------------------- effects
 
     def _do_execute_body(self, now: int) -> None:
-        self.dispatch(self.host, self.position, self.step_id, self.req, self.failures, now)
+        self.dispatch(self.host, self.position, self.step_id, self.req, self.failures)
+        self.started = now  # (off the hot path: journalled, see StepMachine.started)
 
     def _do_forget_body(self, now: int) -> None:
         del self.host._dispatched[self.position]
