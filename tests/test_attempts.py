@@ -470,3 +470,30 @@ def test_runs_show_prints_attempts_errors_and_tracebacks(
     assert "attempt 0 call: ConnectionError: refused 0 (next attempt" in out
     assert "attempt 2 call: ValueError: bad data" in out
     assert "Traceback (most recent call last)" in out
+
+
+def test_ctx_attempt_adds_the_codes_own_failures_to_the_steps_attempts() -> None:
+    app = App("both")
+    seen: list[tuple[str, int]] = []
+
+    def flaky(ctx: Context) -> int:
+        seen.append(("body", ctx.attempt))
+        if ctx.attempt == 0:
+            raise RuntimeError("step hiccup")
+        return ctx.attempt
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> int:
+        seen.append(("code", ctx.attempt))
+        if ctx.attempt == 0:
+            raise RuntimeError("code hiccup")  # the code's own failure: 1
+        return await ctx.step.run("s", flaky, ctx)
+
+    eng = TestEngine(app)
+    [run] = eng.send(Event("go")).runs
+    eng.advance("10m")
+    assert run.output == 1
+    # The code re-entered after raising (1), then re-driven for the step's second attempt
+    # (1 + 1); the body reads its own step's attempt.
+    assert seen == [("code", 0), ("code", 1), ("body", 0), ("code", 2), ("body", 1)]
+    assert replay(app, export_run(eng.store, run.id)).output == 1

@@ -261,19 +261,21 @@ class RunMachine:
 
     @property
     def run_attempt(self) -> int:
-        """``ctx.attempt`` in orchestration code (0-based): the attempt of the step the code
-        is heading for, as in Inngest ("it tracks retries for the currently executing
-        step"): the failed attempts the journal records for the step at the next position,
-        if any (a step's next attempt re-drives the code up to it, see ``_redrive``), else
-        the orchestration code's own failures (re-entries after it raised outside a step).
+        """``ctx.attempt`` in orchestration code (0-based): the failed attempts the journal
+        records for the step the code is heading for (the step at the next position), as in
+        Inngest ("it tracks retries for the currently executing step": a step's next
+        attempt re-drives the code up to it, see ``_redrive``), plus the orchestration
+        code's own failures (re-entries after it raised outside a step). Without the
+        latter, it is the step's attempt, as its body reads it.
 
-        Read from the journal, so a replay sees what the attempt saw: code that picks
-        other arguments (or another step) ``if ctx.attempt > 2`` replays the same way."""
+        The step's part is read from the journal, so a replay sees what the attempt saw:
+        code that picks other arguments (or another step) ``if ctx.attempt > 2`` replays
+        the same way."""
         memos = self._memos
         if memos:
             memo = memos.get(self._next_pos)
             if memo is not None and memo.failures:
-                return memo.failures
+                return self._run_failures + memo.failures
         return self._run_failures
 
     @property
