@@ -107,10 +107,15 @@ class JournalOp(enum.StrEnum):
     Replays wait for the same instant and the same child."""
     ATTEMPT_FAILED = "attempt_failed"
     """An attempt of a ``run`` step failed and will be retried. ``data``: ``attempt``
-    (0-based), ``error`` (``type``, ``message``), ``retry_at`` (ms)."""
+    (0-based), ``error`` (``type``, ``message`` and ``traceback`` when there is one),
+    ``retry_at`` (ms) and ``started_at`` (ms: when the attempt's body started, if not at
+    the previous entry's ``ts``). A later attempt may record another step id at the same
+    position (the code asked for another step: ``if ctx.attempt > 2``)."""
     COMPLETED = "completed"
     """The step's memo, written once: ``data`` holds ``output`` (any JSON) or ``error``
-    (``type``, ``message``) when it failed for good."""
+    (``type``, ``message``, ``traceback``) when it failed for good; a ``run`` step adds
+    ``started_at`` (ms) when the body of its last attempt did not start at the previous
+    entry's ``ts``."""
     RUN_ATTEMPT_FAILED = "run_attempt_failed"
     """Orchestration code raised outside any step (``position`` -1, ``kind`` ""): ``data``:
     ``attempt``, ``error``, ``retry_at``; the code is re-entered from the top then."""
