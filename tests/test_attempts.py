@@ -497,3 +497,36 @@ def test_ctx_attempt_adds_the_codes_own_failures_to_the_steps_attempts() -> None
     # (1 + 1); the body reads its own step's attempt.
     assert seen == [("code", 0), ("code", 1), ("body", 0), ("code", 2), ("body", 1)]
     assert replay(app, export_run(eng.store, run.id)).output == 1
+
+
+def test_a_journal_written_before_tracebacks_and_start_times_still_replays() -> None:
+    app = App("old")
+
+    def flaky(ctx: Context) -> int:
+        if ctx.attempt == 0:
+            raise RuntimeError("once")
+        return 7
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> int:
+        a = await ctx.step.run("a", lambda: 1)
+        await ctx.step.sleep("nap", "1m")
+        return a + await ctx.step.run("b", flaky, ctx)
+
+    eng = TestEngine(app)
+    [run] = eng.send(Event("go")).runs
+    eng.advance("10m")
+    assert run.output == 8
+    doc = export_run(eng.store, run.id)
+    for e in doc["journal"]:  # as an older durable-core wrote it
+        e["data"].pop("started_at", None)
+        if isinstance(e["data"].get("error"), dict):
+            e["data"]["error"].pop("traceback", None)
+    view = replay(app, doc)
+    assert view.status == "completed" and view.output == 8
+    a, nap, b = view.steps
+    assert a.started_at == a.ended_at  # no entry before it: its own time
+    assert b.started_at == nap.ended_at  # the entry before its first one
+    [failed, ok] = b.attempt_log
+    assert failed.error is not None and failed.error.traceback is None
+    assert ok.error is None and ok.started_at == failed.ended_at  # the entry before
