@@ -737,8 +737,7 @@ class RunMachine:
         them; any it no longer asks for are dropped (a late answer is stale then)."""
         pos = step.position
         self._timers.pop(pos, None)
-        self._steps.pop(pos, None)
-        step.state = RunState.ABANDONED
+        self._steps.pop(pos, None)  # (the step's machine is dropped: a new one takes over)
         others: dict[int, StepMachine] = {
             p: s for p, s in self._steps.items() if not s.done}
         others.update(self._dispatched)
