@@ -29,7 +29,8 @@ from durable_core import Function
 
 PINNED: dict[str, list[str]] = {
     "durable_core": [
-        "App", "AsyncClient", "AsyncioWorker", "BackgroundWorker", "Client", "Context",
+        "App", "AsyncClient", "AsyncioWorker", "AttemptView", "BackgroundWorker", "Client",
+        "Context",
         "CronTrigger", "DeterminismError",
         "DurableError", "Engine", "ErrorInfo", "Event", "EventTrigger", "Function",
         "FunctionConfigError", "InvalidCronError", "InvalidDurationError", "InvalidEventError",

@@ -113,7 +113,8 @@ def test_a_recycled_run_step_records_its_own_outcome() -> None:
     assert m.status == RunStatus.COMPLETED
     assert seen == [1, "NonRetriableError", 3]
     memos = {e.step_id: json.loads(e.data) for e in m.entries if e.op == JournalOp.COMPLETED}
-    assert memos["a"] == {"output": 1} and memos["c"] == {"output": 3}
+    # (The first body's start is written; the others started when the entry before ended.)
+    assert memos["a"] == {"output": 1, "started_at": 0} and memos["c"] == {"output": 3}
     assert memos["b"]["error"]["type"] == "NonRetriableError" and "output" not in memos["b"]
     assert json.loads(m.output or "null") == [1, "NonRetriableError", 3]
 

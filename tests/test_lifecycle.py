@@ -387,7 +387,10 @@ def test_the_failure_handler_runs_once_with_the_failure_event() -> None:
     assert event["id"] == f"failed:{failed.id}"
     data = event["data"]
     assert (data["function_id"], data["run_id"]) == ("pay", failed.id)
-    assert data["error"] == {"type": "NonRetriableError", "message": "card declined"}
+    error = data["error"]
+    assert (error["type"], error["message"]) == ("NonRetriableError", "card declined")
+    assert error["traceback"].startswith("Traceback (most recent call last):")
+    assert "NonRetriableError: card declined" in error["traceback"]
     assert data["event"]["id"] == "p2" and data["event"]["data"] == {"fail": True}
     [handler_run] = [r for r in engine.runs if r.function_id == "pay-failure"]
     assert handler_run.output == "handled"

@@ -260,7 +260,7 @@ def test_a_version_3_postgres_schema_keeps_its_waits(pg_url: str, pg_schema: str
     with psycopg.connect(pg_url, autocommit=True) as conn:
         [(version,)] = conn.execute(sql.SQL("SELECT value FROM {} WHERE key = 'version'")
                                     .format(sql.Identifier(pg_schema, "meta"))).fetchall()
-    assert int(version) == pg_module.SCHEMA_VERSION == 5
+    assert int(version) == pg_module.SCHEMA_VERSION == 6
 
 
 # --------------------------------------------------------------------------- routing

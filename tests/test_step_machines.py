@@ -402,7 +402,7 @@ def test_a_memo_is_json_of_the_output(value: Any) -> None:
     assert isinstance(step, RunStep)
     step.start(None, NOW)
     step.succeeded(value, NOW)
-    assert json.loads(host.entries[-1].data) == {"output": value}
+    assert json.loads(host.entries[-1].data) == {"output": value, "started_at": NOW}
     assert step.result() == (value, None)
 
 

@@ -292,7 +292,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
 
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 5
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 6
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
         assert store.list_runs(event_id="e2") == [old]
@@ -951,3 +951,32 @@ def test_deduplication_keys_share_a_bounded_set_of_locks() -> None:
     # The same key always maps to the same lock; another schema to other locks.
     assert pg_module._lock_key("s", "run", "r1") == pg_module._lock_key("s", "run", "r1")
     assert pg_module._lock_key("t", "run", "r1") not in keys
+
+
+def test_a_version_5_schema_keeps_its_runs_through_version_6(pg_url: str,
+                                                              pg_schema: str) -> None:
+    """Version 6 adds runs.error_traceback: a run failed before reads back its error with no
+    traceback, and a run failing now keeps its traceback."""
+    with raw(pg_url) as conn:
+        assert pg_module._migrate(conn, pg_schema, target=5) == 0
+        runs = sql.Identifier(pg_schema, "runs")
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (id, function_id, status, events, event_ids, created_at, updated_at,"
+            " error_type, error_message, ended_at) VALUES ('old', 'fn', 'failed', '{{}}', '{{}}',"
+            " %s, %s, 'ValueError', 'nope', %s)").format(runs), (T0, T0, T0))
+    store = PostgresStore(pg_url, schema=pg_schema)
+    try:
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 6
+        old = store.get_run("old")
+        assert old.error is not None
+        assert (old.error.type, old.error.message, old.error.traceback) == (
+            "ValueError", "nope", None)
+        create(store, new_run("new", function_id="fn", created_at=T0 + 1))
+        [c] = store.claim_runs("w", T0, LEASE, 10)
+        error = ErrorInfo("KeyError", "'k'", "Traceback (most recent call last):\n...\n")
+        w = RunWrite("new", c.run.epoch, status="failed", error=error)
+        assert store.commit(CommitBatch(now=T0, writes=(w,))) == set()
+        got = store.get_run("new").error
+        assert got is not None and got.traceback == error.traceback
+    finally:
+        store.close()

@@ -40,7 +40,7 @@ from durable_core.drivers._gc import tuned_gc
 from durable_core.drivers._loading import open_store
 from durable_core.drivers._logs import JsonLogFormatter, TextLogFormatter, configure_logging
 from durable_core.engine._engine import Engine
-from durable_core.engine._views import RunView, StepView
+from durable_core.engine._views import AttemptView, RunView, StepView
 from durable_core.store import SkippedTrigger, Store
 
 if _TYPE_CHECKING:
@@ -56,6 +56,7 @@ __all__ = [
     "App",
     "AsyncClient",
     "AsyncioWorker",
+    "AttemptView",
     "BackgroundWorker",
     "Client",
     "Context",

@@ -120,8 +120,10 @@ Records
     ``payload`` is the event's JSON),
     ``"invoke"`` (the child run ``key`` ended; ``payload`` holds ``output`` or ``error``) or
     ``"cancel"`` (``payload`` is the reason).
-:class:`ErrorInfo` ``(type, message)``
-    A failure as stored: the exception's type name and message.
+:class:`ErrorInfo` ``(type, message, traceback)``
+    A failure as stored: the exception's type name, its message and its traceback (None
+    for an exception never raised; at most 16 KiB, cut in the middle with a marker;
+    ignored when errors are compared).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ The rules, in short (each is detailed where it is decided):
   ended, and their entries, in order, must continue its journal densely
   (:func:`fold_writes`, :func:`write_accepted`). A rejected run's waits are not changed either.
 - **Applying writes.** :func:`apply_change`: a status replaces status and ``wake_at``; a
-  terminal status records ``output``/``error`` and ``ended_at``, clears ``wake_at`` and gives
+  terminal status records ``output``/``error`` (its ``type``, ``message``
+  and ``traceback``, kept whole) and ``ended_at``, clears ``wake_at`` and gives
   the lease up; ``release`` gives the lease up; any of these (or consuming signals) sets
   ``updated_at``; a journal-only write leaves the record as it is.
 - **Signals.** A signal is kept for a run that exists and has not ended once the batch's

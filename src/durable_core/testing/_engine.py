@@ -61,7 +61,7 @@ class RunHandle:
 
     @property
     def error(self) -> ErrorInfo | None:
-        """None, or the failure (``type`` and ``message``)."""
+        """None, or the failure (``type``, ``message`` and ``traceback``)."""
         return self._engine.store.get_run(self.id).error
 
     @property

@@ -237,6 +237,11 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "CREATE INDEX skipped_by_run ON {skipped_triggers} (run_id, ord)",
         "CREATE INDEX skipped_by_event ON {skipped_triggers} (event_id, ord)",
     ),
+    # 6: a failed run keeps its error's traceback (bounded by ErrorInfo); NULL for runs
+    # ended before, and for errors never raised (a cancel).
+    (
+        "ALTER TABLE {runs} ADD COLUMN error_traceback text",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -315,6 +320,9 @@ _RUN_COLS: LiteralString = (
     "r.output, r.error_type, r.error_message, r.parent_run_id, r.idempotency_key, "
     "r.ended_at, r.epoch, r.lease_owner, r.lease_expires, r.event_ids"
 )
+_RUN_READ_COLS: LiteralString = _RUN_COLS + ", r.error_traceback"
+"""A run as read (the error's traceback last). Claims return ``_RUN_COLS``: a claimed run
+has not ended, so it has no error."""
 _EVENT_COLS: LiteralString = "seq, id, name, data, ts, received_at, duplicate"
 _JOURNAL_COLS: LiteralString = "run_id, seq, op, position, step_id, kind, ts, data"
 
@@ -508,7 +516,7 @@ class _Queries:
             "SELECT upd.id, %(seq)s::bigint, %(op)s, %(position)s::bigint, %(step_id)s, "
             "%(kind)s, %(ts)s::bigint, %(data)s FROM upd RETURNING run_id"
         )
-        self.get_run = r("SELECT " + _RUN_COLS + " FROM {runs} AS r WHERE r.id = %s")
+        self.get_run = r("SELECT " + _RUN_READ_COLS + " FROM {runs} AS r WHERE r.id = %s")
         self.skipped = r(
             "SELECT id, function_id, key, run_id, event_id, at FROM {skipped_triggers} "
             "WHERE (%(function_id)s::text IS NULL OR function_id = %(function_id)s) "
@@ -540,7 +548,8 @@ class _Queries:
                 )
             order: LiteralString = "r.ord DESC" if len(conds) > 1 else "-r.ord"
             query = _render(
-                "SELECT " + _RUN_COLS + " FROM {runs} AS r WHERE " + " AND ".join(conds)
+                "SELECT " + _RUN_READ_COLS + " FROM {runs} AS r WHERE "
+                + " AND ".join(conds)
                 + " ORDER BY " + order + " LIMIT %(limit)s",
                 self._schema,
             )
@@ -564,9 +573,9 @@ _U: LiteralString = (
     "%(u_set_status)b::boolean[], %(u_status)b::text[], %(u_wake_at)b::bigint[], "
     "%(u_set_end)b::boolean[], %(u_output)b::text[], %(u_error_type)b::text[], "
     "%(u_error_message)b::text[], %(u_release)b::boolean[], %(u_consumed)b::bigint[], "
-    "%(u_nsig)b::bigint[], %(u_touch)b::boolean[]) AS u(id, epoch, expect, n, write, "
-    "set_status, status, wake_at, set_end, output, error_type, error_message, release, "
-    "consumed, nsig, touch))"
+    "%(u_nsig)b::bigint[], %(u_touch)b::boolean[], %(u_error_traceback)b::text[]) "
+    "AS u(id, epoch, expect, n, write, set_status, status, wake_at, set_end, output, "
+    "error_type, error_message, release, consumed, nsig, touch, error_traceback))"
 )
 _U_JOURNAL: LiteralString = (  # journal-only writes: the hot path
     "u AS (SELECT * FROM unnest(%(u_id)b::text[], %(u_epoch)b::bigint[], "
@@ -591,6 +600,8 @@ def _set_run(ok: LiteralString) -> LiteralString:
         "ELSE r.error_type END, "
         "error_message = CASE WHEN " + ok + " AND x.set_end THEN x.error_message "
         "ELSE r.error_message END, "
+        "error_traceback = CASE WHEN " + ok + " AND x.set_end THEN x.error_traceback "
+        "ELSE r.error_traceback END, "
         "ended_at = CASE WHEN " + ok + " AND x.set_end THEN %(now)s ELSE r.ended_at END, "
         "lease_owner = CASE WHEN " + ok + " AND x.release THEN NULL ELSE r.lease_owner END, "
         "lease_expires = CASE WHEN " + ok + " AND x.release THEN NULL "
@@ -744,7 +755,8 @@ def _run(row: Sequence[Any]) -> RunRecord:
     return RunRecord(
         id=row[0], function_id=row[1], status=row[2], events=tuple(row[3]),
         created_at=row[4], updated_at=row[5], wake_at=row[6], output=row[7],
-        error=None if row[8] is None else ErrorInfo(type=row[8], message=row[9]),
+        error=None if row[8] is None else ErrorInfo(
+            type=row[8], message=row[9], traceback=row[17] if len(row) > 17 else None),
         parent_run_id=row[10], idempotency_key=row[11], ended_at=row[12], epoch=row[13],
         lease_owner=row[14], lease_expires=row[15], event_ids=tuple(row[16]),
     )
@@ -1206,6 +1218,8 @@ class PostgresStore:
                 u_output=[f.output if f.ends else None for f in fs],
                 u_error_type=[f.error.type if f.ends and f.error else None for f in fs],
                 u_error_message=[f.error.message if f.ends and f.error else None for f in fs],
+                u_error_traceback=[f.error.traceback if f.ends and f.error else None
+                                   for f in fs],
                 u_release=[f.release for f in fs],
                 u_consumed=marks,
                 u_nsig=[nsig.get(run_id, 0) for run_id, _ in runs],

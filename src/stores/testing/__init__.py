@@ -760,6 +760,23 @@ class StoreConformance:
         assert store.claim_runs("w2", T0 + DAY, LEASE, 10) == []
         assert store.renew("w1", ["r1"], T0 + 60, LEASE) == {"r1"}
 
+    def test_a_failed_run_keeps_its_errors_traceback(self, store: Store) -> None:
+        """The error a run ended with keeps its traceback (up to ErrorInfo's bound), read
+        back by get_run and list_runs; an error without one reads back without one."""
+        tb = ("Traceback (most recent call last):\n  File \"app.py\", line 3, in f\n"
+              "    raise ValueError('nope ✓')\n" * 200)[:16_000] + "ValueError: nope ✓\n"
+        create(store, new_run("r1"), new_run("r2"))
+        for rid, error in (("r1", ErrorInfo("ValueError", "nope ✓", tb)),
+                           ("r2", ErrorInfo("Cancelled", "by request"))):
+            c = claim(store, rid)
+            assert write(store, RunWrite(rid, c.run.epoch, status="failed", error=error)) == set()
+        got = store.get_run("r1").error
+        assert got is not None and got.traceback == tb
+        assert [r.error.traceback for r in store.list_runs(status="failed")
+                if r.error is not None] == [None, tb]
+        got2 = store.get_run("r2").error
+        assert got2 is not None and got2.traceback is None
+
     def test_release_gives_the_lease_up(self, store: Store) -> None:
         """``release`` clears the lease and keeps the epoch."""
         create(store, new_run("r1"))

@@ -178,7 +178,9 @@ def decode_memo(
 ) -> tuple[Any, BaseException | None]:
     """What the code gets for a memo: its value, or the :class:`StepError` to raise."""
     if error is not None:
-        return None, StepError(step_id, error.type, error.message)
+        err = StepError(step_id, error.type, error.message)
+        err.traceback_text = error.traceback  # (in the run's traceback, if it fails of it)
+        return None, err
     assert output is not None
     if kind == StepKind.RUN:
         assert isinstance(req, RunRequest)
@@ -206,6 +208,14 @@ class StepMachine:
     output: str | None = None
     error: ErrorInfo | None = None
     done_ts = 0
+    started: int | None = None
+    """When the body of a ``run`` step's current attempt started (ms), when that is not the
+    time of the journal entry before its memo: the body started when the code was resumed,
+    and the code is resumed by an input that journals an entry at its time (a step's
+    memo, a sleep's end...), except when it is entered from the top (a start, a restart, a
+    retry of the code) or a step is started by its table (a retry, a gather's members).
+    Then this is set, and journalled with the memo (``started_at``); readers take the
+    entry before's time otherwise (JournalFold). The hot path writes nothing more."""
     live: Any = _UNSET
 
     KIND: ClassVar[StepKind]
@@ -313,16 +323,22 @@ class StepMachine:
         self.done_ts = now
         host = self.host
         output = self.output
+        entries = host.entries
+        started = self.started
+        if started is not None:  # (never on the hot path: see ``started``)
+            self.started = None  # (a run step machine is recycled)
+            if entries and entries[-1].ts == started:
+                started = None
         if output is not None:
             host._state_bytes += size if size >= 0 else utf8_len(output)
             # The one place a memo's output is written: the serde's JSON text, as the value
             # of "output" (see durable_core.core._journal for why it is not re-encoded).
-            data = f'{{"output":{output}}}'
+            data = (f'{{"output":{output}}}' if started is None
+                    else f'{{"output":{output},"started_at":{started}}}')
         else:
             assert self.error is not None
-            data = error_data(self.error)
+            data = error_data(self.error, started)
         # _append, inlined: this is once per step.
-        entries = host.entries
         entry = _tuple_new(
             JournalEntry, (len(entries), _COMPLETED, self.position, self.step_id, self.kind,
                            now, data),

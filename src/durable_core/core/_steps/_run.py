@@ -232,6 +232,7 @@ class RunStep(StepMachine):
 
     def _do_execute_body(self, now: int) -> None:
         self.dispatch(self.host, self.position, self.step_id, self.req, self.failures)
+        self.started = now  # (off the hot path: journalled, see StepMachine.started)
 
     def _do_forget_body(self, now: int) -> None:
         del self.host._dispatched[self.position]
@@ -240,6 +241,6 @@ class RunStep(StepMachine):
         assert self.error is not None and self.deadline is not None
         self._append(
             JournalOp.ATTEMPT_FAILED, now,
-            attempt_failed_data(self.failures, self.error, self.deadline),
+            attempt_failed_data(self.failures, self.error, self.deadline, self.started),
         )
         self.failures += 1
