@@ -38,7 +38,8 @@ PINNED: dict[str, list[str]] = {
         "RunTimeoutError", "RunView", "Sent",
         "SerializationError", "Step", "StepError", "StepView", "Steps", "Store", "StoreError",
         "StoreLostError", "UnknownFunctionError", "UsageError", "ValidationError", "Worker",
-        "__version__", "converter", "on_cron", "on_event", "open_store", "tuned_gc",
+        "__version__", "converter", "make_converter", "on_cron", "on_event", "open_store",
+        "tuned_gc",
     ],
     "durable_core.testing": [
         "CrashTestReport", "DeployFailure", "DeployReport", "FaultPlan", "Finding",

@@ -26,7 +26,7 @@ from durable_core.base._errors import (
     SerializationError,
     ValidationError,
 )
-from durable_core.base._serde import dumps, return_hint, roundtrip
+from durable_core.base._serde import dumps, encode_output, return_hint
 from durable_core.core._context import RunRequest
 from durable_core.core._journal import (
     MAX_RUN_STATE_BYTES,
@@ -176,7 +176,10 @@ class RunStep(StepMachine):
             size = len(text)  # ASCII
         else:
             try:
-                text = dumps(value, what=f"step {self.step_id!r} output")
+                text, live = encode_output(
+                    value, return_hint(self.req.fn), self.host._converter,
+                    what=f"step {self.step_id!r} output",
+                )
             except SerializationError as exc:
                 self._give_up(exc, now)
                 return
@@ -192,7 +195,6 @@ class RunStep(StepMachine):
                     now,
                 )
                 return
-            live = roundtrip(value, text, return_hint(self.req.fn))
         # Row (RUNNING, SUCCEEDED), pinned above: FORGET_BODY, JOURNAL_COMPLETED, RESUME.
         self.state = _COMPLETED
         self.output = text
