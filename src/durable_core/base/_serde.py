@@ -395,7 +395,7 @@ def _cattrs_message(exc: BaseException) -> str:
 
 
 def _a(name: str) -> str:
-    return f"an {name}" if name[:1] in "aeiouAEIOU" else f"a {name}"
+    return f"an {name}" if name[:1] in "aeioAEIO" else f"a {name}"
 
 
 def _arrow(t: type) -> str:
