@@ -201,9 +201,6 @@ class RunHandle:
             return False, record.status
         if record.status == RunStatus.COMPLETED:
             fn = self._function
-            app = self._client.app
-            if fn is None and app is not None:
-                fn = app.functions.get(record.function_id)
             if record.output is None:
                 return True, None
             if fn is None:
