@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import functools
 import pathlib
 import typing
 import uuid
@@ -283,6 +284,22 @@ def test_an_annotated_value_that_would_change_is_refused(memory: Harness) -> Non
 def test_a_value_of_the_wrong_type_for_its_annotation_is_refused(memory: Harness) -> None:
     message = memory.failure(_body({"a": 1}, Order))
     assert "step 'v' output" in message and "Order" in message
+
+
+def test_a_partial_of_an_annotated_body_is_typed(memory: Harness) -> None:
+    def stamp(year: int, month: int) -> dt.date:
+        return dt.date(year, month, 1)
+
+    live, replayed = memory.round_trip(functools.partial(stamp, 2026, 3))
+    assert type(live) is dt.date and live == replayed == dt.date(2026, 3, 1)
+
+
+def test_an_annotation_that_does_not_resolve_is_refused_not_ignored(memory: Harness) -> None:
+    body = _body([1])
+    body.__annotations__ = {"return": "NotDefinedHere"}  # as `from __future__` leaves it
+    message = memory.failure(body)
+    assert "step 'v' output: the return annotation 'NotDefinedHere' does not resolve" in message
+    assert "NameError" in message and "define the type at module level" in message
 
 
 def test_an_unknown_type_names_the_hooks_to_register(memory: Harness) -> None:

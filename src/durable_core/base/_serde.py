@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import decimal
+import functools
 import json
 import sys
 import typing
@@ -42,6 +43,7 @@ from durable_core.base._errors import SerializationError, ValidationError
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "Unresolvable",
     "check_text",
     "converter",
     "dumps",
@@ -287,6 +289,8 @@ def loads(text: str, hint: Any = None, conv: Converter | None = None) -> Any:
         ) from None
     if hint is None or hint is Any or (type(raw) in _SCALARS and hint in _SCALARS):
         return raw
+    if type(hint) is Unresolvable:
+        raise hint.error("stored output")
     try:
         return (converter if conv is None else conv).structure(raw, hint)
     except Exception as exc:  # cattrs raises many exception types
@@ -309,6 +313,8 @@ def encode_output(
     and how to fix it. ``what`` names the value (``step 'x' output``), ``owner`` what to
     annotate (``step body``, ``function``).
     """
+    if type(hint) is Unresolvable:
+        raise hint.error(what)
     if hint is None:
         try:
             # No converter: the json module's own types, so anything else (a datetime, a
@@ -516,19 +522,47 @@ def _describe(value: Any) -> str:
 _HINTS: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
 
 
+class Unresolvable:
+    """A return annotation that does not resolve to a type (a name not defined where the
+    function is, under ``from __future__ import annotations``): recording a value under it
+    is refused with ``problem``, rather than silently storing the value untyped."""
+
+    __slots__ = ("annotation", "problem")
+
+    def __init__(self, annotation: object, problem: str) -> None:
+        self.annotation = annotation
+        self.problem = problem
+
+    def error(self, what: str) -> SerializationError:
+        """The refusal, naming ``what``."""
+        return SerializationError(
+            f"{what}: the return annotation {self.annotation!r} does not resolve to a type "
+            f"({self.problem}); define the type at module level (annotations are evaluated "
+            "in the function's module), or import it there",
+            field="output",
+        )
+
+
 def return_hint(fn: Callable[..., Any]) -> Any:
-    """The return annotation of ``fn`` to store its output as and rebuild it into, or None
-    (no annotation, ``-> Any``, ``-> None``, or one that does not resolve: the output must
-    then be plain JSON). Unions and ``Optional`` are kept: cattrs structures those it can
-    tell apart, and refuses the others the first time a value is recorded."""
+    """The return annotation of ``fn`` (of the function a ``functools.partial`` wraps) to
+    store its output as and rebuild it into, or None (no annotation, ``-> Any``, ``-> None``:
+    the output must then be plain JSON); an :class:`Unresolvable` for an annotation that
+    names no type. Unions and ``Optional`` are kept: cattrs structures those it can tell
+    apart, and refuses the others the first time a value is recorded."""
     try:
         return _HINTS[fn]
     except (KeyError, TypeError):
         pass
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
     try:
-        hint: Any = typing.get_type_hints(fn).get("return")
-    except Exception:
-        hint = None
+        hint: Any = typing.get_type_hints(target).get("return")
+    except Exception as exc:
+        raw = getattr(target, "__annotations__", None)
+        written = raw.get("return") if isinstance(raw, dict) else None
+        hint = None if written is None else Unresolvable(
+            written, f"{type(exc).__name__}: {exc}")
     if hint is type(None) or hint is Any or hint is object:
         hint = None
     with contextlib.suppress(TypeError):
