@@ -17,6 +17,7 @@ Compare two trees by running this script with ``PYTHONPATH=<tree>/src``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import re
@@ -34,9 +35,24 @@ def _freeze() -> None:
     gc.freeze()
 
 
-def run_core(n: int, value: str = "int") -> None:
-    import dataclasses
+@dataclasses.dataclass
+class Item:
+    """What ``--value dataclass`` steps return (module level, so both trees resolve it)."""
 
+    i: int
+    name: str
+    tags: list[str]
+
+
+def work_dict(i: int):  # type: ignore[no-untyped-def]  # unannotated: plain JSON
+    return {"i": i + 1, "name": "item", "tags": ["a", "b"]}
+
+
+def work_typed(i: int) -> Item:
+    return Item(i + 1, "item", ["a", "b"])
+
+
+def run_core(n: int, value: str = "int") -> None:
     from durable_core import App, Context, Event, on_event
     from durable_core.core._machine import RunMachine
     from durable_core.core._model import ExecuteStep, RunStarted
@@ -45,18 +61,6 @@ def run_core(n: int, value: str = "int") -> None:
 
     def work(i: int) -> int:
         return i + 1
-
-    def work_dict(i: int):  # type: ignore[no-untyped-def]  # unannotated: plain JSON
-        return {"i": i + 1, "name": "item", "tags": ["a", "b"]}
-
-    @dataclasses.dataclass
-    class Item:
-        i: int
-        name: str
-        tags: list[str]
-
-    def work_typed(i: int) -> Item:
-        return Item(i + 1, "item", ["a", "b"])
 
     body: Any = {"int": work, "dict": work_dict, "dataclass": work_typed}[value]
 
@@ -79,7 +83,7 @@ def run_core(n: int, value: str = "int") -> None:
                 if type(cmd) is ExecuteStep:
                     nxt.append(cmd)
         pending = nxt
-    assert m.status == "completed", m.status
+    assert m.status == "completed", (m.status, m.error)
 
 
 def run_worker(n: int) -> None:

@@ -29,6 +29,7 @@ import decimal
 import functools
 import json
 import sys
+import types
 import typing
 import uuid
 import weakref
@@ -287,10 +288,9 @@ def loads(text: str, hint: Any = None, conv: Converter | None = None) -> Any:
         raise SerializationError(
             "cannot read stored JSON: it is nested too deeply", field="output"
         ) from None
-    if hint is None or hint is Any or (type(raw) in _SCALARS and hint in _SCALARS):
-        return raw
-    if type(hint) is Unresolvable:
-        raise hint.error("stored output")
+    if (hint is None or hint is Any or type(hint) is Unresolvable
+            or (type(raw) in _SCALARS and hint in _SCALARS)):
+        return raw  # (under an unresolvable annotation only plain JSON was recorded)
     try:
         return (converter if conv is None else conv).structure(raw, hint)
     except Exception as exc:  # cattrs raises many exception types
@@ -314,7 +314,11 @@ def encode_output(
     annotate (``step body``, ``function``).
     """
     if type(hint) is Unresolvable:
-        raise hint.error(what)
+        # Plain JSON needs no type to come back as it was; anything else does.
+        try:
+            return encode_output(value, None, conv, what=what, owner=owner)
+        except SerializationError:
+            raise hint.error(what) from None
     if hint is None:
         try:
             # No converter: the json module's own types, so anything else (a datetime, a
@@ -523,9 +527,10 @@ _HINTS: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDict
 
 
 class Unresolvable:
-    """A return annotation that does not resolve to a type (a name not defined where the
-    function is, under ``from __future__ import annotations``): recording a value under it
-    is refused with ``problem``, rather than silently storing the value untyped."""
+    """A return annotation that does not resolve to a type (a name not defined in the
+    function's module, under ``from __future__ import annotations``). A plain JSON value is
+    recorded under it as without an annotation; any other value is refused with
+    ``problem``, rather than silently stored untyped."""
 
     __slots__ = ("annotation", "problem")
 
@@ -536,11 +541,32 @@ class Unresolvable:
     def error(self, what: str) -> SerializationError:
         """The refusal, naming ``what``."""
         return SerializationError(
-            f"{what}: the return annotation {self.annotation!r} does not resolve to a type "
+            f"{what}: the value is not plain JSON and the return annotation "
+            f"{self.annotation!r} that would rebuild it does not resolve to a type "
             f"({self.problem}); define the type at module level (annotations are evaluated "
             "in the function's module), or import it there",
             field="output",
         )
+
+
+def _probe(target: Any, annotation: Any) -> Any:
+    """A function with only ``annotation`` as its return annotation, resolved in the
+    globals of ``target`` (and its closure's names)."""
+
+    def probe() -> None:
+        pass
+
+    code = getattr(target, "__code__", None)
+    cells = getattr(target, "__closure__", None) or ()
+    names = code.co_freevars if code is not None else ()
+    local: dict[str, Any] = {}
+    for name, cell in zip(names, cells, strict=False):
+        with contextlib.suppress(ValueError):  # an empty cell
+            local[name] = cell.cell_contents
+    shim = types.FunctionType(probe.__code__, {
+        **getattr(target, "__globals__", {}), **local})
+    shim.__annotations__ = {"return": annotation}
+    return shim
 
 
 def return_hint(fn: Callable[..., Any]) -> Any:
@@ -556,13 +582,17 @@ def return_hint(fn: Callable[..., Any]) -> Any:
     target: Any = fn
     while isinstance(target, functools.partial):
         target = target.func
-    try:
-        hint: Any = typing.get_type_hints(target).get("return")
-    except Exception as exc:
-        raw = getattr(target, "__annotations__", None)
-        written = raw.get("return") if isinstance(raw, dict) else None
-        hint = None if written is None else Unresolvable(
-            written, f"{type(exc).__name__}: {exc}")
+    raw = getattr(target, "__annotations__", None)
+    written = raw.get("return") if isinstance(raw, dict) else None
+    hint: Any = written
+    if isinstance(written, str) or (written is not None and typing.get_args(written)):
+        # Resolve the return annotation alone: a parameter's annotation that does not
+        # resolve (``ctx: Context`` imported inside a function) is no concern of ours.
+        probe = _probe(target, written)
+        try:
+            hint = typing.get_type_hints(probe).get("return")
+        except Exception as exc:
+            hint = Unresolvable(written, f"{type(exc).__name__}: {exc}")
     if hint is type(None) or hint is Any or hint is object:
         hint = None
     with contextlib.suppress(TypeError):
