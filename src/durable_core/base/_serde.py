@@ -367,7 +367,9 @@ def encode_output(
                 "app's converter",
                 field="output",
             ) from None
-    if type(back) is type(value) and back == value:
+    if back == value and (hint is not None or type(back) is type(value)):
+        # (Under an annotation the value read back is what the annotation says: a
+        # defaultdict returned as ``-> dict[str, int]`` comes back a dict, equal to it.)
         return text, back
     change = _change(value, back, "")
     if change is None:
@@ -480,9 +482,7 @@ def _change(before: Any, after: Any, path: str) -> tuple[str, str, str] | None:
     it was, what it becomes)``; None if they differ only in objects compared by identity
     (classes without ``__eq__``, which cannot be compared)."""
     tb, ta = type(before), type(after)
-    if tb is not ta:
-        return path, _describe(before), _describe(after)
-    if tb is dict:
+    if isinstance(before, dict) and isinstance(after, dict):
         for key, item in before.items():
             if key not in after:
                 back = json.loads(json.dumps({key: None}))
@@ -492,15 +492,19 @@ def _change(before: Any, after: Any, path: str) -> tuple[str, str, str] | None:
             change = _change(item, after[key], f"{path}[{key!r}]")
             if change is not None:
                 return change
-        return None
-    if tb is list or tb is tuple:
+        return None if tb is ta else (path, _describe(before), _describe(after))
+    if (isinstance(before, list) and isinstance(after, list)) or (
+        isinstance(before, tuple) and isinstance(after, tuple)
+    ):
         if len(before) != len(after):
             return path, f"{len(before)} items", f"{len(after)} items"
         for i, (b, a) in enumerate(zip(before, after, strict=True)):
             change = _change(b, a, f"{path}[{i}]")
             if change is not None:
                 return change
-        return None
+        return None if tb is ta else (path, _describe(before), _describe(after))
+    if tb is not ta:
+        return path, _describe(before), _describe(after)
     if attrs.has(tb) or dataclasses.is_dataclass(tb):
         names = ([f.name for f in attrs.fields(tb)] if attrs.has(tb)
                  else [f.name for f in dataclasses.fields(before)])
@@ -569,16 +573,37 @@ def _probe(target: Any, annotation: Any) -> Any:
     return shim
 
 
+_HINT_KEY = "__durable_core_return_hint__"
+_MISSING: Any = object()
+_FunctionType = types.FunctionType
+
+
 def return_hint(fn: Callable[..., Any]) -> Any:
     """The return annotation of ``fn`` (of the function a ``functools.partial`` wraps) to
     store its output as and rebuild it into, or None (no annotation, ``-> Any``, ``-> None``:
     the output must then be plain JSON); an :class:`Unresolvable` for an annotation that
     names no type. Unions and ``Optional`` are kept: cattrs structures those it can tell
-    apart, and refuses the others the first time a value is recorded."""
+    apart, and refuses the others the first time a value is recorded.
+
+    Once per step on the hot path, so it is cached: in a plain function's ``__dict__``
+    (a dict look-up), else by weak reference."""
+    if type(fn) is _FunctionType:
+        attrs_ = fn.__dict__
+        hint = attrs_.get(_HINT_KEY, _MISSING)
+        if hint is _MISSING:
+            hint = attrs_[_HINT_KEY] = _resolve_hint(fn)
+        return hint
     try:
         return _HINTS[fn]
     except (KeyError, TypeError):
         pass
+    hint = _resolve_hint(fn)
+    with contextlib.suppress(TypeError):
+        _HINTS[fn] = hint
+    return hint
+
+
+def _resolve_hint(fn: Callable[..., Any]) -> Any:
     target: Any = fn
     while isinstance(target, functools.partial):
         target = target.func
@@ -595,6 +620,5 @@ def return_hint(fn: Callable[..., Any]) -> Any:
             hint = Unresolvable(written, f"{type(exc).__name__}: {exc}")
     if hint is type(None) or hint is Any or hint is object:
         hint = None
-    with contextlib.suppress(TypeError):
-        _HINTS[fn] = hint
     return hint
+

@@ -50,6 +50,8 @@ from durable_core.core._steps._base import (
 __all__ = ["RunState", "RunStep"]
 
 _tuple_new = tuple.__new__
+_SCALARS = (str, int, float, bool, type(None))
+"""The annotations under which a recorded scalar comes back as it is (see serde.loads)."""
 
 
 class RunState(_Identity):
@@ -164,11 +166,18 @@ class RunStep(StepMachine):
         if self.state is not _RUNNING:
             raise StepTransitionError(self.KIND, self.position, self.state, StepInput.SUCCEEDED)
         t = type(value)
-        if t is int:
+        # An int, str, bool or None needs no round trip when the body's annotation (if
+        # any) is a JSON scalar type, as a replay then hands back the JSON value as it is.
+        # (Under ``-> datetime`` or ``-> MyEnum`` a str is structured on replay: the same
+        # must happen now, so it takes the general path.)
+        hint = return_hint(self.req.fn)
+        if t is int and (hint is None or hint in _SCALARS):
             text = repr(value)  # JSON and ASCII (an exact int: repr is int's own)
             live = value
             size = len(text)
-        elif (t is str or value is None or t is bool) and not (
+        elif (t is str or value is None or t is bool) and (
+            hint is None or hint in _SCALARS
+        ) and not (
             t is str and (len(value) > MAX_STEP_OUTPUT_BYTES // 4 or not value.isascii())
         ):
             text = dumps(value, what="")
@@ -177,8 +186,7 @@ class RunStep(StepMachine):
         else:
             try:
                 text, live = encode_output(
-                    value, return_hint(self.req.fn), self.host._converter,
-                    what=f"step {self.step_id!r} output",
+                    value, hint, self.host._converter, what=f"step {self.step_id!r} output",
                 )
             except SerializationError as exc:
                 self._give_up(exc, now)
