@@ -62,7 +62,6 @@ outputs (``{"a": [1]}`` is 2 deep). Deeper values are refused where they enter, 
 recursive code in the engine (JSON, cattrs, CEL) can run out of stack on them."""
 
 
-
 def _is_pydantic_model(t: Any) -> bool:
     # pydantic is optional: a type can only be a pydantic model if pydantic was imported.
     pydantic = sys.modules.get("pydantic")
