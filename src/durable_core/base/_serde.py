@@ -43,6 +43,7 @@ from cattrs.preconf.json import make_converter as _json_converter
 from durable_core.base._errors import SerializationError, ValidationError
 
 __all__ = [
+    "HINT_CACHE",
     "MAX_JSON_DEPTH",
     "Unresolvable",
     "check_text",
@@ -572,26 +573,39 @@ def _probe(target: Any, annotation: Any) -> Any:
     return shim
 
 
-_HINT_KEY = "__durable_core_return_hint__"
 _MISSING: Any = object()
 _FunctionType = types.FunctionType
+HINT_CACHE: dict[Any, Any] = {}
+"""Return hints of plain functions without a closure (module-level bodies, the common
+case), by function: one dict look-up per step on the hot path (``RunStep.succeeded``
+reads it directly). Bounded: cleared when it holds :data:`_HINT_CACHE_MAX` functions
+(so functions made over and over, without a closure, cannot grow it for ever)."""
+_HINT_CACHE_MAX = 4096
 
 
 def return_hint(fn: Callable[..., Any]) -> Any:
-    """The return annotation of ``fn`` (of the function a ``functools.partial`` wraps) to
-    store its output as and rebuild it into, or None (no annotation, ``-> Any``, ``-> None``:
-    the output must then be plain JSON); an :class:`Unresolvable` for an annotation that
-    names no type. Unions and ``Optional`` are kept: cattrs structures those it can tell
-    apart, and refuses the others the first time a value is recorded.
-
-    Once per step on the hot path, so it is cached: in a plain function's ``__dict__``
-    (a dict look-up), else by weak reference."""
-    if type(fn) is _FunctionType:
-        attrs_ = fn.__dict__
-        hint = attrs_.get(_HINT_KEY, _MISSING)
-        if hint is _MISSING:
-            hint = attrs_[_HINT_KEY] = _resolve_hint(fn)
+    """The return annotation of ``fn`` (of the function a ``functools.partial`` or a bound
+    method wraps) to store its output as and rebuild it into, or None (no annotation,
+    ``-> Any``, ``-> None``: the output must then be plain JSON); an :class:`Unresolvable`
+    for an annotation that names no type. Unions and ``Optional`` are kept: cattrs
+    structures those it can tell apart, and refuses the others the first time a value is
+    recorded."""
+    try:
+        hint = HINT_CACHE.get(fn, _MISSING)
+    except TypeError:  # an unhashable callable
+        return _resolve_hint(fn)
+    if hint is not _MISSING:
         return hint
+    if isinstance(fn, types.MethodType):
+        return return_hint(fn.__func__)  # (not cached itself: it would keep its object)
+    if type(fn) is _FunctionType and fn.__closure__ is None:
+        hint = _resolve_hint(fn)
+        if len(HINT_CACHE) >= _HINT_CACHE_MAX:
+            HINT_CACHE.clear()
+        HINT_CACHE[fn] = hint
+        return hint
+    # Closures (often made anew for each step), partials, callable objects: by weak
+    # reference, so the cache keeps nothing alive.
     try:
         return _HINTS[fn]
     except (KeyError, TypeError):

@@ -26,7 +26,7 @@ from durable_core.base._errors import (
     SerializationError,
     ValidationError,
 )
-from durable_core.base._serde import dumps, encode_output, return_hint
+from durable_core.base._serde import HINT_CACHE, dumps, encode_output, return_hint
 from durable_core.core._context import RunRequest
 from durable_core.core._journal import (
     MAX_RUN_STATE_BYTES,
@@ -52,6 +52,8 @@ __all__ = ["RunState", "RunStep"]
 _tuple_new = tuple.__new__
 _SCALARS = (str, int, float, bool, type(None))
 """The annotations under which a recorded scalar comes back as it is (see serde.loads)."""
+_hints_get = HINT_CACHE.get
+_MISSING: Any = object()
 
 
 class RunState(_Identity):
@@ -170,7 +172,13 @@ class RunStep(StepMachine):
         # any) is a JSON scalar type, as a replay then hands back the JSON value as it is.
         # (Under ``-> datetime`` or ``-> MyEnum`` a str is structured on replay: the same
         # must happen now, so it takes the general path.)
-        hint = return_hint(self.req.fn)
+        fn = self.req.fn
+        try:
+            hint = _hints_get(fn, _MISSING)  # return_hint(fn)'s cache, inlined
+        except TypeError:
+            hint = _MISSING
+        if hint is _MISSING:
+            hint = return_hint(fn)
         if t is int and (hint is None or hint in _SCALARS):
             text = repr(value)  # JSON and ASCII (an exact int: repr is int's own)
             live = value
