@@ -244,6 +244,26 @@ def test_a_class_without_equality_is_stored_by_its_hooks(memory: Harness) -> Non
     assert live.n == replayed.n == 5
 
 
+class Ambiguous:
+    """Like an array: its ``==`` raises instead of answering."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value is ambiguous")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_value_whose_equality_raises_is_trusted_to_its_hooks(memory: Harness) -> None:
+    memory.app.converter.register_unstructure_hook(Ambiguous, lambda a: a.n)
+    memory.app.converter.register_structure_hook(Ambiguous, lambda raw, _t: Ambiguous(raw))
+    live, replayed = memory.round_trip(_body(Ambiguous(3), Ambiguous))
+    assert type(live) is Ambiguous and type(replayed) is Ambiguous
+    assert live.n == replayed.n == 3
+
+
 def test_plain_json_without_an_annotation_round_trips(memory: Harness) -> None:
     value = {"name": "x", "items": [1, 2.5, None, True, {"deep": ["é", -0.0]}]}
     live, replayed = memory.round_trip(_body(value))
