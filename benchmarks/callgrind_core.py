@@ -10,6 +10,9 @@ the step counts: what is left is the cost of one step (imports and start-up canc
 
 runs both under ``valgrind --tool=callgrind`` and prints the instructions (Ir) per step.
 ``--path worker`` measures the trio worker with the memory store instead (async bodies).
+``--value dict`` / ``--value dataclass`` make each core step return a small unannotated dict
+or a dataclass its annotation rebuilds, instead of an int: the cost of recording a value
+that is not a plain scalar (the JSON round trip and its check, docs/concepts/types.md).
 Without ``--measure`` it only runs the loop once (what callgrind is pointed at).
 Compare two trees by running this script with ``PYTHONPATH=<tree>/src``.
 """

@@ -264,6 +264,37 @@ def test_a_value_whose_equality_raises_is_trusted_to_its_hooks(memory: Harness) 
     assert live.n == replayed.n == 3
 
 
+def happy_text():  # type: ignore[no-untyped-def]
+    return "happy"
+
+
+def happy_mood() -> Mood:
+    return "happy"  # type: ignore[return-value]  # the annotation rebuilds it
+
+
+def test_alternating_bodies_each_get_their_own_annotation() -> None:
+    """One step object serves step after step (the hot path recycles it, caching the last
+    body's annotation): each body's own annotation applies, live and on replay."""
+    app = App("typed-alternate")
+    seen: list[list[Any]] = []
+
+    @app.function(id="f", trigger=on_event("go"))
+    async def f(ctx: Context) -> None:
+        got = []
+        for body in (happy_text, happy_mood, happy_mood, happy_text, happy_text, happy_mood):
+            got.append(await ctx.step.run("s", body))
+        seen.append(got)
+        await ctx.step.sleep("nap", "1h")
+
+    store = MemoryStore()
+    first = TestEngine(app, store=store)
+    first.send(Event("go"))
+    TestEngine(app, store=store, start=first.now).advance("1h")
+    for got in seen:
+        assert [type(v) for v in got] == [str, Mood, Mood, str, str, Mood]
+    assert len(seen) == 2
+
+
 def test_plain_json_without_an_annotation_round_trips(memory: Harness) -> None:
     value = {"name": "x", "items": [1, 2.5, None, True, {"deep": ["é", -0.0]}]}
     live, replayed = memory.round_trip(_body(value))

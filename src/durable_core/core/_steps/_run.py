@@ -113,6 +113,9 @@ class RunStep(StepMachine):
     failures = 0
     cmd: ExecuteStep | None = None
     req: RunRequest
+    _hint_fn: Any = None
+    """The body whose return hint ``_hint`` is (this object is recycled step after step)."""
+    _hint: Any = None
 
     def dispatch(
         self, host: StepHost, position: int, step_id: str, req: RunRequest, attempt: int
@@ -173,12 +176,17 @@ class RunStep(StepMachine):
         # (Under ``-> datetime`` or ``-> MyEnum`` a str is structured on replay: the same
         # must happen now, so it takes the general path.)
         fn = self.req.fn
-        try:
-            hint = _hints_get(fn, _MISSING)  # return_hint(fn)'s cache, inlined
-        except TypeError:
-            hint = _MISSING
-        if hint is _MISSING:
-            hint = return_hint(fn)
+        if fn is self._hint_fn:  # the body of the previous step this object ran: a loop
+            hint = self._hint
+        else:
+            try:
+                hint = _hints_get(fn, _MISSING)  # return_hint(fn)'s cache, inlined
+            except TypeError:
+                hint = _MISSING
+            if hint is _MISSING:
+                hint = return_hint(fn)
+            self._hint_fn = fn
+            self._hint = hint
         if t is int and (hint is None or hint in _SCALARS):
             text = repr(value)  # JSON and ASCII (an exact int: repr is int's own)
             live = value
