@@ -41,7 +41,7 @@ PINNED: dict[str, list[str]] = {
         "SerializationError", "SkippedTrigger", "Step", "StepError", "StepView", "Steps",
         "Store", "StoreError", "StoreLostError", "TextLogFormatter", "UnknownFunctionError",
         "UsageError", "ValidationError", "Worker", "__version__", "configure_logging",
-        "converter", "on_cron", "on_event", "open_store", "tuned_gc",
+        "converter", "make_converter", "on_cron", "on_event", "open_store", "tuned_gc",
     ],
     "durable_core.testing": [
         "CrashTestReport", "DeployFailure", "DeployReport", "FaultPlan", "Finding",

@@ -31,7 +31,7 @@ from durable_core.base._errors import (
     ValidationError,
 )
 from durable_core.base._events import Event, Sent
-from durable_core.base._serde import converter
+from durable_core.base._serde import converter, make_converter
 from durable_core.core._context import Context, Step, Steps
 from durable_core.core._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
 from durable_core.core._machine import RunMachine
@@ -102,6 +102,7 @@ __all__ = [
     "__version__",
     "configure_logging",
     "converter",
+    "make_converter",
     "on_cron",
     "on_event",
     "open_store",

@@ -293,15 +293,18 @@ class Steps:
         """Run ``fn(*args, **kwargs)`` (sync or async) once, durably; returns its result.
 
         The result is recorded as JSON: on replay the recorded value is returned without
-        calling ``fn``. If ``fn`` has a return annotation (an attrs class, a dataclass, a
-        datetime...), the value is rebuilt into that type. Failures are retried per the
-        function's ``retries``; when they run out, a :class:`~durable_core.StepError` is
-        raised here.
+        calling ``fn``. If ``fn`` has a return annotation ``-> T`` (an attrs class, a
+        dataclass, a datetime, ``Decimal``, ``bytes``, a set, a union cattrs can tell
+        apart...), the value is stored as a ``T`` and rebuilt into one by the app's
+        converter, live and on replay; without one it must be plain JSON. A value that
+        would come back different is refused: the step fails with a
+        :class:`~durable_core.SerializationError` saying what to annotate (see
+        docs/concepts/types.md). Failures are retried per the function's ``retries``; when
+        they run out, a :class:`~durable_core.StepError` is raised here.
 
         Typed: the awaited value has the type ``fn`` returns (``T`` for ``def fn() -> T`` and
         for ``async def fn() -> T``), and ``args``/``kwargs`` are checked against ``fn``'s
-        parameters. A union return type is not rebuilt (the JSON value is returned as it is),
-        so annotate ``fn`` with one concrete type when its value is not plain JSON.
+        parameters.
         """
         if type(id) is not str or not id or not id.isascii() or "\x00" in id:
             _check_id(id, "run")
@@ -401,8 +404,9 @@ class Steps:
         fails or does not finish within ``timeout`` (default one year).
 
         Typed: invoking a :class:`~durable_core.Function` ``Function[T]`` (what
-        ``@app.function`` returns for ``async def fn(ctx) -> T``) gives a ``T``; invoking by
-        id gives ``Any``."""
+        ``@app.function`` returns for ``async def fn(ctx) -> T``) gives a ``T``, rebuilt
+        from the child's recorded output by its app's converter (live and on replay);
+        invoking by id gives ``Any`` to a type checker (the value is rebuilt all the same)."""
         _check_id(id, "invoke")
         func = self._host.function.app.resolve(function)
         payload = {} if data is None else data

@@ -6,7 +6,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Generic
+from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
 from typing_extensions import TypeVar
@@ -22,8 +22,11 @@ from durable_core.base._errors import (
 from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
 from durable_core.base._safelog import safe_logger
-from durable_core.base._serde import check_text
+from durable_core.base._serde import app_converter, check_text
 from durable_core.core._lifecycle import FAILED_EVENT, FAILURE_SUFFIX, idempotency_text
+
+if TYPE_CHECKING:
+    from cattrs import Converter
 
 __all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
 
@@ -267,10 +270,22 @@ class App:
     ``LoggerAdapter``; default ``logging.getLogger("durable_core.run")``): ``ctx.logger``
     adds the run's ids to each record and stays silent while a run replays (see
     docs/observability.md).
+
+    ``converter`` is the cattrs converter that stores the app's step and run outputs as JSON
+    and rebuilds them into their annotated types (see docs/concepts/types.md): by default
+    the app's own, made by :func:`~durable_core.make_converter`. Register hooks for your own
+    types on ``app.converter``, or pass a converter you configured.
     """
 
-    def __init__(self, id: str, *, sandbox: bool = True, async_bodies: str = ASYNCIO,
-                 logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        *,
+        sandbox: bool = True,
+        async_bodies: str = ASYNCIO,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        converter: Converter | None = None,
+    ) -> None:
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
                 f"App(id): {id!r} is not a valid app id; use 1-128 letters, digits and "
@@ -293,6 +308,15 @@ class App:
                 f"logging.getLogger('myapp'), got {type(logger).__name__}",
                 field="app.logger",
             )
+        if converter is not None and not (
+            callable(getattr(converter, "structure", None))
+            and callable(getattr(converter, "unstructure", None))
+        ):
+            raise FunctionConfigError(
+                f"App({id!r}, converter=...): must be a cattrs Converter (for example "
+                f"durable_core.make_converter()), got {type(converter).__name__}",
+                field="app.converter",
+            )
         self.id = id
         self.logger: logging.Logger | logging.LoggerAdapter[Any] = (
             logging.getLogger("durable_core.run") if logger is None else logger)
@@ -303,6 +327,9 @@ class App:
         guards orchestration code (on unless turned off)."""
         self.async_bodies = async_bodies
         """The library async step bodies run on: ``"asyncio"`` or ``"trio"``."""
+        self.converter: Converter = app_converter() if converter is None else converter
+        """The cattrs converter of the app's step and run outputs: register hooks for your
+        own types on it (``app.converter.register_structure_hook(Money, ...)``)."""
         self._functions: dict[str, Function[Any]] = {}
         self._by_event: dict[str, list[tuple[Function[Any], EventTrigger]]] = {}
         self._trigger_index: dict[str, _TriggerIndex] = {}

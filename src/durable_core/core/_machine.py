@@ -34,7 +34,7 @@ from durable_core.base._errors import (
     ValidationError,
 )
 from durable_core.base._events import Event
-from durable_core.base._serde import dumps
+from durable_core.base._serde import encode_output, return_hint
 from durable_core.core._context import (
     Context,
     GatherRequest,
@@ -205,6 +205,7 @@ class RunMachine:
         self.function = function
         self._max_steps = function.max_steps
         self._retries = function.retries
+        self._converter = function.app.converter
         self.run_id = run_id
         self.events = tuple(events)
         self.started_at = started_at
@@ -557,7 +558,8 @@ class RunMachine:
         del self._memos[memo.position]
         if memo.done_ts > self.clock_ms:
             self.clock_ms = memo.done_ts
-        return decode_memo(memo.kind, memo.step_id, memo.output, memo.error, req)
+        return decode_memo(memo.kind, memo.step_id, memo.output, memo.error, req,
+                           self._converter)
 
     def _gather_result(
         self, req: GatherRequest, members: list[StepMachine | StepMemo]
@@ -804,7 +806,8 @@ class RunMachine:
 
     def _finish_ok(self, value: Any, now: int) -> None:
         try:
-            text = dumps(value, what=f"run {self.run_id} output")
+            text = encode_output(value, return_hint(self.function.fn), self._converter,
+                                 what=f"run {self.run_id} output", owner="function")[0]
         except SerializationError as exc:
             self._fail(exc, now)
             return

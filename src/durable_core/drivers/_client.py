@@ -216,8 +216,12 @@ class RunHandle:
         if record.status not in TERMINAL_STATUSES:
             return False, record.status
         if record.status == RunStatus.COMPLETED:
-            hint = None if self._function is None else return_hint(self._function.fn)
-            return True, None if record.output is None else loads(record.output, hint)
+            fn = self._function
+            if record.output is None:
+                return True, None
+            if fn is None:
+                return True, loads(record.output)
+            return True, loads(record.output, return_hint(fn.fn), fn.app.converter)
         err = record.error
         raise RunFailedError(self.id, record.function_id, record.status,
                              err.type if err is not None else "Error",
