@@ -29,7 +29,7 @@ from durable_core import Function
 
 PINNED: dict[str, list[str]] = {
     "durable_core": [
-        "App", "AsyncClient", "AsyncioWorker", "BackgroundWorker", "Client", "Context",
+        "App", "AsyncClient", "AsyncioWorker", "BackgroundWorker", "CancelOn", "Client", "Context",
         "CronTrigger", "DeterminismError",
         "DurableError", "Engine", "ErrorInfo", "Event", "EventTrigger", "Function",
         "FunctionConfigError", "InvalidCronError", "InvalidDurationError", "InvalidEventError",
@@ -37,7 +37,8 @@ PINNED: dict[str, list[str]] = {
         "RetryAfterError", "RunFailedError", "RunHandle", "RunMachine", "RunNotFoundError",
         "RunTimeoutError", "RunView", "Sent",
         "SerializationError", "Step", "StepError", "StepView", "Steps", "Store", "StoreError",
-        "StoreLostError", "UnknownFunctionError", "UsageError", "ValidationError", "Worker",
+        "StoreLostError", "Timeouts", "UnknownFunctionError", "UsageError", "ValidationError",
+        "Worker",
         "__version__", "converter", "on_cron", "on_event", "open_store", "tuned_gc",
     ],
     "durable_core.testing": [

@@ -47,8 +47,8 @@ The rules, in short (each is detailed where it is decided):
   (:func:`lease_held`); an expired lease is lost even if nobody claimed the run since.
 - **Waits.** :func:`wait_changes`: a wait is registered once per ``(event, run, position)``
   (registering again keeps the first, ``after_seq`` included); ``after_seq`` is the last event
-  ``seq`` when it was registered, after the batch's own events; a wait added and removed in
-  one batch ends up removed.
+  ``seq`` when it was registered, after the batch's own events (or the one the registration
+  gives, if > 0); a wait added and removed in one batch ends up removed.
 - **Match keys.** A wait registered with keys is found for an event only if it shares one
   of the event's keys; a wait without keys is found for every event of its name
   (:func:`wait_found`). Keys are stored with the wait and removed with it.
@@ -167,8 +167,9 @@ class WaitRecord:
     expires_at: int
     after_seq: int = 0
     """Set by the store when the wait is first registered: the last event ``seq`` in the log
-    at that moment (after the batch's own events). Only later events can match the wait.
-    Registering the same (run, position) again keeps the original value."""
+    at that moment (after the batch's own events), unless the registration gives one (> 0:
+    a run's cancel-on listeners count from its triggering event). Only later events can
+    match the wait. Registering the same (run, position) again keeps the original value."""
     keys: tuple[str, ...] = ()
     """The match keys of the wait's condition (see :mod:`durable_core.base._match`): texts
     ``<path>=<value>`` (the path holds no ``=``). A wait with keys can only match an event
@@ -322,6 +323,12 @@ class Store(Protocol):
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """The runs among ``run_ids`` holding a cancel signal (a worker executing a run's
         steps back to back checks this, so a cancel need not wait for a release)."""
+        ...
+
+    def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The runs among ``run_ids`` holding a cancel signal, each with the ``payload`` (the
+        reason) of its first one (lowest ``seq``): what a worker holding a busy run ends it
+        with."""
         ...
 
     def next_wake_at(self) -> int | None:
@@ -573,7 +580,7 @@ def wait_changes(
     also removes (adds apply first, so it ends up removed). A store keeps an existing
     registration as it is (``after_seq`` included) and sets ``after_seq`` of a new one to the
     last event ``seq`` in the log (duplicates count; 0 for an empty log), after the batch's
-    own events."""
+    own events, unless the registration gives one (``after_seq > 0``: kept as given)."""
     skip = set(rejected)
     removes = [(r, p) for r, p in batch.waits_remove if r not in skip]
     removed = set(removes)

@@ -180,7 +180,8 @@ class MemoryStore:
                 waits = self._waits.setdefault(wait.event, {})
                 wkey = (wait.run_id, wait.position)
                 if wkey not in waits:
-                    waits[wkey] = wait = attrs.evolve(wait, after_seq=len(self._events))
+                    after = wait.after_seq or len(self._events)
+                    waits[wkey] = wait = attrs.evolve(wait, after_seq=after)
                     self._index_wait(wkey, wait)
             for wkey in removes:
                 for waits in self._waits.values():
@@ -346,6 +347,17 @@ class MemoryStore:
                 r for r in run_ids
                 if any(sig.kind == "cancel" for _seq, sig in self._signals.get(r, ()))
             }
+
+    def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """See :meth:`durable_core.Store.cancel_reasons`."""
+        out: dict[str, str] = {}
+        with self._lock:
+            for r in run_ids:
+                for _seq, sig in self._signals.get(r, ()):
+                    if sig.kind == "cancel":
+                        out[r] = sig.payload
+                        break
+        return out
 
     def next_wake_at(self) -> int | None:
         """See :meth:`durable_core.Store.next_wake_at`."""

@@ -22,6 +22,14 @@ from durable_core.base._errors import (
 from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
 from durable_core.base._serde import check_text
+from durable_core.core._lifecycle import (
+    BoundCancelOn,
+    BoundTimeouts,
+    CancelOn,
+    Timeouts,
+    bind_cancel_on,
+    bind_timeouts,
+)
 
 __all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
 
@@ -192,6 +200,10 @@ class Function(Generic[Output]):
     """Whether the determinism sandbox guards this function's orchestration code (see
     docs/determinism.md); ``@app.function(sandbox=False)`` or ``App(sandbox=False)`` turn
     it off."""
+    cancel_on: tuple[BoundCancelOn, ...] = ()
+    """The checked ``cancel_on=`` entries (see :class:`~durable_core.CancelOn`)."""
+    timeouts: BoundTimeouts | None = None
+    """The checked ``timeouts=`` (see :class:`~durable_core.Timeouts`), or None."""
 
     @property
     def event_triggers(self) -> tuple[EventTrigger, ...]:
@@ -253,6 +265,8 @@ class App:
         retries: int = DEFAULT_RETRIES,
         max_steps: int = DEFAULT_MAX_STEPS,
         sandbox: bool | None = None,
+        cancel_on: Sequence[CancelOn] | CancelOn | None = None,
+        timeouts: Timeouts | None = None,
     ) -> Callable[[Callable[[Any], Coroutine[Any, Any, T]]], Function[T]]:
         """Register ``async def fn(ctx)`` as a durable function.
 
@@ -263,6 +277,10 @@ class App:
         ``sandbox`` (default: the app's, on) makes calls that break replay (the clock,
         randomness, blocking waits, threads, I/O) raise ``DeterminismError`` at once in the
         orchestration code (never in step bodies); see docs/determinism.md.
+        ``cancel_on`` (up to 5 :class:`~durable_core.CancelOn`) cancels a run when a matching
+        event arrives; ``timeouts`` (:class:`~durable_core.Timeouts`) cancels a run that does
+        not start or finish in time (docs/lifecycle-cancel.md). Their expressions and
+        durations are checked here.
         """
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
@@ -324,6 +342,8 @@ class App:
                 field="sandbox",
             )
         guarded = self.sandbox if sandbox is None else sandbox
+        bound_cancel_on = bind_cancel_on(cancel_on, id)
+        bound_timeouts = bind_timeouts(timeouts, id)
 
         def register(fn: Callable[[Any], Coroutine[Any, Any, T]]) -> Function[T]:
             if not inspect.iscoroutinefunction(fn):
@@ -334,7 +354,7 @@ class App:
                 )
             func = Function(
                 id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self,
-                sandbox=guarded,
+                sandbox=guarded, cancel_on=bound_cancel_on, timeouts=bound_timeouts,
             )
             self._functions[id] = func
             for t in func.event_triggers:

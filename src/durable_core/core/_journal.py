@@ -57,6 +57,7 @@ _ATTEMPT_FAILED = JournalOp.ATTEMPT_FAILED
 _RUN_ATTEMPT_FAILED = JournalOp.RUN_ATTEMPT_FAILED
 _RUN_ENDED = JournalOp.RUN_ENDED
 _PATCHED = JournalOp.PATCHED
+_STARTED = JournalOp.STARTED
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 _compact_unicode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -199,11 +200,12 @@ class JournalFold:
     to the position of its ``invoke``; ``run_failures`` / ``run_retry_at`` count the
     run-level failures and say when the code may be re-entered; ``ended`` is the
     ``run_ended`` entry, if any; ``state_bytes`` the UTF-8 size of the recorded outputs;
-    ``patches`` maps each patch id with a ``patched`` marker to ``(at, deprecated)``.
+    ``patches`` maps each patch id with a ``patched`` marker to ``(at, deprecated)``;
+    ``started`` the ts of the ``started`` entry (None without one).
     """
 
     __slots__ = ("children", "ended", "patches", "run_failures", "run_retry_at",
-                 "state_bytes", "steps")
+                 "started", "state_bytes", "steps")
 
     def __init__(self, entries: Iterable[JournalEntry] = ()) -> None:
         self.steps: dict[int, StepMemo] = {}
@@ -213,6 +215,7 @@ class JournalFold:
         self.ended: JournalEntry | None = None
         self.state_bytes = 0
         self.patches: dict[str, tuple[int, bool]] = {}
+        self.started: int | None = None
         for e in entries:
             self.apply(e)
 
@@ -225,6 +228,10 @@ class JournalFold:
             return
         if op == _RUN_ENDED:
             self.ended = e
+            return
+        if op == _STARTED:
+            if self.started is None:
+                self.started = e.ts
             return
         if op == _PATCHED:
             marker = json.loads(e.data)

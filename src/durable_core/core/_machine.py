@@ -54,10 +54,17 @@ from durable_core.core._journal import (
     run_ended_data,
     utf8_len,
 )
+from durable_core.core._lifecycle import (
+    cancel_cause,
+    cancel_position,
+    parent_reason,
+    timeout_reason,
+)
 from durable_core.core._model import (
     AppendJournal,
     CancelRequested,
     CancelRun,
+    ClearWait,
     Command,
     CompleteRun,
     ErrorInfo,
@@ -66,6 +73,7 @@ from durable_core.core._model import (
     Input,
     JournalEntry,
     JournalOp,
+    RegisterWait,
     RunStarted,
     RunStatus,
     SendSignal,
@@ -105,6 +113,7 @@ per record; the fields are passed in declaration order)."""
 __all__ = ["MAX_RUN_STATE_BYTES", "MAX_STEP_OUTPUT_BYTES", "RunMachine"]
 
 _RUN_TIMER = -1  # timer key of a run-level retry
+_FINISH_TIMER = -2  # timer key of timeouts.finish
 _REPORTED_RUNNING = (RunStatus.RUNNING, None)
 """What ``_flush`` reported last when the run is running with no deadline (the usual
 state between steps): one object, so the hot path checks it by identity."""
@@ -147,6 +156,7 @@ class RunMachine:
     # ad-hoc attributes, as before.)
     __slots__ = (
         "__dict__",
+        "_cancel_pending",
         "_children",
         "_colon_ids",
         "_coro",
@@ -155,6 +165,7 @@ class RunMachine:
         "_end_status",
         "_ended_entry",
         "_execute",
+        "_first_attempt_at",
         "_horizon",
         "_id_counts",
         "_made",
@@ -212,6 +223,9 @@ class RunMachine:
         self.failure: BaseException | None = None
         """The exception that failed the run, when it failed in this process."""
         self.entries: list[JournalEntry] = list(journal)
+        self._first_attempt_at: int | None = None
+        self._cancel_pending: str | None = None
+        """A cancel that came while a step body ran: the run ends once no body runs."""
         self._fold(JournalFold(self.entries))
         self._trigger_json: str | None = None
         self._coro: Coroutine[Any, Any, Any] | None = None
@@ -247,6 +261,10 @@ class RunMachine:
         self._ended_entry = fold.ended
         self._state_bytes = fold.state_bytes
         self._patches = fold.patches
+        if fold.started is not None:
+            self._first_attempt_at = fold.started
+        elif self.entries and self._first_attempt_at is None:
+            self._first_attempt_at = self.entries[0].ts  # (recorded before timeouts=)
 
     # ------------------------------------------------------------------ public API
 
@@ -324,6 +342,8 @@ class RunMachine:
                 self._cancel(inp.reason, inp.now)
             else:
                 raise TypeError(f"not an input: {inp!r}")
+            if self._cancel_pending is not None:
+                self._cancel_if_idle(inp.now)
         return self._flush()
 
     def step_completed(self, position: int, attempt: int, value: Any, now: int) -> list[Command]:
@@ -332,6 +352,8 @@ class RunMachine:
         step = self._dispatched.get(position)  # (empty once the run ended)
         if step is not None and step.failures == attempt:
             step.succeeded(value, now)
+            if self._cancel_pending is not None:
+                self._cancel_if_idle(now)
         # else: a duplicate or stale delivery: the memo, once written, never changes
         return self._flush()
 
@@ -340,6 +362,23 @@ class RunMachine:
     def _on_start(self, now: int) -> None:
         if self._coro is not None:
             return
+        if self._first_attempt_at is None and self._ended_entry is None:
+            # The run's first attempt: cancel-on listeners, and timeouts.start.
+            fn = self.function
+            if fn.cancel_on and not self.entries:
+                self._register_cancel_on(now)
+            timeouts = fn.timeouts
+            if timeouts is not None:
+                if timeouts.start_ms is not None and now > self.started_at + timeouts.start_ms:
+                    self._cancel(timeout_reason("start", timeouts.start_text), now)
+                    return
+                self._first_attempt_at = now
+                self._append_run_entry(JournalOp.STARTED, now, "{}")
+        timeouts = self.function.timeouts
+        if (timeouts is not None and timeouts.finish_ms is not None
+                and self._first_attempt_at is not None and self._ended_entry is None):
+            # Inclusive: a run may end exactly ``finish`` after its first attempt.
+            self._timers[_FINISH_TIMER] = self._first_attempt_at + timeouts.finish_ms + 1
         if self._run_retry_at is not None and self._run_retry_at > now:
             self._timers[_RUN_TIMER] = self._run_retry_at
             return
@@ -544,7 +583,10 @@ class RunMachine:
         """Resume the code. A step finished: the code takes its result if it is parked on
         it (in a gather, once every member is done). ``step`` None: a new attempt enters
         the code from the top. The code then runs until it parks on a step or the run ends.
+        With a cancel pending, the code is not resumed (the run ends at this boundary).
         """
+        if self._cancel_pending is not None:
+            return
         spare = None
         if step is None:
             value = exc = None
@@ -676,11 +718,17 @@ class RunMachine:
     def _on_timer(self, now: int) -> None:
         due = sorted((t, p) for p, t in self._timers.items() if t <= now)
         for t, pos in due:
-            if self._end_status is not None or self._timers.get(pos) != t:
+            if (self._end_status is not None or self._cancel_pending is not None
+                    or self._timers.get(pos) != t):
                 continue
             del self._timers[pos]
             if pos == _RUN_TIMER:
                 self._begin_attempt(now)
+                continue
+            if pos == _FINISH_TIMER:
+                timeouts = self.function.timeouts
+                assert timeouts is not None
+                self._cancel(timeout_reason("finish", timeouts.finish_text), now)
                 continue
             self._steps[pos].deadline_reached(now)
 
@@ -688,6 +736,8 @@ class RunMachine:
         kind = signal.kind
         if kind == SignalKind.CANCEL:
             self._cancel(signal.payload, now)
+        elif self._cancel_pending is not None:
+            return  # the run ends at its next step boundary; nothing resumes before
         elif kind == SignalKind.EVENT:
             step = self._steps.get(signal.position)
             if type(step) is WaitStep and not step.done:
@@ -769,7 +819,38 @@ class RunMachine:
         self._persist.append(FailRun(self.run_id, info))
         self._tell_parent(first, info)
 
+    def _register_cancel_on(self, now: int) -> None:
+        """Listen for the function's cancel-on events (idempotent: the engine registers
+        them when it creates the run, and the first registration is kept)."""
+        for c in self.function.cancel_on:
+            expires = self.started_at + c.timeout_ms
+            if expires > now:
+                self._persist.append(RegisterWait(
+                    run_id=self.run_id, position=cancel_position(c.index), event=c.event,
+                    if_=c.if_, trigger_event=self._trigger(), expires_at=expires,
+                ))
+
     def _cancel(self, reason: str, now: int) -> None:
+        """Cancel the run. A cancel-on event or a timeout cancels it at its next step
+        boundary: while a step body runs, at the body's end (its result is recorded, and
+        nothing after it starts). A cancel on request ends it at once (a running body is
+        not interrupted, but its result is dropped: a body that hangs cannot keep a run
+        from being cancelled)."""
+        if self._dispatched and (self._cancel_pending is not None
+                                 or cancel_cause(reason)["by"] != "request"):
+            if self._cancel_pending is None:
+                self._cancel_pending = reason or "run cancelled"
+            return
+        self._cancel_now(reason, now)
+
+    def _cancel_if_idle(self, now: int) -> None:
+        """End the run for its pending cancel once no step body runs any more."""
+        reason = self._cancel_pending
+        if reason is not None and not self._dispatched and self._end_status is None:
+            self._cancel_now(reason, now)
+
+    def _cancel_now(self, reason: str, now: int) -> None:
+        children = self._waiting_children()
         coro, self._coro = self._coro, None
         if coro is not None:
             # RuntimeError: the code awaited a step in a finally block; nothing more will run.
@@ -789,6 +870,24 @@ class RunMachine:
                           run_ended_data(RunStatus.CANCELLED, error=info))
         self._persist.append(CancelRun(self.run_id, info))
         self._tell_parent(first, info)
+        if first and children:
+            # Invoked children still running are cancelled with their parent.
+            why = parent_reason(self.run_id, info.message)
+            for child in children:
+                self._persist.append(SendSignal(child, Signal(SignalKind.CANCEL, self.run_id,
+                                                              why)))
+
+    def _waiting_children(self) -> list[str]:
+        """The child runs this run invoked and may still wait for (a child that already
+        ended drops the cancel sent to it)."""
+        out = []
+        for child, pos in self._children.items():
+            memo = self._memos.get(pos)
+            step = self._steps.get(pos)
+            if (memo is not None and memo.done) or (step is not None and step.done):
+                continue
+            out.append(child)
+        return out
 
     def _tell_parent(self, first: bool, info: ErrorInfo) -> None:
         if self.parent_run_id is not None and first:
@@ -832,8 +931,11 @@ class RunMachine:
         self._timers.clear()
         self._dispatched.clear()
         self._parked = None
+        self._cancel_pending = None
         if self._ended_entry is not None:
             return False
+        for c in self.function.cancel_on:
+            self._persist.append(ClearWait(self.run_id, cancel_position(c.index)))
         self._ended_entry = self._append_run_entry(JournalOp.RUN_ENDED, now, data)
         return True
 
@@ -871,7 +973,7 @@ class RunMachine:
         return out
 
 
-register_driver(RunMachine._settle.__code__, RunMachine._cancel.__code__,
+register_driver(RunMachine._settle.__code__, RunMachine._cancel_now.__code__,
                 RunMachine._end.__code__)
 
 

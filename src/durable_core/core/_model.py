@@ -119,6 +119,10 @@ class JournalOp(enum.StrEnum):
     patch id; ``ts`` the run's clock (``ctx.now()``) then. ``data``: ``at`` (the position of
     the next step the code asked for: the marker sits before it) and ``deprecated``
     (recorded by ``deprecate_patch``)."""
+    STARTED = "started"
+    """The run's first attempt began (``position`` -1, ``kind`` ""): written once, before
+    its first step, for a function with ``timeouts=``; ``ts`` is when. ``data``: ``{}``.
+    ``timeouts.finish`` counts from it, also after the run's machine was rebuilt."""
 
 
 class SignalKind(enum.StrEnum):

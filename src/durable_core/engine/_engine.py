@@ -38,6 +38,12 @@ from durable_core.base._events import Event, Sent
 from durable_core.base._match import condition_keys, event_keys
 from durable_core.base._serde import check_text
 from durable_core.core._function import App, Function
+from durable_core.core._lifecycle import (
+    CANCEL_BY_REQUEST,
+    cancel_index,
+    cancel_position,
+    event_reason,
+)
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
     AppendJournal,
@@ -265,10 +271,10 @@ class Engine:
         else:
             run_id, event_id = self.new_id("r_", now), self.new_id("e_", now)
         event = Event(INVOKED_EVENT, {} if data is None else data, id=event_id, ts=now)
-        self.store.commit(CommitBatch(now=now, runs=(NewRun(
-            id=run_id, function_id=function_id, events=(event.to_json(),),
-            event_ids=(event_id,), created_at=now,
-        ),)))
+        new = NewRun(id=run_id, function_id=function_id, events=(event.to_json(),),
+                     event_ids=(event_id,), created_at=now)
+        self.store.commit(CommitBatch(now=now, runs=(new,),
+                                      waits_add=tuple(self._cancel_on_waits(new))))
         return run_id
 
     def route(self, now: int, limit: int = _ROUTE_BATCH) -> int:
@@ -292,23 +298,36 @@ class Engine:
                 raw = None
             parsed.append((ev, raw))
         waits = self._candidate_waits(parsed, now)
-        parts: list[tuple[StoredEvent, list[NewRun], list[tuple[str, Signal]]]] = []
+        # Cancel-on listeners of the runs this batch creates: registered with the runs, and
+        # matched here against the batch's later events (the store's index does not hold
+        # them yet).
+        fresh: dict[str, list[WaitRecord]] = {}
+        waits_add: list[WaitRecord] = []
+        parts: list[tuple[StoredEvent, list[NewRun], list[tuple[str, Signal]],
+                          list[WaitRecord]]] = []
         for ev, raw in parsed:
             ev_runs: list[NewRun] = []
             ev_signals: list[tuple[str, Signal]] = []
+            ev_waits: list[WaitRecord] = []
             if raw is not None:
                 try:
-                    ev_runs, ev_signals = self._route_one(ev, raw, now, waits[ev.name])
+                    ev_runs, ev_signals = self._route_one(
+                        ev, raw, now, waits[ev.name], fresh.get(ev.name, ()))
+                    for run in ev_runs:
+                        ev_waits += self._cancel_on_waits(run, ev.seq)
                 except StoreError:
                     raise
                 except Exception as exc:
                     self._unroutable(ev, exc)
-                    ev_runs, ev_signals = [], []
+                    ev_runs, ev_signals, ev_waits = [], [], []
+            for w in ev_waits:
+                fresh.setdefault(w.event, []).append(w)
             runs += ev_runs
             signals += ev_signals
-            parts.append((ev, ev_runs, ev_signals))
+            waits_add += ev_waits
+            parts.append((ev, ev_runs, ev_signals, ev_waits))
         batch = CommitBatch(
-            now=now, runs=tuple(runs), signals=tuple(signals),
+            now=now, runs=tuple(runs), signals=tuple(signals), waits_add=tuple(waits_add),
             routed_events=tuple(e.seq for e in events),
         )
         try:
@@ -318,9 +337,25 @@ class Engine:
                 raise
             # The store refused the data of some event: route them one by one, so only the
             # poison one is left out.
-            for ev, ev_runs, ev_signals in parts:
-                self._route_alone(ev, ev_runs, ev_signals, now)
+            for ev, ev_runs, ev_signals, ev_waits in parts:
+                self._route_alone(ev, ev_runs, ev_signals, ev_waits, now)
         return len(events)
+
+    def _cancel_on_waits(self, run: NewRun, after_seq: int = 0) -> list[WaitRecord]:
+        """The cancel-on listeners of a run being created (none if its function is not in
+        this engine's app: then the run registers them when it first starts). ``after_seq``:
+        the seq of its triggering event (only later events cancel it); 0 for a run without
+        one in the log (the store then takes the last seq at the commit)."""
+        func = self.app.functions.get(run.function_id)
+        if func is None or not func.cancel_on:
+            return []
+        trigger = run.events[0]
+        out = []
+        for c in func.cancel_on:
+            keys = condition_keys(c.if_, incoming="async", known="event", known_value=trigger)
+            out.append(WaitRecord(run.id, cancel_position(c.index), c.event, c.if_, trigger,
+                                  run.created_at + c.timeout_ms, after_seq, keys))
+        return out
 
     def _candidate_waits(
         self, parsed: list[tuple[StoredEvent, dict[str, Any] | None]], now: int
@@ -345,7 +380,8 @@ class Engine:
         return out
 
     def _route_one(
-        self, ev: StoredEvent, raw: dict[str, Any], now: int, waits: _Candidates
+        self, ev: StoredEvent, raw: dict[str, Any], now: int, waits: _Candidates,
+        fresh: Iterable[WaitRecord] = (),
     ) -> tuple[list[NewRun], list[tuple[str, Signal]]]:
         runs: list[NewRun] = []
         signals: list[tuple[str, Signal]] = []
@@ -356,22 +392,29 @@ class Engine:
                     event_ids=(ev.id,), created_at=now, idempotency_key=f"event:{ev.id}",
                 )
             )
-        for w in waits.of(ev.seq):
+        for w in (*waits.of(ev.seq), *fresh):
             # No lookback: only events appended after the wait was registered match.
             if ev.seq > w.after_seq and wait_matches(w, raw):
-                signals.append(
-                    (w.run_id, Signal(SignalKind.EVENT, key=ev.id, payload=ev.data,
+                index = cancel_index(w.position)
+                if index is None:
+                    signals.append(
+                        (w.run_id, Signal(SignalKind.EVENT, key=ev.id, payload=ev.data,
                                           position=w.position))
-                )
+                    )
+                else:  # a cancel-on listener: the run is cancelled
+                    signals.append((w.run_id, Signal(
+                        SignalKind.CANCEL, key=ev.id,
+                        payload=event_reason(index, ev.name, ev.id))))
         return runs, signals
 
     def _route_alone(
-        self, ev: StoredEvent, runs: list[NewRun], signals: list[tuple[str, Signal]], now: int
+        self, ev: StoredEvent, runs: list[NewRun], signals: list[tuple[str, Signal]],
+        waits: list[WaitRecord], now: int
     ) -> None:
         try:
             self.store.commit(
                 CommitBatch(now=now, runs=tuple(runs), signals=tuple(signals),
-                            routed_events=(ev.seq,))
+                            waits_add=tuple(waits), routed_events=(ev.seq,))
             )
         except Exception as exc:
             if not is_data_error(exc):
@@ -428,7 +471,9 @@ class Engine:
                 moved.append((key, tick))
                 tick = to_ms(trig.schedule.next_after(from_ms(tick)))
         if moved:
-            self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved)))
+            waits = tuple(w for r in runs for w in self._cancel_on_waits(r))
+            self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved),
+                                          waits_add=waits))
         return len(runs)
 
     # ------------------------------------------------------------------ runs
@@ -663,10 +708,11 @@ class Engine:
                 elif t is StartRun:
                     assert isinstance(c, StartRun)
                     eid = json.loads(c.event)["id"]
-                    runs.append(
-                        NewRun(id=c.run_id, function_id=c.function_id, events=(c.event,),
-                               event_ids=(eid,), created_at=now, parent_run_id=c.parent_run_id)
-                    )
+                    new = NewRun(id=c.run_id, function_id=c.function_id, events=(c.event,),
+                                 event_ids=(eid,), created_at=now,
+                                 parent_run_id=c.parent_run_id)
+                    runs.append(new)
+                    waits_add += self._cancel_on_waits(new)
                 elif t is SendSignal:
                     signals.append((c.run_id, c.signal))  # type: ignore[union-attr]
             release = not m.done and not m.running_steps()
@@ -808,7 +854,7 @@ class Engine:
         for run_id in [r for r, live in self.live.items() if not live.leased][:excess]:
             del self.live[run_id]
 
-    def cancel_run(self, run_id: str, now: int, *, reason: str = "cancelled by request") -> None:
+    def cancel_run(self, run_id: str, now: int, *, reason: str = CANCEL_BY_REQUEST) -> None:
         """Durably put a cancel signal for a run; whoever holds (or next claims) the
         run ends it as ``cancelled``. Raises RunNotFoundError for an unknown run, and
         ValidationError for a ``reason`` a store cannot hold (a lone surrogate, a NUL)."""
@@ -823,14 +869,17 @@ class Engine:
             CommitBatch(now=now, signals=((run_id, Signal(SignalKind.CANCEL, run_id, reason)),))
         )
 
-    def cancel_live(self, run_ids: Iterable[str], now: int) -> Plan:
-        """Cancel runs this engine holds (a cancel arrived while they were executing)."""
+    def cancel_live(self, run_ids: Iterable[str] | dict[str, str], now: int) -> Plan:
+        """Cancel runs this engine holds (a cancel arrived while they were executing):
+        ``run_ids`` as a dict maps each to its reason (see :meth:`Store.cancel_reasons`).
+        A run whose step body is running ends once the body's result is recorded."""
+        reasons = run_ids if isinstance(run_ids, dict) else dict.fromkeys(run_ids,
+                                                                          CANCEL_BY_REQUEST)
         items = []
-        for run_id in run_ids:
+        for run_id, reason in reasons.items():
             live = self.live.get(run_id)
             if live is not None and not live.machine.done:
-                items.append((live, live.machine.handle(CancelRequested("cancelled by request",
-                                                                         now))))
+                items.append((live, live.machine.handle(CancelRequested(reason, now))))
         return self._plan(items, now)
 
     def is_current(self, step: ExecuteStep) -> bool:
@@ -885,7 +934,7 @@ class Engine:
                 self.forget(lost)
                 held = [r for r in run_ids if r not in lost]
             self.renewed(held, now)
-        cancels = self.store.cancel_requested(held) if held else set()
+        cancels = self.store.cancel_reasons(held) if held else {}
         if cancels:
             self.commit([self.cancel_live(cancels, now)])
         return lost

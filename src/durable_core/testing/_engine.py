@@ -132,6 +132,7 @@ class TestEngine:
         )
         self.mocks: dict[str, Any] = dict(mocks or {})
         self.steps_executed = 0
+        self._settling = False
         self._run_async = body_runner(app)  # async bodies on the library the app names
 
     @property
@@ -145,8 +146,11 @@ class TestEngine:
         started as ``.runs`` (``[run] = engine.send(event).runs``)."""
         batch = [events] if isinstance(events, Event) else list(events)
         sent_at = self._now
-        sent = self.engine.send(batch, sent_at)
-        self._settle()
+        # Sent from a step body: routed at once, as a worker would route it while the
+        # body still runs; the loop goes on from there.
+        sent = self.engine.send(batch, sent_at, route=self._settling)
+        if not self._settling:  # (sent from a step body: the loop routes it next)
+            self._settle()
         ids = set(sent) - sent.duplicates
         return SentRuns(sent, [
             RunHandle(self, r.id)
@@ -194,12 +198,20 @@ class TestEngine:
         ends with status ``cancelled``. Raises :class:`~durable_core.RunNotFoundError` for an
         unknown run."""
         self.engine.cancel_run(run_id, self._now, reason=reason)
-        self._settle()
+        if not self._settling:  # (called from a step body: the loop picks it up)
+            self._settle()
 
     # ------------------------------------------------------------------ internals
 
     def _settle(self) -> None:
         """Run the engine's loop at the current virtual time until a poll finds nothing."""
+        self._settling = True
+        try:
+            self._settle_now()
+        finally:
+            self._settling = False
+
+    def _settle_now(self) -> None:
         now = self._now
         engine = self.engine
         finish = engine.finish_step
@@ -218,6 +230,11 @@ class TestEngine:
                 executed += 1
                 value, error = (execute_body(step, mocks, run_async) if mocks
                                 else run_step_body(step, run_async=run_async))
+                # A cancel that arrived while the body ran (as a worker's lease renewal
+                # finds it): the run ends at this step boundary.
+                cancels = engine.store.cancel_reasons([step.run_id])
+                if cancels:
+                    engine.commit([engine.cancel_live(cancels, now)])
                 push(finish(step, value, error, now))
             self.steps_executed += executed
 

@@ -454,6 +454,10 @@ class _Queries:
             "AND match_key >= split_part(p.k, '=', 1) || '>') FROM p WHERE p.k IS NOT NULL) "
             "SELECT split_part(k, '=', 1) FROM p WHERE k IS NOT NULL"
         )
+        self.cancel_reasons = r(
+            "SELECT DISTINCT ON (run_id) run_id, payload FROM {signals} WHERE kind = 'cancel' "
+            "AND run_id = ANY(%s) ORDER BY run_id, seq"
+        )
         self.cancel_requested = r(
             "SELECT DISTINCT run_id FROM {signals} WHERE kind = 'cancel' AND run_id = ANY(%s)"
         )
@@ -655,12 +659,15 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
             "wa AS (INSERT INTO {waits} (event, run_id, position, if_, trigger_event, "
             "expires_at, after_seq, match_key, match_keys) SELECT w.event, w.run_id, "
             "w.position, w.if_, w.trigger_event, w.expires_at, "
-            "(SELECT COALESCE(max(seq), 0) FROM {events}), w.match_key, w.match_keys "
+            "COALESCE(NULLIF(w.after_seq, 0), (SELECT COALESCE(max(seq), 0) FROM {events})), "
+            "w.match_key, w.match_keys "
             "FROM unnest(%(wa_event)b::text[], %(wa_run)b::text[], "
             "%(wa_position)b::bigint[], %(wa_if)b::text[], %(wa_trigger)b::text[], "
-            "%(wa_expires)b::bigint[], %(wa_key)b::text[], %(wa_keys)b::text[]) "
+            "%(wa_expires)b::bigint[], %(wa_key)b::text[], %(wa_keys)b::text[], "
+            "%(wa_after)b::bigint[]) "
             "WITH ORDINALITY AS w(event, run_id, position, if_, "
-            "trigger_event, expires_at, match_key, match_keys, o) WHERE true" + wait_filter
+            "trigger_event, expires_at, match_key, match_keys, after_seq, o) WHERE true"
+            + wait_filter
             + " ORDER BY w.o ON CONFLICT (event, match_key, run_id, position) DO NOTHING)"
         )
     if shape.waits_remove:
@@ -1167,6 +1174,7 @@ class PostgresStore:
                 wa_trigger=[w.trigger_event for w, _, _ in rows],
                 wa_expires=[w.expires_at for w, _, _ in rows],
                 wa_key=[key for _, key, _ in rows], wa_keys=[many for _, _, many in rows],
+                wa_after=[w.after_seq for w, _, _ in rows],
             )
         if removed:
             rs = sorted(removed)
@@ -1287,6 +1295,12 @@ class PostgresStore:
         """See :meth:`durable_core.Store.wait_key_paths`: a skip scan of the primary key,
         one search per path."""
         return sorted({row[0] for row in self._read(self._q.wait_key_paths, {"e": event_name})})
+
+    def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """See :meth:`durable_core.Store.cancel_reasons`."""
+        if not run_ids:
+            return {}
+        return {row[0]: row[1] for row in self._read(self._q.cancel_reasons, (list(run_ids),))}
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """See :meth:`durable_core.Store.cancel_requested`."""

@@ -1152,14 +1152,15 @@ class SQLiteStore:
         waits_add, waits_remove = wait_changes(batch, fenced)
         if waits_add:
             # Only events after the last one in the log (this batch's included) may match a
-            # new wait; registering the same wait again keeps the original record.
+            # new wait, unless it says from which seq on; registering the same wait again
+            # keeps the original record.
             after: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             conn.executemany(
                 "INSERT OR IGNORE INTO waits (event, match_key, run_id, position, if_, "
                 "trigger_event, expires_at, after_seq, match_keys) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(w.event, key, w.run_id, w.position, w.if_, w.trigger_event, w.expires_at,
-                  after, many)
+                  w.after_seq or after, many)
                  for w in waits_add
                  for many in (json.dumps(w.keys) if len(w.keys) > 1 else None,)
                  for key in (w.keys or ("",))],
@@ -1397,6 +1398,19 @@ class SQLiteStore:
         with self._read() as conn:
             rows = conn.execute(_WAIT_KEY_PATHS, (event_name,)).fetchall()
         return sorted({row[0] for row in rows})
+
+    def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """See :meth:`durable_core.Store.cancel_reasons`."""
+        out: dict[str, str] = {}
+        with self._read() as conn:
+            for chunk in _chunks(list(run_ids)):
+                for run_id, payload in conn.execute(
+                    "SELECT run_id, payload FROM signals WHERE kind = 'cancel' AND run_id IN "
+                    f"({_marks(len(chunk))}) ORDER BY seq DESC",
+                    tuple(chunk),
+                ):
+                    out[run_id] = payload  # (the first cancel of each run comes last)
+        return out
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """See :meth:`durable_core.Store.cancel_requested`."""
