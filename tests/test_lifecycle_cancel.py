@@ -308,7 +308,8 @@ def test_finish_timeout_cancels_a_run_1ms_over() -> None:
     [run] = te.send(Event("go")).runs
     te.advance("10m")
     assert run.status == "cancelled"
-    assert cancel_cause(run.error.message) == {"by": "timeout", "timeout": "finish"}
+    assert cancel_cause(run.error.message) == {  # type: ignore[union-attr]
+        "by": "timeout", "timeout": "finish"}
 
 
 def test_finish_counts_from_the_first_attempt_not_the_trigger() -> None:
@@ -329,3 +330,127 @@ def test_finish_timeout_survives_a_rebuilt_machine() -> None:
     te.engine.live.clear()
     te.advance("1ms")
     assert run.status == "cancelled"
+
+
+# --------------------------------------------------------------------------- from outside
+
+
+def _nap_app() -> App:
+    app = App("a")
+
+    @app.function(id="nap", trigger=on_event("nap"))
+    async def nap(ctx: Any) -> str:
+        await ctx.step.sleep("zz", "1h")
+        return f"slept {ctx.event.data.get('n')}"
+
+    @app.function(id="other", trigger=on_event("other"))
+    async def other(ctx: Any) -> None:
+        await ctx.step.sleep("zz", "1h")
+
+    return app
+
+
+def test_cancelling_an_ended_or_unknown_run_is_a_clear_error_that_changes_nothing() -> None:
+    from durable_core import RunNotFoundError, ValidationError
+
+    te = TestEngine(_nap_app(), T0)
+    [run] = te.send(Event("nap")).runs
+    te.advance("1h")
+    assert run.status == "completed"
+    before = te.store.get_run(run.id)
+    with pytest.raises(ValidationError) as info:
+        te.cancel_run(run.id)
+    assert info.value.field == "run_id" and "already ended (completed)" in str(info.value)
+    assert te.store.get_run(run.id) == before
+    with pytest.raises(RunNotFoundError):
+        te.cancel_run("r_nope")
+
+
+def test_bulk_cancel_by_function_and_time_range() -> None:
+    te = TestEngine(_nap_app(), T0)
+    [a] = te.send(Event("nap", {"n": 1})).runs
+    te.advance("10m")
+    [b] = te.send(Event("nap", {"n": 2})).runs
+    [o] = te.send(Event("other")).runs
+    te.advance("10m")
+    [c] = te.send(Event("nap", {"n": 3})).runs
+    # [since, until): b only (created at +10m); c (at +20m) is at the excluded bound.
+    got = te.cancel_runs("nap", since="2026-01-01T00:10:00Z", until="2026-01-01T00:20:00Z")
+    assert got == [b]
+    assert (a.status, b.status, c.status, o.status) == (
+        "sleeping", "cancelled", "sleeping", "sleeping")
+    got = te.cancel_runs("nap")
+    assert got == [a, c]  # oldest first; b has ended: not cancelled twice
+    assert o.status == "sleeping"
+    assert te.cancel_runs("nap") == []
+
+
+def test_bulk_cancel_by_cel_over_the_triggering_event() -> None:
+    from durable_core import ValidationError
+
+    te = TestEngine(_nap_app(), T0)
+    runs = [te.send(Event("nap", {"n": n})).runs[0] for n in range(4)]
+    got = te.cancel_runs(if_="event.data.n % 2 == 1", reason="odd ones out")
+    assert got == [runs[1], runs[3]]
+    assert [r.status for r in runs] == ["sleeping", "cancelled", "sleeping", "cancelled"]
+    assert runs[1].error.message == "odd ones out"  # type: ignore[union-attr]
+    with pytest.raises(InvalidExpressionError):
+        te.cancel_runs(if_="event.data.n ==")
+    with pytest.raises(ValidationError) as info:
+        te.cancel_runs()
+    assert info.value.field == "function_id"
+    with pytest.raises(ValidationError):
+        te.cancel_runs("nap", since="2026-02-01T00:00:00Z", until="2026-01-01T00:00:00Z")
+    assert [r.status for r in runs] == ["sleeping", "cancelled", "sleeping", "cancelled"]
+
+
+def test_rerun_starts_a_linked_run_with_the_same_event() -> None:
+    from durable_core import ValidationError
+
+    te = TestEngine(_nap_app(), T0)
+    [run] = te.send(Event("nap", {"n": 5}, id="ev-5")).runs
+    with pytest.raises(ValidationError) as info:
+        te.rerun(run.id)  # still sleeping
+    assert "has not ended" in str(info.value)
+    te.cancel_run(run.id)
+    again = te.rerun(run.id)
+    assert again != run and again.view().rerun_of == run.id
+    assert again.view().event_ids == ("ev-5",)
+    assert run.view().rerun_of is None
+    te.advance("1h")
+    assert again.status == "completed" and again.output == "slept 5"
+    third = te.rerun(again.id)  # a rerun of a rerun links to its own original
+    assert third.view().rerun_of == again.id
+    assert third.view().to_dict()["rerun_of"] == again.id
+
+
+def test_the_cli_cancels_in_bulk_and_reruns(tmp_path: Any,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import stores
+    from durable_core.cli import main
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = stores.open(url)
+    te = TestEngine(_nap_app(), T0, store=store)
+    [a] = te.send(Event("nap", {"n": 1})).runs
+    [b] = te.send(Event("nap", {"n": 2})).runs
+    assert main(["runs", "cancel", "--function", "nap", "--if", "event.data.n == 2",
+                 "--store", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"cancel_requested": [b.id]}
+    te.advance("1s")
+    assert (a.status, b.status) == ("sleeping", "cancelled")
+    assert main(["runs", "cancel", b.id, "--store", url]) == 2  # ended: a clear error
+    assert "already ended" in capsys.readouterr().err
+    assert main(["runs", "cancel", "--store", url]) == 2  # nothing to cancel by
+    capsys.readouterr()
+    assert main(["runs", "rerun", b.id, "--store", url, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rerun_of"] == b.id
+    assert main(["runs", "show", out["run_id"], "--store", url]) == 0
+    assert f"rerun of {b.id}" in capsys.readouterr().out
+    assert main(["runs", "show", out["run_id"], "--store", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rerun_of"] == b.id
+    assert main(["runs", "rerun", "r_missing", "--store", url]) == 2
+    store.close()

@@ -43,9 +43,11 @@ from durable_core.core._lifecycle import (
     cancel_index,
     cancel_position,
     event_reason,
+    rerun_key,
 )
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
+    TERMINAL_STATUSES,
     AppendJournal,
     CancelRequested,
     CancelRun,
@@ -864,10 +866,92 @@ class Engine:
                 field="reason",
             )
         check_text(reason, what="cancel_run(reason)", error=ValidationError, nul=True)
-        self.store.get_run(run_id)
+        run = self.store.get_run(run_id)
+        if run.status in TERMINAL_STATUSES:
+            raise ValidationError(
+                f"cancel_run: run {run_id} already ended ({run.status}); only a run that has "
+                "not ended can be cancelled (nothing was changed)",
+                field="run_id",
+            )
+        # (A run that ends before this commit drops the signal: nothing changes then.)
         self.store.commit(
             CommitBatch(now=now, signals=((run_id, Signal(SignalKind.CANCEL, run_id, reason)),))
         )
+
+    def cancel_runs(
+        self, now: int, *, function_id: str | None = None, since: int | None = None,
+        until: int | None = None, if_: str | None = None, reason: str = CANCEL_BY_REQUEST,
+    ) -> list[str]:
+        """Cancel every run that has not ended and matches all the filters given: of
+        ``function_id``, created in ``[since, until)`` (ms), whose triggering event makes the
+        CEL expression ``if_`` (over ``event``) true. At least ``function_id`` or ``if_`` is
+        required. Returns the ids of the runs it sent a cancel to, oldest first (one that
+        ended meanwhile keeps its end). Bad filters raise before anything changes."""
+        if not isinstance(reason, str):
+            raise ValidationError(
+                f"cancel_runs(reason): must be a string, got {type(reason).__name__}",
+                field="reason")
+        check_text(reason, what="cancel_runs(reason)", error=ValidationError, nul=True)
+        if function_id is None and if_ is None:
+            raise ValidationError(
+                "cancel_runs: give function_id, if_ or both (cancelling every run of every "
+                "function is not a bulk cancel this API makes easy)", field="function_id")
+        if function_id is not None and (not isinstance(function_id, str) or not function_id):
+            raise ValidationError(f"cancel_runs: function_id must be a non-empty str, got "
+                                  f"{function_id!r}", field="function_id")
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValidationError(f"cancel_runs: {name} must be ms since the epoch, got "
+                                      f"{value!r}", field=name)
+        if since is not None and until is not None and until < since:
+            raise ValidationError(f"cancel_runs: until ({until}) is before since ({since})",
+                                  field="until")
+        expr = None
+        if if_ is not None:
+            if not isinstance(if_, str):
+                raise ValidationError(f"cancel_runs: if_ must be a CEL expression string, "
+                                      f"got {if_!r}", field="if_")
+            expr = compile_expression(if_, field="cancel_runs.if_", variables=("event",))
+        picked: list[tuple[int, str]] = []
+        for status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING,
+                       RunStatus.WAITING):
+            for run in self.store.list_runs(function_id=function_id, status=status,
+                                            limit=2**31 - 1):
+                if since is not None and run.created_at < since:
+                    continue
+                if until is not None and run.created_at >= until:
+                    continue
+                if expr is not None:
+                    try:
+                        if not expr.matches({"event": json.loads(run.events[0])}):
+                            continue
+                    except (InvalidExpressionError, RecursionError, ValueError):
+                        continue
+                picked.append((run.created_at, run.id))
+        picked.sort()
+        ids = [run_id for _, run_id in picked]
+        if ids:
+            self.store.commit(CommitBatch(now=now, signals=tuple(
+                (run_id, Signal(SignalKind.CANCEL, run_id, reason)) for run_id in ids)))
+        return ids
+
+    def rerun(self, run_id: str, now: int) -> str:
+        """Start a new run of an ended run's function with the same triggering events,
+        linked to it (:attr:`RunView.rerun_of`). Returns the new run's id. Raises
+        RunNotFoundError for an unknown run and ValidationError for one that has not ended
+        (nothing is created then)."""
+        run = self.store.get_run(run_id)
+        if run.status not in TERMINAL_STATUSES:
+            raise ValidationError(
+                f"rerun: run {run_id} has not ended ({run.status}); wait for it or cancel "
+                "it first (nothing was created)", field="run_id")
+        new_id = self.new_id("r_", now)
+        new = NewRun(id=new_id, function_id=run.function_id, events=run.events,
+                     event_ids=run.event_ids, created_at=now,
+                     idempotency_key=rerun_key(run_id, new_id))
+        self.store.commit(CommitBatch(now=now, runs=(new,),
+                                      waits_add=tuple(self._cancel_on_waits(new))))
+        return new_id
 
     def cancel_live(self, run_ids: Iterable[str] | dict[str, str], now: int) -> Plan:
         """Cancel runs this engine holds (a cancel arrived while they were executing):

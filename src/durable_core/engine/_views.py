@@ -11,6 +11,7 @@ import attrs
 from durable_core.base._durations import from_ms
 from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._journal import JournalFold
+from durable_core.core._lifecycle import rerun_of
 from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.store import RunRecord
 
@@ -85,6 +86,8 @@ class RunView:
     ended_at: int | None
     event_ids: tuple[str, ...]
     parent_run_id: str | None = None
+    rerun_of: str | None = None
+    """The run this one reruns (``Client.rerun``), or None."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -98,6 +101,7 @@ class RunView:
             "ended_at": None if self.ended_at is None else from_ms(self.ended_at).isoformat(),
             "event_ids": list(self.event_ids),
             "parent_run_id": self.parent_run_id,
+            "rerun_of": self.rerun_of,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -146,4 +150,5 @@ def run_view(run: RunRecord, journal: Sequence[JournalEntry]) -> RunView:
         ended_at=run.ended_at,
         event_ids=run.event_ids,
         parent_run_id=run.parent_run_id,
+        rerun_of=rerun_of(run.idempotency_key),
     )

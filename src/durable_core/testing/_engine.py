@@ -12,8 +12,9 @@ from typing import Any
 from durable_core.base._durations import from_ms, parse_duration, parse_instant, to_ms
 from durable_core.base._errors import DeterminismError, ValidationError
 from durable_core.base._events import Event, Sent
-from durable_core.core._function import App
+from durable_core.core._function import App, Function
 from durable_core.core._journal import entry_from_dict, entry_to_dict
+from durable_core.core._lifecycle import CANCEL_BY_REQUEST
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalEntry, JournalOp
 from durable_core.drivers._loading import import_stores
@@ -200,6 +201,30 @@ class TestEngine:
         self.engine.cancel_run(run_id, self._now, reason=reason)
         if not self._settling:  # (called from a step body: the loop picks it up)
             self._settle()
+
+    def cancel_runs(
+        self, function: Function[Any] | str | None = None, *,
+        since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
+        if_: str | None = None, reason: str = CANCEL_BY_REQUEST,
+    ) -> list[RunHandle]:
+        """Bulk cancel, as ``Client.cancel_runs`` does, and process what follows; returns
+        handles on the runs cancelled."""
+        fn_id = function.id if isinstance(function, Function) else function
+        ids = self.engine.cancel_runs(
+            self._now, function_id=fn_id,
+            since=None if since is None else to_ms(parse_instant(since, field="since")),
+            until=None if until is None else to_ms(parse_instant(until, field="until")),
+            if_=if_, reason=reason)
+        if not self._settling:
+            self._settle()
+        return [RunHandle(self, run_id) for run_id in ids]
+
+    def rerun(self, run_id: str) -> RunHandle:
+        """Run an ended run again, as ``Client.rerun`` does, and process what follows."""
+        new_id = self.engine.rerun(run_id, self._now)
+        if not self._settling:
+            self._settle()
+        return RunHandle(self, new_id)
 
     # ------------------------------------------------------------------ internals
 
