@@ -339,7 +339,7 @@ class RunMachine:
             elif type(inp) is RunStarted:
                 self._on_start(inp.now)
             elif type(inp) is CancelRequested:
-                self._cancel(inp.reason, inp.now)
+                self._cancel(inp.reason, inp.now, boundary=inp.boundary)
             else:
                 raise TypeError(f"not an input: {inp!r}")
             if self._cancel_pending is not None:
@@ -830,13 +830,14 @@ class RunMachine:
                     if_=c.if_, trigger_event=self._trigger(), expires_at=expires,
                 ))
 
-    def _cancel(self, reason: str, now: int) -> None:
+    def _cancel(self, reason: str, now: int, *, boundary: bool = False) -> None:
         """Cancel the run. A cancel-on event or a timeout cancels it at its next step
         boundary: while a step body runs, at the body's end (its result is recorded, and
         nothing after it starts). A cancel on request ends it at once (a running body is
         not interrupted, but its result is dropped: a body that hangs cannot keep a run
-        from being cancelled)."""
-        if self._dispatched and (self._cancel_pending is not None
+        from being cancelled). ``boundary``: the cancel was found as a body's result
+        arrived: it waits for that result, whatever its cause."""
+        if self._dispatched and (boundary or self._cancel_pending is not None
                                  or cancel_cause(reason)["by"] != "request"):
             if self._cancel_pending is None:
                 self._cancel_pending = reason or "run cancelled"

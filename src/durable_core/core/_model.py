@@ -282,10 +282,12 @@ class SignalReceived:
 
 @attrs.frozen
 class CancelRequested:
-    """Someone asked to cancel the run."""
+    """Someone asked to cancel the run. ``boundary``: found at a step boundary (a body's
+    result arriving), so the run ends after recording it, whatever the cause."""
 
     reason: str
     now: int
+    boundary: bool = False
 
 
 Input = RunStarted | StepCompleted | StepFailed | TimerFired | SignalReceived | CancelRequested

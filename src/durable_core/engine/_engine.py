@@ -621,10 +621,13 @@ class Engine:
             # rebuilt since this body was dispatched: the result belongs to nobody.
             self.discarded_results += 1
             return Plan(CommitBatch(now=now), [])
+        pre = self._boundary_cancel(live, now) if live.machine.function.cancel_on else None
         if error is None:
             cmds = live.machine.step_completed(step.position, step.attempt, value, now)
         else:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
+        if pre:
+            cmds = pre + cmds
         batch = _memo_batch(live, cmds, now)
         if batch is not None:
             return Plan(batch, [cmds[1]])  # type: ignore[list-item]
@@ -641,10 +644,13 @@ class Engine:
         if live is None or not live.machine.is_current(step):
             self.discarded_results += 1  # see step_finished
             return []
+        pre = self._boundary_cancel(live, now) if live.machine.function.cancel_on else None
         if error is None:
             cmds = live.machine.step_completed(step.position, step.attempt, value, now)
         else:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
+        if pre:
+            cmds = pre + cmds
         batch = _memo_batch(live, cmds, now)
         if batch is None:
             return self.commit([self._plan([(live, cmds)], now)])
@@ -660,6 +666,16 @@ class Engine:
         if self._commit_failures:
             self._commit_failures.pop(step.run_id, None)  # its journal moved on (_committed)
         return cmds[1:]  # type: ignore[return-value]
+
+    def _boundary_cancel(self, live: _Live, now: int) -> list[Command]:
+        """A run with cancel-on events, at a step boundary (a body's result arriving): a
+        cancel already stored for it (a matching event was routed while the body ran) ends
+        it here, once the result is recorded, whoever routed the event. One read per step
+        of such runs only; other runs learn of cancels at lease renewal."""
+        reason = self.store.cancel_reasons([live.machine.run_id]).get(live.machine.run_id)
+        if reason is None:
+            return []
+        return live.machine.handle(CancelRequested(reason, now, boundary=True))
 
     def feed(self, run_id: str, inp: Input, now: int) -> Plan | None:
         """Feed one input to a run this engine holds (None if it holds no such run); commit
