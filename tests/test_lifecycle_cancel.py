@@ -454,3 +454,51 @@ def test_the_cli_cancels_in_bulk_and_reruns(tmp_path: Any,
     assert json.loads(capsys.readouterr().out)["rerun_of"] == b.id
     assert main(["runs", "rerun", "r_missing", "--store", url]) == 2
     store.close()
+
+
+def test_finish_timeout_is_seen_at_the_boundary_of_a_busy_run() -> None:
+    """A run running steps back to back is never fed its timer: the result of a body that
+    ends past the deadline is recorded, and the run is cancelled there."""
+    from durable_core.core._machine import RunMachine
+    from durable_core.core._model import CancelRun, ExecuteStep, RunStarted
+
+    app = App("a")
+
+    @app.function(id="busy", timeouts=Timeouts(finish="1m"))
+    async def busy(ctx: Any) -> None:
+        await ctx.step.run("one", lambda: 1)
+        await ctx.step.run("two", lambda: 2)
+
+    t0 = 1_767_225_600_000
+    m = RunMachine(busy, "r1", [Event("x", {}, id="e1", ts=t0)], t0)
+    [step] = [c for c in m.handle(RunStarted(t0)) if isinstance(c, ExecuteStep)]
+    # On time, at exactly one minute: the next step starts.
+    cmds = m.step_completed(step.position, 0, 1, t0 + 60_000)
+    [nxt] = [c for c in cmds if isinstance(c, ExecuteStep)]
+    cmds = m.step_completed(nxt.position, 0, 2, t0 + 60_001)
+    assert any(isinstance(c, CancelRun) for c in cmds)
+    assert m.status == "cancelled" and m.error is not None
+    assert cancel_cause(m.error.message) == {"by": "timeout", "timeout": "finish"}
+    assert [e.step_id for e in m.entries if e.op == "completed"] == ["one", "two"]
+
+
+def test_a_run_rebuilt_past_its_finish_deadline_runs_no_more_code() -> None:
+    from durable_core.core._machine import RunMachine
+    from durable_core.core._model import ExecuteStep, RunStarted
+
+    app = App("a")
+    calls: list[str] = []
+
+    @app.function(id="f", timeouts=Timeouts(finish="1m"))
+    async def f(ctx: Any) -> None:
+        calls.append("code")
+        await ctx.step.run("one", lambda: 1)
+
+    t0 = 1_767_225_600_000
+    m = RunMachine(f, "r1", [Event("x", {}, id="e1", ts=t0)], t0)
+    m.handle(RunStarted(t0))
+    rebuilt = RunMachine(f, "r1", [Event("x", {}, id="e1", ts=t0)], t0, m.entries)
+    calls.clear()
+    cmds = rebuilt.handle(RunStarted(t0 + 60_001))
+    assert calls == [] and not any(isinstance(c, ExecuteStep) for c in cmds)
+    assert rebuilt.status == "cancelled"

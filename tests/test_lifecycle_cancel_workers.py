@@ -54,7 +54,7 @@ def test_cancels_reach_runs_that_four_postgres_workers_hold(pg_url: str,
     @app.function(id="hold", trigger=on_event("hold/go"),
                   cancel_on=[CancelOn("hold/stop", if_="event.data.n == async.data.n")])
     async def hold(ctx: Context) -> int:
-        n = ctx.event.data["n"]
+        n = int(ctx.event.data["n"])
         await ctx.step.run("block", block, n)
         await ctx.step.run("after", note_after, n)
         return n

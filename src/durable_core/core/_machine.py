@@ -351,6 +351,8 @@ class RunMachine:
         the input: drivers call it once per step."""
         step = self._dispatched.get(position)  # (empty once the run ended)
         if step is not None and step.failures == attempt:
+            if self._timers:
+                self._finish_due(now)
             step.succeeded(value, now)
             if self._cancel_pending is not None:
                 self._cancel_if_idle(now)
@@ -378,7 +380,11 @@ class RunMachine:
         if (timeouts is not None and timeouts.finish_ms is not None
                 and self._first_attempt_at is not None and self._ended_entry is None):
             # Inclusive: a run may end exactly ``finish`` after its first attempt.
-            self._timers[_FINISH_TIMER] = self._first_attempt_at + timeouts.finish_ms + 1
+            deadline = self._first_attempt_at + timeouts.finish_ms + 1
+            if deadline <= now:  # (rebuilt past its deadline: no code runs again)
+                self._cancel(timeout_reason("finish", timeouts.finish_text), now)
+                return
+            self._timers[_FINISH_TIMER] = deadline
         if self._run_retry_at is not None and self._run_retry_at > now:
             self._timers[_RUN_TIMER] = self._run_retry_at
             return
@@ -633,6 +639,8 @@ class RunMachine:
                     made.clear()
                 elif self._review(req, now):
                     return
+                if self._ended_entry is not None and self._cancelled_here(req):
+                    return
                 try:
                     if type(req) is RunRequest and (
                         not self._memos or self._next_pos not in self._memos
@@ -652,6 +660,29 @@ class RunMachine:
                 value, exc = res
         finally:
             _leave()
+
+    def _cancelled_here(self, req: Any) -> bool:
+        """Replaying a run whose journal ends in ``cancelled``: if the code asks for a step
+        the journal holds no result of, the run was cancelled there; it ends so again
+        (nothing is written, nobody is told), and no code past that point runs."""
+        ended = self._ended_entry
+        assert ended is not None
+        if type(req) is GatherRequest:
+            n = len(req.requests)
+        elif isinstance(req, StepRequest):
+            n = 1
+        else:
+            return False
+        memos = self._memos
+        pos = self._next_pos
+        if all((m := memos.get(p)) is not None and m.done for p in range(pos, pos + n)):
+            return False
+        data = ended.payload()
+        if data.get("status") != RunStatus.CANCELLED:
+            return False
+        error = data.get("error") or {}
+        self._cancel_now(str(error.get("message", "")), ended.ts)
+        return True
 
     def _review(self, req: Any, now: int) -> bool:
         """The code asked for ``req`` (None: it returned): fail the run if it swallowed a
@@ -713,11 +744,26 @@ class RunMachine:
         step = self._dispatched.get(inp.position)
         if step is None or step.failures != inp.attempt:
             return
+        if self._timers:
+            self._finish_due(inp.now)
         step.failed(inp.error, inp.now)
 
+    def _finish_due(self, now: int) -> None:
+        """A body's result arrives: if ``timeouts.finish`` has passed, the run ends at this
+        boundary (the result is recorded, nothing after it starts). A run busy with steps
+        back to back is never fed the timer, so its results are where it is seen."""
+        deadline = self._timers.get(_FINISH_TIMER)
+        if deadline is not None and deadline <= now and self._cancel_pending is None:
+            del self._timers[_FINISH_TIMER]
+            timeouts = self.function.timeouts
+            assert timeouts is not None
+            self._cancel(timeout_reason("finish", timeouts.finish_text), now, boundary=True)
+
     def _on_timer(self, now: int) -> None:
-        due = sorted((t, p) for p, t in self._timers.items() if t <= now)
-        for t, pos in due:
+        # timeouts.finish first: a run fed its timers late (after a restart, say) ends at
+        # its deadline rather than going on past it.
+        due = sorted((p != _FINISH_TIMER, t, p) for p, t in self._timers.items() if t <= now)
+        for _later, t, pos in due:
             if (self._end_status is not None or self._cancel_pending is not None
                     or self._timers.get(pos) != t):
                 continue
