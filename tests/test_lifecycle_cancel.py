@@ -502,3 +502,25 @@ def test_a_run_rebuilt_past_its_finish_deadline_runs_no_more_code() -> None:
     cmds = rebuilt.handle(RunStarted(t0 + 60_001))
     assert calls == [] and not any(isinstance(c, ExecuteStep) for c in cmds)
     assert rebuilt.status == "cancelled"
+
+
+def test_the_async_client_cancels_in_bulk_and_reruns() -> None:
+    import asyncio
+
+    from durable_core import AsyncClient
+
+    store = MemoryStore()
+    te = TestEngine(_nap_app(), T0, store=store)
+    runs = [te.send(Event("nap", {"n": n})).runs[0] for n in range(3)]
+    client = AsyncClient(store, clock=lambda: to_ms(te.now))
+
+    async def main() -> tuple[list[str], str]:
+        ids = await client.cancel_runs("nap", if_="event.data.n > 0")
+        te.advance("1s")
+        again = await client.rerun(runs[1].id)
+        return ids, again.id
+
+    ids, again = asyncio.run(main())
+    assert ids == [runs[1].id, runs[2].id]
+    assert [r.status for r in runs] == ["sleeping", "cancelled", "cancelled"]
+    assert te.run(again).view().rerun_of == runs[1].id
