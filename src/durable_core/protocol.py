@@ -56,10 +56,10 @@ Inputs (fed to :meth:`RunMachine.handle`; immutable, don't subclass)
     invoke timeouts, retry backoffs). Firing early is harmless: nothing not due happens.
 :class:`SignalReceived` ``(signal, now)``
     ``signal`` (a :class:`Signal`) arrived among the run's signals.
-:class:`CancelRequested` ``(reason, now, boundary=False)``
+:class:`CancelRequested` ``(reason, now, boundary)``
     Someone asked to cancel the run; ``reason`` becomes the error message. A cancel-on
     event or timeout reason (see ``durable_core.core._lifecycle.cancel_cause``), or
-    ``boundary=True`` (found as a body's result arrives), waits for the step bodies in
+    ``boundary`` True (default False: found as a body's result arrives), waits for the step bodies in
     flight: their results are recorded, then the run ends; a request ends it at once.
 
 Commands (returned by the machine; carry them out in order)
