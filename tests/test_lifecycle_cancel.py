@@ -524,3 +524,42 @@ def test_the_async_client_cancels_in_bulk_and_reruns() -> None:
     assert ids == [runs[1].id, runs[2].id]
     assert [r.status for r in runs] == ["sleeping", "cancelled", "cancelled"]
     assert te.run(again).view().rerun_of == runs[1].id
+
+
+# --------------------------------------------------------------------------- the rerun link
+
+
+def test_a_version_6_sqlite_database_gains_rerun_of(tmp_path: Any) -> None:
+    """Migration 7 adds ``runs.rerun_of``: runs stored before have none; new ones keep it."""
+    import json
+    import sqlite3
+
+    import sqlite_utils
+
+    from durable_core.store import CommitBatch, NewRun
+    from stores.sqlite._store import _MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+
+    path = tmp_path / "v6.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    for step in _MIGRATIONS[:6]:
+        step(db)
+    conn.execute("PRAGMA user_version = 6")
+    conn.execute(
+        "INSERT INTO runs (id, function_id, status, events, event_ids, created_at, updated_at,"
+        " epoch) VALUES ('old', 'fn', 'completed', ?, '[\"e0\"]', 5, 5, 0)",
+        (json.dumps(['{"name":"x","data":{},"id":"e0","ts":5}']),))
+    conn.execute("COMMIT")
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 7
+        assert store.get_run("old").rerun_of is None
+        store.commit(CommitBatch(now=10, runs=(NewRun(
+            "new", "fn", ('{"name":"x","data":{},"id":"e0","ts":5}',), ("e0",), 10,
+            rerun_of="old"),)))
+        assert store.get_run("new").rerun_of == "old"
+        assert [(r.id, r.rerun_of) for r in store.list_runs()] == [("new", "old"), ("old", None)]
+    finally:
+        store.close()

@@ -59,8 +59,9 @@ Inputs (fed to :meth:`RunMachine.handle`; immutable, don't subclass)
 :class:`CancelRequested` ``(reason, now, boundary)``
     Someone asked to cancel the run; ``reason`` becomes the error message. A cancel-on
     event or timeout reason (see ``durable_core.core._lifecycle.cancel_cause``), or
-    ``boundary`` True (default False: found as a body's result arrives), waits for the step bodies in
-    flight: their results are recorded, then the run ends; a request ends it at once.
+    ``boundary`` True (default False: found as a body's result arrives), waits for the
+    step bodies in flight: their results are recorded, then the run ends; a request ends
+    it at once.
 
 Commands (returned by the machine; carry them out in order)
 -----------------------------------------------------------

@@ -139,6 +139,8 @@ class RunRecord:
     lease_owner: str | None = None
     lease_expires: int | None = None
     event_ids: tuple[str, ...] = ()
+    rerun_of: str | None = None
+    """The run this one reruns (``Client.rerun``), or None."""
 
 
 @attrs.frozen
@@ -153,6 +155,8 @@ class NewRun:
     created_at: int
     idempotency_key: str | None = None
     parent_run_id: str | None = None
+    rerun_of: str | None = None
+    """The run this one reruns, kept on the record (see :attr:`RunRecord.rerun_of`)."""
 
 
 @attrs.frozen

@@ -153,6 +153,7 @@ class MemoryStore:
                         events=new.events, created_at=new.created_at,
                         updated_at=new.created_at, parent_run_id=new.parent_run_id,
                         idempotency_key=new.idempotency_key, event_ids=new.event_ids,
+                        rerun_of=new.rerun_of,
                     )
                     self._run_order.append(new.id)
                     self._open[new.id] = len(self._run_order)

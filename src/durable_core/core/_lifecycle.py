@@ -42,8 +42,6 @@ __all__ = [
     "cancel_position",
     "event_reason",
     "parent_reason",
-    "rerun_key",
-    "rerun_of",
     "timeout_reason",
 ]
 
@@ -285,19 +283,3 @@ def cancel_cause(reason: str) -> dict[str, Any]:
     if m is not None:
         return {"by": "parent", "run_id": m.group(1)}
     return {"by": "request", "reason": reason}
-
-
-RERUN_PREFIX = "rerun:"
-
-
-def rerun_key(original: str, new: str) -> str:
-    """The idempotency key of a rerun: it holds the link to the original run (and is unique,
-    so a rerun is never folded into another run)."""
-    return f"{RERUN_PREFIX}{original}:{new}"
-
-
-def rerun_of(idempotency_key: str | None) -> str | None:
-    """The run a rerun was made from, read from its idempotency key (None: not a rerun)."""
-    if idempotency_key is None or not idempotency_key.startswith(RERUN_PREFIX):
-        return None
-    return idempotency_key[len(RERUN_PREFIX):].rpartition(":")[0] or None

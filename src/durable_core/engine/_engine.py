@@ -43,7 +43,6 @@ from durable_core.core._lifecycle import (
     cancel_index,
     cancel_position,
     event_reason,
-    rerun_key,
 )
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
@@ -963,8 +962,7 @@ class Engine:
                 "it first (nothing was created)", field="run_id")
         new_id = self.new_id("r_", now)
         new = NewRun(id=new_id, function_id=run.function_id, events=run.events,
-                     event_ids=run.event_ids, created_at=now,
-                     idempotency_key=rerun_key(run_id, new_id))
+                     event_ids=run.event_ids, created_at=now, rerun_of=run_id)
         self.store.commit(CommitBatch(now=now, runs=(new,),
                                       waits_add=tuple(self._cancel_on_waits(new))))
         return new_id

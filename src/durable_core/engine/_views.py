@@ -11,7 +11,6 @@ import attrs
 from durable_core.base._durations import from_ms
 from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._journal import JournalFold
-from durable_core.core._lifecycle import rerun_of
 from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.store import RunRecord
 
@@ -150,5 +149,5 @@ def run_view(run: RunRecord, journal: Sequence[JournalEntry]) -> RunView:
         ended_at=run.ended_at,
         event_ids=run.event_ids,
         parent_run_id=run.parent_run_id,
-        rerun_of=rerun_of(run.idempotency_key),
+        rerun_of=run.rerun_of,
     )

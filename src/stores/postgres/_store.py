@@ -221,6 +221,10 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "ALTER TABLE {waits} DROP CONSTRAINT waits_pkey",
         "ALTER TABLE {waits} ADD PRIMARY KEY (event, match_key, run_id, position)",
     ),
+    # 5: runs.rerun_of, the run a rerun was made from (Client.rerun); NULL before.
+    (
+        "ALTER TABLE {runs} ADD COLUMN rerun_of text",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -297,7 +301,7 @@ def _check_not_newer(schema: str, found: int) -> None:
 _RUN_COLS: LiteralString = (
     "r.id, r.function_id, r.status, r.events, r.created_at, r.updated_at, r.wake_at, "
     "r.output, r.error_type, r.error_message, r.parent_run_id, r.idempotency_key, "
-    "r.ended_at, r.epoch, r.lease_owner, r.lease_expires, r.event_ids"
+    "r.ended_at, r.epoch, r.lease_owner, r.lease_expires, r.event_ids, r.rerun_of"
 )
 _EVENT_COLS: LiteralString = "seq, id, name, data, ts, received_at, duplicate"
 _JOURNAL_COLS: LiteralString = "run_id, seq, op, position, step_id, kind, ts, data"
@@ -354,17 +358,18 @@ class _Queries:
         )
         self.insert_run = r(
             "INSERT INTO {runs} (id, function_id, status, events, event_ids, created_at, "
-            "updated_at, parent_run_id, idempotency_key) "
-            "VALUES (%s, %s, 'queued', %b::text[], %b::text[], %s, %s, %s, %s)"
+            "updated_at, parent_run_id, idempotency_key, rerun_of) "
+            "VALUES (%s, %s, 'queued', %b::text[], %b::text[], %s, %s, %s, %s, %s)"
         )
         # Runs triggered by one event each (the common case: routing, cron, invoke) are
         # inserted by one statement, in order (ord follows the batch).
         self.insert_runs_one_event = r(
             "INSERT INTO {runs} (id, function_id, status, events, event_ids, created_at, "
-            "updated_at, parent_run_id, idempotency_key) "
-            "SELECT u.id, u.f, 'queued', ARRAY[u.ev], ARRAY[u.ei], u.c, u.c, u.p, u.k "
+            "updated_at, parent_run_id, idempotency_key, rerun_of) "
+            "SELECT u.id, u.f, 'queued', ARRAY[u.ev], ARRAY[u.ei], u.c, u.c, u.p, u.k, u.rr "
             "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
-            "%b::text[], %b::text[]) WITH ORDINALITY AS u(id, f, ev, ei, c, p, k, o) "
+            "%b::text[], %b::text[], %b::text[]) "
+            "WITH ORDINALITY AS u(id, f, ev, ei, c, p, k, rr, o) "
             "ORDER BY u.o"
         )
         self.insert_run_events = r(
@@ -712,6 +717,7 @@ def _run(row: Sequence[Any]) -> RunRecord:
         error=None if row[8] is None else ErrorInfo(type=row[8], message=row[9]),
         parent_run_id=row[10], idempotency_key=row[11], ended_at=row[12], epoch=row[13],
         lease_owner=row[14], lease_expires=row[15], event_ids=tuple(row[16]),
+        rerun_of=row[17],
     )
 
 
@@ -731,18 +737,18 @@ def _entry(row: Sequence[Any]) -> JournalEntry:
 
 def _claim(row: Sequence[Any]) -> tuple[Claim, bool]:
     """A claim from a claim query row, and whether its journal is complete."""
-    run = _run(row[2:19])
+    run = _run(row[2:20])
     journal: tuple[JournalEntry, ...] = ()
-    if row[19] is not None:
+    if row[20] is not None:
         journal = tuple(
             JournalEntry(seq=seq, op=op, position=pos, step_id=sid, kind=kind, ts=ts, data=data)
-            for seq, op, pos, sid, kind, ts, data in zip(*row[19:26], strict=True)
+            for seq, op, pos, sid, kind, ts, data in zip(*row[20:27], strict=True)
         )
     signals: tuple[tuple[int, Signal], ...] = ()
-    if row[26] is not None:
+    if row[27] is not None:
         signals = tuple(
             (seq, Signal(kind=kind, key=key, payload=payload, position=pos))
-            for seq, kind, key, payload, pos in zip(*row[26:31], strict=True)
+            for seq, kind, key, payload, pos in zip(*row[27:32], strict=True)
         )
     return Claim(run=run, journal=journal, signals=signals), len(journal) == row[1]
 
@@ -1209,7 +1215,7 @@ class PostgresStore:
                 [n.id for n in create], [n.function_id for n in create],
                 [n.events[0] for n in create], [n.event_ids[0] for n in create],
                 [n.created_at for n in create], [n.parent_run_id for n in create],
-                [n.idempotency_key for n in create],
+                [n.idempotency_key for n in create], [n.rerun_of for n in create],
             ))
         elif create:
             with conn.cursor() as cur:
@@ -1217,7 +1223,7 @@ class PostgresStore:
                     self._q.insert_run,
                     [
                         (n.id, n.function_id, list(n.events), list(n.event_ids), n.created_at,
-                         n.created_at, n.parent_run_id, n.idempotency_key)
+                         n.created_at, n.parent_run_id, n.idempotency_key, n.rerun_of)
                         for n in create
                     ],
                 )

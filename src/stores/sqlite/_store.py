@@ -82,7 +82,8 @@ assert frozenset(_TERMINAL_SQL.strip("()").replace("'", "").split(", ")) == TERM
 
 _RUN_COLUMNS = (
     "id, function_id, status, events, event_ids, created_at, updated_at, wake_at, output, "
-    "error, parent_run_id, idempotency_key, ended_at, epoch, lease_owner, lease_expires"
+    "error, parent_run_id, idempotency_key, ended_at, epoch, lease_owner, lease_expires, "
+    "rerun_of"
 )
 _JOURNAL_COLUMNS = "run_id, seq, op, position, step_id, kind, ts, data"
 _INSERT_JOURNAL_SQL = f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -279,8 +280,14 @@ def _migrate_v6(db: Any) -> None:
     db.execute("CREATE INDEX waits_by_run ON waits (run_id, position)")
 
 
+def _migrate_v7(db: Any) -> None:
+    """Version 7: ``runs.rerun_of``, the run a rerun was made from (``Client.rerun``);
+    NULL for every run before."""
+    db["runs"].add_column("rerun_of", str)
+
+
 _MIGRATIONS: tuple[Callable[[Any], None], ...] = (
-    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
+    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6, _migrate_v7,
 )
 """``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
 
@@ -642,6 +649,7 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
         error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
         parent_run_id=row[10], idempotency_key=row[11], ended_at=row[12], epoch=row[13],
         lease_owner=row[14], lease_expires=row[15], event_ids=tuple(json.loads(row[4])),
+        rerun_of=row[16],
     )
 
 
@@ -1224,10 +1232,10 @@ class SQLiteStore:
         create = new_runs_to_create(runs, existing, keys)
         conn.executemany(
             "INSERT INTO runs (id, function_id, status, events, event_ids, created_at, "
-            "updated_at, parent_run_id, idempotency_key, epoch) "
-            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0)",
+            "updated_at, parent_run_id, idempotency_key, epoch, rerun_of) "
+            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0, ?)",
             [(n.id, n.function_id, json.dumps(list(n.events)), json.dumps(list(n.event_ids)),
-              n.created_at, n.created_at, n.parent_run_id, n.idempotency_key)
+              n.created_at, n.created_at, n.parent_run_id, n.idempotency_key, n.rerun_of)
              for n in create],
         )
         conn.executemany(

@@ -889,6 +889,18 @@ class StoreConformance:
         assert write(store, w) == set()
         assert store.cancel_requested(["r1"]) == set()
 
+    def test_a_run_keeps_the_run_it_reruns(self, store: Store) -> None:
+        """``NewRun.rerun_of`` is stored with the run and read back by ``get_run``,
+        ``list_runs`` and claims; runs created without it have None."""
+        create(store, new_run("r1"))
+        rerun = attrs.evolve(new_run("r2"), rerun_of="r1")
+        assert store.commit(CommitBatch(now=T0, runs=(rerun,))) == set()
+        assert store.get_run("r2").rerun_of == "r1"
+        assert store.get_run("r1").rerun_of is None
+        assert {r.id: r.rerun_of for r in store.list_runs()} == {"r1": None, "r2": "r1"}
+        claimed = {c.run.id: c.run.rerun_of for c in store.claim_runs("w", T0, 60_000, 10)}
+        assert claimed == {"r1": None, "r2": "r1"}
+
     def test_cancel_reasons_give_each_run_its_first_cancel(self, store: Store) -> None:
         """``cancel_reasons``: the runs holding a cancel signal, each with the payload of its
         first (lowest seq) one; other signals, other runs and consumed cancels are not
