@@ -563,3 +563,76 @@ def test_a_version_6_sqlite_database_gains_rerun_of(tmp_path: Any) -> None:
         assert [(r.id, r.rerun_of) for r in store.list_runs()] == [("new", "old"), ("old", None)]
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- every store
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    if request.param == "memory":
+        store: Any = MemoryStore()
+    elif request.param == "sqlite":
+        from stores.sqlite import SQLiteStore
+
+        store = SQLiteStore(tmp_path / "cancel.db")
+    else:
+        from stores.postgres import PostgresStore
+
+        store = PostgresStore(request.getfixturevalue("pg_url"),
+                              schema=request.getfixturevalue("pg_schema"))
+    yield store
+    store.close()
+
+
+def test_cancel_on_timeouts_and_rerun_on_every_store(any_store: Any) -> None:
+    app, done = _order_app(timeouts=Timeouts(finish="2h"))
+
+    @app.function(id="stuck", trigger=on_event("stuck/go"), timeouts=Timeouts(finish="30m"))
+    async def stuck(ctx: Any) -> None:
+        await ctx.step.sleep("long", "1h")
+
+    @app.function(id="child")
+    async def child(ctx: Any) -> str:
+        await ctx.step.sleep("long", "1d")
+        return "child done"
+
+    @app.function(id="parent", trigger=on_event("parent/go"),
+                  cancel_on=[CancelOn("parent/stop")])
+    async def parent(ctx: Any) -> Any:
+        return await ctx.step.invoke("call", function=child, timeout="2d")
+
+    te = TestEngine(app, T0, store=any_store)
+    # A cancel sent in the same batch as the trigger, after it: registered at routing.
+    [same] = te.send([Event("order/created", {"id": 1}),
+                      Event("order/cancelled", {"id": 1})]).runs
+    assert same.status == "cancelled"
+    [run] = te.send(Event("order/created", {"id": 2})).runs
+    [kept] = te.send(Event("order/created", {"id": 3})).runs
+    te.send(Event("order/cancelled", {"id": 2}, id="stop-2"))
+    assert run.status == "cancelled" and kept.status == "sleeping"
+    assert cancel_cause(run.error.message)["event_id"] == "stop-2"  # type: ignore[union-attr]
+    [p] = te.send(Event("parent/go")).runs
+    te.send(Event("parent/stop"))
+    [kid] = [r for r in te.runs if r.function_id == "child"]
+    assert (p.status, kid.status) == ("cancelled", "cancelled")
+    te.advance("1h")
+    assert kept.status == "completed" and done == ["charged"]
+    again = te.rerun(run.id)
+    assert again.view().rerun_of == run.id
+    te.advance("1h")
+    assert again.status == "completed"
+    assert te.store.find_waits("order/cancelled", to_ms(te.now)) == []
+    # timeouts.finish (2 h from the first attempt), across rebuilt machines.
+    [slow] = te.send(Event("order/created", {"id": 4})).runs
+    te.engine.live.clear()
+    te.advance("1h")
+    assert slow.status == "completed"
+    assert te.store.load_journal(slow.id)[0].op == "started"
+    [late] = te.send(Event("stuck/go")).runs
+    te.advance("30m")
+    assert late.status == "sleeping"
+    te.engine.live.clear()
+    te.advance("1ms")
+    assert late.status == "cancelled"
+    assert cancel_cause(late.error.message)["timeout"] == "finish"  # type: ignore[union-attr]
