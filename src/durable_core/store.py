@@ -46,6 +46,7 @@ The rules, in short (each is detailed where it is decided):
 - **Leases.** Only a lease that is held, by that owner, and not yet expired, can be renewed
   (:func:`lease_held`); an expired lease is lost even if nobody claimed the run since.
 - **Waits.** :func:`wait_changes`: a wait is registered once per ``(event, run, position)``
+  (none for a run the batch was to create but skipped)
   (registering again keeps the first, ``after_seq`` included); ``after_seq`` is the last event
   ``seq`` when it was registered, after the batch's own events (or the one the registration
   gives, if > 0); a wait added and removed in one batch ends up removed.
@@ -577,9 +578,12 @@ def lease_held(
 
 
 def wait_changes(
-    batch: CommitBatch, rejected: Iterable[str] = ()
+    batch: CommitBatch, rejected: Iterable[str] = (), skipped_runs: Iterable[str] = ()
 ) -> tuple[list[WaitRecord], list[tuple[str, int]]]:
     """The waits a batch registers and removes: none of a run whose writes were rejected;
+    no registration for a run the batch was to create but skipped (``skipped_runs``: its id
+    existed or its idempotency key was held, see :func:`new_runs_to_create`), so a run
+    created twice by racing routers leaves no listener of the run that never was;
     one registration per ``(event, run, position)`` (the first), none of a wait the batch
     also removes (adds apply first, so it ends up removed). A store keeps an existing
     registration as it is (``after_seq`` included) and sets ``after_seq`` of a new one to the
@@ -589,8 +593,9 @@ def wait_changes(
     removes = [(r, p) for r, p in batch.waits_remove if r not in skip]
     removed = set(removes)
     adds: dict[tuple[str, str, int], WaitRecord] = {}
+    skip_adds = skip.union(skipped_runs)
     for wait in batch.waits_add:
-        if wait.run_id not in skip and (wait.run_id, wait.position) not in removed:
+        if wait.run_id not in skip_adds and (wait.run_id, wait.position) not in removed:
             adds.setdefault((wait.event, wait.run_id, wait.position), wait)
     return list(adds.values()), removes
 

@@ -142,12 +142,14 @@ class MemoryStore:
                     c.epoch, c.first, run.epoch, run.status, len(self._journals[run_id])
                 ):
                     fenced.add(run_id)
-            adds, removes = wait_changes(batch, fenced)
             for parsed in events:
                 self._append_event(parsed, batch.now)
+            skipped: set[str] = set()
             if batch.runs:
                 existing = {n.id for n in batch.runs if n.id in self._runs}
-                for new in new_runs_to_create(batch.runs, existing, self._idempotency):
+                create = new_runs_to_create(batch.runs, existing, self._idempotency)
+                skipped = {n.id for n in batch.runs} - {n.id for n in create}
+                for new in create:
                     self._runs[new.id] = RunRecord(
                         id=new.id, function_id=new.function_id, status="queued",
                         events=new.events, created_at=new.created_at,
@@ -177,6 +179,7 @@ class MemoryStore:
                 self._refresh_due(run_id)
                 if c.ends:
                     del self._open[run_id]
+            adds, removes = wait_changes(batch, fenced, skipped)
             for wait in adds:
                 waits = self._waits.setdefault(wait.event, {})
                 wkey = (wait.run_id, wait.position)

@@ -1166,8 +1166,10 @@ class PostgresStore:
                 s_position=[s.position for _, s in sigs],
             )
         # The waits of runs whose writes are rejected are filtered in SQL (fencing happens
-        # there); the rest of wait_changes applies here.
-        ws, removes = wait_changes(batch)
+        # there); the rest of wait_changes applies here (``prefenced``: the runs this batch
+        # created; the others it was to create were skipped).
+        skipped = {n.id for n in batch.runs} - prefenced
+        ws, removes = wait_changes(batch, (), skipped)
         removed = set(removes)
         if ws:
             # A row per key ('' for a wait without keys).

@@ -1140,24 +1140,26 @@ class SQLiteStore:
         )
         if batch.events:
             self._insert_events(conn, batch.events, batch.now)
+        skipped: set[str] = set()
         if batch.runs:
-            self._create_runs(conn, batch.runs)
+            skipped = self._create_runs(conn, batch.runs)
         if changes:
             self._apply_writes(conn, batch.now, changes, states, fenced)
-        self._commit_rest(conn, batch, fenced, created=True)
+        self._commit_rest(conn, batch, fenced, created=True, skipped=skipped)
         return fenced
 
     def _commit_rest(
         self, conn: sqlite3.Connection, batch: CommitBatch, fenced: set[str], *,
-        created: bool = False,
+        created: bool = False, skipped: set[str] | None = None,
     ) -> None:
-        """The parts of a batch besides its run writes (events and runs unless ``created``)."""
+        """The parts of a batch besides its run writes (events and runs unless ``created``;
+        then ``skipped`` are the runs it did not create)."""
         if not created:
             if batch.events:
                 self._insert_events(conn, batch.events, batch.now)
             if batch.runs:
-                self._create_runs(conn, batch.runs)
-        waits_add, waits_remove = wait_changes(batch, fenced)
+                skipped = self._create_runs(conn, batch.runs)
+        waits_add, waits_remove = wait_changes(batch, fenced, skipped or ())
         if waits_add:
             # Only events after the last one in the log (this batch's included) may match a
             # new wait, unless it says from which seq on; registering the same wait again
@@ -1218,7 +1220,9 @@ class SQLiteStore:
             )
         return found
 
-    def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun]) -> None:
+    def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun]) -> set[str]:
+        """Create the runs to create (:func:`new_runs_to_create`); returns the ids of those
+        it skipped."""
         existing = set(self._statuses(conn, list(dict.fromkeys(r.id for r in runs))))
         keys: dict[tuple[str, str], int] = {}
         for k in dict.fromkeys(
@@ -1248,6 +1252,7 @@ class SQLiteStore:
             "INSERT OR IGNORE INTO run_events (event_id, run_id) VALUES (?, ?)",
             [(event_id, n.id) for n in create for event_id in n.event_ids],
         )
+        return {n.id for n in runs} - {n.id for n in create}
 
     @staticmethod
     def _apply_writes(

@@ -889,6 +889,24 @@ class StoreConformance:
         assert write(store, w) == set()
         assert store.cancel_requested(["r1"]) == set()
 
+    def test_no_wait_is_registered_for_a_run_the_batch_skipped(self, store: Store) -> None:
+        """Two routers creating the same run: the second batch's run is skipped (its
+        idempotency key is held, or its id exists), and so are the waits it registers for
+        that run; waits of the runs it did create, and of existing runs, are registered."""
+        first = new_run("r1", key="event:e1")
+        wait = WaitRecord("r1", -1000, "stop", None, "{}", T0 + DAY)
+        assert store.commit(CommitBatch(now=T0, runs=(first,), waits_add=(wait,))) == set()
+        twin = new_run("r2", key="event:e1")  # the same key: skipped
+        again = new_run("r1")  # an existing id: skipped (its wait is kept as registered)
+        fresh = new_run("r3")
+        waits = tuple(WaitRecord(r, -1000, "stop", None, "{}", T0 + DAY) for r in
+                      ("r2", "r1", "r3"))
+        batch = CommitBatch(now=T0, runs=(twin, again, fresh), waits_add=waits)
+        assert store.commit(batch) == set()
+        assert sorted(w.run_id for w in store.find_waits("stop", T0)) == ["r1", "r3"]
+        with pytest.raises(RunNotFoundError):
+            store.get_run("r2")
+
     def test_a_run_keeps_the_run_it_reruns(self, store: Store) -> None:
         """``NewRun.rerun_of`` is stored with the run and read back by ``get_run``,
         ``list_runs`` and claims; runs created without it have None."""
