@@ -23,7 +23,17 @@ from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
 from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import app_converter, check_text
-from durable_core.core._lifecycle import FAILED_EVENT, FAILURE_SUFFIX, idempotency_text
+from durable_core.core._lifecycle import (
+    FAILED_EVENT,
+    FAILURE_SUFFIX,
+    BoundCancelOn,
+    BoundTimeouts,
+    CancelOn,
+    Timeouts,
+    bind_cancel_on,
+    bind_timeouts,
+    idempotency_text,
+)
 
 if TYPE_CHECKING:
     from cattrs import Converter
@@ -241,6 +251,10 @@ class Function(Generic[Output]):
             _log.warning("function %r: idempotency: %s; the run starts without a key",
                          self.id, exc)
             return None
+    cancel_on: tuple[BoundCancelOn, ...] = ()
+    """The checked ``cancel_on=`` entries (see :class:`~durable_core.CancelOn`)."""
+    timeouts: BoundTimeouts | None = None
+    """The checked ``timeouts=`` (see :class:`~durable_core.Timeouts`), or None."""
 
     @property
     def event_triggers(self) -> tuple[EventTrigger, ...]:
@@ -344,6 +358,8 @@ class App:
         sandbox: bool | None = None,
         idempotency: str | None = None,
         on_failure: Callable[[Any], Coroutine[Any, Any, Any]] | None = None,
+        cancel_on: Sequence[CancelOn] | CancelOn | None = None,
+        timeouts: Timeouts | None = None,
     ) -> Callable[[Callable[[Any], Coroutine[Any, Any, T]]], Function[T]]:
         """Register ``async def fn(ctx)`` as a durable function.
 
@@ -360,6 +376,10 @@ class App:
         ``async def handler(ctx)`` registered as function ``<id>-failure`` (retries 1), run
         once when a run of this function fails for good, with the
         ``durable/function.failed`` event as ``ctx.event``. See docs/lifecycle.md.
+        ``cancel_on`` (up to 5 :class:`~durable_core.CancelOn`) cancels a run when a matching
+        event arrives; ``timeouts`` (:class:`~durable_core.Timeouts`) cancels a run that does
+        not start or finish in time (docs/lifecycle.md). Their expressions and
+        durations are checked here.
         """
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
@@ -456,6 +476,8 @@ class App:
                     "by another function of the app; rename that function",
                     field="on_failure",
                 )
+        bound_cancel_on = bind_cancel_on(cancel_on, id)
+        bound_timeouts = bind_timeouts(timeouts, id)
 
         def register(fn: Callable[[Any], Coroutine[Any, Any, T]]) -> Function[T]:
             if not inspect.iscoroutinefunction(fn):
@@ -473,7 +495,7 @@ class App:
             func = Function(
                 id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self,
                 sandbox=guarded, idempotency=idempotency, idempotency_expression=idem_expr,
-                failure_handler=failure_id,
+                failure_handler=failure_id, cancel_on=bound_cancel_on, timeouts=bound_timeouts,
             )
             self._functions[id] = func
             for t in func.event_triggers:

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 import durable_core.dashboard._pages as _pages
-from durable_core.base._errors import DurableError, RunNotFoundError
+from durable_core.base._errors import DurableError, RunNotFoundError, ValidationError
 from durable_core.core._function import App
 from durable_core.dashboard._pages import BadRequest, NotFound
 from durable_core.drivers._client import Client
@@ -88,8 +88,11 @@ class _Dashboard:
         if record.ended_at is not None:
             raise BadRequest(f"run {run_id} has already ended ({record.status}); there is "
                              "nothing to cancel")
-        await self.call(functools.partial(self.client.cancel_run, run_id,
-                                          reason="cancelled from the dashboard"))
+        try:
+            await self.call(functools.partial(self.client.cancel_run, run_id,
+                                              reason="cancelled from the dashboard"))
+        except ValidationError as error:  # it ended in the meantime
+            raise BadRequest(str(error)) from None
         return RedirectResponse(f"/runs/{quote(run_id, safe='')}?notice=cancel",
                                 status_code=303)
 

@@ -3,6 +3,7 @@ that lives inside an asyncio application (a FastAPI/Starlette lifespan, Django A
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -111,6 +112,19 @@ class AsyncClient:
     async def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> None:
         """:meth:`Client.cancel_run`: ask for a run to be cancelled."""
         await _in_thread(self.sync.cancel_run, run_id, reason=reason)
+
+    async def cancel_runs(
+        self, function: Function[Any] | str | None = None, *,
+        since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
+        if_: str | None = None, reason: str = "cancelled by request",
+    ) -> list[str]:
+        """:meth:`Client.cancel_runs`: cancel runs in bulk; returns their ids."""
+        return await _in_thread(self.sync.cancel_runs, function, since=since, until=until,
+                                if_=if_, reason=reason)
+
+    async def rerun(self, run_id: str) -> RunHandle:
+        """:meth:`Client.rerun`: run an ended run again, linked to it."""
+        return await _in_thread(self.sync.rerun, run_id)
 
 
 class AsyncioWorker:
