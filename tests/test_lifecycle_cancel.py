@@ -636,3 +636,60 @@ def test_cancel_on_timeouts_and_rerun_on_every_store(any_store: Any) -> None:
     te.advance("1ms")
     assert late.status == "cancelled"
     assert cancel_cause(late.error.message)["timeout"] == "finish"  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- system events
+
+
+def _cancelled_event(te: TestEngine, run_id: str) -> dict[str, Any]:
+    import json
+
+    stored = te.store.get_event(f"cancelled:{run_id}")
+    assert stored is not None, "no durable/function.cancelled event"
+    data: dict[str, Any] = json.loads(stored.data)["data"]
+    return data
+
+
+@pytest.mark.parametrize("how", ["cancel_on", "timeout", "request"])
+def test_the_cancelled_system_event_says_what_cancelled_the_run(how: str) -> None:
+    options: dict[str, Any] = {}
+    if how == "timeout":
+        options["timeouts"] = Timeouts(finish="30m")
+    app, done = _order_app(**options)
+    te = TestEngine(app, T0)
+    [run] = te.send(Event("order/created", {"id": 7})).runs
+    if how == "cancel_on":
+        te.send(Event("order/cancelled", {"id": 7}))
+    elif how == "request":
+        te.cancel_run(run.id, reason="customer called")
+    te.advance("2h")
+    assert run.status == "cancelled" and done == []
+    data = _cancelled_event(te, run.id)
+    assert (data["run_id"], data["function_id"], data["status"]) == (
+        run.id, "process", "cancelled")
+    assert data["reason"] == how
+    assert data["error"]["message"] == run.error.message  # type: ignore[union-attr]
+    assert data["event"]["data"] == {"id": 7}
+
+
+def test_an_invoked_child_cancelled_with_its_parent_says_so() -> None:
+    app = App("family")
+
+    @app.function(id="child")
+    async def child(ctx: Any) -> str:
+        await ctx.step.sleep("long", "1d")
+        return "done"
+
+    @app.function(id="parent", trigger=on_event("go"))
+    async def parent(ctx: Any) -> str:
+        return await ctx.step.invoke("call", function=child)  # type: ignore[no-any-return]
+
+    te = TestEngine(app, T0)
+    [run] = te.send(Event("go")).runs
+    te.advance("1m")
+    [kid] = [r for r in te.runs if r.function_id == "child"]
+    te.cancel_run(run.id)
+    te.advance("1m")
+    assert (run.status, kid.status) == ("cancelled", "cancelled")
+    assert _cancelled_event(te, run.id)["reason"] == "request"
+    assert _cancelled_event(te, kid.id)["reason"] == "parent"
