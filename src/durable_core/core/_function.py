@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import logging
 import re
@@ -13,6 +14,7 @@ from typing_extensions import TypeVar
 
 from durable_core.base._cel import Expression, compile_expression
 from durable_core.base._cron import CronSchedule
+from durable_core.base._durations import format_duration
 from durable_core.base._errors import (
     FunctionConfigError,
     InvalidExpressionError,
@@ -265,6 +267,29 @@ class Function(Generic[Output]):
     def cron_triggers(self) -> tuple[CronTrigger, ...]:
         """The cron triggers of this function."""
         return tuple(t for t in self.triggers if isinstance(t, CronTrigger))
+
+    def describe(self) -> dict[str, Any]:
+        """The function's triggers and options as JSON-ready values: what ``durable
+        functions`` and the dashboard show. Options at their defaults are included only
+        for ``retries``, ``max_steps`` and ``sandbox``."""
+        triggers: list[dict[str, Any]] = [{"event": t.event, "if": t.if_}
+                                          for t in self.event_triggers]
+        triggers += [{"cron": c.cron, "catch_up": c.catch_up} for c in self.cron_triggers]
+        options: dict[str, Any] = {"retries": self.retries, "max_steps": self.max_steps,
+                                   "sandbox": self.sandbox}
+        if self.idempotency is not None:
+            options["idempotency"] = self.idempotency
+        if self.failure_handler is not None:
+            options["on_failure"] = self.failure_handler
+        if self.cancel_on:
+            options["cancel_on"] = [
+                {"event": c.event, "if": c.if_,
+                 "timeout": format_duration(dt.timedelta(milliseconds=c.timeout_ms))}
+                for c in self.cancel_on]
+        if self.timeouts is not None:
+            options["timeouts"] = {"start": self.timeouts.start_text,
+                                   "finish": self.timeouts.finish_text}
+        return {"id": self.id, "triggers": triggers, "options": options}
 
 
 class App:
