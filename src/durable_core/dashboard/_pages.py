@@ -394,6 +394,7 @@ def run_page(store: Store, run_id: str, now: int) -> dict[str, Any]:
         "lease_owner": None if ended else record.lease_owner,
         "lease_expires": fmt_time(record.lease_expires),
         "parent_run_id": record.parent_run_id,
+        "rerun_of": record.rerun_of,
         "events": events,
         "output": pretty_json(view.output) if record.status == RunStatus.COMPLETED else None,
         "error": None if record.error is None else _error_fields(record.error.to_dict()),

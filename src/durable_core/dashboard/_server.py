@@ -96,6 +96,20 @@ class _Dashboard:
         return RedirectResponse(f"/runs/{quote(run_id, safe='')}?notice=cancel",
                                 status_code=303)
 
+    async def rerun(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        await _read_form(request)
+        record = await self.call(_get_run, self.store, run_id)
+        if record.ended_at is None:
+            raise BadRequest(f"run {run_id} has not ended ({record.status}); cancel it or "
+                             "wait for it before running it again")
+        try:
+            handle = await self.call(self.client.rerun, run_id)
+        except ValidationError as error:
+            raise BadRequest(str(error)) from None
+        return RedirectResponse(f"/runs/{quote(handle.id, safe='')}?notice=rerun",
+                                status_code=303)
+
     async def functions(self, request: Request) -> Response:
         page = await self.call(_pages.functions_page, self.store, self.app)
         return self.render(request, "functions.html", title="Functions", page=page)
@@ -230,6 +244,7 @@ def create_app(store: Store, *, app: App | None = None,
         Route("/", d.index),
         Route("/runs", d.runs),
         Route("/runs/{run_id:path}/cancel", d.cancel, methods=["POST"]),
+        Route("/runs/{run_id:path}/rerun", d.rerun, methods=["POST"]),
         Route("/runs/{run_id:path}", d.run),
         Route("/functions", d.functions),
         Route("/events", d.events),
