@@ -136,7 +136,8 @@ def measure(url: str, events: int, idle_s: float, burst_n: int,
             baseline: str | None) -> dict[str, Any]:
     worker = subprocess.Popen(
         [sys.executable, "-c", "import sys; from durable_core.cli import main; sys.exit(main())",
-         "worker", "benchmarks.pickup:app", "--store", url],
+         # Warnings only: the worker's INFO lines (two per run) would fill the unread pipe.
+         "worker", "benchmarks.pickup:app", "--store", url, "--log-level", "warning"],
         env=_env(baseline), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True,
     )
