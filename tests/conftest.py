@@ -4,12 +4,15 @@ on CI, when the server is down) and throwaway schemas that are dropped after eac
 from __future__ import annotations
 
 import os
+import pathlib
 import uuid
 from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from durable_core.store import Store
 
 PG_URL = os.environ.get("DURABLE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 """The PostgreSQL server the tests use (override with ``DURABLE_PG_URL``)."""
@@ -74,3 +77,22 @@ def pg_schemas(pg_url: str) -> Iterator[Callable[[], str]]:
 def pg_schema(pg_schemas: Callable[[], str]) -> str:
     """A unique schema name for one test (dropped afterwards)."""
     return pg_schemas()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Store]:
+    """Each store in turn: memory, a SQLite file, a PostgreSQL schema (closed afterwards)."""
+    from stores import MemoryStore
+    from stores.postgres import PostgresStore
+    from stores.sqlite import SQLiteStore
+
+    store: Store
+    if request.param == "memory":
+        store = MemoryStore()
+    elif request.param == "sqlite":
+        store = SQLiteStore(tmp_path / "s.db")
+    else:
+        store = PostgresStore(request.getfixturevalue("pg_url"),
+                              schema=request.getfixturevalue("pg_schema"), pool_max=2)
+    yield store
+    store.close()

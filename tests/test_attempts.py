@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,21 +25,7 @@ from durable_core.core._model import (
 )
 from durable_core.store import Store
 from durable_core.testing import TestEngine, check_deploy, export_run, replay
-from stores import MemoryStore, PostgresStore, SQLiteStore
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def any_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        store: Store = SQLiteStore(tmp_path / "s.db")
-    else:
-        url = request.getfixturevalue("pg_url")
-        store = PostgresStore(url, schema=request.getfixturevalue("pg_schema"), pool_max=2)
-    yield store
-    store.close()
+from stores import SQLiteStore
 
 
 def _reopened(app: App, eng: TestEngine) -> TestEngine:

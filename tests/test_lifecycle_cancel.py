@@ -568,21 +568,6 @@ def test_a_version_7_sqlite_database_gains_rerun_of(tmp_path: Any) -> None:
 # --------------------------------------------------------------------------- every store
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
-    if request.param == "memory":
-        store: Any = MemoryStore()
-    elif request.param == "sqlite":
-        from stores.sqlite import SQLiteStore
-
-        store = SQLiteStore(tmp_path / "cancel.db")
-    else:
-        from stores.postgres import PostgresStore
-
-        store = PostgresStore(request.getfixturevalue("pg_url"),
-                              schema=request.getfixturevalue("pg_schema"))
-    yield store
-    store.close()
 
 
 def test_cancel_on_timeouts_and_rerun_on_every_store(any_store: Any) -> None:

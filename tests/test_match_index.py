@@ -438,18 +438,6 @@ def test_functions_are_looked_up_by_key() -> None:
     assert [f.id for f in app.triggered_by({"name": "e", "data": {}})] == ["all"]
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        store: Store = SQLiteStore(tmp_path / "s.db")
-    else:
-        url = request.getfixturevalue("pg_url")
-        store = PostgresStore(url, schema=request.getfixturevalue("pg_schema"), pool_max=2)
-    yield store
-    store.close()
 
 
 def test_keyed_waits_resume_time_out_and_are_cancelled_through_the_engine(
