@@ -91,6 +91,7 @@ __all__ = [
     "lease_held",
     "lone_memo",
     "new_runs_to_create",
+    "notifies",
     "record_changes",
     "signal_accepted",
     "wait_changes",
@@ -256,9 +257,11 @@ class Store(Protocol):
     blocking stores from worker threads. Every write is durable when the method returns.
 
     Optional: ``wait_for_notify(timeout_s) -> bool``, blocking until a commit in any process
-    creates events, runs or signals (True, possibly spuriously) or until the timeout or
-    ``close()`` (False); the first call starts listening. A worker then wakes at once
-    instead of at its next poll (see docs/stores.md; ``stores.testing`` checks it)."""
+    creates events, runs or signals or ends a run (:func:`notifies`; True, possibly
+    spuriously) or until the timeout or ``close()`` (False); the first call starts
+    listening. A worker then wakes at once instead of at its next poll, and a
+    :class:`~durable_core.RunHandle` waiting for a result looks at its run only when one
+    ended (see docs/stores.md; ``stores.testing`` checks it)."""
 
     blocking: bool
     """True if calls do I/O (the trio driver then calls them from a thread)."""
@@ -608,6 +611,15 @@ def wait_found(wait_keys: Sequence[str], keys: Collection[str] | None) -> bool:
     if keys is None or not wait_keys:
         return True
     return any(k in keys for k in wait_keys)
+
+
+def notifies(batch: CommitBatch) -> bool:
+    """Whether a commit of ``batch`` wakes ``wait_for_notify`` listeners: it creates events,
+    runs or signals (work for workers), or a write gives a run a terminal status (a result
+    for those waiting on it). Journal writes and status changes that do not end a run wake
+    nobody. A store may wake listeners spuriously (for a write that was fenced, say)."""
+    return bool(batch.events or batch.runs or batch.signals) or any(
+        w.status is not None and w.status in TERMINAL_STATUSES for w in batch.writes)
 
 
 def cron_advances(cursors: Iterable[tuple[str, int]]) -> dict[str, int]:

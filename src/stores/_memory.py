@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import json
 import threading
+import time
 from collections.abc import Collection, Sequence
 
 import attrs
@@ -30,6 +31,7 @@ from durable_core.store import (
     lease_held,
     lone_memo,
     new_runs_to_create,
+    notifies,
     signal_accepted,
     wait_changes,
     write_accepted,
@@ -75,6 +77,10 @@ class MemoryStore:
         self._signals: dict[str, list[tuple[int, Signal]]] = {}
         self._signal_seq = 0
         self._cron: dict[str, int] = {}
+        self._wake = threading.Condition()  # wait_for_notify: commits counted
+        self._commits = 0
+        self._seen: int | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ events
 
@@ -82,7 +88,10 @@ class MemoryStore:
         """See :meth:`durable_core.Store.append_events`."""
         parsed = [_parse_event(text) for text in events]  # all or nothing
         with self._lock:
-            return [self._append_event(p, now) for p in parsed]
+            stored = [self._append_event(p, now) for p in parsed]
+        if stored:
+            self._notify()
+        return stored
 
     def _append_event(self, parsed: tuple[str, str, int, str], now: int) -> StoredEvent:
         event_id, name, ts, text = parsed
@@ -119,6 +128,12 @@ class MemoryStore:
 
     def commit(self, batch: CommitBatch) -> set[str]:
         """See :meth:`durable_core.Store.commit`."""
+        fenced = self._commit(batch)
+        if notifies(batch):
+            self._notify()
+        return fenced
+
+    def _commit(self, batch: CommitBatch) -> set[str]:
         with self._lock:
             lone = lone_memo(batch)
             if lone is not None:  # the hot path: one step's memo
@@ -404,5 +419,35 @@ class MemoryStore:
                     break
             return out
 
+    # ------------------------------------------------------------------ notifications
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._commits += 1
+            self._wake.notify_all()
+
+    def wait_for_notify(self, timeout_s: float) -> bool:
+        """Block until a commit created events, runs or signals or ended a run
+        (:func:`durable_core.store.notifies`), or until ``timeout_s`` seconds passed; True
+        if woken, False on timeout or once the store is closed. Listening starts on the
+        first call (commits before it are not heard); from then on none is missed."""
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        with self._wake:
+            if self._seen is None:
+                self._seen = self._commits  # listening starts now
+            while self._commits == self._seen and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.wait(remaining)
+            if self._closed:
+                return False
+            self._seen = self._commits
+            return True
+
     def close(self) -> None:
-        """Nothing to release."""
+        """Nothing to release; wakes a blocked :meth:`wait_for_notify` (which returns False
+        from then on)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()

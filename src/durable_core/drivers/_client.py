@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ from durable_core.base._serde import loads, return_hint
 from durable_core.core._function import App, Function
 from durable_core.core._model import TERMINAL_STATUSES, RunStatus
 from durable_core.drivers._clock import wall_clock_ms
+from durable_core.drivers._notify import notifications
 from durable_core.drivers._options import check_callable, check_count, check_store
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, run_view
@@ -27,6 +29,9 @@ __all__ = ["Client", "RunHandle"]
 
 _FIRST_POLL_S = 0.002
 _MAX_POLL_S = 0.1
+_RECHECK_S = 5.0
+"""With notifications, a waiting :class:`RunHandle` looks at its run at least this often
+(seconds) even if none came: a bound on a lost wake-up, not a poll."""
 
 
 def _function_ids(app: App) -> list[str]:
@@ -208,20 +213,45 @@ class RunHandle:
                              err.message if err is not None else "(no error recorded)")
 
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the run to end and return its output (see the class)."""
+        """Wait for the run to end and return its output (see the class).
+
+        On a store with ``wait_for_notify`` (PostgreSQL, SQLite, memory) the wait sleeps
+        until a commit ends a run (or creates work) and then looks at the run again, so it
+        reads the store once per notification, not on a timer; at most every
+        ``_RECHECK_S`` seconds it looks anyway. On a store without, it polls with a backoff
+        from 2 ms to 100 ms."""
         backoff = _Backoff(self.id, timeout)
-        while True:
-            done, value = self._outcome()
-            if done:
-                return value
-            time.sleep(backoff.next(value))
+        hub = notifications(self._client.store)
+        if hub is None:
+            while True:
+                done, value = self._outcome()
+                if done:
+                    return value
+                time.sleep(backoff.next(value))
+        seen = hub.subscribe()  # before the first look: an end after it is heard
+        try:
+            while True:
+                done, value = self._outcome()
+                if done:
+                    return value
+                recheck = time.monotonic() + _RECHECK_S
+                while True:
+                    left = backoff.left(value, recheck)
+                    now = hub.wait(seen, left)
+                    if now != seen or time.monotonic() >= recheck:
+                        seen = now
+                        break
+        finally:
+            hub.unsubscribe()
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result()`` for trio and asyncio code: the store is read in a worker thread and
-        the waits are the event loop's, so the loop keeps running."""
+        the waits are the event loop's (woken by the store's notifications where it has
+        them), so the loop keeps running and no thread is held while waiting."""
         import sniffio
 
-        if sniffio.current_async_library() == "trio":
+        trio_host = sniffio.current_async_library() == "trio"
+        if trio_host:
             import trio
 
             to_thread: Any = trio.to_thread.run_sync
@@ -231,11 +261,74 @@ class RunHandle:
 
             to_thread, sleep = asyncio.to_thread, asyncio.sleep
         backoff = _Backoff(self.id, timeout)
-        while True:
-            done, value = await to_thread(self._outcome)
-            if done:
-                return value
-            await sleep(backoff.next(value))
+        hub = notifications(self._client.store)
+        if hub is None:
+            while True:
+                done, value = await to_thread(self._outcome)
+                if done:
+                    return value
+                await sleep(backoff.next(value))
+        seen = await to_thread(hub.subscribe)
+        try:
+            wake = _AsyncWake(trio_host)
+            hub.add_callback(wake.set)
+            try:
+                while True:
+                    done, value = await to_thread(self._outcome)
+                    if done:
+                        return value
+                    recheck = time.monotonic() + _RECHECK_S
+                    while hub.count == seen and time.monotonic() < recheck:
+                        await wake.wait(backoff.left(value, recheck))
+                    seen = hub.count
+            finally:
+                hub.remove_callback(wake.set)
+        finally:
+            hub.unsubscribe()
+
+
+class _AsyncWake:
+    """An event of the running trio or asyncio loop, set from any thread (the store's
+    listening thread) and cleared by the waiter."""
+
+    def __init__(self, trio_host: bool) -> None:
+        self._trio = trio_host
+        if trio_host:
+            import trio
+
+            self._token: Any = trio.lowlevel.current_trio_token()
+            self._event: Any = trio.Event()
+        else:
+            import asyncio
+
+            self._loop: Any = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+
+    def set(self) -> None:
+        """Set the event, from any thread (a closed loop is ignored)."""
+        if self._trio:
+            import trio
+
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._event.set)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until set or ``timeout`` seconds passed, then clear."""
+        if self._trio:
+            import trio
+
+            with trio.move_on_after(timeout):
+                await self._event.wait()
+            self._event = trio.Event()
+        else:
+            import asyncio
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+            self._event.clear()
 
 
 class _Backoff:
@@ -261,6 +354,17 @@ class _Backoff:
         if left <= 0:
             raise RunTimeoutError(self.run_id, status, float(self.timeout or 0))
         return min(pause, left)
+
+    def left(self, status: str, until: float) -> float:
+        """Seconds from now to ``until`` (monotonic) or the deadline, whichever is first;
+        raises :class:`RunTimeoutError` (the run is ``status``) once the deadline has
+        passed."""
+        now = time.monotonic()
+        if self.deadline is not None:
+            if self.deadline <= now:
+                raise RunTimeoutError(self.run_id, status, float(self.timeout or 0))
+            until = min(until, self.deadline)
+        return max(until - now, 0.0)
 
 
 def _check_timeout(timeout: float) -> float:

@@ -25,9 +25,10 @@ transaction-scoped advisory locks on run ids and idempotency keys. Locks are alw
 the same order (advisory locks, event counter, run rows by id, then waits, events and cron
 rows), so commits do not deadlock one another; a deadlock would be retried.
 
-Every commit that creates events, runs or signals sends a ``NOTIFY`` on a channel named after
-the schema; :meth:`PostgresStore.wait_for_notify` blocks until one arrives. Polling remains the
-fallback: notifications are a latency optimisation, never needed for correctness.
+Every commit that creates events, runs or signals or ends a run sends a ``NOTIFY`` on a
+channel named after the schema; :meth:`PostgresStore.wait_for_notify` blocks until one
+arrives. Polling remains the fallback: notifications are a latency optimisation, never
+needed for correctness.
 
 Limitations: PostgreSQL ``text`` cannot hold NUL characters (``"\\x00"``), nor can Python
 strings with lone surrogates be encoded; such values raise :class:`~durable_core.StoreError`.
@@ -68,6 +69,7 @@ from durable_core.store import (
     fold_writes,
     lone_memo,
     new_runs_to_create,
+    notifies,
     wait_changes,
     wait_records,
 )
@@ -1033,7 +1035,7 @@ class PostgresStore:
         parsed = [_parse_event(text) for text in batch.events]
         folded = fold_writes(batch.writes)
         if not parsed and not batch.runs:
-            shape, params = self._core(batch, folded, set(), notify=bool(batch.signals))
+            shape, params = self._core(batch, folded, set(), notify=notifies(batch))
             query = self._q.core(shape)
             row = self._run_conn(lambda conn: conn.execute(query, params).fetchone())
             return self._fenced(batch, row)
@@ -1333,9 +1335,10 @@ class PostgresStore:
     # ------------------------------------------------------------------ notifications
 
     def wait_for_notify(self, timeout_s: float) -> bool:
-        """Block until a commit (from any process) created events, runs or signals in this
-        schema, or until ``timeout_s`` seconds passed. Returns True if woken by a
-        notification, False on timeout or when the store is closed.
+        """Block until a commit (from any process) created events, runs or signals or ended
+        a run in this schema (:func:`durable_core.store.notifies`), or until ``timeout_s``
+        seconds passed. Returns True if woken by a notification, False on timeout or when
+        the store is closed.
 
         Uses one dedicated connection, opened (and ``LISTEN``-ing) on the first call:
         notifications sent before that are not seen, so callers should poll after the first

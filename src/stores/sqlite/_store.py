@@ -60,6 +60,7 @@ from durable_core.store import (
     is_journal_only,
     lone_memo,
     new_runs_to_create,
+    notifies,
     record_changes,
     signal_accepted,
     wait_changes,
@@ -903,7 +904,8 @@ class SQLiteStore:
             return None
 
     def _notify(self) -> None:
-        """After a commit that created events, runs or signals: wake listeners."""
+        """After a commit that created events, runs or signals or ended a run
+        (:func:`durable_core.store.notifies`): wake listeners."""
         with self._lock:  # not while close() closes the file
             if self._wake is not None:
                 self._wake.notify()
@@ -1056,7 +1058,7 @@ class SQLiteStore:
                 fenced = set()
             else:
                 fenced = self._commit(conn, batch)
-        if batch.events or batch.runs or batch.signals:
+        if notifies(batch):
             self._notify()
         return fenced
 

@@ -68,6 +68,7 @@ from hypothesis.stateful import (
 from durable_core.base._errors import RunNotFoundError
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
+    ALL_SIGNALS,
     DEDUPE_WINDOW_MS,
     Claim,
     CommitBatch,
@@ -81,6 +82,7 @@ from durable_core.store import (
     due_at,
     fold_writes,
     lease_held,
+    notifies,
     wait_found,
     write_accepted,
 )
@@ -1404,8 +1406,25 @@ class StoreConformance:
         assert store.commit(CommitBatch(now=T0, signals=(("r1", Signal("event", "k", "{}")),))
                             ) == set()
         assert wait(30) is True
+        # A write that ends a run wakes listeners too (a RunHandle waits for it).
+        c = claim(store, "r1", now=T0 + 1)
+        assert write(store, RunWrite("r1", c.run.epoch, status="completed", output="1",
+                                     consumed_signals=ALL_SIGNALS), now=T0 + 2) == set()
+        assert wait(30) is True
         store.close()
         assert wait(600) is False
+
+    def test_notifies_rule(self) -> None:
+        """:func:`durable_core.store.notifies`: events, runs, signals and run ends wake
+        listeners; journal writes and statuses that do not end a run do not."""
+        assert notifies(CommitBatch(now=T0, events=(event_json("e1"),)))
+        assert notifies(CommitBatch(now=T0, runs=(new_run("r1"),)))
+        assert notifies(CommitBatch(now=T0, signals=(("r1", Signal("event", "k", "{}")),)))
+        for status in ("completed", "failed", "cancelled"):
+            assert notifies(CommitBatch(now=T0, writes=(RunWrite("r1", 1, status=status),)))
+        assert not notifies(CommitBatch(now=T0, writes=(RunWrite("r1", 1, entries(0, 1)),)))
+        assert not notifies(CommitBatch(now=T0, writes=(
+            RunWrite("r1", 1, status="sleeping", wake_at=T0 + 1),)))
 
     # ------------------------------------------------------------------ stateful
 
