@@ -351,11 +351,33 @@ class Store(Protocol):
         event_id: str | None = None,
         limit: int = 100,
         exclude_function_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
         """Runs matching every filter given, newest first (creation order), at most
         ``limit`` (``<= 0``: none). ``event_id`` matches runs triggered by that event;
         ``exclude_function_ids`` keeps runs of other functions only (with an app's function
-        ids and ``status="queued"``: the runs no worker of that app will ever claim)."""
+        ids and ``status="queued"``: the runs no worker of that app will ever claim).
+        ``since``/``until`` keep runs created at ``since <= created_at < until``.
+        ``before`` is the paging cursor: a run id (the last run of the previous page) whose
+        elders, in creation order, are listed; an unknown id lists none."""
+        ...
+
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Events in the log, newest first (``seq`` order), duplicates included, at most
+        ``limit`` (``<= 0``: none). ``name`` keeps the events of that name; ``since`` /
+        ``until`` keep those received at ``since <= received_at < until``; ``before`` is
+        the paging cursor: an event ``seq`` (the last event of the previous page), only
+        events with a smaller ``seq`` are listed."""
         ...
 
     def get_event(self, event_id: str) -> StoredEvent | None:

@@ -124,6 +124,34 @@ class MemoryStore:
         with self._lock:
             return self._events_by_id.get(event_id)
 
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.list_events`."""
+        with self._lock:
+            out: list[StoredEvent] = []
+            if limit <= 0:
+                return out
+            for ev in reversed(self._events):
+                if before is not None and ev.seq >= before:
+                    continue
+                if name is not None and ev.name != name:
+                    continue
+                if since is not None and ev.received_at < since:
+                    continue
+                if until is not None and ev.received_at >= until:
+                    continue
+                out.append(ev)
+                if len(out) >= limit:
+                    break
+            return out
+
     # ------------------------------------------------------------------ commit
 
     def commit(self, batch: CommitBatch) -> set[str]:
@@ -397,6 +425,9 @@ class MemoryStore:
         event_id: str | None = None,
         limit: int = 100,
         exclude_function_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         with self._lock:
@@ -404,8 +435,17 @@ class MemoryStore:
             if limit <= 0:
                 return out
             exclude = set(exclude_function_ids or ())
-            for run_id in reversed(self._run_order):
+            order = self._run_order
+            if before is not None:
+                if before not in self._runs:
+                    return out
+                order = order[:order.index(before)]
+            for run_id in reversed(order):
                 run = self._runs[run_id]
+                if since is not None and run.created_at < since:
+                    continue
+                if until is not None and run.created_at >= until:
+                    continue
                 if function_id is not None and run.function_id != function_id:
                     continue
                 if run.function_id in exclude:

@@ -330,7 +330,7 @@ class _Queries:
 
         self._schema = schema
         self._core_cache: dict[_CoreShape, LiteralString] = {}
-        self._list_cache: dict[tuple[bool, bool, bool, bool], LiteralString] = {}
+        self._list_cache: dict[tuple[object, ...], LiteralString] = {}
         self.event_seqs = r(
             "UPDATE {counters} SET value = value + %s WHERE name = 'events' RETURNING value"
         )
@@ -481,13 +481,20 @@ class _Queries:
         )
 
     def list_runs(
-        self, function_id: bool, status: bool, event_id: bool, exclude: bool = False
+        self, function_id: bool, status: bool, event_id: bool, exclude: bool = False,
+        since: bool = False, until: bool = False, before: bool = False,
     ) -> LiteralString:
         """The list_runs query for a combination of filters."""
-        key = (function_id, status, event_id, exclude)
+        key = (function_id, status, event_id, exclude, since, until, before)
         query = self._list_cache.get(key)
         if query is None:
             conds: list[LiteralString] = ["true"]
+            if since:
+                conds.append("r.created_at >= %(since)s::bigint")
+            if until:
+                conds.append("r.created_at < %(until)s::bigint")
+            if before:
+                conds.append("r.ord < (SELECT ord FROM {runs} WHERE id = %(before)s)")
             if function_id:
                 conds.append("r.function_id = %(function_id)s")
             if exclude:
@@ -502,6 +509,29 @@ class _Queries:
             query = _render(
                 "SELECT " + _RUN_COLS + " FROM {runs} AS r WHERE " + " AND ".join(conds)
                 + " ORDER BY " + order + " LIMIT %(limit)s",
+                self._schema,
+            )
+            self._list_cache[key] = query
+        return query
+
+    def list_events(self, name: bool, since: bool, until: bool, before: bool
+                    ) -> LiteralString:
+        """The list_events query for a combination of filters."""
+        key = ("events", name, since, until, before)
+        query = self._list_cache.get(key)
+        if query is None:
+            conds: list[LiteralString] = ["true"]
+            if name:
+                conds.append("name = %(name)s")
+            if since:
+                conds.append("received_at >= %(since)s::bigint")
+            if until:
+                conds.append("received_at < %(until)s::bigint")
+            if before:
+                conds.append("seq < %(before)s::bigint")
+            query = _render(
+                "SELECT " + _EVENT_COLS + " FROM {events} WHERE " + " AND ".join(conds)
+                + " ORDER BY seq DESC LIMIT %(limit)s",
                 self._schema,
             )
             self._list_cache[key] = query
@@ -1324,13 +1354,34 @@ class PostgresStore:
         event_id: str | None = None,
         limit: int = 100,
         exclude_function_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         query = self._q.list_runs(function_id is not None, status is not None,
-                                  event_id is not None, bool(exclude_function_ids))
+                                  event_id is not None, bool(exclude_function_ids),
+                                  since is not None, until is not None, before is not None)
         params = {"function_id": function_id, "status": status, "event_id": event_id,
-                  "limit": max(limit, 0), "exclude": list(exclude_function_ids or ())}
+                  "limit": max(limit, 0), "exclude": list(exclude_function_ids or ()),
+                  "since": since, "until": until, "before": before}
         return [_run(row) for row in self._read(query, params)]
+
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.list_events`."""
+        query = self._q.list_events(name is not None, since is not None, until is not None,
+                                    before is not None)
+        params = {"name": name, "since": since, "until": until, "before": before,
+                  "limit": max(limit, 0)}
+        return [_event(row) for row in self._read(query, params)]
 
     # ------------------------------------------------------------------ notifications
 
