@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from durable_core.base._durations import parse_instant, to_ms
 from durable_core.base._errors import (
     RunFailedError,
     RunTimeoutError,
@@ -23,7 +25,7 @@ from durable_core.drivers._notify import notifications
 from durable_core.drivers._options import check_callable, check_count, check_store
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, run_view
-from durable_core.store import Store
+from durable_core.store import Store, StoredEvent
 
 __all__ = ["Client", "RunHandle"]
 
@@ -132,14 +134,25 @@ class Client:
         *,
         limit: int = 100,
         unclaimable_by: App | None = None,
+        since: dt.datetime | str | None = None,
+        until: dt.datetime | str | None = None,
+        before: str | None = None,
     ) -> list[RunView]:
         """Runs matching the filters, newest first.
 
         ``unclaimable_by=app`` keeps only the runs of functions ``app`` does not define
         (renamed, removed, or another app's): a worker of ``app`` never claims them. With
         ``status="queued"`` these are the runs waiting for a worker that ``app`` cannot
-        supply; see :meth:`unclaimable_runs`."""
+        supply; see :meth:`unclaimable_runs`. ``since``/``until`` (aware datetimes or
+        ISO 8601 texts with an offset) keep the runs created in ``[since, until)``;
+        ``before`` (a run id: the last one of the previous page) lists the runs created
+        before it, for paging."""
         check_count("Client.list_runs", "limit", limit, 0)
+        window = _window("Client.list_runs", since, until)
+        if before is not None and not isinstance(before, str):
+            raise ValidationError(
+                f"Client.list_runs(before=...) must be a run id, got {type(before).__name__}",
+                field="before")
         if unclaimable_by is not None and not isinstance(unclaimable_by, App):
             raise ValidationError(
                 "Client.list_runs(unclaimable_by=...) must be an App, got "
@@ -149,9 +162,31 @@ class Client:
             run_view(r, self.store.load_journal(r.id))
             for r in self.store.list_runs(
                 function_id=function_id, status=status, event_id=event_id, limit=limit,
-                exclude_function_ids=exclude,
+                exclude_function_ids=exclude, since=window[0], until=window[1],
+                before=before,
             )
         ]
+
+    def list_events(
+        self,
+        name: str | None = None,
+        *,
+        since: dt.datetime | str | None = None,
+        until: dt.datetime | str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Events the store received, newest first, duplicates included (flagged): by
+        ``name``, received in ``[since, until)``, and for paging ``before`` an event's
+        ``seq`` (the last one of the previous page)."""
+        check_count("Client.list_events", "limit", limit, 0)
+        window = _window("Client.list_events", since, until)
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise ValidationError(
+                f"Client.list_events(before=...) must be an event seq (int), got {before!r}",
+                field="before")
+        return self.store.list_events(name=name, since=window[0], until=window[1],
+                                      before=before, limit=limit)
 
     def unclaimable_runs(self, app: App, *, limit: int = 100) -> list[RunView]:
         """Queued runs that no worker of ``app`` will ever claim, newest first: their
@@ -365,6 +400,19 @@ class _Backoff:
                 raise RunTimeoutError(self.run_id, status, float(self.timeout or 0))
             until = min(until, self.deadline)
         return max(until - now, 0.0)
+
+
+def _window(where: str, since: dt.datetime | str | None, until: dt.datetime | str | None
+            ) -> tuple[int | None, int | None]:
+    """``since``/``until`` as epoch ms (None stays None); bad values are a
+    :class:`ValidationError` naming the argument."""
+    out: list[int | None] = []
+    for field, value in (("since", since), ("until", until)):
+        if value is None:
+            out.append(None)
+        else:
+            out.append(to_ms(parse_instant(value, field=f"{where}({field})")))
+    return out[0], out[1]
 
 
 def _check_timeout(timeout: float) -> float:

@@ -22,6 +22,11 @@ Python to decode (``{"$undecodable": "<why>"}``): the run and its other steps st
 viewable; the stored text is unchanged."""
 
 
+def _iso(ms: int | None) -> str | None:
+    """A time in the JSON forms: ISO 8601 in UTC (None stays None)."""
+    return None if ms is None else from_ms(ms).isoformat()
+
+
 def _decode(text: str | None, what: str) -> Any:
     """A stored JSON value, or the placeholder if it is nested too deep to decode."""
     if text is None:
@@ -62,8 +67,8 @@ class StepView:
             "attempts": self.attempts,
             "output": self.output,
             "error": None if self.error is None else self.error.to_dict(),
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
+            "started_at": _iso(self.started_at),
+            "ended_at": _iso(self.ended_at),
         }
 
 
@@ -94,8 +99,8 @@ class RunView:
             "status": self.status,
             "output": self.output,
             "error": None if self.error is None else self.error.to_dict(),
-            "created_at": from_ms(self.created_at).isoformat(),
-            "ended_at": None if self.ended_at is None else from_ms(self.ended_at).isoformat(),
+            "created_at": _iso(self.created_at),
+            "ended_at": _iso(self.ended_at),
             "event_ids": list(self.event_ids),
             "parent_run_id": self.parent_run_id,
             "steps": [s.to_dict() for s in self.steps],
