@@ -40,6 +40,7 @@ ABANDONED = "abandoned"
 
 _OPEN_STEP_STATUSES = frozenset({"running", "retrying", "sleeping", "waiting"})
 _BAR = 24  # width of the timeline bars
+_DETAIL = 60  # a step's output or error in the timeline table is cut beyond this
 
 
 def console(file: Any = None) -> Console:
@@ -193,9 +194,9 @@ def run_timeline(run: RunView, now: int) -> RenderableType:
         start = None if s.started_at is None else s.started_at - t0
         duration = _step_duration(s)
         if s.error is not None:
-            detail = Text(clip(f"{s.error.type}: {s.error.message}"), style="red")
+            detail = Text(clip(f"{s.error.type}: {s.error.message}", _DETAIL), style="red")
         elif s.output is not None or s.status == "completed":
-            detail = Text(clip(_value(s.output)))
+            detail = Text(clip(_value(s.output), _DETAIL))
         else:
             detail = Text("")
         bar = ""
