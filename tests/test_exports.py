@@ -53,8 +53,8 @@ PINNED: dict[str, list[str]] = {
         "RunChange", "RunRecord", "RunWrite", "Store", "StoredEvent", "WaitRecord",
         "apply_change", "cron_advances", "due_at", "event_is_duplicate", "flag_duplicates",
         "fold_writes", "is_journal_only", "lease_held", "lone_memo", "new_runs_to_create",
-        "record_changes", "signal_accepted", "wait_changes", "wait_found", "wait_records",
-        "write_accepted",
+        "notifies", "record_changes", "signal_accepted", "wait_changes", "wait_found",
+        "wait_records", "write_accepted",
     ],
     "durable_core.demo": ["app", "charge_card", "process_order"],
     "durable_core.protocol": [

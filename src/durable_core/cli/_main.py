@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import durable_core.cli._render as _render
 from durable_core.base._durations import from_ms
 from durable_core.base._errors import DurableError
 from durable_core.base._events import Event
@@ -286,7 +287,6 @@ def _now_ms() -> int:
 
 
 def _cmd_runs_list(args: argparse.Namespace) -> int:
-    from durable_core.cli import _render
     from durable_core.drivers._client import Client
 
     unclaimable_by = None
@@ -318,7 +318,6 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
-    from durable_core.cli import _render
     from durable_core.drivers._client import Client
 
     store = _open_store(args.store, existing=True)
@@ -342,7 +341,6 @@ def _follow(client: Any, run: RunView, as_json: bool) -> int:
     """Show ``run`` again whenever it changes, until it ends. On a terminal, in place;
     else (a pipe, a file) each change once more, after a blank line; with ``--json``, one
     JSON line per change."""
-    from durable_core.cli import _render
     from durable_core.core._model import TERMINAL_STATUSES
     from durable_core.drivers._notify import notifications
 
@@ -394,7 +392,6 @@ def _cmd_runs_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_events_list(args: argparse.Namespace) -> int:
-    from durable_core.cli import _render
     from durable_core.drivers._client import Client
 
     client = Client(_open_store(args.store, existing=True))
@@ -426,7 +423,6 @@ def _cmd_events_list(args: argparse.Namespace) -> int:
 def _cmd_events_show(args: argparse.Namespace) -> int:
     from rich.text import Text
 
-    from durable_core.cli import _render
     from durable_core.drivers._client import Client
 
     app = None if args.app is None else _load_app(args.app)
