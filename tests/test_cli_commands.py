@@ -8,6 +8,9 @@ import datetime as dt
 import json
 import os
 import pathlib
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -319,3 +322,91 @@ def test_an_output_file_in_a_missing_directory_is_one_line(tmp_path: pathlib.Pat
                      str(tmp_path / "missing" / "run.json"), code=2)
     assert "No such file or directory" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- docs/operating.md
+
+OPERATING = HERE.parent / "docs" / "operating.md"
+_CONSOLE = re.compile(r"```console\n(.*?)```", re.S)
+_LONG_RUNNING = ("durable worker", "durable serve")
+_EXIT_CODES = {"durable runs wait <run id>": 1}  # the page: a cancelled run's wait exits 1
+
+
+def operating_commands() -> list[tuple[str, list[str]]]:
+    """The page's commands (``$ ...`` lines of its console blocks), in order, each with the
+    output lines the page shows for it."""
+    out: list[tuple[str, list[str]]] = []
+    for block in _CONSOLE.findall(OPERATING.read_text(encoding="utf-8")):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                out.append((line[2:], []))
+            elif line.strip():
+                out[-1][1].append(line)
+    return out
+
+
+def _shown(expected: list[str], got: str) -> None:
+    """Each output line the page shows is a line of ``got`` (``...`` stands for lines left
+    out; ``<worker id>`` for a generated id)."""
+    lines = [ln.rstrip() for ln in got.splitlines()]
+    for want in expected:
+        if want == "...":
+            continue
+        pattern = re.escape(want).replace(re.escape("<worker id>"), r"\S+")
+        assert any(re.fullmatch(pattern, ln) for ln in lines), (want, got)
+
+
+def test_the_operating_page_runs(url: str, tmp_path: pathlib.Path) -> None:
+    """Every command of docs/operating.md runs, in order, and prints what the page shows."""
+    (tmp_path / "shop.py").write_text("from cli_show_app import app\n", encoding="utf-8")
+    env = _env()
+    background: list[subprocess.Popen[str]] = []
+    commands = operating_commands()
+    assert len(commands) >= 15
+    store: Store | None = None
+
+    def newest_run() -> str:
+        assert store is not None
+        return store.list_runs(limit=1)[0].id
+
+    try:
+        for command, expected in commands:
+            if command.startswith("export DURABLE_STORE="):
+                # The page's SQLite file, or the PostgreSQL schema of this test.
+                env["DURABLE_STORE"] = ("sqlite:///shop.db" if url.startswith("sqlite")
+                                        else url)
+                continue
+            assert command.startswith("durable "), command
+            args = shlex.split(command.replace("<run id>", newest_run())
+                               if "<run id>" in command else command)
+            argv = [*DURABLE, *args[1:]]
+            if command.startswith(_LONG_RUNNING):
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, cwd=tmp_path, env=env)
+                background.append(proc)
+                first = _read_until(proc, "(Ctrl-C to stop)")
+                _shown([e.replace("sqlite:///shop.db", env["DURABLE_STORE"])
+                        for e in expected], first)
+                if command.startswith("durable serve"):
+                    proc.send_signal(signal.SIGINT)
+                    assert proc.wait(60) == 0
+                if store is None:
+                    store = stores.open(env["DURABLE_STORE"] if url.startswith("postgres")
+                                        else f"sqlite:///{tmp_path / 'shop.db'}")
+                continue
+            done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env,
+                                  timeout=120, check=False)
+            assert done.returncode == _EXIT_CODES.get(command, 0), (
+                command, done.stdout, done.stderr)
+            _shown(expected, done.stdout)
+    finally:
+        for proc in background:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if store is not None:
+            store.close()
