@@ -292,6 +292,12 @@ def test_runs_show_follow_until_the_run_ends(url: str, store: Store,
         assert docs[0]["status"] == "waiting" and docs[-1]["status"] == "completed"
         assert docs[-1]["output"] == "shipped"
         assert [s["status"] for s in docs[-1]["steps"]] == ["completed", "completed"]
+        # The event that ended the wait resumed the run (and started none).
+        [picked] = as_json("events", "list", "--name", "shop/picked", "--store", url)
+        shown = as_json("events", "show", picked["id"], "--store", url)
+        assert shown["runs"] == [] and [r["id"] for r in shown["runs_resumed"]] == [run.id]
+        out, _ = durable("events", "show", picked["id"], "--store", url)
+        assert "resumed 1 waiting run(s):" in out and run.id in out
     else:
         assert f"run {run.id}" in first
         last = rest.split(f"run {run.id}")[-1]

@@ -437,11 +437,13 @@ def _cmd_events_show(args: argparse.Namespace) -> int:
                                                limit=1000)
                   if d.id == ev.id and d.duplicate]
     runs = client.list_runs(event_id=ev.id, limit=1000)
+    resumed = _resumed_runs(client, ev)
     why = None if runs else _why_no_runs(store, ev, app)
     if args.json:
         doc = _render.event_json(ev)
         doc["payload"] = json.loads(ev.data)
         doc["runs"] = [_render.run_json(r, steps=False) for r in runs]
+        doc["runs_resumed"] = [_render.run_json(r, steps=False) for r in resumed]
         doc["duplicates"] = [_render.iso(d.received_at) for d in duplicates]
         doc["why_no_runs"] = why
         print(json.dumps(doc, indent=2, ensure_ascii=False))
@@ -463,7 +465,33 @@ def _cmd_events_show(args: argparse.Namespace) -> int:
         out.print(_render.runs_table(runs, _now_ms()))
     else:
         out.print(Text(f"started no run: {why}", style="yellow"))
+    if resumed:
+        out.print(Text(f"resumed {len(resumed)} waiting run(s):", style="bold"))
+        out.print(_render.runs_table(resumed, _now_ms()))
     return 0
+
+
+_RESUMED_SCAN = 500
+"""``events show`` looks for the runs an event resumed among this many runs created before
+it (newest first): a wait only matches events sent after it started."""
+
+
+def _resumed_runs(client: Any, ev: Any) -> list[RunView]:
+    """The runs whose ``wait_for_event`` the event ended, among the :data:`_RESUMED_SCAN`
+    newest runs created before it was received: their journals record the event."""
+    found = []
+    for record in client.store.list_runs(until=ev.received_at + 1, limit=_RESUMED_SCAN):
+        for entry in client.store.load_journal(record.id):
+            if entry.kind != "wait_for_event" or entry.op != "completed":
+                continue
+            try:
+                got = json.loads(entry.data).get("output")
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(got, dict) and got.get("id") == ev.id and got.get("name") == ev.name:
+                found.append(client.get_run(record.id))
+                break
+    return found
 
 
 def _why_no_runs(store: Any, ev: Any, app: App | None) -> str:
