@@ -233,3 +233,53 @@ def test_a_store_without_notifications_is_polled_with_a_bounded_backoff(
     with BackgroundWorker(app, store, poll_interval=0.05) as bg:
         assert bg.client.run(receipt, {"order": 2}).result(timeout=60) == Receipt(
             2, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_result_async_leaves_the_event_loop_free_while_it_waits(library: str) -> None:
+    """While ``result_async`` waits for a notification, the caller's loop runs other tasks:
+    here the task that sees the waiter parked (its callback registered, no thread held)
+    and then starts the worker that ends the run."""
+    from durable_core.drivers import _notify
+
+    store = stores.MemoryStore()
+    client = Client(store, app=app)
+    handle = client.run(receipt, {"order": 9})
+    hub = _notify.notifications(store)
+    assert hub is not None
+
+    def parked() -> bool:
+        return len(hub._callbacks) == 1
+
+    async def on_asyncio() -> object:
+        waiter = asyncio.create_task(handle.result_async(timeout=120))
+        while not parked():
+            await asyncio.sleep(0.01)
+        assert not waiter.done()
+        with BackgroundWorker(app, store, poll_interval=0.05):
+            return await waiter
+
+    async def on_trio() -> object:
+        got: list[object] = []
+
+        async def wait() -> None:
+            got.append(await handle.result_async(timeout=120))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            while not parked():
+                await trio.sleep(0.01)
+            assert not got
+            bg = BackgroundWorker(app, store, poll_interval=0.05)
+            await trio.to_thread.run_sync(bg.start)
+            try:
+                with trio.fail_after(120):
+                    while not got:
+                        await trio.sleep(0.01)
+            finally:
+                await trio.to_thread.run_sync(bg.stop)
+        return got[0]
+
+    result = asyncio.run(on_asyncio()) if library == "asyncio" else trio.run(on_trio)
+    assert result == Receipt(9, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    assert hub._callbacks == set()
