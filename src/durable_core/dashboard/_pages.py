@@ -436,10 +436,13 @@ def event_row(ev: StoredEvent) -> dict[str, Any]:
 
 
 def events_page(store: Store, sent_here: Iterable[str]) -> dict[str, Any]:
-    """Events reachable without an event listing in the store contract: those not yet
+    """The newest events (the store's ``list_events``; duplicates left out), those not yet
     routed, those that started one of the newest runs, and those sent from this server."""
     seen: dict[str, dict[str, Any]] = {}
     pending = [event_row(ev) for ev in store.unrouted_events(100)]
+    for ev in store.list_events(limit=100):
+        if not ev.duplicate:
+            seen.setdefault(ev.id, event_row(ev))
     for ev_id in sent_here:
         ev = store.get_event(ev_id)
         if ev is not None:
