@@ -440,9 +440,9 @@ def events_page(store: Store, sent_here: Iterable[str]) -> dict[str, Any]:
     routed, those that started one of the newest runs, and those sent from this server."""
     seen: dict[str, dict[str, Any]] = {}
     pending = [event_row(ev) for ev in store.unrouted_events(100)]
-    for ev in store.list_events(limit=100):
-        if not ev.duplicate:
-            seen.setdefault(ev.id, event_row(ev))
+    for newest in store.list_events(limit=100):
+        if not newest.duplicate:
+            seen.setdefault(newest.id, event_row(newest))
     for ev_id in sent_here:
         ev = store.get_event(ev_id)
         if ev is not None:

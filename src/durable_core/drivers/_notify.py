@@ -42,9 +42,10 @@ def notifications(store: object) -> Notifications | None:
         try:
             hub = _hubs.get(store)
         except TypeError:  # a store that cannot be weakly referenced: no sharing possible
-            return Notifications(wait)
+            return Notifications(lambda: store)
         if hub is None:
-            hub = _hubs[store] = Notifications(wait)
+            # The hub refers to its store weakly: the registry must not keep it alive.
+            hub = _hubs[store] = Notifications(weakref.ref(store))
         return hub
 
 
@@ -54,8 +55,8 @@ class Notifications:
     saw. A count that moves may be spurious (the store's True may be, and an outage that
     ends counts as one: wake-ups may have been missed); waiters then look at the store."""
 
-    def __init__(self, wait_for_notify: Callable[[float], bool]) -> None:
-        self._wait_for_notify = wait_for_notify
+    def __init__(self, store: Callable[[], object | None]) -> None:
+        self._store = store  # the store, or None once it is gone
         self._cond = threading.Condition()
         self._count = 0
         self._users = 0
@@ -133,8 +134,14 @@ class Notifications:
                     return
             started = time.monotonic()
             timeout = 0.0 if first else _LISTEN_S
+            store = self._store()
+            if store is None:  # nobody can commit to it any more
+                self._bump(started=True)
+                with self._cond:
+                    self._thread = None
+                return
             try:
-                woken = self._wait_for_notify(timeout)
+                woken = bool(store.wait_for_notify(timeout))  # type: ignore[attr-defined]
             except Exception as exc:  # wake-ups only save latency
                 if not failing:
                     log.warning("listening for notifications failed: %s; retrying with "
@@ -145,6 +152,8 @@ class Notifications:
                 time.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
+            finally:
+                del store
             if failing:
                 log.warning("listening for notifications works again")
                 failing, delay, woken = False, _RETRY_MIN, True
