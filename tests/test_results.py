@@ -283,3 +283,26 @@ def test_result_async_leaves_the_event_loop_free_while_it_waits(library: str) ->
     result = asyncio.run(on_asyncio()) if library == "asyncio" else trio.run(on_trio)
     assert result == Receipt(9, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
     assert hub._callbacks == set()
+
+
+def test_a_store_is_not_kept_alive_by_its_notifications() -> None:
+    """The process's one listener per store refers to the store weakly: a store nobody
+    uses any more is collected (with its listener) after its waiters are done."""
+    import gc
+    import weakref
+
+    from durable_core.drivers import _notify
+
+    store = stores.MemoryStore()
+    client = Client(store, app=app)
+    handle = client.run(receipt, {"order": 1})
+    with BackgroundWorker(app, store, poll_interval=0.05):
+        handle.result(timeout=60)
+    hub = _notify.notifications(store)
+    assert hub is not None
+    # Nobody waits any more: the listener stops after its current call.
+    assert hub.wait_until(lambda: hub._thread is None, 60)
+    gone = weakref.ref(store)
+    del store, client, handle
+    gc.collect()
+    assert gone() is None

@@ -131,6 +131,7 @@ class Notifications:
             with self._cond:
                 if self._users == 0:
                     self._thread = None
+                    self._cond.notify_all()  # for wait_until
                     return
             started = time.monotonic()
             timeout = 0.0 if first else _LISTEN_S
