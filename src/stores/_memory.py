@@ -461,6 +461,16 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ notifications
 
+    def __getstate__(self) -> dict[str, object]:
+        # A copy (the simulator snapshots a store) gets a wake-up condition of its own.
+        state = self.__dict__.copy()
+        del state["_wake"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._wake = threading.Condition()
+
     def _notify(self) -> None:
         with self._wake:
             self._commits += 1
