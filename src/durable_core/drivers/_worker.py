@@ -262,7 +262,10 @@ class Worker:
             if self._blocking:
                 nursery.start_soon(self._committer)
             nursery.start_soon(self._renewer)
-            if callable(getattr(self.store, "wait_for_notify", None)):
+            # A store that does no I/O (memory) lives in this process: whoever commits to
+            # it here wakes the worker directly (on_send), and the worker stays free of
+            # threads (testable on trio's virtual clock).
+            if self._blocking and callable(getattr(self.store, "wait_for_notify", None)):
                 nursery.start_soon(self._listener)
             if handle_signals:
                 nursery.start_soon(self._signal_watcher)
