@@ -10,6 +10,9 @@ the step counts: what is left is the cost of one step (imports and start-up canc
 
 runs both under ``valgrind --tool=callgrind`` and prints the instructions (Ir) per step.
 ``--path worker`` measures the trio worker with the memory store instead (async bodies).
+``--value dict`` / ``--value dataclass`` make each core step return a small unannotated dict
+or a dataclass its annotation rebuilds, instead of an int: the cost of recording a value
+that is not a plain scalar (the JSON round trip and its check, docs/concepts/types.md).
 Without ``--measure`` it only runs the loop once (what callgrind is pointed at).
 Compare two trees by running this script with ``PYTHONPATH=<tree>/src``.
 """
@@ -17,6 +20,7 @@ Compare two trees by running this script with ``PYTHONPATH=<tree>/src``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import re
@@ -34,7 +38,24 @@ def _freeze() -> None:
     gc.freeze()
 
 
-def run_core(n: int) -> None:
+@dataclasses.dataclass
+class Item:
+    """What ``--value dataclass`` steps return (module level, so both trees resolve it)."""
+
+    i: int
+    name: str
+    tags: list[str]
+
+
+def work_dict(i: int):  # type: ignore[no-untyped-def]  # unannotated: plain JSON
+    return {"i": i + 1, "name": "item", "tags": ["a", "b"]}
+
+
+def work_typed(i: int) -> Item:
+    return Item(i + 1, "item", ["a", "b"])
+
+
+def run_core(n: int, value: str = "int") -> None:
     from durable_core import App, Context, Event, on_event
     from durable_core.core._machine import RunMachine
     from durable_core.core._model import ExecuteStep, RunStarted
@@ -44,11 +65,14 @@ def run_core(n: int) -> None:
     def work(i: int) -> int:
         return i + 1
 
+    body: Any = {"int": work, "dict": work_dict, "dataclass": work_typed}[value]
+
     @app.function(id="sync-steps", trigger=on_event("bench/sync"), max_steps=10_000)
     async def sync_steps(ctx: Context) -> int:
         total = 0
         for i in range(n):
-            total += await ctx.step.run("s", work, i)
+            out = await ctx.step.run("s", body, i)
+            total += out if type(out) is int else 1
         return total
 
     _freeze()
@@ -62,7 +86,7 @@ def run_core(n: int) -> None:
                 if type(cmd) is ExecuteStep:
                     nxt.append(cmd)
         pending = nxt
-    assert m.status == "completed", m.status
+    assert m.status == "completed", (m.status, m.error)
 
 
 def run_worker(n: int) -> None:
@@ -109,12 +133,12 @@ def run_worker(n: int) -> None:
     trio.run(main)
 
 
-def _ir(path: str, n: int) -> int:
+def _ir(path: str, n: int, value: str = "int") -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             sys.executable, __file__, "--path", path, "--steps", str(n)],
+             sys.executable, __file__, "--path", path, "--steps", str(n), "--value", value],
             check=True, capture_output=True, env=dict(os.environ, PYTHONHASHSEED="0"),
         )
         with open(out) as f:
@@ -128,16 +152,24 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--path", choices=["core", "worker"], default="core")
     p.add_argument("--measure", action="store_true", help="run under callgrind, print Ir/step")
+    p.add_argument("--value", choices=["int", "dict", "dataclass"], default="int",
+                   help="what each step body returns (core path): an int (the default), "
+                   "a small unannotated dict, or a dataclass its annotation rebuilds")
     args = p.parse_args()
     if not args.measure:
-        (run_core if args.path == "core" else run_worker)(args.steps)
+        if args.path == "core":
+            run_core(args.steps, args.value)
+        else:
+            run_worker(args.steps)
         return 0
     half = args.steps // 2
     # A first run outside callgrind writes the .pyc files: compiling a changed module in
     # one of the measured runs only would count as steps.
-    subprocess.run([sys.executable, __file__, "--path", args.path, "--steps", "1"], check=True)
-    big, small = _ir(args.path, args.steps), _ir(args.path, half)
-    print(f"{args.path}: {(big - small) / (args.steps - half):,.0f} Ir/step "
+    subprocess.run([sys.executable, __file__, "--path", args.path, "--steps", "1",
+                    "--value", args.value], check=True)
+    big, small = _ir(args.path, args.steps, args.value), _ir(args.path, half, args.value)
+    label = args.path if args.value == "int" else f"{args.path} ({args.value} outputs)"
+    print(f"{label}: {(big - small) / (args.steps - half):,.0f} Ir/step "
           f"(total {big:,} at {args.steps} steps, {small:,} at {half})")
     return 0
 

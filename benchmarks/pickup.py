@@ -36,7 +36,6 @@ import uuid
 from typing import Any
 
 from durable_core import App, Context, on_event
-from store_throughput import PG_URL, drop_schema
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -174,6 +173,10 @@ def measure(url: str, events: int, idle_s: float, burst_n: int,
 
 
 def main() -> int:
+    # Imported here: the worker imports this module as ``benchmarks.pickup`` (for ``app``),
+    # where the sibling script is not importable by its bare name.
+    from store_throughput import PG_URL, drop_schema
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stores", default="sqlite,sqlite-normal,postgres")
     parser.add_argument("--events", type=int, default=200)

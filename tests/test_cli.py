@@ -195,3 +195,30 @@ def test_wait_bad_input(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         main(["runs", "wait", "r_x", "--timeout", "-1", "--store", url])
     assert "--timeout must be more than 0" in capsys.readouterr().err
+
+
+def test_folded_triggers_are_shown(tmp_path: pathlib.Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``--app`` the event is routed at once: ``send`` says which run an idempotency
+    key folded it into; ``runs list --json`` and ``runs show --json`` list a run's folded
+    triggers under ``folded``."""
+    url = f"sqlite:///{tmp_path / 'folded.db'}"
+    send = ("send", "cart/checkout", "--data", json.dumps({"cart": "c1"}), "--app",
+            "lifecycle_app:app", "--store", url)
+    code, out, _ = run_cli(capsys, *send, "--id", "first", "--json")
+    assert code == 0 and json.loads(out) == {"ids": ["first"], "folded": []}
+    code, out, _ = run_cli(capsys, *send, "--id", "second", "--json")
+    shown = json.loads(out)
+    [folded] = shown["folded"]
+    assert (folded["event_id"], folded["function_id"], folded["key"]) == (
+        "second", "checkout", "c1")
+    code, out, _ = run_cli(capsys, *send, "--id", "third")
+    assert code == 0
+    assert f"event third folded into run {folded['run_id']} (checkout, idempotency key 'c1')" \
+        in out
+    code, out, _ = run_cli(capsys, "runs", "list", "--store", url, "--json")
+    [run] = json.loads(out)
+    assert run["id"] == folded["run_id"]
+    assert [f["event_id"] for f in run["folded"]] == ["third", "second"]
+    code, out, _ = run_cli(capsys, "runs", "show", folded["run_id"], "--store", url, "--json")
+    assert [f["event_id"] for f in json.loads(out)["folded"]] == ["third", "second"]

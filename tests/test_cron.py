@@ -420,3 +420,71 @@ def test_next_after_near_the_end_of_time_is_a_clean_error() -> None:
     schedule = CronSchedule.parse("0 0 1 1 *", field=FIELD)
     with pytest.raises(InvalidCronError, match="no tick after"):
         schedule.next_after(datetime(9999, 6, 1, tzinfo=UTC))
+
+
+# --- the last tick before an instant, and the ticks of a range (cron catch-up) ------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(schedules, instants)
+def test_latest_at_or_before_is_the_tick_next_after_walks_to(text: str, dt: datetime) -> None:
+    # The same ticks next_after gives, daylight-saving rules included, in every zone above.
+    schedule = CronSchedule.parse(text, field=FIELD)
+    latest = schedule.latest_at_or_before(dt)
+    assert latest is not None
+    assert latest <= dt
+    assert schedule.next_after(latest) > dt  # no tick between it and dt
+    assert schedule.next_after(latest - timedelta(milliseconds=1)) == latest  # it is a tick
+
+
+@pytest.mark.parametrize(
+    ("text", "at", "expected"),
+    [
+        # Spring forward in Paris: 02:30 does not exist on 29 March 2026; it fires at 03:00.
+        ("TZ=Europe/Paris 30 2 * * *", utc(2026, 3, 29, 5), paris(2026, 3, 29, 3, 0)),
+        # Fall back in New York: 01:30 happens twice on 1 November 2026; the first counts.
+        ("TZ=America/New_York 30 1 * * *", utc(2026, 11, 1, 7),
+         datetime(2026, 11, 1, 1, 30, tzinfo=ZoneInfo("America/New_York")).astimezone(UTC)),
+        # Lord Howe moves by half an hour: 02:00 local on 4 October 2026 does not exist.
+        ("TZ=Australia/Lord_Howe 0 2 * * *", utc(2026, 10, 4, 12),
+         datetime(2026, 10, 4, 2, 30, tzinfo=ZoneInfo("Australia/Lord_Howe")).astimezone(UTC)),
+        ("0 0 1 1 *", utc(2026, 6, 1), utc(2026, 1, 1)),  # months back: one croniter step
+        ("0 12 * * 5", utc(2026, 1, 2, 12), utc(2026, 1, 2, 12)),  # at the tick itself
+    ],
+)
+def test_latest_at_or_before_across_daylight_saving(
+    text: str, at: datetime, expected: datetime
+) -> None:
+    assert CronSchedule.parse(text, field=FIELD).latest_at_or_before(at) == expected
+
+
+def test_latest_at_or_before_rejects_naive() -> None:
+    with pytest.raises(InvalidDurationError, match="timezone-aware"):
+        CronSchedule.parse("* * * * *", field=FIELD).latest_at_or_before(datetime(2026, 1, 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(schedules, instants, st.integers(min_value=1, max_value=30),
+       st.integers(min_value=1, max_value=400))
+def test_ticks_between_are_the_last_ticks_of_the_range(
+    text: str, dt: datetime, limit: int, hours: int
+) -> None:
+    schedule = CronSchedule.parse(text, field=FIELD)
+    start = dt.astimezone(UTC)
+    until = start + timedelta(hours=hours)
+    walked = []
+    tick = schedule.next_after(start)
+    while tick <= until:
+        walked.append(tick)
+        tick = schedule.next_after(tick)
+    got, cut = schedule.ticks_between(start, until, limit)
+    assert got == walked[-limit:]
+    assert cut == (len(walked) > limit)
+
+
+def test_ticks_between_a_year_apart_stays_cheap() -> None:
+    # A year of a per-minute schedule is 525,600 ticks; only the last 1,000 are walked.
+    schedule = CronSchedule.parse("* * * * *", field=FIELD)
+    got, cut = schedule.ticks_between(utc(2025, 1, 1), utc(2026, 1, 1), 1_000)
+    assert cut and len(got) == 1_000
+    assert got[-1] == utc(2026, 1, 1) and got[0] == utc(2026, 1, 1) - timedelta(minutes=999)

@@ -190,9 +190,10 @@ def test_failed_run_page_shows_each_attempt_with_its_error(http: Http, ids: Ids)
     # Attempt 1 failed and was retried; attempt 2 failed for good.
     assert re.search(r"attempt 1 failed at \d{4}-\d\d-\d\d [\d:.]+ UTC, retry at", text)
     assert "attempt 2 failed for good at" in text
-    # The run's error and each attempt's.
+    # The run's error and each attempt's, each with its traceback.
     assert text.count("ValueError: card declined: amount 900.0 is over the limit "
-                      "&lt;500&gt;") == 3
+                      "&lt;500&gt;</pre>") == 3
+    assert text.count("Traceback (most recent call last)") >= 3
     assert 'id="cancel"' not in text  # an ended run has no cancel button
     assert "&#34;reserved&#34;: 2" in text or "&quot;reserved&quot;: 2" in text \
         or '"reserved": 2' in text.replace("&#34;", '"')

@@ -4,6 +4,7 @@ and cron triggers (one run per tick, in the schedule's time zone, never duplicat
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import pytest
 
@@ -343,3 +344,111 @@ def test_cron_and_event_triggers_on_one_function() -> None:
     assert run.output == "poke"
     eng.advance("30m")
     assert len(eng.runs) == 2
+
+
+# --------------------------------------------------------------------------- cron catch-up
+
+
+def _catch_up_app(catch_up: str | None, cron: str = "TZ=Europe/Paris 0 12 * * 5") -> App:
+    app = App("cron")
+    trigger = on_cron(cron) if catch_up is None else on_cron(cron, catch_up=catch_up)
+
+    @app.function(id="weekly", trigger=trigger)
+    async def weekly(ctx):  # type: ignore[no-untyped-def]
+        return ctx.event.data["scheduledAt"]
+
+    return app
+
+
+def _down_for_a_month(catch_up: str | None) -> tuple[TestEngine, TestEngine]:
+    """A worker that saw the 2 January tick, then no worker until 31 January at 12:00."""
+    eng = TestEngine(_catch_up_app(catch_up), start="2026-01-01T00:00:00Z")
+    eng.advance_to("2026-01-02T11:00:00Z")
+    assert _cron_outputs(eng) == ["2026-01-02T11:00:00Z"]
+    later = TestEngine(eng.app, start="2026-01-31T12:00:00Z", store=eng.store)
+    later.advance(0)
+    return eng, later
+
+
+def test_cron_catch_up_latest_is_the_default_one_run_for_the_last_missed_tick(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="durable_core.cron"):
+        _eng, later = _down_for_a_month(None)
+    assert _cron_outputs(later) == ["2026-01-02T11:00:00Z", "2026-01-30T11:00:00Z"]
+    assert "3 missed tick(s) skipped (catch_up='latest')" in caplog.text
+    later.advance("7d")  # then on schedule again
+    assert _cron_outputs(later)[-1] == "2026-02-06T11:00:00Z"
+    assert len(_cron_outputs(later)) == 3
+
+
+def test_cron_catch_up_all_runs_every_missed_tick_once_oldest_first() -> None:
+    _eng, later = _down_for_a_month("all")
+    assert sorted(_cron_outputs(later)) == [
+        "2026-01-02T11:00:00Z", "2026-01-09T11:00:00Z", "2026-01-16T11:00:00Z",
+        "2026-01-23T11:00:00Z", "2026-01-30T11:00:00Z",
+    ]
+    later.advance("1h")
+    assert len(_cron_outputs(later)) == 5
+
+
+def test_cron_catch_up_skip_runs_no_missed_tick(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="durable_core.cron"):
+        _eng, later = _down_for_a_month("skip")
+    assert _cron_outputs(later) == ["2026-01-02T11:00:00Z"]
+    assert "4 missed tick(s) skipped (catch_up='skip')" in caplog.text
+    later.advance("7d")
+    assert _cron_outputs(later) == ["2026-01-02T11:00:00Z", "2026-02-06T11:00:00Z"]
+
+
+@pytest.mark.parametrize(("late", "runs"), [(60, 1), (60.001, 0)])
+def test_cron_catch_up_skip_still_runs_a_tick_at_most_a_minute_late(
+    late: float, runs: int
+) -> None:
+    # 60 s late is on time (a busy or restarting worker), one more millisecond is missed.
+    eng = TestEngine(_catch_up_app("skip"), start="2025-12-25T00:00:00Z")
+    eng.advance_to("2026-01-02T10:00:00Z")  # saw (and stored) the 26 December tick
+    tick = dt.datetime(2026, 1, 2, 11, tzinfo=dt.UTC)
+    later = TestEngine(eng.app, start=tick + dt.timedelta(seconds=late), store=eng.store)
+    later.advance(0)
+    assert len(_cron_outputs(later)) == 1 + runs
+
+
+def test_cron_catch_up_all_is_bounded_to_the_last_thousand_ticks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = _catch_up_app("all", cron="* * * * *")
+    eng = TestEngine(app, start="2026-01-01T00:00:00Z")
+    eng.advance("1m")
+    assert len(_cron_outputs(eng)) == 1
+    with caplog.at_level(logging.INFO, logger="durable_core.cron"):
+        later = TestEngine(app, start="2026-01-03T00:00:00Z", store=eng.store)  # 2 days down
+        later.advance(0)
+    outputs = sorted(_cron_outputs(later))
+    assert len(outputs) == 1 + 1_000
+    assert outputs[1] == "2026-01-02T07:21:00Z" and outputs[-1] == "2026-01-03T00:00:00Z"
+    assert "1000+ missed tick(s) skipped (catch_up='all')" in caplog.text
+
+
+@pytest.mark.parametrize("catch_up", ["latest", "all", "skip"])
+def test_two_workers_catching_up_never_start_one_tick_twice(catch_up: str) -> None:
+    eng = TestEngine(_catch_up_app(catch_up), start="2026-01-01T00:00:00Z")
+    eng.advance_to("2026-01-02T11:00:00Z")
+    # Two workers start after the outage, each with the cursor it read, on one store.
+    a = TestEngine(eng.app, start="2026-01-31T11:00:30Z", store=eng.store)
+    b = TestEngine(eng.app, start="2026-01-31T11:00:30Z", store=eng.store)
+    a.advance(0)
+    b.advance(0)
+    a.advance("8d")
+    b.advance("8d")
+    outputs = _cron_outputs(a)
+    assert len(outputs) == len(set(outputs))
+    assert "2026-02-06T11:00:00Z" in outputs
+
+
+def test_cron_catch_up_is_checked_at_definition() -> None:
+    with pytest.raises(FunctionConfigError) as excinfo:
+        on_cron("0 * * * *", catch_up="most")
+    assert excinfo.value.field == "trigger.catch_up"
+    assert "'latest', 'all', 'skip'" in str(excinfo.value)
+    assert on_cron("0 * * * *").catch_up == "latest"

@@ -113,7 +113,8 @@ def test_a_recycled_run_step_records_its_own_outcome() -> None:
     assert m.status == RunStatus.COMPLETED
     assert seen == [1, "NonRetriableError", 3]
     memos = {e.step_id: json.loads(e.data) for e in m.entries if e.op == JournalOp.COMPLETED}
-    assert memos["a"] == {"output": 1} and memos["c"] == {"output": 3}
+    # (The first body's start is written; the others started when the entry before ended.)
+    assert memos["a"] == {"output": 1, "started_at": 0} and memos["c"] == {"output": 3}
     assert memos["b"]["error"]["type"] == "NonRetriableError" and "output" not in memos["b"]
     assert json.loads(m.output or "null") == [1, "NonRetriableError", 3]
 
@@ -167,3 +168,59 @@ def test_the_depth_check_refuses_exactly_the_values_nested_too_deep(value: Any, 
     else:
         with pytest.raises(SerializationError, match="nested"):
             dumps(value, what="out")
+
+
+def test_the_machine_cache_keeps_at_most_its_size_of_parked_runs() -> None:
+    # Parked (sleeping, released) machines beyond cache_size are dropped, oldest first, and
+    # rebuilt by replay when their run is claimed again; the runs end as if nothing happened.
+    from durable_core.testing import TestEngine
+
+    app = App("cache")
+
+    def double(n: int) -> int:
+        return 2 * n
+
+    @app.function(id="nap", trigger=on_event("nap"))
+    async def nap(ctx: Context) -> int:
+        n: int = await ctx.step.run("double", double, ctx.event.data["n"])
+        await ctx.step.sleep("nap", "1h")
+        return n
+
+    eng = TestEngine(app)
+    eng.engine.cache_size = 3
+    sent = eng.send([Event("nap", {"n": k}) for k in range(8)])
+    eng.advance(0)
+    parked = [r for r, live in eng.engine.live.items() if not live.leased]
+    assert len(eng.engine.live) <= 3
+    assert parked == [r.id for r in sent.runs[-len(parked):]]  # the newest stay
+    eng.advance("1h")
+    assert sorted(r.output for r in eng.runs) == [2 * k for k in range(8)]
+
+
+def test_a_cache_full_of_leased_machines_is_not_rescanned_on_every_commit() -> None:
+    # All machines leased (running): none can go, so the next scans wait until the cache
+    # has grown by the slack; once some are parked, the next scan drops them.
+    from durable_core.engine import _engine as engine_module
+    from durable_core.testing import TestEngine
+
+    eng = TestEngine(App("empty"))
+    engine = eng.engine
+    engine.cache_size = 2
+
+    class Live:
+        def __init__(self, leased: bool) -> None:
+            self.leased = leased
+
+    engine.live = {f"r{k}": Live(True) for k in range(5)}  # type: ignore[misc]
+    engine._evict()
+    assert len(engine.live) == 5
+    assert engine._evict_floor == 5 + engine_module._EVICT_SLACK
+    for k in range(3):
+        engine.live[f"r{k}"].leased = False  # type: ignore[attr-defined]
+    engine._evict()  # below the floor: not scanned
+    assert len(engine.live) == 5
+    for k in range(5, 5 + engine_module._EVICT_SLACK + 1):
+        engine.live[f"r{k}"] = Live(True)  # type: ignore[assignment]
+    engine._evict()
+    kept = range(3, 5 + engine_module._EVICT_SLACK + 1)  # the three parked ones went
+    assert sorted(engine.live) == sorted(f"r{k}" for k in kept)

@@ -211,9 +211,9 @@ def test_hot_path_records_keep_their_field_order() -> None:
     assert RunWrite("r", 1)[3:] == (None, None, None, None, 0, False)
     assert CommitBatch._fields == (
         "now", "runs", "events", "writes", "waits_add", "waits_remove", "signals",
-        "routed_events", "cron",
+        "routed_events", "cron", "run_events",
     )
-    assert CommitBatch(0)[1:] == ((),) * 8
+    assert CommitBatch(0)[1:] == ((),) * 9
 
 
 # --------------------------------------------------------------------------- every layer

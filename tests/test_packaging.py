@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ["trio", "psycopg", "psycopg_pool", "sqlite_utils", "sqlite3"]
+HEAVY = ["trio", "psycopg", "psycopg_pool", "sqlite_utils", "sqlite3", "opentelemetry"]
 
 
 @pytest.mark.parametrize(

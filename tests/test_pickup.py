@@ -289,3 +289,18 @@ def test_sending_10_000_events_is_one_postgres_transaction(pg_url: str, pg_schem
             "SELECT count(*), count(DISTINCT xmin::text) FROM {}.events"
         ).format(sql.Identifier(pg_schema))).fetchall()
     assert (rows, transactions) == (10_000, 1)
+
+
+def test_the_pickup_benchmark_app_imports_as_the_worker_imports_it() -> None:
+    # benchmarks/pickup.py runs `durable worker benchmarks.pickup:app` from the repository
+    # root: the module must import as `benchmarks.pickup` (a sibling script imported by its
+    # bare name at the top once made every worker it started die at import).
+    root = pathlib.Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "from durable_core.drivers._loading import load_app; "
+         "print(sorted(load_app('benchmarks.pickup:app').functions))"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['burst',", "'pickup']"]

@@ -14,12 +14,14 @@ or ``DURABLE_SIM_PROFILE=thorough``).
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -364,3 +366,109 @@ def test_summary_counts(capsys: pytest.CaptureFixture[str]) -> None:
         print(f"\nsimulation ({PROFILE} profile): {EXPLORED['examples']} examples explored; "
               f"faults injected: {faults}")
     assert EXPLORED["examples"] > 0
+
+
+# --------------------------------------------------------------------------- the lifecycle
+
+
+def build_lifecycle_app() -> App:
+    """An idempotency key shared by several events, a function that fails for good with a
+    failure handler, and a listener of every ``durable/function.finished``."""
+    app = App("sim-lifecycle")
+
+    @app.function(id="keyed", trigger=on_event("life/keyed"), idempotency="event.data.key")
+    async def keyed(ctx: Context) -> Any:
+        value = await ctx.step.run("charge", lambda: ctx.event.data["key"])
+        await ctx.step.sleep("settle", "1m")
+        return value
+
+    async def handler(ctx: Context) -> Any:
+        data = ctx.event.data
+        return await ctx.step.run(
+            "refund", lambda: [data["function_id"], data["event"]["data"]["n"],
+                               data["error"]["type"]])
+
+    @app.function(id="doomed", trigger=on_event("life/doomed"), retries=1, on_failure=handler)
+    async def doomed(ctx: Context) -> None:
+        await ctx.step.run("try", lambda: ctx.event.data["n"])
+        raise NonRetriableError("declined")
+
+    @app.function(id="listener", trigger=on_event("durable/function.finished"))
+    async def listener(ctx: Context) -> Any:
+        return [ctx.event.data["function_id"], ctx.event.data["status"]]
+
+    return app
+
+
+LIFECYCLE_APP = build_lifecycle_app()
+LIFECYCLE_EVENTS = [
+    Event("life/keyed", {"key": "k1"}, id="k-a"),
+    Event("life/keyed", {"key": "k1"}, id="k-b"),
+    Event("life/doomed", {"n": 1}, id="d-1"),
+    Event("life/keyed", {"key": "k1"}, id="k-c"),
+    Event("life/doomed", {"n": 2}, id="d-2"),
+]
+LIFECYCLE_OUTCOMES = sorted([
+    ("keyed", "completed", "k1"),
+    ("doomed", "failed", "NonRetriableError"),
+    ("doomed", "failed", "NonRetriableError"),
+    ("doomed-failure", "completed", ["doomed", 1, "NonRetriableError"]),
+    ("doomed-failure", "completed", ["doomed", 2, "NonRetriableError"]),
+    ("listener", "completed", ["keyed", "completed"]),
+    ("listener", "completed", ["doomed", "failed"]),
+    ("listener", "completed", ["doomed", "failed"]),
+], key=lambda t: json.dumps(t, sort_keys=True, default=str))
+
+
+def test_lifecycle_under_a_fixed_heavy_plan() -> None:
+    """Crashes around the commits that end runs (and so emit their system events), unknown
+    outcomes, duplicated events, results and signals: one run per key, a failure handler
+    once per failed run, each system event once (Simulation.check)."""
+    baseline = Simulation(LIFECYCLE_APP)
+    baseline.send(LIFECYCLE_EVENTS)
+    baseline.run("7d")
+    baseline.check()
+    assert baseline.outcomes() == LIFECYCLE_OUTCOMES
+    [skip_b, skip_c] = sorted(baseline.inner.skipped_triggers(), key=lambda s: s.event_id or "")
+    assert (skip_b.event_id, skip_c.event_id) == ("k-b", "k-c")
+    for seed in range(12):
+        commits = frozenset(range(seed % 4, 40, 5))
+        plan = FaultPlan(seed=seed, crash_before_commit=frozenset(c for c in commits if c % 2),
+                         crash_after_commit=frozenset(c for c in commits if not c % 2),
+                         unknown_writes=frozenset({seed + 3}),
+                         duplicate_results=frozenset({0, 2, 4}), duplicate_events=True,
+                         duplicate_signals=True, duplicate_timers=True)
+        sim = Simulation(LIFECYCLE_APP, faults=plan)
+        sim.send(LIFECYCLE_EVENTS)
+        sim.run("7d")
+        sim.check(LIFECYCLE_OUTCOMES)
+        assert sim.stats["crashes"] > 0
+
+
+def test_crash_test_explores_the_lifecycle() -> None:
+    report = crash_test(LIFECYCLE_APP, LIFECYCLE_EVENTS, max_examples=min(EXAMPLES, 60),
+                        until="7d", verbose=False)
+    assert report.outcomes == LIFECYCLE_OUTCOMES
+    assert report.faults_injected["crashes"] > 0
+    assert report.faults_injected["unknown_writes"] > 0
+
+
+def test_the_simulator_catches_a_doubled_failure_handler() -> None:
+    """The lifecycle invariants bite: a store that lets a system event start its handler
+    twice is reported."""
+    from stores import MemoryStore
+
+    class DoubleRouting(MemoryStore):
+        def commit(self, batch: Any) -> set[str]:
+            runs = tuple(
+                attrs.evolve(n, id=n.id + "-again") if n.function_id == "doomed-failure"
+                else n for n in batch.runs)
+            if runs != batch.runs:
+                batch = batch._replace(runs=batch.runs + runs)
+            return super().commit(batch)
+
+    sim = Simulation(LIFECYCLE_APP, store=DoubleRouting())
+    sim.send(LIFECYCLE_EVENTS)
+    sim.run("7d")
+    with pytest.raises(InvariantViolation, match="started 2 runs of 'doomed-failure'"):
+        sim.check()

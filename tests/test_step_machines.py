@@ -145,6 +145,7 @@ class Host:
         self._state_bytes = 0
         self._parked: Any = None
         self._retries = 10**6
+        self._converter = app.converter
 
     def _trigger(self) -> str:
         return Event("t/go", {}).to_json()
@@ -344,8 +345,8 @@ def test_invoke_memos() -> None:
     step.start(None, NOW)
     assert host._children == {step.sched["child"]: 0}  # type: ignore[index]
     assert isinstance(step, InvokeStep)
-    step.child_ended('{"output":{"x":1}}', NOW + 5)
-    assert step.result() == ({"x": 1}, None)
+    step.child_ended('{"output":1}', NOW + 5)  # (child is `-> int`: rebuilt as an int)
+    assert step.result() == (1, None)
     timed_out, _ = _make("invoke")
     timed_out.start(None, NOW)
     timed_out.deadline_reached(NOW + 60_000)
@@ -402,7 +403,7 @@ def test_a_memo_is_json_of_the_output(value: Any) -> None:
     assert isinstance(step, RunStep)
     step.start(None, NOW)
     step.succeeded(value, NOW)
-    assert json.loads(host.entries[-1].data) == {"output": value}
+    assert json.loads(host.entries[-1].data) == {"output": value, "started_at": NOW}
     assert step.result() == (value, None)
 
 

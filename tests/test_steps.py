@@ -813,7 +813,8 @@ def make_points() -> list[Point]:
 
 
 def untyped() -> Any:
-    return Box("plain", {"n": 2})
+    # Plain JSON: a Box here is refused (tests/test_typed_outputs.py), not converted.
+    return {"label": "plain", "inner": {"n": 2}}
 
 
 def test_typed_step_outputs_round_trip_live_and_on_replay() -> None:

@@ -149,10 +149,35 @@ class _KeepsConsumedSignals(MemoryStore):
         return super().commit(batch._replace(writes=writes))
 
 
+class _EmitsFencedRunEvents(MemoryStore):
+    """Appends a batch's run events even for runs whose writes were fenced."""
+
+    def commit(self, batch: CommitBatch) -> set[str]:
+        fenced = super().commit(batch._replace(run_events=()))
+        if batch.run_events:
+            self.append_events([text for _, text in batch.run_events], batch.now)
+        return fenced
+
+
+class _ExtendsKeyWindows(MemoryStore):
+    """Lets a skipped trigger restart its key's 24 h."""
+
+    def commit(self, batch: CommitBatch) -> set[str]:
+        fenced = super().commit(batch)
+        for new in batch.runs:
+            held = self._idempotency.get((new.function_id, new.idempotency_key or ""))
+            if held is not None and held[1] != new.id:
+                self._idempotency[(new.function_id, new.idempotency_key or "")] = (
+                    new.created_at, held[1])
+        return fenced
+
+
 @pytest.mark.parametrize(
     ("mutant", "test_name"),
     [
         (_LimitZeroLists, "test_list_runs_limit_zero_returns_nothing"),
+        (_EmitsFencedRunEvents, "test_run_events_are_appended_only_with_an_accepted_write"),
+        (_ExtendsKeyWindows, "test_idempotency_window_runs_from_the_holder_creation"),
         (_HidesFencing, "test_stale_epoch_write_is_fenced_and_nothing_of_it_applied"),
         (_CronGoesBack, "test_cron_cursors_only_move_forward"),
         (_ExpiredLeasesStayHeld, "test_expired_lease_can_be_claimed_again"),
@@ -298,7 +323,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
 
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         # v2: run_events is filled from the runs already there.
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
@@ -359,13 +384,39 @@ def test_a_failed_migration_leaves_the_file_untouched(
     store.close()
 
 
+def test_a_version_6_database_gets_skipped_triggers(tmp_path: Path) -> None:
+    """Migration 7 adds ``skipped_triggers``; an idempotency key held before it still folds
+    triggers, which are then recorded naming the holder."""
+    path = tmp_path / "v6.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    db6 = sqlite_utils.Database(conn, execute_plugins=False)
+    for step in _MIGRATIONS[:6]:
+        step(db6)
+    conn.execute("PRAGMA user_version = 6")
+    conn.execute(
+        "INSERT INTO idempotency (function_id, key, run_id, created_at) "
+        "VALUES ('fn', 'k', 'r1', ?)", (T0,)
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    assert "skipped_triggers" not in sqlite_utils.Database(path).table_names()
+    store = SQLiteStore(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 7
+        store.commit(CommitBatch(now=T0 + 1, runs=(new_run("r2", key="k", created_at=T0 + 1),)))
+        assert [(s.id, s.run_id) for s in store.skipped_triggers()] == [("r2", "r1")]
+    finally:
+        store.close()
+
+
 def test_schema_tables_and_indexes(tmp_path: Path) -> None:
     path = tmp_path / "schema.db"
     SQLiteStore(path).close()
     db = sqlite_utils.Database(path)
     assert set(db.table_names()) == {
         "events", "runs", "journal", "waits", "signals", "idempotency", "cron", "meta",
-        "run_events",
+        "run_events", "skipped_triggers",
     }
     assert db.table("journal").pks == ["run_id", "seq"]
     assert db.table("run_events").pks == ["event_id", "run_id"]

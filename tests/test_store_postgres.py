@@ -218,7 +218,7 @@ def test_everything_lives_in_the_given_schema(pg_url: str, pg_schemas: Callable[
             b.get_run("r1")
         assert b.list_runs() == []
         expected = {"meta", "counters", "events", "runs", "run_events", "idempotency",
-                    "journal", "signals", "waits", "cron"}
+                    "journal", "signals", "waits", "cron", "skipped_triggers"}
         assert tables_of(pg_url, a_name) == expected
         assert tables_of(pg_url, b_name) == expected
         assert version_of(pg_url, a_name) == pg_module.SCHEMA_VERSION
@@ -292,7 +292,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
 
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 4
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 6
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
         assert store.list_runs(event_id="e2") == [old]
@@ -927,5 +927,56 @@ def test_a_version_2_schema_keeps_its_data_through_version_3(pg_url: str,
         w = RunWrite("old", c.run.epoch, status="completed", output="1")
         assert store.commit(CommitBatch(now=T0, writes=(w,))) == set()
         assert store.cancel_requested(["old"]) == set()
+    finally:
+        store.close()
+
+
+def test_one_commit_creates_ten_thousand_keyed_runs(store: PostgresStore) -> None:
+    # Every new run and idempotency key once took its own advisory lock: 20,000 locks in one
+    # transaction ran out of the server's shared lock table ("out of shared memory"). Keys
+    # now share LOCK_BUCKETS locks, so the lock count is bounded whatever the batch size.
+    runs = tuple(new_run(f"r{k}", key=f"key{k}") for k in range(10_000))
+    assert store.commit(CommitBatch(now=T0, runs=runs, events=(event_json("e1"),))) == set()
+    assert len(store.list_runs(limit=20_000)) == 10_000
+    # The keys still deduplicate: a second run with a taken key is skipped.
+    assert store.commit(CommitBatch(now=T0 + 1, runs=(new_run("again", key="key7"),))) == set()
+    with pytest.raises(RunNotFoundError):
+        store.get_run("again")
+
+
+def test_deduplication_keys_share_a_bounded_set_of_locks() -> None:
+    keys = {pg_module._lock_key("s", "run", f"r{k}") for k in range(20_000)}
+    assert len(keys) == pg_module.LOCK_BUCKETS
+    assert all(-(2**63) <= k < 2**63 for k in keys)
+    # The same key always maps to the same lock; another schema to other locks.
+    assert pg_module._lock_key("s", "run", "r1") == pg_module._lock_key("s", "run", "r1")
+    assert pg_module._lock_key("t", "run", "r1") not in keys
+
+
+def test_a_version_5_schema_keeps_its_runs_through_version_6(pg_url: str,
+                                                              pg_schema: str) -> None:
+    """Version 6 adds runs.error_traceback: a run failed before reads back its error with no
+    traceback, and a run failing now keeps its traceback."""
+    with raw(pg_url) as conn:
+        assert pg_module._migrate(conn, pg_schema, target=5) == 0
+        runs = sql.Identifier(pg_schema, "runs")
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (id, function_id, status, events, event_ids, created_at, updated_at,"
+            " error_type, error_message, ended_at) VALUES ('old', 'fn', 'failed', '{{}}', '{{}}',"
+            " %s, %s, 'ValueError', 'nope', %s)").format(runs), (T0, T0, T0))
+    store = PostgresStore(pg_url, schema=pg_schema)
+    try:
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 6
+        old = store.get_run("old")
+        assert old.error is not None
+        assert (old.error.type, old.error.message, old.error.traceback) == (
+            "ValueError", "nope", None)
+        create(store, new_run("new", function_id="fn", created_at=T0 + 1))
+        [c] = store.claim_runs("w", T0, LEASE, 10)
+        error = ErrorInfo("KeyError", "'k'", "Traceback (most recent call last):\n...\n")
+        w = RunWrite("new", c.run.epoch, status="failed", error=error)
+        assert store.commit(CommitBatch(now=T0, writes=(w,))) == set()
+        got = store.get_run("new").error
+        assert got is not None and got.traceback == error.traceback
     finally:
         store.close()

@@ -31,16 +31,17 @@ from durable_core.base._errors import (
     ValidationError,
 )
 from durable_core.base._events import Event, Sent
-from durable_core.base._serde import converter
+from durable_core.base._serde import converter, make_converter
 from durable_core.core._context import Context, Step, Steps
 from durable_core.core._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.drivers._gc import tuned_gc
 from durable_core.drivers._loading import open_store
+from durable_core.drivers._logs import JsonLogFormatter, TextLogFormatter, configure_logging
 from durable_core.engine._engine import Engine
-from durable_core.engine._views import RunView, StepView
-from durable_core.store import Store
+from durable_core.engine._views import AttemptView, RunView, StepView
+from durable_core.store import SkippedTrigger, Store
 
 if _TYPE_CHECKING:
     from durable_core.drivers._async import AsyncClient, AsyncioWorker
@@ -55,6 +56,7 @@ __all__ = [
     "App",
     "AsyncClient",
     "AsyncioWorker",
+    "AttemptView",
     "BackgroundWorker",
     "Client",
     "Context",
@@ -72,6 +74,7 @@ __all__ = [
     "InvalidEventError",
     "InvalidExpressionError",
     "JournalEntry",
+    "JsonLogFormatter",
     "LimitExceededError",
     "NonRetriableError",
     "RetryAfterError",
@@ -83,6 +86,7 @@ __all__ = [
     "RunView",
     "Sent",
     "SerializationError",
+    "SkippedTrigger",
     "Step",
     "StepError",
     "StepView",
@@ -90,12 +94,15 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLostError",
+    "TextLogFormatter",
     "UnknownFunctionError",
     "UsageError",
     "ValidationError",
     "Worker",
     "__version__",
+    "configure_logging",
     "converter",
+    "make_converter",
     "on_cron",
     "on_event",
     "open_store",

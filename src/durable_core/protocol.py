@@ -90,9 +90,14 @@ Commands (returned by the machine; carry them out in order)
     The run returned ``output`` (JSON text): persist status ``completed``.
 :class:`FailRun` ``(run_id, error)``
     The run failed for good with ``error`` (:class:`ErrorInfo`): persist status ``failed``.
-:class:`CancelRun` ``(run_id, error)``
+:class:`CancelRun` ``(run_id, error, reason)``
     The run was cancelled: persist status ``cancelled`` with ``error`` (type ``Cancelled``,
-    the reason as its message).
+    the reason as its message); ``reason`` (``request``, ``cancel_on``, ``timeout``) goes into
+    its ``durable/function.cancelled`` event.
+
+A run that ends (``CompleteRun``, ``FailRun``, ``CancelRun``) emits its system events with
+the same commit: ``Engine.end_events`` builds them as ``CommitBatch.run_events``, which a
+store appends only if the run's end is accepted (see docs/lifecycle.md).
 
 Enums (str-valued: JSON and the stores keep their text)
 -------------------------------------------------------
@@ -115,8 +120,10 @@ Records
     ``payload`` is the event's JSON),
     ``"invoke"`` (the child run ``key`` ended; ``payload`` holds ``output`` or ``error``) or
     ``"cancel"`` (``payload`` is the reason).
-:class:`ErrorInfo` ``(type, message)``
-    A failure as stored: the exception's type name and message.
+:class:`ErrorInfo` ``(type, message, traceback)``
+    A failure as stored: the exception's type name, its message and its traceback (None
+    for an exception never raised; at most 16 KiB, cut in the middle with a marker;
+    ignored when errors are compared).
 """
 
 from __future__ import annotations

@@ -27,12 +27,18 @@ The rules, in short (each is detailed where it is decided):
 - **Idempotent run creation.** A new run is skipped if its id exists, or if a run of the same
   function holding the same idempotency key was created less than 24 h (``created_at``)
   before it; otherwise it is created ``queued`` and takes the key (:func:`new_runs_to_create`).
+  A run skipped for its key is recorded as a :class:`SkippedTrigger` naming the run holding
+  the key (once per skipped run id: recording the same id again keeps the first).
+- **Run events.** ``CommitBatch.run_events`` (a run's system events) are appended only if
+  their run's writes in the batch were accepted, after the batch's writes and waits
+  (:func:`run_events_to_append`): a finalizer whose write is fenced emits nothing.
 - **Fencing.** The writes of one batch to one run are accepted or rejected together: all of
   them must carry the run's current epoch, the run must exist (before the batch) and not have
   ended, and their entries, in order, must continue its journal densely
   (:func:`fold_writes`, :func:`write_accepted`). A rejected run's waits are not changed either.
 - **Applying writes.** :func:`apply_change`: a status replaces status and ``wake_at``; a
-  terminal status records ``output``/``error`` and ``ended_at``, clears ``wake_at`` and gives
+  terminal status records ``output``/``error`` (its ``type``, ``message``
+  and ``traceback``, kept whole) and ``ended_at``, clears ``wake_at`` and gives
   the lease up; ``release`` gives the lease up; any of these (or consuming signals) sets
   ``updated_at``; a journal-only write leaves the record as it is.
 - **Signals.** A signal is kept for a run that exists and has not ended once the batch's
@@ -78,6 +84,7 @@ __all__ = [
     "RunChange",
     "RunRecord",
     "RunWrite",
+    "SkippedTrigger",
     "Store",
     "StoredEvent",
     "WaitRecord",
@@ -93,6 +100,7 @@ __all__ = [
     "new_runs_to_create",
     "notifies",
     "record_changes",
+    "run_events_to_append",
     "signal_accepted",
     "wait_changes",
     "wait_found",
@@ -157,6 +165,21 @@ class NewRun:
 
 
 @attrs.frozen
+class SkippedTrigger:
+    """A trigger that started no run because its function's idempotency key was held: the
+    run it would have created (``id``) was folded into ``run_id``, the run holding ``key``.
+    ``at`` is when it was skipped (the would-be run's ``created_at``). A store records one
+    per ``id`` (recording the same id again keeps the first)."""
+
+    id: str
+    function_id: str
+    key: str
+    run_id: str
+    event_id: str | None
+    at: int
+
+
+@attrs.frozen
 class WaitRecord:
     """A registered ``wait_for_event``: route events named ``event`` to the run."""
 
@@ -205,9 +228,11 @@ class CommitBatch(NamedTuple):
     In order: ``events`` are appended (deduplicated at ``now``), ``runs`` created (see
     :func:`new_runs_to_create`), ``writes`` applied (fenced against the state *before* the
     batch, so a write to a run this batch creates is fenced), ``waits_add`` then
-    ``waits_remove`` applied (see :func:`wait_changes`), ``signals`` delivered to runs that
-    have not ended once the writes are applied, ``routed_events`` (event seqs) marked routed
-    (unknown seqs and routing twice are harmless) and ``cron`` cursors moved forward.
+    ``waits_remove`` applied (see :func:`wait_changes`), ``run_events`` of accepted runs
+    appended (deduplicated at ``now``; :func:`run_events_to_append`), ``signals`` delivered
+    to runs that have not ended once the writes are applied, ``routed_events`` (event seqs)
+    marked routed (unknown seqs and routing twice are harmless) and ``cron`` cursors moved
+    forward.
 
     ``RunWrite`` and ``CommitBatch`` are built once per step on the hot path, so they are
     ``NamedTuple``s (cheaper to build than frozen attrs classes, and as immutable)."""
@@ -221,13 +246,18 @@ class CommitBatch(NamedTuple):
     signals: tuple[tuple[str, Signal], ...] = ()
     routed_events: tuple[int, ...] = ()
     cron: tuple[tuple[str, int], ...] = ()  # (cron key, last scheduled tick) cursors
+    run_events: tuple[tuple[str, str], ...] = ()
+    """``(run_id, event JSON)``: events appended only if that run's writes in this batch
+    are accepted (a run's system events, emitted with its end), after the writes and the
+    waits (so a wait registered by this batch may match them); see
+    :func:`run_events_to_append`."""
 
 
 def lone_memo(batch: CommitBatch) -> tuple[RunWrite, JournalEntry] | None:
     """The write and its entry if ``batch`` holds one memo and nothing else: one journal-only
     write of one entry (a lone run's step). Stores give this shape a fast path."""
     writes = batch.writes
-    if len(writes) != 1 or batch != (batch.now, (), (), writes, (), (), (), (), ()):
+    if len(writes) != 1 or batch != (batch.now, (), (), writes, (), (), (), (), (), ()):
         return None
     w = writes[0]
     if len(w.entries) != 1 or w.status is not None or w.release or w.consumed_signals:
@@ -384,6 +414,19 @@ class Store(Protocol):
         """The latest stored event with this id that is not a duplicate, if any."""
         ...
 
+    def skipped_triggers(
+        self,
+        *,
+        function_id: str | None = None,
+        event_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """Triggers skipped for a held idempotency key (see :func:`new_runs_to_create`)
+        matching every filter given (``run_id``: the run they were folded into), newest
+        first, at most ``limit`` (``<= 0``: none)."""
+        ...
+
     def close(self) -> None:
         """Release connections and files. What was committed stays: opening the same
         (persistent) store again finds it."""
@@ -424,13 +467,17 @@ def flag_duplicates(ids: Iterable[str], originals: dict[str, int], now: int) -> 
 
 
 def new_runs_to_create(
-    runs: Iterable[NewRun], existing: set[str], keys: dict[tuple[str, str], int]
+    runs: Iterable[NewRun], existing: set[str], keys: dict[tuple[str, str], tuple[int, str]],
+    skipped: list[SkippedTrigger] | None = None,
 ) -> list[NewRun]:
     """The runs of a batch to create, in order. A run is skipped if its id is in ``existing``
-    (an existing run, or one earlier in the batch), or if ``keys`` says a run of the same
-    function holding its idempotency key was created less than 24 h before its
-    ``created_at``. ``existing`` and ``keys`` (``(function_id, key) -> created_at`` of the
-    run holding the key) are updated with the created runs: a created run takes its key."""
+    (an existing run, one earlier in the batch, or a recorded :class:`SkippedTrigger`), or
+    if ``keys`` says a run of the same function holding its idempotency key was created less
+    than 24 h before its ``created_at`` (then, with ``skipped``, a :class:`SkippedTrigger`
+    naming the holder is appended to it). ``existing`` and ``keys`` (``(function_id, key) ->
+    (created_at, run id)`` of the run holding the key) are updated with the created runs: a
+    created run takes its key. The 24 h run from the creation of the holder: a run skipped
+    for the key does not extend them."""
     out: list[NewRun] = []
     for new in runs:
         if new.id in existing:
@@ -438,12 +485,29 @@ def new_runs_to_create(
         if new.idempotency_key is not None:
             k = (new.function_id, new.idempotency_key)
             held = keys.get(k)
-            if held is not None and new.created_at - held < DEDUPE_WINDOW_MS:
+            if held is not None and new.created_at - held[0] < DEDUPE_WINDOW_MS:
+                if skipped is not None:
+                    skipped.append(SkippedTrigger(
+                        id=new.id, function_id=new.function_id, key=new.idempotency_key,
+                        run_id=held[1], event_id=new.event_ids[0] if new.event_ids else None,
+                        at=new.created_at,
+                    ))
+                existing.add(new.id)
                 continue
-            keys[k] = new.created_at
+            keys[k] = (new.created_at, new.id)
         existing.add(new.id)
         out.append(new)
     return out
+
+
+def run_events_to_append(batch: CommitBatch, fenced: Collection[str]) -> list[str]:
+    """The ``run_events`` of a batch a store appends (in order): those of runs whose writes
+    were accepted (not ``fenced``) and that the batch writes to. A run's system events are
+    emitted with its end, so a finalizer whose end is fenced (a stale lease, a run that
+    already ended) emits nothing."""
+    written = {w.run_id for w in batch.writes}
+    return [text for run_id, text in batch.run_events
+            if run_id in written and run_id not in fenced]
 
 
 class RunChange:
@@ -636,11 +700,12 @@ def wait_found(wait_keys: Sequence[str], keys: Collection[str] | None) -> bool:
 
 
 def notifies(batch: CommitBatch) -> bool:
-    """Whether a commit of ``batch`` wakes ``wait_for_notify`` listeners: it creates events,
-    runs or signals (work for workers), or a write gives a run a terminal status (a result
-    for those waiting on it). Journal writes and status changes that do not end a run wake
-    nobody. A store may wake listeners spuriously (for a write that was fenced, say)."""
-    return bool(batch.events or batch.runs or batch.signals) or any(
+    """Whether a commit of ``batch`` wakes ``wait_for_notify`` listeners: it creates events
+    (``run_events`` included), runs or signals (work for workers), or a write gives a run a
+    terminal status (a result for those waiting on it). Journal writes and status changes
+    that do not end a run wake nobody. A store may wake listeners spuriously (for a write
+    that was fenced, say)."""
+    return bool(batch.events or batch.runs or batch.signals or batch.run_events) or any(
         w.status is not None and w.status in TERMINAL_STATUSES for w in batch.writes)
 
 

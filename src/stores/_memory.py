@@ -21,6 +21,7 @@ from durable_core.store import (
     Claim,
     CommitBatch,
     RunRecord,
+    SkippedTrigger,
     StoredEvent,
     WaitRecord,
     apply_change,
@@ -32,6 +33,7 @@ from durable_core.store import (
     lone_memo,
     new_runs_to_create,
     notifies,
+    run_events_to_append,
     signal_accepted,
     wait_changes,
     write_accepted,
@@ -65,7 +67,9 @@ class MemoryStore:
         self._due: dict[str, int] = {}
         self._due_heap: list[tuple[int, int, str]] = []
         self._journals: dict[str, list[JournalEntry]] = {}
-        self._idempotency: dict[tuple[str, str], int] = {}  # -> created_at of the holder
+        # (function, key) -> created_at and id of the run holding the key
+        self._idempotency: dict[tuple[str, str], tuple[int, str]] = {}
+        self._skipped: dict[str, SkippedTrigger] = {}  # by the skipped run's id, in order
         # Waits by event name, then (run, position): all of them, in registration order.
         self._waits: dict[str, dict[tuple[str, int], WaitRecord]] = {}
         # The match-key index: waits without keys, and waits by key (one record, or a list
@@ -186,11 +190,15 @@ class MemoryStore:
                 ):
                     fenced.add(run_id)
             adds, removes = wait_changes(batch, fenced)
+            run_events = [_parse_event(text) for text in run_events_to_append(batch, fenced)]
             for parsed in events:
                 self._append_event(parsed, batch.now)
             if batch.runs:
-                existing = {n.id for n in batch.runs if n.id in self._runs}
-                for new in new_runs_to_create(batch.runs, existing, self._idempotency):
+                existing = {n.id for n in batch.runs
+                            if n.id in self._runs or n.id in self._skipped}
+                skipped: list[SkippedTrigger] = []
+                for new in new_runs_to_create(batch.runs, existing, self._idempotency,
+                                              skipped):
                     self._runs[new.id] = RunRecord(
                         id=new.id, function_id=new.function_id, status="queued",
                         events=new.events, created_at=new.created_at,
@@ -201,6 +209,8 @@ class MemoryStore:
                     self._open[new.id] = len(self._run_order)
                     self._journals[new.id] = []
                     self._refresh_due(new.id)
+                for skip in skipped:
+                    self._skipped.setdefault(skip.id, skip)
             for run_id, c in changes.items():
                 if run_id in fenced:
                     continue
@@ -230,6 +240,8 @@ class MemoryStore:
                     removed = waits.pop(wkey, None)
                     if removed is not None:
                         self._unindex_wait(wkey, removed)
+            for parsed in run_events:
+                self._append_event(parsed, batch.now)
             for run_id, signal in batch.signals:
                 target = self._runs.get(run_id)
                 if signal_accepted(None if target is None else target.status):
@@ -494,6 +506,30 @@ class MemoryStore:
                 return False
             self._seen = self._commits
             return True
+    def skipped_triggers(
+        self,
+        *,
+        function_id: str | None = None,
+        event_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """See :meth:`durable_core.Store.skipped_triggers`."""
+        with self._lock:
+            out: list[SkippedTrigger] = []
+            if limit <= 0:
+                return out
+            for skip in reversed(self._skipped.values()):
+                if function_id is not None and skip.function_id != function_id:
+                    continue
+                if event_id is not None and skip.event_id != event_id:
+                    continue
+                if run_id is not None and skip.run_id != run_id:
+                    continue
+                out.append(skip)
+                if len(out) >= limit:
+                    break
+            return out
 
     def close(self) -> None:
         """Nothing to release; wakes a blocked :meth:`wait_for_notify` (which returns False

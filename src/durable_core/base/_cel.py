@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import logging
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -57,6 +56,7 @@ from durable_core.base._cel_compile import (
     to_plain,
 )
 from durable_core.base._errors import InvalidExpressionError
+from durable_core.base._safelog import safe_logger
 
 __all__ = [
     "DEFAULT_VARIABLES",
@@ -72,7 +72,7 @@ MAX_EXPRESSION_CHARS: Final = 4096
 MAX_EVALUATION_COST: Final = 50_000
 """The cost budget of one evaluation (see the module docstring for what a unit is)."""
 
-_log = logging.getLogger("durable_core.cel")
+_log = safe_logger("durable_core.cel")
 
 #: Variables an expression may use unless told otherwise.
 DEFAULT_VARIABLES: Final[tuple[str, ...]] = ("event", "async", "vars")

@@ -209,6 +209,74 @@ class CronSchedule:
         )
 
 
+    def latest_at_or_before(self, dt: _dt.datetime) -> _dt.datetime | None:
+        """The last tick at or before the aware datetime ``dt`` (the same ticks
+        :meth:`next_after` gives, daylight-saving rules included), or None if the schedule
+        has none before ``dt`` (in the years croniter covers). Costs a few
+        :meth:`next_after` calls however long ago the tick was: croniter finds the last
+        raw tick, then the ticks of the hours around it are walked forward."""
+        if dt.tzinfo is None or dt.utcoffset() is None:
+            raise InvalidDurationError(
+                f"CronSchedule.latest_at_or_before() needs a timezone-aware datetime, got "
+                f"naive {dt.isoformat()}; pass e.g. datetime(..., tzinfo=timezone.utc)",
+                field="dt",
+            )
+        proto, _wildcard = _prototype(self.spec)
+        zone = _zone(self.tz)
+        end = dt.astimezone(_UTC)
+        probe = end + _dt.timedelta(microseconds=1)
+        # A raw tick moved by a daylight-saving rule lands at most an hour away from it, so
+        # walking forward from three hours before the last raw tick finds every adjusted
+        # tick up to ``end``. A raw tick dropped as a repeated wall time leaves the walk
+        # empty only if the whole window was; then look before it.
+        for _ in range(64):
+            try:
+                raw = copy.copy(proto).get_prev(_dt.datetime, start_time=probe.astimezone(zone))
+            except (CroniterBadDateError, OverflowError, ValueError):
+                return None
+            start = raw.astimezone(_UTC) - _dt.timedelta(hours=3)
+            found: _dt.datetime | None = None
+            tick = self.next_after(start)
+            while tick <= end:
+                found = tick
+                tick = self.next_after(tick)
+            if found is not None:
+                return found
+            probe = start
+        return None  # pragma: no cover - defensive
+
+
+    def ticks_between(
+        self, after: _dt.datetime, until: _dt.datetime, limit: int
+    ) -> tuple[list[_dt.datetime], bool]:
+        """The last ``limit`` ticks in ``(after, until]``, oldest first, and whether earlier
+        ticks of that range were left out. Costs about ``limit`` :meth:`next_after` calls
+        however long the range: past ``limit`` ticks, croniter steps back from ``until``
+        to find where the last ``limit`` start."""
+        out: list[_dt.datetime] = []
+        tick = self.next_after(after)
+        while tick <= until and len(out) <= limit:
+            out.append(tick)
+            tick = self.next_after(tick)
+        if len(out) <= limit:
+            return out, False
+        proto, _wildcard = _prototype(self.spec)
+        zone = _zone(self.tz)
+        it = copy.copy(proto)
+        it.set_current(until.astimezone(zone), force=True)
+        raw = until
+        for _ in range(limit):
+            raw = it.get_prev(_dt.datetime).astimezone(_UTC)
+        # Adjusted ticks lie within an hour of raw ones (see latest_at_or_before).
+        begin = max(after.astimezone(_UTC), raw - _dt.timedelta(hours=3))
+        out = []
+        tick = self.next_after(begin)
+        while tick <= until:
+            out.append(tick)
+            tick = self.next_after(tick)
+        return out[-limit:], True
+
+
 def _check_zone(tz: str, *, text: str, field: str) -> None:
     hint = "use an IANA zone name such as 'UTC', 'Europe/Paris' or 'America/New_York'"
     if not tz:

@@ -146,6 +146,8 @@ class StepError(DurableError):
         self.step_id = step_id
         self.error_type = error_type
         self.error_message = error_message
+        self.traceback_text: str | None = None
+        """The traceback of the step's error (its last attempt's), when it was recorded."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (StepError, (self.step_id, self.error_type, self.error_message))

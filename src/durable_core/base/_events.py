@@ -156,13 +156,15 @@ class Event:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Event:
-        """Build an event from its dict form, validating every field."""
+        """Build an event from its dict form, validating every field. A ``traceparent``
+        key (the W3C trace context stored with events sent while tracing is on, see
+        :mod:`durable_core.otel`) is accepted and left out of the event."""
         if not isinstance(raw, Mapping):
             raise InvalidEventError(
                 f"event: expected a JSON object with 'name' and 'data', got {type(raw).__name__}",
                 field="event",
             )
-        unknown = set(raw) - {"name", "data", "id", "ts"}
+        unknown = set(raw) - {"name", "data", "id", "ts", "traceparent"}
         if unknown:
             raise InvalidEventError(
                 f"event: unknown field(s) {sorted(unknown)}; allowed: name, data, id, ts",

@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import math
 import re
 import sys
@@ -50,6 +49,7 @@ import celpy
 import lark
 
 from durable_core.base._cel import compile_expression
+from durable_core.base._safelog import safe_logger
 
 __all__ = [
     "MAX_IN_VALUES",
@@ -71,7 +71,7 @@ _INT64_MAX: Final = 2**63 - 1
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-_log = logging.getLogger("durable_core.match")
+_log = safe_logger("durable_core.match")
 
 
 # --------------------------------------------------------------------------- values

@@ -73,21 +73,46 @@ def _load_app(spec: str) -> App:
 
 
 def format_timeline(run: RunView) -> str:
-    """A run's step timeline as text."""
+    """A run's step timeline as text: each step's start (from the run's creation), duration,
+    attempts with their errors, and what a sleep or wait waits for."""
     t0 = run.created_at
+
+    def at(ms: int) -> str:
+        return from_ms(ms).isoformat()
+
     took = "" if run.ended_at is None else f" in {(run.ended_at - t0) / 1000:.1f}s"
     lines = [f"run {run.id}  {run.function_id}  {run.status}{took}"]
     for s in run.steps:
         start = f"+{((s.started_at or t0) - t0) / 1000:6.1f}s"
+        took_s = "" if s.duration_ms is None else f"  ({s.duration_ms / 1000:.1f}s)"
         detail = ""
         if s.error is not None:
             detail = f"  {s.error.type}: {s.error.message}"
         elif s.output is not None:
             detail = "  -> " + json.dumps(s.output, ensure_ascii=False)[:80]
         tries = f"  attempts={s.attempts}" if s.kind == "run" else ""
-        lines.append(f"  {start}  {s.id:<20} {s.kind:<15} {s.status:<10}{tries}{detail}")
+        lines.append(f"  {start}  {s.id:<20} {s.kind:<15} {s.status:<10}{tries}{took_s}"
+                     f"{detail}")
+        if s.waiting_for is not None:
+            lines.append("      waits for " + ", ".join(
+                f"{k}={v}" for k, v in s.waiting_for.items() if v is not None))
+        if s.until is not None and s.ended_at is None:
+            lines.append(f"      until {at(s.until)}")
+        for a in s.attempt_log:
+            if a.error is not None:
+                again = "" if a.retry_at is None else f" (next attempt {at(a.retry_at)})"
+                lines.append(f"      attempt {a.attempt} {a.step_id}: {a.error.type}: "
+                             f"{a.error.message}{again}")
+    for a in run.attempt_log:
+        if a.error is not None:
+            lines.append(f"  code attempt {a.attempt} raised {a.error.type}: "
+                         f"{a.error.message} at {at(a.ended_at)}")
+    if run.next_attempt_at is not None:
+        lines.append(f"  next attempt: {at(run.next_attempt_at)}")
     if run.error is not None:
         lines.append(f"  error: {run.error.type}: {run.error.message}")
+        if run.error.traceback:
+            lines.extend("    " + line for line in run.error.traceback.rstrip().splitlines())
     elif run.status == "completed":
         lines.append("  output: " + json.dumps(run.output, ensure_ascii=False))
     return "\n".join(lines)
@@ -153,8 +178,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from durable_core.drivers._logs import configure_logging
     from durable_core.drivers._processes import run_worker
 
+    configure_logging(args.log_level, args.log_format)
     app = _load_app(args.app)
     if args.processes != 1:
         return _worker_processes(args, app)
@@ -167,7 +194,8 @@ def _worker_processes(args: argparse.Namespace, app: App) -> int:
     from durable_core.drivers._processes import Supervisor
 
     supervisor = Supervisor(args.app, args.store, processes=args.processes,
-                            max_runs=args.max_runs, poll_interval=args.poll_interval)
+                            max_runs=args.max_runs, poll_interval=args.poll_interval,
+                            log_level=args.log_level, log_format=args.log_format)
     # Open the store once here: a bad URL fails now, with one message, and a new database
     # is migrated before the processes open it.
     _open_store(args.store).close()
@@ -208,21 +236,43 @@ def _cmd_send(args: argparse.Namespace) -> int:
     app = None if args.app is None else _load_app(args.app)
     client = Client(_open_store(args.store), app=app)
     ids = client.send(event)
+    # With an app the event is routed at once: say which runs it was folded into.
+    folded = [_folded(s) for i in ids for s in client.skipped_triggers(event_id=i)]
+    folded_text = "".join(
+        f"\nevent {f['event_id']} folded into run {f['run_id']} ({f['function_id']}, "
+        f"idempotency key {f['key']!r})" for f in folded)
     if not args.wait:
-        _print({"ids": ids}, args.json, "\n".join(ids))
+        # Without an app, workers route the event later: nothing is known yet.
+        shown = {"ids": ids, "folded": folded} if app is not None else {"ids": ids}
+        _print(shown, args.json, "\n".join(ids) + folded_text)
         return 0
     handles = [h for i in ids for h in client.runs_of(i)]
     outcomes = [_await_run(h, args.timeout) for h in handles]
     if args.json:
-        print(json.dumps({"ids": ids, "runs": [o for o, _ in outcomes]}, indent=2,
-                         ensure_ascii=False))
+        print(json.dumps({"ids": ids, "runs": [o for o, _ in outcomes], "folded": folded},
+                         indent=2, ensure_ascii=False))
     else:
-        print("\n".join(ids))
-        if not handles:
+        print("\n".join(ids) + folded_text)
+        if not handles and not folded:
             print("the event started no run")
         for (o, _), h in zip(outcomes, handles, strict=True):
             print(f"{h.id}  {o['status']}  {_outcome_text(o)}")
     return max((code for _, code in outcomes), default=0)
+
+
+def _folded(skip: Any) -> dict[str, Any]:
+    """A trigger folded into a run by an idempotency key, as JSON (``at`` ISO 8601 UTC)."""
+    return {"event_id": skip.event_id, "function_id": skip.function_id, "key": skip.key,
+            "run_id": skip.run_id, "at": _render.iso(skip.at)}
+
+
+def _with_folded(client: Any, run: Any) -> dict[str, Any]:
+    """A run's JSON (:func:`_render.run_json`) with ``folded``: the triggers its idempotency
+    key folded into it."""
+    out: dict[str, Any] = _render.run_json(run)
+    out["folded"] = [_folded(s) for s in client.skipped_triggers(run_id=run.id,
+                                                                   limit=10_000)]
+    return out
 
 
 _EXIT_FAILED = 1
@@ -304,7 +354,8 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
         since=None if args.since is None else from_ms(args.since),
         until=None if args.until is None else from_ms(args.until))
     if args.json:
-        print(json.dumps([_render.run_json(r) for r in runs], indent=2, ensure_ascii=False))
+        print(json.dumps([_with_folded(client, r) for r in runs], indent=2,
+                         ensure_ascii=False))
         return 0
     if not runs:
         print("no runs")
@@ -325,7 +376,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     run = client.get_run(args.run_id)
     if not args.follow:
         if args.json:
-            print(json.dumps(_render.run_json(run), indent=2, ensure_ascii=False))
+            print(json.dumps(_with_folded(client, run), indent=2, ensure_ascii=False))
         else:
             _render.console().print(_render.run_timeline(run, _now_ms()))
         return 0
@@ -697,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds an idle worker waits before looking at the store again "
                          "(default 0.5; PostgreSQL and SQLite files also wake workers at once "
                          "when another process creates work)")
+    sp.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                    default="info", help="the least severe log lines shown (default info: "
+                    "runs started, retried and ended, and what the app logs)")
+    sp.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="log lines on stderr as text for people (default) or one JSON "
+                         "object per line, for log collectors")
     store_arg(sp)
     sp.set_defaults(func=_cmd_worker)
 

@@ -83,10 +83,13 @@ def duration_text(ms: int | None) -> str:
     return f"{days}d{hours:02d}h"
 
 
-def clip(text: str, limit: int = MAX_CELL) -> str:
-    """``text``, or its first ``limit`` characters and a mark saying how much was cut."""
+def clip(text: str, limit: int = MAX_CELL, *, short: bool = False) -> str:
+    """``text``, or its first ``limit`` characters and a mark saying how much was cut
+    (``short``: a brief mark, for a table cell)."""
     if len(text) <= limit:
         return text
+    if short:
+        return f"{text[:limit]}…[+{len(text) - limit} chars]"
     return f"{text[:limit]}… [{len(text) - limit} more characters; --json shows all]"
 
 
@@ -103,9 +106,7 @@ def step_status(run: RunView, step: StepView) -> str:
 
 
 def _step_duration(step: StepView) -> int | None:
-    if step.started_at is None or step.ended_at is None:
-        return None
-    return max(step.ended_at - step.started_at, 0)
+    return step.duration_ms
 
 
 def _run_duration(run: RunView) -> int | None:
@@ -199,6 +200,19 @@ def run_timeline(run: RunView, now: int) -> RenderableType:
             detail = Text(clip(_value(s.output), _DETAIL))
         else:
             detail = Text("")
+        notes: list[str] = []
+        if s.waiting_for is not None:
+            notes.append("waits for " + ", ".join(
+                f"{k}={v}" for k, v in s.waiting_for.items() if v is not None))
+        if s.until is not None and s.ended_at is None and status != ABANDONED:
+            notes.append(f"until {when(s.until)}")
+        for a in s.attempt_log:
+            if a.error is not None:
+                again = "" if a.retry_at is None else f"; next attempt {when(a.retry_at)}"
+                notes.append(clip(f"attempt {a.attempt + 1}: {a.error.type}: "
+                                  f"{a.error.message}", _DETAIL) + again)
+        for note in notes:
+            detail.append(("\n" if detail.plain else "") + note, style="dim")
         bar = ""
         if s.started_at is not None:
             stop = s.ended_at if s.ended_at is not None else (
@@ -213,9 +227,18 @@ def run_timeline(run: RunView, now: int) -> RenderableType:
         parts.append(table)
     else:
         parts.append(Text("no steps yet", style="dim"))
+    for a in run.attempt_log:
+        if a.error is not None:
+            parts.append(Text(clip(f"code attempt {a.attempt + 1} raised {a.error.type}: "
+                                   f"{a.error.message} at {when(a.ended_at)}", 2000),
+                              style="yellow"))
+    if run.next_attempt_at is not None:
+        parts.append(Text(f"next attempt: {when(run.next_attempt_at)}", style="yellow"))
     if run.error is not None:
         parts.append(Text(clip(f"error: {run.error.type}: {run.error.message}", 2000),
                           style="red"))
+        if run.error.traceback:
+            parts.append(Text(run.error.traceback.rstrip(), style="dim"))
     elif run.status == "completed":
         parts.append(Text(clip("output: " + _value(run.output), 2000)))
     return Group(*parts)
@@ -230,12 +253,12 @@ def events_table(events: list[StoredEvent], runs: dict[str, int] | None = None) 
         columns.append("RUNS")
     columns.append("DATA")
     for name in columns:
-        table.add_column(name, no_wrap=name != "DATA", overflow="fold")
+        table.add_column(name, no_wrap=True, overflow="ellipsis")
     for ev in events:
         row = [str(ev.seq), ev.id, ev.name, when(ev.received_at),
                "duplicate" if ev.duplicate else ""]
         if runs is not None:
             row.append(str(runs.get(ev.id, 0)) if not ev.duplicate else "-")
-        row.append(clip(_value(event_json(ev)["data"]), 60))
+        row.append(clip(_value(event_json(ev)["data"]), 48, short=True))
         table.add_row(*row)
     return table

@@ -7,11 +7,12 @@ core answers memoized requests at once and turns new ones into commands.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from durable_core.base._backoff import stable_unit
@@ -26,6 +27,7 @@ from durable_core.base._errors import (
 from durable_core.base._events import MAX_EVENT_NAME_BYTES, Event
 from durable_core.base._serde import check_text, json_problem
 from durable_core.core._function import Function
+from durable_core.core._lifecycle import SYSTEM_EVENTS
 from durable_core.core._model import StepKind, derive_uuid
 from durable_core.core._sandbox import Unsafe
 
@@ -291,15 +293,18 @@ class Steps:
         """Run ``fn(*args, **kwargs)`` (sync or async) once, durably; returns its result.
 
         The result is recorded as JSON: on replay the recorded value is returned without
-        calling ``fn``. If ``fn`` has a return annotation (an attrs class, a dataclass, a
-        datetime...), the value is rebuilt into that type. Failures are retried per the
-        function's ``retries``; when they run out, a :class:`~durable_core.StepError` is
-        raised here.
+        calling ``fn``. If ``fn`` has a return annotation ``-> T`` (an attrs class, a
+        dataclass, a datetime, ``Decimal``, ``bytes``, a set, a union cattrs can tell
+        apart...), the value is stored as a ``T`` and rebuilt into one by the app's
+        converter, live and on replay; without one it must be plain JSON. A value that
+        would come back different is refused: the step fails with a
+        :class:`~durable_core.SerializationError` saying what to annotate (see
+        docs/concepts/types.md). Failures are retried per the function's ``retries``; when
+        they run out, a :class:`~durable_core.StepError` is raised here.
 
         Typed: the awaited value has the type ``fn`` returns (``T`` for ``def fn() -> T`` and
         for ``async def fn() -> T``), and ``args``/``kwargs`` are checked against ``fn``'s
-        parameters. A union return type is not rebuilt (the JSON value is returned as it is),
-        so annotate ``fn`` with one concrete type when its value is not plain JSON.
+        parameters.
         """
         if type(id) is not str or not id or not id.isascii() or "\x00" in id:
             _check_id(id, "run")
@@ -399,8 +404,9 @@ class Steps:
         fails or does not finish within ``timeout`` (default one year).
 
         Typed: invoking a :class:`~durable_core.Function` ``Function[T]`` (what
-        ``@app.function`` returns for ``async def fn(ctx) -> T``) gives a ``T``; invoking by
-        id gives ``Any``."""
+        ``@app.function`` returns for ``async def fn(ctx) -> T``) gives a ``T``, rebuilt
+        from the child's recorded output by its app's converter (live and on replay);
+        invoking by id gives ``Any`` to a type checker (the value is rebuilt all the same)."""
         _check_id(id, "invoke")
         func = self._host.function.app.resolve(function)
         payload = {} if data is None else data
@@ -427,6 +433,12 @@ class Steps:
             if not isinstance(e, Event):
                 raise InvalidEventError(
                     f"ctx.step.send_event({id!r}): item {i} is {type(e).__name__}, not an Event",
+                    field="step.send_event.events",
+                )
+            if e.name in SYSTEM_EVENTS:
+                raise InvalidEventError(
+                    f"ctx.step.send_event({id!r}): item {i} is named {e.name!r}, a system "
+                    "event only the engine emits when a run ends; send your own event name",
                     field="step.send_event.events",
                 )
         return self._made_one(SendRequest(id, batch), "send_event")
@@ -571,18 +583,65 @@ class Context:
         return GatherRequest(requests)
 
 
-_logger = logging.getLogger("durable_core.run")
+log_ids: Callable[[str | None], dict[str, str] | None] | None = None
+"""Set by tracing (:mod:`durable_core.otel`): the ``trace_id``/``span_id`` to put on a
+``ctx.logger`` record of a run (None: the current span's)."""
 
 
 class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """``ctx.logger``: a logger that stays silent while its run is replaying, so a record
-    is emitted once, not again each time the journal is replayed. Records carry ``run_id``."""
+    """``ctx.logger``: the app's logger (``App(id, logger=...)``, by default
+    ``durable_core.run``) that stays silent while its run is replaying, so a record is
+    emitted once, not again each time the journal is replayed.
+
+    Records carry ``run_id``, ``function_id``, ``step_id`` (inside a step body, the step's;
+    None in orchestration code) and ``attempt`` (0-based: the step's attempt inside a body,
+    else the orchestration code's) as ``extra`` fields, plus ``trace_id``/``span_id`` when
+    tracing is on. Logging never raises into the run: a handler, filter or logger that
+    fails is ignored."""
 
     def __init__(self, machine: RunHost) -> None:
-        super().__init__(_logger, {"run_id": machine.run_id})
+        super().__init__(machine.function.app.logger, None)
         self._machine = machine
 
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        """Add the run's ids to the record's ``extra`` (the caller's own keys kept)."""
+        m = self._machine
+        cur = current_attempt.get()
+        if cur is not None and cur[0] == m.run_id:
+            step_id, attempt = cur[2], cur[1]
+        else:
+            step_id, attempt = None, m.run_attempt
+        extra = {"run_id": m.run_id, "function_id": m.function.id, "step_id": step_id,
+                 "attempt": attempt}
+        hook = log_ids
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                # In a body, the step's span is the current one; else the run's.
+                extra.update(hook(None if step_id is not None else m.run_id) or {})
+        given = kwargs.get("extra")
+        if given:
+            extra = {**given, **extra}
+        kwargs["extra"] = extra
+        return msg, kwargs
+
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        """Log unless the run is replaying."""
-        if not self._machine.replaying:
-            super().log(level, msg, *args, **kwargs)
+        """Log unless the run is replaying; never raises."""
+        if self._machine.replaying:
+            return
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller's line, not ours
+        with contextlib.suppress(Exception):
+            if not self.isEnabledFor(level):
+                return
+            call: MutableMapping[str, Any] = kwargs
+            msg, call = self.process(msg, call)
+            target: Any = self.logger
+            while isinstance(target, logging.LoggerAdapter):
+                # The app's logger is an adapter: its own processing, with the run's ids
+                # kept (a plain LoggerAdapter would replace ``extra`` with its own).
+                ours = call["extra"]
+                msg, call = target.process(msg, call)
+                call["extra"] = {**(call.get("extra") or {}), **ours}
+                target = target.logger
+            target.log(level, msg, *args, **call)

@@ -6,7 +6,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Generic
+from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
 from typing_extensions import TypeVar
@@ -21,13 +21,20 @@ from durable_core.base._errors import (
 )
 from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
-from durable_core.base._serde import check_text
+from durable_core.base._safelog import safe_logger
+from durable_core.base._serde import app_converter, check_text
+from durable_core.core._lifecycle import FAILED_EVENT, FAILURE_SUFFIX, idempotency_text
+
+if TYPE_CHECKING:
+    from cattrs import Converter
 
 __all__ = ["App", "CronTrigger", "EventTrigger", "Function", "on_cron", "on_event"]
 
 MAX_TRIGGERS = 10
 MAX_RETRIES = 20
 DEFAULT_RETRIES = 4
+FAILURE_HANDLER_RETRIES = 1
+"""The retries of a failure handler (``on_failure=``), as Inngest's."""
 DEFAULT_MAX_STEPS = 1_000
 ABSOLUTE_MAX_STEPS = 10_000
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
@@ -74,11 +81,13 @@ class CronTrigger:
     """Start one run per tick of a 5-field cron schedule (``"TZ=Europe/Paris 0 12 * * 5"``)."""
 
     cron: str
+    catch_up: str = "latest"
+    """What happens to ticks missed while no worker ran (see :func:`on_cron`)."""
     schedule: CronSchedule | None = attrs.field(default=None, eq=False, repr=False)
 
 
 Trigger = EventTrigger | CronTrigger
-_log = logging.getLogger("durable_core.cel")
+_log = safe_logger("durable_core.cel")
 
 
 class _TriggerIndex:
@@ -142,16 +151,34 @@ def on_event(name: str, *, if_: str | None = None) -> EventTrigger:
     return EventTrigger(event=name, if_=if_)
 
 
-def on_cron(cron: str) -> CronTrigger:
+CATCH_UP_MODES = ("latest", "all", "skip")
+"""The values of ``on_cron(..., catch_up=)``."""
+
+
+def on_cron(cron: str, *, catch_up: str = "latest") -> CronTrigger:
     """A trigger on a 5-field cron schedule with an optional ``TZ=``/``CRON_TZ=`` prefix
     (UTC without one). The schedule is checked when the function is registered; an invalid
-    one raises :class:`~durable_core.InvalidCronError` naming the function."""
+    one raises :class:`~durable_core.InvalidCronError` naming the function.
+
+    ``catch_up`` decides what happens to ticks that fell due while no worker ran (a tick
+    is *missed* once a later tick is also due, or once it is more than a minute late):
+    ``"latest"`` (the default) starts one run, for the most recent due tick; ``"all"`` starts
+    one run per missed tick of the last 24 hours, oldest first (older ones are skipped);
+    ``"skip"`` starts none, and only a tick at most a minute late runs. Skipped ticks are
+    logged (``durable_core.cron``, INFO). Each tick starts at most one run whatever the
+    mode, even with several workers."""
     if not isinstance(cron, str):
         raise FunctionConfigError(
             f"on_cron(cron): must be a string such as '0 12 * * 5', got {cron!r}",
             field="trigger.cron",
         )
-    return CronTrigger(cron=cron)
+    if catch_up not in CATCH_UP_MODES:
+        raise FunctionConfigError(
+            f"on_cron(catch_up): must be one of {', '.join(map(repr, CATCH_UP_MODES))}, "
+            f"got {catch_up!r}",
+            field="trigger.catch_up",
+        )
+    return CronTrigger(cron=cron, catch_up=catch_up)
 
 
 def _bind(trigger: Trigger, function_id: str, index: int) -> Trigger:
@@ -192,6 +219,28 @@ class Function(Generic[Output]):
     """Whether the determinism sandbox guards this function's orchestration code (see
     docs/determinism.md); ``@app.function(sandbox=False)`` or ``App(sandbox=False)`` turn
     it off."""
+    idempotency: str | None = None
+    """The CEL expression over ``event`` whose value is the run's idempotency key: at most
+    one run per key per 24 h (see docs/lifecycle.md)."""
+    idempotency_expression: Expression | None = attrs.field(default=None, eq=False,
+                                                            repr=False)
+    failure_handler: str | None = None
+    """The id of the function ``on_failure=`` registered for this one (``<id>-failure``)."""
+
+    def idempotency_key(self, event: dict[str, Any]) -> str | None:
+        """The idempotency key of a run triggered by ``event`` (dict form): the value of
+        ``idempotency`` (a string as it is, another value as its JSON text). None without
+        ``idempotency``, or when the expression gives null or fails on this event (then the
+        run starts without a key, and a warning is logged)."""
+        expr = self.idempotency_expression
+        if expr is None:
+            return None
+        try:
+            return idempotency_text(expr.evaluate({"event": event}))
+        except (InvalidExpressionError, RecursionError, ValueError) as exc:
+            _log.warning("function %r: idempotency: %s; the run starts without a key",
+                         self.id, exc)
+            return None
 
     @property
     def event_triggers(self) -> tuple[EventTrigger, ...]:
@@ -216,9 +265,27 @@ class App:
     written for: ``"asyncio"`` (the default: most of the async ecosystem, aiohttp, asyncpg,
     httpx) or ``"trio"``. Every worker and ``TestEngine`` runs them on that library (see
     docs/asyncio.md); sync bodies run in threads either way.
+
+    ``logger`` is where ``ctx.logger`` writes (a :class:`logging.Logger` or
+    ``LoggerAdapter``; default ``logging.getLogger("durable_core.run")``): ``ctx.logger``
+    adds the run's ids to each record and stays silent while a run replays (see
+    docs/observability.md).
+
+    ``converter`` is the cattrs converter that stores the app's step and run outputs as JSON
+    and rebuilds them into their annotated types (see docs/concepts/types.md): by default
+    the app's own, made by :func:`~durable_core.make_converter`. Register hooks for your own
+    types on ``app.converter``, or pass a converter you configured.
     """
 
-    def __init__(self, id: str, *, sandbox: bool = True, async_bodies: str = ASYNCIO) -> None:
+    def __init__(
+        self,
+        id: str,
+        *,
+        sandbox: bool = True,
+        async_bodies: str = ASYNCIO,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        converter: Converter | None = None,
+    ) -> None:
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
                 f"App(id): {id!r} is not a valid app id; use 1-128 letters, digits and "
@@ -235,12 +302,34 @@ class App:
             raise FunctionConfigError(
                 f"App(sandbox): must be True or False, got {sandbox!r}", field="app.sandbox"
             )
+        if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
+            raise FunctionConfigError(
+                f"App({id!r}, logger=...): must be a logging.Logger (or LoggerAdapter), e.g. "
+                f"logging.getLogger('myapp'), got {type(logger).__name__}",
+                field="app.logger",
+            )
+        if converter is not None and not (
+            callable(getattr(converter, "structure", None))
+            and callable(getattr(converter, "unstructure", None))
+        ):
+            raise FunctionConfigError(
+                f"App({id!r}, converter=...): must be a cattrs Converter (for example "
+                f"durable_core.make_converter()), got {type(converter).__name__}",
+                field="app.converter",
+            )
         self.id = id
+        self.logger: logging.Logger | logging.LoggerAdapter[Any] = (
+            logging.getLogger("durable_core.run") if logger is None else logger)
+        """Where ``ctx.logger`` sends its records (``App(id, logger=...)``; by default the
+        logger ``durable_core.run``)."""
         self.sandbox = sandbox
         """The default of ``@app.function(sandbox=...)``: whether the determinism sandbox
         guards orchestration code (on unless turned off)."""
         self.async_bodies = async_bodies
         """The library async step bodies run on: ``"asyncio"`` or ``"trio"``."""
+        self.converter: Converter = app_converter() if converter is None else converter
+        """The cattrs converter of the app's step and run outputs: register hooks for your
+        own types on it (``app.converter.register_structure_hook(Money, ...)``)."""
         self._functions: dict[str, Function[Any]] = {}
         self._by_event: dict[str, list[tuple[Function[Any], EventTrigger]]] = {}
         self._trigger_index: dict[str, _TriggerIndex] = {}
@@ -253,6 +342,8 @@ class App:
         retries: int = DEFAULT_RETRIES,
         max_steps: int = DEFAULT_MAX_STEPS,
         sandbox: bool | None = None,
+        idempotency: str | None = None,
+        on_failure: Callable[[Any], Coroutine[Any, Any, Any]] | None = None,
     ) -> Callable[[Callable[[Any], Coroutine[Any, Any, T]]], Function[T]]:
         """Register ``async def fn(ctx)`` as a durable function.
 
@@ -263,6 +354,12 @@ class App:
         ``sandbox`` (default: the app's, on) makes calls that break replay (the clock,
         randomness, blocking waits, threads, I/O) raise ``DeterminismError`` at once in the
         orchestration code (never in step bodies); see docs/determinism.md.
+        ``idempotency`` is a CEL expression over ``event`` (``"event.data.cart_id"``): at
+        most one run per value per 24 h from the first run's creation; the triggers it folds
+        are recorded (``Client.skipped_triggers``). ``on_failure`` is an
+        ``async def handler(ctx)`` registered as function ``<id>-failure`` (retries 1), run
+        once when a run of this function fails for good, with the
+        ``durable/function.failed`` event as ``ctx.event``. See docs/lifecycle.md.
         """
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
@@ -324,6 +421,41 @@ class App:
                 field="sandbox",
             )
         guarded = self.sandbox if sandbox is None else sandbox
+        idem_expr: Expression | None = None
+        if idempotency is not None:
+            if not isinstance(idempotency, str) or not idempotency.strip():
+                raise FunctionConfigError(
+                    f"function {id!r}: idempotency: must be a CEL expression over event "
+                    f"(e.g. 'event.data.cart_id'), got {idempotency!r}",
+                    field="idempotency",
+                )
+            try:
+                idem_expr = compile_expression(idempotency, field="idempotency",
+                                               variables=("event",))
+            except InvalidExpressionError as exc:
+                raise InvalidExpressionError(f"function {id!r}: {exc}",
+                                             field="idempotency") from None
+        failure_id: str | None = None
+        if on_failure is not None:
+            failure_id = id + FAILURE_SUFFIX
+            if not inspect.iscoroutinefunction(on_failure):
+                raise FunctionConfigError(
+                    f"function {id!r}: on_failure: must be an 'async def handler(ctx)', got "
+                    f"{on_failure!r}",
+                    field="on_failure",
+                )
+            if not _ID_RE.match(failure_id):
+                raise FunctionConfigError(
+                    f"function {id!r}: on_failure: the handler's id {failure_id!r} is over "
+                    "128 characters; use a shorter function id",
+                    field="on_failure",
+                )
+            if failure_id in self._functions:
+                raise FunctionConfigError(
+                    f"function {id!r}: on_failure: the handler's id {failure_id!r} is taken "
+                    "by another function of the app; rename that function",
+                    field="on_failure",
+                )
 
         def register(fn: Callable[[Any], Coroutine[Any, Any, T]]) -> Function[T]:
             if not inspect.iscoroutinefunction(fn):
@@ -332,15 +464,31 @@ class App:
                     "'async def fn(ctx)'",
                     field="fn",
                 )
+            if failure_id is not None and failure_id in self._functions:
+                raise FunctionConfigError(
+                    f"function {id!r}: on_failure: the handler's id {failure_id!r} is taken "
+                    "by another function of the app; rename that function",
+                    field="on_failure",
+                )
             func = Function(
                 id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self,
-                sandbox=guarded,
+                sandbox=guarded, idempotency=idempotency, idempotency_expression=idem_expr,
+                failure_handler=failure_id,
             )
             self._functions[id] = func
             for t in func.event_triggers:
                 entries = self._by_event.setdefault(t.event, [])
                 self._trigger_index.setdefault(t.event, _TriggerIndex()).add(len(entries), t)
                 entries.append((func, t))
+            if on_failure is not None and failure_id is not None:
+                # The handler is an ordinary function, triggered by this function's failed
+                # events: one event per failed run (its id is derived from the run id), and
+                # routing starts one run per event, so the handler runs once per failure.
+                self.function(
+                    id=failure_id,
+                    trigger=on_event(FAILED_EVENT, if_=f"event.data.function_id == '{id}'"),
+                    retries=FAILURE_HANDLER_RETRIES, max_steps=max_steps, sandbox=guarded,
+                )(on_failure)
             return func
 
         return register

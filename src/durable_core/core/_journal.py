@@ -33,6 +33,7 @@ from durable_core.core._model import (
 __all__ = [
     "MAX_RUN_STATE_BYTES",
     "MAX_STEP_OUTPUT_BYTES",
+    "AttemptRecord",
     "JournalFold",
     "StepMemo",
     "StepStatus",
@@ -49,7 +50,8 @@ __all__ = [
 MAX_STEP_OUTPUT_BYTES = 4 * 1024 * 1024
 """The largest JSON a step (or the run) may return."""
 MAX_RUN_STATE_BYTES = 32 * 1024 * 1024
-"""The largest total of recorded step outputs of one run."""
+"""The largest recorded state of one run: its triggering events' data, its steps' outputs
+and its own output, in bytes of JSON."""
 
 _COMPLETED = JournalOp.COMPLETED
 _SCHEDULED = JournalOp.SCHEDULED
@@ -70,9 +72,12 @@ def utf8_len(text: str) -> int:
 # --------------------------------------------------------------------------- building data
 
 
-def error_data(error: ErrorInfo) -> str:
-    """``data`` of a ``completed`` memo of a step that failed for good."""
-    return _compact({"error": error.to_dict()})
+def error_data(error: ErrorInfo, started_at: int | None = None) -> str:
+    """``data`` of a ``completed`` memo of a step that failed for good (``started_at``: when
+    the body of its last attempt started, for a ``run`` step)."""
+    if started_at is None:
+        return _compact({"error": error.to_dict()})
+    return _compact({"error": error.to_dict(), "started_at": started_at})
 
 
 def scheduled_data(sched: Mapping[str, Any]) -> str:
@@ -80,9 +85,15 @@ def scheduled_data(sched: Mapping[str, Any]) -> str:
     return _compact(sched)
 
 
-def attempt_failed_data(attempt: int, error: ErrorInfo, retry_at: int) -> str:
-    """``data`` of an ``attempt_failed`` or ``run_attempt_failed`` entry."""
-    return _compact({"attempt": attempt, "error": error.to_dict(), "retry_at": retry_at})
+def attempt_failed_data(
+    attempt: int, error: ErrorInfo, retry_at: int, started_at: int | None = None
+) -> str:
+    """``data`` of an ``attempt_failed`` entry (``started_at``: when the attempt's body was
+    started) or a ``run_attempt_failed`` one."""
+    data: dict[str, Any] = {"attempt": attempt, "error": error.to_dict(), "retry_at": retry_at}
+    if started_at is not None:
+        data["started_at"] = started_at
+    return _compact(data)
 
 
 def run_ended_data(
@@ -148,6 +159,28 @@ class StepStatus(enum.StrEnum):
     """Its memo is a value."""
     FAILED = "failed"
     """It failed for good: its memo is an error."""
+    ABANDONED = "abandoned"
+    """The run ended (failed or was cancelled) before the step finished (shown by views of
+    ended runs only: the journal itself never says so)."""
+
+
+class AttemptRecord:
+    """One ended attempt of a ``run`` step (or of the run's orchestration code): its number
+    (0-based), the step id it ran (a later attempt may ask for another step at the same
+    position), when it started (None when the journal does not say: written before
+    durable-core recorded it) and ended, its error (None: it succeeded) and, for a failed
+    attempt that is retried, when the next one may start."""
+
+    __slots__ = ("attempt", "ended_at", "error", "retry_at", "started_at", "step_id")
+
+    def __init__(self, attempt: int, step_id: str, started_at: int | None, ended_at: int,
+                 error: ErrorInfo | None, retry_at: int | None) -> None:
+        self.attempt = attempt
+        self.step_id = step_id
+        self.started_at = started_at
+        self.ended_at = ended_at
+        self.error = error
+        self.retry_at = retry_at
 
 
 class StepMemo:
@@ -157,10 +190,20 @@ class StepMemo:
     is its memo and ``done_ts`` when it was written. ``failures`` counts failed attempts of a
     ``run`` step (the next attempt's number), ``retry_at`` when it may run again and
     ``last_error`` the latest failure; ``sched`` is the ``scheduled`` data of a sleep, wait or
-    invoke. Defaults live on the class: folding a long journal sets few attributes.
+    invoke. ``log`` lists the failed attempts (:class:`AttemptRecord`, oldest first; None
+    until one failed). ``body_started`` is when the body of the attempt that completed the
+    step started, when the journal says. Defaults live on the class: folding a long journal
+    sets few attributes.
+
+    A step that failed attempts and is not done may be asked for under another id (or as
+    another kind) on a later attempt (``if ctx.attempt > 2: ...``): the memo then takes the
+    new id and kind and keeps counting attempts (the position's attempts, see
+    ``RunMachine._assign``).
     """
 
     done = False
+    log: list[AttemptRecord] | None = None
+    body_started: int | None = None
     done_ts = 0
     output: str | None = None
     error: ErrorInfo | None = None
@@ -180,7 +223,7 @@ class StepMemo:
         """The step's status as views show it (a :class:`StepStatus` value)."""
         if self.done:
             return StepStatus.FAILED if self.error is not None else StepStatus.COMPLETED
-        if self.failures:
+        if self.failures and self.kind == StepKind.RUN:
             return StepStatus.RETRYING
         if self.sched is not None:
             return StepStatus.SLEEPING if self.kind == StepKind.SLEEP else StepStatus.WAITING
@@ -199,11 +242,14 @@ class JournalFold:
     to the position of its ``invoke``; ``run_failures`` / ``run_retry_at`` count the
     run-level failures and say when the code may be re-entered; ``ended`` is the
     ``run_ended`` entry, if any; ``state_bytes`` the UTF-8 size of the recorded outputs;
-    ``patches`` maps each patch id with a ``patched`` marker to ``(at, deprecated)``.
+    ``patches`` maps each patch id with a ``patched`` marker to ``(at, deprecated)``;
+    ``run_log`` the orchestration code's failed attempts (:class:`AttemptRecord`).
+    ``state_bytes`` counts step outputs and the run's own output; the triggering events'
+    data is the run machine's to add (it is not in the journal).
     """
 
-    __slots__ = ("children", "ended", "patches", "run_failures", "run_retry_at",
-                 "state_bytes", "steps")
+    __slots__ = ("_last_ts", "children", "ended", "patches", "run_failures", "run_log",
+                 "run_retry_at", "state_bytes", "steps")
 
     def __init__(self, entries: Iterable[JournalEntry] = ()) -> None:
         self.steps: dict[int, StepMemo] = {}
@@ -213,30 +259,55 @@ class JournalFold:
         self.ended: JournalEntry | None = None
         self.state_bytes = 0
         self.patches: dict[str, tuple[int, bool]] = {}
+        self.run_log: list[AttemptRecord] = []
+        self._last_ts: int | None = None
         for e in entries:
             self.apply(e)
 
     def apply(self, e: JournalEntry) -> None:
         """Fold one more entry."""
         op = e.op
+        last_ts = self._last_ts
+        if op != _PATCHED:  # (a marker's ts is the run's clock: no resumption)
+            self._last_ts = e.ts
         if op == _RUN_ATTEMPT_FAILED:
+            data = json.loads(e.data)
             self.run_failures += 1
-            self.run_retry_at = int(json.loads(e.data)["retry_at"])
+            self.run_retry_at = int(data["retry_at"])
+            self.run_log.append(AttemptRecord(
+                int(data.get("attempt", self.run_failures - 1)), "", None, e.ts,
+                ErrorInfo.from_dict(data["error"]), self.run_retry_at))
             return
         if op == _RUN_ENDED:
             self.ended = e
+            data = json.loads(e.data)
+            if "output" in data:
+                self.state_bytes += utf8_len(_compact(data["output"]))
             return
         if op == _PATCHED:
             marker = json.loads(e.data)
             self.patches.setdefault(e.step_id, (int(marker["at"]), bool(marker["deprecated"])))
             return
+        data = json.loads(e.data)
+        # A run step's attempt started at its "started_at", or when absent at the entry
+        # before (written so: see StepMachine._do_journal_completed).
+        started = None
+        if op != _SCHEDULED:
+            started = data.get("started_at", last_ts)
         rec = self.steps.get(e.position)
         if rec is None:
-            rec = self.steps[e.position] = StepMemo(e.position, e.step_id, e.kind, e.ts)
-        data = json.loads(e.data)
+            rec = self.steps[e.position] = StepMemo(
+                e.position, e.step_id, e.kind, e.ts if started is None else int(started))
+        elif not rec.done and (rec.step_id != e.step_id or rec.kind != e.kind):
+            # A later attempt asked for another step at this position (see the class doc).
+            rec.step_id = e.step_id
+            rec.kind = e.kind
+            rec.sched = None
         if op == _COMPLETED:
             rec.done = True
             rec.done_ts = e.ts
+            if started is not None:
+                rec.body_started = int(started)
             if "error" in data:
                 rec.error = ErrorInfo.from_dict(data["error"])
             else:
@@ -246,6 +317,11 @@ class JournalFold:
             rec.failures = int(data["attempt"]) + 1
             rec.retry_at = int(data["retry_at"])
             rec.last_error = ErrorInfo.from_dict(data["error"])
+            if rec.log is None:
+                rec.log = []
+            rec.log.append(AttemptRecord(
+                int(data["attempt"]), e.step_id, None if started is None else int(started),
+                e.ts, rec.last_error, rec.retry_at))
         elif op == _SCHEDULED:
             rec.sched = data
             child = data.get("child")

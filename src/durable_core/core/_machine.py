@@ -34,7 +34,7 @@ from durable_core.base._errors import (
     ValidationError,
 )
 from durable_core.base._events import Event
-from durable_core.base._serde import dumps
+from durable_core.base._serde import encode_output, return_hint
 from durable_core.core._context import (
     Context,
     GatherRequest,
@@ -87,6 +87,7 @@ from durable_core.core._sandbox import (
 from durable_core.core._steps import (
     MACHINES,
     InvokeStep,
+    RunState,
     RunStep,
     StepMachine,
     WaitStep,
@@ -147,6 +148,7 @@ class RunMachine:
     # ad-hoc attributes, as before.)
     __slots__ = (
         "__dict__",
+        "_adopt",
         "_children",
         "_colon_ids",
         "_coro",
@@ -154,6 +156,7 @@ class RunMachine:
         "_dispatched",
         "_end_status",
         "_ended_entry",
+        "_event_bytes",
         "_execute",
         "_horizon",
         "_id_counts",
@@ -202,6 +205,7 @@ class RunMachine:
         self.function = function
         self._max_steps = function.max_steps
         self._retries = function.retries
+        self._converter = function.app.converter
         self.run_id = run_id
         self.events = tuple(events)
         self.started_at = started_at
@@ -212,6 +216,8 @@ class RunMachine:
         self.failure: BaseException | None = None
         """The exception that failed the run, when it failed in this process."""
         self.entries: list[JournalEntry] = list(journal)
+        self._event_bytes = sum(utf8_len(e.to_json()) for e in self.events)
+        """The triggering events' JSON: part of the run's recorded state (its limit)."""
         self._fold(JournalFold(self.entries))
         self._trigger_json: str | None = None
         self._coro: Coroutine[Any, Any, Any] | None = None
@@ -234,6 +240,10 @@ class RunMachine:
         self._persist: list[Command] = []
         self._execute: list[Command] = []
         self._reported: tuple[RunStatus, int | None] = (RunStatus.QUEUED, None)
+        self._adopt: dict[int, StepMachine] | None = None
+        """While the code is re-driven for a step's next attempt: the live machines of the
+        other steps it was parked on (a gather's members), taken up again when the code asks
+        for them (see ``_redrive``)."""
         self._made: list[Any] = []
         """Steps the code created this turn (``ctx.step.*`` appends them) and sandbox
         violations; checked at each step request (see ``_review``)."""
@@ -245,14 +255,28 @@ class RunMachine:
         self._run_failures = fold.run_failures
         self._run_retry_at = fold.run_retry_at
         self._ended_entry = fold.ended
-        self._state_bytes = fold.state_bytes
+        self._state_bytes = fold.state_bytes + self._event_bytes
         self._patches = fold.patches
 
     # ------------------------------------------------------------------ public API
 
     @property
     def run_attempt(self) -> int:
-        """0-based attempt of the orchestration code (re-entries after it raised)."""
+        """``ctx.attempt`` in orchestration code (0-based): the failed attempts the journal
+        records for the step the code is heading for (the step at the next position), as in
+        Inngest ("it tracks retries for the currently executing step": a step's next
+        attempt re-drives the code up to it, see ``_redrive``), plus the orchestration
+        code's own failures (re-entries after it raised outside a step). Without the
+        latter, it is the step's attempt, as its body reads it.
+
+        The step's part is read from the journal, so a replay sees what the attempt saw:
+        code that picks other arguments (or another step) ``if ctx.attempt > 2`` replays
+        the same way."""
+        memos = self._memos
+        if memos:
+            memo = memos.get(self._next_pos)
+            if memo is not None and memo.failures:
+                return self._run_failures + memo.failures
         return self._run_failures
 
     @property
@@ -345,7 +369,7 @@ class RunMachine:
             return
         self._begin_attempt(now)
 
-    def _begin_attempt(self, now: int) -> None:
+    def _begin_attempt(self, now: int, *, refold: bool = True) -> None:
         self._timers.pop(_RUN_TIMER, None)
         self._ctx = Context(self, self.events)
         self._next_pos = 0
@@ -357,7 +381,7 @@ class RunMachine:
         # The step table is rebuilt from the journal: memos are dropped once the code has
         # taken them (so a long live run keeps no per-step objects alive for the garbage
         # collector to rescan); re-entering the code from the top needs them again.
-        if self.entries:  # (a new run has nothing to fold again)
+        if self.entries and refold:  # (a new run has nothing to fold again)
             self._fold(JournalFold(self.entries))
         self._horizon = max(self._memos, default=-1) + 1
         if self._ended_entry is not None:
@@ -367,6 +391,11 @@ class RunMachine:
         self._made = self._ctx.step._made
         self._coro = self.function.fn(self._ctx)
         self._settle(None, now)
+        # A body dispatched now, by the hot path, started at no journalled time: say when
+        # (see StepMachine.started).
+        for running in self._dispatched.values():
+            if running.started is None:
+                running.started = now
 
     def _on_request(self, req: Any, now: int) -> Any:
         if isinstance(req, StepRequest):
@@ -395,6 +424,12 @@ class RunMachine:
         memo = self._memos.get(pos)
         if memo is not None and memo.done:
             return memo
+        if self._adopt is not None:
+            old = self._adopt.pop(pos, None)
+            if old is not None and old.step_id == key and old.kind == req.kind:
+                old.req = req
+                self._steps[pos] = old
+                return old
         step = MACHINES[req.kind](self, pos, key, req)
         self._steps[pos] = step
         step.start(memo, now)
@@ -437,7 +472,10 @@ class RunMachine:
         self._next_pos = pos + 1
         if self._memos and (memo := self._memos.get(pos)) is not None and (
             memo.step_id != key or memo.kind != req.kind
-        ):
+        ) and (memo.done or memo.sched is not None):
+            # (A step with failed attempts only may be asked for as another step on a later
+            # attempt, ``if ctx.attempt > 2: ...``: no result of it was ever handed to the
+            # code. The memo takes the new id: see JournalFold.)
             raise DeterminismError(
                 f"run {self.run_id}: at step position {pos} the journal recorded step "
                 f"{memo.step_id!r} ({memo.kind}) but the code asked for {key!r} ({req.kind}); "
@@ -520,7 +558,8 @@ class RunMachine:
         del self._memos[memo.position]
         if memo.done_ts > self.clock_ms:
             self.clock_ms = memo.done_ts
-        return decode_memo(memo.kind, memo.step_id, memo.output, memo.error, req)
+        return decode_memo(memo.kind, memo.step_id, memo.output, memo.error, req,
+                           self._converter)
 
     def _gather_result(
         self, req: GatherRequest, members: list[StepMachine | StepMemo]
@@ -682,7 +721,55 @@ class RunMachine:
             if pos == _RUN_TIMER:
                 self._begin_attempt(now)
                 continue
-            self._steps[pos].deadline_reached(now)
+            step = self._steps[pos]
+            if type(step) is RunStep and step.state is RunState.BACKING_OFF:
+                self._redrive(step, now)
+                continue
+            step.deadline_reached(now)
+
+    def _redrive(self, step: RunStep, now: int) -> None:
+        """A ``run`` step's next attempt is due: re-drive the code from the top up to it (a
+        replay: the journal answers every step before it), as Inngest re-runs the function
+        for each attempt. So ``ctx.attempt`` reads the step's attempt in the code too, and
+        code before the step can pass it other arguments, or ask for another step, on a
+        later attempt. Retries are rare; the replay costs what a restart costs.
+
+        Steps the code was parked on beside this one (members of a gather: a body still
+        running, a sleep) keep their machines: the code takes them up again when it asks for
+        them; any it no longer asks for are dropped (a late answer is stale then)."""
+        pos = step.position
+        self._timers.pop(pos, None)
+        self._steps.pop(pos, None)  # (the step's machine is dropped: a new one takes over)
+        others: dict[int, StepMachine] = {
+            p: s for p, s in self._steps.items() if not s.done}
+        others.update(self._dispatched)
+        coro, self._coro = self._coro, None
+        if coro is not None:
+            _enter(self)  # its finally blocks are orchestration code too (as in _cancel)
+            try:
+                with contextlib.suppress(Exception):
+                    coro.close()
+            finally:
+                _leave()
+        self._adopt = others
+        try:
+            if others:
+                # Keep the hot path (a new run step without a memo) from dispatching a
+                # second body for a member still running: give each a placeholder memo, so
+                # the code's request goes through _step_for, which takes the machine up.
+                self._fold(JournalFold(self.entries))
+                for p, s in others.items():
+                    self._memos.setdefault(p, StepMemo(p, s.step_id, s.kind, now))
+                self._begin_attempt(now, refold=False)
+            else:
+                self._begin_attempt(now)
+        finally:
+            left, self._adopt = self._adopt, None
+        for p, s in left.items():  # not asked for again: dropped
+            if self._dispatched.get(p) is s:
+                del self._dispatched[p]
+            if p not in self._steps:
+                self._timers.pop(p, None)
 
     def _on_signal(self, signal: Signal, now: int) -> None:
         kind = signal.kind
@@ -705,8 +792,10 @@ class RunMachine:
             return False
         self._fail(
             LimitExceededError(
-                f"run {self.run_id}: recorded state is {self._state_bytes} bytes, over the "
-                f"limit of {MAX_RUN_STATE_BYTES}; return smaller step outputs",
+                f"run {self.run_id}: recorded state (the triggering events' data, the "
+                f"step outputs and the run's output) is {self._state_bytes} bytes of JSON, "
+                f"over the limit of {MAX_RUN_STATE_BYTES}; return smaller step outputs "
+                "(store large data elsewhere and return a reference)",
                 field="run state",
             ),
             now,
@@ -717,7 +806,8 @@ class RunMachine:
 
     def _finish_ok(self, value: Any, now: int) -> None:
         try:
-            text = dumps(value, what=f"run {self.run_id} output")
+            text = encode_output(value, return_hint(self.function.fn), self._converter,
+                                 what=f"run {self.run_id} output", owner="function")[0]
         except SerializationError as exc:
             self._fail(exc, now)
             return
@@ -731,6 +821,9 @@ class RunMachine:
                 ),
                 now,
             )
+            return
+        self._state_bytes += utf8_len(text)
+        if self._over_state_limit(now):
             return
         self.output = text
         first = self._end(RunStatus.COMPLETED, now, run_ended_data(RunStatus.COMPLETED,

@@ -16,14 +16,19 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import traceback as _traceback
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import attrs
 
+from durable_core.base._redact import redact_url
+
 __all__ = [
+    "MAX_TRACEBACK_BYTES",
     "TERMINAL_STATUSES",
+    "TRACEBACK_CUT",
     "AppendJournal",
     "CancelRequested",
     "CancelRun",
@@ -50,6 +55,7 @@ __all__ = [
     "StepFailed",
     "StepKind",
     "TimerFired",
+    "bound_traceback",
     "derive_id",
 ]
 
@@ -101,10 +107,15 @@ class JournalOp(enum.StrEnum):
     Replays wait for the same instant and the same child."""
     ATTEMPT_FAILED = "attempt_failed"
     """An attempt of a ``run`` step failed and will be retried. ``data``: ``attempt``
-    (0-based), ``error`` (``type``, ``message``), ``retry_at`` (ms)."""
+    (0-based), ``error`` (``type``, ``message`` and ``traceback`` when there is one),
+    ``retry_at`` (ms) and ``started_at`` (ms: when the attempt's body started, if not at
+    the previous entry's ``ts``). A later attempt may record another step id at the same
+    position (the code asked for another step: ``if ctx.attempt > 2``)."""
     COMPLETED = "completed"
     """The step's memo, written once: ``data`` holds ``output`` (any JSON) or ``error``
-    (``type``, ``message``) when it failed for good."""
+    (``type``, ``message``, ``traceback``) when it failed for good; a ``run`` step adds
+    ``started_at`` (ms) when the body of its last attempt did not start at the previous
+    entry's ``ts``."""
     RUN_ATTEMPT_FAILED = "run_attempt_failed"
     """Orchestration code raised outside any step (``position`` -1, ``kind`` ""): ``data``:
     ``attempt``, ``error``, ``retry_at``; the code is re-entered from the top then."""
@@ -158,21 +169,70 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
+MAX_TRACEBACK_BYTES = 16 * 1024
+"""The largest traceback an :class:`ErrorInfo` keeps (UTF-8 bytes). A longer one keeps its
+first 2 KiB and its last ~14 KiB, with :data:`TRACEBACK_CUT` (saying how much was cut)
+between them: the outermost frames say where the call came from, the innermost ones and the
+exception line say what went wrong."""
+TRACEBACK_CUT = "\n... [{cut} bytes of traceback cut: tracebacks are kept up to 16 KiB] ...\n"
+"""The marker left where a long traceback was cut (``{cut}`` is the number of bytes cut)."""
+_TB_HEAD = 2 * 1024
+
+
+def bound_traceback(text: str) -> str:
+    """``text`` cut to :data:`MAX_TRACEBACK_BYTES` (see there), with the cut marker."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= MAX_TRACEBACK_BYTES:
+        return text
+    marker_room = len(TRACEBACK_CUT) + 12
+    tail_len = MAX_TRACEBACK_BYTES - _TB_HEAD - marker_room
+    head, tail = raw[:_TB_HEAD], raw[len(raw) - tail_len:]
+    cut = len(raw) - len(head) - len(tail)
+    return (head.decode("utf-8", "ignore") + TRACEBACK_CUT.format(cut=cut)
+            + tail.decode("utf-8", "ignore"))
+
+
+def _format_traceback(exc: BaseException) -> str | None:
+    """The traceback of a raised exception (with its chained causes), bounded and with any
+    password in a URL redacted; None for an exception that was never raised."""
+    if exc.__traceback__ is None and exc.__cause__ is None and exc.__context__ is None:
+        extra = getattr(exc, "traceback_text", None)  # e.g. a StepError's step's traceback
+        return extra if isinstance(extra, str) else None
+    try:
+        text = "".join(_traceback.format_exception(exc))
+    except Exception as error:  # a broken exception (its __str__, say) must not stop anything
+        text = f"<the traceback could not be formatted: {type(error).__name__}>\n"
+    extra = getattr(exc, "traceback_text", None)
+    if isinstance(extra, str) and extra:
+        text += "\nThe step's own error:\n\n" + extra
+    return bound_traceback(redact_url(_storable(text)))
+
+
 @attrs.frozen
 class ErrorInfo:
-    """A failure as stored: the exception's type name and message."""
+    """A failure as stored: the exception's type name, its message and, for an exception
+    that was raised, its traceback (``None`` otherwise; at most :data:`MAX_TRACEBACK_BYTES`,
+    cut in the middle with :data:`TRACEBACK_CUT`, passwords in URLs redacted).
+
+    Two errors are equal when their type and message are: tracebacks differ between
+    processes and code versions (line numbers), and replays compare errors."""
 
     type: str
     message: str
+    traceback: str | None = attrs.field(default=None, eq=False)
 
     def to_dict(self) -> dict[str, str]:
-        """The JSON form."""
-        return {"type": self.type, "message": self.message}
+        """The JSON form (``traceback`` only when there is one)."""
+        if self.traceback is None:
+            return {"type": self.type, "message": self.message}
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ErrorInfo:
-        """Rebuild from the JSON form."""
-        return cls(type=str(raw["type"]), message=str(raw["message"]))
+        """Rebuild from the JSON form (written with or without ``traceback``)."""
+        tb = raw.get("traceback")
+        return cls(type=str(raw["type"]), message=str(raw["message"]),
+                   traceback=None if tb is None else str(tb))
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
@@ -182,7 +242,8 @@ class ErrorInfo:
             message = str(exc)
         except Exception as error:  # a broken __str__ must not stop the run from failing
             message = f"<str() of the exception failed: {type(error).__name__}>"
-        return cls(type=_storable(type(exc).__name__), message=_storable(message))
+        return cls(type=_storable(type(exc).__name__), message=_storable(message),
+                   traceback=_format_traceback(exc))
 
 
 # --------------------------------------------------------------------------- journal
@@ -385,10 +446,12 @@ class FailRun:
 @attrs.frozen
 class CancelRun:
     """The run was cancelled. Persist status ``cancelled`` with ``error`` (type
-    ``Cancelled``, the reason as its message)."""
+    ``Cancelled``, the reason as its message). ``reason`` says why, for the run's
+    ``durable/function.cancelled`` event: ``"request"``, ``"cancel_on"`` or ``"timeout"``."""
 
     run_id: str
     error: ErrorInfo
+    reason: str = "request"
 
 
 Command = (

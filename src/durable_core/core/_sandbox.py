@@ -24,17 +24,17 @@ This module is pure: it reads frames and never patches anything itself.
 from __future__ import annotations
 
 import inspect
-import logging
 from types import CodeType, FrameType
 from typing import Any
 
 from durable_core.base._errors import DeterminismError, ValidationError
+from durable_core.base._safelog import safe_logger
 
 __all__ = [
     "ACTIVE", "Unsafe", "check", "foreign_call", "foreign_error", "register_driver", "violation",
 ]
 
-_log = logging.getLogger("durable_core.run")
+_log = safe_logger("durable_core.run")
 
 ACTIVE: list[Any] = []
 """Machines whose orchestration code is running now (in any thread). Only its truthiness is

@@ -18,6 +18,7 @@ from durable_core.base._errors import DurableError, RunNotFoundError
 from durable_core.base._events import Event
 from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._function import App
+from durable_core.core._lifecycle import SYSTEM_EVENTS
 from durable_core.core._model import (
     TERMINAL_STATUSES,
     JournalEntry,
@@ -431,12 +432,13 @@ def event_row(ev: StoredEvent) -> dict[str, Any]:
 
 
 def events_page(store: Store, sent_here: Iterable[str]) -> dict[str, Any]:
-    """The newest events (the store's ``list_events``; duplicates left out), those not yet
+    """The newest events (the store's ``list_events``; duplicates and the runs' system
+    events left out), those not yet
     routed, those that started one of the newest runs, and those sent from this server."""
     seen: dict[str, dict[str, Any]] = {}
     pending = [event_row(ev) for ev in store.unrouted_events(100)]
     for newest in store.list_events(limit=100):
-        if not newest.duplicate:
+        if not newest.duplicate and newest.name not in SYSTEM_EVENTS:
             seen.setdefault(newest.id, event_row(newest))
     for ev_id in sent_here:
         ev = store.get_event(ev_id)

@@ -13,7 +13,7 @@ from durable_core.core._function import App, Function
 from durable_core.drivers._client import Client, RunHandle
 from durable_core.drivers._options import check_seconds
 from durable_core.engine._views import RunView
-from durable_core.store import Store, StoredEvent
+from durable_core.store import SkippedTrigger, Store, StoredEvent
 
 if TYPE_CHECKING:
     from durable_core.drivers._background import BackgroundWorker
@@ -75,6 +75,18 @@ class AsyncClient:
     async def runs_of(self, event_id: str) -> list[RunHandle]:
         """:meth:`Client.runs_of`: handles of the runs an event started, oldest first."""
         return await _in_thread(self.sync.runs_of, event_id)
+
+    async def skipped_triggers(
+        self,
+        *,
+        event_id: str | None = None,
+        function_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """:meth:`Client.skipped_triggers`: triggers folded into a run by ``idempotency``."""
+        return await _in_thread(self.sync.skipped_triggers, event_id=event_id,
+                                function_id=function_id, run_id=run_id, limit=limit)
 
     async def get_run(self, run_id: str) -> RunView:
         """:meth:`Client.get_run`: one run with its steps."""

@@ -23,6 +23,7 @@ import trio
 from durable_core.base._errors import NonRetriableError, ValidationError
 from durable_core.core._context import current_attempt
 from durable_core.core._function import TRIO
+from durable_core.engine import _observe
 
 if TYPE_CHECKING:
     import asyncio
@@ -95,6 +96,10 @@ class AsyncioBodies:
 
         loop = self._ensure_loop()
         attempt = current_attempt.get()
+        tracing = _observe.tracing
+        if tracing is not None:  # the step's span stays the current one in the body
+            with contextlib.suppress(Exception):
+                call = tracing.bind(call)
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         box: list[asyncio.Task[Any]] = []

@@ -25,7 +25,7 @@ from durable_core.drivers._notify import notifications
 from durable_core.drivers._options import check_callable, check_count, check_store
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, run_view
-from durable_core.store import Store, StoredEvent
+from durable_core.store import SkippedTrigger, Store, StoredEvent
 
 __all__ = ["Client", "RunHandle"]
 
@@ -121,6 +121,22 @@ class Client:
         routed: at once with a Client made with ``app``, else by a worker)."""
         records = self.store.list_runs(event_id=event_id, limit=10_000)
         return [RunHandle(self, r.id, None) for r in reversed(records)]
+
+    def skipped_triggers(
+        self,
+        *,
+        event_id: str | None = None,
+        function_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """Triggers that started no run because their function's ``idempotency`` key was
+        held, newest first: each names the run it was folded into (``run_id``). Filter by
+        the skipped event, the function, or the run they were folded into. A skipped event
+        is still stored (:meth:`runs_of` finds no run of that function for it)."""
+        check_count("Client.skipped_triggers", "limit", limit, 0)
+        return self.store.skipped_triggers(
+            function_id=function_id, event_id=event_id, run_id=run_id, limit=limit)
 
     def get_run(self, run_id: str) -> RunView:
         """One run with its steps; raises :class:`~durable_core.RunNotFoundError`."""
@@ -240,8 +256,12 @@ class RunHandle:
         if record.status not in TERMINAL_STATUSES:
             return False, record.status
         if record.status == RunStatus.COMPLETED:
-            hint = None if self._function is None else return_hint(self._function.fn)
-            return True, None if record.output is None else loads(record.output, hint)
+            fn = self._function
+            if record.output is None:
+                return True, None
+            if fn is None:
+                return True, loads(record.output)
+            return True, loads(record.output, return_hint(fn.fn), fn.app.converter)
         err = record.error
         raise RunFailedError(self.id, record.function_id, record.status,
                              err.type if err is not None else "Error",

@@ -10,7 +10,6 @@ here is needed for correctness: it is process management.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import signal
@@ -23,10 +22,11 @@ from typing import Any
 
 from durable_core.base._errors import DurableError, ValidationError
 from durable_core.base._redact import redact, redact_url
+from durable_core.base._safelog import safe_logger
 from durable_core.core._function import App
 from durable_core.drivers._loading import import_stores
 
-log = logging.getLogger("durable_core.worker")
+log = safe_logger("durable_core.worker")
 
 #: How long a stopping supervisor waits for each process to finish its step bodies and
 #: release its runs before killing it (its runs are then claimed again when their leases
@@ -89,7 +89,7 @@ def run_worker(app: App, store_url: str, *, max_runs: int, poll_interval: float,
                         tune_gc=True)
         if announce:
             print(f"durable worker {worker.owner}: app {app.id!r} on "
-                  f"{redact_url(store_url)} (Ctrl-C to stop)")
+                  f"{redact_url(store_url)} (Ctrl-C to stop)", flush=True)  # before log lines
         try:
             trio.run(main, worker)
         except BaseExceptionGroup as group:
@@ -119,7 +119,8 @@ def _only_error(group: BaseExceptionGroup[BaseException]) -> DurableError | None
 
 
 def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: float,
-                supervisor: int) -> None:
+                supervisor: int, log_level: str | None = None,
+                log_format: str = "text") -> None:
     """One worker process of a :class:`Supervisor`.
 
     It leaves the terminal's process group, so a Ctrl-C reaches only the supervisor, which
@@ -138,6 +139,10 @@ def _child_main(app_spec: str, store_url: str, max_runs: int, poll_interval: flo
 
     from durable_core.drivers._loading import load_app
 
+    if log_level is not None:
+        from durable_core.drivers._logs import configure_logging
+
+        configure_logging(log_level, log_format)
     try:
         run_worker(load_app(app_spec), store_url, max_runs=max_runs,
                    poll_interval=poll_interval, supervisor=supervisor, stop_asked=stop_asked)
@@ -162,7 +167,8 @@ class Supervisor:
     """
 
     def __init__(self, app_spec: str, store_url: str, *, processes: int, max_runs: int = 1000,
-                 poll_interval: float = 0.5, restart_delay: float = 1.0) -> None:
+                 poll_interval: float = 0.5, restart_delay: float = 1.0,
+                 log_level: str | None = None, log_format: str = "text") -> None:
         if processes < 1:
             raise ValidationError(f"processes must be at least 1, got {processes}",
                                   field="processes")
@@ -173,6 +179,8 @@ class Supervisor:
         self.max_runs = max_runs
         self.poll_interval = poll_interval
         self.restart_delay = restart_delay
+        self.log_level = log_level  # each process logs so (configure_logging), if set
+        self.log_format = log_format
         self._on_start: Callable[[int, int], None] | None = None
         self._on_exit: Callable[[int, int, int], None] | None = None
         self._ctx = multiprocessing.get_context("spawn")
@@ -220,7 +228,7 @@ class Supervisor:
         proc = self._ctx.Process(
             target=_child_main,
             args=(self.app_spec, self.store_url, self.max_runs, self.poll_interval,
-                  os.getpid()),
+                  os.getpid(), self.log_level, self.log_format),
             name=f"durable-worker-{i}", daemon=False,
         )
         # Started with SIGINT and SIGTERM blocked (a signal mask survives fork and exec): a

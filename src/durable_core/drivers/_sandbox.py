@@ -26,7 +26,6 @@ import _thread
 import datetime
 import functools
 import inspect
-import logging
 import os
 import random
 import secrets
@@ -37,12 +36,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from durable_core.base._safelog import safe_logger
 from durable_core.core._function import App
 from durable_core.core._sandbox import ACTIVE, check
 
 __all__ = ["install"]
 
-_log = logging.getLogger("durable_core.sandbox")
+_log = safe_logger("durable_core.sandbox")
 _lock = threading.Lock()
 _installed = False
 _patched_modules: set[str] = set()

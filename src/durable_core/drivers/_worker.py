@@ -15,7 +15,6 @@ import contextlib
 import functools
 import gc
 import inspect
-import logging
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ import trio
 
 from durable_core.base._errors import StoreError, StoreLostError, ValidationError
 from durable_core.base._events import Event, Sent
+from durable_core.base._safelog import safe_logger
 from durable_core.core._context import current_attempt
 from durable_core.core._function import TRIO, App
 from durable_core.core._model import ExecuteStep
@@ -43,12 +43,13 @@ from durable_core.drivers._options import (
     check_store,
 )
 from durable_core.drivers._sandbox import install as install_sandbox
+from durable_core.engine import _observe
 from durable_core.engine._engine import Engine, Plan
 from durable_core.store import Store
 
 __all__ = ["Worker", "wall_clock_ms"]
 
-log = logging.getLogger("durable_core.worker")
+log = safe_logger("durable_core.worker")
 
 _ORPHAN_CHECK_MS = 60_000  # how often a worker looks for runs of functions it lacks
 _ORPHAN_SAMPLE = 100  # the most such runs it reads at a time
@@ -173,7 +174,8 @@ class Worker:
     Counters for monitoring: ``steps_executed`` (bodies run), ``commits``,
     ``bodies_skipped`` (bodies not started because the run's lease might have run out: the
     worker was held up for longer than ``lease_ms``) and ``leases_lost`` (runs found taken
-    over by another worker when renewing). ``engine.stale_writes`` counts writes the store
+    over by another worker when renewing), ``bodies_abandoned`` (bodies cut short because
+    the worker's task was cancelled from outside). ``engine.stale_writes`` counts writes the store
     fenced, ``engine.discarded_results`` results that arrived for runs no longer held.
     """
 
@@ -229,6 +231,7 @@ class Worker:
         self.steps_executed = 0
         self.bodies_skipped = 0  # not started: the run's lease may have run out
         self.leases_lost = 0  # runs found taken over by another worker at renewal
+        self.bodies_abandoned = 0  # cancelled mid-body (the worker's task was cancelled)
         self.commits = 0
         self._next_orphan_check: int | None = None  # clock ms; None: at the first poll
         self._orphans_reported: frozenset[str] = frozenset()
@@ -270,21 +273,43 @@ class Worker:
             if handle_signals:
                 nursery.start_soon(self._signal_watcher)
             task_status.started()
+            before = self.bodies_abandoned
+            log.debug("worker %s started: app %r, max_runs %d", self.owner, self.app.id,
+                      self.max_runs)
             try:
                 await self._main_loop()
             finally:
                 with trio.CancelScope(shield=True):
+                    # (Bodies cut short by a cancel from outside may have ended already.)
+                    in_flight = self._active + self.bodies_abandoned - before
                     while self._active:
                         await trio.sleep(0.01)
+                    released: int | None = None
                     try:
-                        await self._call(self.engine.release_all, self.clock())
+                        released = await self._call(self.engine.release_all, self.clock())
                     except StoreError as exc:
                         if self._lost is None:
                             log.warning("could not release this worker's runs (other workers "
                                         "take them when their leases run out): %s", exc)
                     await trio.to_thread.run_sync(self._asyncio.close)
                     self._stopped.set()
+                    abandoned = self.bodies_abandoned - before
+                    self._log_stopped(in_flight, in_flight - abandoned, abandoned, released)
                 nursery.cancel_scope.cancel()
+
+    def _log_stopped(self, in_flight: int, finished: int, abandoned: int,
+                     released: int | None) -> None:
+        """The worker's last line: what was in flight when it stopped."""
+        with contextlib.suppress(Exception):  # logging never stops a worker
+            log.info(
+                "worker %s stopped: %d run(s) had step bodies in flight (%d bodies finished "
+                "and committed while stopping, %d abandoned); %s run(s) released to other "
+                "workers; %d steps executed in all",
+                self.owner, in_flight, finished, abandoned,
+                "no" if released is None else released, self.steps_executed,
+                extra={"runs_in_flight": in_flight, "bodies_finished": finished,
+                       "bodies_abandoned": abandoned, "runs_released": released,
+                       "steps_executed": self.steps_executed, "action": "worker.stopped"})
 
     def stop(self) -> None:
         """Ask the worker to stop gracefully (safe to call from the trio thread)."""
@@ -436,6 +461,9 @@ class Worker:
                 step = steps[0]
                 for extra in steps[1:]:
                     self._spawn(extra)
+        except trio.Cancelled:
+            self.bodies_abandoned += 1  # the run goes to another worker once its lease ends
+            raise
         finally:
             self._active -= 1
             if self._active < self.max_runs:
@@ -449,6 +477,8 @@ class Worker:
         if is_async and not self.engine.lease_held(step.run_id, self.clock()):
             return _LEASE_LOST, None
         token = current_attempt.set((step.run_id, step.attempt, step.step_id))
+        span = self.engine.step_started(step) if _observe.tracing is not None else None
+        error: BaseException | None = None
         try:
             if is_async:
                 self.steps_executed += 1
@@ -474,10 +504,13 @@ class Worker:
             return value, None
         except Exception as exc:
             if is_async:
-                return None, wrong_library(exc, self.app.async_bodies, self.app.id,
-                                           step.step_id)
-            return None, exc
+                error = wrong_library(exc, self.app.async_bodies, self.app.id, step.step_id)
+            else:
+                error = exc
+            return None, error
         finally:
+            if span is not None:
+                self.engine.step_ended(span, error)
             current_attempt.reset(token)
 
     def _run_sync_body(self, step: ExecuteStep, now: int, at: float) -> Any:
@@ -591,7 +624,8 @@ class Worker:
         # run between reading the leased runs and acting on the store's answer.
         lost = self.engine.renew_leases(now)
         if lost:
-            log.warning("lost the lease of %d run(s); another worker took them", len(lost))
+            log.warning("lost the lease of %d run(s); another worker took them: %s", len(lost),
+                        ", ".join(sorted(lost)[:10]), extra={"run_ids": sorted(lost)})
             self.leases_lost += len(lost)
 
     async def _listener(self) -> None:

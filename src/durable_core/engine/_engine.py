@@ -18,12 +18,13 @@ A driver keeps only its I/O: how it waits, where bodies run, how commits are gro
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from durable_core.base._cel import compile_expression
+from durable_core.base._cron import CronSchedule
 from durable_core.base._durations import from_ms, to_ms
 from durable_core.base._errors import (
     DurableError,
@@ -36,8 +37,10 @@ from durable_core.base._errors import (
 )
 from durable_core.base._events import Event, Sent
 from durable_core.base._match import condition_keys, event_keys
+from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import check_text
 from durable_core.core._function import App, Function
+from durable_core.core._lifecycle import SYSTEM_EVENTS, starts_nothing, system_events
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
     AppendJournal,
@@ -64,6 +67,7 @@ from durable_core.core._model import (
     TimerFired,
     derive_id,
 )
+from durable_core.engine import _observe
 from durable_core.store import (
     Claim,
     CommitBatch,
@@ -83,7 +87,7 @@ MAX_COMMIT_FAILURES = 3
 """A run whose writes the store refuses this many times in a row with a data error (not a
 lost connection) is failed instead of being retried for ever."""
 
-log = logging.getLogger("durable_core.engine")
+log = safe_logger("durable_core.engine")
 
 _tuple_new = tuple.__new__
 _ROUTE_BATCH = 500  # events routed per commit
@@ -109,14 +113,16 @@ class Plan:
     writes were accepted may then run.
     """
 
-    __slots__ = ("batch", "parts", "steps")
+    __slots__ = ("batch", "notes", "parts", "steps")
 
     def __init__(
-        self, batch: CommitBatch, steps: list[ExecuteStep], parts: list[Plan] | None = None
+        self, batch: CommitBatch, steps: list[ExecuteStep], parts: list[Plan] | None = None,
+        notes: list[_observe.Note] | None = None,
     ) -> None:
         self.batch = batch
         self.steps = steps
         self.parts = parts  # the per-run plans merged into this one, if several
+        self.notes = notes  # what to report once the batch is committed (log lines, spans)
 
 
 class Work:
@@ -152,6 +158,49 @@ class Work:
                 f"created={self.created}, routed={self.routed}, more={self.more})")
 
 
+CRON_GRACE_MS = 60_000
+"""A cron tick at most this late (ms) is on time, not missed (``catch_up="skip"`` runs it)."""
+
+CRON_CATCH_UP_LIMIT = 1_000
+"""``catch_up="all"`` starts runs for at most this many missed ticks (the most recent)."""
+
+_cron_log = safe_logger("durable_core.cron")
+
+_EVICT_SLACK = 64
+"""How much the machine cache may grow past a fruitless eviction scan before the next."""
+
+
+def due_cron_ticks(
+    schedule: CronSchedule, catch_up: str, cursor: int, now: int
+) -> tuple[list[int], int, int]:
+    """The ticks (ms) of ``schedule`` after ``cursor`` and at or before ``now`` to start runs
+    for, the new cursor (the last due tick) and how many due ticks are skipped, following
+    ``catch_up`` (see :func:`~durable_core.on_cron`). Pure: a function of its arguments."""
+    latest = schedule.latest_at_or_before(from_ms(now))
+    if latest is None or to_ms(latest) <= cursor:
+        return [], cursor, 0
+    last = to_ms(latest)
+    if catch_up == "all":
+        ticks, cut = schedule.ticks_between(from_ms(cursor), latest, CRON_CATCH_UP_LIMIT)
+        return [to_ms(t) for t in ticks], last, _count_ticks(
+            schedule, cursor, to_ms(ticks[0]) - 1) if cut else 0
+    due = _count_ticks(schedule, cursor, last)
+    if catch_up == "skip" and now - last > CRON_GRACE_MS:
+        return [], last, due
+    return [last], last, due - 1
+
+
+def _count_ticks(schedule: CronSchedule, after: int, until: int, cap: int = 1_001) -> int:
+    """How many ticks fall in ``(after, until]``, counted up to ``cap`` (for the log line
+    only: a long outage of a dense schedule is not walked tick by tick)."""
+    n = 0
+    tick = to_ms(schedule.next_after(from_ms(after)))
+    while tick <= until and n < cap:
+        n += 1
+        tick = to_ms(schedule.next_after(from_ms(tick)))
+    return n
+
+
 class Engine:
     """Drives :class:`RunMachine` instances against a :class:`Store`.
 
@@ -172,6 +221,7 @@ class Engine:
     ) -> None:
         self.app = app
         self.cache_size = cache_size
+        self._evict_floor = 0  # after a fruitless scan, _evict scans only above this size
         self.store = store
         self.owner = owner
         self.lease_ms = lease_ms
@@ -219,9 +269,16 @@ class Engine:
                     "with Event(name, data)",
                     field="event",
                 )
+            if e.name in SYSTEM_EVENTS:
+                raise InvalidEventError(
+                    f"send: {e.name!r} is a system event, emitted only by the engine when a "
+                    "run ends; send your own event name (see docs/lifecycle.md)",
+                    field="event.name",
+                )
             if e.id is None or e.ts is None:
                 e = Event(e.name, e.data, id=e.id or self.new_id("e_", now), ts=e.ts or now)
-            texts.append(e.to_json())
+            texts.append(e.to_json() if _observe.tracing is None
+                         else _observe.with_trace(e.to_json()))
         return texts
 
     def send(self, events: Iterable[Event], now: int, *, route: bool = False) -> Sent:
@@ -266,7 +323,7 @@ class Engine:
             run_id, event_id = self.new_id("r_", now), self.new_id("e_", now)
         event = Event(INVOKED_EVENT, {} if data is None else data, id=event_id, ts=now)
         self.store.commit(CommitBatch(now=now, runs=(NewRun(
-            id=run_id, function_id=function_id, events=(event.to_json(),),
+            id=run_id, function_id=function_id, events=(_observe.with_trace(event.to_json()),),
             event_ids=(event_id,), created_at=now,
         ),)))
         return run_id
@@ -349,11 +406,13 @@ class Engine:
     ) -> tuple[list[NewRun], list[tuple[str, Signal]]]:
         runs: list[NewRun] = []
         signals: list[tuple[str, Signal]] = []
-        for func in self.app.triggered_by(raw):
+        # The run id derives from the stored event, so engines routing the same event at
+        # once create its runs once; the idempotency key is the function's own (if any).
+        for func in () if starts_nothing(raw) else self.app.triggered_by(raw):
             runs.append(
                 NewRun(
-                    id=self.new_id("r_", now), function_id=func.id, events=(ev.data,),
-                    event_ids=(ev.id,), created_at=now, idempotency_key=f"event:{ev.id}",
+                    id=routed_run_id(func.id, ev), function_id=func.id, events=(ev.data,),
+                    event_ids=(ev.id,), created_at=now, idempotency_key=func.idempotency_key(raw),
                 )
             )
         for w in waits.of(ev.seq):
@@ -406,27 +465,40 @@ class Engine:
 
     def schedule_cron(self, now: int) -> int:
         """Create one run per cron tick that has fallen due (each tick at most once, even
-        across restarts and several workers). Returns how many runs were created."""
+        across restarts and several workers), following each trigger's ``catch_up`` for
+        the ticks missed meanwhile (:func:`due_cron_ticks`). Returns how many runs were
+        created."""
         if not self._cron:
             return 0
         cursors = self._cursors(now)
         runs: list[NewRun] = []
         moved: list[tuple[str, int]] = []
         for key, func, trig in self._cron:
-            tick = to_ms(trig.schedule.next_after(from_ms(cursors[key])))
-            while tick <= now:
+            cursor = cursors[key]
+            assert trig.schedule is not None
+            if to_ms(trig.schedule.next_after(from_ms(cursor))) > now:
+                continue  # the common case: nothing due
+            ticks, last, skipped = due_cron_ticks(trig.schedule, trig.catch_up, cursor, now)
+            if skipped:
+                _cron_log.info(
+                    "cron %s of function %s: %s missed tick(s) skipped (catch_up=%r)",
+                    trig.cron, func.id, "1000+" if skipped >= 1_000 else skipped,
+                    trig.catch_up,
+                )
+            for tick in ticks:
                 at = from_ms(tick).isoformat().replace("+00:00", "Z")
                 eid = f"cron:{func.id}:{trig.cron}:{tick}"
                 ev = Event(CRON_EVENT, {"cron": trig.cron, "scheduledAt": at}, id=eid, ts=tick)
                 runs.append(
                     NewRun(
-                        id=self.new_id("r_", now), function_id=func.id, events=(ev.to_json(),),
-                        event_ids=(eid,), created_at=now, idempotency_key=eid,
+                        id=f"r_{tick:012x}{derive_id('', 'cron', eid)[:16]}",
+                        function_id=func.id,
+                        events=(ev.to_json(),), event_ids=(eid,), created_at=now,
+                        idempotency_key=func.idempotency_key(ev.to_dict()),
                     )
                 )
-                cursors[key] = tick
-                moved.append((key, tick))
-                tick = to_ms(trig.schedule.next_after(from_ms(tick)))
+            cursors[key] = last
+            moved.append((key, last))
         if moved:
             self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved)))
         return len(runs)
@@ -498,20 +570,26 @@ class Engine:
             parts.append(self._plan([item], now, force=True))
         if len(parts) == 1:
             return parts[0]
+        notes = [n for p in parts if p.notes for n in p.notes]
         return Plan(
             merge_batches([p.batch for p in parts], now), [s for p in parts for s in p.steps],
-            parts,
+            parts, notes or None,
         )
 
     def _feed(self, claim: Claim, now: int) -> tuple[_Live, list[Command]]:
         live = self._adopt(claim)
         live.lease_until = now + self.lease_ms
+        t = _observe.tracing
+        if t is not None:
+            _trace_claim(t, live, claim)
         cmds: list[Command] = []
         m = live.machine
         if any(s.kind == SignalKind.CANCEL for _, s in claim.signals):
             cancel = next(s for _, s in claim.signals if s.kind == SignalKind.CANCEL)
             cmds += m.handle(CancelRequested(cancel.payload, now))
         else:
+            if not claim.journal and m.status == RunStatus.QUEUED:
+                _observe.run_started(m.run_id, m.function.id)  # before its code runs
             cmds += m.handle(RunStarted(now))
             deadline = m.next_deadline()
             if deadline is not None and deadline <= now:
@@ -532,7 +610,8 @@ class Engine:
             )
         self.poisoned_runs += 1
         log.error("run %s fails: it cannot be loaded: %s: %s", run.id, type(exc).__name__,
-                  _short(exc))
+                  _short(exc), extra={"run_id": run.id, "function_id": run.function_id,
+                                      "action": "run.failed"})
         consumed = max((seq for seq, _ in claim.signals), default=0)
         info = ErrorInfo.from_exception(exc)
         write = RunWrite(run_id=run.id, epoch=run.epoch, status="failed", error=info,
@@ -542,7 +621,10 @@ class Engine:
             # As the machine does when a child fails: the parent's invoke gets the error.
             payload = json.dumps({"error": info.to_dict()}, separators=(",", ":"))
             signals = ((run.parent_run_id, Signal("invoke", run.id, payload)),)
-        return Plan(CommitBatch(now=now, writes=(write,), signals=signals), [])
+        ended = self.end_events(run.id, run.function_id, run.events, RunStatus.FAILED, now,
+                                error=info)
+        return Plan(CommitBatch(now=now, writes=(write,), signals=signals,
+                                run_events=tuple(ended)), [])
 
     def _adopt(self, claim: Claim) -> _Live:
         run = claim.run
@@ -580,7 +662,9 @@ class Engine:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
         batch = _memo_batch(live, cmds, now)
         if batch is not None:
-            return Plan(batch, [cmds[1]])  # type: ignore[list-item]
+            # (A step that failed for good, its error caught by the code, takes this path.)
+            return Plan(batch, [cmds[1]], None,  # type: ignore[list-item]
+                        None if error is None else _failed_notes(live, cmds, now))
         return self._plan([(live, cmds)], now)
 
     def finish_step(
@@ -612,6 +696,10 @@ class Engine:
             return []
         if self._commit_failures:
             self._commit_failures.pop(step.run_id, None)  # its journal moved on (_committed)
+        if error is not None:  # a step that failed for good, its error caught by the code
+            notes = _failed_notes(live, cmds, now)
+            if notes:
+                _observe.publish(notes)
         return cmds[1:]  # type: ignore[return-value]
 
     def feed(self, run_id: str, inp: Input, now: int) -> Plan | None:
@@ -632,6 +720,8 @@ class Engine:
         waits_remove: list[tuple[str, int]] = []
         signals: list[tuple[str, Signal]] = []
         steps: list[ExecuteStep] = []
+        run_events: list[tuple[str, str]] = []
+        notes: list[_observe.Note] = []
         for live, cmds in items:
             m = live.machine
             entries: tuple[Any, ...] = ()
@@ -639,6 +729,7 @@ class Engine:
             wake_at: int | None = None
             output = None
             error = None
+            reason: str | None = None
             for c in cmds:
                 t = type(c)
                 if t is AppendJournal:
@@ -653,6 +744,7 @@ class Engine:
                     status, error = RunStatus.FAILED, c.error  # type: ignore[union-attr]
                 elif t is CancelRun:
                     status, error = RunStatus.CANCELLED, c.error  # type: ignore[union-attr]
+                    reason = c.reason  # type: ignore[union-attr]
                 elif t is RegisterWait:
                     assert isinstance(c, RegisterWait)
                     waits_add.append(wait_record(c))
@@ -672,6 +764,11 @@ class Engine:
             release = not m.done and not m.running_steps()
             if release and status is None:
                 status, wake_at = m.status, m.next_deadline()
+            if status is not None and status in _ENDED:
+                run_events += self.end_events(
+                    m.run_id, m.function.id, [e.to_json() for e in m.events], status, now,
+                    output=output, error=error, reason=reason,
+                )
             if entries or status is not None or release or force or live.signals:
                 writes.append(
                     RunWrite(
@@ -683,13 +780,21 @@ class Engine:
                 live.signals = 0
             if m.done:
                 steps = [s for s in steps if s.run_id != m.run_id]
+            if entries or m.done or release:
+                notes += _observe.notes_for(
+                    m.run_id, m.function.id, m.run_attempt, m.started_at, entries,
+                    (m.status.value, error.to_dict() if error is not None else None)
+                    if m.done and status is not None else None,
+                    str(status or m.status) if release else None, now)
             live.leased = not release and not m.done
+            if release:
+                self._evict_floor = 0  # a parked machine may be evicted: scan again
         batch = CommitBatch(
             now=now, runs=tuple(runs), events=tuple(events), writes=tuple(writes),
             waits_add=tuple(waits_add), waits_remove=tuple(waits_remove),
-            signals=tuple(signals),
+            signals=tuple(signals), run_events=tuple(run_events),
         )
-        return Plan(batch, steps)
+        return Plan(batch, steps, None, notes or None)
 
     def commit(self, plans: Sequence[Plan]) -> list[ExecuteStep]:
         """Commit the batches of several plans in one store transaction (group commit);
@@ -715,6 +820,9 @@ class Engine:
                 if w.entries:
                     self._commit_failures.pop(w.run_id, None)
         steps = plans[0].steps if len(plans) == 1 else [s for p in plans for s in p.steps]
+        for p in plans:
+            if p.notes:
+                _observe.publish(p.notes, fenced)
         if fenced:
             self.stale_writes += len(fenced)
             for run_id in fenced:
@@ -777,6 +885,7 @@ class Engine:
                         "run %s: the store refused its writes (%d of %d times): %s: %s; the "
                         "run will be retried from the store",
                         w.run_id, n, MAX_COMMIT_FAILURES, type(exc).__name__, _short(exc),
+                        extra={"run_id": w.run_id},
                     )
                     continue
                 self._fail_refused(w, exc, n, now)
@@ -789,24 +898,40 @@ class Engine:
             f"({type(cause).__name__}: {_short(cause)}); the run is failed instead of being "
             "retried for ever. Check the step ids, event names and values it records"
         )
-        log.error("%s", err)
+        log.error("%s", err, extra={"run_id": w.run_id, "action": "run.failed"})
+        info = ErrorInfo.from_exception(err)
         try:
+            run = self.store.get_run(w.run_id)
+            ended = self.end_events(run.id, run.function_id, run.events, RunStatus.FAILED,
+                                    now, error=info)
             self.store.commit(CommitBatch(now=now, writes=(
-                RunWrite(run_id=w.run_id, epoch=w.epoch, status="failed",
-                         error=ErrorInfo.from_exception(err)),
-            )))
+                RunWrite(run_id=w.run_id, epoch=w.epoch, status="failed", error=info),
+            ), run_events=tuple(ended)))
         except Exception as again:
-            log.warning("run %s: recording its failure failed too: %s", w.run_id, again)
+            log.warning("run %s: recording its failure failed too: %s", w.run_id, again,
+                        extra={"run_id": w.run_id})
             return
         self._commit_failures.pop(w.run_id, None)
         self.poisoned_runs += 1
 
     def _evict(self) -> None:
         """Drop the oldest parked machines beyond ``cache_size`` (they are rebuilt by replay
-        when their run is claimed again)."""
-        excess = len(self.live) - self.cache_size
-        for run_id in [r for r, live in self.live.items() if not live.leased][:excess]:
+        when their run is claimed again). Leased machines stay: when too many are leased to
+        get back under the size, the scan is not repeated on every commit, only once the
+        cache has grown by ``_EVICT_SLACK`` more (amortised O(1) per commit)."""
+        size = len(self.live)
+        if size <= self._evict_floor:
+            return  # too many machines were leased last time: wait for the cache to grow
+        excess = size - self.cache_size
+        victims: list[str] = []
+        for run_id, live in self.live.items():
+            if not live.leased:
+                victims.append(run_id)
+                if len(victims) >= excess:
+                    break
+        for run_id in victims:
             del self.live[run_id]
+        self._evict_floor = len(self.live) + _EVICT_SLACK if len(victims) < excess else 0
 
     def cancel_run(self, run_id: str, now: int, *, reason: str = "cancelled by request") -> None:
         """Durably put a cancel signal for a run; whoever holds (or next claims) the
@@ -823,6 +948,21 @@ class Engine:
             CommitBatch(now=now, signals=((run_id, Signal(SignalKind.CANCEL, run_id, reason)),))
         )
 
+    def end_events(
+        self, run_id: str, function_id: str, events: Sequence[str], status: str, now: int, *,
+        output: str | None = None, error: ErrorInfo | None = None, reason: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """The system events of a run that ends with ``status`` at ``now``, as
+        ``CommitBatch.run_events`` (commit them in the batch holding the run's end: a store
+        appends them only if that end is accepted). ``events`` are the run's triggering
+        events (JSON texts); ``output``/``error`` its outcome; ``reason`` why it was
+        cancelled (``"request"``, ``"cancel_on"``, ``"timeout"``). Every way a run ends goes
+        through here (see :mod:`durable_core.core._lifecycle`)."""
+        return [(run_id, text) for text in system_events(
+            function_id, run_id, events, status, now, output=output, error=error,
+            reason=reason,
+        )]
+
     def cancel_live(self, run_ids: Iterable[str], now: int) -> Plan:
         """Cancel runs this engine holds (a cancel arrived while they were executing)."""
         items = []
@@ -833,6 +973,31 @@ class Engine:
                                                                          now))))
         return self._plan(items, now)
 
+    def step_started(self, step: ExecuteStep) -> Any:
+        """Tracing is on (``_observe.tracing``) and the body of ``step`` is about to run:
+        open its span (current while the body runs, in the run's span) and return it for
+        :meth:`step_ended`; None if tracing is off or fails."""
+        t = _observe.tracing
+        if t is None:
+            return None
+        live = self.live.get(step.run_id)
+        function_id = live.machine.function.id if live is not None else ""
+        try:
+            return t.step_started(step.run_id, function_id, step.step_id, step.attempt)
+        except Exception:  # tracing must never stop a run
+            log.debug("tracing: could not open the span of a step", exc_info=True)
+            return None
+
+    def step_ended(self, span: Any, error: BaseException | None) -> None:
+        """The body whose span :meth:`step_started` opened returned (``error`` None) or
+        raised: end the span."""
+        t = _observe.tracing
+        if t is not None and span is not None:
+            try:
+                t.step_ended(span, error)
+            except Exception:
+                log.debug("tracing: could not end the span of a step", exc_info=True)
+
     def is_current(self, step: ExecuteStep) -> bool:
         """Whether a dispatched step should still run: its run is held by this engine and its
         machine still waits for exactly this dispatch. Check it right before running a body
@@ -840,9 +1005,10 @@ class Engine:
         live = self.live.get(step.run_id)
         return live is not None and live.machine.is_current(step)
 
-    def release_all(self, now: int) -> None:
+    def release_all(self, now: int) -> int:
         """Give up every lease this engine holds (graceful stop). Runs with step bodies that
-        were not executed are left due at once, so another worker picks them up."""
+        were not executed are left due at once, so another worker picks them up. Returns
+        how many runs were released."""
         writes = []
         for run_id, live in self.live.items():
             if not live.leased or live.machine.done:
@@ -855,7 +1021,8 @@ class Engine:
             )
         if writes:
             self.store.commit(CommitBatch(now=now, writes=tuple(writes)))
-        self.live.clear()
+        self.forget(list(self.live))
+        return len(writes)
 
     def leased_runs(self) -> list[str]:
         """Runs whose lease this engine holds (they have step bodies in flight)."""
@@ -863,8 +1030,11 @@ class Engine:
 
     def forget(self, run_ids: Iterable[str]) -> None:
         """Drop cached machines (e.g. after their lease was lost)."""
+        t = _observe.tracing
         for run_id in run_ids:
-            self.live.pop(run_id, None)
+            if self.live.pop(run_id, None) is not None and t is not None:
+                with contextlib.suppress(Exception):  # tracing must never stop a run
+                    t.run_left(run_id, "released", None)
 
     def renew_leases(self, now: int) -> set[str]:
         """Keep the runs this engine holds (their step bodies in flight) from being taken
@@ -910,6 +1080,27 @@ class Engine:
         return live is not None and now + self._lease_margin < live.lease_until
 
 
+def _trace_claim(t: _observe.Tracing, live: _Live, claim: Claim) -> None:
+    """Open the span of a run an engine begins driving (tracing on), as a child of the
+    trace context its triggering event carries."""
+    try:
+        raw = json.loads(claim.run.events[0]) if claim.run.events else {}
+        parent = raw.get("traceparent") if isinstance(raw, dict) else None
+        m = live.machine
+        t.run_resumed(m.run_id, m.function.id, m.run_attempt,
+                      parent if isinstance(parent, str) else None)
+    except Exception:  # tracing must never stop a run
+        log.debug("tracing: could not open the span of run %s", claim.run.id, exc_info=True)
+
+
+def _failed_notes(live: _Live, cmds: list[Command], now: int) -> list[_observe.Note] | None:
+    """The notes of a memo batch (``_memo_batch``) that records a failed step."""
+    m = live.machine
+    notes = _observe.notes_for(m.run_id, m.function.id, m.run_attempt, m.started_at,
+                               cmds[0].entries, None, None, now)  # type: ignore[union-attr]
+    return notes or None
+
+
 def _memo_batch(live: _Live, cmds: list[Command], now: int) -> CommitBatch | None:
     """The batch of the hot path, if ``cmds`` are a memo then the same run's next step (and
     the run has no signals to mark consumed); else None (see Engine._plan).
@@ -921,7 +1112,7 @@ def _memo_batch(live: _Live, cmds: list[Command], now: int) -> CommitBatch | Non
         write = _tuple_new(RunWrite, (
             live.machine.run_id, live.epoch, cmds[0].entries, None, None, None, None, 0, False,
         ))
-        return _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), ()))
+        return _tuple_new(CommitBatch, (now, (), (), (write,), (), (), (), (), (), ()))
     return None
 
 
@@ -937,6 +1128,7 @@ def merge_batches(batches: Sequence[CommitBatch], now: int | None = None) -> Com
         signals=tuple(x for b in batches for x in b.signals),
         routed_events=tuple(x for b in batches for x in b.routed_events),
         cron=tuple(x for b in batches for x in b.cron),
+        run_events=tuple(x for b in batches for x in b.run_events),
     )
 
 
@@ -1000,8 +1192,20 @@ def wait_matches(wait: WaitRecord, event: dict[str, Any]) -> bool:
     except (InvalidExpressionError, RecursionError, ValueError) as exc:
         # The wait does not resume on this event; it still times out as usual.
         log.warning("run %s: wait at position %d does not match event %s: %s", wait.run_id,
-                    wait.position, ascii(event.get("id")), _short(exc))
+                    wait.position, ascii(event.get("id")), _short(exc),
+                    extra={"run_id": wait.run_id})
         return False
+
+
+_ENDED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+def routed_run_id(function_id: str, event: StoredEvent) -> str:
+    """The id of the run of ``function_id`` that routing the stored ``event`` creates: the
+    same for every engine routing it (so a race creates it once), time-sortable like
+    :meth:`Engine.new_id` (the event's receipt time, then a hash)."""
+    digest = derive_id("", "route", function_id, event.seq, event.id, event.received_at)
+    return f"r_{event.received_at:012x}{digest[:16]}"
 
 
 _DATA_SQLSTATES = ("22", "23", "54")  # data exception, integrity violation, program limit

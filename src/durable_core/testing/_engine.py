@@ -18,10 +18,11 @@ from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalEntry, JournalOp
 from durable_core.drivers._loading import import_stores
 from durable_core.drivers._sandbox import install as install_sandbox
+from durable_core.engine import _observe
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, StepView, run_view
 from durable_core.protocol import run_step_body
-from durable_core.store import Store
+from durable_core.store import SkippedTrigger, Store
 from durable_core.testing._bodies import BodyRunner, body_runner, run_on_mock_clock
 
 JOURNAL_FORMAT = "durable-core-journal/1"
@@ -60,7 +61,7 @@ class RunHandle:
 
     @property
     def error(self) -> ErrorInfo | None:
-        """None, or the failure (``type`` and ``message``)."""
+        """None, or the failure (``type``, ``message`` and ``traceback``)."""
         return self._engine.store.get_run(self.id).error
 
     @property
@@ -184,6 +185,19 @@ class TestEngine:
         """Every run (cron-started and invoked ones too), in start order."""
         return [RunHandle(self, r.id) for r in reversed(self.store.list_runs(limit=1_000_000))]
 
+    def skipped_triggers(
+        self,
+        *,
+        event_id: str | None = None,
+        function_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """Triggers folded into an existing run by a function's ``idempotency`` key, newest
+        first (see :meth:`durable_core.Client.skipped_triggers`)."""
+        return self.store.skipped_triggers(
+            function_id=function_id, event_id=event_id, run_id=run_id, limit=limit)
+
     def run(self, run_id: str) -> RunHandle:
         """A handle on one run; raises RunNotFoundError."""
         self.store.get_run(run_id)
@@ -216,8 +230,11 @@ class TestEngine:
             while pending:
                 step = pop()
                 executed += 1
+                span = engine.step_started(step) if _observe.tracing is not None else None
                 value, error = (execute_body(step, mocks, run_async) if mocks
                                 else run_step_body(step, run_async=run_async))
+                if span is not None:
+                    engine.step_ended(span, error)
                 push(finish(step, value, error, now))
             self.steps_executed += executed
 

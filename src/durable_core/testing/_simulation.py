@@ -31,6 +31,12 @@ from durable_core.base._errors import DeterminismError, StoreError, UsageError
 from durable_core.base._events import Event, Sent
 from durable_core.core._function import App, Function
 from durable_core.core._journal import JournalFold
+from durable_core.core._lifecycle import (
+    CANCELLED_EVENT,
+    FAILED_EVENT,
+    FINISHED_EVENT,
+    system_event_id,
+)
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
     TERMINAL_STATUSES,
@@ -49,7 +55,7 @@ from durable_core.core._model import (
 )
 from durable_core.drivers._sandbox import install as install_sandbox
 from durable_core.engine._engine import Engine, Plan
-from durable_core.store import CommitBatch, Store
+from durable_core.store import DEDUPE_WINDOW_MS, CommitBatch, Store
 from durable_core.testing._bodies import body_runner
 
 __all__ = ["CrashTestReport", "FaultPlan", "InvariantViolation", "Simulation", "crash_test"]
@@ -463,6 +469,7 @@ class Simulation:
                 if positions != list(range(len(positions))):
                     self._fail(f"step positions are not dense: {positions}", run.id)
                 self._check_replay(run.id)
+        self._check_lifecycle(runs)
         for key, n in self._successes.items():
             window = self._faults_at_commit.get(key, self._fault_count()) - \
                 self._faults_at_first.get(key, 0)
@@ -474,6 +481,47 @@ class Simulation:
             if got != expected:
                 self._fail(f"outcomes differ from the fault-free execution:\n  expected "
                            f"{expected}\n  got      {got}")
+
+    def _check_lifecycle(self, runs: Sequence[Any]) -> None:
+        """Every ended run emitted its system events once, saying how it really ended; each
+        event started at most one run of each function (a failure handler runs at most once
+        per failed run); no idempotency key was held by two runs within 24 h."""
+        by_id = {r.id: r for r in runs}
+        for run in runs:
+            if run.status not in TERMINAL_STATUSES:
+                continue
+            expected = {FINISHED_EVENT}
+            if run.status == "failed":
+                expected.add(FAILED_EVENT)
+            elif run.status == "cancelled":
+                expected.add(CANCELLED_EVENT)
+            for name in (FINISHED_EVENT, FAILED_EVENT, CANCELLED_EVENT):
+                ev = self.inner.get_event(system_event_id(name, run.id))
+                if (ev is not None) != (name in expected):
+                    self._fail(f"system event {name} {'missing' if ev is None else 'emitted'} "
+                               f"for a run that ended {run.status}", run.id)
+                if ev is None:
+                    continue
+                data = json.loads(ev.data)["data"]
+                if data.get("status") != run.status or data.get("run_id") != run.id:
+                    self._fail(f"system event {name} says the run ended {data.get('status')}, "
+                               f"but it ended {run.status}", run.id)
+                started = Counter(r.function_id for r in
+                                  self.inner.list_runs(event_id=ev.id, limit=1_000_000))
+                for function_id, n in started.items():
+                    if n > 1:
+                        self._fail(f"system event {name} started {n} runs of {function_id!r}"
+                                   " (a failure handler ran more than once?)", run.id)
+        held: dict[tuple[str, str], list[int]] = {}
+        for run in by_id.values():
+            if run.idempotency_key is not None:
+                held.setdefault((run.function_id, run.idempotency_key), []).append(
+                    run.created_at)
+        for (function_id, key), times in held.items():
+            times.sort()
+            if any(b - a < DEDUPE_WINDOW_MS for a, b in itertools.pairwise(times)):
+                self._fail(f"idempotency key {key!r} of {function_id!r} held by two runs "
+                           "within 24 h")
 
     def _check_timers(self, run_id: str, journal: Sequence[JournalEntry]) -> None:
         for memo in JournalFold(journal).steps.values():

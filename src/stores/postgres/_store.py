@@ -62,6 +62,7 @@ from durable_core.store import (
     NewRun,
     RunChange,
     RunRecord,
+    SkippedTrigger,
     StoredEvent,
     WaitRecord,
     cron_advances,
@@ -70,6 +71,7 @@ from durable_core.store import (
     lone_memo,
     new_runs_to_create,
     notifies,
+    run_events_to_append,
     wait_changes,
     wait_records,
 )
@@ -86,7 +88,7 @@ assert frozenset({"completed", "failed", "cancelled"}) == TERMINAL_STATUSES
 
 _TABLES = (
     "meta", "events", "runs", "run_events", "idempotency", "journal", "signals", "waits",
-    "cron", "counters", "signal_seq",
+    "cron", "counters", "signal_seq", "skipped_triggers",
     "idem", "inbox",  # the names of idempotency and signals before version 3
 )
 
@@ -223,6 +225,25 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "ALTER TABLE {waits} DROP CONSTRAINT waits_pkey",
         "ALTER TABLE {waits} ADD PRIMARY KEY (event, match_key, run_id, position)",
     ),
+    # 5: skipped_triggers, the triggers that started no run because their function's
+    # idempotency key was held (one row per would-be run id; ord orders them).
+    (
+        """CREATE TABLE {skipped_triggers} (
+            id text PRIMARY KEY,
+            ord bigserial NOT NULL,
+            function_id text NOT NULL,
+            key text NOT NULL,
+            run_id text NOT NULL,
+            event_id text,
+            at bigint NOT NULL)""",
+        "CREATE INDEX skipped_by_run ON {skipped_triggers} (run_id, ord)",
+        "CREATE INDEX skipped_by_event ON {skipped_triggers} (event_id, ord)",
+    ),
+    # 6: a failed run keeps its error's traceback (bounded by ErrorInfo); NULL for runs
+    # ended before, and for errors never raised (a cancel).
+    (
+        "ALTER TABLE {runs} ADD COLUMN error_traceback text",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -301,6 +322,9 @@ _RUN_COLS: LiteralString = (
     "r.output, r.error_type, r.error_message, r.parent_run_id, r.idempotency_key, "
     "r.ended_at, r.epoch, r.lease_owner, r.lease_expires, r.event_ids"
 )
+_RUN_READ_COLS: LiteralString = _RUN_COLS + ", r.error_traceback"
+"""A run as read (the error's traceback last). Claims return ``_RUN_COLS``: a claimed run
+has not ended, so it has no error."""
 _EVENT_COLS: LiteralString = "seq, id, name, data, ts, received_at, duplicate"
 _JOURNAL_COLS: LiteralString = "run_id, seq, op, position, step_id, kind, ts, data"
 
@@ -349,8 +373,22 @@ class _Queries:
             ") AS u(seq, id, name, data, ts, dup)"
         )
         self.existing_runs = r("SELECT id FROM {runs} WHERE id = ANY(%b::text[])")
+        # With idempotency keys: the ids of skipped triggers count as existing too.
+        self.existing_or_skipped = r(
+            "SELECT id FROM {runs} WHERE id = ANY(%b::text[]) UNION ALL "
+            "SELECT id FROM {skipped_triggers} WHERE id = ANY(%b::text[])"
+        )
+        self.insert_skipped = r(
+            "INSERT INTO {skipped_triggers} (id, function_id, key, run_id, event_id, at) "
+            "SELECT u.id, u.f, u.k, u.r, u.e, u.a FROM unnest(%b::text[], %b::text[], "
+            "%b::text[], %b::text[], %b::text[], %b::bigint[]) WITH ORDINALITY "
+            "AS u(id, f, k, r, e, a, o) ORDER BY u.o ON CONFLICT (id) DO NOTHING"
+        )
+        self.lock_event_counter = r(
+            "SELECT value FROM {counters} WHERE name = 'events' FOR UPDATE"
+        )
         self.idempotency_get = r(
-            "SELECT i.function_id, i.key, i.created_at FROM {idempotency} AS i "
+            "SELECT i.function_id, i.key, i.created_at, i.run_id FROM {idempotency} AS i "
             "JOIN unnest(%b::text[], %b::text[]) AS u(f, k) ON i.function_id = u.f AND i.key = u.k "
             "WHERE i.key = ANY(%b::text[])"
         )
@@ -420,7 +458,12 @@ class _Queries:
             )
 
         self.claim_runs = claim("")
-        self.claim_runs_of = claim(" AND function_id = ANY(%(functions)s::text[])")
+        # ``function_id || ''`` keeps the planner off runs_by_function: with statistics
+        # that lag a burst of new runs (before autovacuum analyzes), it estimated a few
+        # hundred rows for a function holding tens of thousands and combined both indexes
+        # in a bitmap scan of them all (2-4 ms per claim at 20,000 runs, instead of
+        # 0.2 ms through runs_due, which yields candidates in claim order).
+        self.claim_runs_of = claim(" AND function_id || '' = ANY(%(functions)s::text[])")
         # The contract's lease_held, stated in SQL.
         self.renew = r(
             "WITH held AS (SELECT id FROM {runs} WHERE id = ANY(%(ids)b::text[]) "
@@ -475,7 +518,14 @@ class _Queries:
             "SELECT upd.id, %(seq)s::bigint, %(op)s, %(position)s::bigint, %(step_id)s, "
             "%(kind)s, %(ts)s::bigint, %(data)s FROM upd RETURNING run_id"
         )
-        self.get_run = r("SELECT " + _RUN_COLS + " FROM {runs} AS r WHERE r.id = %s")
+        self.get_run = r("SELECT " + _RUN_READ_COLS + " FROM {runs} AS r WHERE r.id = %s")
+        self.skipped = r(
+            "SELECT id, function_id, key, run_id, event_id, at FROM {skipped_triggers} "
+            "WHERE (%(function_id)s::text IS NULL OR function_id = %(function_id)s) "
+            "AND (%(event_id)s::text IS NULL OR event_id = %(event_id)s) "
+            "AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s) "
+            "ORDER BY ord DESC LIMIT %(limit)s"
+        )
         self.load_journal = r(
             "SELECT " + _JOURNAL_COLS + " FROM {journal} WHERE run_id = %s ORDER BY seq"
         )
@@ -507,7 +557,8 @@ class _Queries:
                 )
             order: LiteralString = "r.ord DESC" if len(conds) > 1 else "-r.ord"
             query = _render(
-                "SELECT " + _RUN_COLS + " FROM {runs} AS r WHERE " + " AND ".join(conds)
+                "SELECT " + _RUN_READ_COLS + " FROM {runs} AS r WHERE "
+                + " AND ".join(conds)
                 + " ORDER BY " + order + " LIMIT %(limit)s",
                 self._schema,
             )
@@ -554,9 +605,9 @@ _U: LiteralString = (
     "%(u_set_status)b::boolean[], %(u_status)b::text[], %(u_wake_at)b::bigint[], "
     "%(u_set_end)b::boolean[], %(u_output)b::text[], %(u_error_type)b::text[], "
     "%(u_error_message)b::text[], %(u_release)b::boolean[], %(u_consumed)b::bigint[], "
-    "%(u_nsig)b::bigint[], %(u_touch)b::boolean[]) AS u(id, epoch, expect, n, write, "
-    "set_status, status, wake_at, set_end, output, error_type, error_message, release, "
-    "consumed, nsig, touch))"
+    "%(u_nsig)b::bigint[], %(u_touch)b::boolean[], %(u_error_traceback)b::text[]) "
+    "AS u(id, epoch, expect, n, write, set_status, status, wake_at, set_end, output, "
+    "error_type, error_message, release, consumed, nsig, touch, error_traceback))"
 )
 _U_JOURNAL: LiteralString = (  # journal-only writes: the hot path
     "u AS (SELECT * FROM unnest(%(u_id)b::text[], %(u_epoch)b::bigint[], "
@@ -581,6 +632,8 @@ def _set_run(ok: LiteralString) -> LiteralString:
         "ELSE r.error_type END, "
         "error_message = CASE WHEN " + ok + " AND x.set_end THEN x.error_message "
         "ELSE r.error_message END, "
+        "error_traceback = CASE WHEN " + ok + " AND x.set_end THEN x.error_traceback "
+        "ELSE r.error_traceback END, "
         "ended_at = CASE WHEN " + ok + " AND x.set_end THEN %(now)s ELSE r.ended_at END, "
         "lease_owner = CASE WHEN " + ok + " AND x.release THEN NULL ELSE r.lease_owner END, "
         "lease_expires = CASE WHEN " + ok + " AND x.release THEN NULL "
@@ -734,7 +787,8 @@ def _run(row: Sequence[Any]) -> RunRecord:
     return RunRecord(
         id=row[0], function_id=row[1], status=row[2], events=tuple(row[3]),
         created_at=row[4], updated_at=row[5], wake_at=row[6], output=row[7],
-        error=None if row[8] is None else ErrorInfo(type=row[8], message=row[9]),
+        error=None if row[8] is None else ErrorInfo(
+            type=row[8], message=row[9], traceback=row[17] if len(row) > 17 else None),
         parent_run_id=row[10], idempotency_key=row[11], ended_at=row[12], epoch=row[13],
         lease_owner=row[14], lease_expires=row[15], event_ids=tuple(row[16]),
     )
@@ -777,15 +831,28 @@ def _parse_event(text: str) -> tuple[str, str, int, str]:
     return str(raw["id"]), str(raw["name"]), int(raw["ts"]), text
 
 
-def _lock_key(schema: str, kind: str, *parts: str) -> int:
-    """A signed 64-bit advisory-lock key for a deduplication key (collisions only cost
-    some needless waiting)."""
+LOCK_BUCKETS = 512
+"""How many advisory locks deduplication keys share: a key locks one of these buckets, so a
+commit creating any number of runs takes at most this many locks (one lock per key ran out
+of PostgreSQL's shared lock table, ``max_locks_per_transaction``, on a 10,000-run batch)."""
+
+
+def _hash64(*parts: str) -> int:
+    """An unsigned 64-bit hash of the parts (length-prefixed, so parts cannot run together)."""
     h = hashlib.blake2b(digest_size=8)
-    for part in (schema, kind, *parts):
+    for part in parts:
         b = part.encode("utf-8", "surrogatepass")
         h.update(len(b).to_bytes(4, "big"))
         h.update(b)
-    return int.from_bytes(h.digest(), "big", signed=True)
+    return int.from_bytes(h.digest(), "big")
+
+
+def _lock_key(schema: str, kind: str, *parts: str) -> int:
+    """A signed 64-bit advisory-lock key for a deduplication key: the key of one of
+    :data:`LOCK_BUCKETS` buckets of the schema (two keys sharing a bucket only cost some
+    needless waiting; every transaction maps a key to the same bucket)."""
+    bucket = _hash64(kind, *parts) % LOCK_BUCKETS
+    return _hash64(schema, "dedupe-bucket", str(bucket)) - 2**63
 
 
 def _signal_counts(batch: CommitBatch) -> dict[str, int]:
@@ -1049,6 +1116,7 @@ class PostgresStore:
         if not (
             batch.runs or batch.events or batch.writes or batch.waits_add
             or batch.waits_remove or batch.signals or batch.routed_events or batch.cron
+            or batch.run_events
         ):
             return set()
         lone = lone_memo(batch)
@@ -1063,8 +1131,10 @@ class PostgresStore:
             )
             return set() if row is not None else {w.run_id}
         parsed = [_parse_event(text) for text in batch.events]
+        for _run_id, text in batch.run_events:
+            _parse_event(text)  # a batch that cannot be applied raises before anything
         folded = fold_writes(batch.writes)
-        if not parsed and not batch.runs:
+        if not parsed and not batch.runs and not batch.run_events:
             shape, params = self._core(batch, folded, set(), notify=notifies(batch))
             query = self._q.core(shape)
             row = self._run_conn(lambda conn: conn.execute(query, params).fetchone())
@@ -1081,16 +1151,22 @@ class PostgresStore:
         })
         q = self._q
 
-        def tx(conn: _Conn, pipe: psycopg.Pipeline) -> _Cursor:
+        def tx(conn: _Conn, pipe: psycopg.Pipeline) -> _Cursor | tuple[Any, ...] | None:
             # Lock order, everywhere: advisory locks (sorted), the event counter, run rows
             # (sorted), then waits, event and cron rows.
             if keys:
                 conn.execute(q.advisory, (sorted(keys),))
+            if batch.run_events and not parsed:
+                # The run events are appended after the run writes are decided: take the
+                # event counter now, in lock order.
+                conn.execute(q.lock_event_counter)
             event_reads = self._read_events(conn, parsed) if parsed else None
             run_reads = None
             if batch.runs:
+                ids = sorted({n.id for n in batch.runs})
                 run_reads = (
-                    conn.execute(q.existing_runs, (sorted({n.id for n in batch.runs}),)),
+                    conn.execute(q.existing_or_skipped, (ids, ids)) if keyed
+                    else conn.execute(q.existing_runs, (ids,)),
                     conn.execute(q.idempotency_get, ([f for f, _ in keyed], [k for _, k in keyed],
                                               [k for _, k in keyed]))
                     if keyed else None,
@@ -1104,11 +1180,21 @@ class PostgresStore:
             # The reference store checks writes against the state before the batch: a write
             # to a run this batch creates is fenced.
             shape, params = self._core(batch, folded, created, notify=True)
-            return conn.execute(q.core(shape), params)  # read after COMMIT: one round trip
+            cur = conn.execute(q.core(shape), params)
+            if not batch.run_events:
+                return cur  # read after COMMIT: one round trip
+            pipe.sync()
+            row: tuple[Any, ...] | None = cur.fetchone()
+            appended = [_parse_event(t) for t in
+                        run_events_to_append(batch, self._fenced(batch, row))]
+            if appended:
+                reads = self._read_events(conn, appended)
+                pipe.sync()
+                self._insert_events(conn, appended, batch.now, reads)
+            return row
 
-        row = self._run_conn(
-            lambda conn: self._transaction(conn, lambda pipe: tx(conn, pipe)).fetchone()
-        )
+        out = self._run_conn(lambda conn: self._transaction(conn, lambda pipe: tx(conn, pipe)))
+        row = out.fetchone() if isinstance(out, psycopg.Cursor) else out
         return self._fenced(batch, row)
 
     @staticmethod
@@ -1164,6 +1250,8 @@ class PostgresStore:
                 u_output=[f.output if f.ends else None for f in fs],
                 u_error_type=[f.error.type if f.ends and f.error else None for f in fs],
                 u_error_message=[f.error.message if f.ends and f.error else None for f in fs],
+                u_error_traceback=[f.error.traceback if f.ends and f.error else None
+                                   for f in fs],
                 u_release=[f.release for f in fs],
                 u_consumed=marks,
                 u_nsig=[nsig.get(run_id, 0) for run_id, _ in runs],
@@ -1222,10 +1310,17 @@ class PostgresStore:
         self, conn: _Conn, runs: Sequence[NewRun], cursors: tuple[_Cursor, _Cursor | None]
     ) -> set[str]:
         existing = {row[0] for row in cursors[0].fetchall()}
-        keys: dict[tuple[str, str], int] = {
-            (r[0], r[1]): r[2] for r in (cursors[1].fetchall() if cursors[1] else ())
+        keys: dict[tuple[str, str], tuple[int, str]] = {
+            (r[0], r[1]): (r[2], r[3]) for r in (cursors[1].fetchall() if cursors[1] else ())
         }
-        create = new_runs_to_create(runs, existing, keys)
+        skipped: list[SkippedTrigger] = []
+        create = new_runs_to_create(runs, existing, keys, skipped)
+        if skipped:
+            conn.execute(self._q.insert_skipped, (
+                [k.id for k in skipped], [k.function_id for k in skipped],
+                [k.key for k in skipped], [k.run_id for k in skipped],
+                [k.event_id for k in skipped], [k.at for k in skipped],
+            ))
         held = {(n.function_id, n.idempotency_key): n for n in create
                 if n.idempotency_key is not None}
         if create and all(len(n.events) == 1 and len(n.event_ids) == 1 for n in create):
@@ -1382,6 +1477,18 @@ class PostgresStore:
         params = {"name": name, "since": since, "until": until, "before": before,
                   "limit": max(limit, 0)}
         return [_event(row) for row in self._read(query, params)]
+    def skipped_triggers(
+        self,
+        *,
+        function_id: str | None = None,
+        event_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """See :meth:`durable_core.Store.skipped_triggers`."""
+        params = {"function_id": function_id, "event_id": event_id, "run_id": run_id,
+                  "limit": max(limit, 0)}
+        return [SkippedTrigger(*row) for row in self._read(self._q.skipped, params)]
 
     # ------------------------------------------------------------------ notifications
 

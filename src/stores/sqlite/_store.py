@@ -52,6 +52,7 @@ from durable_core.store import (
     NewRun,
     RunChange,
     RunRecord,
+    SkippedTrigger,
     StoredEvent,
     WaitRecord,
     cron_advances,
@@ -62,6 +63,7 @@ from durable_core.store import (
     new_runs_to_create,
     notifies,
     record_changes,
+    run_events_to_append,
     signal_accepted,
     wait_changes,
     wait_records,
@@ -280,8 +282,21 @@ def _migrate_v6(db: Any) -> None:
     db.execute("CREATE INDEX waits_by_run ON waits (run_id, position)")
 
 
+def _migrate_v7(db: Any) -> None:
+    """Version 7: ``skipped_triggers``, the triggers that started no run because their
+    function's idempotency key was held (one row per would-be run id; ``seq`` orders them)."""
+    db.execute(
+        "CREATE TABLE skipped_triggers (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
+        "function_id TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT NOT NULL, event_id TEXT, "
+        "at INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX skipped_by_run ON skipped_triggers (run_id, seq)")
+    db.execute("CREATE INDEX skipped_by_event ON skipped_triggers (event_id, seq)")
+
+
 _MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
+    _migrate_v7,
 )
 """``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
 
@@ -1195,6 +1210,10 @@ class SQLiteStore:
             )
         if waits_remove:
             conn.executemany("DELETE FROM waits WHERE run_id = ? AND position = ?", waits_remove)
+        if batch.run_events:
+            appended = run_events_to_append(batch, fenced)
+            if appended:
+                self._insert_events(conn, appended, batch.now)
         if batch.signals:
             self._insert_signals(conn, batch.signals)
         if batch.routed_events:
@@ -1239,17 +1258,31 @@ class SQLiteStore:
         return found
 
     def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun]) -> None:
-        existing = set(self._statuses(conn, list(dict.fromkeys(r.id for r in runs))))
-        keys: dict[tuple[str, str], int] = {}
+        ids = list(dict.fromkeys(r.id for r in runs))
+        existing = set(self._statuses(conn, ids))
+        keys: dict[tuple[str, str], tuple[int, str]] = {}
         for k in dict.fromkeys(
             (n.function_id, n.idempotency_key) for n in runs if n.idempotency_key is not None
         ):
             row = conn.execute(
-                "SELECT created_at FROM idempotency WHERE function_id = ? AND key = ?", k
+                "SELECT created_at, run_id FROM idempotency WHERE function_id = ? AND key = ?",
+                k,
             ).fetchone()
             if row is not None:
-                keys[k] = row[0]
-        create = new_runs_to_create(runs, existing, keys)
+                keys[k] = (row[0], row[1])
+        if keys:
+            for chunk in _chunks(ids):
+                existing.update(r[0] for r in conn.execute(
+                    f"SELECT id FROM skipped_triggers WHERE id IN ({_marks(len(chunk))})", chunk
+                ))
+        skipped: list[SkippedTrigger] = []
+        create = new_runs_to_create(runs, existing, keys, skipped)
+        if skipped:
+            conn.executemany(
+                "INSERT OR IGNORE INTO skipped_triggers (id, function_id, key, run_id, "
+                "event_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(k.id, k.function_id, k.key, k.run_id, k.event_id, k.at) for k in skipped],
+            )
         conn.executemany(
             "INSERT INTO runs (id, function_id, status, events, event_ids, created_at, "
             "updated_at, parent_run_id, idempotency_key, epoch) "
@@ -1519,3 +1552,30 @@ class SQLiteStore:
                 (*params, limit),
             ).fetchall()
         return [_run_from_row(r) for r in rows]
+
+    def skipped_triggers(
+        self,
+        *,
+        function_id: str | None = None,
+        event_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SkippedTrigger]:
+        """See :meth:`durable_core.Store.skipped_triggers`."""
+        if limit <= 0:
+            return []
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("function_id", function_id), ("event_id", event_id),
+                              ("run_id", run_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, function_id, key, run_id, event_id, at FROM skipped_triggers "
+                f"{where}ORDER BY seq DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [SkippedTrigger(*r) for r in rows]

@@ -75,6 +75,7 @@ from durable_core.store import (
     NewRun,
     RunRecord,
     RunWrite,
+    SkippedTrigger,
     Store,
     StoredEvent,
     WaitRecord,
@@ -513,6 +514,76 @@ class StoreConformance:
                 store.get_run(missing)
         assert store.get_run("r6").idempotency_key == "k"
 
+    def test_a_trigger_skipped_for_its_key_is_recorded_once(self, store: Store) -> None:
+        """A run skipped because its function's idempotency key is held is recorded as a
+        ``SkippedTrigger`` naming the holder (``new_runs_to_create``), once per id: the same
+        run again (a second engine routing the same event) records nothing more and creates
+        nothing, and its id counts as existing even once the key is free."""
+        create(store, new_run("r1", function_id="a", key="k", event_ids=("e1",)))
+        create(store, new_run("r2", function_id="a", key="k", event_ids=("e2",),
+                              created_at=T0 + 5), now=T0 + 5)
+        create(store, new_run("r2", function_id="a", key="k", event_ids=("e2",),
+                              created_at=T0 + 6), now=T0 + 6)
+        create(store, new_run("r3", function_id="b", key="k", event_ids=("e3",)),
+               new_run("r4", function_id="b", key="k", event_ids=("e4",)))
+        first = SkippedTrigger(id="r2", function_id="a", key="k", run_id="r1",
+                               event_id="e2", at=T0 + 5)
+        in_batch = SkippedTrigger(id="r4", function_id="b", key="k", run_id="r3",
+                                  event_id="e4", at=T0)
+        assert store.skipped_triggers() == [in_batch, first]
+        assert store.skipped_triggers(event_id="e2") == [first]
+        assert store.skipped_triggers(run_id="r3") == [in_batch]
+        assert store.skipped_triggers(function_id="a", run_id="r1") == [first]
+        assert store.skipped_triggers(function_id="a", run_id="r3") == []
+        assert store.skipped_triggers(limit=1) == [in_batch]
+        assert store.skipped_triggers(limit=0) == []
+        create(store, new_run("r2", function_id="a", key="k", created_at=T0 + DAY),
+               now=T0 + DAY)
+        with pytest.raises(RunNotFoundError):
+            store.get_run("r2")
+        assert {r.id for r in store.list_runs()} == {"r1", "r3"}
+
+    def test_idempotency_window_runs_from_the_holder_creation(self, store: Store) -> None:
+        """The 24 h of a key run from the creation of the run holding it; a skipped trigger
+        does not extend them, and the first run after them takes the key."""
+        create(store, new_run("r1", key="k", created_at=T0))
+        create(store, new_run("r2", key="k", created_at=T0 + DAY - 1), now=T0 + DAY - 1)
+        create(store, new_run("r3", key="k", created_at=T0 + DAY), now=T0 + DAY)
+        create(store, new_run("r4", key="k", created_at=T0 + DAY + 1), now=T0 + DAY + 1)
+        assert [r.id for r in store.list_runs()] == ["r3", "r1"]
+        assert [(s.id, s.run_id) for s in store.skipped_triggers()] == [
+            ("r4", "r3"), ("r2", "r1")]
+
+    def test_run_events_are_appended_only_with_an_accepted_write(self, store: Store) -> None:
+        """``run_events`` are appended only for runs whose writes in the batch were
+        accepted (``run_events_to_append``): a fenced end, or a run the batch does not
+        write, emits nothing; an accepted end's events are in the log, deduplicated by id
+        like any event, and routable."""
+        create(store, new_run("r1"), new_run("r2"))
+        c1 = claim(store, "r1")
+        c2 = claim(store, "r2", now=T0 + 1)
+        done = RunWrite("r1", c1.run.epoch, status="completed", output="1")
+        stale = RunWrite("r2", c2.run.epoch - 1, status="failed",
+                         error=ErrorInfo("E", "stale"))
+        fenced = write(store, done, stale, now=T0 + 2, run_events=(
+            ("r1", event_json("finished:r1", "durable/function.finished", ts=T0 + 2)),
+            ("r2", event_json("finished:r2", "durable/function.finished", ts=T0 + 2)),
+            ("r9", event_json("finished:r9", "durable/function.finished", ts=T0 + 2)),
+        ))
+        assert fenced == {"r2"}
+        got = store.get_event("finished:r1")
+        assert got is not None and got.received_at == T0 + 2 and not got.duplicate
+        assert store.get_event("finished:r2") is None
+        assert store.get_event("finished:r9") is None
+        assert [e.id for e in store.unrouted_events(10)] == ["finished:r1"]
+        # The same id again (a second finalizer whose write is accepted) is a duplicate.
+        c2 = claim(store, "r2", owner="w2", now=T0 + 1 + LEASE)
+        again = RunWrite("r2", c2.run.epoch, status="completed", output="2")
+        assert write(store, again, now=T0 + 3 + LEASE, run_events=(
+            ("r2", event_json("finished:r1", "durable/function.finished")),
+        )) == set()
+        assert [e.id for e in store.unrouted_events(10)] == ["finished:r1"]
+
     def test_get_run_unknown_raises_run_not_found(self, store: Store) -> None:
         """``get_run`` of an unknown id raises ``RunNotFoundError`` (a ``KeyError``)."""
         with pytest.raises(RunNotFoundError) as info:
@@ -690,6 +761,23 @@ class StoreConformance:
         assert store.next_wake_at() is None
         assert store.claim_runs("w2", T0 + DAY, LEASE, 10) == []
         assert store.renew("w1", ["r1"], T0 + 60, LEASE) == {"r1"}
+
+    def test_a_failed_run_keeps_its_errors_traceback(self, store: Store) -> None:
+        """The error a run ended with keeps its traceback (up to ErrorInfo's bound), read
+        back by get_run and list_runs; an error without one reads back without one."""
+        tb = ("Traceback (most recent call last):\n  File \"app.py\", line 3, in f\n"
+              "    raise ValueError('nope ✓')\n" * 200)[:16_000] + "ValueError: nope ✓\n"
+        create(store, new_run("r1"), new_run("r2"))
+        for rid, error in (("r1", ErrorInfo("ValueError", "nope ✓", tb)),
+                           ("r2", ErrorInfo("Cancelled", "by request"))):
+            c = claim(store, rid)
+            assert write(store, RunWrite(rid, c.run.epoch, status="failed", error=error)) == set()
+        got = store.get_run("r1").error
+        assert got is not None and got.traceback == tb
+        assert [r.error.traceback for r in store.list_runs(status="failed")
+                if r.error is not None] == [None, tb]
+        got2 = store.get_run("r2").error
+        assert got2 is not None and got2.traceback is None
 
     def test_release_gives_the_lease_up(self, store: Store) -> None:
         """``release`` clears the lease and keeps the epoch."""

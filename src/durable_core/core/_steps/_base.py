@@ -34,10 +34,10 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
-from durable_core.base._errors import DurableError, StepError
+from durable_core.base._errors import DurableError, SerializationError, StepError
 from durable_core.base._events import Event
 from durable_core.base._serde import loads, return_hint
-from durable_core.core._context import RunRequest, StepRequest
+from durable_core.core._context import InvokeRequest, RunRequest, StepRequest
 from durable_core.core._journal import (
     StepMemo,
     error_data,
@@ -167,6 +167,7 @@ class StepHost(Protocol):
     _state_bytes: int
     _parked: Any
     _retries: int
+    _converter: Any
 
     def _trigger(self) -> str: ...
     def _settle(self, step: Any, now: int) -> None: ...
@@ -174,15 +175,38 @@ class StepHost(Protocol):
 
 
 def decode_memo(
-    kind: str, step_id: str, output: str | None, error: ErrorInfo | None, req: StepRequest
+    kind: str,
+    step_id: str,
+    output: str | None,
+    error: ErrorInfo | None,
+    req: StepRequest,
+    conv: Any = None,
 ) -> tuple[Any, BaseException | None]:
-    """What the code gets for a memo: its value, or the :class:`StepError` to raise."""
+    """What the code gets for a memo: its value, or the :class:`StepError` to raise.
+
+    A ``run`` step's output is rebuilt into its body's return annotation by ``conv`` (the
+    run's app's converter); an ``invoke`` step's into the invoked function's, by that
+    function's app's converter."""
     if error is not None:
-        return None, StepError(step_id, error.type, error.message)
+        err = StepError(step_id, error.type, error.message)
+        err.traceback_text = error.traceback  # (in the run's traceback, if it fails of it)
+        return None, err
     assert output is not None
-    if kind == StepKind.RUN:
-        assert isinstance(req, RunRequest)
-        return loads(output, return_hint(req.fn)), None
+    try:
+        if kind == StepKind.RUN:
+            assert isinstance(req, RunRequest)
+            return loads(output, return_hint(req.fn), conv), None
+        if kind == StepKind.INVOKE and isinstance(req, InvokeRequest):
+            function = req.function
+            return loads(output, return_hint(function.fn), function.app.converter), None
+    except SerializationError as exc:
+        # The recorded JSON no longer fits the annotation (the code changed since): the
+        # code gets the error where it awaits the step, like a step's failure.
+        return None, SerializationError(
+            f"step {step_id!r}: {exc}; the annotation changed since the step was recorded? "
+            "keep the old type readable (a union, or a structure hook) until such runs end",
+            field="output",
+        )
     raw = json.loads(output)
     if kind == StepKind.WAIT_FOR_EVENT and raw is not None:
         return Event.from_dict(raw), None
@@ -206,6 +230,14 @@ class StepMachine:
     output: str | None = None
     error: ErrorInfo | None = None
     done_ts = 0
+    started: int | None = None
+    """When the body of a ``run`` step's current attempt started (ms), when that is not the
+    time of the journal entry before its memo: the body started when the code was resumed,
+    and the code is resumed by an input that journals an entry at its time (a step's
+    memo, a sleep's end...), except when it is entered from the top (a start, a restart, a
+    retry of the code) or a step is started by its table (a retry, a gather's members).
+    Then this is set, and journalled with the memo (``started_at``); readers take the
+    entry before's time otherwise (JournalFold). The hot path writes nothing more."""
     live: Any = _UNSET
 
     KIND: ClassVar[StepKind]
@@ -294,7 +326,8 @@ class StepMachine:
             host.clock_ms = self.done_ts
         if self.live is not _UNSET:
             return self.live, None
-        return decode_memo(self.KIND, self.step_id, self.output, self.error, self.req)
+        return decode_memo(self.KIND, self.step_id, self.output, self.error, self.req,
+                           host._converter)
 
     # ---------------------------------------------------------------- shared effects
 
@@ -313,16 +346,22 @@ class StepMachine:
         self.done_ts = now
         host = self.host
         output = self.output
+        entries = host.entries
+        started = self.started
+        if started is not None:  # (never on the hot path: see ``started``)
+            self.started = None  # (a run step machine is recycled)
+            if entries and entries[-1].ts == started:
+                started = None
         if output is not None:
             host._state_bytes += size if size >= 0 else utf8_len(output)
             # The one place a memo's output is written: the serde's JSON text, as the value
             # of "output" (see durable_core.core._journal for why it is not re-encoded).
-            data = f'{{"output":{output}}}'
+            data = (f'{{"output":{output}}}' if started is None
+                    else f'{{"output":{output},"started_at":{started}}}')
         else:
             assert self.error is not None
-            data = error_data(self.error)
+            data = error_data(self.error, started)
         # _append, inlined: this is once per step.
-        entries = host.entries
         entry = _tuple_new(
             JournalEntry, (len(entries), _COMPLETED, self.position, self.step_id, self.kind,
                            now, data),

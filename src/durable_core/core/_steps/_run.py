@@ -26,7 +26,7 @@ from durable_core.base._errors import (
     SerializationError,
     ValidationError,
 )
-from durable_core.base._serde import dumps, return_hint, roundtrip
+from durable_core.base._serde import HINT_CACHE, dumps, encode_output, return_hint
 from durable_core.core._context import RunRequest
 from durable_core.core._journal import (
     MAX_RUN_STATE_BYTES,
@@ -50,6 +50,10 @@ from durable_core.core._steps._base import (
 __all__ = ["RunState", "RunStep"]
 
 _tuple_new = tuple.__new__
+_SCALARS = (str, int, float, bool, type(None))
+"""The annotations under which a recorded scalar comes back as it is (see serde.loads)."""
+_hints_get = HINT_CACHE.get
+_MISSING: Any = object()
 
 
 class RunState(_Identity):
@@ -109,6 +113,9 @@ class RunStep(StepMachine):
     failures = 0
     cmd: ExecuteStep | None = None
     req: RunRequest
+    _hint_fn: Any = None
+    """The body whose return hint ``_hint`` is (this object is recycled step after step)."""
+    _hint: Any = None
 
     def dispatch(
         self, host: StepHost, position: int, step_id: str, req: RunRequest, attempt: int
@@ -164,11 +171,29 @@ class RunStep(StepMachine):
         if self.state is not _RUNNING:
             raise StepTransitionError(self.KIND, self.position, self.state, StepInput.SUCCEEDED)
         t = type(value)
-        if t is int:
+        # An int, str, bool or None needs no round trip when the body's annotation (if
+        # any) is a JSON scalar type, as a replay then hands back the JSON value as it is.
+        # (Under ``-> datetime`` or ``-> MyEnum`` a str is structured on replay: the same
+        # must happen now, so it takes the general path.)
+        fn = self.req.fn
+        if fn is self._hint_fn:  # the body of the previous step this object ran: a loop
+            hint = self._hint
+        else:
+            try:
+                hint = _hints_get(fn, _MISSING)  # return_hint(fn)'s cache, inlined
+            except TypeError:
+                hint = _MISSING
+            if hint is _MISSING:
+                hint = return_hint(fn)
+            self._hint_fn = fn
+            self._hint = hint
+        if t is int and (hint is None or hint in _SCALARS):
             text = repr(value)  # JSON and ASCII (an exact int: repr is int's own)
             live = value
             size = len(text)
-        elif (t is str or value is None or t is bool) and not (
+        elif (t is str or value is None or t is bool) and (
+            hint is None or hint in _SCALARS
+        ) and not (
             t is str and (len(value) > MAX_STEP_OUTPUT_BYTES // 4 or not value.isascii())
         ):
             text = dumps(value, what="")
@@ -176,7 +201,9 @@ class RunStep(StepMachine):
             size = len(text)  # ASCII
         else:
             try:
-                text = dumps(value, what=f"step {self.step_id!r} output")
+                text, live = encode_output(
+                    value, hint, self.host._converter, what=f"step {self.step_id!r} output",
+                )
             except SerializationError as exc:
                 self._give_up(exc, now)
                 return
@@ -192,7 +219,6 @@ class RunStep(StepMachine):
                     now,
                 )
                 return
-            live = roundtrip(value, text, return_hint(self.req.fn))
         # Row (RUNNING, SUCCEEDED), pinned above: FORGET_BODY, JOURNAL_COMPLETED, RESUME.
         self.state = _COMPLETED
         self.output = text
@@ -232,6 +258,7 @@ class RunStep(StepMachine):
 
     def _do_execute_body(self, now: int) -> None:
         self.dispatch(self.host, self.position, self.step_id, self.req, self.failures)
+        self.started = now  # (off the hot path: journalled, see StepMachine.started)
 
     def _do_forget_body(self, now: int) -> None:
         del self.host._dispatched[self.position]
@@ -240,6 +267,6 @@ class RunStep(StepMachine):
         assert self.error is not None and self.deadline is not None
         self._append(
             JournalOp.ATTEMPT_FAILED, now,
-            attempt_failed_data(self.failures, self.error, self.deadline),
+            attempt_failed_data(self.failures, self.error, self.deadline, self.started),
         )
         self.failures += 1
