@@ -1555,11 +1555,13 @@ class StoreConformance:
         assert wait(600) is False
 
     def test_notifies_rule(self) -> None:
-        """:func:`durable_core.store.notifies`: events, runs, signals and run ends wake
-        listeners; journal writes and statuses that do not end a run do not."""
+        """:func:`durable_core.store.notifies`: events (a run's system events too), runs,
+        signals and run ends wake listeners; journal writes and statuses that do not end a
+        run do not."""
         assert notifies(CommitBatch(now=T0, events=(event_json("e1"),)))
         assert notifies(CommitBatch(now=T0, runs=(new_run("r1"),)))
         assert notifies(CommitBatch(now=T0, signals=(("r1", Signal("event", "k", "{}")),)))
+        assert notifies(CommitBatch(now=T0, run_events=(("r1", event_json("e2")),)))
         for status in ("completed", "failed", "cancelled"):
             assert notifies(CommitBatch(now=T0, writes=(RunWrite("r1", 1, status=status),)))
         assert not notifies(CommitBatch(now=T0, writes=(RunWrite("r1", 1, entries(0, 1)),)))
