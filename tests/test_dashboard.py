@@ -206,7 +206,7 @@ def test_running_runs_show_what_they_wait_for_and_a_cancel_button(
     assert "Next wake-up" in sleeping
     assert 'id="cancel"' in sleeping
     assert f'action="/runs/{ids["sleeping"]}/cancel"' in sleeping
-    assert "There is no rerun" in sleeping
+    assert "A worker ends the run as cancelled" in sleeping and 'id="rerun"' not in sleeping
     waiting = http.get(f"/runs/{ids['waiting']}").text
     assert ("waits for event &#39;shop/shipped&#39; where async.data.id == event.data.id, "
             "until") in waiting
@@ -387,6 +387,33 @@ def test_cancel_of_an_ended_or_unknown_run(http: Http, ids: Ids) -> None:
     assert http.get(f"/runs/{ids['sleeping']}/cancel").status_code == 404
 
 
+def test_rerun_button_starts_a_linked_run_of_an_ended_one(http: Http, ids: Ids) -> None:
+    failed = ids["failed"]
+    page = http.get(f"/runs/{failed}").text
+    assert 'id="rerun"' in page and 'id="cancel"' not in page
+    resp = http.post(f"/runs/{failed}/rerun")
+    assert resp.status_code == 303
+    location = resp.headers["location"]
+    assert location.endswith("?notice=rerun")
+    new_id = location.split("/runs/", 1)[1].split("?", 1)[0]
+    assert new_id != failed
+    page = http.get(location).text
+    assert "Rerun of" in page and f"/runs/{failed}" in page
+    assert 'id="rerun"' not in page and 'id="cancel"' in page  # the new run has not ended
+    def events_of(html: str) -> str:
+        return html.split("<dt>Events</dt>", 1)[1].split("</dd>", 1)[0]
+
+    assert events_of(http.get(f"/runs/{failed}").text) == events_of(page)  # the same event
+
+
+def test_rerun_of_a_run_that_has_not_ended_or_is_unknown(http: Http, ids: Ids) -> None:
+    resp = http.post(f"/runs/{ids['sleeping']}/rerun")
+    assert resp.status_code == 400
+    assert "has not ended (sleeping)" in _problem(resp)
+    assert http.post("/runs/r_nope/rerun").status_code == 404
+    assert 'id="rerun"' not in http.get(f"/runs/{ids['sleeping']}").text
+
+
 # --------------------------------------------------------------------------- threads
 
 
@@ -534,6 +561,7 @@ def _browser() -> Any:
 def test_in_a_real_browser_open_a_failed_run_and_cancel_a_sleeping_one(
         tmp_path: pathlib.Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     db = tmp_path / "browser.db"
     s = open_store(f"sqlite:///{db}")
@@ -552,13 +580,22 @@ def test_in_a_real_browser_open_a_failed_run_and_cancel_a_sleeping_one(
         assert driver.find_element(By.ID, "run-status").text == "failed"
         error = driver.find_element(By.ID, "run-error").text
         assert "ValueError: card declined: amount 900.0 is over the limit <500>" in error
+        assert "Traceback (most recent call last)" in error  # the error is kept whole
         body = driver.find_element(By.TAG_NAME, "body").text
         assert "attempt 2 failed for good" in body
+        # Rerun it: a new run of the same event, linked to the failed one.
+        driver.find_element(By.ID, "rerun").click()
+        WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("?notice=rerun"))
+        assert driver.current_url != f"{url}/runs/{ids['failed']}?notice=rerun"
+        assert "Rerun of" in driver.find_element(By.TAG_NAME, "body").text
+        assert ids["failed"] in driver.find_element(By.ID, "notice").text
 
         # The sleeping run: cancel it with the button.
         driver.get(f"{url}/runs/{ids['sleeping']}")
         assert driver.find_element(By.ID, "run-status").text == "sleeping"
         driver.find_element(By.ID, "cancel").click()
+        # The click submits the form; the browser navigates on its own time.
+        WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("?notice=cancel"))
         assert driver.current_url == f"{url}/runs/{ids['sleeping']}?notice=cancel"
         assert "Cancel requested" in driver.find_element(By.ID, "notice").text
         assert driver.find_element(By.ID, "run-status").text == "sleeping"

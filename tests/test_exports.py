@@ -29,8 +29,8 @@ from durable_core import Function
 
 PINNED: dict[str, list[str]] = {
     "durable_core": [
-        "App", "AsyncClient", "AsyncioWorker", "AttemptView", "BackgroundWorker", "Client",
-        "Context",
+        "App", "AsyncClient", "AsyncioWorker", "AttemptView", "BackgroundWorker", "CancelOn",
+        "Client", "Context",
         "CronTrigger", "DeterminismError",
         "DurableError", "Engine", "ErrorInfo", "Event", "EventTrigger", "Function",
         "FunctionConfigError", "InvalidCronError", "InvalidDurationError", "InvalidEventError",
@@ -39,9 +39,10 @@ PINNED: dict[str, list[str]] = {
         "RetryAfterError", "RunFailedError", "RunHandle", "RunMachine", "RunNotFoundError",
         "RunTimeoutError", "RunView", "Sent",
         "SerializationError", "SkippedTrigger", "Step", "StepError", "StepView", "Steps",
-        "Store", "StoreError", "StoreLostError", "TextLogFormatter", "UnknownFunctionError",
-        "UsageError", "ValidationError", "Worker", "__version__", "configure_logging",
-        "converter", "make_converter", "on_cron", "on_event", "open_store", "tuned_gc",
+        "Store", "StoreError", "StoreLostError", "TextLogFormatter", "Timeouts",
+        "UnknownFunctionError", "UsageError", "ValidationError", "Worker", "__version__",
+        "configure_logging", "converter", "make_converter", "on_cron", "on_event", "open_store",
+        "tuned_gc",
     ],
     "durable_core.testing": [
         "CrashTestReport", "DeployFailure", "DeployReport", "FaultPlan", "Finding",

@@ -452,3 +452,43 @@ def test_cron_catch_up_is_checked_at_definition() -> None:
     assert excinfo.value.field == "trigger.catch_up"
     assert "'latest', 'all', 'skip'" in str(excinfo.value)
     assert on_cron("0 * * * *").catch_up == "latest"
+
+
+def test_describe_gives_triggers_and_options_as_json() -> None:
+    import json
+
+    from durable_core import CancelOn, Timeouts
+
+    app = App("described")
+
+    async def on_fail(ctx):  # type: ignore[no-untyped-def]
+        return None
+
+    @app.function(id="plain", trigger=on_event("a"))
+    async def plain(ctx):  # type: ignore[no-untyped-def]
+        return None
+
+    @app.function(
+        id="full", trigger=[on_event("b", if_="event.data.k == 1"),
+                            on_cron("TZ=Europe/Paris 0 9 * * *", catch_up="skip")],
+        retries=2, idempotency="event.data.k", on_failure=on_fail,
+        cancel_on=[CancelOn("stop", if_="event.data.k == async.data.k", timeout="1d")],
+        timeouts=Timeouts(start="5m", finish="1h"),
+    )
+    async def full(ctx):  # type: ignore[no-untyped-def]
+        return None
+
+    assert plain.describe() == {
+        "id": "plain", "triggers": [{"event": "a", "if": None}],
+        "options": {"retries": 4, "max_steps": 1000, "sandbox": True},
+    }
+    got = full.describe()
+    assert got["triggers"] == [{"event": "b", "if": "event.data.k == 1"},
+                               {"cron": "TZ=Europe/Paris 0 9 * * *", "catch_up": "skip"}]
+    assert got["options"] == {
+        "retries": 2, "max_steps": 1000, "sandbox": True, "idempotency": "event.data.k",
+        "on_failure": "full-failure",
+        "cancel_on": [{"event": "stop", "if": "event.data.k == async.data.k", "timeout": "1d"}],
+        "timeouts": {"start": "5m", "finish": "1h"},
+    }
+    assert json.loads(json.dumps(got)) == got

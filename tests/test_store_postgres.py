@@ -292,11 +292,12 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
 
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 6
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 7
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
         assert store.list_runs(event_id="e2") == [old]
         assert [c.run.id for c in store.claim_runs("w", T0, LEASE, 10)] == ["old"]
+        assert old.rerun_of is None  # (v5: runs.rerun_of, NULL for runs stored before)
     finally:
         store.close()
     with raw(pg_url) as conn:
@@ -457,7 +458,7 @@ def test_a_claim_rereads_a_journal_its_snapshot_predates(store: PostgresStore) -
     assert write(store, RunWrite("r1", epoch, entries(0, 2))) == set()
     params = {"now": T0 + LEASE, "limit": 10, "owner": "new", "expires": T0 + 2 * LEASE}
     [row] = store._run_conn(lambda conn: conn.execute(store._q.claim_runs, params).fetchall())
-    assert row[1] == 2 and len(row[19]) == 2  # a row as read: complete
+    assert row[1] == 2 and len(row[20]) == 2  # a row as read: complete
     # The version committed after the snapshot appended entry 2 (here written by the new
     # owner, which is who holds the lease once the claim commits).
     assert write(store, RunWrite("r1", epoch + 1, entries(2, 3))) == set()
@@ -966,7 +967,7 @@ def test_a_version_5_schema_keeps_its_runs_through_version_6(pg_url: str,
             " %s, %s, 'ValueError', 'nope', %s)").format(runs), (T0, T0, T0))
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 6
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 7
         old = store.get_run("old")
         assert old.error is not None
         assert (old.error.type, old.error.message, old.error.traceback) == (

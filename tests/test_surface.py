@@ -135,8 +135,9 @@ def test_every_cancel_entry_point_has_one_name_and_signature(method: Any) -> Non
 def test_no_other_cancel_name_is_public() -> None:
     for cls in (Client, TestEngine, Worker, Engine, BackgroundWorker):
         names = {n for n in dir(cls) if "cancel" in n and not n.startswith("_")}
-        assert names <= {"cancel_run", "cancel_live"}, (cls, names)
-    # cancel_live is the engine's driver hook (cancels arriving for runs it holds).
+        assert names <= {"cancel_run", "cancel_runs", "cancel_live"}, (cls, names)
+    # cancel_live is the engine's driver hook (cancels arriving for runs it holds);
+    # cancel_runs the bulk cancel (by function, time range or CEL over the trigger).
     assert not hasattr(TestEngine, "cancel") and not hasattr(Engine, "request_cancel")
 
 

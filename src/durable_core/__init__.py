@@ -34,6 +34,7 @@ from durable_core.base._events import Event, Sent
 from durable_core.base._serde import converter, make_converter
 from durable_core.core._context import Context, Step, Steps
 from durable_core.core._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
+from durable_core.core._lifecycle import CancelOn, Timeouts
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, JournalEntry
 from durable_core.drivers._gc import tuned_gc
@@ -58,6 +59,7 @@ __all__ = [
     "AsyncioWorker",
     "AttemptView",
     "BackgroundWorker",
+    "CancelOn",
     "Client",
     "Context",
     "CronTrigger",
@@ -95,6 +97,7 @@ __all__ = [
     "StoreError",
     "StoreLostError",
     "TextLogFormatter",
+    "Timeouts",
     "UnknownFunctionError",
     "UsageError",
     "ValidationError",

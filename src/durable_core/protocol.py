@@ -56,8 +56,12 @@ Inputs (fed to :meth:`RunMachine.handle`; immutable, don't subclass)
     invoke timeouts, retry backoffs). Firing early is harmless: nothing not due happens.
 :class:`SignalReceived` ``(signal, now)``
     ``signal`` (a :class:`Signal`) arrived among the run's signals.
-:class:`CancelRequested` ``(reason, now)``
-    Someone asked to cancel the run; ``reason`` becomes the error message.
+:class:`CancelRequested` ``(reason, now, boundary)``
+    Someone asked to cancel the run; ``reason`` becomes the error message. A cancel-on
+    event or timeout reason (see ``durable_core.core._lifecycle.cancel_cause``), or
+    ``boundary`` True (default False: found as a body's result arrives), waits for the
+    step bodies in flight: their results are recorded, then the run ends; a request ends
+    it at once.
 
 Commands (returned by the machine; carry them out in order)
 -----------------------------------------------------------
@@ -76,7 +80,8 @@ Commands (returned by the machine; carry them out in order)
     Route events named ``event`` that match the CEL expression ``if_`` (None: any), with
     ``event`` bound to ``trigger_event`` (the run's triggering event, JSON) and ``async`` to
     the candidate, to the wait at ``position`` until ``expires_at``. Only events appended
-    after the wait was registered match (see :func:`wait_matches`). Idempotent.
+    after the wait was registered match (see :func:`wait_matches`). Idempotent. Positions
+    ``-1000`` to ``-1004`` are the run's ``cancel_on`` listeners: a match cancels the run.
 :class:`ClearWait` ``(run_id, position)``
     The wait at ``position`` is resolved: stop routing events to it.
 :class:`EmitEvents` ``(events)``
@@ -104,7 +109,8 @@ Enums (str-valued: JSON and the stores keep their text)
 :class:`RunStatus` (``queued``, ``running``, ``sleeping``, ``waiting``, and the terminal
 ``completed``, ``failed``, ``cancelled``: :data:`TERMINAL_STATUSES`), :class:`StepKind`
 (``run``, ``sleep``, ``wait_for_event``, ``invoke``, ``send_event``), :class:`JournalOp`
-(``scheduled``, ``attempt_failed``, ``completed``, ``run_attempt_failed``, ``run_ended``)
+(``scheduled``, ``attempt_failed``, ``completed``, ``run_attempt_failed``, ``run_ended``,
+``patched``, ``started``)
 and :class:`SignalKind` (``event``, ``invoke``, ``cancel``); each member is documented.
 
 Records

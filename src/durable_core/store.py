@@ -52,9 +52,10 @@ The rules, in short (each is detailed where it is decided):
 - **Leases.** Only a lease that is held, by that owner, and not yet expired, can be renewed
   (:func:`lease_held`); an expired lease is lost even if nobody claimed the run since.
 - **Waits.** :func:`wait_changes`: a wait is registered once per ``(event, run, position)``
+  (none for a run the batch was to create but skipped)
   (registering again keeps the first, ``after_seq`` included); ``after_seq`` is the last event
-  ``seq`` when it was registered, after the batch's own events; a wait added and removed in
-  one batch ends up removed.
+  ``seq`` when it was registered, after the batch's own events (or the one the registration
+  gives, if > 0); a wait added and removed in one batch ends up removed.
 - **Match keys.** A wait registered with keys is found for an event only if it shares one
   of the event's keys; a wait without keys is found for every event of its name
   (:func:`wait_found`). Keys are stored with the wait and removed with it.
@@ -148,6 +149,8 @@ class RunRecord:
     lease_owner: str | None = None
     lease_expires: int | None = None
     event_ids: tuple[str, ...] = ()
+    rerun_of: str | None = None
+    """The run this one reruns (``Client.rerun``), or None."""
 
 
 @attrs.frozen
@@ -162,6 +165,8 @@ class NewRun:
     created_at: int
     idempotency_key: str | None = None
     parent_run_id: str | None = None
+    rerun_of: str | None = None
+    """The run this one reruns, kept on the record (see :attr:`RunRecord.rerun_of`)."""
 
 
 @attrs.frozen
@@ -191,8 +196,9 @@ class WaitRecord:
     expires_at: int
     after_seq: int = 0
     """Set by the store when the wait is first registered: the last event ``seq`` in the log
-    at that moment (after the batch's own events). Only later events can match the wait.
-    Registering the same (run, position) again keeps the original value."""
+    at that moment (after the batch's own events), unless the registration gives one (> 0:
+    a run's cancel-on listeners count from its triggering event). Only later events can
+    match the wait. Registering the same (run, position) again keeps the original value."""
     keys: tuple[str, ...] = ()
     """The match keys of the wait's condition (see :mod:`durable_core.base._match`): texts
     ``<path>=<value>`` (the path holds no ``=``). A wait with keys can only match an event
@@ -355,6 +361,12 @@ class Store(Protocol):
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """The runs among ``run_ids`` holding a cancel signal (a worker executing a run's
         steps back to back checks this, so a cancel need not wait for a release)."""
+        ...
+
+    def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The runs among ``run_ids`` holding a cancel signal, each with the ``payload`` (the
+        reason) of its first one (lowest ``seq``): what a worker holding a busy run ends it
+        with."""
         ...
 
     def next_wake_at(self) -> int | None:
@@ -655,20 +667,24 @@ def lease_held(
 
 
 def wait_changes(
-    batch: CommitBatch, rejected: Iterable[str] = ()
+    batch: CommitBatch, rejected: Iterable[str] = (), skipped_runs: Iterable[str] = ()
 ) -> tuple[list[WaitRecord], list[tuple[str, int]]]:
     """The waits a batch registers and removes: none of a run whose writes were rejected;
+    no registration for a run the batch was to create but skipped (``skipped_runs``: its id
+    existed or its idempotency key was held, see :func:`new_runs_to_create`), so a run
+    created twice by racing routers leaves no listener of the run that never was;
     one registration per ``(event, run, position)`` (the first), none of a wait the batch
     also removes (adds apply first, so it ends up removed). A store keeps an existing
     registration as it is (``after_seq`` included) and sets ``after_seq`` of a new one to the
     last event ``seq`` in the log (duplicates count; 0 for an empty log), after the batch's
-    own events."""
+    own events, unless the registration gives one (``after_seq > 0``: kept as given)."""
     skip = set(rejected)
     removes = [(r, p) for r, p in batch.waits_remove if r not in skip]
     removed = set(removes)
     adds: dict[tuple[str, str, int], WaitRecord] = {}
+    skip_adds = skip.union(skipped_runs)
     for wait in batch.waits_add:
-        if wait.run_id not in skip and (wait.run_id, wait.position) not in removed:
+        if wait.run_id not in skip_adds and (wait.run_id, wait.position) not in removed:
             adds.setdefault((wait.event, wait.run_id, wait.position), wait)
     return list(adds.values()), removes
 

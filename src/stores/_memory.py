@@ -189,21 +189,24 @@ class MemoryStore:
                     c.epoch, c.first, run.epoch, run.status, len(self._journals[run_id])
                 ):
                     fenced.add(run_id)
-            adds, removes = wait_changes(batch, fenced)
+            # Parsed first: a run event that is not valid JSON raises before anything changed.
             run_events = [_parse_event(text) for text in run_events_to_append(batch, fenced)]
             for parsed in events:
                 self._append_event(parsed, batch.now)
+            skipped_ids: set[str] = set()
             if batch.runs:
                 existing = {n.id for n in batch.runs
                             if n.id in self._runs or n.id in self._skipped}
                 skipped: list[SkippedTrigger] = []
-                for new in new_runs_to_create(batch.runs, existing, self._idempotency,
-                                              skipped):
+                create = new_runs_to_create(batch.runs, existing, self._idempotency, skipped)
+                skipped_ids = {n.id for n in batch.runs} - {n.id for n in create}
+                for new in create:
                     self._runs[new.id] = RunRecord(
                         id=new.id, function_id=new.function_id, status="queued",
                         events=new.events, created_at=new.created_at,
                         updated_at=new.created_at, parent_run_id=new.parent_run_id,
                         idempotency_key=new.idempotency_key, event_ids=new.event_ids,
+                        rerun_of=new.rerun_of,
                     )
                     self._run_order.append(new.id)
                     self._open[new.id] = len(self._run_order)
@@ -229,11 +232,13 @@ class MemoryStore:
                 self._refresh_due(run_id)
                 if c.ends:
                     del self._open[run_id]
+            adds, removes = wait_changes(batch, fenced, skipped_ids)
             for wait in adds:
                 waits = self._waits.setdefault(wait.event, {})
                 wkey = (wait.run_id, wait.position)
                 if wkey not in waits:
-                    waits[wkey] = wait = attrs.evolve(wait, after_seq=len(self._events))
+                    after = wait.after_seq or len(self._events)
+                    waits[wkey] = wait = attrs.evolve(wait, after_seq=after)
                     self._index_wait(wkey, wait)
             for wkey in removes:
                 for waits in self._waits.values():
@@ -401,6 +406,17 @@ class MemoryStore:
                 r for r in run_ids
                 if any(sig.kind == "cancel" for _seq, sig in self._signals.get(r, ()))
             }
+
+    def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """See :meth:`durable_core.Store.cancel_reasons`."""
+        out: dict[str, str] = {}
+        with self._lock:
+            for r in run_ids:
+                for _seq, sig in self._signals.get(r, ()):
+                    if sig.kind == "cancel":
+                        out[r] = sig.payload
+                        break
+        return out
 
     def next_wake_at(self) -> int | None:
         """See :meth:`durable_core.Store.next_wake_at`."""

@@ -82,6 +82,8 @@ def format_timeline(run: RunView) -> str:
 
     took = "" if run.ended_at is None else f" in {(run.ended_at - t0) / 1000:.1f}s"
     lines = [f"run {run.id}  {run.function_id}  {run.status}{took}"]
+    if run.rerun_of is not None:
+        lines.append(f"  rerun of {run.rerun_of}")
     for s in run.steps:
         start = f"+{((s.started_at or t0) - t0) / 1000:6.1f}s"
         took_s = "" if s.duration_ms is None else f"  ({s.duration_ms / 1000:.1f}s)"
@@ -436,9 +438,32 @@ def _follow(client: Any, run: RunView, as_json: bool) -> int:
 def _cmd_runs_cancel(args: argparse.Namespace) -> int:
     from durable_core.drivers._client import Client
 
-    Client(_open_store(args.store, existing=True)).cancel_run(args.run_id, reason=args.reason)
-    _print({"cancel_requested": args.run_id}, args.json,
-           f"cancel requested for {args.run_id}; a worker ends the run")
+    client = Client(_open_store(args.store, existing=True))
+    bulk = args.function is not None or args.if_ is not None
+    if args.run_id is not None:
+        if bulk or args.since is not None or args.until is not None:
+            raise DurableError("runs cancel: give a RUN_ID, or --function/--if (with "
+                               "--since/--until) for a bulk cancel, not both")
+        client.cancel_run(args.run_id, reason=args.reason)
+        _print({"cancel_requested": args.run_id}, args.json,
+               f"cancel requested for {args.run_id}; a worker ends the run")
+        return 0
+    if not bulk:
+        raise DurableError("runs cancel: give a RUN_ID, or --function and/or --if for a bulk "
+                           "cancel")
+    ids = client.cancel_runs(args.function, since=args.since, until=args.until, if_=args.if_,
+                             reason=args.reason)
+    _print({"cancel_requested": ids}, args.json,
+           "\n".join([*ids, f"cancel requested for {len(ids)} run(s); workers end them"]))
+    return 0
+
+
+def _cmd_runs_rerun(args: argparse.Namespace) -> int:
+    from durable_core.drivers._client import Client
+
+    handle = Client(_open_store(args.store, existing=True)).rerun(args.run_id)
+    _print({"run_id": handle.id, "rerun_of": args.run_id}, args.json,
+           f"{handle.id} reruns {args.run_id}; a worker runs it")
     return 0
 
 
@@ -802,13 +827,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="JSON (with --follow: one JSON line per change)")
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_show)
-    sp = rsub.add_parser("cancel", help="cancel a run (Client.cancel_run)")
-    sp.add_argument("run_id")
+    sp = rsub.add_parser("cancel", help="cancel a run (Client.cancel_run), or runs in bulk "
+                                        "(Client.cancel_runs: --function, --since/--until, "
+                                        "--if)")
+    sp.add_argument("run_id", nargs="?", default=None)
+    sp.add_argument("--function", default=None, help="bulk: runs of this function")
+    sp.add_argument("--since", default=None,
+                    help="bulk: runs created at or after this ISO-8601 time (with offset)")
+    sp.add_argument("--until", default=None, help="bulk: runs created before this time")
+    sp.add_argument("--if", dest="if_", default=None,
+                    help="bulk: runs whose triggering event makes this CEL expression true "
+                         "(over event)")
     sp.add_argument("--reason", default="cancelled by request",
                     help="recorded in the run's error (default 'cancelled by request')")
     sp.add_argument("--json", action="store_true")
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_cancel)
+    sp = rsub.add_parser("rerun", help="run an ended run again with the same event "
+                                       "(Client.rerun); the new run links to it")
+    sp.add_argument("run_id")
+    sp.add_argument("--json", action="store_true")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_runs_rerun)
     sp = rsub.add_parser("wait", help="wait for a run to end and print its output (exit 0 "
                                       "completed, 1 failed or cancelled, 124 on --timeout)")
     sp.add_argument("run_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import logging
 import re
@@ -13,6 +14,7 @@ from typing_extensions import TypeVar
 
 from durable_core.base._cel import Expression, compile_expression
 from durable_core.base._cron import CronSchedule
+from durable_core.base._durations import format_duration
 from durable_core.base._errors import (
     FunctionConfigError,
     InvalidExpressionError,
@@ -23,7 +25,17 @@ from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
 from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import app_converter, check_text
-from durable_core.core._lifecycle import FAILED_EVENT, FAILURE_SUFFIX, idempotency_text
+from durable_core.core._lifecycle import (
+    FAILED_EVENT,
+    FAILURE_SUFFIX,
+    BoundCancelOn,
+    BoundTimeouts,
+    CancelOn,
+    Timeouts,
+    bind_cancel_on,
+    bind_timeouts,
+    idempotency_text,
+)
 
 if TYPE_CHECKING:
     from cattrs import Converter
@@ -241,6 +253,10 @@ class Function(Generic[Output]):
             _log.warning("function %r: idempotency: %s; the run starts without a key",
                          self.id, exc)
             return None
+    cancel_on: tuple[BoundCancelOn, ...] = ()
+    """The checked ``cancel_on=`` entries (see :class:`~durable_core.CancelOn`)."""
+    timeouts: BoundTimeouts | None = None
+    """The checked ``timeouts=`` (see :class:`~durable_core.Timeouts`), or None."""
 
     @property
     def event_triggers(self) -> tuple[EventTrigger, ...]:
@@ -251,6 +267,29 @@ class Function(Generic[Output]):
     def cron_triggers(self) -> tuple[CronTrigger, ...]:
         """The cron triggers of this function."""
         return tuple(t for t in self.triggers if isinstance(t, CronTrigger))
+
+    def describe(self) -> dict[str, Any]:
+        """The function's triggers and options as JSON-ready values: what ``durable
+        functions`` and the dashboard show. Options at their defaults are included only
+        for ``retries``, ``max_steps`` and ``sandbox``."""
+        triggers: list[dict[str, Any]] = [{"event": t.event, "if": t.if_}
+                                          for t in self.event_triggers]
+        triggers += [{"cron": c.cron, "catch_up": c.catch_up} for c in self.cron_triggers]
+        options: dict[str, Any] = {"retries": self.retries, "max_steps": self.max_steps,
+                                   "sandbox": self.sandbox}
+        if self.idempotency is not None:
+            options["idempotency"] = self.idempotency
+        if self.failure_handler is not None:
+            options["on_failure"] = self.failure_handler
+        if self.cancel_on:
+            options["cancel_on"] = [
+                {"event": c.event, "if": c.if_,
+                 "timeout": format_duration(dt.timedelta(milliseconds=c.timeout_ms))}
+                for c in self.cancel_on]
+        if self.timeouts is not None:
+            options["timeouts"] = {"start": self.timeouts.start_text,
+                                   "finish": self.timeouts.finish_text}
+        return {"id": self.id, "triggers": triggers, "options": options}
 
 
 class App:
@@ -344,6 +383,8 @@ class App:
         sandbox: bool | None = None,
         idempotency: str | None = None,
         on_failure: Callable[[Any], Coroutine[Any, Any, Any]] | None = None,
+        cancel_on: Sequence[CancelOn] | CancelOn | None = None,
+        timeouts: Timeouts | None = None,
     ) -> Callable[[Callable[[Any], Coroutine[Any, Any, T]]], Function[T]]:
         """Register ``async def fn(ctx)`` as a durable function.
 
@@ -360,6 +401,10 @@ class App:
         ``async def handler(ctx)`` registered as function ``<id>-failure`` (retries 1), run
         once when a run of this function fails for good, with the
         ``durable/function.failed`` event as ``ctx.event``. See docs/lifecycle.md.
+        ``cancel_on`` (up to 5 :class:`~durable_core.CancelOn`) cancels a run when a matching
+        event arrives; ``timeouts`` (:class:`~durable_core.Timeouts`) cancels a run that does
+        not start or finish in time (docs/lifecycle.md). Their expressions and
+        durations are checked here.
         """
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
@@ -456,6 +501,8 @@ class App:
                     "by another function of the app; rename that function",
                     field="on_failure",
                 )
+        bound_cancel_on = bind_cancel_on(cancel_on, id)
+        bound_timeouts = bind_timeouts(timeouts, id)
 
         def register(fn: Callable[[Any], Coroutine[Any, Any, T]]) -> Function[T]:
             if not inspect.iscoroutinefunction(fn):
@@ -473,7 +520,7 @@ class App:
             func = Function(
                 id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self,
                 sandbox=guarded, idempotency=idempotency, idempotency_expression=idem_expr,
-                failure_handler=failure_id,
+                failure_handler=failure_id, cancel_on=bound_cancel_on, timeouts=bound_timeouts,
             )
             self._functions[id] = func
             for t in func.event_triggers:

@@ -59,6 +59,7 @@ _ATTEMPT_FAILED = JournalOp.ATTEMPT_FAILED
 _RUN_ATTEMPT_FAILED = JournalOp.RUN_ATTEMPT_FAILED
 _RUN_ENDED = JournalOp.RUN_ENDED
 _PATCHED = JournalOp.PATCHED
+_STARTED = JournalOp.STARTED
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 _compact_unicode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -245,11 +246,12 @@ class JournalFold:
     ``patches`` maps each patch id with a ``patched`` marker to ``(at, deprecated)``;
     ``run_log`` the orchestration code's failed attempts (:class:`AttemptRecord`).
     ``state_bytes`` counts step outputs and the run's own output; the triggering events'
-    data is the run machine's to add (it is not in the journal).
+    data is the run machine's to add (it is not in the journal). ``started`` the ts of the
+    ``started`` entry (None without one).
     """
 
     __slots__ = ("_last_ts", "children", "ended", "patches", "run_failures", "run_log",
-                 "run_retry_at", "state_bytes", "steps")
+                 "run_retry_at", "started", "state_bytes", "steps")
 
     def __init__(self, entries: Iterable[JournalEntry] = ()) -> None:
         self.steps: dict[int, StepMemo] = {}
@@ -261,6 +263,7 @@ class JournalFold:
         self.patches: dict[str, tuple[int, bool]] = {}
         self.run_log: list[AttemptRecord] = []
         self._last_ts: int | None = None
+        self.started: int | None = None
         for e in entries:
             self.apply(e)
 
@@ -283,6 +286,10 @@ class JournalFold:
             data = json.loads(e.data)
             if "output" in data:
                 self.state_bytes += utf8_len(_compact(data["output"]))
+            return
+        if op == _STARTED:
+            if self.started is None:
+                self.started = e.ts
             return
         if op == _PATCHED:
             marker = json.loads(e.data)

@@ -54,10 +54,17 @@ from durable_core.core._journal import (
     run_ended_data,
     utf8_len,
 )
+from durable_core.core._lifecycle import (
+    cancel_cause,
+    cancel_position,
+    parent_reason,
+    timeout_reason,
+)
 from durable_core.core._model import (
     AppendJournal,
     CancelRequested,
     CancelRun,
+    ClearWait,
     Command,
     CompleteRun,
     ErrorInfo,
@@ -66,6 +73,7 @@ from durable_core.core._model import (
     Input,
     JournalEntry,
     JournalOp,
+    RegisterWait,
     RunStarted,
     RunStatus,
     SendSignal,
@@ -106,6 +114,7 @@ per record; the fields are passed in declaration order)."""
 __all__ = ["MAX_RUN_STATE_BYTES", "MAX_STEP_OUTPUT_BYTES", "RunMachine"]
 
 _RUN_TIMER = -1  # timer key of a run-level retry
+_FINISH_TIMER = -2  # timer key of timeouts.finish
 _REPORTED_RUNNING = (RunStatus.RUNNING, None)
 """What ``_flush`` reported last when the run is running with no deadline (the usual
 state between steps): one object, so the hot path checks it by identity."""
@@ -149,6 +158,7 @@ class RunMachine:
     __slots__ = (
         "__dict__",
         "_adopt",
+        "_cancel_pending",
         "_children",
         "_colon_ids",
         "_coro",
@@ -158,6 +168,7 @@ class RunMachine:
         "_ended_entry",
         "_event_bytes",
         "_execute",
+        "_first_attempt_at",
         "_horizon",
         "_id_counts",
         "_made",
@@ -218,6 +229,9 @@ class RunMachine:
         self.entries: list[JournalEntry] = list(journal)
         self._event_bytes = sum(utf8_len(e.to_json()) for e in self.events)
         """The triggering events' JSON: part of the run's recorded state (its limit)."""
+        self._first_attempt_at: int | None = None
+        self._cancel_pending: str | None = None
+        """A cancel that came while a step body ran: the run ends once no body runs."""
         self._fold(JournalFold(self.entries))
         self._trigger_json: str | None = None
         self._coro: Coroutine[Any, Any, Any] | None = None
@@ -257,6 +271,10 @@ class RunMachine:
         self._ended_entry = fold.ended
         self._state_bytes = fold.state_bytes + self._event_bytes
         self._patches = fold.patches
+        if fold.started is not None:
+            self._first_attempt_at = fold.started
+        elif self.entries and self._first_attempt_at is None:
+            self._first_attempt_at = self.entries[0].ts  # (recorded before timeouts=)
 
     # ------------------------------------------------------------------ public API
 
@@ -345,9 +363,11 @@ class RunMachine:
             elif type(inp) is RunStarted:
                 self._on_start(inp.now)
             elif type(inp) is CancelRequested:
-                self._cancel(inp.reason, inp.now)
+                self._cancel(inp.reason, inp.now, boundary=inp.boundary)
             else:
                 raise TypeError(f"not an input: {inp!r}")
+            if self._cancel_pending is not None:
+                self._cancel_if_idle(inp.now)
         return self._flush()
 
     def step_completed(self, position: int, attempt: int, value: Any, now: int) -> list[Command]:
@@ -355,7 +375,11 @@ class RunMachine:
         the input: drivers call it once per step."""
         step = self._dispatched.get(position)  # (empty once the run ended)
         if step is not None and step.failures == attempt:
+            if self._timers:
+                self._finish_due(now)
             step.succeeded(value, now)
+            if self._cancel_pending is not None:
+                self._cancel_if_idle(now)
         # else: a duplicate or stale delivery: the memo, once written, never changes
         return self._flush()
 
@@ -364,6 +388,27 @@ class RunMachine:
     def _on_start(self, now: int) -> None:
         if self._coro is not None:
             return
+        if self._first_attempt_at is None and self._ended_entry is None:
+            # The run's first attempt: cancel-on listeners, and timeouts.start.
+            fn = self.function
+            if fn.cancel_on and not self.entries:
+                self._register_cancel_on(now)
+            timeouts = fn.timeouts
+            if timeouts is not None:
+                if timeouts.start_ms is not None and now > self.started_at + timeouts.start_ms:
+                    self._cancel(timeout_reason("start", timeouts.start_text), now)
+                    return
+                self._first_attempt_at = now
+                self._append_run_entry(JournalOp.STARTED, now, "{}")
+        timeouts = self.function.timeouts
+        if (timeouts is not None and timeouts.finish_ms is not None
+                and self._first_attempt_at is not None and self._ended_entry is None):
+            # Inclusive: a run may end exactly ``finish`` after its first attempt.
+            deadline = self._first_attempt_at + timeouts.finish_ms + 1
+            if deadline <= now:  # (rebuilt past its deadline: no code runs again)
+                self._cancel(timeout_reason("finish", timeouts.finish_text), now)
+                return
+            self._timers[_FINISH_TIMER] = deadline
         if self._run_retry_at is not None and self._run_retry_at > now:
             self._timers[_RUN_TIMER] = self._run_retry_at
             return
@@ -583,7 +628,10 @@ class RunMachine:
         """Resume the code. A step finished: the code takes its result if it is parked on
         it (in a gather, once every member is done). ``step`` None: a new attempt enters
         the code from the top. The code then runs until it parks on a step or the run ends.
+        With a cancel pending, the code is not resumed (the run ends at this boundary).
         """
+        if self._cancel_pending is not None:
+            return
         spare = None
         if step is None:
             value = exc = None
@@ -630,6 +678,8 @@ class RunMachine:
                     made.clear()
                 elif self._review(req, now):
                     return
+                if self._ended_entry is not None and self._cancelled_here(req):
+                    return
                 try:
                     if type(req) is RunRequest and (
                         not self._memos or self._next_pos not in self._memos
@@ -649,6 +699,29 @@ class RunMachine:
                 value, exc = res
         finally:
             _leave()
+
+    def _cancelled_here(self, req: Any) -> bool:
+        """Replaying a run whose journal ends in ``cancelled``: if the code asks for a step
+        the journal holds no result of, the run was cancelled there; it ends so again
+        (nothing is written, nobody is told), and no code past that point runs."""
+        ended = self._ended_entry
+        assert ended is not None
+        if type(req) is GatherRequest:
+            n = len(req.requests)
+        elif isinstance(req, StepRequest):
+            n = 1
+        else:
+            return False
+        memos = self._memos
+        pos = self._next_pos
+        if all((m := memos.get(p)) is not None and m.done for p in range(pos, pos + n)):
+            return False
+        data = ended.payload()
+        if data.get("status") != RunStatus.CANCELLED:
+            return False
+        error = data.get("error") or {}
+        self._cancel_now(str(error.get("message", "")), ended.ts)
+        return True
 
     def _review(self, req: Any, now: int) -> bool:
         """The code asked for ``req`` (None: it returned): fail the run if it swallowed a
@@ -710,16 +783,37 @@ class RunMachine:
         step = self._dispatched.get(inp.position)
         if step is None or step.failures != inp.attempt:
             return
+        if self._timers:
+            self._finish_due(inp.now)
         step.failed(inp.error, inp.now)
 
+    def _finish_due(self, now: int) -> None:
+        """A body's result arrives: if ``timeouts.finish`` has passed, the run ends at this
+        boundary (the result is recorded, nothing after it starts). A run busy with steps
+        back to back is never fed the timer, so its results are where it is seen."""
+        deadline = self._timers.get(_FINISH_TIMER)
+        if deadline is not None and deadline <= now and self._cancel_pending is None:
+            del self._timers[_FINISH_TIMER]
+            timeouts = self.function.timeouts
+            assert timeouts is not None
+            self._cancel(timeout_reason("finish", timeouts.finish_text), now, boundary=True)
+
     def _on_timer(self, now: int) -> None:
-        due = sorted((t, p) for p, t in self._timers.items() if t <= now)
-        for t, pos in due:
-            if self._end_status is not None or self._timers.get(pos) != t:
+        # timeouts.finish first: a run fed its timers late (after a restart, say) ends at
+        # its deadline rather than going on past it.
+        due = sorted((p != _FINISH_TIMER, t, p) for p, t in self._timers.items() if t <= now)
+        for _later, t, pos in due:
+            if (self._end_status is not None or self._cancel_pending is not None
+                    or self._timers.get(pos) != t):
                 continue
             del self._timers[pos]
             if pos == _RUN_TIMER:
                 self._begin_attempt(now)
+                continue
+            if pos == _FINISH_TIMER:
+                timeouts = self.function.timeouts
+                assert timeouts is not None
+                self._cancel(timeout_reason("finish", timeouts.finish_text), now)
                 continue
             step = self._steps[pos]
             if type(step) is RunStep and step.state is RunState.BACKING_OFF:
@@ -775,6 +869,8 @@ class RunMachine:
         kind = signal.kind
         if kind == SignalKind.CANCEL:
             self._cancel(signal.payload, now)
+        elif self._cancel_pending is not None:
+            return  # the run ends at its next step boundary; nothing resumes before
         elif kind == SignalKind.EVENT:
             step = self._steps.get(signal.position)
             if type(step) is WaitStep and not step.done:
@@ -862,7 +958,39 @@ class RunMachine:
         self._persist.append(FailRun(self.run_id, info))
         self._tell_parent(first, info)
 
-    def _cancel(self, reason: str, now: int) -> None:
+    def _register_cancel_on(self, now: int) -> None:
+        """Listen for the function's cancel-on events (idempotent: the engine registers
+        them when it creates the run, and the first registration is kept)."""
+        for c in self.function.cancel_on:
+            expires = self.started_at + c.timeout_ms
+            if expires > now:
+                self._persist.append(RegisterWait(
+                    run_id=self.run_id, position=cancel_position(c.index), event=c.event,
+                    if_=c.if_, trigger_event=self._trigger(), expires_at=expires,
+                ))
+
+    def _cancel(self, reason: str, now: int, *, boundary: bool = False) -> None:
+        """Cancel the run. A cancel-on event or a timeout cancels it at its next step
+        boundary: while a step body runs, at the body's end (its result is recorded, and
+        nothing after it starts). A cancel on request ends it at once (a running body is
+        not interrupted, but its result is dropped: a body that hangs cannot keep a run
+        from being cancelled). ``boundary``: the cancel was found as a body's result
+        arrived: it waits for that result, whatever its cause."""
+        if self._dispatched and (boundary or self._cancel_pending is not None
+                                 or cancel_cause(reason)["by"] != "request"):
+            if self._cancel_pending is None:
+                self._cancel_pending = reason or "run cancelled"
+            return
+        self._cancel_now(reason, now)
+
+    def _cancel_if_idle(self, now: int) -> None:
+        """End the run for its pending cancel once no step body runs any more."""
+        reason = self._cancel_pending
+        if reason is not None and not self._dispatched and self._end_status is None:
+            self._cancel_now(reason, now)
+
+    def _cancel_now(self, reason: str, now: int) -> None:
+        children = self._waiting_children()
         coro, self._coro = self._coro, None
         if coro is not None:
             # RuntimeError: the code awaited a step in a finally block; nothing more will run.
@@ -882,6 +1010,24 @@ class RunMachine:
                           run_ended_data(RunStatus.CANCELLED, error=info))
         self._persist.append(CancelRun(self.run_id, info))
         self._tell_parent(first, info)
+        if first and children:
+            # Invoked children still running are cancelled with their parent.
+            why = parent_reason(self.run_id, info.message)
+            for child in children:
+                self._persist.append(SendSignal(child, Signal(SignalKind.CANCEL, self.run_id,
+                                                              why)))
+
+    def _waiting_children(self) -> list[str]:
+        """The child runs this run invoked and may still wait for (a child that already
+        ended drops the cancel sent to it)."""
+        out = []
+        for child, pos in self._children.items():
+            memo = self._memos.get(pos)
+            step = self._steps.get(pos)
+            if (memo is not None and memo.done) or (step is not None and step.done):
+                continue
+            out.append(child)
+        return out
 
     def _tell_parent(self, first: bool, info: ErrorInfo) -> None:
         if self.parent_run_id is not None and first:
@@ -925,8 +1071,11 @@ class RunMachine:
         self._timers.clear()
         self._dispatched.clear()
         self._parked = None
+        self._cancel_pending = None
         if self._ended_entry is not None:
             return False
+        for c in self.function.cancel_on:
+            self._persist.append(ClearWait(self.run_id, cancel_position(c.index)))
         self._ended_entry = self._append_run_entry(JournalOp.RUN_ENDED, now, data)
         return True
 
@@ -964,7 +1113,7 @@ class RunMachine:
         return out
 
 
-register_driver(RunMachine._settle.__code__, RunMachine._cancel.__code__,
+register_driver(RunMachine._settle.__code__, RunMachine._cancel_now.__code__,
                 RunMachine._end.__code__)
 
 

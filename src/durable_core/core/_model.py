@@ -130,6 +130,10 @@ class JournalOp(enum.StrEnum):
     patch id; ``ts`` the run's clock (``ctx.now()``) then. ``data``: ``at`` (the position of
     the next step the code asked for: the marker sits before it) and ``deprecated``
     (recorded by ``deprecate_patch``)."""
+    STARTED = "started"
+    """The run's first attempt began (``position`` -1, ``kind`` ""): written once, before
+    its first step, for a function with ``timeouts=``; ``ts`` is when. ``data``: ``{}``.
+    ``timeouts.finish`` counts from it, also after the run's machine was rebuilt."""
 
 
 class SignalKind(enum.StrEnum):
@@ -339,10 +343,12 @@ class SignalReceived:
 
 @attrs.frozen
 class CancelRequested:
-    """Someone asked to cancel the run."""
+    """Someone asked to cancel the run. ``boundary``: found at a step boundary (a body's
+    result arriving), so the run ends after recording it, whatever the cause."""
 
     reason: str
     now: int
+    boundary: bool = False
 
 
 Input = RunStarted | StepCompleted | StepFailed | TimerFired | SignalReceived | CancelRequested

@@ -390,6 +390,7 @@ def run_page(store: Store, run_id: str, now: int) -> dict[str, Any]:
         "lease_owner": None if ended else record.lease_owner,
         "lease_expires": fmt_time(record.lease_expires),
         "parent_run_id": record.parent_run_id,
+        "rerun_of": record.rerun_of,
         "events": events,
         "output": pretty_json(view.output) if record.status == RunStatus.COMPLETED else None,
         "error": None if record.error is None else _error_fields(record.error.to_dict()),
@@ -402,17 +403,28 @@ def run_page(store: Store, run_id: str, now: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- functions
 
 
+def _option_text(value: Any) -> str:
+    """An option's value as shown: scalars as they are, lists and dicts compactly."""
+    if isinstance(value, list):
+        return "; ".join(_option_text(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    return str(value)
+
+
 def functions_page(store: Store, app: App | None) -> dict[str, Any]:
     """The app's functions with their triggers and options; without an app, the function
     ids seen among the newest runs."""
     if app is not None:
         rows = []
         for fn in sorted(app.functions.values(), key=lambda f: f.id):
-            triggers = [("event", t.event + (f"  if {t.if_}" if t.if_ else ""))
-                        for t in fn.event_triggers]
-            triggers += [("cron", c.cron) for c in fn.cron_triggers]
-            rows.append({"id": fn.id, "triggers": triggers,
-                         "options": [("retries", fn.retries), ("max_steps", fn.max_steps)]})
+            described = fn.describe()
+            triggers = [
+                ("event", t["event"] + (f"  if {t['if']}" if t["if"] else "")) if "event" in t
+                else ("cron", f"{t['cron']}  (catch_up={t['catch_up']})")
+                for t in described["triggers"]]
+            rows.append({"id": fn.id, "triggers": triggers, "options": [
+                (name, _option_text(value)) for name, value in described["options"].items()]})
         return {"app_id": app.id, "rows": rows, "seen": []}
     counts: dict[str, dict[str, int]] = {}
     for r in store.list_runs(limit=SCAN_LIMIT):

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 import durable_core.dashboard._pages as _pages
-from durable_core.base._errors import DurableError, RunNotFoundError
+from durable_core.base._errors import DurableError, RunNotFoundError, ValidationError
 from durable_core.core._function import App
 from durable_core.dashboard._pages import BadRequest, NotFound
 from durable_core.drivers._client import Client
@@ -88,9 +88,26 @@ class _Dashboard:
         if record.ended_at is not None:
             raise BadRequest(f"run {run_id} has already ended ({record.status}); there is "
                              "nothing to cancel")
-        await self.call(functools.partial(self.client.cancel_run, run_id,
-                                          reason="cancelled from the dashboard"))
+        try:
+            await self.call(functools.partial(self.client.cancel_run, run_id,
+                                              reason="cancelled from the dashboard"))
+        except ValidationError as error:  # it ended in the meantime
+            raise BadRequest(str(error)) from None
         return RedirectResponse(f"/runs/{quote(run_id, safe='')}?notice=cancel",
+                                status_code=303)
+
+    async def rerun(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        await _read_form(request)
+        record = await self.call(_get_run, self.store, run_id)
+        if record.ended_at is None:
+            raise BadRequest(f"run {run_id} has not ended ({record.status}); cancel it or "
+                             "wait for it before running it again")
+        try:
+            handle = await self.call(self.client.rerun, run_id)
+        except ValidationError as error:
+            raise BadRequest(str(error)) from None
+        return RedirectResponse(f"/runs/{quote(handle.id, safe='')}?notice=rerun",
                                 status_code=303)
 
     async def functions(self, request: Request) -> Response:
@@ -227,6 +244,7 @@ def create_app(store: Store, *, app: App | None = None,
         Route("/", d.index),
         Route("/runs", d.runs),
         Route("/runs/{run_id:path}/cancel", d.cancel, methods=["POST"]),
+        Route("/runs/{run_id:path}/rerun", d.rerun, methods=["POST"]),
         Route("/runs/{run_id:path}", d.run),
         Route("/functions", d.functions),
         Route("/events", d.events),

@@ -130,6 +130,19 @@ class AsyncClient:
         """:meth:`Client.cancel_run`: ask for a run to be cancelled."""
         await _in_thread(self.sync.cancel_run, run_id, reason=reason)
 
+    async def cancel_runs(
+        self, function: Function[Any] | str | None = None, *,
+        since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
+        if_: str | None = None, reason: str = "cancelled by request",
+    ) -> list[str]:
+        """:meth:`Client.cancel_runs`: cancel runs in bulk; returns their ids."""
+        return await _in_thread(self.sync.cancel_runs, function, since=since, until=until,
+                                if_=if_, reason=reason)
+
+    async def rerun(self, run_id: str) -> RunHandle:
+        """:meth:`Client.rerun`: run an ended run again, linked to it."""
+        return await _in_thread(self.sync.rerun, run_id)
+
 
 class AsyncioWorker:
     """A worker inside an asyncio application, started and stopped without blocking its loop.

@@ -19,6 +19,7 @@ from durable_core.base._errors import (
 from durable_core.base._events import Event, Sent
 from durable_core.base._serde import loads, return_hint
 from durable_core.core._function import App, Function
+from durable_core.core._lifecycle import CANCEL_BY_REQUEST
 from durable_core.core._model import TERMINAL_STATUSES, RunStatus
 from durable_core.drivers._clock import wall_clock_ms
 from durable_core.drivers._notify import notifications
@@ -217,6 +218,38 @@ class Client:
             self._engine.cancel_run(run_id, self._now(), reason=reason)
         if self._on_send is not None:
             self._on_send()
+
+    def cancel_runs(
+        self, function: Function[Any] | str | None = None, *,
+        since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
+        if_: str | None = None, reason: str = CANCEL_BY_REQUEST,
+    ) -> list[str]:
+        """Cancel, in bulk, the runs that have not ended and match every filter given: of
+        ``function`` (a :class:`Function` or its id), created at or after ``since`` and
+        before ``until`` (aware datetimes or ISO-8601 strings), whose triggering event makes
+        the CEL expression ``if_`` (over ``event``) true. ``function`` or ``if_`` is
+        required. Returns the ids of the runs it cancelled (workers end them as
+        ``cancel_run`` does), oldest first; bad filters raise before anything changes."""
+        fn_id = function.id if isinstance(function, Function) else function
+        start = None if since is None else to_ms(parse_instant(since, field="since"))
+        end = None if until is None else to_ms(parse_instant(until, field="until"))
+        with self._lock:
+            ids = self._engine.cancel_runs(self._now(), function_id=fn_id, since=start,
+                                           until=end, if_=if_, reason=reason)
+        if ids and self._on_send is not None:
+            self._on_send()
+        return ids
+
+    def rerun(self, run_id: str) -> RunHandle:
+        """Run an ended run again: a new run of the same function with the same
+        triggering event(s), linked to the first (its :attr:`RunView.rerun_of`). Raises
+        :class:`~durable_core.RunNotFoundError` for an unknown run, and
+        :class:`~durable_core.ValidationError` for a run that has not ended."""
+        with self._lock:
+            new_id = self._engine.rerun(run_id, self._now())
+        if self._on_send is not None:
+            self._on_send()
+        return RunHandle(self, new_id, None)
 
 
 class RunHandle:

@@ -40,9 +40,19 @@ from durable_core.base._match import condition_keys, event_keys
 from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import check_text
 from durable_core.core._function import App, Function
-from durable_core.core._lifecycle import SYSTEM_EVENTS, starts_nothing, system_events
+from durable_core.core._lifecycle import (
+    CANCEL_BY_REQUEST,
+    SYSTEM_EVENTS,
+    cancel_cause,
+    cancel_index,
+    cancel_position,
+    event_reason,
+    starts_nothing,
+    system_events,
+)
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import (
+    TERMINAL_STATUSES,
     AppendJournal,
     CancelRequested,
     CancelRun,
@@ -322,10 +332,11 @@ class Engine:
         else:
             run_id, event_id = self.new_id("r_", now), self.new_id("e_", now)
         event = Event(INVOKED_EVENT, {} if data is None else data, id=event_id, ts=now)
-        self.store.commit(CommitBatch(now=now, runs=(NewRun(
-            id=run_id, function_id=function_id, events=(_observe.with_trace(event.to_json()),),
-            event_ids=(event_id,), created_at=now,
-        ),)))
+        new = NewRun(id=run_id, function_id=function_id,
+                     events=(_observe.with_trace(event.to_json()),),
+                     event_ids=(event_id,), created_at=now)
+        self.store.commit(CommitBatch(now=now, runs=(new,),
+                                      waits_add=tuple(self._cancel_on_waits(new))))
         return run_id
 
     def route(self, now: int, limit: int = _ROUTE_BATCH) -> int:
@@ -349,23 +360,36 @@ class Engine:
                 raw = None
             parsed.append((ev, raw))
         waits = self._candidate_waits(parsed, now)
-        parts: list[tuple[StoredEvent, list[NewRun], list[tuple[str, Signal]]]] = []
+        # Cancel-on listeners of the runs this batch creates: registered with the runs, and
+        # matched here against the batch's later events (the store's index does not hold
+        # them yet).
+        fresh: dict[str, list[WaitRecord]] = {}
+        waits_add: list[WaitRecord] = []
+        parts: list[tuple[StoredEvent, list[NewRun], list[tuple[str, Signal]],
+                          list[WaitRecord]]] = []
         for ev, raw in parsed:
             ev_runs: list[NewRun] = []
             ev_signals: list[tuple[str, Signal]] = []
+            ev_waits: list[WaitRecord] = []
             if raw is not None:
                 try:
-                    ev_runs, ev_signals = self._route_one(ev, raw, now, waits[ev.name])
+                    ev_runs, ev_signals = self._route_one(
+                        ev, raw, now, waits[ev.name], fresh.get(ev.name, ()))
+                    for run in ev_runs:
+                        ev_waits += self._cancel_on_waits(run, ev.seq)
                 except StoreError:
                     raise
                 except Exception as exc:
                     self._unroutable(ev, exc)
-                    ev_runs, ev_signals = [], []
+                    ev_runs, ev_signals, ev_waits = [], [], []
+            for w in ev_waits:
+                fresh.setdefault(w.event, []).append(w)
             runs += ev_runs
             signals += ev_signals
-            parts.append((ev, ev_runs, ev_signals))
+            waits_add += ev_waits
+            parts.append((ev, ev_runs, ev_signals, ev_waits))
         batch = CommitBatch(
-            now=now, runs=tuple(runs), signals=tuple(signals),
+            now=now, runs=tuple(runs), signals=tuple(signals), waits_add=tuple(waits_add),
             routed_events=tuple(e.seq for e in events),
         )
         try:
@@ -375,9 +399,25 @@ class Engine:
                 raise
             # The store refused the data of some event: route them one by one, so only the
             # poison one is left out.
-            for ev, ev_runs, ev_signals in parts:
-                self._route_alone(ev, ev_runs, ev_signals, now)
+            for ev, ev_runs, ev_signals, ev_waits in parts:
+                self._route_alone(ev, ev_runs, ev_signals, ev_waits, now)
         return len(events)
+
+    def _cancel_on_waits(self, run: NewRun, after_seq: int = 0) -> list[WaitRecord]:
+        """The cancel-on listeners of a run being created (none if its function is not in
+        this engine's app: then the run registers them when it first starts). ``after_seq``:
+        the seq of its triggering event (only later events cancel it); 0 for a run without
+        one in the log (the store then takes the last seq at the commit)."""
+        func = self.app.functions.get(run.function_id)
+        if func is None or not func.cancel_on:
+            return []
+        trigger = run.events[0]
+        out = []
+        for c in func.cancel_on:
+            keys = condition_keys(c.if_, incoming="async", known="event", known_value=trigger)
+            out.append(WaitRecord(run.id, cancel_position(c.index), c.event, c.if_, trigger,
+                                  run.created_at + c.timeout_ms, after_seq, keys))
+        return out
 
     def _candidate_waits(
         self, parsed: list[tuple[StoredEvent, dict[str, Any] | None]], now: int
@@ -402,7 +442,8 @@ class Engine:
         return out
 
     def _route_one(
-        self, ev: StoredEvent, raw: dict[str, Any], now: int, waits: _Candidates
+        self, ev: StoredEvent, raw: dict[str, Any], now: int, waits: _Candidates,
+        fresh: Iterable[WaitRecord] = (),
     ) -> tuple[list[NewRun], list[tuple[str, Signal]]]:
         runs: list[NewRun] = []
         signals: list[tuple[str, Signal]] = []
@@ -415,22 +456,29 @@ class Engine:
                     event_ids=(ev.id,), created_at=now, idempotency_key=func.idempotency_key(raw),
                 )
             )
-        for w in waits.of(ev.seq):
+        for w in (*waits.of(ev.seq), *fresh):
             # No lookback: only events appended after the wait was registered match.
             if ev.seq > w.after_seq and wait_matches(w, raw):
-                signals.append(
-                    (w.run_id, Signal(SignalKind.EVENT, key=ev.id, payload=ev.data,
+                index = cancel_index(w.position)
+                if index is None:
+                    signals.append(
+                        (w.run_id, Signal(SignalKind.EVENT, key=ev.id, payload=ev.data,
                                           position=w.position))
-                )
+                    )
+                else:  # a cancel-on listener: the run is cancelled
+                    signals.append((w.run_id, Signal(
+                        SignalKind.CANCEL, key=ev.id,
+                        payload=event_reason(index, ev.name, ev.id))))
         return runs, signals
 
     def _route_alone(
-        self, ev: StoredEvent, runs: list[NewRun], signals: list[tuple[str, Signal]], now: int
+        self, ev: StoredEvent, runs: list[NewRun], signals: list[tuple[str, Signal]],
+        waits: list[WaitRecord], now: int
     ) -> None:
         try:
             self.store.commit(
                 CommitBatch(now=now, runs=tuple(runs), signals=tuple(signals),
-                            routed_events=(ev.seq,))
+                            waits_add=tuple(waits), routed_events=(ev.seq,))
             )
         except Exception as exc:
             if not is_data_error(exc):
@@ -500,7 +548,9 @@ class Engine:
             cursors[key] = last
             moved.append((key, last))
         if moved:
-            self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved)))
+            waits = tuple(w for r in runs for w in self._cancel_on_waits(r))
+            self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved),
+                                          waits_add=waits))
         return len(runs)
 
     # ------------------------------------------------------------------ runs
@@ -656,10 +706,13 @@ class Engine:
             # rebuilt since this body was dispatched: the result belongs to nobody.
             self.discarded_results += 1
             return Plan(CommitBatch(now=now), [])
+        pre = self._boundary_cancel(live, now) if live.machine.function.cancel_on else None
         if error is None:
             cmds = live.machine.step_completed(step.position, step.attempt, value, now)
         else:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
+        if pre:
+            cmds = pre + cmds
         batch = _memo_batch(live, cmds, now)
         if batch is not None:
             # (A step that failed for good, its error caught by the code, takes this path.)
@@ -678,10 +731,13 @@ class Engine:
         if live is None or not live.machine.is_current(step):
             self.discarded_results += 1  # see step_finished
             return []
+        pre = self._boundary_cancel(live, now) if live.machine.function.cancel_on else None
         if error is None:
             cmds = live.machine.step_completed(step.position, step.attempt, value, now)
         else:
             cmds = live.machine.handle(StepFailed(step.position, step.attempt, error, now))
+        if pre:
+            cmds = pre + cmds
         batch = _memo_batch(live, cmds, now)
         if batch is None:
             return self.commit([self._plan([(live, cmds)], now)])
@@ -701,6 +757,16 @@ class Engine:
             if notes:
                 _observe.publish(notes)
         return cmds[1:]  # type: ignore[return-value]
+
+    def _boundary_cancel(self, live: _Live, now: int) -> list[Command]:
+        """A run with cancel-on events, at a step boundary (a body's result arriving): a
+        cancel already stored for it (a matching event was routed while the body ran) ends
+        it here, once the result is recorded, whoever routed the event. One read per step
+        of such runs only; other runs learn of cancels at lease renewal."""
+        reason = self.store.cancel_reasons([live.machine.run_id]).get(live.machine.run_id)
+        if reason is None:
+            return []
+        return live.machine.handle(CancelRequested(reason, now, boundary=True))
 
     def feed(self, run_id: str, inp: Input, now: int) -> Plan | None:
         """Feed one input to a run this engine holds (None if it holds no such run); commit
@@ -755,10 +821,11 @@ class Engine:
                 elif t is StartRun:
                     assert isinstance(c, StartRun)
                     eid = json.loads(c.event)["id"]
-                    runs.append(
-                        NewRun(id=c.run_id, function_id=c.function_id, events=(c.event,),
-                               event_ids=(eid,), created_at=now, parent_run_id=c.parent_run_id)
-                    )
+                    new = NewRun(id=c.run_id, function_id=c.function_id, events=(c.event,),
+                                 event_ids=(eid,), created_at=now,
+                                 parent_run_id=c.parent_run_id)
+                    runs.append(new)
+                    waits_add += self._cancel_on_waits(new)
                 elif t is SendSignal:
                     signals.append((c.run_id, c.signal))  # type: ignore[union-attr]
             release = not m.done and not m.running_steps()
@@ -933,7 +1000,7 @@ class Engine:
             del self.live[run_id]
         self._evict_floor = len(self.live) + _EVICT_SLACK if len(victims) < excess else 0
 
-    def cancel_run(self, run_id: str, now: int, *, reason: str = "cancelled by request") -> None:
+    def cancel_run(self, run_id: str, now: int, *, reason: str = CANCEL_BY_REQUEST) -> None:
         """Durably put a cancel signal for a run; whoever holds (or next claims) the
         run ends it as ``cancelled``. Raises RunNotFoundError for an unknown run, and
         ValidationError for a ``reason`` a store cannot hold (a lone surrogate, a NUL)."""
@@ -943,7 +1010,14 @@ class Engine:
                 field="reason",
             )
         check_text(reason, what="cancel_run(reason)", error=ValidationError, nul=True)
-        self.store.get_run(run_id)
+        run = self.store.get_run(run_id)
+        if run.status in TERMINAL_STATUSES:
+            raise ValidationError(
+                f"cancel_run: run {run_id} already ended ({run.status}); only a run that has "
+                "not ended can be cancelled (nothing was changed)",
+                field="run_id",
+            )
+        # (A run that ends before this commit drops the signal: nothing changes then.)
         self.store.commit(
             CommitBatch(now=now, signals=((run_id, Signal(SignalKind.CANCEL, run_id, reason)),))
         )
@@ -957,20 +1031,104 @@ class Engine:
         appends them only if that end is accepted). ``events`` are the run's triggering
         events (JSON texts); ``output``/``error`` its outcome; ``reason`` why it was
         cancelled (``"request"``, ``"cancel_on"``, ``"timeout"``). Every way a run ends goes
-        through here (see :mod:`durable_core.core._lifecycle`)."""
+        through here (see :mod:`durable_core.core._lifecycle`). A cancel's reason, when not
+        given, is read from its error (:func:`~durable_core.core._lifecycle.cancel_cause`)."""
+        if status == RunStatus.CANCELLED and reason in (None, "request") and error is not None:
+            by = cancel_cause(error.message)["by"]
+            reason = {"event": "cancel_on", "timeout": "timeout", "parent": "parent"}.get(
+                by, "request")
         return [(run_id, text) for text in system_events(
             function_id, run_id, events, status, now, output=output, error=error,
             reason=reason,
         )]
 
-    def cancel_live(self, run_ids: Iterable[str], now: int) -> Plan:
-        """Cancel runs this engine holds (a cancel arrived while they were executing)."""
+    def cancel_runs(
+        self, now: int, *, function_id: str | None = None, since: int | None = None,
+        until: int | None = None, if_: str | None = None, reason: str = CANCEL_BY_REQUEST,
+    ) -> list[str]:
+        """Cancel every run that has not ended and matches all the filters given: of
+        ``function_id``, created in ``[since, until)`` (ms), whose triggering event makes the
+        CEL expression ``if_`` (over ``event``) true. At least ``function_id`` or ``if_`` is
+        required. Returns the ids of the runs it sent a cancel to, oldest first (one that
+        ended meanwhile keeps its end). Bad filters raise before anything changes."""
+        if not isinstance(reason, str):
+            raise ValidationError(
+                f"cancel_runs(reason): must be a string, got {type(reason).__name__}",
+                field="reason")
+        check_text(reason, what="cancel_runs(reason)", error=ValidationError, nul=True)
+        if function_id is None and if_ is None:
+            raise ValidationError(
+                "cancel_runs: give function_id, if_ or both (cancelling every run of every "
+                "function is not a bulk cancel this API makes easy)", field="function_id")
+        if function_id is not None and (not isinstance(function_id, str) or not function_id):
+            raise ValidationError(f"cancel_runs: function_id must be a non-empty str, got "
+                                  f"{function_id!r}", field="function_id")
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValidationError(f"cancel_runs: {name} must be ms since the epoch, got "
+                                      f"{value!r}", field=name)
+        if since is not None and until is not None and until < since:
+            raise ValidationError(f"cancel_runs: until ({until}) is before since ({since})",
+                                  field="until")
+        expr = None
+        if if_ is not None:
+            if not isinstance(if_, str):
+                raise ValidationError(f"cancel_runs: if_ must be a CEL expression string, "
+                                      f"got {if_!r}", field="if_")
+            expr = compile_expression(if_, field="cancel_runs.if_", variables=("event",))
+        picked: list[tuple[int, int, int, str]] = []
+        for s_index, status in enumerate((RunStatus.QUEUED, RunStatus.RUNNING,
+                                          RunStatus.SLEEPING, RunStatus.WAITING)):
+            # Newest first (creation order): ``-rank`` sorts one status's runs oldest first
+            # even when they share a creation time (run ids need not grow with it).
+            for rank, run in enumerate(self.store.list_runs(
+                    function_id=function_id, status=status, limit=2**31 - 1)):
+                if since is not None and run.created_at < since:
+                    continue
+                if until is not None and run.created_at >= until:
+                    continue
+                if expr is not None:
+                    try:
+                        if not expr.matches({"event": json.loads(run.events[0])}):
+                            continue
+                    except (InvalidExpressionError, RecursionError, ValueError):
+                        continue
+                picked.append((run.created_at, s_index, -rank, run.id))
+        picked.sort()
+        ids = [p[-1] for p in picked]
+        if ids:
+            self.store.commit(CommitBatch(now=now, signals=tuple(
+                (run_id, Signal(SignalKind.CANCEL, run_id, reason)) for run_id in ids)))
+        return ids
+
+    def rerun(self, run_id: str, now: int) -> str:
+        """Start a new run of an ended run's function with the same triggering events,
+        linked to it (:attr:`RunView.rerun_of`). Returns the new run's id. Raises
+        RunNotFoundError for an unknown run and ValidationError for one that has not ended
+        (nothing is created then)."""
+        run = self.store.get_run(run_id)
+        if run.status not in TERMINAL_STATUSES:
+            raise ValidationError(
+                f"rerun: run {run_id} has not ended ({run.status}); wait for it or cancel "
+                "it first (nothing was created)", field="run_id")
+        new_id = self.new_id("r_", now)
+        new = NewRun(id=new_id, function_id=run.function_id, events=run.events,
+                     event_ids=run.event_ids, created_at=now, rerun_of=run_id)
+        self.store.commit(CommitBatch(now=now, runs=(new,),
+                                      waits_add=tuple(self._cancel_on_waits(new))))
+        return new_id
+
+    def cancel_live(self, run_ids: Iterable[str] | dict[str, str], now: int) -> Plan:
+        """Cancel runs this engine holds (a cancel arrived while they were executing):
+        ``run_ids`` as a dict maps each to its reason (see :meth:`Store.cancel_reasons`).
+        A run whose step body is running ends once the body's result is recorded."""
+        reasons = run_ids if isinstance(run_ids, dict) else dict.fromkeys(run_ids,
+                                                                          CANCEL_BY_REQUEST)
         items = []
-        for run_id in run_ids:
+        for run_id, reason in reasons.items():
             live = self.live.get(run_id)
             if live is not None and not live.machine.done:
-                items.append((live, live.machine.handle(CancelRequested("cancelled by request",
-                                                                         now))))
+                items.append((live, live.machine.handle(CancelRequested(reason, now))))
         return self._plan(items, now)
 
     def step_started(self, step: ExecuteStep) -> Any:
@@ -1055,7 +1213,7 @@ class Engine:
                 self.forget(lost)
                 held = [r for r in run_ids if r not in lost]
             self.renewed(held, now)
-        cancels = self.store.cancel_requested(held) if held else set()
+        cancels = self.store.cancel_reasons(held) if held else {}
         if cancels:
             self.commit([self.cancel_live(cancels, now)])
         return lost

@@ -173,6 +173,8 @@ class RunView:
     parent_run_id: str | None = None
     attempt_log: tuple[AttemptView, ...] = ()
     next_attempt_at: int | None = None
+    rerun_of: str | None = None
+    """The run this one reruns (``Client.rerun``), or None."""
 
     @property
     def duration_ms(self) -> int | None:
@@ -194,6 +196,7 @@ class RunView:
             "event_ids": list(self.event_ids),
             "parent_run_id": self.parent_run_id,
             "attempt_log": [a.to_dict() for a in self.attempt_log],
+            "rerun_of": self.rerun_of,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -314,4 +317,5 @@ def run_view(run: RunRecord, journal: Sequence[JournalEntry]) -> RunView:
         parent_run_id=run.parent_run_id,
         attempt_log=tuple(_attempt(r) for r in log),
         next_attempt_at=next_attempt_at,
+        rerun_of=run.rerun_of,
     )

@@ -12,8 +12,9 @@ from typing import Any
 from durable_core.base._durations import from_ms, parse_duration, parse_instant, to_ms
 from durable_core.base._errors import DeterminismError, ValidationError
 from durable_core.base._events import Event, Sent
-from durable_core.core._function import App
+from durable_core.core._function import App, Function
 from durable_core.core._journal import entry_from_dict, entry_to_dict
+from durable_core.core._lifecycle import CANCEL_BY_REQUEST
 from durable_core.core._machine import RunMachine
 from durable_core.core._model import ErrorInfo, ExecuteStep, JournalEntry, JournalOp
 from durable_core.drivers._loading import import_stores
@@ -133,6 +134,7 @@ class TestEngine:
         )
         self.mocks: dict[str, Any] = dict(mocks or {})
         self.steps_executed = 0
+        self._settling = False
         self._run_async = body_runner(app)  # async bodies on the library the app names
 
     @property
@@ -146,8 +148,11 @@ class TestEngine:
         started as ``.runs`` (``[run] = engine.send(event).runs``)."""
         batch = [events] if isinstance(events, Event) else list(events)
         sent_at = self._now
-        sent = self.engine.send(batch, sent_at)
-        self._settle()
+        # Sent from a step body: routed at once, as a worker would route it while the
+        # body still runs; the loop goes on from there.
+        sent = self.engine.send(batch, sent_at, route=self._settling)
+        if not self._settling:  # (sent from a step body: the loop routes it next)
+            self._settle()
         ids = set(sent) - sent.duplicates
         return SentRuns(sent, [
             RunHandle(self, r.id)
@@ -208,12 +213,44 @@ class TestEngine:
         ends with status ``cancelled``. Raises :class:`~durable_core.RunNotFoundError` for an
         unknown run."""
         self.engine.cancel_run(run_id, self._now, reason=reason)
-        self._settle()
+        if not self._settling:  # (called from a step body: the loop picks it up)
+            self._settle()
+
+    def cancel_runs(
+        self, function: Function[Any] | str | None = None, *,
+        since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
+        if_: str | None = None, reason: str = CANCEL_BY_REQUEST,
+    ) -> list[RunHandle]:
+        """Bulk cancel, as ``Client.cancel_runs`` does, and process what follows; returns
+        handles on the runs cancelled."""
+        fn_id = function.id if isinstance(function, Function) else function
+        ids = self.engine.cancel_runs(
+            self._now, function_id=fn_id,
+            since=None if since is None else to_ms(parse_instant(since, field="since")),
+            until=None if until is None else to_ms(parse_instant(until, field="until")),
+            if_=if_, reason=reason)
+        if not self._settling:
+            self._settle()
+        return [RunHandle(self, run_id) for run_id in ids]
+
+    def rerun(self, run_id: str) -> RunHandle:
+        """Run an ended run again, as ``Client.rerun`` does, and process what follows."""
+        new_id = self.engine.rerun(run_id, self._now)
+        if not self._settling:
+            self._settle()
+        return RunHandle(self, new_id)
 
     # ------------------------------------------------------------------ internals
 
     def _settle(self) -> None:
         """Run the engine's loop at the current virtual time until a poll finds nothing."""
+        self._settling = True
+        try:
+            self._settle_now()
+        finally:
+            self._settling = False
+
+    def _settle_now(self) -> None:
         now = self._now
         engine = self.engine
         finish = engine.finish_step
@@ -235,6 +272,11 @@ class TestEngine:
                                 else run_step_body(step, run_async=run_async))
                 if span is not None:
                     engine.step_ended(span, error)
+                # A cancel that arrived while the body ran (as a worker's lease renewal
+                # finds it): the run ends at this step boundary.
+                cancels = engine.store.cancel_reasons([step.run_id])
+                if cancels:
+                    engine.commit([engine.cancel_live(cancels, now)])
                 push(finish(step, value, error, now))
             self.steps_executed += executed
 

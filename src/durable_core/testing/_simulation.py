@@ -35,6 +35,7 @@ from durable_core.core._lifecycle import (
     CANCELLED_EVENT,
     FAILED_EVENT,
     FINISHED_EVENT,
+    cancel_cause,
     system_event_id,
 )
 from durable_core.core._machine import RunMachine
@@ -464,6 +465,7 @@ class Simulation:
             journal = self.inner.load_journal(run.id)
             self._check_journal(run.id, journal)
             self._check_timers(run.id, journal)
+            self._check_cancels(run, journal)
             if run.status in TERMINAL_STATUSES:
                 positions = sorted({e.position for e in journal if e.position >= 0})
                 if positions != list(range(len(positions))):
@@ -531,6 +533,47 @@ class Simulation:
                 self._fail("a timer fired early", run_id, memo.step_id)
             elif memo.kind == StepKind.WAIT_FOR_EVENT and memo.output == "null":
                 self._fail("a wait timed out early", run_id, memo.step_id)
+
+    def _check_cancels(self, run: Any, journal: Sequence[JournalEntry]) -> None:
+        """Cancel-on events and timeouts hold: a run cancelled by an event was cancelled by
+        a stored event its function listens for; a run started within ``timeouts.start``
+        of its creation or was cancelled for it, and ended within ``timeouts.finish`` of its
+        first attempt or was cancelled for it (and not before)."""
+        function = self.app.functions.get(run.function_id)
+        if function is None:
+            return
+        ended = next((e for e in journal if e.op == JournalOp.RUN_ENDED), None)
+        cause = (cancel_cause(run.error.message)
+                 if run.status == "cancelled" and run.error is not None else None)
+        if cause is not None and cause["by"] == "event":
+            listens = [c.event for c in function.cancel_on]
+            stored = self.inner.get_event(cause["event_id"])
+            if stored is None or stored.name not in listens:
+                self._fail(f"the run was cancelled by event {cause['event_id']}, which is not "
+                           f"a stored event it listens for ({listens})", run.id)
+        timeouts = function.timeouts
+        if timeouts is None:
+            if cause is not None and cause["by"] == "timeout":
+                self._fail("a run without timeouts was cancelled by one", run.id)
+            return
+        started = JournalFold(journal).started
+        if timeouts.start_ms is not None:
+            start_by = run.created_at + timeouts.start_ms
+            if started is not None and started > start_by:
+                self._fail(f"the run started at {started}, after its start timeout "
+                           f"({start_by})", run.id)
+            if cause == {"by": "timeout", "timeout": "start"} and (
+                    started is not None or ended is None or ended.ts <= start_by):
+                self._fail("the run was cancelled by its start timeout before it expired",
+                           run.id)
+        if timeouts.finish_ms is not None and started is not None and ended is not None:
+            finish_by = started + timeouts.finish_ms
+            if run.status in ("completed", "failed") and ended.ts > finish_by:
+                self._fail(f"the run ended at {ended.ts}, after its finish timeout "
+                           f"({finish_by})", run.id)
+            if cause == {"by": "timeout", "timeout": "finish"} and ended.ts <= finish_by:
+                self._fail("the run was cancelled by its finish timeout before it expired",
+                           run.id)
 
     def _check_replay(self, run_id: str) -> None:
         """Replaying an ended run performs no side effects and writes nothing."""

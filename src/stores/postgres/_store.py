@@ -244,6 +244,10 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
     (
         "ALTER TABLE {runs} ADD COLUMN error_traceback text",
     ),
+    # 7: runs.rerun_of, the run a rerun was made from (Client.rerun); NULL before.
+    (
+        "ALTER TABLE {runs} ADD COLUMN rerun_of text",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -320,7 +324,7 @@ def _check_not_newer(schema: str, found: int) -> None:
 _RUN_COLS: LiteralString = (
     "r.id, r.function_id, r.status, r.events, r.created_at, r.updated_at, r.wake_at, "
     "r.output, r.error_type, r.error_message, r.parent_run_id, r.idempotency_key, "
-    "r.ended_at, r.epoch, r.lease_owner, r.lease_expires, r.event_ids"
+    "r.ended_at, r.epoch, r.lease_owner, r.lease_expires, r.event_ids, r.rerun_of"
 )
 _RUN_READ_COLS: LiteralString = _RUN_COLS + ", r.error_traceback"
 """A run as read (the error's traceback last). Claims return ``_RUN_COLS``: a claimed run
@@ -372,8 +376,7 @@ class _Queries:
             "%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::boolean[]"
             ") AS u(seq, id, name, data, ts, dup)"
         )
-        self.existing_runs = r("SELECT id FROM {runs} WHERE id = ANY(%b::text[])")
-        # With idempotency keys: the ids of skipped triggers count as existing too.
+        # The ids of skipped triggers count as existing too (new_runs_to_create).
         self.existing_or_skipped = r(
             "SELECT id FROM {runs} WHERE id = ANY(%b::text[]) UNION ALL "
             "SELECT id FROM {skipped_triggers} WHERE id = ANY(%b::text[])"
@@ -394,17 +397,18 @@ class _Queries:
         )
         self.insert_run = r(
             "INSERT INTO {runs} (id, function_id, status, events, event_ids, created_at, "
-            "updated_at, parent_run_id, idempotency_key) "
-            "VALUES (%s, %s, 'queued', %b::text[], %b::text[], %s, %s, %s, %s)"
+            "updated_at, parent_run_id, idempotency_key, rerun_of) "
+            "VALUES (%s, %s, 'queued', %b::text[], %b::text[], %s, %s, %s, %s, %s)"
         )
         # Runs triggered by one event each (the common case: routing, cron, invoke) are
         # inserted by one statement, in order (ord follows the batch).
         self.insert_runs_one_event = r(
             "INSERT INTO {runs} (id, function_id, status, events, event_ids, created_at, "
-            "updated_at, parent_run_id, idempotency_key) "
-            "SELECT u.id, u.f, 'queued', ARRAY[u.ev], ARRAY[u.ei], u.c, u.c, u.p, u.k "
+            "updated_at, parent_run_id, idempotency_key, rerun_of) "
+            "SELECT u.id, u.f, 'queued', ARRAY[u.ev], ARRAY[u.ei], u.c, u.c, u.p, u.k, u.rr "
             "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
-            "%b::text[], %b::text[]) WITH ORDINALITY AS u(id, f, ev, ei, c, p, k, o) "
+            "%b::text[], %b::text[], %b::text[]) "
+            "WITH ORDINALITY AS u(id, f, ev, ei, c, p, k, rr, o) "
             "ORDER BY u.o"
         )
         self.insert_run_events = r(
@@ -498,6 +502,10 @@ class _Queries:
             "UNION ALL SELECT (SELECT min(match_key) FROM {waits} WHERE event = %(e)s "
             "AND match_key >= split_part(p.k, '=', 1) || '>') FROM p WHERE p.k IS NOT NULL) "
             "SELECT split_part(k, '=', 1) FROM p WHERE k IS NOT NULL"
+        )
+        self.cancel_reasons = r(
+            "SELECT DISTINCT ON (run_id) run_id, payload FROM {signals} WHERE kind = 'cancel' "
+            "AND run_id = ANY(%s) ORDER BY run_id, seq"
         )
         self.cancel_requested = r(
             "SELECT DISTINCT run_id FROM {signals} WHERE kind = 'cancel' AND run_id = ANY(%s)"
@@ -740,12 +748,15 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
             "wa AS (INSERT INTO {waits} (event, run_id, position, if_, trigger_event, "
             "expires_at, after_seq, match_key, match_keys) SELECT w.event, w.run_id, "
             "w.position, w.if_, w.trigger_event, w.expires_at, "
-            "(SELECT COALESCE(max(seq), 0) FROM {events}), w.match_key, w.match_keys "
+            "COALESCE(NULLIF(w.after_seq, 0), (SELECT COALESCE(max(seq), 0) FROM {events})), "
+            "w.match_key, w.match_keys "
             "FROM unnest(%(wa_event)b::text[], %(wa_run)b::text[], "
             "%(wa_position)b::bigint[], %(wa_if)b::text[], %(wa_trigger)b::text[], "
-            "%(wa_expires)b::bigint[], %(wa_key)b::text[], %(wa_keys)b::text[]) "
+            "%(wa_expires)b::bigint[], %(wa_key)b::text[], %(wa_keys)b::text[], "
+            "%(wa_after)b::bigint[]) "
             "WITH ORDINALITY AS w(event, run_id, position, if_, "
-            "trigger_event, expires_at, match_key, match_keys, o) WHERE true" + wait_filter
+            "trigger_event, expires_at, match_key, match_keys, after_seq, o) WHERE true"
+            + wait_filter
             + " ORDER BY w.o ON CONFLICT (event, match_key, run_id, position) DO NOTHING)"
         )
     if shape.waits_remove:
@@ -788,9 +799,10 @@ def _run(row: Sequence[Any]) -> RunRecord:
         id=row[0], function_id=row[1], status=row[2], events=tuple(row[3]),
         created_at=row[4], updated_at=row[5], wake_at=row[6], output=row[7],
         error=None if row[8] is None else ErrorInfo(
-            type=row[8], message=row[9], traceback=row[17] if len(row) > 17 else None),
+            type=row[8], message=row[9], traceback=row[18] if len(row) > 18 else None),
         parent_run_id=row[10], idempotency_key=row[11], ended_at=row[12], epoch=row[13],
         lease_owner=row[14], lease_expires=row[15], event_ids=tuple(row[16]),
+        rerun_of=row[17],
     )
 
 
@@ -810,18 +822,18 @@ def _entry(row: Sequence[Any]) -> JournalEntry:
 
 def _claim(row: Sequence[Any]) -> tuple[Claim, bool]:
     """A claim from a claim query row, and whether its journal is complete."""
-    run = _run(row[2:19])
+    run = _run(row[2:20])
     journal: tuple[JournalEntry, ...] = ()
-    if row[19] is not None:
+    if row[20] is not None:
         journal = tuple(
             JournalEntry(seq=seq, op=op, position=pos, step_id=sid, kind=kind, ts=ts, data=data)
-            for seq, op, pos, sid, kind, ts, data in zip(*row[19:26], strict=True)
+            for seq, op, pos, sid, kind, ts, data in zip(*row[20:27], strict=True)
         )
     signals: tuple[tuple[int, Signal], ...] = ()
-    if row[26] is not None:
+    if row[27] is not None:
         signals = tuple(
             (seq, Signal(kind=kind, key=key, payload=payload, position=pos))
-            for seq, kind, key, payload, pos in zip(*row[26:31], strict=True)
+            for seq, kind, key, payload, pos in zip(*row[27:32], strict=True)
         )
     return Claim(run=run, journal=journal, signals=signals), len(journal) == row[1]
 
@@ -1165,8 +1177,8 @@ class PostgresStore:
             if batch.runs:
                 ids = sorted({n.id for n in batch.runs})
                 run_reads = (
-                    conn.execute(q.existing_or_skipped, (ids, ids)) if keyed
-                    else conn.execute(q.existing_runs, (ids,)),
+                    # A skipped trigger's id counts as existing, key or not (the rule).
+                    conn.execute(q.existing_or_skipped, (ids, ids)),
                     conn.execute(q.idempotency_get, ([f for f, _ in keyed], [k for _, k in keyed],
                                               [k for _, k in keyed]))
                     if keyed else None,
@@ -1273,8 +1285,10 @@ class PostgresStore:
                 s_position=[s.position for _, s in sigs],
             )
         # The waits of runs whose writes are rejected are filtered in SQL (fencing happens
-        # there); the rest of wait_changes applies here.
-        ws, removes = wait_changes(batch)
+        # there); the rest of wait_changes applies here (``prefenced``: the runs this batch
+        # created; the others it was to create were skipped).
+        skipped = {n.id for n in batch.runs} - prefenced
+        ws, removes = wait_changes(batch, (), skipped)
         removed = set(removes)
         if ws:
             # A row per key ('' for a wait without keys).
@@ -1287,6 +1301,7 @@ class PostgresStore:
                 wa_trigger=[w.trigger_event for w, _, _ in rows],
                 wa_expires=[w.expires_at for w, _, _ in rows],
                 wa_key=[key for _, key, _ in rows], wa_keys=[many for _, _, many in rows],
+                wa_after=[w.after_seq for w, _, _ in rows],
             )
         if removed:
             rs = sorted(removed)
@@ -1328,7 +1343,7 @@ class PostgresStore:
                 [n.id for n in create], [n.function_id for n in create],
                 [n.events[0] for n in create], [n.event_ids[0] for n in create],
                 [n.created_at for n in create], [n.parent_run_id for n in create],
-                [n.idempotency_key for n in create],
+                [n.idempotency_key for n in create], [n.rerun_of for n in create],
             ))
         elif create:
             with conn.cursor() as cur:
@@ -1336,7 +1351,7 @@ class PostgresStore:
                     self._q.insert_run,
                     [
                         (n.id, n.function_id, list(n.events), list(n.event_ids), n.created_at,
-                         n.created_at, n.parent_run_id, n.idempotency_key)
+                         n.created_at, n.parent_run_id, n.idempotency_key, n.rerun_of)
                         for n in create
                     ],
                 )
@@ -1414,6 +1429,12 @@ class PostgresStore:
         """See :meth:`durable_core.Store.wait_key_paths`: a skip scan of the primary key,
         one search per path."""
         return sorted({row[0] for row in self._read(self._q.wait_key_paths, {"e": event_name})})
+
+    def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """See :meth:`durable_core.Store.cancel_reasons`."""
+        if not run_ids:
+            return {}
+        return {row[0]: row[1] for row in self._read(self._q.cancel_reasons, (list(run_ids),))}
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """See :meth:`durable_core.Store.cancel_requested`."""

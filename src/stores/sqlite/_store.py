@@ -85,7 +85,8 @@ assert frozenset(_TERMINAL_SQL.strip("()").replace("'", "").split(", ")) == TERM
 
 _RUN_COLUMNS = (
     "id, function_id, status, events, event_ids, created_at, updated_at, wake_at, output, "
-    "error, parent_run_id, idempotency_key, ended_at, epoch, lease_owner, lease_expires"
+    "error, parent_run_id, idempotency_key, ended_at, epoch, lease_owner, lease_expires, "
+    "rerun_of"
 )
 _JOURNAL_COLUMNS = "run_id, seq, op, position, step_id, kind, ts, data"
 _INSERT_JOURNAL_SQL = f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -294,9 +295,15 @@ def _migrate_v7(db: Any) -> None:
     db.execute("CREATE INDEX skipped_by_event ON skipped_triggers (event_id, seq)")
 
 
+def _migrate_v8(db: Any) -> None:
+    """Version 8: ``runs.rerun_of``, the run a rerun was made from (``Client.rerun``);
+    NULL for every run before."""
+    db["runs"].add_column("rerun_of", str)
+
+
 _MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
-    _migrate_v7,
+    _migrate_v7, _migrate_v8,
 )
 """``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
 
@@ -658,6 +665,7 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
         error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
         parent_run_id=row[10], idempotency_key=row[11], ended_at=row[12], epoch=row[13],
         lease_owner=row[14], lease_expires=row[15], event_ids=tuple(json.loads(row[4])),
+        rerun_of=row[16],
     )
 
 
@@ -1176,34 +1184,37 @@ class SQLiteStore:
         )
         if batch.events:
             self._insert_events(conn, batch.events, batch.now)
+        skipped: set[str] = set()
         if batch.runs:
-            self._create_runs(conn, batch.runs)
+            skipped = self._create_runs(conn, batch.runs)
         if changes:
             self._apply_writes(conn, batch.now, changes, states, fenced)
-        self._commit_rest(conn, batch, fenced, created=True)
+        self._commit_rest(conn, batch, fenced, created=True, skipped=skipped)
         return fenced
 
     def _commit_rest(
         self, conn: sqlite3.Connection, batch: CommitBatch, fenced: set[str], *,
-        created: bool = False,
+        created: bool = False, skipped: set[str] | None = None,
     ) -> None:
-        """The parts of a batch besides its run writes (events and runs unless ``created``)."""
+        """The parts of a batch besides its run writes (events and runs unless ``created``;
+        then ``skipped`` are the runs it did not create)."""
         if not created:
             if batch.events:
                 self._insert_events(conn, batch.events, batch.now)
             if batch.runs:
-                self._create_runs(conn, batch.runs)
-        waits_add, waits_remove = wait_changes(batch, fenced)
+                skipped = self._create_runs(conn, batch.runs)
+        waits_add, waits_remove = wait_changes(batch, fenced, skipped or ())
         if waits_add:
             # Only events after the last one in the log (this batch's included) may match a
-            # new wait; registering the same wait again keeps the original record.
+            # new wait, unless it says from which seq on; registering the same wait again
+            # keeps the original record.
             after: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             conn.executemany(
                 "INSERT OR IGNORE INTO waits (event, match_key, run_id, position, if_, "
                 "trigger_event, expires_at, after_seq, match_keys) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(w.event, key, w.run_id, w.position, w.if_, w.trigger_event, w.expires_at,
-                  after, many)
+                  w.after_seq or after, many)
                  for w in waits_add
                  for many in (json.dumps(w.keys) if len(w.keys) > 1 else None,)
                  for key in (w.keys or ("",))],
@@ -1257,7 +1268,9 @@ class SQLiteStore:
             )
         return found
 
-    def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun]) -> None:
+    def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun]) -> set[str]:
+        """Create the runs to create (:func:`new_runs_to_create`) and record the triggers
+        folded into a held idempotency key; returns the ids of the runs it skipped."""
         ids = list(dict.fromkeys(r.id for r in runs))
         existing = set(self._statuses(conn, ids))
         keys: dict[tuple[str, str], tuple[int, str]] = {}
@@ -1270,11 +1283,10 @@ class SQLiteStore:
             ).fetchone()
             if row is not None:
                 keys[k] = (row[0], row[1])
-        if keys:
-            for chunk in _chunks(ids):
-                existing.update(r[0] for r in conn.execute(
-                    f"SELECT id FROM skipped_triggers WHERE id IN ({_marks(len(chunk))})", chunk
-                ))
+        for chunk in _chunks(ids):  # a skipped trigger's id counts as existing
+            existing.update(r[0] for r in conn.execute(
+                f"SELECT id FROM skipped_triggers WHERE id IN ({_marks(len(chunk))})", chunk
+            ))
         skipped: list[SkippedTrigger] = []
         create = new_runs_to_create(runs, existing, keys, skipped)
         if skipped:
@@ -1285,10 +1297,10 @@ class SQLiteStore:
             )
         conn.executemany(
             "INSERT INTO runs (id, function_id, status, events, event_ids, created_at, "
-            "updated_at, parent_run_id, idempotency_key, epoch) "
-            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0)",
+            "updated_at, parent_run_id, idempotency_key, epoch, rerun_of) "
+            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0, ?)",
             [(n.id, n.function_id, json.dumps(list(n.events)), json.dumps(list(n.event_ids)),
-              n.created_at, n.created_at, n.parent_run_id, n.idempotency_key)
+              n.created_at, n.created_at, n.parent_run_id, n.idempotency_key, n.rerun_of)
              for n in create],
         )
         conn.executemany(
@@ -1301,6 +1313,7 @@ class SQLiteStore:
             "INSERT OR IGNORE INTO run_events (event_id, run_id) VALUES (?, ?)",
             [(event_id, n.id) for n in create for event_id in n.event_ids],
         )
+        return {n.id for n in runs} - {n.id for n in create}
 
     @staticmethod
     def _apply_writes(
@@ -1459,6 +1472,19 @@ class SQLiteStore:
         with self._read() as conn:
             rows = conn.execute(_WAIT_KEY_PATHS, (event_name,)).fetchall()
         return sorted({row[0] for row in rows})
+
+    def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """See :meth:`durable_core.Store.cancel_reasons`."""
+        out: dict[str, str] = {}
+        with self._read() as conn:
+            for chunk in _chunks(list(run_ids)):
+                for run_id, payload in conn.execute(
+                    "SELECT run_id, payload FROM signals WHERE kind = 'cancel' AND run_id IN "
+                    f"({_marks(len(chunk))}) ORDER BY seq DESC",
+                    tuple(chunk),
+                ):
+                    out[run_id] = payload  # (the first cancel of each run comes last)
+        return out
 
     def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
         """See :meth:`durable_core.Store.cancel_requested`."""

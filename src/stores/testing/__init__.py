@@ -541,6 +541,10 @@ class StoreConformance:
                now=T0 + DAY)
         with pytest.raises(RunNotFoundError):
             store.get_run("r2")
+        # Without a key too (a batch holding no keyed run): the id still counts as existing.
+        create(store, new_run("r2", function_id="c", created_at=T0 + DAY), now=T0 + DAY)
+        with pytest.raises(RunNotFoundError):
+            store.get_run("r2")
         assert {r.id for r in store.list_runs()} == {"r1", "r3"}
 
     def test_idempotency_window_runs_from_the_holder_creation(self, store: Store) -> None:
@@ -979,6 +983,57 @@ class StoreConformance:
         assert write(store, w) == set()
         assert store.cancel_requested(["r1"]) == set()
 
+    def test_no_wait_is_registered_for_a_run_the_batch_skipped(self, store: Store) -> None:
+        """Two routers creating the same run: the second batch's run is skipped (its
+        idempotency key is held, or its id exists), and so are the waits it registers for
+        that run; waits of the runs it did create, and of existing runs, are registered."""
+        first = new_run("r1", key="event:e1")
+        wait = WaitRecord("r1", -1000, "stop", None, "{}", T0 + DAY)
+        assert store.commit(CommitBatch(now=T0, runs=(first,), waits_add=(wait,))) == set()
+        twin = new_run("r2", key="event:e1")  # the same key: skipped
+        again = new_run("r1")  # an existing id: skipped (its wait is kept as registered)
+        fresh = new_run("r3")
+        waits = tuple(WaitRecord(r, -1000, "stop", None, "{}", T0 + DAY) for r in
+                      ("r2", "r1", "r3"))
+        batch = CommitBatch(now=T0, runs=(twin, again, fresh), waits_add=waits)
+        assert store.commit(batch) == set()
+        assert sorted(w.run_id for w in store.find_waits("stop", T0)) == ["r1", "r3"]
+        with pytest.raises(RunNotFoundError):
+            store.get_run("r2")
+
+    def test_a_run_keeps_the_run_it_reruns(self, store: Store) -> None:
+        """``NewRun.rerun_of`` is stored with the run and read back by ``get_run``,
+        ``list_runs`` and claims; runs created without it have None."""
+        create(store, new_run("r1"))
+        rerun = attrs.evolve(new_run("r2"), rerun_of="r1")
+        assert store.commit(CommitBatch(now=T0, runs=(rerun,))) == set()
+        assert store.get_run("r2").rerun_of == "r1"
+        assert store.get_run("r1").rerun_of is None
+        assert {r.id: r.rerun_of for r in store.list_runs()} == {"r1": None, "r2": "r1"}
+        claimed = {c.run.id: c.run.rerun_of for c in store.claim_runs("w", T0, 60_000, 10)}
+        assert claimed == {"r1": None, "r2": "r1"}
+
+    def test_cancel_reasons_give_each_run_its_first_cancel(self, store: Store) -> None:
+        """``cancel_reasons``: the runs holding a cancel signal, each with the payload of its
+        first (lowest seq) one; other signals, other runs and consumed cancels are not
+        reported."""
+        create(store, new_run("r1"), new_run("r2"), new_run("r3"))
+        batch = CommitBatch(now=T0, signals=(
+            ("r1", Signal("cancel", "r1", "first")),
+            ("r2", Signal("event", "k", "{}", 0)),
+            ("r1", Signal("cancel", "e", "second")),
+            ("r3", Signal("cancel", "e", "timeouts.finish: late")),
+        ))
+        assert store.commit(batch) == set()
+        assert store.cancel_reasons(["r1", "r2", "r3", "unknown"]) == {
+            "r1": "first", "r3": "timeouts.finish: late"}
+        assert store.cancel_reasons([]) == {}
+        c = claim(store, "r1")
+        seq = max(s for s, _ in c.signals)
+        w = RunWrite("r1", c.run.epoch, status="waiting", consumed_signals=seq, release=True)
+        assert write(store, w) == set()
+        assert store.cancel_reasons(["r1", "r3"]) == {"r3": "timeouts.finish: late"}
+
     # ------------------------------------------------------------------ waits
 
     def test_waits_add_find_remove(self, store: Store) -> None:
@@ -990,7 +1045,7 @@ class StoreConformance:
         p1 = WaitRecord("r1", 1, "paid", "event.data.id == async.data.id", te, T0 + 50,
                         after_seq=last.seq)
         s0 = WaitRecord("r2", 0, "shipped", None, te, T0 + 100, after_seq=last.seq)
-        # after_seq is the store's to set: whatever the caller passes is ignored.
+        # after_seq 0 leaves it to the store (see the after_seq tests).
         given = [attrs.evolve(w, after_seq=0) for w in (p0, p1, s0)]
         assert store.commit(CommitBatch(now=T0, waits_add=tuple(given))) == set()
 
@@ -1036,6 +1091,29 @@ class StoreConformance:
         assert store.commit(CommitBatch(now=T0, waits_remove=(("r1", 1),))) == set()
         assert register(1).after_seq == store.unrouted_events(10)[-1].seq
         assert first.seq < dup.seq
+
+    def test_wait_after_seq_given_by_the_registration_is_kept(self, store: Store) -> None:
+        """A registration with ``after_seq > 0`` keeps it (a run's cancel-on listeners count
+        from its triggering event, not from the end of the log); registering again keeps
+        the first value, as for any wait."""
+        create(store, new_run("r1"))
+        first, second, third = store.append_events(
+            [event_json("e1"), event_json("e2"), event_json("e3")], T0)
+        wait = WaitRecord("r1", -1000, "stop", None, "{}", T0 + DAY, after_seq=first.seq)
+        assert store.commit(CommitBatch(now=T0, waits_add=(wait,))) == set()
+        assert store.find_waits("stop", T0) == [wait]
+        again = attrs.evolve(wait, after_seq=second.seq)
+        assert store.commit(CommitBatch(now=T0, waits_add=(again,),
+                                        events=(event_json("e4"),))) == set()
+        assert store.find_waits("stop", T0) == [wait]
+        # With keys too, and in a batch that creates the run.
+        keyed = WaitRecord("r2", -1000, "stop", "event.data.id == async.data.id", "{}",
+                           T0 + DAY, after_seq=second.seq, keys=("data.id=7",))
+        batch = CommitBatch(now=T0, runs=(new_run("r2"),), waits_add=(keyed,))
+        assert store.commit(batch) == set()
+        found = sorted(store.find_waits("stop", T0, ["data.id=7"]), key=lambda w: w.run_id)
+        assert found == [wait, keyed]
+        assert third.seq > second.seq
 
     def test_waits_are_found_by_match_key(self, store: Store) -> None:
         """With keys, ``find_waits`` returns exactly the waits :func:`wait_found` says: those
