@@ -186,6 +186,8 @@ def run_timeline(run: RunView, now: int) -> RenderableType:
         head.append(f"\nevents {', '.join(run.event_ids)}")
     if run.parent_run_id is not None:
         head.append(f"  parent run {run.parent_run_id}")
+    if run.rerun_of is not None:
+        head.append(f"\nrerun of {run.rerun_of}")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("STEP", "KIND", "STATUS", "START", "DURATION", "ATTEMPTS", "TIMELINE",
                  "OUTPUT / ERROR"):
