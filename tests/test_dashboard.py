@@ -275,6 +275,16 @@ def test_events_list_and_event_page(http: Http, ids: Ids, store: Store) -> None:
     assert resp.status_code == 302 and resp.headers["location"] == f"/events/{eid}"
 
 
+def test_events_list_shows_events_that_started_nothing(http: Http, store: Store) -> None:
+    """An event sent elsewhere that started no run (a name no function has) is listed: the
+    page reads the store's event log, not only the events that started runs."""
+    from durable_core import Client, Event
+
+    [eid] = Client(store, app=shop_app).send(Event("shop/typo", {"x": 1}))
+    text = http.get("/events").text
+    assert f'href="/events/{eid}"' in text
+
+
 def test_unknown_event_is_a_404_page(http: Http) -> None:
     resp = http.get("/events/e_nope")
     assert resp.status_code == 404

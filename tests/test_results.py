@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import pathlib
+import threading
 from collections.abc import Callable, Iterator
 
 import attrs
@@ -168,3 +169,140 @@ def test_result_async_from_trio_and_asyncio() -> None:
 
         assert trio.run(from_trio) == asyncio.run(from_asyncio()) == Receipt(
             3, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+
+
+@pytest.mark.parametrize("how", ["sync", "asyncio", "trio"])
+def test_a_wait_reads_the_run_only_when_notified(
+    store: Store, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No busy polling: a waiting handle reads its run once at the start and then only after
+    a notification. While the store's listener goes through ten of its own empty timeouts
+    (the wait lasts a while, measured by the listener, not by a sleep here), the run is not
+    read again; a commit that ends it wakes the waiter, which reads it once more."""
+    from durable_core.drivers import _client, _notify
+
+    monkeypatch.setattr(_client, "_RECHECK_S", 3600.0)  # no fallback look during the test
+    monkeypatch.setattr(_notify, "_LISTEN_S", 0.05)  # the listener's empty timeouts
+    client = Client(store, app=app)
+    handle = client.run(receipt, {"order": 5})  # queued: no worker yet
+    reads: list[str] = []
+    real_get_run = store.get_run
+
+    def counting_get_run(run_id: str) -> object:
+        reads.append(run_id)
+        return real_get_run(run_id)
+
+    monkeypatch.setattr(store, "get_run", counting_get_run)
+    hub = _notify.notifications(store)
+    assert hub is not None
+    got: list[object] = []
+
+    def wait() -> None:
+        if how == "sync":
+            got.append(handle.result(timeout=120))
+        elif how == "asyncio":
+            got.append(asyncio.run(handle.result_async(timeout=120)))
+        else:
+            got.append(trio.run(lambda: handle.result_async(timeout=120)))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    try:
+        # The waiter has looked once and is waiting for a notification.
+        assert hub.wait_until(lambda: len(reads) == 1 and hub._users >= 1, 60)
+        calls = hub.calls
+        assert hub.wait_until(lambda: hub.calls >= calls + 10, 60)
+        assert reads == [handle.id]  # not read again while nothing happened
+        # A worker runs it: the commit that ends it notifies, and the waiter reads it.
+        with BackgroundWorker(app, store, poll_interval=0.05):
+            waiter.join(120)
+    finally:
+        waiter.join(120)
+    assert got == [Receipt(5, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))]
+    # Once at the start, then at most once per wake-up the worker's commits caused (run
+    # end; the worker's own claims and step memos notify nobody).
+    assert 2 <= len(reads) <= 3
+
+
+def test_a_store_without_notifications_is_polled_with_a_bounded_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store with no ``wait_for_notify`` still gives results: the handle polls it."""
+    store = stores.MemoryStore()
+    monkeypatch.setattr(store, "wait_for_notify", None)
+    with BackgroundWorker(app, store, poll_interval=0.05) as bg:
+        assert bg.client.run(receipt, {"order": 2}).result(timeout=60) == Receipt(
+            2, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_result_async_leaves_the_event_loop_free_while_it_waits(library: str) -> None:
+    """While ``result_async`` waits for a notification, the caller's loop runs other tasks:
+    here the task that sees the waiter parked (its callback registered, no thread held)
+    and then starts the worker that ends the run."""
+    from durable_core.drivers import _notify
+
+    store = stores.MemoryStore()
+    client = Client(store, app=app)
+    handle = client.run(receipt, {"order": 9})
+    hub = _notify.notifications(store)
+    assert hub is not None
+
+    def parked() -> bool:
+        return len(hub._callbacks) == 1
+
+    async def on_asyncio() -> object:
+        waiter = asyncio.create_task(handle.result_async(timeout=120))
+        while not parked():
+            await asyncio.sleep(0.01)
+        assert not waiter.done()
+        with BackgroundWorker(app, store, poll_interval=0.05):
+            return await waiter
+
+    async def on_trio() -> object:
+        got: list[object] = []
+
+        async def wait() -> None:
+            got.append(await handle.result_async(timeout=120))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            while not parked():
+                await trio.sleep(0.01)
+            assert not got
+            bg = BackgroundWorker(app, store, poll_interval=0.05)
+            await trio.to_thread.run_sync(bg.start)
+            try:
+                with trio.fail_after(120):
+                    while not got:
+                        await trio.sleep(0.01)
+            finally:
+                await trio.to_thread.run_sync(bg.stop)
+        return got[0]
+
+    result = asyncio.run(on_asyncio()) if library == "asyncio" else trio.run(on_trio)
+    assert result == Receipt(9, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    assert hub._callbacks == set()
+
+
+def test_a_store_is_not_kept_alive_by_its_notifications() -> None:
+    """The process's one listener per store refers to the store weakly: a store nobody
+    uses any more is collected (with its listener) after its waiters are done."""
+    import gc
+    import weakref
+
+    from durable_core.drivers import _notify
+
+    store = stores.MemoryStore()
+    client = Client(store, app=app)
+    handle = client.run(receipt, {"order": 1})
+    with BackgroundWorker(app, store, poll_interval=0.05):
+        handle.result(timeout=60)
+    hub = _notify.notifications(store)
+    assert hub is not None
+    # Nobody waits any more: the listener stops after its current call.
+    assert hub.wait_until(lambda: hub._thread is None, 60)
+    gone = weakref.ref(store)
+    del store, client, handle
+    gc.collect()
+    assert gone() is None

@@ -99,6 +99,7 @@ __all__ = [
     "lease_held",
     "lone_memo",
     "new_runs_to_create",
+    "notifies",
     "record_changes",
     "run_events_to_append",
     "signal_accepted",
@@ -292,9 +293,11 @@ class Store(Protocol):
     blocking stores from worker threads. Every write is durable when the method returns.
 
     Optional: ``wait_for_notify(timeout_s) -> bool``, blocking until a commit in any process
-    creates events, runs or signals (True, possibly spuriously) or until the timeout or
-    ``close()`` (False); the first call starts listening. A worker then wakes at once
-    instead of at its next poll (see docs/stores.md; ``stores.testing`` checks it)."""
+    creates events, runs or signals or ends a run (:func:`notifies`; True, possibly
+    spuriously) or until the timeout or ``close()`` (False); the first call starts
+    listening. A worker then wakes at once instead of at its next poll, and a
+    :class:`~durable_core.RunHandle` waiting for a result looks at its run only when one
+    ended (see docs/stores.md; ``stores.testing`` checks it)."""
 
     blocking: bool
     """True if calls do I/O (the trio driver then calls them from a thread)."""
@@ -390,11 +393,33 @@ class Store(Protocol):
         event_id: str | None = None,
         limit: int = 100,
         exclude_function_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
         """Runs matching every filter given, newest first (creation order), at most
         ``limit`` (``<= 0``: none). ``event_id`` matches runs triggered by that event;
         ``exclude_function_ids`` keeps runs of other functions only (with an app's function
-        ids and ``status="queued"``: the runs no worker of that app will ever claim)."""
+        ids and ``status="queued"``: the runs no worker of that app will ever claim).
+        ``since``/``until`` keep runs created at ``since <= created_at < until``.
+        ``before`` is the paging cursor: a run id (the last run of the previous page) whose
+        elders, in creation order, are listed; an unknown id lists none."""
+        ...
+
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Events in the log, newest first (``seq`` order), duplicates included, at most
+        ``limit`` (``<= 0``: none). ``name`` keeps the events of that name; ``since`` /
+        ``until`` keep those received at ``since <= received_at < until``; ``before`` is
+        the paging cursor: an event ``seq`` (the last event of the previous page), only
+        events with a smaller ``seq`` are listed."""
         ...
 
     def get_event(self, event_id: str) -> StoredEvent | None:
@@ -688,6 +713,16 @@ def wait_found(wait_keys: Sequence[str], keys: Collection[str] | None) -> bool:
     if keys is None or not wait_keys:
         return True
     return any(k in keys for k in wait_keys)
+
+
+def notifies(batch: CommitBatch) -> bool:
+    """Whether a commit of ``batch`` wakes ``wait_for_notify`` listeners: it creates events
+    (``run_events`` included), runs or signals (work for workers), or a write gives a run a
+    terminal status (a result for those waiting on it). Journal writes and status changes
+    that do not end a run wake nobody. A store may wake listeners spuriously (for a write
+    that was fenced, say)."""
+    return bool(batch.events or batch.runs or batch.signals or batch.run_events) or any(
+        w.status is not None and w.status in TERMINAL_STATUSES for w in batch.writes)
 
 
 def cron_advances(cursors: Iterable[tuple[str, int]]) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import json
 import threading
+import time
 from collections.abc import Collection, Sequence
 
 import attrs
@@ -31,6 +32,7 @@ from durable_core.store import (
     lease_held,
     lone_memo,
     new_runs_to_create,
+    notifies,
     run_events_to_append,
     signal_accepted,
     wait_changes,
@@ -79,6 +81,10 @@ class MemoryStore:
         self._signals: dict[str, list[tuple[int, Signal]]] = {}
         self._signal_seq = 0
         self._cron: dict[str, int] = {}
+        self._wake = threading.Condition()  # wait_for_notify: commits counted
+        self._commits = 0
+        self._seen: int | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ events
 
@@ -86,7 +92,10 @@ class MemoryStore:
         """See :meth:`durable_core.Store.append_events`."""
         parsed = [_parse_event(text) for text in events]  # all or nothing
         with self._lock:
-            return [self._append_event(p, now) for p in parsed]
+            stored = [self._append_event(p, now) for p in parsed]
+        if stored:
+            self._notify()
+        return stored
 
     def _append_event(self, parsed: tuple[str, str, int, str], now: int) -> StoredEvent:
         event_id, name, ts, text = parsed
@@ -119,10 +128,44 @@ class MemoryStore:
         with self._lock:
             return self._events_by_id.get(event_id)
 
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.list_events`."""
+        with self._lock:
+            out: list[StoredEvent] = []
+            if limit <= 0:
+                return out
+            for ev in reversed(self._events):
+                if before is not None and ev.seq >= before:
+                    continue
+                if name is not None and ev.name != name:
+                    continue
+                if since is not None and ev.received_at < since:
+                    continue
+                if until is not None and ev.received_at >= until:
+                    continue
+                out.append(ev)
+                if len(out) >= limit:
+                    break
+            return out
+
     # ------------------------------------------------------------------ commit
 
     def commit(self, batch: CommitBatch) -> set[str]:
         """See :meth:`durable_core.Store.commit`."""
+        fenced = self._commit(batch)
+        if notifies(batch):
+            self._notify()
+        return fenced
+
+    def _commit(self, batch: CommitBatch) -> set[str]:
         with self._lock:
             lone = lone_memo(batch)
             if lone is not None:  # the hot path: one step's memo
@@ -410,6 +453,9 @@ class MemoryStore:
         event_id: str | None = None,
         limit: int = 100,
         exclude_function_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         with self._lock:
@@ -417,8 +463,17 @@ class MemoryStore:
             if limit <= 0:
                 return out
             exclude = set(exclude_function_ids or ())
-            for run_id in reversed(self._run_order):
+            order = self._run_order
+            if before is not None:
+                if before not in self._runs:
+                    return out
+                order = order[:order.index(before)]
+            for run_id in reversed(order):
                 run = self._runs[run_id]
+                if since is not None and run.created_at < since:
+                    continue
+                if until is not None and run.created_at >= until:
+                    continue
                 if function_id is not None and run.function_id != function_id:
                     continue
                 if run.function_id in exclude:
@@ -432,6 +487,41 @@ class MemoryStore:
                     break
             return out
 
+    # ------------------------------------------------------------------ notifications
+
+    def __getstate__(self) -> dict[str, object]:
+        # A copy (the simulator snapshots a store) gets a wake-up condition of its own.
+        state = self.__dict__.copy()
+        del state["_wake"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._wake = threading.Condition()
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._commits += 1
+            self._wake.notify_all()
+
+    def wait_for_notify(self, timeout_s: float) -> bool:
+        """Block until a commit created events, runs or signals or ended a run
+        (:func:`durable_core.store.notifies`), or until ``timeout_s`` seconds passed; True
+        if woken, False on timeout or once the store is closed. Listening starts on the
+        first call (commits before it are not heard); from then on none is missed."""
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        with self._wake:
+            if self._seen is None:
+                self._seen = self._commits  # listening starts now
+            while self._commits == self._seen and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.wait(remaining)
+            if self._closed:
+                return False
+            self._seen = self._commits
+            return True
     def skipped_triggers(
         self,
         *,
@@ -458,4 +548,8 @@ class MemoryStore:
             return out
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Nothing to release; wakes a blocked :meth:`wait_for_notify` (which returns False
+        from then on)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import durable_core.cli._render as _render
 from durable_core.base._durations import from_ms
 from durable_core.base._errors import DurableError
 from durable_core.base._events import Event
@@ -40,6 +41,35 @@ def _open_store(url: str, *, existing: bool = False) -> Any:
                 "set --store / DURABLE_STORE to the store your workers use; a worker "
                 "creates the file when it first opens it")
     return open_store(url)
+
+
+class _UsageExit(SystemExit):
+    """Ends the command with exit code 2 after a one-line error (already printed)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _load_app(spec: str) -> App:
+    """:func:`load_app`, with a mistake (no colon, a misspelled module, no such attribute,
+    an import that fails) as one line on stderr and exit code 2, not a traceback."""
+    try:
+        return load_app(spec)
+    except SystemExit as exc:
+        message = str(exc.code)
+    except ModuleNotFoundError as exc:
+        message = (f"durable: error: cannot import {spec.partition(':')[0]!r}: {exc} (run "
+                   "from the directory that holds it, or put it on PYTHONPATH)")
+    except Exception as exc:
+        message = (f"durable: error: importing {spec!r} raised {type(exc).__name__}: {exc}")
+    if not message.startswith("durable: "):
+        message = f"durable: error: {message}"
+    print(message, file=sys.stderr)
+    raise _UsageExit(message)
 
 
 def format_timeline(run: RunView) -> str:
@@ -154,7 +184,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from durable_core.drivers._processes import run_worker
 
     configure_logging(args.log_level, args.log_format)
-    app = load_app(args.app)
+    app = _load_app(args.app)
     if args.processes != 1:
         return _worker_processes(args, app)
     run_worker(app, args.store, max_runs=args.max_runs, poll_interval=args.poll_interval,
@@ -205,7 +235,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     if args.wait and args.app is None:
         raise DurableError("--wait needs --app package.module:app: the event is routed with "
                            "the app's functions, to know which runs it starts")
-    app = None if args.app is None else load_app(args.app)
+    app = None if args.app is None else _load_app(args.app)
     client = Client(_open_store(args.store), app=app)
     ids = client.send(event)
     # With an app the event is routed at once: say which runs it was folded into.
@@ -233,14 +263,15 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _folded(skip: Any) -> dict[str, Any]:
-    """A trigger folded into a run by an idempotency key, as JSON."""
+    """A trigger folded into a run by an idempotency key, as JSON (``at`` ISO 8601 UTC)."""
     return {"event_id": skip.event_id, "function_id": skip.function_id, "key": skip.key,
-            "run_id": skip.run_id, "at": skip.at}
+            "run_id": skip.run_id, "at": _render.iso(skip.at)}
 
 
 def _with_folded(client: Any, run: Any) -> dict[str, Any]:
-    """A run's JSON with ``folded``: the triggers its idempotency key folded into it."""
-    out: dict[str, Any] = run.to_dict()
+    """A run's JSON (:func:`_render.run_json`) with ``folded``: the triggers its idempotency
+    key folded into it."""
+    out: dict[str, Any] = _render.run_json(run)
     out["folded"] = [_folded(s) for s in client.skipped_triggers(run_id=run.id,
                                                                    limit=10_000)]
     return out
@@ -282,7 +313,7 @@ def _cmd_runs_wait(args: argparse.Namespace) -> int:
 
 
 def _cmd_functions(args: argparse.Namespace) -> int:
-    app = load_app(args.app)
+    app = _load_app(args.app)
     rows: list[dict[str, Any]] = []
     for fn in app.functions.values():
         triggers: list[dict[str, Any]] = []
@@ -303,6 +334,10 @@ def _cmd_functions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _cmd_runs_list(args: argparse.Namespace) -> int:
     from durable_core.drivers._client import Client
 
@@ -311,26 +346,93 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
         if args.app is None:
             raise DurableError("--unclaimable needs --app package.module:app (the app whose "
                                "workers would claim the runs)")
-        unclaimable_by = load_app(args.app)
+        unclaimable_by = _load_app(args.app)
     elif args.app is not None:
         raise DurableError("--app is used only with --unclaimable")
     client = Client(_open_store(args.store, existing=True))
-    runs = client.list_runs(args.function, args.status, args.event, limit=args.limit,
-                            unclaimable_by=unclaimable_by)
-    text = "\n".join(
-        f"{r.id}  {r.function_id:<24} {r.status:<10} steps={len(r.steps)}" for r in runs
-    ) or "no runs"
-    _print([_with_folded(client, r) for r in runs] if args.json else [], args.json, text)
+    runs = client.list_runs(
+        args.function, args.status, args.event, limit=args.limit,
+        unclaimable_by=unclaimable_by, before=args.before,
+        since=None if args.since is None else from_ms(args.since),
+        until=None if args.until is None else from_ms(args.until))
+    if args.json:
+        print(json.dumps([_with_folded(client, r) for r in runs], indent=2,
+                         ensure_ascii=False))
+        return 0
+    if not runs:
+        print("no runs")
+        return 0
+    out = _render.console()
+    out.print(_render.runs_table(runs, _now_ms()))
+    if len(runs) == args.limit:
+        out.print(f"(the {args.limit} newest; older ones: --before {runs[-1].id})",
+                  style="dim")
     return 0
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
     from durable_core.drivers._client import Client
 
-    client = Client(_open_store(args.store, existing=True))
+    store = _open_store(args.store, existing=True)
+    client = Client(store)
     run = client.get_run(args.run_id)
-    _print(_with_folded(client, run) if args.json else {}, args.json, format_timeline(run))
-    return 0
+    if not args.follow:
+        if args.json:
+            print(json.dumps(_with_folded(client, run), indent=2, ensure_ascii=False))
+        else:
+            _render.console().print(_render.run_timeline(run, _now_ms()))
+        return 0
+    return _follow(client, run, args.json)
+
+
+_FOLLOW_S = 1.0
+"""``runs show --follow`` looks at the run at least this often (a step's end writes only the
+journal, which notifies nobody); a run's end wakes it at once."""
+
+
+def _follow(client: Any, run: RunView, as_json: bool) -> int:
+    """Show ``run`` again whenever it changes, until it ends. On a terminal, in place;
+    else (a pipe, a file) each change once more, after a blank line; with ``--json``, one
+    JSON line per change."""
+    from durable_core.core._model import TERMINAL_STATUSES
+    from durable_core.drivers._notify import notifications
+
+    out = _render.console()
+    hub = notifications(client.store)
+    seen = None if hub is None else hub.subscribe()
+    live = None
+    if out.is_terminal and not as_json:
+        from rich.live import Live
+
+        live = Live(_render.run_timeline(run, _now_ms()), console=out, auto_refresh=False)
+        live.start()
+    try:
+        last = None
+        while True:
+            shown = _render.run_json(run)
+            if live is not None:
+                live.update(_render.run_timeline(run, _now_ms()), refresh=True)
+            elif shown != last:
+                if as_json:
+                    print(json.dumps(shown, ensure_ascii=False), flush=True)
+                else:
+                    if last is not None:
+                        out.print()
+                    out.print(_render.run_timeline(run, _now_ms()))
+                    out.file.flush()
+            last = shown
+            if run.status in TERMINAL_STATUSES:
+                return 0
+            if hub is None or seen is None:
+                time.sleep(_FOLLOW_S)
+            else:
+                seen = hub.wait(seen, _FOLLOW_S)
+            run = client.get_run(run.id)
+    finally:
+        if live is not None:
+            live.stop()
+        if hub is not None:
+            hub.unsubscribe()
 
 
 def _cmd_runs_cancel(args: argparse.Namespace) -> int:
@@ -365,6 +467,137 @@ def _cmd_runs_rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_events_list(args: argparse.Namespace) -> int:
+    from durable_core.drivers._client import Client
+
+    client = Client(_open_store(args.store, existing=True))
+    events = client.list_events(
+        args.name, limit=args.limit, before=args.before,
+        since=None if args.since is None else from_ms(args.since),
+        until=None if args.until is None else from_ms(args.until))
+    started = {ev.id: len(client.store.list_runs(event_id=ev.id, limit=10_000))
+               for ev in events if not ev.duplicate}
+    if args.json:
+        rows = []
+        for ev in events:
+            row = _render.event_json(ev)
+            row["runs_started"] = None if ev.duplicate else started[ev.id]
+            rows.append(row)
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if not events:
+        print("no events")
+        return 0
+    out = _render.console()
+    out.print(_render.events_table(events, started))
+    if len(events) == args.limit:
+        out.print(f"(the {args.limit} newest; older ones: --before {events[-1].seq})",
+                  style="dim")
+    return 0
+
+
+def _cmd_events_show(args: argparse.Namespace) -> int:
+    from rich.text import Text
+
+    from durable_core.drivers._client import Client
+
+    app = None if args.app is None else _load_app(args.app)
+    client = Client(_open_store(args.store, existing=True))
+    store = client.store
+    ev = store.get_event(args.event_id)
+    if ev is None:
+        raise DurableError(
+            f"no event with id {args.event_id!r} in this store (durable events list shows "
+            "the events it holds)")
+    duplicates = [d for d in store.list_events(name=ev.name, since=ev.received_at,
+                                               limit=1000)
+                  if d.id == ev.id and d.duplicate]
+    runs = client.list_runs(event_id=ev.id, limit=1000)
+    resumed = _resumed_runs(client, ev)
+    why = None if runs else _why_no_runs(store, ev, app)
+    if args.json:
+        doc = _render.event_json(ev)
+        doc["payload"] = json.loads(ev.data)
+        doc["runs"] = [_render.run_json(r, steps=False) for r in runs]
+        doc["runs_resumed"] = [_render.run_json(r, steps=False) for r in resumed]
+        doc["duplicates"] = [_render.iso(d.received_at) for d in duplicates]
+        doc["why_no_runs"] = why
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return 0
+    out = _render.console()
+    head = Text()
+    head.append(f"event {ev.id}", style="bold")
+    head.append(f"  {ev.name}  seq {ev.seq}\nreceived {_render.when(ev.received_at)}  "
+                f"ts {_render.when(ev.ts)}")
+    out.print(head)
+    if duplicates:
+        out.print(f"sent again {len(duplicates)} time(s) since, as duplicates (ignored): "
+                  + ", ".join(_render.when(d.received_at) for d in duplicates[:5]))
+    payload = json.dumps(json.loads(ev.data), indent=2, ensure_ascii=False)
+    out.print(Text("payload:", style="bold"))
+    out.print(Text(_render.clip(payload, 4000)))
+    if runs:
+        out.print(Text(f"started {len(runs)} run(s):", style="bold"))
+        out.print(_render.runs_table(runs, _now_ms()))
+    else:
+        out.print(Text(f"started no run: {why}", style="yellow"))
+    if resumed:
+        out.print(Text(f"resumed {len(resumed)} waiting run(s):", style="bold"))
+        out.print(_render.runs_table(resumed, _now_ms()))
+    return 0
+
+
+_RESUMED_SCAN = 500
+"""``events show`` looks for the runs an event resumed among this many runs created before
+it (newest first): a wait only matches events sent after it started."""
+
+
+def _resumed_runs(client: Any, ev: Any) -> list[RunView]:
+    """The runs whose ``wait_for_event`` the event ended, among the :data:`_RESUMED_SCAN`
+    newest runs created before it was received: their journals record the event."""
+    found = []
+    for record in client.store.list_runs(until=ev.received_at + 1, limit=_RESUMED_SCAN):
+        for entry in client.store.load_journal(record.id):
+            if entry.kind != "wait_for_event" or entry.op != "completed":
+                continue
+            try:
+                got = json.loads(entry.data).get("output")
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(got, dict) and got.get("id") == ev.id and got.get("name") == ev.name:
+                found.append(client.get_run(record.id))
+                break
+    return found
+
+
+def _why_no_runs(store: Any, ev: Any, app: App | None) -> str:
+    """Why an event (not a duplicate) started no run, as precisely as the store and, with
+    ``app``, its functions' triggers can tell."""
+    import difflib
+
+    if any(u.seq == ev.seq for u in store.unrouted_events(10_000)):
+        return ("not routed yet: no worker has read it so far (is a worker running on this "
+                "store?)")
+    if app is None:
+        return ("no function's trigger accepted it (pass --app package.module:app to see "
+                "which triggers it missed and why)")
+    named = [(fn, t) for fn in app.functions.values() for t in fn.event_triggers
+             if t.event == ev.name]
+    if not named:
+        names = sorted({t.event for fn in app.functions.values() for t in fn.event_triggers})
+        close = difflib.get_close_matches(ev.name, names, n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        return f"no function of app {app.id!r} has a trigger for {ev.name!r}{hint}"
+    raw = json.loads(ev.data)
+    filtered = [f"{fn.id} (if {t.if_})" for fn, t in named if not t.matches(raw)]
+    accepted = [fn.id for fn, t in named if t.matches(raw)]
+    if not accepted:
+        return f"filtered out: the trigger condition is false for it: {', '.join(filtered)}"
+    return (f"the trigger of {', '.join(accepted)} accepts it, but no run holds it: it was "
+            "routed by workers of another version of the app, or a flow-control option "
+            "(batching, debounce, rate limit, idempotency) let it start none")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from durable_core.testing import export_run
 
@@ -381,7 +614,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_lint(args: argparse.Namespace) -> int:
     from durable_core.testing import lint
 
-    findings = lint(load_app(args.app))
+    findings = lint(_load_app(args.app))
     if args.json:
         print(json.dumps([{"function_id": f.function_id, "file": f.file, "line": f.line,
                            "call": f.call, "category": f.category,
@@ -424,7 +657,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise DurableError(f"the dashboard needs the 'dashboard' extra ({exc}): pip install "
                            "'durable-core[dashboard]'") from None
-    app = None if args.app is None else load_app(args.app)
+    app = None if args.app is None else _load_app(args.app)
     store = _open_store(args.store, existing=True)
 
     def ready(urls: list[str]) -> None:
@@ -479,6 +712,28 @@ def _seconds(name: str, low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _instant(name: str) -> Callable[[str], int]:
+    """An argparse type: a point in time, as epoch ms: an ISO 8601 time with an offset
+    (``2026-01-02T03:04:05Z``) or a duration meaning that long ago (``90m``, ``1d``)."""
+
+    def parse(text: str) -> int:
+        import datetime as dt
+
+        from durable_core.base._durations import parse_duration, parse_instant, to_ms
+
+        try:
+            if text[:1].isdigit() and ("T" in text or "-" in text[1:]):
+                return to_ms(parse_instant(text, field=name))
+            ago = parse_duration(text, field=name, maximum=None)
+        except DurableError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{name} takes an ISO 8601 time with an offset (2026-01-02T03:04:05Z) or a "
+                f"duration meaning that long ago (90m, 1d); got {text!r} ({exc})") from None
+        return int(time.time() * 1000) - ago // dt.timedelta(milliseconds=1)
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``durable`` command."""
     p = argparse.ArgumentParser(prog="durable", description="durable-core command line")
@@ -491,6 +746,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"store URL (default: $DURABLE_STORE, else {DEFAULT_STORE} in "
                              "the current directory; also memory://, "
                              "postgresql://user@host:port/db)")
+
+    def time_range_args(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--since", type=_instant("--since"), default=None, metavar="TIME",
+                        help=f"only those {what} at or after TIME: ISO 8601 with an offset "
+                             "(2026-01-02T03:04:05Z) or a duration ago (90m, 1d)")
+        sp.add_argument("--until", type=_instant("--until"), default=None, metavar="TIME",
+                        help=f"only those {what} before TIME (same forms)")
 
     def timeout_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--timeout", type=_seconds("--timeout", 0, 10 ** 9), default=None,
@@ -551,12 +813,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only runs of functions that --app does not define: no worker of "
                          "that app claims them (with --status queued: runs left waiting)")
     sp.add_argument("--app", default=None, help="package.module:app, for --unclaimable")
+    time_range_args(sp, "created")
+    sp.add_argument("--before", "--cursor", default=None, metavar="RUN_ID",
+                    help="the next page: runs created before this one (the last run listed)")
     sp.add_argument("--json", action="store_true")
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_list)
     sp = rsub.add_parser("show", help="show a run's step timeline")
     sp.add_argument("run_id")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--follow", "-f", action="store_true",
+                    help="show it again as it changes, until the run ends")
+    sp.add_argument("--json", action="store_true",
+                    help="JSON (with --follow: one JSON line per change)")
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_show)
     sp = rsub.add_parser("cancel", help="cancel a run (Client.cancel_run), or runs in bulk "
@@ -588,6 +856,29 @@ def build_parser() -> argparse.ArgumentParser:
     timeout_arg(sp)
     store_arg(sp)
     sp.set_defaults(func=_cmd_runs_wait)
+
+    events = sub.add_parser("events", help="list events, or show one and the runs it started")
+    esub = events.add_subparsers(dest="events_command", required=True)
+    sp = esub.add_parser("list", help="list the events the store received, newest first")
+    sp.add_argument("--name", default=None, help="only events with this name")
+    time_range_args(sp, "received")
+    sp.add_argument("--limit", type=_int_in("--limit", 1, 100_000), default=50,
+                    help="at most this many events (1-100000, default 50)")
+    sp.add_argument("--before", "--cursor", type=_int_in("--before", 1, 2**63 - 1),
+                    default=None, metavar="SEQ",
+                    help="the next page: events before this seq (the last event listed)")
+    sp.add_argument("--json", action="store_true")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_events_list)
+    sp = esub.add_parser("show", help="an event's payload, the runs it started, or why "
+                                      "it started none")
+    sp.add_argument("event_id")
+    sp.add_argument("--app", default=None,
+                    help="package.module:app: say which trigger missed an event that "
+                         "started no run, and why")
+    sp.add_argument("--json", action="store_true")
+    store_arg(sp)
+    sp.set_defaults(func=_cmd_events_show)
 
     sp = sub.add_parser("export", help="export a run's journal as JSON (for replay tests)")
     sp.add_argument("run_id")
@@ -638,6 +929,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except ImportError as exc:  # durable-core's stores shadowed, a missing extra
+        print(f"durable: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A path that is not there (a missing output directory), not writable...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"durable: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

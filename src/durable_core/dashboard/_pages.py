@@ -18,6 +18,7 @@ from durable_core.base._errors import DurableError, RunNotFoundError
 from durable_core.base._events import Event
 from durable_core.base._serde import MAX_JSON_DEPTH
 from durable_core.core._function import App
+from durable_core.core._lifecycle import SYSTEM_EVENTS
 from durable_core.core._model import (
     TERMINAL_STATUSES,
     JournalEntry,
@@ -35,9 +36,8 @@ PAGE_SIZE = 50
 """Runs per page of the runs list."""
 
 SCAN_LIMIT = 10_000
-"""The most runs one page looks through: the store contract lists runs newest first with
-no time range or offset, so a time filter (and the list of function ids and events seen)
-reads at most this many of the newest runs matching the other filters."""
+"""The most runs one page looks through for what the store contract cannot list directly
+(the function ids and the events seen among the newest runs)."""
 
 MAX_PAGE = SCAN_LIMIT // PAGE_SIZE
 
@@ -226,20 +226,16 @@ def run_row(r: RunRecord, now: int) -> dict[str, Any]:
 def list_runs_page(store: Store, f: RunFilter, now: int) -> dict[str, Any]:
     """One page of the runs list, newest first."""
     first = (f.page - 1) * PAGE_SIZE
-    timed = f.since is not None or f.until is not None
-    limit = SCAN_LIMIT if timed else first + PAGE_SIZE + 1
-    records = store.list_runs(function_id=f.function, status=f.status, limit=limit)
-    scanned = len(records)
-    if timed:
-        records = [r for r in records
-                   if (f.since is None or r.created_at >= f.since)
-                   and (f.until is None or r.created_at <= f.until)]
+    # The store filters by time (its ``until`` excludes the bound; the page's includes it).
+    records = store.list_runs(
+        function_id=f.function, status=f.status, limit=first + PAGE_SIZE + 1,
+        since=f.since, until=None if f.until is None else f.until + 1)
     rows = [run_row(r, now) for r in records[first:first + PAGE_SIZE]]
     return {
         "rows": rows,
         "has_next": len(records) > first + PAGE_SIZE and f.page < MAX_PAGE,
         "has_prev": f.page > 1,
-        "truncated": timed and scanned >= SCAN_LIMIT,
+        "truncated": False,
     }
 
 
@@ -448,10 +444,14 @@ def event_row(ev: StoredEvent) -> dict[str, Any]:
 
 
 def events_page(store: Store, sent_here: Iterable[str]) -> dict[str, Any]:
-    """Events reachable without an event listing in the store contract: those not yet
+    """The newest events (the store's ``list_events``; duplicates and the runs' system
+    events left out), those not yet
     routed, those that started one of the newest runs, and those sent from this server."""
     seen: dict[str, dict[str, Any]] = {}
     pending = [event_row(ev) for ev in store.unrouted_events(100)]
+    for newest in store.list_events(limit=100):
+        if not newest.duplicate and newest.name not in SYSTEM_EVENTS:
+            seen.setdefault(newest.id, event_row(newest))
     for ev_id in sent_here:
         ev = store.get_event(ev_id)
         if ev is not None:

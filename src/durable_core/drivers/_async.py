@@ -13,7 +13,7 @@ from durable_core.core._function import App, Function
 from durable_core.drivers._client import Client, RunHandle
 from durable_core.drivers._options import check_seconds
 from durable_core.engine._views import RunView
-from durable_core.store import SkippedTrigger, Store
+from durable_core.store import SkippedTrigger, Store, StoredEvent
 
 if TYPE_CHECKING:
     from durable_core.drivers._background import BackgroundWorker
@@ -100,10 +100,27 @@ class AsyncClient:
         *,
         limit: int = 100,
         unclaimable_by: App | None = None,
+        since: dt.datetime | str | None = None,
+        until: dt.datetime | str | None = None,
+        before: str | None = None,
     ) -> list[RunView]:
         """:meth:`Client.list_runs`: runs matching the filters, newest first."""
         return await _in_thread(self.sync.list_runs, function_id, status, event_id,
-                                limit=limit, unclaimable_by=unclaimable_by)
+                                limit=limit, unclaimable_by=unclaimable_by, since=since,
+                                until=until, before=before)
+
+    async def list_events(
+        self,
+        name: str | None = None,
+        *,
+        since: dt.datetime | str | None = None,
+        until: dt.datetime | str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """:meth:`Client.list_events`: events the store received, newest first."""
+        return await _in_thread(self.sync.list_events, name, since=since, until=until,
+                                before=before, limit=limit)
 
     async def unclaimable_runs(self, app: App, *, limit: int = 100) -> list[RunView]:
         """:meth:`Client.unclaimable_runs`: queued runs no worker of ``app`` will claim."""

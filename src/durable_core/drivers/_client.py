@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import threading
@@ -21,15 +22,19 @@ from durable_core.core._function import App, Function
 from durable_core.core._lifecycle import CANCEL_BY_REQUEST
 from durable_core.core._model import TERMINAL_STATUSES, RunStatus
 from durable_core.drivers._clock import wall_clock_ms
+from durable_core.drivers._notify import notifications
 from durable_core.drivers._options import check_callable, check_count, check_store
 from durable_core.engine._engine import Engine
 from durable_core.engine._views import RunView, run_view
-from durable_core.store import SkippedTrigger, Store
+from durable_core.store import SkippedTrigger, Store, StoredEvent
 
 __all__ = ["Client", "RunHandle"]
 
 _FIRST_POLL_S = 0.002
 _MAX_POLL_S = 0.1
+_RECHECK_S = 5.0
+"""With notifications, a waiting :class:`RunHandle` looks at its run at least this often
+(seconds) even if none came: a bound on a lost wake-up, not a poll."""
 
 
 def _function_ids(app: App) -> list[str]:
@@ -146,14 +151,25 @@ class Client:
         *,
         limit: int = 100,
         unclaimable_by: App | None = None,
+        since: dt.datetime | str | None = None,
+        until: dt.datetime | str | None = None,
+        before: str | None = None,
     ) -> list[RunView]:
         """Runs matching the filters, newest first.
 
         ``unclaimable_by=app`` keeps only the runs of functions ``app`` does not define
         (renamed, removed, or another app's): a worker of ``app`` never claims them. With
         ``status="queued"`` these are the runs waiting for a worker that ``app`` cannot
-        supply; see :meth:`unclaimable_runs`."""
+        supply; see :meth:`unclaimable_runs`. ``since``/``until`` (aware datetimes or
+        ISO 8601 texts with an offset) keep the runs created in ``[since, until)``;
+        ``before`` (a run id: the last one of the previous page) lists the runs created
+        before it, for paging."""
         check_count("Client.list_runs", "limit", limit, 0)
+        window = _window("Client.list_runs", since, until)
+        if before is not None and not isinstance(before, str):
+            raise ValidationError(
+                f"Client.list_runs(before=...) must be a run id, got {type(before).__name__}",
+                field="before")
         if unclaimable_by is not None and not isinstance(unclaimable_by, App):
             raise ValidationError(
                 "Client.list_runs(unclaimable_by=...) must be an App, got "
@@ -163,9 +179,31 @@ class Client:
             run_view(r, self.store.load_journal(r.id))
             for r in self.store.list_runs(
                 function_id=function_id, status=status, event_id=event_id, limit=limit,
-                exclude_function_ids=exclude,
+                exclude_function_ids=exclude, since=window[0], until=window[1],
+                before=before,
             )
         ]
+
+    def list_events(
+        self,
+        name: str | None = None,
+        *,
+        since: dt.datetime | str | None = None,
+        until: dt.datetime | str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Events the store received, newest first, duplicates included (flagged): by
+        ``name``, received in ``[since, until)``, and for paging ``before`` an event's
+        ``seq`` (the last one of the previous page)."""
+        check_count("Client.list_events", "limit", limit, 0)
+        window = _window("Client.list_events", since, until)
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise ValidationError(
+                f"Client.list_events(before=...) must be an event seq (int), got {before!r}",
+                field="before")
+        return self.store.list_events(name=name, since=window[0], until=window[1],
+                                      before=before, limit=limit)
 
     def unclaimable_runs(self, app: App, *, limit: int = 100) -> list[RunView]:
         """Queued runs that no worker of ``app`` will ever claim, newest first: their
@@ -263,20 +301,45 @@ class RunHandle:
                              err.message if err is not None else "(no error recorded)")
 
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the run to end and return its output (see the class)."""
+        """Wait for the run to end and return its output (see the class).
+
+        On a store with ``wait_for_notify`` (PostgreSQL, SQLite, memory) the wait sleeps
+        until a commit ends a run (or creates work) and then looks at the run again, so it
+        reads the store once per notification, not on a timer; at most every
+        ``_RECHECK_S`` seconds it looks anyway. On a store without, it polls with a backoff
+        from 2 ms to 100 ms."""
         backoff = _Backoff(self.id, timeout)
-        while True:
-            done, value = self._outcome()
-            if done:
-                return value
-            time.sleep(backoff.next(value))
+        hub = notifications(self._client.store)
+        if hub is None:
+            while True:
+                done, value = self._outcome()
+                if done:
+                    return value
+                time.sleep(backoff.next(value))
+        seen = hub.subscribe()  # before the first look: an end after it is heard
+        try:
+            while True:
+                done, value = self._outcome()
+                if done:
+                    return value
+                recheck = time.monotonic() + _RECHECK_S
+                while True:
+                    left = backoff.left(value, recheck)
+                    now = hub.wait(seen, left)
+                    if now != seen or time.monotonic() >= recheck:
+                        seen = now
+                        break
+        finally:
+            hub.unsubscribe()
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result()`` for trio and asyncio code: the store is read in a worker thread and
-        the waits are the event loop's, so the loop keeps running."""
+        the waits are the event loop's (woken by the store's notifications where it has
+        them), so the loop keeps running and no thread is held while waiting."""
         import sniffio
 
-        if sniffio.current_async_library() == "trio":
+        trio_host = sniffio.current_async_library() == "trio"
+        if trio_host:
             import trio
 
             to_thread: Any = trio.to_thread.run_sync
@@ -286,11 +349,74 @@ class RunHandle:
 
             to_thread, sleep = asyncio.to_thread, asyncio.sleep
         backoff = _Backoff(self.id, timeout)
-        while True:
-            done, value = await to_thread(self._outcome)
-            if done:
-                return value
-            await sleep(backoff.next(value))
+        hub = notifications(self._client.store)
+        if hub is None:
+            while True:
+                done, value = await to_thread(self._outcome)
+                if done:
+                    return value
+                await sleep(backoff.next(value))
+        seen = await to_thread(hub.subscribe)
+        try:
+            wake = _AsyncWake(trio_host)
+            hub.add_callback(wake.set)
+            try:
+                while True:
+                    done, value = await to_thread(self._outcome)
+                    if done:
+                        return value
+                    recheck = time.monotonic() + _RECHECK_S
+                    while hub.count == seen and time.monotonic() < recheck:
+                        await wake.wait(backoff.left(value, recheck))
+                    seen = hub.count
+            finally:
+                hub.remove_callback(wake.set)
+        finally:
+            hub.unsubscribe()
+
+
+class _AsyncWake:
+    """An event of the running trio or asyncio loop, set from any thread (the store's
+    listening thread) and cleared by the waiter."""
+
+    def __init__(self, trio_host: bool) -> None:
+        self._trio = trio_host
+        if trio_host:
+            import trio
+
+            self._token: Any = trio.lowlevel.current_trio_token()
+            self._event: Any = trio.Event()
+        else:
+            import asyncio
+
+            self._loop: Any = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+
+    def set(self) -> None:
+        """Set the event, from any thread (a closed loop is ignored)."""
+        if self._trio:
+            import trio
+
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._event.set)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until set or ``timeout`` seconds passed, then clear."""
+        if self._trio:
+            import trio
+
+            with trio.move_on_after(timeout):
+                await self._event.wait()
+            self._event = trio.Event()
+        else:
+            import asyncio
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+            self._event.clear()
 
 
 class _Backoff:
@@ -316,6 +442,30 @@ class _Backoff:
         if left <= 0:
             raise RunTimeoutError(self.run_id, status, float(self.timeout or 0))
         return min(pause, left)
+
+    def left(self, status: str, until: float) -> float:
+        """Seconds from now to ``until`` (monotonic) or the deadline, whichever is first;
+        raises :class:`RunTimeoutError` (the run is ``status``) once the deadline has
+        passed."""
+        now = time.monotonic()
+        if self.deadline is not None:
+            if self.deadline <= now:
+                raise RunTimeoutError(self.run_id, status, float(self.timeout or 0))
+            until = min(until, self.deadline)
+        return max(until - now, 0.0)
+
+
+def _window(where: str, since: dt.datetime | str | None, until: dt.datetime | str | None
+            ) -> tuple[int | None, int | None]:
+    """``since``/``until`` as epoch ms (None stays None); bad values are a
+    :class:`ValidationError` naming the argument."""
+    out: list[int | None] = []
+    for field, value in (("since", since), ("until", until)):
+        if value is None:
+            out.append(None)
+        else:
+            out.append(to_ms(parse_instant(value, field=f"{where}({field})")))
+    return out[0], out[1]
 
 
 def _check_timeout(timeout: float) -> float:

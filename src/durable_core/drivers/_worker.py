@@ -35,6 +35,7 @@ from durable_core.core._model import ExecuteStep
 from durable_core.drivers._bodies import AsyncioBodies, check_asyncio_loop, wrong_library
 from durable_core.drivers._clock import wall_clock_ms
 from durable_core.drivers._gc import tuned_gc
+from durable_core.drivers._notify import notifications
 from durable_core.drivers._options import (
     check_callable,
     check_count,
@@ -264,7 +265,10 @@ class Worker:
             if self._blocking:
                 nursery.start_soon(self._committer)
             nursery.start_soon(self._renewer)
-            if callable(getattr(self.store, "wait_for_notify", None)):
+            # A store that does no I/O (memory) lives in this process: whoever commits to
+            # it here wakes the worker directly (on_send), and the worker stays free of
+            # threads (testable on trio's virtual clock).
+            if self._blocking and callable(getattr(self.store, "wait_for_notify", None)):
                 nursery.start_soon(self._listener)
             if handle_signals:
                 nursery.start_soon(self._signal_watcher)
@@ -627,27 +631,24 @@ class Worker:
     async def _listener(self) -> None:
         """Wake the main loop when a commit, in any process, creates work: the store's
         ``wait_for_notify(timeout_s) -> bool`` (PostgreSQL LISTEN/NOTIFY, SQLite's wake file;
-        see docs/stores.md)."""
-        wait = self.store.wait_for_notify  # type: ignore[attr-defined]
-        outage = _Outage("listening for notifications")
-        listening = False
-        while True:
-            try:
-                # The first call only starts listening (timeout 0), then the main loop looks
-                # at the store: work created between its first poll and the start of
-                # listening is not left waiting for the poll interval.
-                notified = await trio.to_thread.run_sync(
-                    wait, _LISTEN_S if listening else 0.0, abandon_on_cancel=True
-                )
-            except StoreError as exc:
-                # The server is down or restarting. Notifications only save latency: the main
-                # loop polls meanwhile; listen again, with backoff, until the server answers.
-                await trio.sleep(outage.failed(exc))
-                continue
-            if not listening:
-                listening = notified = True
-            if notified or outage.ok():
-                self._wakeup.set()
+        see docs/stores.md), heard through the process's one listener for the store (a
+        :class:`RunHandle` waiting on the same store hears it too)."""
+        hub = notifications(self.store)
+        assert hub is not None
+        # Listening starts before the main loop looks at the store again: work created
+        # between its first poll and the start of listening is not left waiting for the
+        # poll interval.
+        seen = await trio.to_thread.run_sync(hub.subscribe)
+        try:
+            self._wakeup.set()
+            while True:
+                now = await trio.to_thread.run_sync(hub.wait, seen, _LISTEN_S,
+                                                    abandon_on_cancel=True)
+                if now != seen:
+                    seen = now
+                    self._wakeup.set()
+        finally:
+            hub.unsubscribe()
 
     async def _signal_watcher(self) -> None:
         first = None

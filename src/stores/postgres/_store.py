@@ -25,9 +25,10 @@ transaction-scoped advisory locks on run ids and idempotency keys. Locks are alw
 the same order (advisory locks, event counter, run rows by id, then waits, events and cron
 rows), so commits do not deadlock one another; a deadlock would be retried.
 
-Every commit that creates events, runs or signals sends a ``NOTIFY`` on a channel named after
-the schema; :meth:`PostgresStore.wait_for_notify` blocks until one arrives. Polling remains the
-fallback: notifications are a latency optimisation, never needed for correctness.
+Every commit that creates events, runs or signals or ends a run sends a ``NOTIFY`` on a
+channel named after the schema; :meth:`PostgresStore.wait_for_notify` blocks until one
+arrives. Polling remains the fallback: notifications are a latency optimisation, never
+needed for correctness.
 
 Limitations: PostgreSQL ``text`` cannot hold NUL characters (``"\\x00"``), nor can Python
 strings with lone surrogates be encoded; such values raise :class:`~durable_core.StoreError`.
@@ -69,6 +70,7 @@ from durable_core.store import (
     fold_writes,
     lone_memo,
     new_runs_to_create,
+    notifies,
     run_events_to_append,
     wait_changes,
     wait_records,
@@ -356,7 +358,7 @@ class _Queries:
 
         self._schema = schema
         self._core_cache: dict[_CoreShape, LiteralString] = {}
-        self._list_cache: dict[tuple[bool, bool, bool, bool], LiteralString] = {}
+        self._list_cache: dict[tuple[object, ...], LiteralString] = {}
         self.event_seqs = r(
             "UPDATE {counters} SET value = value + %s WHERE name = 'events' RETURNING value"
         )
@@ -537,13 +539,20 @@ class _Queries:
         )
 
     def list_runs(
-        self, function_id: bool, status: bool, event_id: bool, exclude: bool = False
+        self, function_id: bool, status: bool, event_id: bool, exclude: bool = False,
+        since: bool = False, until: bool = False, before: bool = False,
     ) -> LiteralString:
         """The list_runs query for a combination of filters."""
-        key = (function_id, status, event_id, exclude)
+        key = (function_id, status, event_id, exclude, since, until, before)
         query = self._list_cache.get(key)
         if query is None:
             conds: list[LiteralString] = ["true"]
+            if since:
+                conds.append("r.created_at >= %(since)s::bigint")
+            if until:
+                conds.append("r.created_at < %(until)s::bigint")
+            if before:
+                conds.append("r.ord < (SELECT ord FROM {runs} WHERE id = %(before)s)")
             if function_id:
                 conds.append("r.function_id = %(function_id)s")
             if exclude:
@@ -559,6 +568,29 @@ class _Queries:
                 "SELECT " + _RUN_READ_COLS + " FROM {runs} AS r WHERE "
                 + " AND ".join(conds)
                 + " ORDER BY " + order + " LIMIT %(limit)s",
+                self._schema,
+            )
+            self._list_cache[key] = query
+        return query
+
+    def list_events(self, name: bool, since: bool, until: bool, before: bool
+                    ) -> LiteralString:
+        """The list_events query for a combination of filters."""
+        key = ("events", name, since, until, before)
+        query = self._list_cache.get(key)
+        if query is None:
+            conds: list[LiteralString] = ["true"]
+            if name:
+                conds.append("name = %(name)s")
+            if since:
+                conds.append("received_at >= %(since)s::bigint")
+            if until:
+                conds.append("received_at < %(until)s::bigint")
+            if before:
+                conds.append("seq < %(before)s::bigint")
+            query = _render(
+                "SELECT " + _EVENT_COLS + " FROM {events} WHERE " + " AND ".join(conds)
+                + " ORDER BY seq DESC LIMIT %(limit)s",
                 self._schema,
             )
             self._list_cache[key] = query
@@ -1115,7 +1147,7 @@ class PostgresStore:
             _parse_event(text)  # a batch that cannot be applied raises before anything
         folded = fold_writes(batch.writes)
         if not parsed and not batch.runs and not batch.run_events:
-            shape, params = self._core(batch, folded, set(), notify=bool(batch.signals))
+            shape, params = self._core(batch, folded, set(), notify=notifies(batch))
             query = self._q.core(shape)
             row = self._run_conn(lambda conn: conn.execute(query, params).fetchone())
             return self._fenced(batch, row)
@@ -1438,14 +1470,34 @@ class PostgresStore:
         event_id: str | None = None,
         limit: int = 100,
         exclude_function_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         query = self._q.list_runs(function_id is not None, status is not None,
-                                  event_id is not None, bool(exclude_function_ids))
+                                  event_id is not None, bool(exclude_function_ids),
+                                  since is not None, until is not None, before is not None)
         params = {"function_id": function_id, "status": status, "event_id": event_id,
-                  "limit": max(limit, 0), "exclude": list(exclude_function_ids or ())}
+                  "limit": max(limit, 0), "exclude": list(exclude_function_ids or ()),
+                  "since": since, "until": until, "before": before}
         return [_run(row) for row in self._read(query, params)]
 
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.list_events`."""
+        query = self._q.list_events(name is not None, since is not None, until is not None,
+                                    before is not None)
+        params = {"name": name, "since": since, "until": until, "before": before,
+                  "limit": max(limit, 0)}
+        return [_event(row) for row in self._read(query, params)]
     def skipped_triggers(
         self,
         *,
@@ -1462,9 +1514,10 @@ class PostgresStore:
     # ------------------------------------------------------------------ notifications
 
     def wait_for_notify(self, timeout_s: float) -> bool:
-        """Block until a commit (from any process) created events, runs or signals in this
-        schema, or until ``timeout_s`` seconds passed. Returns True if woken by a
-        notification, False on timeout or when the store is closed.
+        """Block until a commit (from any process) created events, runs or signals or ended
+        a run in this schema (:func:`durable_core.store.notifies`), or until ``timeout_s``
+        seconds passed. Returns True if woken by a notification, False on timeout or when
+        the store is closed.
 
         Uses one dedicated connection, opened (and ``LISTEN``-ing) on the first call:
         notifications sent before that are not seen, so callers should poll after the first

@@ -61,6 +61,7 @@ from durable_core.store import (
     is_journal_only,
     lone_memo,
     new_runs_to_create,
+    notifies,
     record_changes,
     run_events_to_append,
     signal_accepted,
@@ -926,7 +927,8 @@ class SQLiteStore:
             return None
 
     def _notify(self) -> None:
-        """After a commit that created events, runs or signals: wake listeners."""
+        """After a commit that created events, runs or signals or ended a run
+        (:func:`durable_core.store.notifies`): wake listeners."""
         with self._lock:  # not while close() closes the file
             if self._wake is not None:
                 self._wake.notify()
@@ -1049,6 +1051,33 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None else _event_from_row(row)
 
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """See :meth:`durable_core.Store.list_events`."""
+        if limit <= 0:
+            return []
+        clauses: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("name = ?", name), ("received_at >= ?", since),
+                              ("received_at < ?", until), ("seq < ?", before)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events {where}ORDER BY seq DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [_event_from_row(r) for r in rows]
+
     # ------------------------------------------------------------------ commit
 
     def commit(self, batch: CommitBatch) -> set[str]:
@@ -1079,7 +1108,7 @@ class SQLiteStore:
                 fenced = set()
             else:
                 fenced = self._commit(conn, batch)
-        if batch.events or batch.runs or batch.signals or batch.run_events:
+        if notifies(batch):
             self._notify()
         return fenced
 
@@ -1512,12 +1541,24 @@ class SQLiteStore:
         event_id: str | None = None,
         limit: int = 100,
         exclude_function_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
         """See :meth:`durable_core.Store.list_runs`."""
         if limit <= 0:
             return []
         clauses: list[str] = []
         params: list[Any] = []
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("created_at < ?")
+            params.append(until)
+        if before is not None:
+            clauses.append("seq < (SELECT seq FROM runs WHERE id = ?)")
+            params.append(before)
         if function_id is not None:
             clauses.append("function_id = ?")
             params.append(function_id)

@@ -68,6 +68,7 @@ from hypothesis.stateful import (
 from durable_core.base._errors import RunNotFoundError
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
+    ALL_SIGNALS,
     DEDUPE_WINDOW_MS,
     Claim,
     CommitBatch,
@@ -82,6 +83,7 @@ from durable_core.store import (
     due_at,
     fold_writes,
     lease_held,
+    notifies,
     wait_found,
     write_accepted,
 )
@@ -1243,6 +1245,58 @@ class StoreConformance:
         assert ids(limit=2) == ["r4", "r3"]
         assert ids(function_id="zzz") == []
 
+    def test_list_runs_time_range_and_paging(self, store: Store) -> None:
+        """``list_runs(since=, until=)`` keeps runs created in ``[since, until)``;
+        ``before=<run id>`` pages: the runs created before that one, newest first (an
+        unknown id: none). Filters combine, and paging through with ``limit`` visits each
+        run once."""
+        for i in range(1, 6):
+            create(store, new_run(f"r{i}", function_id="a" if i % 2 else "b",
+                                  created_at=T0 + i * 1000), now=T0 + i * 1000)
+
+        def ids(**kw: Any) -> list[str]:
+            return [r.id for r in store.list_runs(**kw)]
+
+        assert ids(since=T0 + 2000) == ["r5", "r4", "r3", "r2"]
+        assert ids(until=T0 + 2000) == ["r1"]
+        assert ids(since=T0 + 2000, until=T0 + 4001) == ["r4", "r3", "r2"]
+        assert ids(since=T0 + 2000, until=T0 + 4001, function_id="a") == ["r3"]
+        assert ids(before="r4") == ["r3", "r2", "r1"]
+        assert ids(before="r4", function_id="b") == ["r2"]
+        assert ids(before="r1") == []
+        assert ids(before="no-such-run") == []
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = ids(limit=2, before=cursor)
+            if not page:
+                break
+            seen += page
+            cursor = page[-1]
+        assert seen == ["r5", "r4", "r3", "r2", "r1"]
+
+    def test_list_events_filters_pages_and_shows_duplicates(self, store: Store) -> None:
+        """``list_events`` lists the log newest first, duplicates included (flagged), by
+        ``name``, by receipt time in ``[since, until)`` and by page (``before=<seq>``);
+        ``limit <= 0`` lists none."""
+        store.append_events([event_json("e1", "a")], T0)
+        store.append_events([event_json("e2", "b"), event_json("e3", "a")], T0 + 1000)
+        store.append_events([event_json("e1", "a")], T0 + 2000)  # a duplicate
+        evs = store.list_events()
+        assert [(e.id, e.duplicate) for e in evs] == [
+            ("e1", True), ("e3", False), ("e2", False), ("e1", False)]
+        assert [e.seq for e in evs] == sorted((e.seq for e in evs), reverse=True)
+        assert evs[1] == store.get_event("e3")
+        assert [e.id for e in store.list_events(name="a")] == ["e1", "e3", "e1"]
+        assert [e.id for e in store.list_events(since=T0 + 1000)] == ["e1", "e3", "e2"]
+        assert [e.id for e in store.list_events(until=T0 + 1000)] == ["e1"]
+        assert [e.id for e in store.list_events(since=T0 + 1000, until=T0 + 2000,
+                                                name="b")] == ["e2"]
+        assert [e.id for e in store.list_events(before=evs[1].seq)] == ["e2", "e1"]
+        assert [e.id for e in store.list_events(limit=1)] == ["e1"]
+        assert store.list_events(limit=0) == []
+        assert store.list_events(name="zzz") == []
+
     def test_list_runs_limit_zero_returns_nothing(self, store: Store) -> None:
         """``list_runs(limit=0)`` is empty."""
         create(store, new_run("r1"))
@@ -1570,8 +1624,27 @@ class StoreConformance:
         assert store.commit(CommitBatch(now=T0, signals=(("r1", Signal("event", "k", "{}")),))
                             ) == set()
         assert wait(30) is True
+        # A write that ends a run wakes listeners too (a RunHandle waits for it).
+        c = claim(store, "r1", now=T0 + 1)
+        assert write(store, RunWrite("r1", c.run.epoch, status="completed", output="1",
+                                     consumed_signals=ALL_SIGNALS), now=T0 + 2) == set()
+        assert wait(30) is True
         store.close()
         assert wait(600) is False
+
+    def test_notifies_rule(self) -> None:
+        """:func:`durable_core.store.notifies`: events (a run's system events too), runs,
+        signals and run ends wake listeners; journal writes and statuses that do not end a
+        run do not."""
+        assert notifies(CommitBatch(now=T0, events=(event_json("e1"),)))
+        assert notifies(CommitBatch(now=T0, runs=(new_run("r1"),)))
+        assert notifies(CommitBatch(now=T0, signals=(("r1", Signal("event", "k", "{}")),)))
+        assert notifies(CommitBatch(now=T0, run_events=(("r1", event_json("e2")),)))
+        for status in ("completed", "failed", "cancelled"):
+            assert notifies(CommitBatch(now=T0, writes=(RunWrite("r1", 1, status=status),)))
+        assert not notifies(CommitBatch(now=T0, writes=(RunWrite("r1", 1, entries(0, 1)),)))
+        assert not notifies(CommitBatch(now=T0, writes=(
+            RunWrite("r1", 1, status="sleeping", wake_at=T0 + 1),)))
 
     # ------------------------------------------------------------------ stateful
 
