@@ -127,19 +127,25 @@ def test_functions_lists_triggers_and_options(capsys: pytest.CaptureFixture[str]
     assert code == 0
     listed = json.loads(out)
     assert listed["app"] == "cli"
+    def options(retries: int) -> dict[str, object]:
+        return {"retries": retries, "max_steps": 1000, "sandbox": True}
+
     assert listed["functions"] == [
         {"id": "double", "triggers": [{"event": "cli/double", "if": "event.data.n > 0"}],
-         "retries": 2, "max_steps": 1000},
+         "retries": 2, "max_steps": 1000, "options": options(2)},
         {"id": "refuse", "triggers": [{"event": "cli/refuse", "if": None}], "retries": 0,
-         "max_steps": 1000},
+         "max_steps": 1000, "options": options(0)},
         {"id": "nap", "triggers": [{"event": "cli/nap", "if": None},
-                                   {"cron": "TZ=Europe/Paris 0 9 * * 1"}],
-         "retries": 4, "max_steps": 1000},
+                                   {"cron": "TZ=Europe/Paris 0 9 * * 1", "catch_up": "latest"}],
+         "retries": 4, "max_steps": 1000, "options": options(4)},
     ]
     code, out, _ = run_cli(capsys, "functions", "cli_app:app")
-    assert out.splitlines()[0].split() == ["double", "event", "cli/double", "if", "event.data.n",
-                                           ">", "0", "retries=2"]
-    assert "cron TZ=Europe/Paris 0 9 * * 1" in out
+    lines = out.splitlines()
+    assert lines[0].split() == ["FUNCTION", "TRIGGERS", "OPTIONS"]
+    assert lines[1].split() == ["double", "event", "cli/double", "if", "event.data.n", ">", "0",
+                                "retries=2"]
+    assert "cron TZ=Europe/Paris 0 9 * * 1 (catch_up=latest)" in out
+    assert "max_steps=1000" in out and "sandbox=True" in out
 
 
 def test_send_wait_and_runs_wait(tmp_path: pathlib.Path,

@@ -314,23 +314,16 @@ def _cmd_runs_wait(args: argparse.Namespace) -> int:
 
 def _cmd_functions(args: argparse.Namespace) -> int:
     app = _load_app(args.app)
-    rows: list[dict[str, Any]] = []
-    for fn in app.functions.values():
-        triggers: list[dict[str, Any]] = []
-        for t in fn.event_triggers:
-            triggers.append({"event": t.event, "if": t.if_})
-        for c in fn.cron_triggers:
-            triggers.append({"cron": c.cron})
-        rows.append({"id": fn.id, "triggers": triggers, "retries": fn.retries,
-                     "max_steps": fn.max_steps})
-    lines = []
-    for r in rows:
-        shown = ", ".join(
-            (f"event {t['event']}" + (f" if {t['if']}" if t["if"] else "")) if "event" in t
-            else f"cron {t['cron']}" for t in r["triggers"]) or "no trigger (invoke only)"
-        lines.append(f"{r['id']:<24} {shown}  retries={r['retries']}")
-    _print({"app": app.id, "functions": rows}, args.json,
-           "\n".join(lines) or f"app {app.id!r} has no functions")
+    described = [fn.describe() for fn in app.functions.values()]
+    if args.json:
+        # ``retries`` and ``max_steps`` stay at the top level too, as before ``options``.
+        rows = [{**d, "retries": d["options"]["retries"],
+                 "max_steps": d["options"]["max_steps"]} for d in described]
+        _print({"app": app.id, "functions": rows}, True, "")
+    elif described:
+        _render.console().print(_render.functions_table(described))
+    else:
+        print(f"app {app.id!r} has no functions")
     return 0
 
 

@@ -143,6 +143,29 @@ def _status_text(status: str) -> Text:
     return Text(status, style=style)
 
 
+def functions_table(described: list[dict[str, Any]]) -> Table:
+    """An app's functions (:meth:`~durable_core.Function.describe`): id, triggers, options."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("FUNCTION", "TRIGGERS", "OPTIONS"):
+        table.add_column(name, overflow="fold")
+    for d in described:
+        triggers = "\n".join(
+            (f"event {t['event']}" + (f" if {t['if']}" if t["if"] else "")) if "event" in t
+            else f"cron {t['cron']} (catch_up={t['catch_up']})" for t in d["triggers"]
+        ) or "no trigger (invoke only)"
+        options = "\n".join(f"{k}={_option(v)}" for k, v in d["options"].items())
+        table.add_row(d["id"], triggers, options)
+    return table
+
+
+def _option(value: Any) -> str:
+    if isinstance(value, list):
+        return "; ".join(_option(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items() if v is not None)
+    return str(value)
+
+
 def runs_table(runs: list[RunView], now: int) -> Table:
     """Runs as a table: id, function, status, created, duration (so far, for a run that
     has not ended), steps."""
