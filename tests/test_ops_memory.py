@@ -54,7 +54,9 @@ def _cyclic_garbage(found: list[Any]) -> dict[str, int]:
 
 
 def _app() -> App:
-    app = App("mem")
+    # Bodies on trio: no thread for the autojumping MockClock to run past (asyncio bodies
+    # run on a loop in another thread, and virtual leases would expire while they ran).
+    app = App("mem", async_bodies="trio")
 
     async def body(n: int, i: int) -> dict[str, int]:
         return {"n": n, "i": i}
