@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
-from durable_core.base._errors import InvalidEventError
-from durable_core.base._serde import MAX_JSON_DEPTH, check_text, json_problem
+from durable_core.base._errors import InvalidEventError, SerializationError
+from durable_core.base._serde import MAX_JSON_DEPTH, check_text, converter, json_problem
+
+_default_converter = converter
+_M = TypeVar("_M")
 
 __all__ = ["MAX_EVENT_BYTES", "MAX_EVENT_ID_BYTES", "MAX_EVENT_NAME_BYTES", "Event", "Sent"]
 
@@ -80,9 +84,29 @@ def _check_ts(_inst: Event, _attr: attrs.Attribute[int | None], value: object) -
 
 
 def _copy_data(data: Any) -> Any:
-    # Copy a mapping so later mutation of the caller's dict cannot change the event; anything
+    # Copy a mapping so later mutation of the caller's dict cannot change the event. A data
+    # model (an attrs class, a dataclass, a pydantic model) becomes its JSON object through
+    # the shared converter (read it back typed with Event.data_as / ctx.event_data); anything
     # else is left for the validator to reject with a clear message.
-    return dict(data) if isinstance(data, Mapping) else data
+    if isinstance(data, Mapping):
+        return dict(data)
+    if _is_model(data):
+        try:
+            raw = converter.unstructure(data)
+        except Exception as exc:
+            raise InvalidEventError(
+                f"event.data: a {type(data).__name__} could not be turned into JSON "
+                f"({type(exc).__name__}: {exc}); register hooks on durable_core.converter "
+                "or send a dict", field="event.data") from None
+        return dict(raw) if isinstance(raw, Mapping) else raw
+    return data
+
+
+def _is_model(value: Any) -> bool:
+    """An instance of an attrs class, a dataclass or a pydantic model."""
+    cls = type(value)
+    return (attrs.has(cls) or dataclasses.is_dataclass(cls)
+            or callable(getattr(cls, "model_dump", None)))
 
 
 @attrs.frozen(eq=True)
@@ -94,7 +118,10 @@ class Event:
     (a second event with the same id within 24 hours triggers nothing); ``ts`` milliseconds
     since the epoch, filled in by the engine when ``None``. The whole event must serialize to
     at most 512 KiB of JSON. Every string must be valid Unicode (no lone surrogates); the
-    name and id may not contain NUL characters.
+    name and id may not contain NUL characters. ``data`` may also be a data model (an attrs
+    class, a dataclass, a pydantic model): it is stored as its JSON object (through
+    ``durable_core.converter``), and :meth:`data_as` (``ctx.event_data`` in a function)
+    reads it back as that type.
 
     Raises :class:`~durable_core.InvalidEventError` naming the field when any of this fails.
     """
@@ -136,6 +163,21 @@ class Event:
                 f"(event {self.name!r}); store large payloads elsewhere and send a reference",
                 field="event",
             )
+
+    def data_as(self, cls: type[_M], converter: Any = None) -> _M:
+        """``data`` as a ``cls`` (an attrs class, a dataclass, a pydantic model...), built by
+        ``converter`` (a cattrs converter; default ``durable_core.converter``). Raises
+        :class:`~durable_core.SerializationError` naming the type when the data does not
+        fit it."""
+        conv = _default_converter if converter is None else converter
+        try:
+            value: _M = conv.structure(self.data, cls)
+        except Exception as exc:
+            raise SerializationError(
+                f"event {self.name!r}: its data does not fit {getattr(cls, '__name__', cls)!s} "
+                f"({type(exc).__name__}: {exc}); check the sender's data or the type",
+                field="event.data") from None
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a JSON-compatible dict (the shape CEL expressions see)."""

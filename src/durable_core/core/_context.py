@@ -43,6 +43,7 @@ T4 = TypeVar("T4")
 T5 = TypeVar("T5")
 T6 = TypeVar("T6")
 _R = TypeVar("_R", bound="StepRequest")
+_D = TypeVar("_D")
 
 # Set by drivers while a step body runs, to ``(run_id, attempt, step_id)``, so ``ctx.attempt``
 # inside a body reads the attempt of that step, and a ``ctx.step.*`` call inside a body can
@@ -489,6 +490,13 @@ class Context:
             attempt: int = cur[1]
             return attempt
         return self._machine.run_attempt
+
+    def event_data(self, cls: type[_D]) -> _D:
+        """The triggering event's data as a ``cls`` (an attrs class, a dataclass, a pydantic
+        model...), built by the app's converter (``app.converter``): the typed counterpart
+        of ``ctx.event.data``. Raises :class:`~durable_core.SerializationError` when the
+        data does not fit ``cls`` (orchestration code that raises is retried, then fails)."""
+        return self.event.data_as(cls, self._machine.function.app.converter)
 
     def now(self) -> dt.datetime:
         """A deterministic "current" time (aware, UTC): the time of the latest step result
