@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import pytest
@@ -228,3 +229,24 @@ def test_folded_triggers_are_shown(tmp_path: pathlib.Path,
     assert [f["event_id"] for f in run["folded"]] == ["third", "second"]
     code, out, _ = run_cli(capsys, "runs", "show", folded["run_id"], "--store", url, "--json")
     assert [f["event_id"] for f in json.loads(out)["folded"]] == ["third", "second"]
+
+
+def test_the_readme_demo_runs_to_the_end(tmp_path: pathlib.Path) -> None:
+    """`durable demo` (the README's first command) on the embedded SQLite default: both
+    orders charge after one retry, sleep, wait for shipping and complete."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from durable_core.cli import main; sys.exit(main())",
+         "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "300"},  # wide enough that no table cell wraps
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "sent 3 orders (order 2 is below the amount filter and starts no run)" in text
+    assert text.count("process-order  completed") == 2
+    assert text.count("RetryAfterError: card network timeout") >= 2
+    assert '"carrier": "DHL"' in text and '"carrier": "UPS"' in text
+    assert "runs are stored in sqlite:///durable.db" in text
+    assert (tmp_path / "durable.db").exists()

@@ -72,54 +72,6 @@ def _load_app(spec: str) -> App:
     raise _UsageExit(message)
 
 
-def format_timeline(run: RunView) -> str:
-    """A run's step timeline as text: each step's start (from the run's creation), duration,
-    attempts with their errors, and what a sleep or wait waits for."""
-    t0 = run.created_at
-
-    def at(ms: int) -> str:
-        return from_ms(ms).isoformat()
-
-    took = "" if run.ended_at is None else f" in {(run.ended_at - t0) / 1000:.1f}s"
-    lines = [f"run {run.id}  {run.function_id}  {run.status}{took}"]
-    if run.rerun_of is not None:
-        lines.append(f"  rerun of {run.rerun_of}")
-    for s in run.steps:
-        start = f"+{((s.started_at or t0) - t0) / 1000:6.1f}s"
-        took_s = "" if s.duration_ms is None else f"  ({s.duration_ms / 1000:.1f}s)"
-        detail = ""
-        if s.error is not None:
-            detail = f"  {s.error.type}: {s.error.message}"
-        elif s.output is not None:
-            detail = "  -> " + json.dumps(s.output, ensure_ascii=False)[:80]
-        tries = f"  attempts={s.attempts}" if s.kind == "run" else ""
-        lines.append(f"  {start}  {s.id:<20} {s.kind:<15} {s.status:<10}{tries}{took_s}"
-                     f"{detail}")
-        if s.waiting_for is not None:
-            lines.append("      waits for " + ", ".join(
-                f"{k}={v}" for k, v in s.waiting_for.items() if v is not None))
-        if s.until is not None and s.ended_at is None:
-            lines.append(f"      until {at(s.until)}")
-        for a in s.attempt_log:
-            if a.error is not None:
-                again = "" if a.retry_at is None else f" (next attempt {at(a.retry_at)})"
-                lines.append(f"      attempt {a.attempt} {a.step_id}: {a.error.type}: "
-                             f"{a.error.message}{again}")
-    for a in run.attempt_log:
-        if a.error is not None:
-            lines.append(f"  code attempt {a.attempt} raised {a.error.type}: "
-                         f"{a.error.message} at {at(a.ended_at)}")
-    if run.next_attempt_at is not None:
-        lines.append(f"  next attempt: {at(run.next_attempt_at)}")
-    if run.error is not None:
-        lines.append(f"  error: {run.error.type}: {run.error.message}")
-        if run.error.traceback:
-            lines.extend("    " + line for line in run.error.traceback.rstrip().splitlines())
-    elif run.status == "completed":
-        lines.append("  output: " + json.dumps(run.output, ensure_ascii=False))
-    return "\n".join(lines)
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     import trio
 
@@ -170,8 +122,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     client = Client(store)
     print()
+    out = _render.console()
     for run_id in reversed(run_ids):
-        print(format_timeline(client.get_run(run_id)))
+        out.print(_render.run_timeline(client.get_run(run_id), _now_ms()))
         print()
     print(f"done in {time.monotonic() - started:.1f}s; runs are stored in "
           f"{redact_url(args.store)}")
