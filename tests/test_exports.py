@@ -29,8 +29,9 @@ from durable_core import Function
 
 PINNED: dict[str, list[str]] = {
     "durable_core": [
-        "App", "AsyncClient", "AsyncioWorker", "AttemptView", "BackgroundWorker", "CancelOn",
-        "Client", "Context",
+        "App", "AsyncClient", "AsyncioWorker", "AttemptView", "BackgroundWorker", "Batch",
+        "CancelOn", "Client", "Concurrency", "Context", "Debounce", "Priority", "RateLimit",
+        "Singleton", "Throttle",
         "CronTrigger", "DeterminismError",
         "DurableError", "Engine", "ErrorInfo", "Event", "EventTrigger", "Function",
         "FunctionConfigError", "InvalidCronError", "InvalidDurationError", "InvalidEventError",

@@ -33,6 +33,15 @@ from durable_core.base._errors import (
 from durable_core.base._events import Event, Sent
 from durable_core.base._serde import converter, make_converter
 from durable_core.core._context import Context, Step, Steps
+from durable_core.core._flow import (
+    Batch,
+    Concurrency,
+    Debounce,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
 from durable_core.core._function import App, CronTrigger, EventTrigger, Function, on_cron, on_event
 from durable_core.core._lifecycle import CancelOn, Timeouts
 from durable_core.core._machine import RunMachine
@@ -59,10 +68,13 @@ __all__ = [
     "AsyncioWorker",
     "AttemptView",
     "BackgroundWorker",
+    "Batch",
     "CancelOn",
     "Client",
+    "Concurrency",
     "Context",
     "CronTrigger",
+    "Debounce",
     "DeterminismError",
     "DurableError",
     "Engine",
@@ -79,6 +91,8 @@ __all__ = [
     "JsonLogFormatter",
     "LimitExceededError",
     "NonRetriableError",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
     "RunFailedError",
     "RunHandle",
@@ -88,6 +102,7 @@ __all__ = [
     "RunView",
     "Sent",
     "SerializationError",
+    "Singleton",
     "SkippedTrigger",
     "Step",
     "StepError",
@@ -97,6 +112,7 @@ __all__ = [
     "StoreError",
     "StoreLostError",
     "TextLogFormatter",
+    "Throttle",
     "Timeouts",
     "UnknownFunctionError",
     "UsageError",

@@ -25,6 +25,17 @@ from durable_core.base._events import MAX_EVENT_NAME_BYTES
 from durable_core.base._match import condition_keys, event_keys, key_path
 from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import app_converter, check_text
+from durable_core.core._flow import (
+    Batch,
+    Concurrency,
+    Debounce,
+    FlowControl,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    bind_flow_control,
+)
 from durable_core.core._lifecycle import (
     FAILED_EVENT,
     FAILURE_SUFFIX,
@@ -257,6 +268,9 @@ class Function(Generic[Output]):
     """The checked ``cancel_on=`` entries (see :class:`~durable_core.CancelOn`)."""
     timeouts: BoundTimeouts | None = None
     """The checked ``timeouts=`` (see :class:`~durable_core.Timeouts`), or None."""
+    flow: FlowControl = attrs.field(factory=FlowControl)
+    """The checked flow-control options (concurrency, throttle, rate limit, debounce,
+    batching, priority, singleton; see docs/concepts/flow-control.md)."""
 
     @property
     def event_triggers(self) -> tuple[EventTrigger, ...]:
@@ -289,6 +303,7 @@ class Function(Generic[Output]):
         if self.timeouts is not None:
             options["timeouts"] = {"start": self.timeouts.start_text,
                                    "finish": self.timeouts.finish_text}
+        options.update(self.flow.describe())
         return {"id": self.id, "triggers": triggers, "options": options}
 
 
@@ -385,6 +400,13 @@ class App:
         on_failure: Callable[[Any], Coroutine[Any, Any, Any]] | None = None,
         cancel_on: Sequence[CancelOn] | CancelOn | None = None,
         timeouts: Timeouts | None = None,
+        concurrency: int | Concurrency | Sequence[Concurrency] | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        batch_events: Batch | None = None,
+        priority: Priority | None = None,
+        singleton: Singleton | None = None,
     ) -> Callable[[Callable[[Any], Coroutine[Any, Any, T]]], Function[T]]:
         """Register ``async def fn(ctx)`` as a durable function.
 
@@ -405,6 +427,9 @@ class App:
         event arrives; ``timeouts`` (:class:`~durable_core.Timeouts`) cancels a run that does
         not start or finish in time (docs/lifecycle.md). Their expressions and
         durations are checked here.
+        ``concurrency``, ``throttle``, ``rate_limit``, ``debounce``, ``batch_events``,
+        ``priority`` and ``singleton`` are the flow-control options (docs/concepts/flow-control.md),
+        checked here too, with the combinations Inngest rejects.
         """
         if not isinstance(id, str) or not _ID_RE.match(id):
             raise FunctionConfigError(
@@ -503,6 +528,10 @@ class App:
                 )
         bound_cancel_on = bind_cancel_on(cancel_on, id)
         bound_timeouts = bind_timeouts(timeouts, id)
+        flow = bind_flow_control(
+            id, concurrency=concurrency, throttle=throttle, rate_limit=rate_limit,
+            debounce=debounce, batch_events=batch_events, priority=priority,
+            singleton=singleton, idempotency=idempotency, cancel_on=bool(bound_cancel_on))
 
         def register(fn: Callable[[Any], Coroutine[Any, Any, T]]) -> Function[T]:
             if not inspect.iscoroutinefunction(fn):
@@ -521,6 +550,7 @@ class App:
                 id=id, fn=fn, triggers=triggers, retries=retries, max_steps=max_steps, app=self,
                 sandbox=guarded, idempotency=idempotency, idempotency_expression=idem_expr,
                 failure_handler=failure_id, cancel_on=bound_cancel_on, timeouts=bound_timeouts,
+                flow=flow,
             )
             self._functions[id] = func
             for t in func.event_triggers:
