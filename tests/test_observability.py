@@ -168,6 +168,30 @@ def test_a_step_that_failed_for_good_is_reported_when_the_code_goes_on(
     assert failed.error["type"] == "NonRetriableError"  # type: ignore[attr-defined]
 
 
+def test_a_step_whose_output_holds_an_error_field_is_not_reported_as_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failed step is told from its journal entry's prefix (``{"error":``, what
+    ``error_data`` writes), never from an ``"error"`` anywhere in a successful output."""
+    from durable_core.core._journal import error_data
+    from durable_core.core._model import ErrorInfo
+    from durable_core.engine._observe import _FAILED_STEP
+
+    assert error_data(ErrorInfo("E", "m")).startswith(_FAILED_STEP)
+    assert error_data(ErrorInfo("E", "m"), started_at=5).startswith(_FAILED_STEP)
+    caplog.set_level(logging.INFO, logger=RUNS)
+    app = App("obs")
+
+    @app.function(id="answer", trigger=on_event("go"))
+    async def answer(ctx: Context) -> dict[str, Any]:
+        return await ctx.step.run("call", lambda: {"error": "none", "ok": True})
+
+    eng = TestEngine(app)
+    [run] = eng.send(Event("go")).runs
+    assert run.output == {"error": "none", "ok": True}
+    assert events(caplog) == ["run.started", "run.completed"]
+
+
 def test_orchestration_code_that_raises_reports_a_run_retry(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

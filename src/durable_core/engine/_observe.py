@@ -139,6 +139,9 @@ def run_started(run_id: str, function_id: str) -> None:
         emit(RUN_LOG, _INFO, "run %s of %s started", (run_id, function_id), extra)
 
 
+_FAILED_STEP = '{"error":'
+
+
 def notes_for(run_id: str, function_id: str, run_attempt: int, started_at: int,
               entries: tuple[Any, ...], end: tuple[str, Any] | None,
               parked: str | None, now: int) -> list[Note]:
@@ -164,7 +167,10 @@ def notes_for(run_id: str, function_id: str, run_attempt: int, started_at: int,
                     {"run_id": run_id, "function_id": function_id, "step_id": step_id,
                      "attempt": data.get("attempt", 0), "error": data.get("error"),
                      "retry_at": when, "action": f"{what}.retrying"}))
-            elif op == "completed" and '"error"' in e.data:
+            elif op == "completed" and e.data.startswith(_FAILED_STEP):
+                # A step that failed for good is journaled as {"error": ...} (error_data);
+                # a successful one as {"output": ...}: a prefix test, never a scan of the
+                # (up to 4 MiB) output.
                 data = json.loads(e.data)
                 if "error" in data:
                     notes.append(Note(
