@@ -42,6 +42,11 @@ TESTS = pathlib.Path(__file__).resolve().parent
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
+def refuse() -> None:
+    """A step body that fails for good."""
+    raise NonRetriableError("no, thanks")
+
+
 def lines(caplog: pytest.LogCaptureFixture, name: str = RUNS) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == name]
 
@@ -117,9 +122,6 @@ def test_a_failed_and_a_cancelled_run_say_so_with_the_error(
     caplog.set_level(logging.INFO, logger=RUNS)
     app = App("obs")
 
-    def refuse() -> None:
-        raise NonRetriableError("no, thanks")
-
     @app.function(id="refuse", trigger=on_event("refuse"))
     async def refuse_fn(ctx: Context) -> None:
         await ctx.step.run("refuse", refuse)
@@ -147,9 +149,6 @@ def test_a_step_that_failed_for_good_is_reported_when_the_code_goes_on(
 ) -> None:
     caplog.set_level(logging.INFO, logger=RUNS)
     app = App("obs")
-
-    def refuse() -> None:
-        raise NonRetriableError("no, thanks")
 
     @app.function(id="fallback", trigger=on_event("go"))
     async def fallback(ctx: Context) -> str:
@@ -700,9 +699,6 @@ def test_replayed_steps_make_no_spans(spans: Any) -> None:
 
 def test_a_failed_run_span_holds_the_error(spans: Any) -> None:
     app = App("obs")
-
-    def refuse() -> None:
-        raise NonRetriableError("no, thanks")
 
     @app.function(id="refuse", trigger=on_event("refuse"))
     async def refuse_fn(ctx: Context) -> None:
