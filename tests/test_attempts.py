@@ -452,8 +452,10 @@ def test_runs_show_prints_attempts_errors_and_tracebacks(
     assert "Traceback" in doc["error"]["traceback"]
     assert main(["runs", "show", run.id, "--store", url]) == 0
     out = capsys.readouterr().out
-    assert "attempt 0 call: ConnectionError: refused 0 (next attempt" in out
-    assert "attempt 2 call: ValueError: bad data" in out
+    # Counted from 1 in text, as the run lines and the dashboard count them (--json and
+    # ctx.attempt count from 0).
+    assert "attempt 1 call: ConnectionError: refused 0 (next attempt" in out
+    assert "attempt 3 call: ValueError: bad data" in out
     assert "Traceback (most recent call last)" in out
 
 

@@ -234,7 +234,7 @@ def run_timeline(run: RunView, now: int) -> RenderableType:
         for a in s.attempt_log:
             if a.error is not None:
                 again = "" if a.retry_at is None else f" (next attempt {when(a.retry_at)})"
-                notes.append(clip(f"attempt {a.attempt} {a.step_id}: {a.error.type}: "
+                notes.append(clip(f"attempt {a.attempt + 1} {a.step_id}: {a.error.type}: "
                                   f"{a.error.message}", _DETAIL) + again)
         for note in notes:
             detail.append(("\n" if detail.plain else "") + note, style="dim")
@@ -254,7 +254,7 @@ def run_timeline(run: RunView, now: int) -> RenderableType:
         parts.append(Text("no steps yet", style="dim"))
     for a in run.attempt_log:
         if a.error is not None:
-            parts.append(Text(clip(f"code attempt {a.attempt} raised {a.error.type}: "
+            parts.append(Text(clip(f"code attempt {a.attempt + 1} raised {a.error.type}: "
                                    f"{a.error.message} at {when(a.ended_at)}", 2000),
                               style="yellow"))
     if run.next_attempt_at is not None:
