@@ -683,11 +683,16 @@ def test_a_worker_never_claims_a_run_of_a_function_it_does_not_have() -> None:
 
     from durable_core import App, Context, Event, Worker, on_event
 
-    app = App("a")
+    # Bodies on trio, in the test's thread: under the autojumping clock a body in another
+    # thread would let virtual time race ahead while it runs.
+    app = App("a", async_bodies="trio")
+
+    async def greet() -> str:
+        return "hello"
 
     @app.function(id="hello", trigger=on_event("hi"))
     async def hello(ctx: Context) -> str:
-        return await ctx.step.run("greet", lambda: "hello")
+        return await ctx.step.run("greet", greet)
 
     store = MemoryStore()
     create(store, new_run("orphan", function_id="gone", created_at=T0))
