@@ -466,8 +466,9 @@ class Store(Protocol):
         self, now: int, function_ids: Sequence[str], limit: int
     ) -> list[Buffer]:
         """Up to ``limit`` buffers of these functions whose ``ready_at <= now``, the
-        earliest ready first, each with its events already marked routed (in seq order; a
-        buffer holding none of those is left out)."""
+        earliest ready first, each with its first events (in seq order, at most its
+        ``max_size``) among those already marked routed (a buffer holding none of those
+        is left out)."""
         ...
 
     def take_buffer(self, take: BufferTake, now: int) -> bool:
@@ -888,17 +889,20 @@ def buffer_added(state: BufferState | None, add: BufferAdd) -> BufferState | Non
                        last_seq, add.period_ms, add.timeout_ms, add.max_size)
 
 
-def buffer_rest(state: BufferState, rest: Sequence[StoredEvent]) -> BufferState | None:
-    """The buffer's state once a take removed some of its events, ``rest`` the events it
-    still holds (in seq order): None (the buffer is dropped) if none; else a new quiet
-    period or batch starting at the first of them."""
-    if not rest:
+def buffer_rest(state: BufferState, take: BufferTake, count: int, first_at: int,
+                last_at: int) -> BufferState | None:
+    """The buffer's state once ``take`` removed its events: None (the buffer is dropped)
+    if none are left (``count``); else a new quiet period or batch starting at the first
+    of them (``first_at``/``last_at``: the earliest and latest receipt among those left),
+    holding the bytes the take did not remove (the take's run holds the taken events'
+    JSON)."""
+    if count <= 0:
         return None
-    first = min(e.received_at for e in rest)
-    total = sum(event_bytes(e) for e in rest)
-    ready = _ready_at(state.kind, first, max(e.received_at for e in rest), len(rest), total,
-                      state.period_ms, state.timeout_ms, state.max_size)
-    return attrs.evolve(state, first_at=first, ready_at=ready, count=len(rest), bytes=total)
+    total = max(0, state.bytes - sum(len(t.encode("utf-8", "surrogatepass"))
+                                     for t in take.run.events))
+    ready = _ready_at(state.kind, first_at, last_at, count, total, state.period_ms,
+                      state.timeout_ms, state.max_size)
+    return attrs.evolve(state, first_at=first_at, ready_at=ready, count=count, bytes=total)
 
 
 def take_accepted(held: Collection[int], take: BufferTake) -> bool:

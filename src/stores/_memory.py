@@ -602,9 +602,9 @@ class MemoryStore:
             for st in ready:
                 if len(out) >= max(limit, 0):
                     break
-                events = tuple(e for seq, e in sorted(self._buffered[(st.function_id,
-                                                                      st.key)].items())
-                               if seq not in self._unrouted)
+                held = self._buffered[(st.function_id, st.key)]
+                events = tuple(held[seq] for seq in sorted(held)
+                               if seq not in self._unrouted)[:st.max_size]
                 if events:
                     out.append(Buffer(st, events))
             return out
@@ -620,7 +620,10 @@ class MemoryStore:
             self._commit(CommitBatch(now=now, runs=(take.run,)))  # raises before changes
             for seq in take.seqs:
                 del events[seq]
-            rest = buffer_rest(state, [e for _, e in sorted(events.items())])
+            left = events.values()
+            rest = buffer_rest(state, take, len(events),
+                               min((e.received_at for e in left), default=0),
+                               max((e.received_at for e in left), default=0))
             if rest is None:
                 del self._buffers[bkey]
                 self._buffered.pop(bkey, None)

@@ -1722,8 +1722,9 @@ class PostgresStore:
             if not states:
                 return []
             events: dict[tuple[str, str], list[StoredEvent]] = {}
-            for row in conn.execute(q.routed_events_of, ([st.function_id for st in states],
-                                                         [st.key for st in states])).fetchall():
+            for row in conn.execute(q.routed_events_of, (
+                    [st.function_id for st in states], [st.key for st in states],
+                    [st.max_size for st in states])).fetchall():
                 events.setdefault((row[0], row[1]), []).append(_event(row[2:]))
             return [Buffer(st, tuple(events[(st.function_id, st.key)])) for st in states
                     if (st.function_id, st.key) in events]
@@ -1754,8 +1755,9 @@ class PostgresStore:
                     if keyed else None,
                 ))
                 conn.execute(bq.remove, (fn, key, list(take.seqs)))
-                rest = buffer_rest(state, [_event(r[2:]) for r in conn.execute(
-                    bq.events_of, ([fn], [key])).fetchall()])
+                row = conn.execute(bq.rest_of, (fn, key)).fetchone()
+                count, first, last = row if row is not None else (0, None, None)
+                rest = buffer_rest(state, take, count, first or 0, last or 0)
                 if rest is None:
                     conn.execute(bq.drop, (fn, key))
                 else:
@@ -1826,13 +1828,21 @@ class _BufferQueries:
             "SELECT " + _BUFFER_COLS + " FROM {flow_buffers} WHERE ready_at <= %s "
             "AND function_id = ANY(%s::text[]) ORDER BY ready_at, function_id, key LIMIT %s"
         )
-        events: LiteralString = (
+        # The first max_size routed events of each buffer (u.n: its max_size).
+        self.routed_events_of = r(
+            "SELECT function_id, key, seq, id, name, data, ts, received_at, duplicate FROM ("
             "SELECT b.function_id, b.key, e.seq, e.id, e.name, e.data, e.ts, e.received_at, "
-            "e.duplicate FROM {flow_buffered} AS b JOIN " + keys
-            + " ON b.function_id = u.f AND b.key = u.k JOIN {events} AS e ON e.seq = b.seq"
+            "e.duplicate, u.n, row_number() OVER (PARTITION BY b.function_id, b.key "
+            "ORDER BY b.seq) AS i FROM {flow_buffered} AS b "
+            "JOIN unnest(%s::text[], %s::text[], %s::int[]) AS u(f, k, n) "
+            "ON b.function_id = u.f AND b.key = u.k "
+            "JOIN {events} AS e ON e.seq = b.seq WHERE e.routed) AS x WHERE i <= n "
+            "ORDER BY seq"
         )
-        self.routed_events_of = r(events + " WHERE e.routed ORDER BY b.seq")
-        self.events_of = r(events + " ORDER BY b.seq")
+        self.rest_of = r(
+            "SELECT count(*), min(e.received_at), max(e.received_at) FROM {flow_buffered} "
+            "AS b JOIN {events} AS e ON e.seq = b.seq WHERE b.function_id = %s AND b.key = %s"
+        )
         self.remove = r(
             "DELETE FROM {flow_buffered} WHERE function_id = %s AND key = %s "
             "AND seq = ANY(%s::bigint[])"

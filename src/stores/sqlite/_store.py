@@ -1697,8 +1697,9 @@ class SQLiteStore:
             ).fetchall()
             for row in rows:
                 st = BufferState(*row)
-                events = conn.execute(_BUFFERED_EVENTS + " AND e.routed = 1 ORDER BY b.seq",
-                                      (st.function_id, st.key)).fetchall()
+                events = conn.execute(
+                    _BUFFERED_EVENTS + " AND e.routed = 1 ORDER BY b.seq LIMIT ?",
+                    (st.function_id, st.key, st.max_size)).fetchall()
                 if events:
                     out.append(Buffer(st, tuple(_event_from_row(e) for e in events)))
         return out
@@ -1717,8 +1718,11 @@ class SQLiteStore:
             self._commit(conn, CommitBatch(now=now, runs=(take.run,)))
             conn.executemany("DELETE FROM flow_buffered WHERE function_id = ? AND key = ? "
                              "AND seq = ?", [(fn, key, seq) for seq in take.seqs])
-            rest = buffer_rest(state, [_event_from_row(e) for e in conn.execute(
-                _BUFFERED_EVENTS + " ORDER BY b.seq", (fn, key))])
+            count, first, last = conn.execute(
+                "SELECT COUNT(*), MIN(e.received_at), MAX(e.received_at) FROM flow_buffered "
+                "AS b JOIN events AS e ON e.seq = b.seq WHERE b.function_id = ? AND b.key = ?",
+                (fn, key)).fetchone()
+            rest = buffer_rest(state, take, count, first or 0, last or 0)
             if rest is None:
                 conn.execute("DELETE FROM flow_buffers WHERE function_id = ? AND key = ?",
                              (fn, key))
