@@ -27,11 +27,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from routing import Clock, drain, open_store  # noqa: E402
-
-from durable_core import App, Batch, Context, Debounce, Event, on_event  # noqa: E402
-from durable_core.engine._engine import Engine  # noqa: E402
-from durable_core.store import Store  # noqa: E402
+from durable_core import App, Batch, Context, Debounce, Event, on_event
+from durable_core.engine._engine import Engine
+from durable_core.store import Store
+from routing import Clock, drain, open_store
 
 KEYS = 20
 
