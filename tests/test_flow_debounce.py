@@ -127,3 +127,44 @@ def test_describe_and_the_run_id_are_stable() -> None:
     assert a == buffered_run_id("f", "k", 3, "e_1", 1_000)
     assert a != buffered_run_id("f", "k2", 3, "e_1", 1_000)
     assert a.startswith("r_0000000003e8")
+
+
+def test_a_trio_worker_wakes_at_the_due_time_not_at_its_poll_interval() -> None:
+    """The real driver, on trio's MockClock: an idle worker with an hour's poll interval
+    starts the debounced run 10 s after the last event (and a batch at its timeout)."""
+    import trio
+    import trio.testing
+
+    from durable_core import Batch, Worker
+    from stores import MemoryStore
+
+    app, seen = make_app(key="event.data.k")
+    got: list[list[int]] = []
+
+    @app.function(id="bat", trigger=on_event("item"), batch_events=Batch(10, "20s"))
+    async def bat(ctx: Any) -> None:
+        got.append([e.data["n"] for e in ctx.events])
+
+    store = MemoryStore()
+    base = 1_767_225_600_000
+    times: list[float] = []
+
+    async def main() -> None:
+        w = Worker(app, store, poll_interval=3600,
+                   clock=lambda: base + int(trio.current_time() * 1000))
+        async with trio.open_nursery() as n:
+            await n.start(w.run)
+            await w.send([ping(1), Event("item", {"n": 1})])
+            await trio.sleep(4)
+            await w.send([ping(2), Event("item", {"n": 2})])
+            with trio.fail_after(3600):
+                while not (seen and got):
+                    await trio.sleep(0.5)
+                    if seen and not times:
+                        times.append(trio.current_time())
+            times.append(trio.current_time())
+            w.stop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert seen == [("a", [2], 2)] and got == [[1, 2]]
+    assert 14 <= times[0] <= 15 and 20 <= times[1] <= 21
