@@ -218,7 +218,8 @@ def test_everything_lives_in_the_given_schema(pg_url: str, pg_schemas: Callable[
             b.get_run("r1")
         assert b.list_runs() == []
         expected = {"meta", "counters", "events", "runs", "run_events", "idempotency",
-                    "journal", "signals", "waits", "cron", "skipped_triggers"}
+                    "journal", "signals", "waits", "cron", "skipped_triggers",
+                    "flow_buffers", "flow_buffered"}
         assert tables_of(pg_url, a_name) == expected
         assert tables_of(pg_url, b_name) == expected
         assert version_of(pg_url, a_name) == pg_module.SCHEMA_VERSION
