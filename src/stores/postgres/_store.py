@@ -1743,10 +1743,12 @@ class PostgresStore:
                 if run.idempotency_key is not None:
                     locks.append(("idempotency", run.function_id, run.idempotency_key))
                 self._buffer_lock(conn, locks)
-                states, held = self._buffer_reads(conn, [(fn, key)])
-                state = states.get((fn, key))
-                if state is None or not take_accepted(held.get((fn, key), set()), take):
+                rows = conn.execute(bq.state_of, (fn, key)).fetchall()
+                held = {r[0] for r in conn.execute(bq.held_among,
+                                                   (fn, key, list(take.seqs))).fetchall()}
+                if not rows or not take_accepted(held, take):
                     return False
+                state = BufferState(*rows[0])
                 keyed = run.idempotency_key is not None
                 self._create_runs(conn, [run], (
                     conn.execute(q.existing_or_skipped, ([run.id], [run.id])),
@@ -1845,6 +1847,13 @@ class _BufferQueries:
         )
         self.remove = r(
             "DELETE FROM {flow_buffered} WHERE function_id = %s AND key = %s "
+            "AND seq = ANY(%s::bigint[])"
+        )
+        self.state_of = r(
+            "SELECT " + _BUFFER_COLS + " FROM {flow_buffers} WHERE function_id = %s AND key = %s"
+        )
+        self.held_among = r(
+            "SELECT seq FROM {flow_buffered} WHERE function_id = %s AND key = %s "
             "AND seq = ANY(%s::bigint[])"
         )
         self.drop = r("DELETE FROM {flow_buffers} WHERE function_id = %s AND key = %s")

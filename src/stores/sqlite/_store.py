@@ -1711,8 +1711,11 @@ class SQLiteStore:
             state = self._buffer_state(conn, fn, key)
             if state is None:
                 return False
-            held = {r[0] for r in conn.execute(
-                "SELECT seq FROM flow_buffered WHERE function_id = ? AND key = ?", (fn, key))}
+            held: set[int] = set()
+            for chunk in _chunks(list(take.seqs)):
+                held.update(r[0] for r in conn.execute(
+                    "SELECT seq FROM flow_buffered WHERE function_id = ? AND key = ? "
+                    f"AND seq IN ({_marks(len(chunk))})", (fn, key, *chunk)))
             if not take_accepted(held, take):
                 return False
             self._commit(conn, CommitBatch(now=now, runs=(take.run,)))
