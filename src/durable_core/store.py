@@ -60,6 +60,10 @@ The rules, in short (each is detailed where it is decided):
   of the event's keys; a wait without keys is found for every event of its name
   (:func:`wait_found`). Keys are stored with the wait and removed with it.
 - **Cron cursors** only move forward (:func:`cron_advances`).
+- **Flow buffers** (``debounce``, ``batch_events``): an add applies only for an event not
+  yet routed and not already buffered (:func:`buffer_added`); a take creates its run and
+  removes its events in one transaction, only if the buffer holds every one of them
+  (:func:`take_accepted`, :func:`buffer_rest`).
 - **Atomicity and durability.** A commit is applied whole or not at all (a store that fails
   half way leaves nothing of the batch), and is durable when it returns: closing and
   opening a persistent store again finds everything committed.
