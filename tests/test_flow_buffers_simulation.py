@@ -7,6 +7,7 @@ quiet period (the simulator's invariants), and the outcomes equal the fault-free
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -94,4 +95,18 @@ def test_the_invariant_catches_a_repeated_event() -> None:
     sim.inner.commit(CommitBatch(now=sim.now, runs=(NewRun(
         "r_again", "bat", run.events[:1], run.event_ids[:1], sim.now),)))
     with pytest.raises(InvariantViolation, match="is in two runs"):
+        sim.check()
+
+
+def test_the_invariant_catches_a_lost_event() -> None:
+    """The invariant is live: a batched event dropped from its buffer fails the check."""
+    sim = Simulation(APP)
+    sim.send(Event("b", {"k": "z"}, id="lonely"))
+    sim._tick()  # routed into its batch, which is not full
+    store: Any = sim.inner
+    assert [s.key for s in store.buffer_states("bat")] == ["z"]
+    store._buffers.clear()  # a store that loses a buffered event
+    store._buffered.clear()
+    sim.run("1d")
+    with pytest.raises(InvariantViolation, match=r"lonely .* was lost"):
         sim.check()
