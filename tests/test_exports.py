@@ -60,6 +60,9 @@ PINNED: dict[str, list[str]] = {
         "flag_duplicates", "fold_writes", "is_journal_only", "lease_held", "lone_memo",
         "new_runs_to_create", "notifies", "record_changes", "run_events_to_append",
         "signal_accepted", "wait_changes", "wait_found", "wait_records", "write_accepted",
+        # flow buffers (debounce, batch_events)
+        "BUFFER_KINDS", "Buffer", "BufferAdd", "BufferState", "BufferTake", "buffer_added",
+        "buffer_rest", "event_bytes", "take_accepted",
     ],
     "durable_core.demo": ["app", "charge_card", "process_order"],
     "durable_core.otel": ["instrument", "instrumented", "uninstrument"],

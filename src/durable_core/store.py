@@ -60,6 +60,10 @@ The rules, in short (each is detailed where it is decided):
   of the event's keys; a wait without keys is found for every event of its name
   (:func:`wait_found`). Keys are stored with the wait and removed with it.
 - **Cron cursors** only move forward (:func:`cron_advances`).
+- **Flow buffers** (``debounce``, ``batch_events``): an add applies only for an event not
+  yet routed and not already buffered (:func:`buffer_added`); a take creates its run and
+  removes its events in one transaction, only if the buffer holds every one of them
+  (:func:`take_accepted`, :func:`buffer_rest`).
 - **Atomicity and durability.** A commit is applied whole or not at all (a store that fails
   half way leaves nothing of the batch), and is durable when it returns: closing and
   opening a persistent store again finds everything committed.
@@ -78,7 +82,12 @@ from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry,
 __all__ = [
     "ALL_SIGNALS",
     "ALWAYS_DUE",
+    "BUFFER_KINDS",
     "DEDUPE_WINDOW_MS",
+    "Buffer",
+    "BufferAdd",
+    "BufferState",
+    "BufferTake",
     "Claim",
     "CommitBatch",
     "NewRun",
@@ -90,8 +99,11 @@ __all__ = [
     "StoredEvent",
     "WaitRecord",
     "apply_change",
+    "buffer_added",
+    "buffer_rest",
     "cron_advances",
     "due_at",
+    "event_bytes",
     "event_is_duplicate",
     "flag_duplicates",
     "fold_writes",
@@ -103,6 +115,7 @@ __all__ = [
     "record_changes",
     "run_events_to_append",
     "signal_accepted",
+    "take_accepted",
     "wait_changes",
     "wait_found",
     "wait_records",
@@ -444,6 +457,39 @@ class Store(Protocol):
         (persistent) store again finds it."""
         ...
 
+    # -- flow buffers (debounce, batch_events): see BufferAdd and the rules at the end.
+
+    def buffer_events(self, adds: Sequence[BufferAdd], now: int) -> int:
+        """Apply ``adds`` atomically, in order (:func:`buffer_added`): only those of events
+        not yet marked routed and not already in their buffer (so routing an event twice
+        buffers it once). The router then marks the events routed in its commit. Returns
+        how many were applied."""
+        ...
+
+    def ready_buffers(
+        self, now: int, function_ids: Sequence[str], limit: int
+    ) -> list[Buffer]:
+        """Up to ``limit`` buffers of these functions whose ``ready_at <= now``, the
+        earliest ready first, each with its first events (in seq order, at most its
+        ``max_size``) among those already marked routed (a buffer holding none of those
+        is left out)."""
+        ...
+
+    def take_buffer(self, take: BufferTake, now: int) -> bool:
+        """Atomically, if :func:`take_accepted`: remove the take's events from the buffer
+        (its state becomes :func:`buffer_rest`) and create ``take.run`` (as
+        :meth:`commit` creates runs: skipped if its id exists or its idempotency key is
+        held), waking ``wait_for_notify`` listeners. Returns whether it was applied."""
+        ...
+
+    def next_buffer_ready(self, function_ids: Sequence[str]) -> int | None:
+        """The earliest ``ready_at`` of a buffer of these functions, or None."""
+        ...
+
+    def buffer_states(self, function_id: str | None = None) -> list[BufferState]:
+        """Every buffer (of ``function_id``), by function then key: what is pending."""
+        ...
+
 
 # --------------------------------------------------------------------------- the rules
 # Each rule of the contract, decided once. Every store uses these functions; a store whose
@@ -733,3 +779,138 @@ def cron_advances(cursors: Iterable[tuple[str, int]]) -> dict[str, int]:
         if tick > out.get(key, -1):
             out[key] = tick
     return out
+
+
+# --------------------------------------------------------------------------- flow buffers
+# ``debounce`` and ``batch_events`` (issue 13): events routed into a per-(function, key)
+# buffer instead of starting a run each; a buffer turns into one run when it is ready. The
+# records and the rules every store applies to them.
+
+BUFFER_KINDS = ("debounce", "batch")
+"""The kinds of flow buffer: ``debounce`` keeps the last event, ``batch`` every event."""
+
+
+@attrs.frozen
+class BufferAdd:
+    """An event routed into the buffer ``(function_id, key)`` of a function with
+    ``debounce`` (``kind="debounce"``, ``period_ms`` the quiet period, ``timeout_ms`` the
+    cap on the total delay from the first event, or None) or ``batch_events``
+    (``kind="batch"``, ``period_ms`` the batch's timeout, ``max_size`` the events that fill
+    it). ``event`` is the stored event (its seq, receipt time and JSON)."""
+
+    function_id: str
+    key: str
+    kind: str
+    event: StoredEvent
+    period_ms: int
+    timeout_ms: int | None = None
+    max_size: int = 1
+
+
+@attrs.frozen
+class BufferState:
+    """A buffer's summary, as stored: when its first event (of this quiet period or batch)
+    was received (``first_at``), when it may turn into a run (``ready_at``;
+    :data:`ALWAYS_DUE` for a full batch), how many events and bytes it holds, the highest
+    event seq it took, and the options of the last add (see :class:`BufferAdd`)."""
+
+    function_id: str
+    key: str
+    kind: str
+    first_at: int
+    ready_at: int
+    count: int
+    bytes: int
+    last_seq: int
+    period_ms: int
+    timeout_ms: int | None
+    max_size: int
+
+
+@attrs.frozen
+class Buffer:
+    """A ready buffer (:meth:`Store.ready_buffers`): its state and its events, in seq order
+    (only events already marked routed)."""
+
+    state: BufferState
+    events: tuple[StoredEvent, ...]
+
+
+@attrs.frozen
+class BufferTake:
+    """Turn the events ``seqs`` of buffer ``(function_id, key)`` into ``run``, atomically
+    (:meth:`Store.take_buffer`): only if the buffer still holds every one of them."""
+
+    function_id: str
+    key: str
+    seqs: tuple[int, ...]
+    run: NewRun
+
+
+def event_bytes(event: StoredEvent) -> int:
+    """An event's size as batches count it: its JSON text's UTF-8 bytes."""
+    return len(event.data.encode("utf-8", "surrogatepass"))
+
+
+def _ready_at(kind: str, first_at: int, last_at: int, count: int, size: int, period_ms: int,
+              timeout_ms: int | None, max_size: int) -> int:
+    if kind == "debounce":
+        due = last_at + period_ms
+        return due if timeout_ms is None else min(due, first_at + timeout_ms)
+    from durable_core.core._flow import MAX_BATCH_BYTES
+
+    if count >= max_size or size >= MAX_BATCH_BYTES:
+        return ALWAYS_DUE
+    return first_at + period_ms
+
+
+def buffer_added(state: BufferState | None, add: BufferAdd) -> BufferState | None:
+    """The buffer's state after ``add`` (None: the add changes nothing). A store applies
+    an add only for an event not yet marked routed (so an event routed twice, by racing or
+    retrying routers, is buffered once) and not already in the buffer.
+
+    ``debounce``: an event with a seq above the buffer's last one *replaces* the buffered
+    event (the run will get the last event) and pushes ``ready_at`` to its receipt plus
+    the period, capped at ``first_at + timeout``; an older event changes nothing.
+    ``batch``: the event is appended; the batch is ready at once when it holds
+    ``max_size`` events or :data:`~durable_core.core._flow.MAX_BATCH_BYTES`, else at
+    ``first_at + timeout``."""
+    ev = add.event
+    size = event_bytes(ev)
+    if add.kind == "debounce":
+        if state is not None and ev.seq <= state.last_seq:
+            return None
+        first = ev.received_at if state is None else state.first_at
+        count, total = 1, size
+    else:
+        first = ev.received_at if state is None else min(state.first_at, ev.received_at)
+        count = 1 if state is None else state.count + 1
+        total = size if state is None else state.bytes + size
+    last_seq = ev.seq if state is None else max(state.last_seq, ev.seq)
+    ready = _ready_at(add.kind, first, ev.received_at, count, total, add.period_ms,
+                      add.timeout_ms, add.max_size)
+    return BufferState(add.function_id, add.key, add.kind, first, ready, count, total,
+                       last_seq, add.period_ms, add.timeout_ms, add.max_size)
+
+
+def buffer_rest(state: BufferState, take: BufferTake, count: int, first_at: int,
+                last_at: int) -> BufferState | None:
+    """The buffer's state once ``take`` removed its events: None (the buffer is dropped)
+    if none are left (``count``); else a new quiet period or batch starting at the first
+    of them (``first_at``/``last_at``: the earliest and latest receipt among those left),
+    holding the bytes the take did not remove (the take's run holds the taken events'
+    JSON)."""
+    if count <= 0:
+        return None
+    total = max(0, state.bytes - sum(len(t.encode("utf-8", "surrogatepass"))
+                                     for t in take.run.events))
+    ready = _ready_at(state.kind, first_at, last_at, count, total, state.period_ms,
+                      state.timeout_ms, state.max_size)
+    return attrs.evolve(state, first_at=first_at, ready_at=ready, count=count, bytes=total)
+
+
+def take_accepted(held: Collection[int], take: BufferTake) -> bool:
+    """Whether a store applies ``take`` to a buffer holding the event seqs ``held``: only if
+    it holds every one of the take's (so two engines handing one buffer off at once, or a
+    take retried after an unknown outcome, create one run and lose no event)."""
+    return bool(take.seqs) and all(s in held for s in take.seqs)

@@ -18,6 +18,10 @@ from durable_core.base._errors import RunNotFoundError
 from durable_core.base._match import key_path
 from durable_core.core._model import TERMINAL_STATUSES, JournalEntry, Signal
 from durable_core.store import (
+    Buffer,
+    BufferAdd,
+    BufferState,
+    BufferTake,
     Claim,
     CommitBatch,
     RunRecord,
@@ -25,6 +29,8 @@ from durable_core.store import (
     StoredEvent,
     WaitRecord,
     apply_change,
+    buffer_added,
+    buffer_rest,
     cron_advances,
     due_at,
     event_is_duplicate,
@@ -35,6 +41,7 @@ from durable_core.store import (
     notifies,
     run_events_to_append,
     signal_accepted,
+    take_accepted,
     wait_changes,
     write_accepted,
 )
@@ -85,6 +92,9 @@ class MemoryStore:
         self._commits = 0
         self._seen: int | None = None
         self._closed = False
+        # Flow buffers (debounce, batch_events): state and events by (function, key).
+        self._buffers: dict[tuple[str, str], BufferState] = {}
+        self._buffered: dict[tuple[str, str], dict[int, StoredEvent]] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -553,3 +563,85 @@ class MemoryStore:
         with self._wake:
             self._closed = True
             self._wake.notify_all()
+
+    # ------------------------------------------------------------------ flow buffers
+
+    def buffer_events(self, adds: Sequence[BufferAdd], now: int) -> int:
+        """See :meth:`durable_core.Store.buffer_events`."""
+        applied = 0
+        with self._lock:
+            for add in adds:
+                seq = add.event.seq
+                if seq not in self._unrouted:
+                    continue  # routed already (by a racing or earlier router)
+                bkey = (add.function_id, add.key)
+                events = self._buffered.setdefault(bkey, {})
+                if seq in events:
+                    continue
+                state = buffer_added(self._buffers.get(bkey), add)
+                if state is None:
+                    continue
+                if add.kind == "debounce":
+                    events.clear()
+                events[seq] = add.event
+                self._buffers[bkey] = state
+                applied += 1
+        return applied
+
+    def ready_buffers(
+        self, now: int, function_ids: Sequence[str], limit: int
+    ) -> list[Buffer]:
+        """See :meth:`durable_core.Store.ready_buffers`."""
+        with self._lock:
+            only = set(function_ids)
+            ready = sorted(
+                (st for st in self._buffers.values()
+                 if st.ready_at <= now and st.function_id in only),
+                key=lambda st: (st.ready_at, st.function_id, st.key))
+            out: list[Buffer] = []
+            for st in ready:
+                if len(out) >= max(limit, 0):
+                    break
+                held = self._buffered[(st.function_id, st.key)]
+                events = tuple(held[seq] for seq in sorted(held)
+                               if seq not in self._unrouted)[:st.max_size]
+                if events:
+                    out.append(Buffer(st, events))
+            return out
+
+    def take_buffer(self, take: BufferTake, now: int) -> bool:
+        """See :meth:`durable_core.Store.take_buffer`."""
+        with self._lock:
+            bkey = (take.function_id, take.key)
+            state = self._buffers.get(bkey)
+            events = self._buffered.get(bkey, {})
+            if state is None or not take_accepted(events.keys(), take):
+                return False
+            self._commit(CommitBatch(now=now, runs=(take.run,)))  # raises before changes
+            for seq in take.seqs:
+                del events[seq]
+            left = events.values()
+            rest = buffer_rest(state, take, len(events),
+                               min((e.received_at for e in left), default=0),
+                               max((e.received_at for e in left), default=0))
+            if rest is None:
+                del self._buffers[bkey]
+                self._buffered.pop(bkey, None)
+            else:
+                self._buffers[bkey] = rest
+        self._notify()
+        return True
+
+    def next_buffer_ready(self, function_ids: Sequence[str]) -> int | None:
+        """See :meth:`durable_core.Store.next_buffer_ready`."""
+        with self._lock:
+            only = set(function_ids)
+            return min((st.ready_at for st in self._buffers.values()
+                        if st.function_id in only), default=None)
+
+    def buffer_states(self, function_id: str | None = None) -> list[BufferState]:
+        """See :meth:`durable_core.Store.buffer_states`."""
+        with self._lock:
+            return sorted((st for st in self._buffers.values()
+                           if function_id is None or st.function_id == function_id),
+                          key=lambda st: (st.function_id, st.key))

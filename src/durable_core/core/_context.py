@@ -454,9 +454,11 @@ class Steps:
 class Context:
     """The run's view of itself, passed to every durable function as ``ctx``.
 
-    ``event``/``events`` are the triggering event(s), ``run_id`` the run, ``step`` the step
-    primitives, ``logger`` a replay-aware logger. ``now()``, ``random()`` and ``uuid4()``
-    return the same values when the run is replayed.
+    ``events`` are the triggering events, a tuple in arrival order: the batch of a function
+    with ``batch_events=``, else the one event that started the run (as Inngest's
+    ``events``); ``event`` is the first of them. ``run_id`` is the run, ``step`` the step
+    primitives, ``logger`` a replay-aware logger. ``events``, ``now()``, ``random()`` and
+    ``uuid4()`` are the same when the run is replayed.
     """
 
     __slots__ = ("_machine", "_random_count", "event", "events", "logger", "run_id", "step")

@@ -78,7 +78,9 @@ from durable_core.core._model import (
     derive_id,
 )
 from durable_core.engine import _observe
+from durable_core.engine._flow_buffers import buffer_add, flush_buffers, next_buffer_ready
 from durable_core.store import (
+    BufferAdd,
     Claim,
     CommitBatch,
     NewRun,
@@ -367,6 +369,7 @@ class Engine:
         waits_add: list[WaitRecord] = []
         parts: list[tuple[StoredEvent, list[NewRun], list[tuple[str, Signal]],
                           list[WaitRecord]]] = []
+        adds: list[BufferAdd] = []  # debounce / batch_events (engine/_flow_buffers.py)
         for ev, raw in parsed:
             ev_runs: list[NewRun] = []
             ev_signals: list[tuple[str, Signal]] = []
@@ -374,7 +377,7 @@ class Engine:
             if raw is not None:
                 try:
                     ev_runs, ev_signals = self._route_one(
-                        ev, raw, now, waits[ev.name], fresh.get(ev.name, ()))
+                        ev, raw, now, waits[ev.name], fresh.get(ev.name, ()), adds)
                     for run in ev_runs:
                         ev_waits += self._cancel_on_waits(run, ev.seq)
                 except StoreError:
@@ -388,6 +391,8 @@ class Engine:
             signals += ev_signals
             waits_add += ev_waits
             parts.append((ev, ev_runs, ev_signals, ev_waits))
+        if adds:  # buffered first: the commit below marks their events routed
+            self.store.buffer_events(adds, now)
         batch = CommitBatch(
             now=now, runs=tuple(runs), signals=tuple(signals), waits_add=tuple(waits_add),
             routed_events=tuple(e.seq for e in events),
@@ -444,12 +449,16 @@ class Engine:
     def _route_one(
         self, ev: StoredEvent, raw: dict[str, Any], now: int, waits: _Candidates,
         fresh: Iterable[WaitRecord] = (),
+        adds: list[BufferAdd] | None = None,
     ) -> tuple[list[NewRun], list[tuple[str, Signal]]]:
         runs: list[NewRun] = []
         signals: list[tuple[str, Signal]] = []
         # The run id derives from the stored event, so engines routing the same event at
         # once create its runs once; the idempotency key is the function's own (if any).
         for func in () if starts_nothing(raw) else self.app.triggered_by(raw):
+            if adds is not None and (add := buffer_add(func, ev, raw)) is not None:
+                adds.append(add)  # debounced or batched: into its buffer, no run yet
+                continue
             runs.append(
                 NewRun(
                     id=routed_run_id(func.id, ev), function_id=func.id, events=(ev.data,),
@@ -575,6 +584,7 @@ class Engine:
         the engine holds is then ahead of the store: poll again later)."""
         created = self.schedule_cron(now)
         routed = self.route(now, limit)
+        created += flush_buffers(self, now)  # debounce / batch_events runs that fell due
         more = routed >= limit
         steps: list[ExecuteStep] = []
         claimed: tuple[str, ...] = ()
@@ -598,8 +608,8 @@ class Engine:
         """When (ms) something next falls due without any new input: a run's timer (sleep,
         wait timeout, retry backoff) or a cron tick; None if nothing ever will. A driver with
         nothing to do sleeps until then (or until it is told of new events), then polls."""
-        wakes = [w for w in (self.store.next_wake_at(), self.next_cron_tick(now))
-                 if w is not None]
+        wakes = [w for w in (self.store.next_wake_at(), self.next_cron_tick(now),
+                             next_buffer_ready(self)) if w is not None]
         return min(wakes, default=None)
 
     def feed_claims(self, claims: Sequence[Claim], now: int) -> Plan:

@@ -21,7 +21,7 @@ import json
 import random
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -58,6 +58,7 @@ from durable_core.drivers._sandbox import install as install_sandbox
 from durable_core.engine._engine import Engine, Plan
 from durable_core.store import DEDUPE_WINDOW_MS, CommitBatch, Store
 from durable_core.testing._bodies import body_runner
+from durable_core.testing._flow_buffers import check_buffers
 
 __all__ = ["CrashTestReport", "FaultPlan", "InvariantViolation", "Simulation", "crash_test"]
 
@@ -136,6 +137,42 @@ class _FaultyStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def buffer_events(self, adds: Any, now: int) -> int:
+        # Routing into debounce/batch buffers: a write, with the plan's write faults; a
+        # duplicate delivery (duplicate_signals) applies it again, which must change nothing.
+        n: int = self._write(lambda: self.inner.buffer_events(adds, now))
+        if self.sim.plan.duplicate_signals and self.inner.buffer_events(adds, now):
+            self.sim._fail("a buffer add applied twice")
+        return n
+
+    def take_buffer(self, take: Any, now: int) -> bool:
+        # A buffer's hand-off as a run: a write, with the plan's write faults; a duplicate
+        # delivery (duplicate_signals) must be refused.
+        ok: bool = self._write(lambda: self.inner.take_buffer(take, now))
+        if self.sim.plan.duplicate_signals and self.inner.take_buffer(take, now):
+            self.sim._fail("a buffer take applied twice")
+        return ok
+
+    def _write(self, apply: Callable[[], Any]) -> Any:
+        sim = self.sim
+        k = sim.stats["commits"]
+        sim.stats["commits"] += 1
+        plan = sim.plan
+        if k in plan.crash_before_commit:
+            sim.stats["crashes"] += 1
+            raise _Crash()
+        if k in plan.failed_writes:
+            sim.stats["failed_writes"] += 1
+            raise StoreError("injected fault: the write failed cleanly")
+        out = apply()
+        if k in plan.unknown_writes:
+            sim.stats["unknown_writes"] += 1
+            raise StoreError("injected fault: the write was applied but the outcome is unknown")
+        if k in plan.crash_after_commit:
+            sim.stats["crashes"] += 1
+            raise _Crash()
+        return out
 
     def commit(self, batch: CommitBatch) -> set[str]:
         sim = self.sim
@@ -472,6 +509,7 @@ class Simulation:
                     self._fail(f"step positions are not dense: {positions}", run.id)
                 self._check_replay(run.id)
         self._check_lifecycle(runs)
+        check_buffers(self.app, self.inner, self.events, self._fail)  # debounce, batches
         for key, n in self._successes.items():
             window = self._faults_at_commit.get(key, self._fault_count()) - \
                 self._faults_at_first.get(key, 0)

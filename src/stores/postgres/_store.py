@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, LiteralString, NamedTuple, TypeVar
 
 import psycopg
@@ -57,6 +57,10 @@ from durable_core.base._errors import RunNotFoundError, StoreError, ValidationEr
 from durable_core.base._redact import redact, redact_url
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
+    Buffer,
+    BufferAdd,
+    BufferState,
+    BufferTake,
     Claim,
     CommitBatch,
     NewRun,
@@ -65,6 +69,8 @@ from durable_core.store import (
     SkippedTrigger,
     StoredEvent,
     WaitRecord,
+    buffer_added,
+    buffer_rest,
     cron_advances,
     flag_duplicates,
     fold_writes,
@@ -72,6 +78,7 @@ from durable_core.store import (
     new_runs_to_create,
     notifies,
     run_events_to_append,
+    take_accepted,
     wait_changes,
     wait_records,
 )
@@ -90,6 +97,7 @@ _TABLES = (
     "meta", "events", "runs", "run_events", "idempotency", "journal", "signals", "waits",
     "cron", "counters", "signal_seq", "skipped_triggers",
     "idem", "inbox",  # the names of idempotency and signals before version 3
+    "flow_buffers", "flow_buffered",
 )
 
 # ---------------------------------------------------------------------------- migrations
@@ -247,6 +255,29 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
     # 7: runs.rerun_of, the run a rerun was made from (Client.rerun); NULL before.
     (
         "ALTER TABLE {runs} ADD COLUMN rerun_of text",
+    ),
+    # 8: flow buffers (debounce, batch_events): a buffer's state per (function, key), and
+    # the seqs of its events.
+    (
+        """CREATE TABLE IF NOT EXISTS {flow_buffers} (
+            function_id text NOT NULL,
+            key text NOT NULL,
+            kind text NOT NULL,
+            first_at bigint NOT NULL,
+            ready_at bigint NOT NULL,
+            count integer NOT NULL,
+            bytes bigint NOT NULL,
+            last_seq bigint NOT NULL,
+            period_ms bigint NOT NULL,
+            timeout_ms bigint,
+            max_size integer NOT NULL,
+            PRIMARY KEY (function_id, key))""",
+        "CREATE INDEX IF NOT EXISTS flow_buffers_ready ON {flow_buffers} (ready_at)",
+        """CREATE TABLE IF NOT EXISTS {flow_buffered} (
+            function_id text NOT NULL,
+            key text NOT NULL,
+            seq bigint NOT NULL,
+            PRIMARY KEY (function_id, key, seq))""",
     ),
 )
 
@@ -1602,3 +1633,234 @@ class PostgresStore:
             self._wake_r.close()
             self._wake_w.close()
         self._pool.close()
+
+    # ------------------------------------------------------------------ flow buffers
+
+    def _bq(self) -> _BufferQueries:
+        q: _BufferQueries | None = getattr(self, "_buffer_q", None)
+        if q is None:
+            q = self._buffer_q = _BufferQueries(self.schema)
+        return q
+
+    def _buffer_reads(
+        self, conn: _Conn, keys: Sequence[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], BufferState], dict[tuple[str, str], set[int]]]:
+        """The states and held seqs of these buffers (their advisory locks held)."""
+        q = self._bq()
+        fs, ks = [f for f, _ in keys], [k for _, k in keys]
+        states = {(r[0], r[1]): BufferState(*r)
+                  for r in conn.execute(q.states_of, (fs, ks)).fetchall()}
+        held: dict[tuple[str, str], set[int]] = {}
+        for f, k, seq in conn.execute(q.held_of, (fs, ks)).fetchall():
+            held.setdefault((f, k), set()).add(seq)
+        return states, held
+
+    def _buffer_lock(self, conn: _Conn, keys: Iterable[tuple[str, ...]]) -> None:
+        conn.execute(self._q.advisory, (sorted({_lock_key(self.schema, *k) for k in keys}),))
+
+    def buffer_events(self, adds: Sequence[BufferAdd], now: int) -> int:
+        """See :meth:`durable_core.Store.buffer_events`: one transaction, under the advisory
+        locks of the buffers, with the events' rows share-locked (a router marking them
+        routed waits for it, so an event is never buffered after it was routed)."""
+        if not adds:
+            return 0
+        q = self._bq()
+        keys = sorted({(a.function_id, a.key) for a in adds})
+
+        def tx(conn: _Conn) -> int:
+            with conn.transaction():
+                self._buffer_lock(conn, (("buffer", f, k) for f, k in keys))
+                seqs = sorted({a.event.seq for a in adds})
+                unrouted = {r[0] for r in conn.execute(q.unrouted_share, (seqs,)).fetchall()}
+                states, held = self._buffer_reads(conn, keys)
+                cleared: set[tuple[str, str]] = set()
+                new: dict[tuple[str, str], set[int]] = {}
+                applied = 0
+                for add in adds:
+                    bkey, seq = (add.function_id, add.key), add.event.seq
+                    have = held.setdefault(bkey, set())
+                    if seq not in unrouted or seq in have:
+                        continue
+                    state = buffer_added(states.get(bkey), add)
+                    if state is None:
+                        continue
+                    if add.kind == "debounce":
+                        cleared.add(bkey)
+                        have.clear()
+                        new[bkey] = set()
+                    have.add(seq)
+                    new.setdefault(bkey, set()).add(seq)
+                    states[bkey] = state
+                    applied += 1
+                if cleared:
+                    cl = sorted(cleared)
+                    conn.execute(q.clear, ([f for f, _ in cl], [k for _, k in cl]))
+                rows = [(f, k, seq) for (f, k), ss in sorted(new.items()) for seq in sorted(ss)]
+                if rows:
+                    conn.execute(q.insert_held, ([r[0] for r in rows], [r[1] for r in rows],
+                                                 [r[2] for r in rows]))
+                    self._put_buffers(conn, [states[k] for k in sorted(new)])
+                return applied
+
+        return self._run_conn(tx)
+
+    def _put_buffers(self, conn: _Conn, sts: Sequence[BufferState]) -> None:
+        conn.execute(self._bq().upsert, tuple(
+            [getattr(st, f) for st in sts] for f in _BUFFER_FIELDS))
+
+    def ready_buffers(
+        self, now: int, function_ids: Sequence[str], limit: int
+    ) -> list[Buffer]:
+        """See :meth:`durable_core.Store.ready_buffers` (two statements)."""
+        if limit <= 0 or not function_ids:
+            return []
+        q = self._bq()
+
+        def read(conn: _Conn) -> list[Buffer]:
+            states = [BufferState(*r) for r in conn.execute(
+                q.ready, (now, list(function_ids), limit)).fetchall()]
+            if not states:
+                return []
+            events: dict[tuple[str, str], list[StoredEvent]] = {}
+            for row in conn.execute(q.routed_events_of, (
+                    [st.function_id for st in states], [st.key for st in states],
+                    [st.max_size for st in states])).fetchall():
+                events.setdefault((row[0], row[1]), []).append(_event(row[2:]))
+            return [Buffer(st, tuple(events[(st.function_id, st.key)])) for st in states
+                    if (st.function_id, st.key) in events]
+
+        return self._run_conn(read, idempotent=True)
+
+    def take_buffer(self, take: BufferTake, now: int) -> bool:
+        """See :meth:`durable_core.Store.take_buffer`: one transaction, under the advisory
+        locks of the buffer and of the run's id (and idempotency key)."""
+        q, bq = self._q, self._bq()
+        fn, key, run = take.function_id, take.key, take.run
+
+        def tx(conn: _Conn) -> bool:
+            with conn.transaction():
+                locks: list[tuple[str, ...]] = [("buffer", fn, key), ("run", run.id)]
+                if run.idempotency_key is not None:
+                    locks.append(("idempotency", run.function_id, run.idempotency_key))
+                self._buffer_lock(conn, locks)
+                rows = conn.execute(bq.state_of, (fn, key)).fetchall()
+                held = {r[0] for r in conn.execute(bq.held_among,
+                                                   (fn, key, list(take.seqs))).fetchall()}
+                if not rows or not take_accepted(held, take):
+                    return False
+                state = BufferState(*rows[0])
+                keyed = run.idempotency_key is not None
+                self._create_runs(conn, [run], (
+                    conn.execute(q.existing_or_skipped, ([run.id], [run.id])),
+                    conn.execute(q.idempotency_get, ([run.function_id], [run.idempotency_key],
+                                                     [run.idempotency_key]))
+                    if keyed else None,
+                ))
+                conn.execute(bq.remove, (fn, key, list(take.seqs)))
+                row = conn.execute(bq.rest_of, (fn, key)).fetchone()
+                count, first, last = row if row is not None else (0, None, None)
+                rest = buffer_rest(state, take, count, first or 0, last or 0)
+                if rest is None:
+                    conn.execute(bq.drop, (fn, key))
+                else:
+                    self._put_buffers(conn, [rest])
+                conn.execute(q.notify, (self.schema,))
+                return True
+
+        return self._run_conn(tx)
+
+    def next_buffer_ready(self, function_ids: Sequence[str]) -> int | None:
+        """See :meth:`durable_core.Store.next_buffer_ready`."""
+        if not function_ids:
+            return None
+        rows = self._read(self._bq().next_ready, (list(function_ids),))
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    def buffer_states(self, function_id: str | None = None) -> list[BufferState]:
+        """See :meth:`durable_core.Store.buffer_states`."""
+        return [BufferState(*r) for r in self._read(self._bq().all_states,
+                                                    (function_id, function_id))]
+
+
+_BUFFER_FIELDS = ("function_id", "key", "kind", "first_at", "ready_at", "count", "bytes",
+                  "last_seq", "period_ms", "timeout_ms", "max_size")
+_BUFFER_COLS: LiteralString = ("function_id, key, kind, first_at, ready_at, count, bytes, "
+                               "last_seq, period_ms, timeout_ms, max_size")
+
+
+class _BufferQueries:
+    """The flow buffers' statements, rendered once for one schema."""
+
+    def __init__(self, schema: str) -> None:
+        def r(template: LiteralString) -> LiteralString:
+            return _render(template, schema)
+
+        keys: LiteralString = "unnest(%s::text[], %s::text[]) AS u(f, k)"
+        self.unrouted_share = r(
+            "SELECT seq FROM {events} WHERE seq = ANY(%s::bigint[]) AND NOT routed "
+            "ORDER BY seq FOR SHARE"
+        )
+        self.states_of = r(
+            "SELECT " + _BUFFER_COLS + " FROM {flow_buffers} AS b JOIN " + keys
+            + " ON b.function_id = u.f AND b.key = u.k"
+        )
+        self.held_of = r(
+            "SELECT b.function_id, b.key, b.seq FROM {flow_buffered} AS b JOIN " + keys
+            + " ON b.function_id = u.f AND b.key = u.k"
+        )
+        self.clear = r(
+            "DELETE FROM {flow_buffered} AS b USING " + keys
+            + " WHERE b.function_id = u.f AND b.key = u.k"
+        )
+        self.insert_held = r(
+            "INSERT INTO {flow_buffered} (function_id, key, seq) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) ON CONFLICT DO NOTHING"
+        )
+        self.upsert = r(
+            "INSERT INTO {flow_buffers} (" + _BUFFER_COLS + ") SELECT * FROM unnest("
+            "%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::int[], "
+            "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::int[]) "
+            "ON CONFLICT (function_id, key) DO UPDATE SET kind = excluded.kind, "
+            "first_at = excluded.first_at, ready_at = excluded.ready_at, "
+            "count = excluded.count, bytes = excluded.bytes, last_seq = excluded.last_seq, "
+            "period_ms = excluded.period_ms, timeout_ms = excluded.timeout_ms, "
+            "max_size = excluded.max_size"
+        )
+        self.ready = r(
+            "SELECT " + _BUFFER_COLS + " FROM {flow_buffers} WHERE ready_at <= %s "
+            "AND function_id = ANY(%s::text[]) ORDER BY ready_at, function_id, key LIMIT %s"
+        )
+        # The first max_size routed events of each buffer (u.n: its max_size).
+        self.routed_events_of = r(
+            "SELECT function_id, key, seq, id, name, data, ts, received_at, duplicate FROM ("
+            "SELECT b.function_id, b.key, e.seq, e.id, e.name, e.data, e.ts, e.received_at, "
+            "e.duplicate, u.n, row_number() OVER (PARTITION BY b.function_id, b.key "
+            "ORDER BY b.seq) AS i FROM {flow_buffered} AS b "
+            "JOIN unnest(%s::text[], %s::text[], %s::int[]) AS u(f, k, n) "
+            "ON b.function_id = u.f AND b.key = u.k "
+            "JOIN {events} AS e ON e.seq = b.seq WHERE e.routed) AS x WHERE i <= n "
+            "ORDER BY seq"
+        )
+        self.rest_of = r(
+            "SELECT count(*), min(e.received_at), max(e.received_at) FROM {flow_buffered} "
+            "AS b JOIN {events} AS e ON e.seq = b.seq WHERE b.function_id = %s AND b.key = %s"
+        )
+        self.remove = r(
+            "DELETE FROM {flow_buffered} WHERE function_id = %s AND key = %s "
+            "AND seq = ANY(%s::bigint[])"
+        )
+        self.state_of = r(
+            "SELECT " + _BUFFER_COLS + " FROM {flow_buffers} WHERE function_id = %s AND key = %s"
+        )
+        self.held_among = r(
+            "SELECT seq FROM {flow_buffered} WHERE function_id = %s AND key = %s "
+            "AND seq = ANY(%s::bigint[])"
+        )
+        self.drop = r("DELETE FROM {flow_buffers} WHERE function_id = %s AND key = %s")
+        self.next_ready = r(
+            "SELECT MIN(ready_at) FROM {flow_buffers} WHERE function_id = ANY(%s::text[])"
+        )
+        self.all_states = r(
+            "SELECT " + _BUFFER_COLS + " FROM {flow_buffers} "
+            "WHERE %s::text IS NULL OR function_id = %s ORDER BY function_id, key"
+        )

@@ -47,6 +47,10 @@ from durable_core.base._redact import redact_url
 from durable_core.core._model import TERMINAL_STATUSES, ErrorInfo, JournalEntry, Signal
 from durable_core.store import (
     ALWAYS_DUE,
+    Buffer,
+    BufferAdd,
+    BufferState,
+    BufferTake,
     Claim,
     CommitBatch,
     NewRun,
@@ -55,6 +59,8 @@ from durable_core.store import (
     SkippedTrigger,
     StoredEvent,
     WaitRecord,
+    buffer_added,
+    buffer_rest,
     cron_advances,
     flag_duplicates,
     fold_writes,
@@ -65,6 +71,7 @@ from durable_core.store import (
     record_changes,
     run_events_to_append,
     signal_accepted,
+    take_accepted,
     wait_changes,
     wait_records,
     write_accepted,
@@ -120,6 +127,13 @@ WHERE id = ?1 AND epoch = ?9 AND status NOT IN {_TERMINAL_SQL}
 AND ?2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE run_id = ?1)
 """
 _EVENT_COLUMNS = "seq, id, name, data, ts, received_at, duplicate"
+_BUFFER_COLUMNS = ("function_id, key, kind, first_at, ready_at, count, bytes, last_seq, "
+                   "period_ms, timeout_ms, max_size")
+_BUFFERED_EVENTS = (
+    "SELECT e.seq, e.id, e.name, e.data, e.ts, e.received_at, e.duplicate "
+    "FROM flow_buffered AS b JOIN events AS e ON e.seq = b.seq "
+    "WHERE b.function_id = ? AND b.key = ?"
+)
 
 # The contract's due_at, stated in SQL over a row of ``runs`` (checked against the function
 # by tests/test_store_conformance.py on every combination of its inputs).
@@ -301,9 +315,26 @@ def _migrate_v8(db: Any) -> None:
     db["runs"].add_column("rerun_of", str)
 
 
+def _migrate_v9(db: Any) -> None:
+    """Version 9: flow buffers (``debounce``, ``batch_events``): ``flow_buffers`` holds a
+    buffer's state per (function, key), ``flow_buffered`` the seqs of its events."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS flow_buffers (function_id TEXT NOT NULL, key TEXT NOT NULL, "
+        "kind TEXT NOT NULL, first_at INTEGER NOT NULL, ready_at INTEGER NOT NULL, "
+        "count INTEGER NOT NULL, bytes INTEGER NOT NULL, last_seq INTEGER NOT NULL, "
+        "period_ms INTEGER NOT NULL, timeout_ms INTEGER, max_size INTEGER NOT NULL, "
+        "PRIMARY KEY (function_id, key))"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS flow_buffers_ready ON flow_buffers (ready_at)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS flow_buffered (function_id TEXT NOT NULL, "
+        "key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (function_id, key, seq))"
+    )
+
+
 _MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
-    _migrate_v7, _migrate_v8,
+    _migrate_v7, _migrate_v8, _migrate_v9,
 )
 """``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
 
@@ -1605,3 +1636,123 @@ class SQLiteStore:
                 (*params, limit),
             ).fetchall()
         return [SkippedTrigger(*r) for r in rows]
+
+    # ------------------------------------------------------------------ flow buffers
+
+    @staticmethod
+    def _buffer_state(conn: sqlite3.Connection, function_id: str, key: str
+                      ) -> BufferState | None:
+        row = conn.execute(f"SELECT {_BUFFER_COLUMNS} FROM flow_buffers "
+                           "WHERE function_id = ? AND key = ?", (function_id, key)).fetchone()
+        return None if row is None else BufferState(*row)
+
+    @staticmethod
+    def _put_buffer(conn: sqlite3.Connection, st: BufferState) -> None:
+        conn.execute(
+            f"INSERT OR REPLACE INTO flow_buffers ({_BUFFER_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (st.function_id, st.key, st.kind, st.first_at, st.ready_at, st.count, st.bytes,
+             st.last_seq, st.period_ms, st.timeout_ms, st.max_size),
+        )
+
+    def buffer_events(self, adds: Sequence[BufferAdd], now: int) -> int:
+        """See :meth:`durable_core.Store.buffer_events`: one immediate transaction."""
+        if not adds:
+            return 0
+        applied = 0
+        with self._write() as conn:
+            for add in adds:
+                seq = add.event.seq
+                row = conn.execute("SELECT routed FROM events WHERE seq = ?", (seq,)).fetchone()
+                if row is None or row[0]:
+                    continue  # routed already (by a racing or earlier router)
+                if conn.execute("SELECT 1 FROM flow_buffered WHERE function_id = ? AND key = ? "
+                                "AND seq = ?", (add.function_id, add.key, seq)).fetchone():
+                    continue
+                state = buffer_added(self._buffer_state(conn, add.function_id, add.key), add)
+                if state is None:
+                    continue
+                if add.kind == "debounce":
+                    conn.execute("DELETE FROM flow_buffered WHERE function_id = ? AND key = ?",
+                                 (add.function_id, add.key))
+                conn.execute("INSERT INTO flow_buffered (function_id, key, seq) "
+                             "VALUES (?, ?, ?)", (add.function_id, add.key, seq))
+                self._put_buffer(conn, state)
+                applied += 1
+        return applied
+
+    def ready_buffers(
+        self, now: int, function_ids: Sequence[str], limit: int
+    ) -> list[Buffer]:
+        """See :meth:`durable_core.Store.ready_buffers`."""
+        if limit <= 0 or not function_ids:
+            return []
+        out: list[Buffer] = []
+        with self._read() as conn:
+            ids = list(function_ids)[:_CHUNK]
+            rows = conn.execute(
+                f"SELECT {_BUFFER_COLUMNS} FROM flow_buffers WHERE ready_at <= ? "
+                f"AND function_id IN ({_marks(len(ids))}) "
+                "ORDER BY ready_at, function_id, key LIMIT ?", (now, *ids, limit),
+            ).fetchall()
+            for row in rows:
+                st = BufferState(*row)
+                events = conn.execute(
+                    _BUFFERED_EVENTS + " AND e.routed = 1 ORDER BY b.seq LIMIT ?",
+                    (st.function_id, st.key, st.max_size)).fetchall()
+                if events:
+                    out.append(Buffer(st, tuple(_event_from_row(e) for e in events)))
+        return out
+
+    def take_buffer(self, take: BufferTake, now: int) -> bool:
+        """See :meth:`durable_core.Store.take_buffer`: one immediate transaction."""
+        fn, key = take.function_id, take.key
+        with self._write() as conn:
+            state = self._buffer_state(conn, fn, key)
+            if state is None:
+                return False
+            held: set[int] = set()
+            for chunk in _chunks(list(take.seqs)):
+                held.update(r[0] for r in conn.execute(
+                    "SELECT seq FROM flow_buffered WHERE function_id = ? AND key = ? "
+                    f"AND seq IN ({_marks(len(chunk))})", (fn, key, *chunk)))
+            if not take_accepted(held, take):
+                return False
+            self._commit(conn, CommitBatch(now=now, runs=(take.run,)))
+            conn.executemany("DELETE FROM flow_buffered WHERE function_id = ? AND key = ? "
+                             "AND seq = ?", [(fn, key, seq) for seq in take.seqs])
+            count, first, last = conn.execute(
+                "SELECT COUNT(*), MIN(e.received_at), MAX(e.received_at) FROM flow_buffered "
+                "AS b JOIN events AS e ON e.seq = b.seq WHERE b.function_id = ? AND b.key = ?",
+                (fn, key)).fetchone()
+            rest = buffer_rest(state, take, count, first or 0, last or 0)
+            if rest is None:
+                conn.execute("DELETE FROM flow_buffers WHERE function_id = ? AND key = ?",
+                             (fn, key))
+            else:
+                self._put_buffer(conn, rest)
+        self._notify()
+        return True
+
+    def next_buffer_ready(self, function_ids: Sequence[str]) -> int | None:
+        """See :meth:`durable_core.Store.next_buffer_ready`."""
+        if not function_ids:
+            return None
+        ids = list(function_ids)[:_CHUNK]
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT MIN(ready_at) FROM flow_buffers WHERE function_id IN "
+                f"({_marks(len(ids))})", ids).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def buffer_states(self, function_id: str | None = None) -> list[BufferState]:
+        """See :meth:`durable_core.Store.buffer_states`."""
+        with self._read() as conn:
+            if function_id is None:
+                rows = conn.execute(f"SELECT {_BUFFER_COLUMNS} FROM flow_buffers "
+                                    "ORDER BY function_id, key").fetchall()
+            else:
+                rows = conn.execute(f"SELECT {_BUFFER_COLUMNS} FROM flow_buffers "
+                                    "WHERE function_id = ? ORDER BY key",
+                                    (function_id,)).fetchall()
+        return [BufferState(*r) for r in rows]

@@ -88,6 +88,7 @@ from durable_core.store import (
     write_accepted,
 )
 from stores._memory import MemoryStore
+from stores.testing._flow_buffers import FlowBufferConformance
 
 __all__ = [
     "DAY",
@@ -313,7 +314,7 @@ def _snapshot(store: Store) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the suite
 
 
-class StoreConformance:
+class StoreConformance(FlowBufferConformance):
     """The conformance tests; subclass it and implement :meth:`make_store`.
 
     Class attributes to override: :attr:`hypothesis_settings` (property-based tests),
