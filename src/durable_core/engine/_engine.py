@@ -39,6 +39,7 @@ from durable_core.base._events import Event, Sent
 from durable_core.base._match import condition_keys, event_keys
 from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import check_text
+from durable_core.core._flow_starts import start_limits
 from durable_core.core._function import App, Function
 from durable_core.core._lifecycle import (
     CANCEL_BY_REQUEST,
@@ -454,6 +455,7 @@ class Engine:
                 NewRun(
                     id=routed_run_id(func.id, ev), function_id=func.id, events=(ev.data,),
                     event_ids=(ev.id,), created_at=now, idempotency_key=func.idempotency_key(raw),
+                    limits=start_limits(func, raw),
                 )
             )
         for w in (*waits.of(ev.seq), *fresh):
@@ -543,6 +545,7 @@ class Engine:
                         function_id=func.id,
                         events=(ev.to_json(),), event_ids=(eid,), created_at=now,
                         idempotency_key=func.idempotency_key(ev.to_dict()),
+                        limits=start_limits(func, ev.to_dict()),
                     )
                 )
             cursors[key] = last
@@ -1035,8 +1038,8 @@ class Engine:
         given, is read from its error (:func:`~durable_core.core._lifecycle.cancel_cause`)."""
         if status == RunStatus.CANCELLED and reason in (None, "request") and error is not None:
             by = cancel_cause(error.message)["by"]
-            reason = {"event": "cancel_on", "timeout": "timeout", "parent": "parent"}.get(
-                by, "request")
+            reason = {"event": "cancel_on", "timeout": "timeout", "parent": "parent",
+                      "singleton": "singleton"}.get(by, "request")
         return [(run_id, text) for text in system_events(
             function_id, run_id, events, status, now, output=output, error=error,
             reason=reason,
