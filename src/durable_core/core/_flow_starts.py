@@ -17,8 +17,8 @@ import json
 import logging
 from typing import Any
 
-from durable_core.base._errors import InvalidExpressionError
 from durable_core.base._cel import Expression
+from durable_core.base._errors import InvalidExpressionError
 from durable_core.core._flow import flow_key
 from durable_core.store import StartLimits
 

@@ -88,6 +88,7 @@ from durable_core.store import (
     write_accepted,
 )
 from stores._memory import MemoryStore
+from stores.testing._flow_starts import StartLimitsConformance
 
 __all__ = [
     "DAY",
@@ -109,6 +110,7 @@ __all__ = [
     "where",
     "write",
 ]
+
 
 T0 = 1_700_000_000_000
 """The suite's "now" (ms since the epoch)."""
@@ -313,7 +315,7 @@ def _snapshot(store: Store) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the suite
 
 
-class StoreConformance:
+class StoreConformance(StartLimitsConformance):
     """The conformance tests; subclass it and implement :meth:`make_store`.
 
     Class attributes to override: :attr:`hypothesis_settings` (property-based tests),
