@@ -14,12 +14,16 @@ THROTTLE = Throttle(5, "10s", burst=2, key="event.data.k")
 
 
 async def _body(ctx: Context) -> Any:
-    await ctx.step.run("first", lambda: None)
-    await ctx.step.sleep("work", "3s")
-    return await ctx.step.run("second", lambda: ctx.event.data["i"])
+    await ctx.step.run("first", lambda: None)  # its journal time: when the run started
+    await ctx.step.sleep("work", "3s")  # active while it sleeps
+    return ctx.event.data["i"]
 
 
-app.function(id="thr", trigger=on_event("go"), throttle=THROTTLE)(_body)
+async def _one_step(ctx: Context) -> Any:
+    return await ctx.step.run("first", lambda: ctx.event.data["i"])
+
+
+app.function(id="thr", trigger=on_event("go"), throttle=THROTTLE)(_one_step)
 app.function(id="one", trigger=on_event("go"),
              singleton=Singleton(key="event.data.k", mode="skip"))(_body)
 app.function(id="swap", trigger=on_event("go"),

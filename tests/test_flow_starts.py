@@ -139,3 +139,23 @@ def test_a_failing_key_uses_the_unkeyed_bucket(caplog: pytest.LogCaptureFixture)
 def test_describe_and_no_limits_without_options() -> None:
     engine = TestEngine(_app(), start=START)
     assert len(engine.send([Event("go", {"i": i}) for i in range(3)]).runs) == 3
+
+
+def test_events_show_and_send_name_the_skips(tmp_path: Any,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from test_cli import run_cli
+
+    url = f"sqlite:///{tmp_path / 'skips.db'}"
+    send = ("send", "go", "--data", json.dumps({"k": "a"}), "--app",
+            "flow_starts_app:app", "--store", url)
+    run_cli(capsys, *send, "--id", "first")
+    code, out, _ = run_cli(capsys, *send, "--id", "second")
+    assert code == 0
+    assert "event second started no run of one: run " in out
+    assert "holds its singleton key 'a'" in out
+    code, out, _ = run_cli(capsys, "events", "show", "second", "--store", url, "--json")
+    doc = json.loads(out)
+    # ``one`` skips the newcomer; ``swap`` (mode="cancel") created it, to replace the first
+    assert {(k["function_id"], k["reason"]) for k in doc["skipped"]} == {("one", "singleton")}
