@@ -7,6 +7,7 @@ leaks (afterwards a newcomer of every key starts)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import defaultdict
@@ -82,7 +83,7 @@ def check_limits(sim: Simulation) -> None:
                 lives[_key(r)].append((journal[0].ts, r.ended_at))
         for k, spans in lives.items():
             spans.sort()
-            for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            for (_, end), (start, _) in itertools.pairwise(spans):
                 assert start >= end, (fn, k, spans)
 
 

@@ -39,7 +39,6 @@ from durable_core.base._events import Event, Sent
 from durable_core.base._match import condition_keys, event_keys
 from durable_core.base._safelog import safe_logger
 from durable_core.base._serde import check_text
-from durable_core.engine._flow_starts import start_limits
 from durable_core.core._function import App, Function
 from durable_core.core._lifecycle import (
     CANCEL_BY_REQUEST,
@@ -79,6 +78,7 @@ from durable_core.core._model import (
     derive_id,
 )
 from durable_core.engine import _observe
+from durable_core.engine._flow_starts import start_limits
 from durable_core.store import (
     Claim,
     CommitBatch,
