@@ -60,6 +60,15 @@ The rules, in short (each is detailed where it is decided):
   of the event's keys; a wait without keys is found for every event of its name
   (:func:`wait_found`). Keys are stored with the wait and removed with it.
 - **Cron cursors** only move forward (:func:`cron_advances`).
+- **Start limits** (flow control: throttle, rate limit, singleton). A new run's
+  :attr:`NewRun.limits` are decided in the commit that creates it, in batch order, against
+  state the store keeps (:class:`StartLimiter`): a GCRA theoretical arrival time per
+  throttle and rate-limit bucket, a slot (holder, waiting run) per singleton bucket. A run
+  over its rate limit, or refused its singleton slot, is not created and is recorded as a
+  :class:`SkippedTrigger` with that ``reason``; a throttled run is created ``queued`` with
+  its slot as ``wake_at`` (:func:`due_at`); a run waiting for a singleton slot is never
+  claimed; a slot passes on (:func:`slot_released`) in the commit that ends its holder
+  (an accepted terminal write), never otherwise.
 - **Atomicity and durability.** A commit is applied whole or not at all (a store that fails
   half way leaves nothing of the batch), and is durable when it returns: closing and
   opening a persistent store again finds everything committed.
@@ -180,7 +189,8 @@ class NewRun:
 
 @attrs.frozen
 class SkippedTrigger:
-    """A trigger that started no run because its function's idempotency key was held: the
+    """A trigger that started no run because its function's idempotency key was held (or
+    a start limit refused it: :attr:`reason`): the
     run it would have created (``id``) was folded into ``run_id``, the run holding ``key``.
     ``at`` is when it was skipped (the would-be run's ``created_at``). A store records one
     per ``id`` (recording the same id again keeps the first)."""
@@ -340,7 +350,8 @@ class Store(Protocol):
         self, owner: str, now: int, lease_ms: int, limit: int,
         function_ids: Sequence[str] | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` claimable runs (:func:`due_at` ``<= now``), oldest first
+        """Lease up to ``limit`` claimable runs (:func:`due_at` ``<= now``, and not waiting
+        for a singleton slot: :class:`StartLimiter`), oldest first
         (creation order), to ``owner`` until ``now + lease_ms``; each claim bumps the run's
         epoch. With ``function_ids``, only runs of those functions are claimed (a worker
         claims only the functions it has; a run of another function stays queued for a
@@ -449,9 +460,10 @@ class Store(Protocol):
         run_id: str | None = None,
         limit: int = 100,
     ) -> list[SkippedTrigger]:
-        """Triggers skipped for a held idempotency key (see :func:`new_runs_to_create`)
-        matching every filter given (``run_id``: the run they were folded into), newest
-        first, at most ``limit`` (``<= 0``: none)."""
+        """Triggers that started no run (see :func:`new_runs_to_create`): skipped for a held
+        idempotency key, or by a start limit (:attr:`SkippedTrigger.reason`), matching
+        every filter given (``run_id``: the run they were folded into), newest first, at
+        most ``limit`` (``<= 0``: none)."""
         ...
 
     def close(self) -> None:
