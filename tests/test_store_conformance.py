@@ -323,7 +323,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
 
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 9
+        assert store.schema_version == SCHEMA_VERSION == 10
         # v2: run_events is filled from the runs already there.
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
@@ -403,7 +403,7 @@ def test_a_version_6_database_gets_skipped_triggers(tmp_path: Path) -> None:
     assert "skipped_triggers" not in sqlite_utils.Database(path).table_names()
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 9
+        assert store.schema_version == SCHEMA_VERSION == 10
         store.commit(CommitBatch(now=T0 + 1, runs=(new_run("r2", key="k", created_at=T0 + 1),)))
         assert [(s.id, s.run_id) for s in store.skipped_triggers()] == [("r2", "r1")]
     finally:
@@ -416,7 +416,8 @@ def test_schema_tables_and_indexes(tmp_path: Path) -> None:
     db = sqlite_utils.Database(path)
     assert set(db.table_names()) == {
         "events", "runs", "journal", "waits", "signals", "idempotency", "cron", "meta",
-        "run_events", "skipped_triggers", "flow_buffers", "flow_buffered",
+        "run_events", "skipped_triggers", "flow_buffers", "flow_buffered", "flow_gcra",
+        "flow_slots",
     }
     assert db.table("flow_buffers").pks == ["function_id", "key"]
     assert db.table("flow_buffered").pks == ["function_id", "key", "seq"]
@@ -429,7 +430,8 @@ def test_schema_tables_and_indexes(tmp_path: Path) -> None:
     assert indexes["runs_lease_owner"] == (["lease_owner"], 0)
     partial = {name for (name,) in db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
-    assert partial == {"runs_queued", "runs_wake_at", "runs_lease_owner"}
+    assert partial == {"runs_queued", "runs_wake_at", "runs_lease_owner",
+                       "flow_slots_by_run", "flow_slots_by_next"}
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
 

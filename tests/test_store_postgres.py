@@ -219,7 +219,7 @@ def test_everything_lives_in_the_given_schema(pg_url: str, pg_schemas: Callable[
         assert b.list_runs() == []
         expected = {"meta", "counters", "events", "runs", "run_events", "idempotency",
                     "journal", "signals", "waits", "cron", "skipped_triggers",
-                    "flow_buffers", "flow_buffered"}
+                    "flow_buffers", "flow_buffered", "flow_gcra", "flow_slots"}
         assert tables_of(pg_url, a_name) == expected
         assert tables_of(pg_url, b_name) == expected
         assert version_of(pg_url, a_name) == pg_module.SCHEMA_VERSION
@@ -293,7 +293,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
 
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 8
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 9
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
         assert store.list_runs(event_id="e2") == [old]
@@ -968,7 +968,7 @@ def test_a_version_5_schema_keeps_its_runs_through_version_6(pg_url: str,
             " %s, %s, 'ValueError', 'nope', %s)").format(runs), (T0, T0, T0))
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 8
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 9
         old = store.get_run("old")
         assert old.error is not None
         assert (old.error.type, old.error.message, old.error.traceback) == (

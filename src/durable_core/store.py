@@ -64,6 +64,15 @@ The rules, in short (each is detailed where it is decided):
   yet routed and not already buffered (:func:`buffer_added`); a take creates its run and
   removes its events in one transaction, only if the buffer holds every one of them
   (:func:`take_accepted`, :func:`buffer_rest`).
+- **Start limits** (flow control: throttle, rate limit, singleton). A new run's
+  :attr:`NewRun.limits` are decided in the commit that creates it, in batch order, against
+  state the store keeps (:class:`StartLimiter`): a GCRA theoretical arrival time per
+  throttle and rate-limit bucket, a slot (holder, waiting run) per singleton bucket. A run
+  over its rate limit, or refused its singleton slot, is not created and is recorded as a
+  :class:`SkippedTrigger` with that ``reason``; a throttled run is created ``queued`` with
+  its slot as ``wake_at`` (:func:`due_at`); a run waiting for a singleton slot is never
+  claimed; a slot passes on (:func:`slot_released`) in the commit that ends its holder
+  (an accepted terminal write), never otherwise.
 - **Atomicity and durability.** A commit is applied whole or not at all (a store that fails
   half way leaves nothing of the batch), and is durable when it returns: closing and
   opening a persistent store again finds everything committed.
@@ -84,6 +93,7 @@ __all__ = [
     "ALWAYS_DUE",
     "BUFFER_KINDS",
     "DEDUPE_WINDOW_MS",
+    "SKIP_REASONS",
     "Buffer",
     "BufferAdd",
     "BufferState",
@@ -95,6 +105,8 @@ __all__ = [
     "RunRecord",
     "RunWrite",
     "SkippedTrigger",
+    "StartLimiter",
+    "StartLimits",
     "Store",
     "StoredEvent",
     "WaitRecord",
@@ -107,6 +119,8 @@ __all__ = [
     "event_is_duplicate",
     "flag_duplicates",
     "fold_writes",
+    "gcra_rate_limit",
+    "gcra_throttle",
     "is_journal_only",
     "lease_held",
     "lone_memo",
@@ -115,6 +129,7 @@ __all__ = [
     "record_changes",
     "run_events_to_append",
     "signal_accepted",
+    "slot_released",
     "take_accepted",
     "wait_changes",
     "wait_found",
@@ -180,11 +195,15 @@ class NewRun:
     parent_run_id: str | None = None
     rerun_of: str | None = None
     """The run this one reruns, kept on the record (see :attr:`RunRecord.rerun_of`)."""
+    limits: StartLimits | None = None
+    """The start limits (throttle, rate limit, singleton) the run is created under, or None
+    (see :class:`StartLimits` and :class:`StartLimiter`)."""
 
 
 @attrs.frozen
 class SkippedTrigger:
-    """A trigger that started no run because its function's idempotency key was held: the
+    """A trigger that started no run because its function's idempotency key was held (or
+    a start limit refused it: :attr:`reason`): the
     run it would have created (``id``) was folded into ``run_id``, the run holding ``key``.
     ``at`` is when it was skipped (the would-be run's ``created_at``). A store records one
     per ``id`` (recording the same id again keeps the first)."""
@@ -195,6 +214,12 @@ class SkippedTrigger:
     run_id: str
     event_id: str | None
     at: int
+    reason: str = "idempotency"
+    """Why it started no run (one of :data:`SKIP_REASONS`): ``"idempotency"`` (its key was
+    held by ``run_id``), ``"rate_limit"`` (over its function's rate limit; ``run_id``: the
+    last run the limit let start, ``""`` if none is known; ``key``: the rate-limit key
+    value, ``""`` without a key) or ``"singleton"`` (another run held its singleton key:
+    ``run_id``, the run holding or waiting for it; ``key``: the singleton key value)."""
 
 
 @attrs.frozen
@@ -338,7 +363,8 @@ class Store(Protocol):
         self, owner: str, now: int, lease_ms: int, limit: int,
         function_ids: Sequence[str] | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` claimable runs (:func:`due_at` ``<= now``), oldest first
+        """Lease up to ``limit`` claimable runs (:func:`due_at` ``<= now``, and not waiting
+        for a singleton slot: :class:`StartLimiter`), oldest first
         (creation order), to ``owner`` until ``now + lease_ms``; each claim bumps the run's
         epoch. With ``function_ids``, only runs of those functions are claimed (a worker
         claims only the functions it has; a run of another function stays queued for a
@@ -447,9 +473,10 @@ class Store(Protocol):
         run_id: str | None = None,
         limit: int = 100,
     ) -> list[SkippedTrigger]:
-        """Triggers skipped for a held idempotency key (see :func:`new_runs_to_create`)
-        matching every filter given (``run_id``: the run they were folded into), newest
-        first, at most ``limit`` (``<= 0``: none)."""
+        """Triggers that started no run (see :func:`new_runs_to_create`): skipped for a held
+        idempotency key, or by a start limit (:attr:`SkippedTrigger.reason`), matching
+        every filter given (``run_id``: the run they were folded into), newest first, at
+        most ``limit`` (``<= 0``: none)."""
         ...
 
     def close(self) -> None:
@@ -526,7 +553,7 @@ def flag_duplicates(ids: Iterable[str], originals: dict[str, int], now: int) -> 
 
 def new_runs_to_create(
     runs: Iterable[NewRun], existing: set[str], keys: dict[tuple[str, str], tuple[int, str]],
-    skipped: list[SkippedTrigger] | None = None,
+    skipped: list[SkippedTrigger] | None = None, limiter: StartLimiter | None = None,
 ) -> list[NewRun]:
     """The runs of a batch to create, in order. A run is skipped if its id is in ``existing``
     (an existing run, one earlier in the batch, or a recorded :class:`SkippedTrigger`), or
@@ -535,11 +562,16 @@ def new_runs_to_create(
     naming the holder is appended to it). ``existing`` and ``keys`` (``(function_id, key) ->
     (created_at, run id)`` of the run holding the key) are updated with the created runs: a
     created run takes its key. The 24 h run from the creation of the holder: a run skipped
-    for the key does not extend them."""
+    for the key does not extend them.
+
+    With ``limiter``, a run that passes the id and key checks is then put to its start
+    limits (:meth:`StartLimiter.admit`): one the limiter drops is skipped (the limiter
+    records why) and takes no idempotency key."""
     out: list[NewRun] = []
     for new in runs:
         if new.id in existing:
             continue
+        k = None
         if new.idempotency_key is not None:
             k = (new.function_id, new.idempotency_key)
             held = keys.get(k)
@@ -552,6 +584,10 @@ def new_runs_to_create(
                     ))
                 existing.add(new.id)
                 continue
+        if limiter is not None and new.limits is not None and not limiter.admit(new):
+            existing.add(new.id)
+            continue
+        if k is not None:
             keys[k] = (new.created_at, new.id)
         existing.add(new.id)
         out.append(new)
@@ -687,13 +723,16 @@ def due_at(
 ) -> int | None:
     """When a run becomes claimable (``claim_runs`` takes it once ``due_at <= now``); None
     if it never will as it stands. A run that has ended: never. A leased run: when its lease
-    expires (a run abandoned mid-work needs a new owner). Otherwise a queued run, or one
-    holding signals: at once (:data:`ALWAYS_DUE`); any other run: at its ``wake_at``."""
+    expires (a run abandoned mid-work needs a new owner). Otherwise a run holding signals,
+    or a queued run without a ``wake_at``: at once (:data:`ALWAYS_DUE`); any other run (a
+    queued run with a ``wake_at`` is one its throttle delays: :class:`StartLimits`): at
+    its ``wake_at``. (A run waiting for a singleton slot is not claimed either, whatever
+    its ``due_at``: see :class:`StartLimiter`.)"""
     if status in TERMINAL_STATUSES:
         return None
     if lease_owner is not None:
         return lease_expires or 0
-    if status == "queued" or has_signals:
+    if has_signals or (status == "queued" and wake_at is None):
         return ALWAYS_DUE
     return wake_at
 
@@ -914,3 +953,169 @@ def take_accepted(held: Collection[int], take: BufferTake) -> bool:
     it holds every one of the take's (so two engines handing one buffer off at once, or a
     take retried after an unknown outcome, create one run and lose no event)."""
     return bool(take.seqs) and all(s in held for s in take.seqs)
+
+
+# --------------------------------------------------------------------------- flow control:
+# run starts (throttle, rate_limit, singleton). The router gives each new run the start
+# limits of its function (NewRun.limits); the store decides them in the commit that creates
+# the run, against state it keeps (a GCRA "theoretical arrival time" per throttle and rate
+# limit bucket, a slot per singleton key), so racing routers and workers agree.
+
+SKIP_REASONS = ("idempotency", "rate_limit", "singleton")
+"""Why a trigger started no run (:attr:`SkippedTrigger.reason`)."""
+
+
+@attrs.frozen
+class StartLimits:
+    """The start limits of a run to create (:attr:`NewRun.limits`). Each ``bucket`` is a
+    text naming the limit's state (the function and its key value): runs with the same
+    bucket share it.
+
+    ``throttle``: ``(bucket, period_ms, limit, burst)``: the run starts no earlier than its
+    GCRA slot (:func:`gcra_throttle`); it is created ``queued`` with that time as its
+    ``wake_at`` when it is later than the commit's ``now``. ``rate_limit``: ``(bucket,
+    period_ms, limit)``: a run over the limit (:func:`gcra_rate_limit`) is not created.
+    ``singleton``: ``(bucket, mode)``, ``mode`` ``"skip"`` or ``"cancel"``: see
+    :class:`StartLimiter`. ``key``s are the key values (``""`` without a key), as the skips
+    record them."""
+
+    throttle: tuple[str, int, int, int] | None = None
+    rate_limit: tuple[str, int, int] | None = None
+    singleton: tuple[str, str] | None = None
+    rate_limit_key: str = ""
+    singleton_key: str = ""
+
+    def gcra_buckets(self) -> list[str]:
+        """The GCRA buckets (throttle, rate limit) this run reads and advances."""
+        return [b[0] for b in (self.throttle, self.rate_limit) if b is not None]
+
+
+def _interval(period_ms: int, limit: int) -> int:
+    return max(1, -(-period_ms // limit))  # ceil: rounding never lets more through
+
+
+def gcra_throttle(
+    tat: int | None, now: int, period_ms: int, limit: int, burst: int
+) -> tuple[int, int]:
+    """Throttle (lossless GCRA): ``(start_at, new_tat)`` for a run arriving at ``now`` when
+    the bucket's theoretical arrival time is ``tat`` (None: never used). The emission
+    interval is ``T = ceil(period_ms / limit)``, the tolerance ``(burst - 1) * T``: up to
+    ``burst`` runs start at once, then one every ``T``; a run over the limit starts at its
+    slot (``start_at > now``) and the ones after it queue behind it (first in, first out)."""
+    step = _interval(period_ms, limit)
+    t = now if tat is None else tat
+    start = max(now, t - (burst - 1) * step)
+    return start, max(t, start) + step
+
+
+def gcra_rate_limit(tat: int | None, now: int, period_ms: int, limit: int) -> int | None:
+    """Rate limit (lossy GCRA): the bucket's new theoretical arrival time if a run arriving
+    at ``now`` may start, None if it is over the limit. The emission interval is ``T =
+    ceil(period_ms / limit)`` and the tolerance ``period_ms - T``: ``limit`` runs may start
+    at once, then one every ``T`` (``limit=1`` is one run per period)."""
+    step = _interval(period_ms, limit)
+    t = now if tat is None else tat
+    if now < t - (period_ms - step):
+        return None
+    return max(t, now) + step
+
+
+def slot_released(next_run: str | None) -> tuple[str | None, None]:
+    """A singleton slot ``(holder, next_run)`` once its holder ended (in the commit that
+    ends it): the run waiting for it (if any) holds it, and none waits. A slot whose
+    holder is None is free."""
+    return next_run, None
+
+
+class StartLimiter:
+    """Decides the start limits of the runs of one commit, in order (see
+    :func:`new_runs_to_create`), against the state before the commit: ``gcra`` maps a bucket
+    to ``(tat, run_id)`` (its theoretical arrival time and the last run it let start),
+    ``slots`` a singleton bucket to ``(holder, next_run)``. Both are updated in place; a
+    store then persists ``gcra_changed`` and ``slots_changed`` (and the decisions below) in
+    the same transaction.
+
+    The rules, in order (a run dropped by one takes nothing from the next):
+
+    - **rate limit**: over the limit (:func:`gcra_rate_limit`), the run is not created; a
+      :class:`SkippedTrigger` (``reason="rate_limit"``) is recorded.
+    - **singleton**: a free slot (holder None) is taken by the run. A held one: with
+      ``mode="skip"``, the run is not created (``reason="singleton"``, naming the holder);
+      with ``mode="cancel"``, the holder gets a cancel signal (``cancels``) and the run is
+      created to wait for the slot (``next_run``; a run waiting is not claimable until the
+      holder ends and hands it the slot: :func:`slot_released`). If a run already waits,
+      the newcomer is not created (``reason="singleton"``, naming the waiting run): a burst
+      of triggers starts the first of them.
+    - **throttle**: the run gets its GCRA slot (:func:`gcra_throttle`); ``wake_at[run_id]``
+      is set when it is later than ``now``.
+    """
+
+    def __init__(self, gcra: dict[str, tuple[int, str]],
+                 slots: dict[str, tuple[str | None, str | None]], now: int) -> None:
+        self.gcra = gcra
+        self.slots = slots
+        self.now = now
+        self.gcra_changed: set[str] = set()
+        self.slots_changed: set[str] = set()
+        self.skipped: list[SkippedTrigger] = []
+        self.wake_at: dict[str, int] = {}
+        self.waiting: set[str] = set()
+        self.cancels: list[tuple[str, str]] = []  # (run to cancel, the run replacing it)
+
+    def _skip(self, new: NewRun, reason: str, key: str, run_id: str) -> bool:
+        self.skipped.append(SkippedTrigger(
+            id=new.id, function_id=new.function_id, key=key, run_id=run_id,
+            event_id=new.event_ids[0] if new.event_ids else None, at=new.created_at,
+            reason=reason))
+        return False
+
+    def admit(self, new: NewRun) -> bool:
+        """Whether ``new`` is created (recording what its limits decide)."""
+        lim = new.limits
+        if lim is None:
+            return True
+        now = self.now
+        if lim.rate_limit is not None:
+            bucket, period, limit = lim.rate_limit
+            held = self.gcra.get(bucket)
+            tat = gcra_rate_limit(None if held is None else held[0], now, period, limit)
+            if tat is None:
+                return self._skip(new, "rate_limit", lim.rate_limit_key,
+                                  "" if held is None else held[1])
+            rate = (bucket, (tat, new.id))
+        else:
+            rate = None
+        if lim.singleton is not None:
+            bucket, mode = lim.singleton
+            holder, waiting = self.slots.get(bucket, (None, None))
+            if holder is None:
+                self.slots[bucket] = (new.id, None)
+            elif mode == "cancel" and waiting is None:
+                self.slots[bucket] = (holder, new.id)
+                self.waiting.add(new.id)
+                self.cancels.append((holder, new.id))
+            else:
+                return self._skip(new, "singleton", lim.singleton_key, waiting or holder)
+            self.slots_changed.add(bucket)
+        if rate is not None:
+            self.gcra[rate[0]] = rate[1]
+            self.gcra_changed.add(rate[0])
+        if lim.throttle is not None:
+            bucket, period, limit, burst = lim.throttle
+            held = self.gcra.get(bucket)
+            start, tat = gcra_throttle(None if held is None else held[0], now, period, limit,
+                                       burst)
+            self.gcra[bucket] = (tat, new.id)
+            self.gcra_changed.add(bucket)
+            if start > now:
+                self.wake_at[new.id] = start
+        return True
+
+    def signals(self) -> list[tuple[str, Signal]]:
+        """The cancel signals of the holders replaced (``mode="cancel"``), to deliver in the
+        same commit (:data:`~durable_core.core._lifecycle.CANCEL_REASONS` ``"singleton"``)."""
+        from durable_core.core._lifecycle import singleton_reason
+        from durable_core.core._model import SignalKind
+
+        return [(holder, Signal(SignalKind.CANCEL, newcomer, singleton_reason(newcomer)))
+                for holder, newcomer in self.cancels]

@@ -26,6 +26,7 @@ from durable_core.store import (
     CommitBatch,
     RunRecord,
     SkippedTrigger,
+    StartLimiter,
     StoredEvent,
     WaitRecord,
     apply_change,
@@ -41,6 +42,7 @@ from durable_core.store import (
     notifies,
     run_events_to_append,
     signal_accepted,
+    slot_released,
     take_accepted,
     wait_changes,
     write_accepted,
@@ -77,6 +79,13 @@ class MemoryStore:
         # (function, key) -> created_at and id of the run holding the key
         self._idempotency: dict[tuple[str, str], tuple[int, str]] = {}
         self._skipped: dict[str, SkippedTrigger] = {}  # by the skipped run's id, in order
+        # Start limits (StartLimiter): GCRA buckets -> (tat, last run), singleton buckets ->
+        # (holder, waiting run), the bucket of each holder, and the runs waiting for a slot
+        # (never claimable until they hold it).
+        self._gcra: dict[str, tuple[int, str]] = {}
+        self._slots: dict[str, tuple[str | None, str | None]] = {}
+        self._slot_of: dict[str, str] = {}
+        self._slot_waiting: set[str] = set()
         # Waits by event name, then (run, position): all of them, in registration order.
         self._waits: dict[str, dict[tuple[str, int], WaitRecord]] = {}
         # The match-key index: waits without keys, and waits by key (one record, or a list
@@ -208,15 +217,25 @@ class MemoryStore:
                 existing = {n.id for n in batch.runs
                             if n.id in self._runs or n.id in self._skipped}
                 skipped: list[SkippedTrigger] = []
-                create = new_runs_to_create(batch.runs, existing, self._idempotency, skipped)
+                limiter = StartLimiter(self._gcra, self._slots, batch.now)
+                create = new_runs_to_create(batch.runs, existing, self._idempotency, skipped,
+                                            limiter)
+                skipped += limiter.skipped
                 skipped_ids = {n.id for n in batch.runs} - {n.id for n in create}
+                self._slot_waiting |= limiter.waiting
+                for b in limiter.slots_changed:
+                    holder = self._slots[b][0]
+                    if holder is not None:
+                        self._slot_of[holder] = b
+                if limiter.cancels:
+                    batch = batch._replace(signals=(*batch.signals, *limiter.signals()))
                 for new in create:
                     self._runs[new.id] = RunRecord(
                         id=new.id, function_id=new.function_id, status="queued",
                         events=new.events, created_at=new.created_at,
                         updated_at=new.created_at, parent_run_id=new.parent_run_id,
                         idempotency_key=new.idempotency_key, event_ids=new.event_ids,
-                        rerun_of=new.rerun_of,
+                        rerun_of=new.rerun_of, wake_at=limiter.wake_at.get(new.id),
                     )
                     self._run_order.append(new.id)
                     self._open[new.id] = len(self._run_order)
@@ -242,6 +261,8 @@ class MemoryStore:
                 self._refresh_due(run_id)
                 if c.ends:
                     del self._open[run_id]
+                    if run_id in self._slot_of:
+                        self._release_slot(run_id)
             adds, removes = wait_changes(batch, fenced, skipped_ids)
             for wait in adds:
                 waits = self._waits.setdefault(wait.event, {})
@@ -315,11 +336,24 @@ class MemoryStore:
                                  tuple(self._signals.get(run_id, ()))))
             return out
 
+    def _release_slot(self, run_id: str) -> None:
+        """The singleton slot ``run_id`` held passes to the run waiting for it, if any
+        (:func:`slot_released`), in the commit that ends ``run_id``."""
+        b = self._slot_of.pop(run_id)
+        holder, waiting = slot_released(self._slots[b][1])
+        self._slots[b] = (holder, waiting)
+        if holder is not None:
+            self._slot_of[holder] = b
+            self._slot_waiting.discard(holder)
+            self._refresh_due(holder)
+
     def _refresh_due(self, run_id: str) -> None:
         """Record when ``run_id`` becomes claimable (:func:`due_at`) after it changed."""
         run = self._runs[run_id]
         due = due_at(run.status, run.lease_owner, run.lease_expires, run.wake_at,
                      run_id in self._signals)
+        if run_id in self._slot_waiting:
+            due = None  # waiting for its singleton slot: not claimable until it holds it
         if due == self._due.get(run_id):
             return
         if due is None:

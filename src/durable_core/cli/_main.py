@@ -193,9 +193,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     ids = client.send(event)
     # With an app the event is routed at once: say which runs it was folded into.
     folded = [_folded(s) for i in ids for s in client.skipped_triggers(event_id=i)]
-    folded_text = "".join(
-        f"\nevent {f['event_id']} folded into run {f['run_id']} ({f['function_id']}, "
-        f"idempotency key {f['key']!r})" for f in folded)
+    folded_text = "".join(_folded_line(f) for f in folded)
     if not args.wait:
         # Without an app, workers route the event later: nothing is known yet.
         shown = {"ids": ids, "folded": folded} if app is not None else {"ids": ids}
@@ -216,9 +214,23 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _folded(skip: Any) -> dict[str, Any]:
-    """A trigger folded into a run by an idempotency key, as JSON (``at`` ISO 8601 UTC)."""
+    """A trigger that started no run (folded into a run by an idempotency key, or skipped
+    by a rate limit or a singleton: ``reason``), as JSON (``at`` ISO 8601 UTC)."""
     return {"event_id": skip.event_id, "function_id": skip.function_id, "key": skip.key,
-            "run_id": skip.run_id, "at": _render.iso(skip.at)}
+            "run_id": skip.run_id, "at": _render.iso(skip.at),
+            "reason": getattr(skip, "reason", "idempotency")}
+
+
+def _folded_line(f: dict[str, Any]) -> str:
+    """One line of ``events send`` for a trigger that started no run."""
+    if f["reason"] == "rate_limit":
+        return (f"\nevent {f['event_id']} started no run of {f['function_id']}: over its "
+                f"rate limit (key {f['key']!r})")
+    if f["reason"] == "singleton":
+        return (f"\nevent {f['event_id']} started no run of {f['function_id']}: run "
+                f"{f['run_id']} holds its singleton key {f['key']!r}")
+    return (f"\nevent {f['event_id']} folded into run {f['run_id']} ({f['function_id']}, "
+            f"idempotency key {f['key']!r})")
 
 
 def _with_folded(client: Any, run: Any) -> dict[str, Any]:
@@ -460,6 +472,7 @@ def _cmd_events_show(args: argparse.Namespace) -> int:
                   if d.id == ev.id and d.duplicate]
     runs = client.list_runs(event_id=ev.id, limit=1000)
     resumed = _resumed_runs(client, ev)
+    skipped = [_folded(k) for k in client.skipped_triggers(event_id=ev.id, limit=1000)]
     why = None if runs else _why_no_runs(store, ev, app)
     if args.json:
         doc = _render.event_json(ev)
@@ -468,6 +481,7 @@ def _cmd_events_show(args: argparse.Namespace) -> int:
         doc["runs_resumed"] = [_render.run_json(r, steps=False) for r in resumed]
         doc["duplicates"] = [_render.iso(d.received_at) for d in duplicates]
         doc["why_no_runs"] = why
+        doc["skipped"] = skipped  # triggers that started no run (idempotency, limits)
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
     out = _render.console()
@@ -487,6 +501,8 @@ def _cmd_events_show(args: argparse.Namespace) -> int:
         out.print(_render.runs_table(runs, _now_ms()))
     else:
         out.print(Text(f"started no run: {why}", style="yellow"))
+    for line in (_folded_line(k) for k in skipped):
+        out.print(Text(line.strip(), style="yellow"))
     if resumed:
         out.print(Text(f"resumed {len(resumed)} waiting run(s):", style="bold"))
         out.print(_render.runs_table(resumed, _now_ms()))

@@ -60,6 +60,7 @@ __all__ = [
     "event_reason",
     "idempotency_text",
     "parent_reason",
+    "singleton_reason",
     "starts_nothing",
     "system_event_id",
     "system_events",
@@ -74,11 +75,11 @@ CANCELLED_EVENT = "durable/function.cancelled"
 """Emitted by a run that was cancelled."""
 SYSTEM_EVENTS = frozenset({FINISHED_EVENT, FAILED_EVENT, CANCELLED_EVENT})
 """The names only the engine emits: sending one is an error."""
-CANCEL_REASONS = ("request", "cancel_on", "timeout", "parent")
+CANCEL_REASONS = ("request", "cancel_on", "timeout", "parent", "singleton")
 """Why a run was cancelled (``data.reason`` of ``durable/function.cancelled``): a request
 (``Client.cancel_run``, ``cancel_runs``, ``TestEngine.cancel_run``), a ``cancel_on`` event,
-a timeout, or its parent's cancel (an invoked child). The error's message says more
-(:func:`cancel_cause`)."""
+a timeout, its parent's cancel (an invoked child), or a newer run of its
+``Singleton(mode="cancel")`` key. The error's message says more (:func:`cancel_cause`)."""
 FAILURE_SUFFIX = "-failure"
 """``@app.function(id=X, on_failure=handler)`` registers ``handler`` as function
 ``X-failure``."""
@@ -397,6 +398,7 @@ def bind_timeouts(value: Any, function_id: str) -> BoundTimeouts | None:
 _EVENT_RE = re.compile(r"^cancel_on\[(\d)\]: event (.*) \(id (.*)\) matched$", re.S)
 _TIMEOUT_RE = re.compile(r"^timeouts\.(start|finish): ", re.S)
 _PARENT_RE = re.compile(r"^parent run (\S+) was cancelled: ", re.S)
+_SINGLETON_RE = re.compile(r"^singleton: run (\S+) replaces it$", re.S)
 
 
 def event_reason(index: int, event_name: str, event_id: str) -> str:
@@ -414,6 +416,12 @@ def timeout_reason(which: str, text: str | None) -> str:
 def parent_reason(parent_run_id: str, reason: str) -> str:
     """The reason recorded for an invoked child cancelled with its parent."""
     return f"parent run {parent_run_id} was cancelled: {reason}"
+
+
+def singleton_reason(new_run_id: str) -> str:
+    """The reason recorded for a run cancelled by a newer run of its singleton key
+    (``Singleton(mode="cancel")``)."""
+    return f"singleton: run {new_run_id} replaces it"
 
 
 def cancel_cause(reason: str) -> dict[str, Any]:
@@ -434,4 +442,7 @@ def cancel_cause(reason: str) -> dict[str, Any]:
     m = _PARENT_RE.match(reason)
     if m is not None:
         return {"by": "parent", "run_id": m.group(1)}
+    m = _SINGLETON_RE.match(reason)
+    if m is not None:
+        return {"by": "singleton", "run_id": m.group(1)}
     return {"by": "request", "reason": reason}

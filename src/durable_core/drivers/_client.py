@@ -132,7 +132,8 @@ class Client:
         limit: int = 100,
     ) -> list[SkippedTrigger]:
         """Triggers that started no run because their function's ``idempotency`` key was
-        held, newest first: each names the run it was folded into (``run_id``). Filter by
+        held, or its ``rate_limit`` or ``singleton`` refused them (``reason``), newest
+        first: each names the run it was folded into (``run_id``). Filter by
         the skipped event, the function, or the run they were folded into. A skipped event
         is still stored (:meth:`runs_of` finds no run of that function for it)."""
         check_count("Client.skipped_triggers", "limit", limit, 0)

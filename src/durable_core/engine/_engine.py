@@ -79,6 +79,7 @@ from durable_core.core._model import (
 )
 from durable_core.engine import _observe
 from durable_core.engine._flow_buffers import buffer_add, flush_buffers, next_buffer_ready
+from durable_core.engine._flow_starts import start_limits
 from durable_core.store import (
     BufferAdd,
     Claim,
@@ -463,6 +464,7 @@ class Engine:
                 NewRun(
                     id=routed_run_id(func.id, ev), function_id=func.id, events=(ev.data,),
                     event_ids=(ev.id,), created_at=now, idempotency_key=func.idempotency_key(raw),
+                    limits=start_limits(func, raw),
                 )
             )
         for w in (*waits.of(ev.seq), *fresh):
@@ -552,6 +554,7 @@ class Engine:
                         function_id=func.id,
                         events=(ev.to_json(),), event_ids=(eid,), created_at=now,
                         idempotency_key=func.idempotency_key(ev.to_dict()),
+                        limits=start_limits(func, ev.to_dict()),
                     )
                 )
             cursors[key] = last
@@ -1045,8 +1048,8 @@ class Engine:
         given, is read from its error (:func:`~durable_core.core._lifecycle.cancel_cause`)."""
         if status == RunStatus.CANCELLED and reason in (None, "request") and error is not None:
             by = cancel_cause(error.message)["by"]
-            reason = {"event": "cancel_on", "timeout": "timeout", "parent": "parent"}.get(
-                by, "request")
+            reason = {"event": "cancel_on", "timeout": "timeout", "parent": "parent",
+                      "singleton": "singleton"}.get(by, "request")
         return [(run_id, text) for text in system_events(
             function_id, run_id, events, status, now, output=output, error=error,
             reason=reason,

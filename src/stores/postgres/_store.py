@@ -67,6 +67,8 @@ from durable_core.store import (
     RunChange,
     RunRecord,
     SkippedTrigger,
+    StartLimiter,
+    StartLimits,
     StoredEvent,
     WaitRecord,
     buffer_added,
@@ -95,7 +97,7 @@ assert frozenset({"completed", "failed", "cancelled"}) == TERMINAL_STATUSES
 
 _TABLES = (
     "meta", "events", "runs", "run_events", "idempotency", "journal", "signals", "waits",
-    "cron", "counters", "signal_seq", "skipped_triggers",
+    "cron", "counters", "signal_seq", "skipped_triggers", "flow_gcra", "flow_slots",
     "idem", "inbox",  # the names of idempotency and signals before version 3
     "flow_buffers", "flow_buffered",
 )
@@ -279,6 +281,34 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
             seq bigint NOT NULL,
             PRIMARY KEY (function_id, key, seq))""",
     ),
+    (
+    # 9: the state of the start limits (flow control: throttle, rate_limit, singleton; see
+    # durable_core.store.StartLimiter): flow_gcra, per GCRA bucket its theoretical arrival
+    # time and the last run it let start; flow_slots, per singleton bucket the run holding
+    # it (NULL: free) and the run waiting for it (never claimed while it waits);
+    # skipped_triggers.reason. due_at: a queued run with a wake_at (delayed by its
+    # throttle) is due at its wake_at.
+        "CREATE TABLE IF NOT EXISTS {flow_gcra} (bucket text PRIMARY KEY, "
+        "tat bigint NOT NULL, run_id text NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS {flow_slots} (bucket text PRIMARY KEY, run_id text, "
+        "next_run text)",
+        "CREATE INDEX IF NOT EXISTS flow_slots_by_run ON {flow_slots} (run_id) "
+        "WHERE run_id IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS flow_slots_by_next ON {flow_slots} (next_run) "
+        "WHERE next_run IS NOT NULL",
+        "ALTER TABLE {skipped_triggers} ADD COLUMN IF NOT EXISTS reason text NOT NULL "
+        "DEFAULT 'idempotency'",
+        "ALTER TABLE {runs} DROP COLUMN due_at",
+        """ALTER TABLE {runs} ADD COLUMN due_at bigint GENERATED ALWAYS AS (
+                CASE
+                    WHEN status IN ('completed', 'failed', 'cancelled') THEN NULL
+                    WHEN lease_owner IS NOT NULL THEN COALESCE(lease_expires, 0)
+                    WHEN signal_count > 0 OR (status = 'queued' AND wake_at IS NULL)
+                        THEN (-9223372036854775807 - 1)
+                    ELSE wake_at
+                END) STORED""",
+        "CREATE INDEX runs_due ON {runs} (due_at, ord) WHERE due_at IS NOT NULL",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -413,10 +443,41 @@ class _Queries:
             "SELECT id FROM {skipped_triggers} WHERE id = ANY(%b::text[])"
         )
         self.insert_skipped = r(
-            "INSERT INTO {skipped_triggers} (id, function_id, key, run_id, event_id, at) "
-            "SELECT u.id, u.f, u.k, u.r, u.e, u.a FROM unnest(%b::text[], %b::text[], "
-            "%b::text[], %b::text[], %b::text[], %b::bigint[]) WITH ORDINALITY "
-            "AS u(id, f, k, r, e, a, o) ORDER BY u.o ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO {skipped_triggers} (id, function_id, key, run_id, event_id, at, "
+            "reason) SELECT u.id, u.f, u.k, u.r, u.e, u.a, u.why FROM unnest(%b::text[], "
+            "%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[]) "
+            "WITH ORDINALITY AS u(id, f, k, r, e, a, why, o) ORDER BY u.o "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+        # Start limits (StartLimiter): read under the buckets' advisory locks; a slot is
+        # read as it stands (a run ending concurrently only frees it or hands it on).
+        self.flow_gcra_get = r(
+            "SELECT bucket, tat, run_id FROM {flow_gcra} WHERE bucket = ANY(%b::text[])"
+        )
+        self.flow_slots_get = r(
+            "SELECT bucket, run_id, next_run FROM {flow_slots} WHERE bucket = ANY(%b::text[])"
+        )
+        self.flow_gcra_put = r(
+            "INSERT INTO {flow_gcra} (bucket, tat, run_id) SELECT * FROM unnest("
+            "%b::text[], %b::bigint[], %b::text[]) ON CONFLICT (bucket) DO UPDATE "
+            "SET tat = excluded.tat, run_id = excluded.run_id"
+        )
+        # A slot taken (it was free, and only routers, serialized by the bucket's advisory
+        # lock, take slots) or waited for: if its holder ended since it was read, the slot
+        # is free (or was handed to a run that waited), and the waiting run takes it if free.
+        self.flow_slot_take = r(
+            "INSERT INTO {flow_slots} (bucket, run_id, next_run) SELECT * "
+            "FROM unnest(%b::text[], %b::text[], %b::text[]) ON CONFLICT (bucket) DO UPDATE "
+            "SET run_id = excluded.run_id, next_run = excluded.next_run"
+        )
+        self.flow_slot_wait = r(
+            "UPDATE {flow_slots} AS s SET run_id = COALESCE(s.run_id, u.r), "
+            "next_run = CASE WHEN s.run_id IS NULL THEN NULL ELSE u.r END "
+            "FROM unnest(%b::text[], %b::text[]) AS u(b, r) WHERE s.bucket = u.b"
+        )
+        self.set_wake = r(
+            "UPDATE {runs} AS x SET wake_at = u.w FROM unnest(%b::text[], %b::bigint[]) "
+            "AS u(id, w) WHERE x.id = u.id"
         )
         self.lock_event_counter = r(
             "SELECT value FROM {counters} WHERE name = 'events' FOR UPDATE"
@@ -479,12 +540,17 @@ class _Queries:
         # generic plans cached for prepared statements cannot see the parameters. The
         # second variant claims runs of the given functions only.
         def claim(functions: LiteralString) -> LiteralString:
+            # A run waiting for a singleton slot (flow_slots.next_run) is never claimed.
+            waiting: LiteralString = (
+                " AND NOT EXISTS (SELECT 1 FROM {flow_slots} AS fs WHERE fs.next_run = id)"
+            )
             return r(
                 "WITH q1 AS (SELECT id, ord FROM {runs} WHERE due_at = " + _MIN + functions
-                + " ORDER BY due_at, ord LIMIT %(limit)s FOR NO KEY UPDATE SKIP LOCKED), "
-                "q2 AS (SELECT id, ord FROM {runs} WHERE due_at > " + _MIN + " "
-                "AND due_at <= %(now)s" + functions + " ORDER BY ord LIMIT %(limit)s "
+                + waiting + " ORDER BY due_at, ord LIMIT %(limit)s "
                 "FOR NO KEY UPDATE SKIP LOCKED), "
+                "q2 AS (SELECT id, ord FROM {runs} WHERE due_at > " + _MIN + " "
+                "AND due_at <= %(now)s" + functions + waiting + " ORDER BY ord "
+                "LIMIT %(limit)s FOR NO KEY UPDATE SKIP LOCKED), "
                 "picked AS (SELECT id FROM (SELECT * FROM q1 UNION ALL SELECT * FROM q2) AS a "
                 "ORDER BY ord LIMIT %(limit)s), "
                 "c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
@@ -559,7 +625,7 @@ class _Queries:
         )
         self.get_run = r("SELECT " + _RUN_READ_COLS + " FROM {runs} AS r WHERE r.id = %s")
         self.skipped = r(
-            "SELECT id, function_id, key, run_id, event_id, at FROM {skipped_triggers} "
+            "SELECT id, function_id, key, run_id, event_id, at, reason FROM {skipped_triggers} "
             "WHERE (%(function_id)s::text IS NULL OR function_id = %(function_id)s) "
             "AND (%(event_id)s::text IS NULL OR event_id = %(event_id)s) "
             "AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s) "
@@ -682,6 +748,18 @@ def _set_run(ok: LiteralString) -> LiteralString:
     )
 
 
+def _release_slots(ended: LiteralString) -> LiteralString:
+    """The singleton slots held by the runs ``ended`` (a query of their ids) pass to the
+    runs waiting for them, or become free (:func:`durable_core.store.slot_released`), in
+    the statement that ends them. One UPDATE: a router that set ``next_run``
+    concurrently is waited for, and the row re-checked, so the waiting run is never left
+    behind."""
+    return (
+        "fr AS (UPDATE {flow_slots} AS fs SET run_id = fs.next_run, next_run = NULL "
+        "WHERE fs.run_id IN (" + ended + "))"
+    )
+
+
 def _core_sql(shape: _CoreShape) -> LiteralString:
     ctes: list[LiteralString] = []
     if shape.signals or shape.consumed:
@@ -723,6 +801,7 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
         if shape.ending:
             # A run that ends takes its undelivered signals with it.
             ctes.append("de AS (DELETE FROM {signals} AS i WHERE i.run_id IN (" + _ENDING + "))")
+            ctes.append(_release_slots(_ENDING))
         deleted: LiteralString = "COALESCE(dc.n, 0)" if shape.consumed else "0"
         join_dc: LiteralString = " LEFT JOIN dc ON dc.run_id = u.id" if shape.consumed else ""
         ctes.append(
@@ -756,6 +835,8 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
                 "de AS (DELETE FROM {signals} AS i USING upd AS e WHERE i.run_id = e.id "
                 "AND e.signal_count > 0 AND e.status IN " + _TERMINAL_SQL + ")"
             )
+            ctes.append(_release_slots(
+                "SELECT e.id FROM upd AS e WHERE e.status IN " + _TERMINAL_SQL))
     if shape.entries:
         ctes.append(
             "j AS (INSERT INTO {journal} (" + _JOURNAL_COLS + ") SELECT e.* FROM unnest("
@@ -888,6 +969,14 @@ def _hash64(*parts: str) -> int:
         h.update(len(b).to_bytes(4, "big"))
         h.update(b)
     return int.from_bytes(h.digest(), "big")
+
+
+def _buckets(limits: StartLimits) -> list[str]:
+    """The buckets a run's start limits read and change (each is advisory-locked)."""
+    out = limits.gcra_buckets()
+    if limits.singleton is not None:
+        out.append(limits.singleton[0])
+    return out
 
 
 def _lock_key(schema: str, kind: str, *parts: str) -> int:
@@ -1189,10 +1278,16 @@ class PostgresStore:
             if new.idempotency_key is not None:
                 keys.add(_lock_key(self.schema, "idempotency", new.function_id,
                                    new.idempotency_key))
+            if new.limits is not None:
+                keys.update(_lock_key(self.schema, "flow", b) for b in _buckets(new.limits))
         keyed = sorted({
             (n.function_id, n.idempotency_key) for n in batch.runs if n.idempotency_key is not None
         })
         q = self._q
+        limited = [n.limits for n in batch.runs if n.limits is not None]
+        gcra_buckets = sorted({b for lim in limited for b in lim.gcra_buckets()})
+        slot_buckets = sorted({lim.singleton[0] for lim in limited
+                               if lim.singleton is not None})
 
         def tx(conn: _Conn, pipe: psycopg.Pipeline) -> _Cursor | tuple[Any, ...] | None:
             # Lock order, everywhere: advisory locks (sorted), the event counter, run rows
@@ -1214,15 +1309,22 @@ class PostgresStore:
                                               [k for _, k in keyed]))
                     if keyed else None,
                 )
+                flow_reads = (
+                    conn.execute(q.flow_gcra_get, (gcra_buckets,)) if gcra_buckets else None,
+                    conn.execute(q.flow_slots_get, (slot_buckets,)) if slot_buckets else None,
+                ) if limited else None
             pipe.sync()
             if event_reads is not None:
                 self._insert_events(conn, parsed, batch.now, event_reads)
             created: set[str] = set()
+            extra: list[tuple[str, Signal]] = []
             if run_reads is not None:
-                created = self._create_runs(conn, batch.runs, run_reads)
+                created = self._create_runs(conn, batch.runs, run_reads, batch.now,
+                                            flow_reads, extra)
             # The reference store checks writes against the state before the batch: a write
             # to a run this batch creates is fenced.
-            shape, params = self._core(batch, folded, created, notify=True)
+            b = batch._replace(signals=(*batch.signals, *extra)) if extra else batch
+            shape, params = self._core(b, folded, created, notify=True)
             cur = conn.execute(q.core(shape), params)
             if not batch.run_events:
                 return cur  # read after COMMIT: one round trip
@@ -1353,19 +1455,33 @@ class PostgresStore:
         return shape, params
 
     def _create_runs(
-        self, conn: _Conn, runs: Sequence[NewRun], cursors: tuple[_Cursor, _Cursor | None]
+        self, conn: _Conn, runs: Sequence[NewRun], cursors: tuple[_Cursor, _Cursor | None],
+        now: int = 0,
+        flow: tuple[_Cursor | None, _Cursor | None] | None = None,
+        signals: list[tuple[str, Signal]] | None = None,
     ) -> set[str]:
         existing = {row[0] for row in cursors[0].fetchall()}
         keys: dict[tuple[str, str], tuple[int, str]] = {
             (r[0], r[1]): (r[2], r[3]) for r in (cursors[1].fetchall() if cursors[1] else ())
         }
         skipped: list[SkippedTrigger] = []
-        create = new_runs_to_create(runs, existing, keys, skipped)
+        limiter = None
+        if flow is not None:
+            limiter = StartLimiter(
+                {r[0]: (r[1], r[2]) for r in (flow[0].fetchall() if flow[0] else ())},
+                {r[0]: (r[1], r[2]) for r in (flow[1].fetchall() if flow[1] else ())}, now)
+        create = new_runs_to_create(runs, existing, keys, skipped, limiter)
+        if limiter is not None:
+            skipped += limiter.skipped
+            self._save_limits(conn, limiter, {n.id for n in create})
+            if signals is not None:
+                signals += limiter.signals()
         if skipped:
             conn.execute(self._q.insert_skipped, (
                 [k.id for k in skipped], [k.function_id for k in skipped],
                 [k.key for k in skipped], [k.run_id for k in skipped],
                 [k.event_id for k in skipped], [k.at for k in skipped],
+                [k.reason for k in skipped],
             ))
         held = {(n.function_id, n.idempotency_key): n for n in create
                 if n.idempotency_key is not None}
@@ -1386,6 +1502,9 @@ class PostgresStore:
                         for n in create
                     ],
                 )
+        if limiter is not None and limiter.wake_at:
+            wake = sorted(limiter.wake_at.items())
+            conn.execute(self._q.set_wake, ([r for r, _ in wake], [w for _, w in wake]))
         links = [(e, n.id) for n in create for e in n.event_ids]
         if links:
             conn.execute(self._q.insert_run_events, ([e for e, _ in links], [r for _, r in links]))
@@ -1398,6 +1517,27 @@ class PostgresStore:
                 ),
             )
         return {n.id for n in create}
+
+    def _save_limits(self, conn: _Conn, limiter: StartLimiter, created: set[str]) -> None:
+        """Persist what ``limiter`` decided: GCRA buckets, and slots taken or waited for."""
+        q = self._q
+        if limiter.gcra_changed:
+            bs = sorted(limiter.gcra_changed)
+            conn.execute(q.flow_gcra_put, (bs, [limiter.gcra[b][0] for b in bs],
+                                           [limiter.gcra[b][1] for b in bs]))
+        take: list[tuple[str, str, str | None]] = []
+        wait: list[tuple[str, str]] = []
+        for b in sorted(limiter.slots_changed):
+            holder, waiting = limiter.slots[b]
+            if holder is not None and holder in created:  # it was free: taken here
+                take.append((b, holder, waiting))
+            elif waiting is not None:
+                wait.append((b, waiting))
+        if take:
+            conn.execute(q.flow_slot_take, ([b for b, _, _ in take], [r for _, r, _ in take],
+                                            [w for _, _, w in take]))
+        if wait:
+            conn.execute(q.flow_slot_wait, ([b for b, _ in wait], [r for _, r in wait]))
 
     # ------------------------------------------------------------------ claims
 

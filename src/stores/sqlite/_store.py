@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -57,6 +57,7 @@ from durable_core.store import (
     RunChange,
     RunRecord,
     SkippedTrigger,
+    StartLimiter,
     StoredEvent,
     WaitRecord,
     buffer_added,
@@ -140,8 +141,8 @@ _BUFFERED_EVENTS = (
 _DUE_AT_SQL = f"""(CASE
     WHEN status IN {_TERMINAL_SQL} THEN NULL
     WHEN lease_owner IS NOT NULL THEN COALESCE(lease_expires, 0)
-    WHEN status = 'queued' OR EXISTS (SELECT 1 FROM signals WHERE signals.run_id = runs.id)
-        THEN {ALWAYS_DUE}
+    WHEN EXISTS (SELECT 1 FROM signals WHERE signals.run_id = runs.id)
+        OR (status = 'queued' AND wake_at IS NULL) THEN {ALWAYS_DUE}
     ELSE wake_at
 END)"""
 
@@ -158,6 +159,7 @@ WHERE seq IN (
     UNION ALL SELECT runs.seq FROM signals JOIN runs ON runs.id = signals.run_id
 )
 AND {_DUE_AT_SQL} <= :now{{functions}}
+AND NOT EXISTS (SELECT 1 FROM flow_slots WHERE flow_slots.next_run = runs.id)
 ORDER BY seq
 LIMIT :limit
 """
@@ -332,9 +334,28 @@ def _migrate_v9(db: Any) -> None:
     )
 
 
+def _migrate_v10(db: Any) -> None:
+    """Version 10: the state of the start limits (flow control: throttle, rate_limit,
+    singleton; see :class:`durable_core.store.StartLimiter`). ``flow_gcra``: per GCRA
+    bucket, its theoretical arrival time and the last run it let start. ``flow_slots``: per
+    singleton bucket, the run holding it (NULL: free) and the run waiting for it (never
+    claimed while it waits). ``skipped_triggers.reason``: why the trigger started no run
+    (rows before it were all idempotency skips)."""
+    db.execute("CREATE TABLE IF NOT EXISTS flow_gcra (bucket TEXT PRIMARY KEY, "
+               "tat INTEGER NOT NULL, run_id TEXT NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS flow_slots (bucket TEXT PRIMARY KEY, run_id TEXT, "
+               "next_run TEXT)")
+    db.execute("CREATE INDEX IF NOT EXISTS flow_slots_by_run ON flow_slots (run_id) "
+               "WHERE run_id IS NOT NULL")
+    db.execute("CREATE INDEX IF NOT EXISTS flow_slots_by_next ON flow_slots (next_run) "
+               "WHERE next_run IS NOT NULL")
+    db.execute("ALTER TABLE skipped_triggers ADD COLUMN reason TEXT NOT NULL "
+               "DEFAULT 'idempotency'")
+
+
 _MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
-    _migrate_v7, _migrate_v8, _migrate_v9,
+    _migrate_v7, _migrate_v8, _migrate_v9, _migrate_v10,
 )
 """``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
 
@@ -1217,7 +1238,10 @@ class SQLiteStore:
             self._insert_events(conn, batch.events, batch.now)
         skipped: set[str] = set()
         if batch.runs:
-            skipped = self._create_runs(conn, batch.runs)
+            extra: list[tuple[str, Signal]] = []
+            skipped = self._create_runs(conn, batch.runs, batch.now, extra)
+            if extra:
+                batch = batch._replace(signals=(*batch.signals, *extra))
         if changes:
             self._apply_writes(conn, batch.now, changes, states, fenced)
         self._commit_rest(conn, batch, fenced, created=True, skipped=skipped)
@@ -1233,7 +1257,13 @@ class SQLiteStore:
             if batch.events:
                 self._insert_events(conn, batch.events, batch.now)
             if batch.runs:
-                skipped = self._create_runs(conn, batch.runs)
+                extra: list[tuple[str, Signal]] = []
+                skipped = self._create_runs(conn, batch.runs, batch.now, extra)
+                if extra:
+                    batch = batch._replace(signals=(*batch.signals, *extra))
+        if any(w.status in TERMINAL_STATUSES for w in batch.writes):
+            self._release_slots(conn, {w.run_id for w in batch.writes
+                                       if w.status in TERMINAL_STATUSES} - fenced)
         waits_add, waits_remove = wait_changes(batch, fenced, skipped or ())
         if waits_add:
             # Only events after the last one in the log (this batch's included) may match a
@@ -1299,9 +1329,11 @@ class SQLiteStore:
             )
         return found
 
-    def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun]) -> set[str]:
-        """Create the runs to create (:func:`new_runs_to_create`) and record the triggers
-        folded into a held idempotency key; returns the ids of the runs it skipped."""
+    def _create_runs(self, conn: sqlite3.Connection, runs: Sequence[NewRun], now: int,
+                     signals: list[tuple[str, Signal]]) -> set[str]:
+        """Create the runs to create (:func:`new_runs_to_create`, with their start limits:
+        :class:`StartLimiter`) and record the triggers skipped; returns the ids of the runs
+        it skipped. The limits' cancel signals are appended to ``signals``."""
         ids = list(dict.fromkeys(r.id for r in runs))
         existing = set(self._statuses(conn, ids))
         keys: dict[tuple[str, str], tuple[int, str]] = {}
@@ -1319,19 +1351,26 @@ class SQLiteStore:
                 f"SELECT id FROM skipped_triggers WHERE id IN ({_marks(len(chunk))})", chunk
             ))
         skipped: list[SkippedTrigger] = []
-        create = new_runs_to_create(runs, existing, keys, skipped)
+        limiter = self._limiter(conn, runs, now)
+        create = new_runs_to_create(runs, existing, keys, skipped, limiter)
+        if limiter is not None:
+            skipped += limiter.skipped
+            self._save_limits(conn, limiter)
+            signals += limiter.signals()
         if skipped:
             conn.executemany(
                 "INSERT OR IGNORE INTO skipped_triggers (id, function_id, key, run_id, "
-                "event_id, at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(k.id, k.function_id, k.key, k.run_id, k.event_id, k.at) for k in skipped],
+                "event_id, at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(k.id, k.function_id, k.key, k.run_id, k.event_id, k.at, k.reason)
+                 for k in skipped],
             )
         conn.executemany(
             "INSERT INTO runs (id, function_id, status, events, event_ids, created_at, "
-            "updated_at, parent_run_id, idempotency_key, epoch, rerun_of) "
-            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0, ?)",
+            "updated_at, parent_run_id, idempotency_key, epoch, rerun_of, wake_at) "
+            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             [(n.id, n.function_id, json.dumps(list(n.events)), json.dumps(list(n.event_ids)),
-              n.created_at, n.created_at, n.parent_run_id, n.idempotency_key, n.rerun_of)
+              n.created_at, n.created_at, n.parent_run_id, n.idempotency_key, n.rerun_of,
+              None if limiter is None else limiter.wake_at.get(n.id))
              for n in create],
         )
         conn.executemany(
@@ -1345,6 +1384,46 @@ class SQLiteStore:
             [(event_id, n.id) for n in create for event_id in n.event_ids],
         )
         return {n.id for n in runs} - {n.id for n in create}
+
+    @staticmethod
+    def _limiter(conn: sqlite3.Connection, runs: Sequence[NewRun], now: int
+                 ) -> StartLimiter | None:
+        """A :class:`StartLimiter` over the stored state of the runs' buckets (None if no
+        run has start limits). The write transaction serializes routers."""
+        limited = [n.limits for n in runs if n.limits is not None]
+        if not limited:
+            return None
+        gcra: dict[str, tuple[int, str]] = {}
+        slots: dict[str, tuple[str | None, str | None]] = {}
+        for b in dict.fromkeys(b for lim in limited for b in lim.gcra_buckets()):
+            row = conn.execute("SELECT tat, run_id FROM flow_gcra WHERE bucket = ?",
+                               (b,)).fetchone()
+            if row is not None:
+                gcra[b] = (row[0], row[1])
+        for b in dict.fromkeys(lim.singleton[0] for lim in limited
+                               if lim.singleton is not None):
+            row = conn.execute("SELECT run_id, next_run FROM flow_slots WHERE bucket = ?",
+                               (b,)).fetchone()
+            if row is not None:
+                slots[b] = (row[0], row[1])
+        return StartLimiter(gcra, slots, now)
+
+    @staticmethod
+    def _save_limits(conn: sqlite3.Connection, limiter: StartLimiter) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO flow_gcra (bucket, tat, run_id) VALUES (?, ?, ?)",
+            [(b, *limiter.gcra[b]) for b in sorted(limiter.gcra_changed)])
+        conn.executemany(
+            "INSERT OR REPLACE INTO flow_slots (bucket, run_id, next_run) VALUES (?, ?, ?)",
+            [(b, *limiter.slots[b]) for b in sorted(limiter.slots_changed)])
+
+    @staticmethod
+    def _release_slots(conn: sqlite3.Connection, ended: Iterable[str]) -> None:
+        """The singleton slots held by runs that ended in this commit pass to the runs
+        waiting for them (:func:`slot_released`), or become free."""
+        conn.executemany(
+            "UPDATE flow_slots SET run_id = next_run, next_run = NULL WHERE run_id = ?",
+            [(r,) for r in ended])
 
     @staticmethod
     def _apply_writes(
@@ -1631,7 +1710,7 @@ class SQLiteStore:
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT id, function_id, key, run_id, event_id, at FROM skipped_triggers "
+                "SELECT id, function_id, key, run_id, event_id, at, reason FROM skipped_triggers "
                 f"{where}ORDER BY seq DESC LIMIT ?",
                 (*params, limit),
             ).fetchall()

@@ -89,6 +89,7 @@ from durable_core.store import (
 )
 from stores._memory import MemoryStore
 from stores.testing._flow_buffers import FlowBufferConformance
+from stores.testing._flow_starts import StartLimitsConformance
 
 __all__ = [
     "DAY",
@@ -110,6 +111,7 @@ __all__ = [
     "where",
     "write",
 ]
+
 
 T0 = 1_700_000_000_000
 """The suite's "now" (ms since the epoch)."""
@@ -314,7 +316,7 @@ def _snapshot(store: Store) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the suite
 
 
-class StoreConformance(FlowBufferConformance):
+class StoreConformance(FlowBufferConformance, StartLimitsConformance):
     """The conformance tests; subclass it and implement :meth:`make_store`.
 
     Class attributes to override: :attr:`hypothesis_settings` (property-based tests),
