@@ -90,6 +90,7 @@ __all__ = [
     "StoredEvent",
     "WaitRecord",
     "apply_change",
+    "claim_order",
     "cron_advances",
     "due_at",
     "event_is_duplicate",
@@ -100,6 +101,7 @@ __all__ = [
     "lone_memo",
     "new_runs_to_create",
     "notifies",
+    "pick_limited",
     "record_changes",
     "run_events_to_append",
     "signal_accepted",
@@ -167,6 +169,13 @@ class NewRun:
     parent_run_id: str | None = None
     rerun_of: str | None = None
     """The run this one reruns, kept on the record (see :attr:`RunRecord.rerun_of`)."""
+    slots: tuple[tuple[str, int], ...] = ()
+    """Concurrency: ``(slot key, limit)`` pairs (at most 2). A run with slots is claimed
+    only by :meth:`Store.claim_limited_runs`, and only while each of its slot keys is held
+    by fewer than its limit of leased runs (:func:`pick_limited`)."""
+    priority_ms: int = 0
+    """Priority: claims take queued runs in ``created_at - priority_ms`` order (then
+    creation order; see :func:`claim_order`)."""
 
 
 @attrs.frozen
@@ -326,7 +335,7 @@ class Store(Protocol):
         function_ids: Sequence[str] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` claimable runs (:func:`due_at` ``<= now``), oldest first
-        (creation order), to ``owner`` until ``now + lease_ms``; each claim bumps the run's
+        (:func:`claim_order`: creation time minus priority, then creation order), to ``owner`` until ``now + lease_ms``; each claim bumps the run's
         epoch. With ``function_ids``, only runs of those functions are claimed (a worker
         claims only the functions it has; a run of another function stays queued for a
         worker that has it). ``limit <= 0`` or ``function_ids == []`` claims nothing."""
@@ -442,6 +451,23 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections and files. What was committed stays: opening the same
         (persistent) store again finds it."""
+        ...
+
+    def claim_limited_runs(
+        self, owner: str, now: int, lease_ms: int, limit: int, function_ids: Sequence[str],
+    ) -> list[Claim]:
+        """Like :meth:`claim_runs` for runs of ``function_ids`` (functions with
+        ``concurrency``), taking only runs whose slots have room: a slot key is held by
+        the runs with that key whose lease is live (``lease_expires > now``), and a run is
+        taken only if each of its keys is held by fewer than its limit, counting the runs
+        this claim takes (:func:`pick_limited`, which also serves keys in turn). Claims of
+        several workers are serialized so that no limit is exceeded between them."""
+        ...
+
+    def held_slots(self, now: int) -> dict[str, int]:
+        """How many runs with a live lease (``lease_expires > now``, not ended) hold each
+        slot key (:attr:`NewRun.slots`); keys held by none are left out. For tools and
+        checks: claims count the same way."""
         ...
 
 
@@ -732,4 +758,62 @@ def cron_advances(cursors: Iterable[tuple[str, int]]) -> dict[str, int]:
     for key, tick in cursors:
         if tick > out.get(key, -1):
             out[key] = tick
+    return out
+
+
+# --------------------------------------------------------------------------- concurrency and priority
+# (issue 13). A run of a function with ``concurrency`` carries its slots (NewRun.slots); a
+# slot key is held by the runs with that key whose lease is live, i.e. while they execute
+# step bodies (a run gives its lease up when it sleeps, waits or invokes). Priority orders
+# claims.
+
+
+def claim_order(created_at: int, priority_ms: int) -> int:
+    """The time a run is claimed by (smaller first; ties in creation order): its creation
+    time minus its priority (ms, within +-600 s). A run with priority ``n`` s goes ahead of
+    runs created less than ``n`` s before it, never of older ones."""
+    return created_at - priority_ms
+
+
+def slot_has_room(
+    slots: Sequence[tuple[str, int]], held: dict[str, int]
+) -> bool:
+    """Whether a run with ``slots`` may take them: each key is held by fewer than the
+    run's limit for it (``held``: key -> runs holding it)."""
+    return all(held.get(key, 0) < limit for key, limit in slots)
+
+
+def pick_limited(
+    candidates: Iterable[tuple[str, Sequence[tuple[str, int]]]], held: dict[str, int],
+    limit: int,
+) -> list[str]:
+    """The runs a limited claim takes: ``candidates`` are ``(run id, slots)`` in claim order
+    (:func:`claim_order`); ``held`` counts the live leases per slot key before the claim.
+    Keys are served in turn (round-robin on a run's first slot key, in order of first
+    appearance; in claim order within a key), so one busy key cannot starve the others; a
+    run is taken only if :func:`slot_has_room`, counting the runs taken before it; at most
+    ``limit`` runs (``<= 0``: none). ``held`` is not changed."""
+    if limit <= 0:
+        return []
+    queues: dict[str, list[tuple[str, Sequence[tuple[str, int]]]]] = {}
+    for run_id, slots in candidates:
+        queues.setdefault(slots[0][0] if slots else "", []).append((run_id, slots))
+    counts = dict(held)
+    out: list[str] = []
+    heads = dict.fromkeys(queues, 0)
+    while heads and len(out) < limit:
+        for key in list(heads):
+            queue, i = queues[key], heads[key]
+            while i < len(queue) and not slot_has_room(queue[i][1], counts):
+                i += 1  # no room now; counts only grow during a claim
+            if i >= len(queue):
+                del heads[key]
+                continue
+            run_id, slots = queue[i]
+            heads[key] = i + 1
+            for k, _ in slots:
+                counts[k] = counts.get(k, 0) + 1
+            out.append(run_id)
+            if len(out) >= limit:
+                break
     return out

@@ -78,6 +78,7 @@ from durable_core.core._model import (
     derive_id,
 )
 from durable_core.engine import _observe
+from durable_core.engine._flow_concurrency import claim_split, flow_runs, limited_function_ids
 from durable_core.store import (
     Claim,
     CommitBatch,
@@ -335,7 +336,7 @@ class Engine:
         new = NewRun(id=run_id, function_id=function_id,
                      events=(_observe.with_trace(event.to_json()),),
                      event_ids=(event_id,), created_at=now)
-        self.store.commit(CommitBatch(now=now, runs=(new,),
+        self.store.commit(CommitBatch(now=now, runs=flow_runs(self.app, (new,)),
                                       waits_add=tuple(self._cancel_on_waits(new))))
         return run_id
 
@@ -389,8 +390,8 @@ class Engine:
             waits_add += ev_waits
             parts.append((ev, ev_runs, ev_signals, ev_waits))
         batch = CommitBatch(
-            now=now, runs=tuple(runs), signals=tuple(signals), waits_add=tuple(waits_add),
-            routed_events=tuple(e.seq for e in events),
+            now=now, runs=flow_runs(self.app, runs), signals=tuple(signals),
+            waits_add=tuple(waits_add), routed_events=tuple(e.seq for e in events),
         )
         try:
             self.store.commit(batch)
@@ -477,7 +478,7 @@ class Engine:
     ) -> None:
         try:
             self.store.commit(
-                CommitBatch(now=now, runs=tuple(runs), signals=tuple(signals),
+                CommitBatch(now=now, runs=flow_runs(self.app, runs), signals=tuple(signals),
                             waits_add=tuple(waits), routed_events=(ev.seq,))
             )
         except Exception as exc:
@@ -549,17 +550,16 @@ class Engine:
             moved.append((key, last))
         if moved:
             waits = tuple(w for r in runs for w in self._cancel_on_waits(r))
-            self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved),
-                                          waits_add=waits))
+            self.store.commit(CommitBatch(now=now, runs=flow_runs(self.app, runs),
+                                          cron=tuple(moved), waits_add=waits))
         return len(runs)
 
     # ------------------------------------------------------------------ runs
 
     def claim(self, now: int, limit: int = 100) -> Plan | None:
         """Claim runs that need work and feed them; returns the plan, or None if idle."""
-        claims = self.store.claim_runs(
-            self.owner, now, self.lease_ms, limit, self.function_ids
-        )
+        claims = claim_split(self.store, self.owner, now, self.lease_ms, limit,
+                             *limited_function_ids(self.app))
         if not claims:
             return None
         return self.feed_claims(claims, now)
@@ -579,9 +579,8 @@ class Engine:
         steps: list[ExecuteStep] = []
         claimed: tuple[str, ...] = ()
         if claim_limit > 0:
-            claims = self.store.claim_runs(
-                self.owner, now, self.lease_ms, claim_limit, self.function_ids
-            )
+            claims = claim_split(self.store, self.owner, now, self.lease_ms, claim_limit,
+                                 *limited_function_ids(self.app))
             if claims:
                 claimed = tuple(c.run.id for c in claims)
                 more = more or len(claims) >= claim_limit
@@ -857,7 +856,8 @@ class Engine:
             if release:
                 self._evict_floor = 0  # a parked machine may be evicted: scan again
         batch = CommitBatch(
-            now=now, runs=tuple(runs), events=tuple(events), writes=tuple(writes),
+            now=now, runs=flow_runs(self.app, runs) if runs else (), events=tuple(events),
+            writes=tuple(writes),
             waits_add=tuple(waits_add), waits_remove=tuple(waits_remove),
             signals=tuple(signals), run_events=tuple(run_events),
         )
@@ -1114,7 +1114,7 @@ class Engine:
         new_id = self.new_id("r_", now)
         new = NewRun(id=new_id, function_id=run.function_id, events=run.events,
                      event_ids=run.event_ids, created_at=now, rerun_of=run_id)
-        self.store.commit(CommitBatch(now=now, runs=(new,),
+        self.store.commit(CommitBatch(now=now, runs=flow_runs(self.app, (new,)),
                                       waits_add=tuple(self._cancel_on_waits(new))))
         return new_id
 

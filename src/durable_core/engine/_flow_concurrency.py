@@ -1,0 +1,59 @@
+"""Engine glue for ``concurrency`` and ``priority`` (issue 13): new runs get their slots and
+priority from their function and triggering event; claims of functions with ``concurrency``
+go through :meth:`~durable_core.Store.claim_limited_runs`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from durable_core.core._flow_concurrency import priority_ms, slot_keys
+from durable_core.core._function import App
+from durable_core.store import Claim, NewRun, Store
+
+__all__ = ["claim_split", "flow_runs", "limited_function_ids"]
+
+
+def limited_function_ids(app: App) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The app's function ids without ``concurrency`` and those with it."""
+    plain = tuple(f.id for f in app.functions.values() if not f.flow.concurrency)
+    limited = tuple(f.id for f in app.functions.values() if f.flow.concurrency)
+    return plain, limited
+
+
+def flow_runs(app: App, runs: Sequence[NewRun]) -> tuple[NewRun, ...]:
+    """``runs`` with the slots and priority of those whose function has ``concurrency`` or
+    ``priority`` (evaluated on the run's first triggering event); others as they are."""
+    out: list[NewRun] = []
+    for run in runs:
+        func = app.functions.get(run.function_id)
+        flow = None if func is None else func.flow
+        if flow is None or not (flow.concurrency or flow.priority is not None):
+            out.append(run)
+            continue
+        event: dict[str, Any] | None = None
+        if run.events:
+            try:
+                raw = json.loads(run.events[0])
+                event = raw if isinstance(raw, dict) else None
+            except ValueError:
+                event = None
+        out.append(attrs.evolve(
+            run, slots=slot_keys(app.id, run.function_id, flow, event, run.id),
+            priority_ms=priority_ms(run.function_id, flow, event, run.id)))
+    return tuple(out)
+
+
+def claim_split(
+    store: Store, owner: str, now: int, lease_ms: int, limit: int,
+    plain: Sequence[str], limited: Sequence[str],
+) -> list[Claim]:
+    """Claim up to ``limit`` runs: of the ``plain`` functions as ever, then of the
+    ``limited`` ones (with ``concurrency``) as their slots allow."""
+    claims = store.claim_runs(owner, now, lease_ms, limit, plain) if plain else []
+    if limited and len(claims) < limit:
+        claims += store.claim_limited_runs(owner, now, lease_ms, limit - len(claims), limited)
+    return claims

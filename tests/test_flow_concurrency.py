@@ -1,0 +1,221 @@
+"""``concurrency`` and ``priority`` (issue 13) on TestEngine's virtual clock, on every store:
+step bodies executing at once per key stay within the limit (counted by the store:
+``held_slots``, sampled at every body start), sleeping runs hold no slot, keys are served in
+turn, app scope shares a key value across functions, and priority orders starts within its
+bound."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from durable_core import App, Concurrency, Event, Priority, on_event
+from durable_core.store import Store, pick_limited
+from durable_core.testing import TestEngine
+
+
+class Probe:
+    """What step bodies see: the order they ran in, and the most slots held per key (the
+    store's count, read as each body starts)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.engine: TestEngine | None = None
+        self.order: list[str] = []
+        self.peak: dict[str, int] = {}
+
+    def body(self, label: str) -> None:
+        assert self.engine is not None
+        self.order.append(label)
+        for key, n in self.store.held_slots(self.engine.engine_ms).items():
+            self.peak[key] = max(self.peak.get(key, 0), n)
+
+
+def engine_for(app: App, store: Store, probe: Probe) -> TestEngine:
+    engine = TestEngine(app, store=store)
+    probe.engine = engine
+    return engine
+
+
+# TestEngine's virtual now in ms, for the probe (the store counts leases live at a time).
+TestEngine.engine_ms = property(lambda self: self._now)  # type: ignore[attr-defined]
+
+
+def test_limit_per_key_bounds_step_bodies_executing_at_once(any_store: Store) -> None:
+    app = App("cc")
+    probe = Probe(any_store)
+
+    @app.function(id="f", trigger=on_event("go"),
+                  concurrency=Concurrency(2, key="event.data.c"))
+    async def f(ctx: Any) -> None:
+        label = f"{ctx.event.data['c']}{ctx.event.data['n']}"
+        for i in range(3):
+            await ctx.step.run(f"s{i}", probe.body, f"{label}.{i}")
+
+    engine = engine_for(app, any_store, probe)
+    engine.send([Event("go", {"c": c, "n": n}) for n in range(4) for c in "ab"])
+    assert [r.status for r in engine.runs] == ["completed"] * 8
+    assert sorted(probe.peak.values()) == [2, 2]  # two keys, at most two slots each
+    # The first two runs of each key started first; the others waited for a slot.
+    assert set(probe.order[:4 * 3]) == {f"{c}{n}.{i}" for c in "ab" for n in (0, 1)
+                                        for i in range(3)}
+    assert any_store.held_slots(engine.engine_ms) == {}
+
+
+def test_without_key_the_function_has_one_queue(any_store: Store) -> None:
+    app = App("cc1")
+    probe = Probe(any_store)
+
+    @app.function(id="f", trigger=on_event("go"), concurrency=1)
+    async def f(ctx: Any) -> None:
+        n = ctx.event.data["n"]
+        await ctx.step.run("a", probe.body, f"{n}a")
+        await ctx.step.run("b", probe.body, f"{n}b")
+
+    engine = engine_for(app, any_store, probe)
+    engine.send([Event("go", {"n": n}) for n in range(3)])
+    # One run at a time, in order: each run's steps back to back.
+    assert probe.order == ["0a", "0b", "1a", "1b", "2a", "2b"]
+    assert list(probe.peak.values()) == [1]
+
+
+def test_a_sleeping_run_holds_no_slot(any_store: Store) -> None:
+    app = App("cc-sleep")
+    probe = Probe(any_store)
+
+    @app.function(id="f", trigger=on_event("go"), concurrency=1)
+    async def f(ctx: Any) -> None:
+        n = ctx.event.data["n"]
+        await ctx.step.run("a", probe.body, f"{n}a")
+        await ctx.step.sleep("nap", "1m")
+        await ctx.step.run("b", probe.body, f"{n}b")
+
+    engine = engine_for(app, any_store, probe)
+    engine.send([Event("go", {"n": n}) for n in range(3)])
+    # While run 0 sleeps, runs 1 and 2 take the slot in turn.
+    assert probe.order == ["0a", "1a", "2a"]
+    engine.advance("1m")
+    assert probe.order == ["0a", "1a", "2a", "0b", "1b", "2b"]
+    assert [r.status for r in engine.runs] == ["completed"] * 3
+    assert list(probe.peak.values()) == [1]
+
+
+def test_app_scope_shares_a_key_value_across_functions(any_store: Store) -> None:
+    app = App("cc-app")
+    probe = Probe(any_store)
+
+    @app.function(id="f", trigger=on_event("go"),
+                  concurrency=Concurrency(1, key="event.data.account", scope="app"))
+    async def f(ctx: Any) -> None:
+        await ctx.step.run("a", probe.body, f"f{ctx.event.data['n']}")
+        await ctx.step.sleep("nap", "1m")
+
+    @app.function(id="g", trigger=on_event("go"),
+                  concurrency=Concurrency(1, key="event.data.account", scope="app"))
+    async def g(ctx: Any) -> None:
+        await ctx.step.run("a", probe.body, f"g{ctx.event.data['n']}")
+        await ctx.step.sleep("nap", "1m")
+
+    engine = engine_for(app, any_store, probe)
+    engine.send([Event("go", {"account": "acme", "n": 0})])
+    # Both functions' runs share one slot for "acme": they executed one after the other.
+    assert sorted(probe.order) == ["f0", "g0"]
+    assert list(probe.peak.values()) == [1]
+    engine.advance("1m")
+    assert [r.status for r in engine.runs] == ["completed"] * 2
+
+
+def test_two_entries_both_need_room(any_store: Store) -> None:
+    app = App("cc-two")
+    probe = Probe(any_store)
+
+    @app.function(id="f", trigger=on_event("go"),
+                  concurrency=[Concurrency(3), Concurrency(1, key="event.data.c")])
+    async def f(ctx: Any) -> None:
+        await ctx.step.run("a", probe.body, ctx.event.data["c"])
+
+    engine = engine_for(app, any_store, probe)
+    engine.send([Event("go", {"c": c}) for c in "aabbccdd"])
+    assert [r.status for r in engine.runs] == ["completed"] * 8
+    assert max(probe.peak.values()) <= 3
+    assert sorted(probe.peak.values()) == [1, 1, 1, 1, 3]
+
+
+def test_a_key_that_fails_limits_the_run_under_the_empty_value(
+    any_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App("cc-bad")
+    probe = Probe(any_store)
+
+    @app.function(id="f", trigger=on_event("go"),
+                  concurrency=Concurrency(1, key="event.data.missing.deeper"))
+    async def f(ctx: Any) -> None:
+        await ctx.step.run("a", probe.body, str(ctx.event.data["n"]))
+
+    engine = engine_for(app, any_store, probe)
+    with caplog.at_level(logging.WARNING, logger="durable_core.flow"):
+        engine.send([Event("go", {"n": n}) for n in range(2)])
+    assert [r.status for r in engine.runs] == ["completed"] * 2
+    assert list(probe.peak.values()) == [1]
+    assert "limited under the empty key value" in caplog.text
+
+
+def test_busy_keys_do_not_starve_others() -> None:
+    """The claim rule: keys are served in turn, whatever their queue lengths."""
+    a = [(f"a{i}", (("A", 100),)) for i in range(50)]
+    b = [("b0", (("B", 100),))]
+    c = [("c0", (("C", 100),)), ("c1", (("C", 100),))]
+    picked = pick_limited([*a, *b, *c], {}, 5)
+    assert picked == ["a0", "b0", "c0", "a1", "c1"]
+    # Room is counted with the claim's own picks, and held slots count.
+    assert pick_limited(a[:5], {"A": 98}, 5) == ["a0", "a1"]
+    # A run needs room in each of its keys.
+    two = [("x", (("A", 1), ("B", 1))), ("y", (("B", 1),)), ("z", (("A", 2),))]
+    assert pick_limited(two, {"B": 1}, 5) == ["z"]
+    assert pick_limited(two, {}, 0) == []
+
+
+# --------------------------------------------------------------------------- priority
+
+
+def test_priority_orders_queued_runs_within_the_bound(any_store: Store) -> None:
+    app = App("prio2")
+    probe = Probe(any_store)
+
+    @app.function(id="f", trigger=on_event("go"), concurrency=1,
+                  priority=Priority(run="event.data.p"))
+    async def f(ctx: Any) -> None:
+        await ctx.step.run("a", probe.body, ctx.event.data["n"])
+
+    engine = engine_for(app, any_store, probe)
+    # Queue runs created at different times while nothing claims them (routed by the
+    # engine directly, without settling), then let them run one at a time.
+    sends = [("old", 0, 0), ("mid", 100, 0), ("vip", 200, 150), ("late", 300, 0),
+             ("over", 1000, 600), ("neg", 1000, -30), ("bad", 1000, "x")]
+    start = engine.engine_ms
+    for n, at, p in sends:
+        engine.engine.send([Event("go", {"n": n, "p": p})], start + at * 1000, route=True)
+    engine.advance("1000s")
+    # Scores (created - priority): old 0, mid 100, vip 50, late 300, over 400, neg 1030,
+    # bad 1000 (a non-int counts as 0).
+    assert probe.order == ["old", "vip", "mid", "late", "over", "bad", "neg"]
+
+
+def test_priority_never_overtakes_work_older_than_the_bound(any_store: Store) -> None:
+    app = App("prio3")
+    probe = Probe(any_store)
+
+    @app.function(id="f", trigger=on_event("go"), priority=Priority(run="event.data.p"))
+    async def f(ctx: Any) -> None:
+        await ctx.step.run("a", probe.body, ctx.event.data["n"])
+
+    engine = engine_for(app, any_store, probe)
+    start = engine.engine_ms
+    engine.engine.send([Event("go", {"n": "old", "p": 0})], start, route=True)
+    # 601 s later, the highest priority (clipped to 600) still comes after it.
+    engine.engine.send([Event("go", {"n": "new", "p": 100_000})], start + 601_000, route=True)
+    engine.engine.send([Event("go", {"n": "tie", "p": 600})], start + 600_000, route=True)
+    engine.advance("601s")
+    assert probe.order == ["old", "tie", "new"]
