@@ -335,7 +335,8 @@ class Store(Protocol):
         function_ids: Sequence[str] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` claimable runs (:func:`due_at` ``<= now``), oldest first
-        (:func:`claim_order`: creation time minus priority, then creation order), to ``owner`` until ``now + lease_ms``; each claim bumps the run's
+        (:func:`claim_order`: creation time minus priority, then creation order), to
+        ``owner`` until ``now + lease_ms``; each claim bumps the run's
         epoch. With ``function_ids``, only runs of those functions are claimed (a worker
         claims only the functions it has; a run of another function stays queued for a
         worker that has it). ``limit <= 0`` or ``function_ids == []`` claims nothing."""
@@ -761,7 +762,7 @@ def cron_advances(cursors: Iterable[tuple[str, int]]) -> dict[str, int]:
     return out
 
 
-# --------------------------------------------------------------------------- concurrency and priority
+# --------------------------------------------------------------------------- concurrency
 # (issue 13). A run of a function with ``concurrency`` carries its slots (NewRun.slots); a
 # slot key is held by the runs with that key whose lease is live, i.e. while they execute
 # step bodies (a run gives its lease up when it sleeps, waits or invokes). Priority orders

@@ -585,14 +585,12 @@ class MemoryStore:
             due = self._due_now(now)
             candidates = [(item[2], self._slots.get(item[2], ())) for item in due
                           if self._runs[item[2]].function_id in only]
-            picked = set(pick_limited(candidates, self._held(now), limit))
-            out: list[Claim] = []
+            picked = pick_limited(candidates, self._held(now), limit)
+            taken = set(picked)
             for item in due:
-                if item[2] in picked:
-                    out.append(self._lease(item[2], owner, now, lease_ms))
-                else:
+                if item[2] not in taken:
                     heapq.heappush(self._due_heap, item)
-            return out
+            return [self._lease(run_id, owner, now, lease_ms) for run_id in picked]
 
     def _held(self, now: int) -> dict[str, int]:
         held: dict[str, int] = {}

@@ -533,7 +533,8 @@ class _Queries:
             "WITH c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
             "lease_expires = %(expires)s WHERE r.id = ANY(%(ids)s::text[]) "
             "RETURNING ROW(r.created_at - r.priority_ms, r.ord) AS ord, r.journal_len, "
-            + _RUN_COLS + ") " + claimed
+            + _RUN_COLS + ") "
+            + claimed.replace("ORDER BY c.ord", "ORDER BY array_position(%(ids)s::text[], c.id)")
         )
         self.set_flow = r(
             "UPDATE {runs} AS r SET priority_ms = u.p, slot_key1 = u.k1, slot_limit1 = u.l1, "

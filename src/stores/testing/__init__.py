@@ -313,7 +313,10 @@ def _snapshot(store: Store) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the suite
 
 
-class StoreConformance:
+from stores.testing._flow_concurrency import ConcurrencyConformance  # noqa: E402
+
+
+class StoreConformance(ConcurrencyConformance):
     """The conformance tests; subclass it and implement :meth:`make_store`.
 
     Class attributes to override: :attr:`hypothesis_settings` (property-based tests),
