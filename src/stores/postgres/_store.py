@@ -1478,7 +1478,7 @@ class PostgresStore:
             return []
         q = self._q
         lock = _hash64(self.schema, "concurrency-slots") - 2**63
-        params: dict[str, Any] = {"now": now, "limit": limit * 4,
+        params: dict[str, Any] = {"now": now, "limit": limit + min(limit, 100),
                                   "functions": list(function_ids)}
 
         def tx(conn: _Conn) -> list[Claim]:
