@@ -29,7 +29,7 @@ import stores
 from durable_core import App, Concurrency, Context, Event, Worker, on_event
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from store_throughput import PG_URL, STEPS, _Watch, drop_schema  # noqa: E402
+from store_throughput import PG_URL, STEPS, _Watch, drop_schema
 
 RUNS = 1_000
 KEYS = 100
@@ -82,7 +82,7 @@ def measure(urls: dict[str, str], limit: int, rounds: int) -> dict[str, float]:
                    "concurrency": _Bench(urls["concurrency"], limit)}
         rates: dict[str, list[float]] = {m: [] for m in benches}
         # One worker at a time: the other's is started only while it is measured.
-        for mode, bench in benches.items():
+        for bench in benches.values():
             async with trio.open_nursery() as nursery:
                 await nursery.start(bench.worker.run)
                 await bench.round()  # warm-up

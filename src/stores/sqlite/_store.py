@@ -1659,7 +1659,8 @@ class SQLiteStore:
         one write transaction (writers are serialized, across processes too)."""
         if limit <= 0 or not function_ids:
             return []
-        params = {"now": now, "limit": limit + min(limit, 100), "functions": json.dumps(list(function_ids))}
+        params = {"now": now, "limit": limit + min(limit, 100),
+                  "functions": json.dumps(list(function_ids))}
         with self._write() as conn:
             held = {k: n for k, n in conn.execute(_HELD_SLOTS_SQL, {"now": now})}
             candidates = [
