@@ -250,7 +250,7 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "ALTER TABLE {runs} ADD COLUMN rerun_of text",
     ),
     # 8: concurrency and priority (issue 13). runs.priority_ms: claims take queued runs in
-    # (created_at - priority_ms, ord) order, through runs_queued_order (0 for runs before);
+    # (created_at - priority_ms, ord) order, through runs_due_order (0 for runs before);
     # runs.slot_key1/2 and their limits, the run's concurrency slots (NULL: none), each
     # with a partial index of the leased runs holding it (what a limited claim counts).
     (
@@ -259,8 +259,8 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "ALTER TABLE {runs} ADD COLUMN slot_limit1 bigint",
         "ALTER TABLE {runs} ADD COLUMN slot_key2 text",
         "ALTER TABLE {runs} ADD COLUMN slot_limit2 bigint",
-        "CREATE INDEX IF NOT EXISTS runs_queued_order ON {runs} ((created_at - priority_ms), ord) "
-        "WHERE due_at = (-9223372036854775807 - 1)",
+        "CREATE INDEX IF NOT EXISTS runs_due_order ON {runs} "
+        "(due_at, (created_at - priority_ms), ord) WHERE due_at IS NOT NULL",
         "CREATE INDEX IF NOT EXISTS runs_slot1 ON {runs} (slot_key1) "
         "WHERE slot_key1 IS NOT NULL AND lease_owner IS NOT NULL",
         "CREATE INDEX IF NOT EXISTS runs_slot2 ON {runs} (slot_key2) "
@@ -466,12 +466,12 @@ class _Queries:
         # generic plans cached for prepared statements cannot see the parameters. The
         # second variant claims runs of the given functions only.
         # Queued runs are taken in claim_order (created_at - priority_ms, then ord: issue
-        # 13's priority), through runs_queued_order.
+        # 13's priority), through runs_due_order.
         def claim(functions: LiteralString) -> LiteralString:
             return r(
                 "WITH q1 AS (SELECT id, ord, created_at - priority_ms AS o FROM {runs} "
                 "WHERE due_at = " + _MIN + functions
-                + " ORDER BY created_at - priority_ms, ord LIMIT %(limit)s "
+                + " ORDER BY due_at, created_at - priority_ms, ord LIMIT %(limit)s "
                 "FOR NO KEY UPDATE SKIP LOCKED), "
                 "q2 AS (SELECT id, ord, created_at - priority_ms AS o FROM {runs} "
                 "WHERE due_at > " + _MIN + " "
@@ -518,7 +518,7 @@ class _Queries:
         self.limited_candidates = r(
             "WITH " + held + ", "
             "q1 AS (" + cols + "WHERE due_at = " + _MIN + room
-            + " ORDER BY created_at - priority_ms, ord LIMIT %(limit)s "
+            + " ORDER BY due_at, created_at - priority_ms, ord LIMIT %(limit)s "
             "FOR NO KEY UPDATE SKIP LOCKED), "
             "q2 AS (" + cols + "WHERE due_at > " + _MIN + " AND due_at <= %(now)s" + room
             + " ORDER BY ord LIMIT %(limit)s FOR NO KEY UPDATE SKIP LOCKED) "
