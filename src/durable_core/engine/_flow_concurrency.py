@@ -57,3 +57,28 @@ def claim_split(
     if limited and len(claims) < limit:
         claims += store.claim_limited_runs(owner, now, lease_ms, limit - len(claims), limited)
     return claims
+
+
+def slots_over_limit(app: App, store: Store, now: int) -> dict[str, tuple[int, int]]:
+    """The slot keys held (:meth:`~durable_core.Store.held_slots` at ``now``) by more runs
+    than any of the app's functions naming them allows: key -> (held, limit). For checks
+    (the simulator): ``{}`` when every limit holds. The limit of a key is the highest among
+    the runs that have not ended and carry it (their own function's limit)."""
+    held = store.held_slots(now)
+    if not held:
+        return {}
+    limits: dict[str, int] = {}
+    for func in app.functions.values():
+        if not func.flow.concurrency:
+            continue
+        for run in store.list_runs(function_id=func.id, limit=1_000_000):
+            if run.status in ("completed", "failed", "cancelled"):
+                continue
+            try:
+                raw = json.loads(run.events[0]) if run.events else None
+            except ValueError:
+                raw = None
+            event = raw if isinstance(raw, dict) else None
+            for key, limit in slot_keys(app.id, func.id, func.flow, event, run.id):
+                limits[key] = max(limits.get(key, 0), limit)
+    return {k: (n, limits.get(k, 0)) for k, n in held.items() if n > limits.get(k, 0)}
