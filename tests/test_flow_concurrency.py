@@ -284,3 +284,29 @@ def test_sqlite_limited_claims_count_slots_through_partial_indexes(tmp_path: Any
         assert "runs_queued" in plan, plan
     finally:
         store.close()
+
+
+def test_a_store_without_limited_claims_is_refused_at_startup() -> None:
+    from durable_core import ValidationError
+    from stores import MemoryStore
+
+    class Old:
+        blocking = False
+
+        def __init__(self) -> None:
+            self._inner = MemoryStore()
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("claim_limited_runs", "held_slots"):
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    app = App("cc-old")
+
+    @app.function(id="f", trigger=on_event("go"), concurrency=1)
+    async def f(ctx: Any) -> None:
+        return None
+
+    with pytest.raises(ValidationError) as info:
+        TestEngine(app, store=Old())  # type: ignore[arg-type]
+    assert info.value.field == "store" and "claim_limited_runs" in str(info.value)

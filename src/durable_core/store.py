@@ -60,6 +60,10 @@ The rules, in short (each is detailed where it is decided):
   of the event's keys; a wait without keys is found for every event of its name
   (:func:`wait_found`). Keys are stored with the wait and removed with it.
 - **Cron cursors** only move forward (:func:`cron_advances`).
+- **Concurrency and priority.** Claims take runs in :func:`claim_order` (creation time minus
+  :attr:`NewRun.priority_ms`, then creation order). A slot key of a run
+  (:attr:`NewRun.slots`) is held while the run's lease is live; runs with slots are claimed
+  by :meth:`Store.claim_limited_runs`, only while each key has room (:func:`pick_limited`).
 - **Atomicity and durability.** A commit is applied whole or not at all (a store that fails
   half way leaves nothing of the batch), and is durable when it returns: closing and
   opening a persistent store again finds everything committed.

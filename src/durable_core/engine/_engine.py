@@ -78,7 +78,12 @@ from durable_core.core._model import (
     derive_id,
 )
 from durable_core.engine import _observe
-from durable_core.engine._flow_concurrency import claim_split, flow_runs, limited_function_ids
+from durable_core.engine._flow_concurrency import (
+    check_store,
+    claim_split,
+    flow_runs,
+    limited_function_ids,
+)
 from durable_core.store import (
     Claim,
     CommitBatch,
@@ -230,6 +235,7 @@ class Engine:
         lease_ms: int = 30_000,
         cache_size: int = 10_000,
     ) -> None:
+        check_store(app, store)  # concurrency needs claim_limited_runs (issue 13)
         self.app = app
         self.cache_size = cache_size
         self._evict_floor = 0  # after a fruitless scan, _evict scans only above this size

@@ -14,7 +14,7 @@ from durable_core.core._flow_concurrency import priority_ms, slot_keys
 from durable_core.core._function import App
 from durable_core.store import Claim, NewRun, Store
 
-__all__ = ["claim_split", "flow_runs", "limited_function_ids"]
+__all__ = ["check_store", "claim_split", "flow_runs", "limited_function_ids", "slots_over_limit"]
 
 
 def limited_function_ids(app: App) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -82,3 +82,21 @@ def slots_over_limit(app: App, store: Store, now: int) -> dict[str, tuple[int, i
             for key, limit in slot_keys(app.id, func.id, func.flow, event, run.id):
                 limits[key] = max(limits.get(key, 0), limit)
     return {k: (n, limits.get(k, 0)) for k, n in held.items() if n > limits.get(k, 0)}
+
+
+def check_store(app: App, store: Store) -> None:
+    """Raise a ValidationError at startup if ``app`` uses ``concurrency`` and ``store``
+    (a custom store written before flow control) has no ``claim_limited_runs`` or
+    ``held_slots``, instead of failing every poll."""
+    from durable_core.base._errors import ValidationError
+
+    if not any(f.flow.concurrency for f in app.functions.values()):
+        return
+    missing = [m for m in ("claim_limited_runs", "held_slots")
+               if not callable(getattr(store, m, None))]
+    if missing:
+        raise ValidationError(
+            f"app {app.id!r} has functions with concurrency, but the store "
+            f"({type(store).__name__}) has no {' or '.join(missing)}: implement them "
+            "(docs/stores.md, 'Concurrency and priority') or use a store that has them",
+            field="store")
