@@ -109,6 +109,7 @@ __all__ = [
     "record_changes",
     "run_events_to_append",
     "signal_accepted",
+    "slot_has_room",
     "wait_changes",
     "wait_found",
     "wait_records",
