@@ -416,8 +416,8 @@ def test_the_loop_exists_once() -> None:
     src = ROOT / "src" / "durable_core"
     found = []
     for path in [*src.rglob("*.py"), *DRIVERS]:
-        if path == src / "engine" / "_engine.py":
-            continue
+        if path in (src / "engine" / "_engine.py", src / "engine" / "_flow_concurrency.py"):
+            continue  # (the second: the engine's claims of functions with concurrency)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in loop_calls):

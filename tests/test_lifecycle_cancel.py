@@ -554,7 +554,7 @@ def test_a_version_7_sqlite_database_gains_rerun_of(tmp_path: Any) -> None:
     conn.close()
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 10
+        assert store.schema_version == SCHEMA_VERSION == 11
         assert store.get_run("old").rerun_of is None
         store.commit(CommitBatch(now=10, runs=(NewRun(
             "new", "fn", ('{"name":"x","data":{},"id":"e0","ts":5}',), ("e0",), 10,

@@ -221,7 +221,7 @@ def test_a_version_5_sqlite_database_keeps_its_waits(tmp_path: Path) -> None:
     conn.close()
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 10
+        assert store.schema_version == SCHEMA_VERSION == 11
         [old] = store.find_waits("paid", T0)
         assert (old.run_id, old.keys, old.after_seq) == ("old", (), 0)
         assert store.find_waits("paid", T0, ["data.k=2"]) == [old]
@@ -260,7 +260,7 @@ def test_a_version_3_postgres_schema_keeps_its_waits(pg_url: str, pg_schema: str
     with psycopg.connect(pg_url, autocommit=True) as conn:
         [(version,)] = conn.execute(sql.SQL("SELECT value FROM {} WHERE key = 'version'")
                                     .format(sql.Identifier(pg_schema, "meta"))).fetchall()
-    assert int(version) == pg_module.SCHEMA_VERSION == 9
+    assert int(version) == pg_module.SCHEMA_VERSION == 10
 
 
 # --------------------------------------------------------------------------- routing

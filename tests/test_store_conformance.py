@@ -323,7 +323,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
 
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 10
+        assert store.schema_version == SCHEMA_VERSION == 11
         # v2: run_events is filled from the runs already there.
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
@@ -403,7 +403,7 @@ def test_a_version_6_database_gets_skipped_triggers(tmp_path: Path) -> None:
     assert "skipped_triggers" not in sqlite_utils.Database(path).table_names()
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 10
+        assert store.schema_version == SCHEMA_VERSION == 11
         store.commit(CommitBatch(now=T0 + 1, runs=(new_run("r2", key="k", created_at=T0 + 1),)))
         assert [(s.id, s.run_id) for s in store.skipped_triggers()] == [("r2", "r1")]
     finally:
@@ -431,7 +431,8 @@ def test_schema_tables_and_indexes(tmp_path: Path) -> None:
     partial = {name for (name,) in db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
     assert partial == {"runs_queued", "runs_wake_at", "runs_lease_owner",
-                       "flow_slots_by_run", "flow_slots_by_next"}
+                       "flow_slots_by_run", "flow_slots_by_next",
+                       "runs_slot1", "runs_slot2"}  # (the last two: concurrency)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
 

@@ -293,7 +293,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(pg_url: str, pg_schema: st
 
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 9
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 10
         old = store.get_run("old")
         assert (old.event_ids, old.created_at, old.status) == (("e1", "e2"), 5, "queued")
         assert store.list_runs(event_id="e2") == [old]
@@ -968,7 +968,7 @@ def test_a_version_5_schema_keeps_its_runs_through_version_6(pg_url: str,
             " %s, %s, 'ValueError', 'nope', %s)").format(runs), (T0, T0, T0))
     store = PostgresStore(pg_url, schema=pg_schema)
     try:
-        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 9
+        assert version_of(pg_url, pg_schema) == pg_module.SCHEMA_VERSION == 10
         old = store.get_run("old")
         assert old.error is not None
         assert (old.error.type, old.error.message, old.error.traceback) == (

@@ -73,6 +73,10 @@ The rules, in short (each is detailed where it is decided):
   its slot as ``wake_at`` (:func:`due_at`); a run waiting for a singleton slot is never
   claimed; a slot passes on (:func:`slot_released`) in the commit that ends its holder
   (an accepted terminal write), never otherwise.
+- **Concurrency and priority.** Claims take runs in :func:`claim_order` (creation time minus
+  :attr:`NewRun.priority_ms`, then creation order). A slot key of a run
+  (:attr:`NewRun.slots`) is held while the run's lease is live; runs with slots are claimed
+  by :meth:`Store.claim_limited_runs`, only while each key has room (:func:`pick_limited`).
 - **Atomicity and durability.** A commit is applied whole or not at all (a store that fails
   half way leaves nothing of the batch), and is durable when it returns: closing and
   opening a persistent store again finds everything committed.
@@ -113,6 +117,7 @@ __all__ = [
     "apply_change",
     "buffer_added",
     "buffer_rest",
+    "claim_order",
     "cron_advances",
     "due_at",
     "event_bytes",
@@ -126,9 +131,11 @@ __all__ = [
     "lone_memo",
     "new_runs_to_create",
     "notifies",
+    "pick_limited",
     "record_changes",
     "run_events_to_append",
     "signal_accepted",
+    "slot_has_room",
     "slot_released",
     "take_accepted",
     "wait_changes",
@@ -198,6 +205,13 @@ class NewRun:
     limits: StartLimits | None = None
     """The start limits (throttle, rate limit, singleton) the run is created under, or None
     (see :class:`StartLimits` and :class:`StartLimiter`)."""
+    slots: tuple[tuple[str, int], ...] = ()
+    """Concurrency: ``(slot key, limit)`` pairs (at most 2). A run with slots is claimed
+    only by :meth:`Store.claim_limited_runs`, and only while each of its slot keys is held
+    by fewer than its limit of leased runs (:func:`pick_limited`)."""
+    priority_ms: int = 0
+    """Priority: claims take queued runs in ``created_at - priority_ms`` order (then
+    creation order; see :func:`claim_order`)."""
 
 
 @attrs.frozen
@@ -365,7 +379,8 @@ class Store(Protocol):
     ) -> list[Claim]:
         """Lease up to ``limit`` claimable runs (:func:`due_at` ``<= now``, and not waiting
         for a singleton slot: :class:`StartLimiter`), oldest first
-        (creation order), to ``owner`` until ``now + lease_ms``; each claim bumps the run's
+        (:func:`claim_order`: creation time minus priority, then creation order), to
+        ``owner`` until ``now + lease_ms``; each claim bumps the run's
         epoch. With ``function_ids``, only runs of those functions are claimed (a worker
         claims only the functions it has; a run of another function stays queued for a
         worker that has it). ``limit <= 0`` or ``function_ids == []`` claims nothing."""
@@ -515,6 +530,22 @@ class Store(Protocol):
 
     def buffer_states(self, function_id: str | None = None) -> list[BufferState]:
         """Every buffer (of ``function_id``), by function then key: what is pending."""
+
+    def claim_limited_runs(
+        self, owner: str, now: int, lease_ms: int, limit: int, function_ids: Sequence[str],
+    ) -> list[Claim]:
+        """Like :meth:`claim_runs` for runs of ``function_ids`` (functions with
+        ``concurrency``), taking only runs whose slots have room: a slot key is held by
+        the runs with that key whose lease is live (``lease_expires > now``), and a run is
+        taken only if each of its keys is held by fewer than its limit, counting the runs
+        this claim takes (:func:`pick_limited`, which also serves keys in turn). Claims of
+        several workers are serialized so that no limit is exceeded between them."""
+        ...
+
+    def held_slots(self, now: int) -> dict[str, int]:
+        """How many runs with a live lease (``lease_expires > now``, not ended) hold each
+        slot key (:attr:`NewRun.slots`); keys held by none are left out. For tools and
+        checks: claims count the same way."""
         ...
 
 
@@ -1119,3 +1150,61 @@ class StartLimiter:
 
         return [(holder, Signal(SignalKind.CANCEL, newcomer, singleton_reason(newcomer)))
                 for holder, newcomer in self.cancels]
+
+
+# --------------------------------------------------------------------------- concurrency
+# (issue 13). A run of a function with ``concurrency`` carries its slots (NewRun.slots); a
+# slot key is held by the runs with that key whose lease is live, i.e. while they execute
+# step bodies (a run gives its lease up when it sleeps, waits or invokes). Priority orders
+# claims.
+
+
+def claim_order(created_at: int, priority_ms: int) -> int:
+    """The time a run is claimed by (smaller first; ties in creation order): its creation
+    time minus its priority (ms, within +-600 s). A run with priority ``n`` s goes ahead of
+    runs created less than ``n`` s before it, never of older ones."""
+    return created_at - priority_ms
+
+
+def slot_has_room(
+    slots: Sequence[tuple[str, int]], held: dict[str, int]
+) -> bool:
+    """Whether a run with ``slots`` may take them: each key is held by fewer than the
+    run's limit for it (``held``: key -> runs holding it)."""
+    return all(held.get(key, 0) < limit for key, limit in slots)
+
+
+def pick_limited(
+    candidates: Iterable[tuple[str, Sequence[tuple[str, int]]]], held: dict[str, int],
+    limit: int,
+) -> list[str]:
+    """The runs a limited claim takes: ``candidates`` are ``(run id, slots)`` in claim order
+    (:func:`claim_order`); ``held`` counts the live leases per slot key before the claim.
+    Keys are served in turn (round-robin on a run's first slot key, in order of first
+    appearance; in claim order within a key), so one busy key cannot starve the others; a
+    run is taken only if :func:`slot_has_room`, counting the runs taken before it; at most
+    ``limit`` runs (``<= 0``: none). ``held`` is not changed."""
+    if limit <= 0:
+        return []
+    queues: dict[str, list[tuple[str, Sequence[tuple[str, int]]]]] = {}
+    for run_id, slots in candidates:
+        queues.setdefault(slots[0][0] if slots else "", []).append((run_id, slots))
+    counts = dict(held)
+    out: list[str] = []
+    heads = dict.fromkeys(queues, 0)
+    while heads and len(out) < limit:
+        for key in list(heads):
+            queue, i = queues[key], heads[key]
+            while i < len(queue) and not slot_has_room(queue[i][1], counts):
+                i += 1  # no room now; counts only grow during a claim
+            if i >= len(queue):
+                del heads[key]
+                continue
+            run_id, slots = queue[i]
+            heads[key] = i + 1
+            for k, _ in slots:
+                counts[k] = counts.get(k, 0) + 1
+            out.append(run_id)
+            if len(out) >= limit:
+                break
+    return out

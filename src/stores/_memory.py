@@ -32,6 +32,7 @@ from durable_core.store import (
     apply_change,
     buffer_added,
     buffer_rest,
+    claim_order,
     cron_advances,
     due_at,
     event_is_duplicate,
@@ -40,6 +41,7 @@ from durable_core.store import (
     lone_memo,
     new_runs_to_create,
     notifies,
+    pick_limited,
     run_events_to_append,
     signal_accepted,
     slot_released,
@@ -97,6 +99,9 @@ class MemoryStore:
         self._signals: dict[str, list[tuple[int, Signal]]] = {}
         self._signal_seq = 0
         self._cron: dict[str, int] = {}
+        # Concurrency slots and priorities of the open runs that have them.
+        self._run_slots: dict[str, tuple[tuple[str, int], ...]] = {}
+        self._priority: dict[str, int] = {}
         self._wake = threading.Condition()  # wait_for_notify: commits counted
         self._commits = 0
         self._seen: int | None = None
@@ -240,6 +245,10 @@ class MemoryStore:
                     self._run_order.append(new.id)
                     self._open[new.id] = len(self._run_order)
                     self._journals[new.id] = []
+                    if new.slots:
+                        self._run_slots[new.id] = new.slots
+                    if new.priority_ms:
+                        self._priority[new.id] = new.priority_ms
                     self._refresh_due(new.id)
                 for skip in skipped:
                     self._skipped.setdefault(skip.id, skip)
@@ -263,6 +272,8 @@ class MemoryStore:
                     del self._open[run_id]
                     if run_id in self._slot_of:
                         self._release_slot(run_id)
+                    self._run_slots.pop(run_id, None)
+                    self._priority.pop(run_id, None)
             adds, removes = wait_changes(batch, fenced, skipped_ids)
             for wait in adds:
                 waits = self._waits.setdefault(wait.event, {})
@@ -303,38 +314,45 @@ class MemoryStore:
             if limit <= 0:
                 return out
             only = None if function_ids is None else set(function_ids)
-            # Every run due by now, oldest (creation order) first.
-            heap, current = self._due_heap, self._due
-            due_runs: list[tuple[int, int, str]] = []
-            seen: set[str] = set()
-            while heap and heap[0][0] <= now:
-                item = heapq.heappop(heap)
-                if current.get(item[2]) == item[0] and item[2] not in seen:
-                    seen.add(item[2])  # (an entry pushed again after its due went and came)
-                    due_runs.append(item)
-            due_runs.sort(key=lambda item: item[1])
-            taken = 0
-            for item in due_runs:
+            for item in self._due_now(now):
                 run_id = item[2]
-                run = self._runs[run_id]
+                if len(out) >= limit or (
+                        only is not None and self._runs[run_id].function_id not in only):
+                    heapq.heappush(self._due_heap, item)  # still due: left for a later claim
+                    continue
+                out.append(self._lease(run_id, owner, now, lease_ms))
+            return out
+
+    def _due_now(self, now: int) -> list[tuple[int, int, str]]:
+        """Pop the heap entries of every run due by now, in claim order (claim_order, then
+        creation); the caller pushes back those it leaves."""
+        heap, current = self._due_heap, self._due
+        due_runs: list[tuple[int, int, str]] = []
+        seen: set[str] = set()
+        while heap and heap[0][0] <= now:
+            item = heapq.heappop(heap)
+            if current.get(item[2]) == item[0] and item[2] not in seen:
+                seen.add(item[2])  # (an entry pushed again after its due went and came)
+                run = self._runs[item[2]]
                 # The rule decides, from the record as it is (the heap only finds candidates).
                 due = due_at(run.status, run.lease_owner, run.lease_expires, run.wake_at,
-                             run_id in self._signals)
-                if due is None or due > now:
-                    continue
-                if taken >= limit or (only is not None and run.function_id not in only):
-                    heapq.heappush(heap, item)  # still due: left for a later claim
-                    continue
-                run = attrs.evolve(
-                    run, epoch=run.epoch + 1, lease_owner=owner, lease_expires=now + lease_ms
-                )
-                self._runs[run_id] = run
-                taken += 1
-                del current[run_id]
-                self._refresh_due(run_id)
-                out.append(Claim(run, tuple(self._journals[run_id]),
-                                 tuple(self._signals.get(run_id, ()))))
-            return out
+                             item[2] in self._signals)
+                if due is not None and due <= now:
+                    due_runs.append(item)
+        prio, runs = self._priority, self._runs
+        due_runs.sort(key=lambda item: (
+            claim_order(runs[item[2]].created_at, prio.get(item[2], 0)), item[1]))
+        return due_runs
+
+    def _lease(self, run_id: str, owner: str, now: int, lease_ms: int) -> Claim:
+        run = self._runs[run_id]
+        run = attrs.evolve(
+            run, epoch=run.epoch + 1, lease_owner=owner, lease_expires=now + lease_ms
+        )
+        self._runs[run_id] = run
+        del self._due[run_id]
+        self._refresh_due(run_id)
+        return Claim(run, tuple(self._journals[run_id]), tuple(self._signals.get(run_id, ())))
 
     def _release_slot(self, run_id: str) -> None:
         """The singleton slot ``run_id`` held passes to the run waiting for it, if any
@@ -679,3 +697,37 @@ class MemoryStore:
             return sorted((st for st in self._buffers.values()
                            if function_id is None or st.function_id == function_id),
                           key=lambda st: (st.function_id, st.key))
+
+    # ------------------------------------------------------------------ concurrency
+
+    def claim_limited_runs(
+        self, owner: str, now: int, lease_ms: int, limit: int, function_ids: Sequence[str],
+    ) -> list[Claim]:
+        """See :meth:`durable_core.Store.claim_limited_runs`."""
+        with self._lock:
+            if limit <= 0 or not function_ids:
+                return []
+            only = set(function_ids)
+            due = self._due_now(now)
+            candidates = [(item[2], self._run_slots.get(item[2], ())) for item in due
+                          if self._runs[item[2]].function_id in only]
+            picked = pick_limited(candidates, self._held(now), limit)
+            taken = set(picked)
+            for item in due:
+                if item[2] not in taken:
+                    heapq.heappush(self._due_heap, item)
+            return [self._lease(run_id, owner, now, lease_ms) for run_id in picked]
+
+    def _held(self, now: int) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for run_id, slots in self._run_slots.items():
+            run = self._runs[run_id]
+            if run.lease_owner is not None and (run.lease_expires or 0) > now:
+                for key, _ in slots:
+                    held[key] = held.get(key, 0) + 1
+        return held
+
+    def held_slots(self, now: int) -> dict[str, int]:
+        """See :meth:`durable_core.Store.held_slots`."""
+        with self._lock:
+            return self._held(now)

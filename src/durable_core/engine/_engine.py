@@ -79,6 +79,12 @@ from durable_core.core._model import (
 )
 from durable_core.engine import _observe
 from durable_core.engine._flow_buffers import buffer_add, flush_buffers, next_buffer_ready
+from durable_core.engine._flow_concurrency import (
+    check_store,
+    claim_split,
+    flow_runs,
+    limited_function_ids,
+)
 from durable_core.engine._flow_starts import start_limits
 from durable_core.store import (
     BufferAdd,
@@ -232,6 +238,7 @@ class Engine:
         lease_ms: int = 30_000,
         cache_size: int = 10_000,
     ) -> None:
+        check_store(app, store)  # concurrency needs claim_limited_runs (issue 13)
         self.app = app
         self.cache_size = cache_size
         self._evict_floor = 0  # after a fruitless scan, _evict scans only above this size
@@ -338,7 +345,7 @@ class Engine:
         new = NewRun(id=run_id, function_id=function_id,
                      events=(_observe.with_trace(event.to_json()),),
                      event_ids=(event_id,), created_at=now)
-        self.store.commit(CommitBatch(now=now, runs=(new,),
+        self.store.commit(CommitBatch(now=now, runs=flow_runs(self.app, (new,)),
                                       waits_add=tuple(self._cancel_on_waits(new))))
         return run_id
 
@@ -395,8 +402,8 @@ class Engine:
         if adds:  # buffered first: the commit below marks their events routed
             self.store.buffer_events(adds, now)
         batch = CommitBatch(
-            now=now, runs=tuple(runs), signals=tuple(signals), waits_add=tuple(waits_add),
-            routed_events=tuple(e.seq for e in events),
+            now=now, runs=flow_runs(self.app, runs), signals=tuple(signals),
+            waits_add=tuple(waits_add), routed_events=tuple(e.seq for e in events),
         )
         try:
             self.store.commit(batch)
@@ -414,7 +421,7 @@ class Engine:
         this engine's app: then the run registers them when it first starts). ``after_seq``:
         the seq of its triggering event (only later events cancel it); 0 for a run without
         one in the log (the store then takes the last seq at the commit)."""
-        func = self.app.functions.get(run.function_id)
+        func = self.app._functions.get(run.function_id)  # (app.functions copies)
         if func is None or not func.cancel_on:
             return []
         trigger = run.events[0]
@@ -488,7 +495,7 @@ class Engine:
     ) -> None:
         try:
             self.store.commit(
-                CommitBatch(now=now, runs=tuple(runs), signals=tuple(signals),
+                CommitBatch(now=now, runs=flow_runs(self.app, runs), signals=tuple(signals),
                             waits_add=tuple(waits), routed_events=(ev.seq,))
             )
         except Exception as exc:
@@ -561,17 +568,16 @@ class Engine:
             moved.append((key, last))
         if moved:
             waits = tuple(w for r in runs for w in self._cancel_on_waits(r))
-            self.store.commit(CommitBatch(now=now, runs=tuple(runs), cron=tuple(moved),
-                                          waits_add=waits))
+            self.store.commit(CommitBatch(now=now, runs=flow_runs(self.app, runs),
+                                          cron=tuple(moved), waits_add=waits))
         return len(runs)
 
     # ------------------------------------------------------------------ runs
 
     def claim(self, now: int, limit: int = 100) -> Plan | None:
         """Claim runs that need work and feed them; returns the plan, or None if idle."""
-        claims = self.store.claim_runs(
-            self.owner, now, self.lease_ms, limit, self.function_ids
-        )
+        claims = claim_split(self.store, self.owner, now, self.lease_ms, limit,
+                             *limited_function_ids(self.app))
         if not claims:
             return None
         return self.feed_claims(claims, now)
@@ -592,9 +598,8 @@ class Engine:
         steps: list[ExecuteStep] = []
         claimed: tuple[str, ...] = ()
         if claim_limit > 0:
-            claims = self.store.claim_runs(
-                self.owner, now, self.lease_ms, claim_limit, self.function_ids
-            )
+            claims = claim_split(self.store, self.owner, now, self.lease_ms, claim_limit,
+                                 *limited_function_ids(self.app))
             if claims:
                 claimed = tuple(c.run.id for c in claims)
                 more = more or len(claims) >= claim_limit
@@ -870,7 +875,8 @@ class Engine:
             if release:
                 self._evict_floor = 0  # a parked machine may be evicted: scan again
         batch = CommitBatch(
-            now=now, runs=tuple(runs), events=tuple(events), writes=tuple(writes),
+            now=now, runs=flow_runs(self.app, runs) if runs else (), events=tuple(events),
+            writes=tuple(writes),
             waits_add=tuple(waits_add), waits_remove=tuple(waits_remove),
             signals=tuple(signals), run_events=tuple(run_events),
         )
@@ -1127,7 +1133,7 @@ class Engine:
         new_id = self.new_id("r_", now)
         new = NewRun(id=new_id, function_id=run.function_id, events=run.events,
                      event_ids=run.event_ids, created_at=now, rerun_of=run_id)
-        self.store.commit(CommitBatch(now=now, runs=(new,),
+        self.store.commit(CommitBatch(now=now, runs=flow_runs(self.app, (new,)),
                                       waits_add=tuple(self._cancel_on_waits(new))))
         return new_id
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from durable_core.base._safelog import safe_logger
 from durable_core.core._flow_buffers import buffer_route, buffered_run_id, take_events
+from durable_core.engine._flow_concurrency import flow_runs
+from durable_core.engine._flow_starts import start_limits
 from durable_core.store import BufferAdd, BufferTake, NewRun, Store, StoredEvent, event_bytes
 
 if TYPE_CHECKING:
@@ -77,9 +79,12 @@ def flush_buffers(engine: Engine, now: int, limit: int = FLUSH_LIMIT) -> int:
         events = buf.events[:n]
         first = events[0]
         idem = None
+        limits = None
         if st.kind == "debounce":
             try:
-                idem = func.idempotency_key(json.loads(first.data))
+                raw = json.loads(first.data)
+                idem = func.idempotency_key(raw)
+                limits = start_limits(func, raw)  # throttle, rate limit, singleton
             except Exception as exc:  # the run starts without a key, as routing would fail
                 log.warning("function %s: idempotency key of event %s: %s", func.id,
                             ascii(first.id), exc)
@@ -87,7 +92,9 @@ def flush_buffers(engine: Engine, now: int, limit: int = FLUSH_LIMIT) -> int:
             id=buffered_run_id(st.function_id, st.key, first.seq, first.id, first.received_at),
             function_id=st.function_id, events=tuple(e.data for e in events),
             event_ids=tuple(e.id for e in events), created_at=now, idempotency_key=idem,
+            limits=limits,
         )
+        [run] = flow_runs(engine.app, (run,))  # concurrency slots, priority
         if store.take_buffer(BufferTake(st.function_id, st.key,
                                         tuple(e.seq for e in events), run), now):
             created += 1

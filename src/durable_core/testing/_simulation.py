@@ -263,6 +263,7 @@ class Simulation:
         self._faults_at_first: dict[tuple[str, str], int] = {}
         self._faults_at_commit: dict[tuple[str, str], int] = {}
         self._violation: InvariantViolation | None = None
+        self._limited = any(f.flow.concurrency for f in app.functions.values())
 
     # ------------------------------------------------------------------ plumbing
 
@@ -417,6 +418,8 @@ class Simulation:
             self._crash()
             return
         key = (step.run_id, step.step_id)
+        if self._limited:
+            self._check_slots(step)
         memo = JournalFold(self.inner.load_journal(step.run_id)).steps.get(step.position)
         if memo is not None and memo.done:
             self._fail("a step whose memo was committed ran again", step.run_id, step.step_id)
@@ -443,6 +446,16 @@ class Simulation:
             if any(w.entries for w in again.batch.writes) or again.steps:
                 self._fail("a duplicated step result changed the run", step.run_id,
                            step.step_id)
+
+    def _check_slots(self, step: ExecuteStep) -> None:
+        """Concurrency (issue 13): as a step body starts, no slot key is held by more runs
+        than its limit."""
+        from durable_core.engine._flow_concurrency import slots_over_limit
+
+        over = slots_over_limit(self.app, self.inner, self.now)
+        if over:
+            self._fail(f"concurrency limits exceeded (key: (held, limit)): {over}",
+                       step.run_id, step.step_id)
 
     def run(self, until: str | float | dt.timedelta = "366d") -> None:
         """Process everything, advancing the clock from deadline to deadline, until every
@@ -510,6 +523,10 @@ class Simulation:
                 self._check_replay(run.id)
         self._check_lifecycle(runs)
         check_buffers(self.app, self.inner, self.events, self._fail)  # debounce, batches
+        if self._limited and all(r.status in TERMINAL_STATUSES for r in runs):
+            leaked = self.inner.held_slots(self.now)
+            if leaked:  # every run ended: no slot may still be held (issue 13)
+                self._fail(f"concurrency slots leaked after every run ended: {leaked}")
         for key, n in self._successes.items():
             window = self._faults_at_commit.get(key, self._fault_count()) - \
                 self._faults_at_first.get(key, 0)

@@ -79,6 +79,7 @@ from durable_core.store import (
     lone_memo,
     new_runs_to_create,
     notifies,
+    pick_limited,
     run_events_to_append,
     take_accepted,
     wait_changes,
@@ -308,6 +309,23 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
                     ELSE wake_at
                 END) STORED""",
         "CREATE INDEX runs_due ON {runs} (due_at, ord) WHERE due_at IS NOT NULL",
+    ),
+    # 10: concurrency and priority (issue 13). runs.priority_ms: claims take queued runs in
+    # (created_at - priority_ms, ord) order, through runs_due_order (0 for runs before);
+    # runs.slot_key1/2 and their limits, the run's concurrency slots (NULL: none), each
+    # with a partial index of the leased runs holding it (what a limited claim counts).
+    (
+        "ALTER TABLE {runs} ADD COLUMN priority_ms bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE {runs} ADD COLUMN slot_key1 text",
+        "ALTER TABLE {runs} ADD COLUMN slot_limit1 bigint",
+        "ALTER TABLE {runs} ADD COLUMN slot_key2 text",
+        "ALTER TABLE {runs} ADD COLUMN slot_limit2 bigint",
+        "CREATE INDEX IF NOT EXISTS runs_due_order ON {runs} "
+        "(due_at, (created_at - priority_ms), ord) WHERE due_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS runs_slot1 ON {runs} (slot_key1) "
+        "WHERE slot_key1 IS NOT NULL AND lease_owner IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS runs_slot2 ON {runs} (slot_key2) "
+        "WHERE slot_key2 IS NOT NULL AND lease_owner IS NOT NULL",
     ),
 )
 
@@ -539,23 +557,28 @@ class _Queries:
         # candidates' locks end with the statement). Written so that any plan is cheap: the
         # generic plans cached for prepared statements cannot see the parameters. The
         # second variant claims runs of the given functions only.
+        # Queued runs are taken in claim_order (created_at - priority_ms, then ord: issue
+        # 13's priority), through runs_due_order.
         def claim(functions: LiteralString) -> LiteralString:
             # A run waiting for a singleton slot (flow_slots.next_run) is never claimed.
             waiting: LiteralString = (
                 " AND NOT EXISTS (SELECT 1 FROM {flow_slots} AS fs WHERE fs.next_run = id)"
             )
             return r(
-                "WITH q1 AS (SELECT id, ord FROM {runs} WHERE due_at = " + _MIN + functions
-                + waiting + " ORDER BY due_at, ord LIMIT %(limit)s "
+                "WITH q1 AS (SELECT id, ord, created_at - priority_ms AS o FROM {runs} "
+                "WHERE due_at = " + _MIN + functions + waiting
+                + " ORDER BY due_at, created_at - priority_ms, ord LIMIT %(limit)s "
                 "FOR NO KEY UPDATE SKIP LOCKED), "
-                "q2 AS (SELECT id, ord FROM {runs} WHERE due_at > " + _MIN + " "
+                "q2 AS (SELECT id, ord, created_at - priority_ms AS o FROM {runs} "
+                "WHERE due_at > " + _MIN + " "
                 "AND due_at <= %(now)s" + functions + waiting + " ORDER BY ord "
                 "LIMIT %(limit)s FOR NO KEY UPDATE SKIP LOCKED), "
                 "picked AS (SELECT id FROM (SELECT * FROM q1 UNION ALL SELECT * FROM q2) AS a "
-                "ORDER BY ord LIMIT %(limit)s), "
+                "ORDER BY o, ord LIMIT %(limit)s), "
                 "c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
                 "lease_expires = %(expires)s WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) "
-                "RETURNING r.ord, r.journal_len, " + _RUN_COLS + ") " + claimed
+                "RETURNING ROW(r.created_at - r.priority_ms, r.ord) AS ord, r.journal_len, "
+                + _RUN_COLS + ") " + claimed
             )
 
         self.claim_runs = claim("")
@@ -565,6 +588,58 @@ class _Queries:
         # in a bitmap scan of them all (2-4 ms per claim at 20,000 runs, instead of
         # 0.2 ms through runs_due, which yields candidates in claim order).
         self.claim_runs_of = claim(" AND function_id || '' = ANY(%(functions)s::text[])")
+        # Concurrency (issue 13): the claimable runs of functions with slots whose keys have
+        # room before the claim, locked, with the count of each key (held: the leased runs
+        # holding it, through runs_slot1/2); pick_limited then chooses and lease_ids leases.
+        # Limited claims are serialized by one advisory lock (slot_lock) taken before.
+        held: LiteralString = (
+            "held AS (SELECT k, count(*) AS n FROM ("
+            "SELECT slot_key1 AS k FROM {runs} WHERE slot_key1 IS NOT NULL "
+            "AND lease_owner IS NOT NULL AND lease_expires > %(now)s UNION ALL "
+            "SELECT slot_key2 FROM {runs} WHERE slot_key2 IS NOT NULL "
+            "AND lease_owner IS NOT NULL AND lease_expires > %(now)s) AS s GROUP BY k)"
+        )
+        self.held_slots = r("WITH " + held + " SELECT k, n FROM held")
+        room: LiteralString = (
+            " AND function_id || '' = ANY(%(functions)s::text[]) "
+            "AND (slot_key1 IS NULL OR COALESCE((SELECT n FROM held WHERE k = slot_key1), 0) "
+            "< slot_limit1) "
+            "AND (slot_key2 IS NULL OR COALESCE((SELECT n FROM held WHERE k = slot_key2), 0) "
+            "< slot_limit2)"
+            # A run waiting for a singleton slot is never claimed (as in claim_runs).
+            " AND NOT EXISTS (SELECT 1 FROM {flow_slots} AS fs WHERE fs.next_run = id)"
+        )
+        cols: LiteralString = (
+            "SELECT id, ord, created_at - priority_ms AS o, slot_key1, slot_limit1, "
+            "slot_key2, slot_limit2 FROM {runs} "
+        )
+        self.limited_candidates = r(
+            "WITH " + held + ", "
+            "q1 AS (" + cols + "WHERE due_at = " + _MIN + room
+            + " ORDER BY due_at, created_at - priority_ms, ord LIMIT %(limit)s "
+            "FOR NO KEY UPDATE SKIP LOCKED), "
+            "q2 AS (" + cols + "WHERE due_at > " + _MIN + " AND due_at <= %(now)s" + room
+            + " ORDER BY ord LIMIT %(limit)s FOR NO KEY UPDATE SKIP LOCKED) "
+            "SELECT a.id, a.slot_key1, a.slot_limit1, COALESCE(h1.n, 0), a.slot_key2, "
+            "a.slot_limit2, COALESCE(h2.n, 0) "
+            "FROM (SELECT * FROM q1 UNION ALL SELECT * FROM q2) AS a "
+            "LEFT JOIN held AS h1 ON h1.k = a.slot_key1 LEFT JOIN held AS h2 ON h2.k = a.slot_key2 "
+            "ORDER BY a.o, a.ord LIMIT %(limit)s"
+        )
+        self.slot_lock: LiteralString = "SELECT pg_advisory_xact_lock(%s)"
+        self.lease_ids = r(
+            "WITH c AS (UPDATE {runs} AS r SET epoch = r.epoch + 1, lease_owner = %(owner)s, "
+            "lease_expires = %(expires)s WHERE r.id = ANY(%(ids)s::text[]) "
+            "RETURNING ROW(r.created_at - r.priority_ms, r.ord) AS ord, r.journal_len, "
+            + _RUN_COLS + ") "
+            + claimed.replace("ORDER BY c.ord", "ORDER BY array_position(%(ids)s::text[], c.id)")
+        )
+        self.set_flow = r(
+            "UPDATE {runs} AS r SET priority_ms = u.p, slot_key1 = u.k1, slot_limit1 = u.l1, "
+            "slot_key2 = u.k2, slot_limit2 = u.l2 FROM unnest(%b::text[], %b::bigint[], "
+            "%b::text[], %b::bigint[], %b::text[], %b::bigint[]) AS u(id, p, k1, l1, k2, l2) "
+            "WHERE r.id = u.id"
+        )
         # The contract's lease_held, stated in SQL.
         self.renew = r(
             "WITH held AS (SELECT id FROM {runs} WHERE id = ANY(%(ids)b::text[]) "
@@ -1505,6 +1580,11 @@ class PostgresStore:
         if limiter is not None and limiter.wake_at:
             wake = sorted(limiter.wake_at.items())
             conn.execute(self._q.set_wake, ([r for r, _ in wake], [w for _, w in wake]))
+        flowed = [n for n in create if n.slots or n.priority_ms]
+        if flowed:
+            rows = [(n.id, n.priority_ms, *(*n.slots, (None, None), (None, None))[0],
+                     *(*n.slots, (None, None), (None, None))[1]) for n in flowed]
+            conn.execute(self._q.set_flow, tuple(list(col) for col in zip(*rows, strict=True)))
         links = [(e, n.id) for n in create for e in n.event_ids]
         if links:
             conn.execute(self._q.insert_run_events, ([e for e, _ in links], [r for _, r in links]))
@@ -1559,6 +1639,44 @@ class PostgresStore:
         return self._run_conn(
             lambda conn: self._claims(conn, conn.execute(query, params).fetchall())
         )
+
+    def claim_limited_runs(
+        self, owner: str, now: int, lease_ms: int, limit: int, function_ids: Sequence[str],
+    ) -> list[Claim]:
+        """See :meth:`durable_core.Store.claim_limited_runs`: one transaction under an
+        advisory lock that serializes limited claims (so the counts it reads are not
+        changing under it): the candidates with their keys' counts, then the lease."""
+        if limit <= 0 or not function_ids:
+            return []
+        q = self._q
+        lock = _hash64(self.schema, "concurrency-slots") - 2**63
+        params: dict[str, Any] = {"now": now, "limit": limit + min(limit, 100),
+                                  "functions": list(function_ids)}
+
+        def tx(conn: _Conn) -> list[Claim]:
+            with conn.transaction():
+                conn.execute(q.slot_lock, (lock,))
+                held: dict[str, int] = {}
+                candidates = []
+                for run_id, k1, l1, n1, k2, l2, n2 in conn.execute(
+                        q.limited_candidates, params).fetchall():
+                    slots = []
+                    for k, lim, n in ((k1, l1, n1), (k2, l2, n2)):
+                        if k is not None:
+                            slots.append((k, int(lim)))
+                            held[k] = int(n)
+                    candidates.append((run_id, tuple(slots)))
+                ids = pick_limited(candidates, held, limit)
+                if not ids:
+                    return []
+                return self._claims(conn, conn.execute(q.lease_ids, {
+                    "ids": ids, "owner": owner, "expires": now + lease_ms}).fetchall())
+
+        return self._run_conn(tx)
+
+    def held_slots(self, now: int) -> dict[str, int]:
+        """See :meth:`durable_core.Store.held_slots`."""
+        return {k: int(n) for k, n in self._read(self._q.held_slots, {"now": now})}
 
     def _claims(self, conn: _Conn, rows: list[tuple[Any, ...]]) -> list[Claim]:
         out = []

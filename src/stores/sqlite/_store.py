@@ -69,6 +69,7 @@ from durable_core.store import (
     lone_memo,
     new_runs_to_create,
     notifies,
+    pick_limited,
     record_changes,
     run_events_to_append,
     signal_accepted,
@@ -160,13 +161,32 @@ WHERE seq IN (
 )
 AND {_DUE_AT_SQL} <= :now{{functions}}
 AND NOT EXISTS (SELECT 1 FROM flow_slots WHERE flow_slots.next_run = runs.id)
-ORDER BY seq
+ORDER BY created_at - priority_ms, seq
 LIMIT :limit
 """
 _CLAIMABLE_ANY_SQL = _CLAIMABLE_SQL.format(functions="")
 _CLAIMABLE_OF_SQL = _CLAIMABLE_SQL.format(
     functions="\nAND function_id IN (SELECT value FROM json_each(:functions))"
 )
+
+# Concurrency (issue 13): the slot keys held by runs with a live lease, counted (through the
+# partial indexes of leased runs with slots), and the claimable runs of the given functions
+# whose slots have room before the claim (the claim's own picks are counted by pick_limited).
+_HELD_SLOTS_SQL = """
+SELECT k, count(*) FROM (
+    SELECT slot_key1 AS k FROM runs
+    WHERE slot_key1 IS NOT NULL AND lease_owner IS NOT NULL AND lease_expires > :now
+    UNION ALL SELECT slot_key2 FROM runs
+    WHERE slot_key2 IS NOT NULL AND lease_owner IS NOT NULL AND lease_expires > :now
+) GROUP BY k
+"""
+_LIMITED_SQL = "WITH held(k, n) AS (" + _HELD_SLOTS_SQL + ") " + _CLAIMABLE_SQL.format(
+    functions="""
+AND function_id IN (SELECT value FROM json_each(:functions))
+AND (slot_key1 IS NULL OR COALESCE((SELECT n FROM held WHERE k = slot_key1), 0) < slot_limit1)
+AND (slot_key2 IS NULL OR COALESCE((SELECT n FROM held WHERE k = slot_key2), 0) < slot_limit2)"""
+).replace("SELECT id FROM runs\nWHERE seq IN", "SELECT id, slot_key1, slot_limit1, slot_key2, "
+          "slot_limit2 FROM runs\nWHERE seq IN", 1)
 
 
 # --------------------------------------------------------------------------- schema
@@ -353,9 +373,22 @@ def _migrate_v10(db: Any) -> None:
                "DEFAULT 'idempotency'")
 
 
+def _migrate_v11(db: Any) -> None:
+    """Version 11: concurrency and priority (issue 13). ``runs.priority_ms`` (claims take
+    runs in ``created_at - priority_ms`` order; 0 for every run before) and the run's
+    concurrency slots ``slot_key1/2`` with their limits (NULL: none), each with a partial
+    index of the leased runs holding it, which is what a limited claim counts."""
+    db.execute("ALTER TABLE runs ADD COLUMN priority_ms INTEGER NOT NULL DEFAULT 0")
+    for n in (1, 2):
+        db.execute(f"ALTER TABLE runs ADD COLUMN slot_key{n} TEXT")
+        db.execute(f"ALTER TABLE runs ADD COLUMN slot_limit{n} INTEGER")
+        db.execute(f"CREATE INDEX IF NOT EXISTS runs_slot{n} ON runs (slot_key{n}) "
+                   f"WHERE slot_key{n} IS NOT NULL AND lease_owner IS NOT NULL")
+
+
 _MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
-    _migrate_v7, _migrate_v8, _migrate_v9, _migrate_v10,
+    _migrate_v7, _migrate_v8, _migrate_v9, _migrate_v10, _migrate_v11,
 )
 """``_MIGRATIONS[v]`` moves a database from schema version ``v`` to ``v + 1``."""
 
@@ -708,6 +741,12 @@ def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
+
+
+def _flow_row(n: NewRun) -> tuple[Any, ...]:
+    """A new run's priority and slots as the parameters of the update that stores them."""
+    (k1, l1), (k2, l2) = (*n.slots, (None, None), (None, None))[:2]
+    return (n.priority_ms, k1, l1, k2, l2, n.id)
 
 
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
@@ -1373,6 +1412,11 @@ class SQLiteStore:
               None if limiter is None else limiter.wake_at.get(n.id))
              for n in create],
         )
+        flow = [_flow_row(n) for n in create if n.slots or n.priority_ms]
+        if flow:
+            conn.executemany(
+                "UPDATE runs SET priority_ms = ?, slot_key1 = ?, slot_limit1 = ?, "
+                "slot_key2 = ?, slot_limit2 = ? WHERE id = ?", flow)
         conn.executemany(
             "INSERT OR REPLACE INTO idempotency (function_id, key, run_id, created_at) "
             "VALUES (?, ?, ?, ?)",
@@ -1835,3 +1879,28 @@ class SQLiteStore:
                                     "WHERE function_id = ? ORDER BY key",
                                     (function_id,)).fetchall()
         return [BufferState(*r) for r in rows]
+
+    # ------------------------------------------------------------------ concurrency
+
+    def claim_limited_runs(
+        self, owner: str, now: int, lease_ms: int, limit: int, function_ids: Sequence[str],
+    ) -> list[Claim]:
+        """See :meth:`durable_core.Store.claim_limited_runs`: counted, picked and leased in
+        one write transaction (writers are serialized, across processes too)."""
+        if limit <= 0 or not function_ids:
+            return []
+        params = {"now": now, "limit": limit + min(limit, 100),
+                  "functions": json.dumps(list(function_ids))}
+        with self._write() as conn:
+            held = {k: n for k, n in conn.execute(_HELD_SLOTS_SQL, {"now": now})}
+            candidates = [
+                (run_id, tuple((k, lim) for k, lim in ((k1, l1), (k2, l2)) if k is not None))
+                for run_id, k1, l1, k2, l2 in conn.execute(_LIMITED_SQL, params)
+            ]
+            ids = pick_limited(candidates, held, limit)
+            return self._claim(conn, ids, owner, now, lease_ms)
+
+    def held_slots(self, now: int) -> dict[str, int]:
+        """See :meth:`durable_core.Store.held_slots`."""
+        with self._read() as conn:
+            return {k: n for k, n in conn.execute(_HELD_SLOTS_SQL, {"now": now})}

@@ -316,7 +316,10 @@ def _snapshot(store: Store) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the suite
 
 
-class StoreConformance(FlowBufferConformance, StartLimitsConformance):
+from stores.testing._flow_concurrency import ConcurrencyConformance  # noqa: E402
+
+
+class StoreConformance(FlowBufferConformance, StartLimitsConformance, ConcurrencyConformance):
     """The conformance tests; subclass it and implement :meth:`make_store`.
 
     Class attributes to override: :attr:`hypothesis_settings` (property-based tests),
