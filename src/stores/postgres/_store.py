@@ -71,6 +71,7 @@ from durable_core.store import (
     lone_memo,
     new_runs_to_create,
     notifies,
+    routing_only,
     run_events_to_append,
     wait_changes,
     wait_records,
@@ -347,6 +348,7 @@ class _CoreShape(NamedTuple):
     cron: bool
     notify: bool
     ending: bool = False  # some write ends its run (its signals are deleted)
+    relaxed: bool = False  # committed without waiting for the WAL flush (routing_only)
 
 
 class _Queries:
@@ -479,6 +481,18 @@ class _Queries:
         )
         self.unrouted = r(
             "SELECT " + _EVENT_COLS + " FROM {events} WHERE NOT routed ORDER BY seq LIMIT %s"
+        )
+        # The same, with the key paths (as wait_key_paths) of each name among the events,
+        # read in the same snapshot: rows with a NULL seq are (name, path) pairs.
+        self.unrouted_paths = r(
+            "WITH RECURSIVE ev AS MATERIALIZED (SELECT " + _EVENT_COLS + " FROM {events} "
+            "WHERE NOT routed ORDER BY seq LIMIT %(limit)s), "
+            "p(e, k) AS (SELECT n.name, (SELECT min(match_key) FROM {waits} "
+            "WHERE event = n.name AND match_key > '') FROM (SELECT DISTINCT name FROM ev) AS n "
+            "UNION ALL SELECT p.e, (SELECT min(match_key) FROM {waits} WHERE event = p.e "
+            "AND match_key >= split_part(p.k, '=', 1) || '>') FROM p WHERE p.k IS NOT NULL) "
+            "SELECT * FROM ev UNION ALL SELECT NULL, NULL, e, split_part(k, '=', 1), NULL, "
+            "NULL, NULL FROM p WHERE k IS NOT NULL"
         )
         self.get_event = r(
             "SELECT " + _EVENT_COLS + " FROM {events} WHERE id = %s AND NOT duplicate "
@@ -788,6 +802,10 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
         result = "NULL::bigint, ARRAY(SELECT id FROM ok)"
     if shape.notify:
         result += ", pg_notify(%(channel)s, '')"
+    if shape.relaxed:
+        # Local to the transaction (the statement's own, or the explicit one it is in):
+        # the setting holds for its commit.
+        result += ", set_config('synchronous_commit', 'off', true)"
     return "WITH " + ", ".join(ctes) + " SELECT " + result if ctes else "SELECT " + result
 
 
@@ -946,6 +964,7 @@ class PostgresStore:
             configure=_configure, open=True, name=f"durable-core:{schema}",
             timeout=_POOL_WAIT_S, reconnect_timeout=_RECONNECT_S,
         )
+        self._paths = threading.local()  # key paths read by unrouted_events, by name
         self._listen_lock = threading.Lock()
         self._listener: _Conn | None = None
         self._relisten = False  # whether a listening connection was opened before
@@ -1105,8 +1124,24 @@ class PostgresStore:
         return out
 
     def unrouted_events(self, limit: int) -> list[StoredEvent]:
-        """See :meth:`durable_core.Store.unrouted_events`."""
-        return [_event(row) for row in self._read(self._q.unrouted, (max(limit, 0),))]
+        """See :meth:`durable_core.Store.unrouted_events`.
+
+        The same statement reads the key paths of the events' names (a skip scan each), kept
+        for this thread's next :meth:`wait_key_paths` call of each name: routing asks for
+        them next, and they are valid for these events (read in the same snapshot), so
+        routing a batch saves that round trip per name."""
+        rows = self._read(self._q.unrouted_paths, {"limit": max(limit, 0)})
+        events: list[StoredEvent] = []
+        paths: dict[str, set[str]] = {}
+        for row in rows:
+            if row[0] is None:
+                paths.setdefault(row[2], set()).add(row[3])
+            else:
+                events.append(_event(row))
+                paths.setdefault(row[2], set())
+        events.sort(key=lambda e: e.seq)
+        self._paths.by_name = {name: sorted(p) for name, p in paths.items()}
+        return events
 
     def get_event(self, event_id: str) -> StoredEvent | None:
         """See :meth:`durable_core.Store.get_event`. Like the reference store, this is the
@@ -1317,7 +1352,7 @@ class PostgresStore:
             writes=bool(batch.writes), record=record, consumed=consumed,
             entries=bool(entries), signals=bool(batch.signals), waits_add=bool(ws),
             waits_remove=bool(removed), routed=bool(batch.routed_events), cron=bool(ticks),
-            notify=notify, ending=ending,
+            notify=notify, ending=ending, relaxed=routing_only(batch),
         )
         return shape, params
 
@@ -1427,7 +1462,11 @@ class PostgresStore:
 
     def wait_key_paths(self, event_name: str) -> list[str]:
         """See :meth:`durable_core.Store.wait_key_paths`: a skip scan of the primary key,
-        one search per path."""
+        one search per path (read with the events by :meth:`unrouted_events` if this
+        thread's last call of it returned events of this name, then not read again)."""
+        kept: dict[str, list[str]] | None = getattr(self._paths, "by_name", None)
+        if kept is not None and event_name in kept:
+            return kept.pop(event_name)
         return sorted({row[0] for row in self._read(self._q.wait_key_paths, {"e": event_name})})
 
     def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
