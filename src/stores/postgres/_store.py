@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import select
 import socket
@@ -423,7 +424,9 @@ class _Queries:
             "ON CONFLICT (function_id, key) DO UPDATE "
             "SET run_id = excluded.run_id, created_at = excluded.created_at"
         )
-        self.notify: LiteralString = "SELECT pg_notify(%s, '')"
+        # Payload 'events': the commit appended events and changed nothing else (no run is
+        # claimable because of it: see claim_runs); '' for every other commit.
+        self.notify: LiteralString = "SELECT pg_notify(%s, 'events')"
         # A claim returns each run with its journal and signals as parallel arrays. They are
         # read in the claiming statement's snapshot, which may predate the run's version it
         # locked (a writer that committed after the statement started but before it reached
@@ -470,6 +473,9 @@ class _Queries:
         # in a bitmap scan of them all (2-4 ms per claim at 20,000 runs, instead of
         # 0.2 ms through runs_due, which yields candidates in claim order).
         self.claim_runs_of = claim(" AND function_id || '' = ANY(%(functions)s::text[])")
+        # When the next run falls due by time (a timer, a lease running out), read beside a
+        # claim: until then, a claim finds nothing that a notification would not announce.
+        self.next_due = r("SELECT min(due_at) FROM {runs} WHERE due_at > %(now)s")
         # The contract's lease_held, stated in SQL.
         self.renew = r(
             "WITH held AS (SELECT id FROM {runs} WHERE id = ANY(%(ids)b::text[]) "
@@ -926,6 +932,12 @@ _RECONNECT_S = 5.0
 up; the next call that needs a connection starts again at once. Short, so that once the
 server is back, connections come back within seconds rather than after a long backoff."""
 
+_IDLE_TRUST_S = 0.1
+"""How long (seconds) an empty claim vouches for the next ones (see
+:meth:`PostgresStore.claim_runs`): a change that makes a run claimable and that no
+notification announces (a lease released early by another process, a row skipped because
+it was locked) is seen by the next claim after at most this long, as a poll would see it."""
+
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _ATTEMPTS = 3
 
@@ -965,6 +977,13 @@ class PostgresStore:
             timeout=_POOL_WAIT_S, reconnect_timeout=_RECONNECT_S,
         )
         self._paths = threading.local()  # key paths read by unrouted_events, by name
+        # Claim skipping: _gen changes (to a new value) after every commit of this store that
+        # may make runs claimable, every notification received and every (re)LISTEN; an
+        # empty claim records, by its function ids, the _gen read before it, when the next
+        # run falls due by time, and when (monotonic) it ran.
+        self._gens = itertools.count(1)
+        self._gen = 0
+        self._idle: dict[tuple[str, ...] | None, tuple[int, int | None, float]] = {}
         self._listen_lock = threading.Lock()
         self._listener: _Conn | None = None
         self._relisten = False  # whether a listening connection was opened before
@@ -1181,6 +1200,16 @@ class PostgresStore:
         for _run_id, text in batch.run_events:
             _parse_event(text)  # a batch that cannot be applied raises before anything
         folded = fold_writes(batch.writes)
+        try:
+            return self._commit(batch, parsed, folded)
+        finally:
+            if batch.runs or batch.signals or batch.writes:
+                self._changed()  # after the commit (or its failure): see _nothing_due
+
+    def _commit(
+        self, batch: CommitBatch, parsed: list[tuple[str, str, int, str]],
+        folded: dict[str, RunChange],
+    ) -> set[str]:
         if not parsed and not batch.runs and not batch.run_events:
             shape, params = self._core(batch, folded, set(), notify=notifies(batch))
             query = self._q.core(shape)
@@ -1416,13 +1445,54 @@ class PostgresStore:
         params: dict[str, Any] = {
             "now": now, "limit": limit, "owner": owner, "expires": now + lease_ms
         }
+        key = None if function_ids is None else tuple(sorted(function_ids))
+        if self._nothing_due(key, now):
+            return []
         query = self._q.claim_runs
         if function_ids is not None:
             query = self._q.claim_runs_of
             params["functions"] = list(function_ids)
-        return self._run_conn(
-            lambda conn: self._claims(conn, conn.execute(query, params).fetchall())
-        )
+        gen = self._gen
+        next_due = self._q.next_due
+
+        def claim(conn: _Conn) -> list[Claim]:
+            with conn.pipeline():  # one round trip for both
+                cur = conn.execute(query, params)
+                due = conn.execute(next_due, {"now": now})
+            rows = cur.fetchall()
+            if not rows:
+                row = due.fetchone()
+                self._idle[key] = (gen, None if row is None else row[0], time.monotonic())
+            return self._claims(conn, rows)
+
+        return self._run_conn(claim)
+
+    def _nothing_due(self, key: tuple[str, ...] | None, now: int) -> bool:
+        """Whether a claim can be skipped: the last claim of these functions found nothing,
+        less than ``_IDLE_TRUST_S`` ago; nothing falls due by time before ``now``; and
+        since it read the store, this store has committed nothing that may make a run
+        claimable and the listening connection (which must exist: a worker's) has received
+        no notification, nor holds one unread. Every other change is announced by a
+        notification (:func:`durable_core.store.notifies`): new runs, signals, ended runs."""
+        hint = self._idle.get(key)
+        if hint is None or hint[0] != self._gen:
+            return False
+        _gen, due, at = hint
+        if (due is not None and now >= due) or time.monotonic() - at >= _IDLE_TRUST_S:
+            return False
+        listener = self._listener
+        if listener is None:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(listener.pgconn.socket, select.POLLIN)
+            return not poller.poll(0) and hint[0] == self._gen
+        except (OSError, ValueError, psycopg.Error):
+            return False
+
+    def _changed(self) -> None:
+        """Something may have made runs claimable: the next claim reads the store."""
+        self._gen = next(self._gens)
 
     def _claims(self, conn: _Conn, rows: list[tuple[Any, ...]]) -> list[Claim]:
         out = []
@@ -1600,6 +1670,7 @@ class PostgresStore:
             conn.close()
             raise
         self._listener = conn
+        self._changed()  # claims before it heard nothing
         return conn
 
     def _wait(self, conn: _Conn, deadline: float) -> bool:
@@ -1607,9 +1678,12 @@ class PostgresStore:
         wake = self._wake_r.fileno()
         while True:
             pg.consume_input()
-            got = False
-            while pg.notifies() is not None:
+            got = changed = False
+            while (n := pg.notifies()) is not None:
                 got = True
+                changed = changed or n.extra != b"events"
+            if changed:
+                self._changed()
             if got:
                 return True
             remaining = deadline - time.monotonic()
@@ -1625,6 +1699,7 @@ class PostgresStore:
                 self._listener.close()
             finally:
                 self._listener = None
+                self._changed()
 
     # ------------------------------------------------------------------ lifecycle
 
