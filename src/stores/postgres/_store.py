@@ -489,16 +489,21 @@ class _Queries:
             "SELECT " + _EVENT_COLS + " FROM {events} WHERE NOT routed ORDER BY seq LIMIT %s"
         )
         # The same, with the key paths (as wait_key_paths) of each name among the events,
-        # read in the same snapshot: rows with a NULL seq are (name, path) pairs.
+        # read in the same snapshot: rows with a NULL seq are (name, path) pairs, and one
+        # row with a NULL name holds the last seq handed out (in ts). The scan starts at a
+        # seq below which every event is known to be routed (the partial index keeps an
+        # entry per routed event until a vacuum: they are not walked through).
         self.unrouted_paths = r(
             "WITH RECURSIVE ev AS MATERIALIZED (SELECT " + _EVENT_COLS + " FROM {events} "
-            "WHERE NOT routed ORDER BY seq LIMIT %(limit)s), "
+            "WHERE NOT routed AND seq >= %(floor)s ORDER BY seq LIMIT %(limit)s), "
             "p(e, k) AS (SELECT n.name, (SELECT min(match_key) FROM {waits} "
             "WHERE event = n.name AND match_key > '') FROM (SELECT DISTINCT name FROM ev) AS n "
             "UNION ALL SELECT p.e, (SELECT min(match_key) FROM {waits} WHERE event = p.e "
             "AND match_key >= split_part(p.k, '=', 1) || '>') FROM p WHERE p.k IS NOT NULL) "
             "SELECT * FROM ev UNION ALL SELECT NULL, NULL, e, split_part(k, '=', 1), NULL, "
-            "NULL, NULL FROM p WHERE k IS NOT NULL"
+            "NULL, NULL FROM p WHERE k IS NOT NULL UNION ALL "
+            "SELECT NULL, NULL, NULL, NULL, value, NULL, NULL FROM {counters} "
+            "WHERE name = 'events'"
         )
         self.get_event = r(
             "SELECT " + _EVENT_COLS + " FROM {events} WHERE id = %s AND NOT duplicate "
@@ -938,6 +943,10 @@ _IDLE_TRUST_S = 0.1
 notification announces (a lease released early by another process, a row skipped because
 it was locked) is seen by the next claim after at most this long, as a poll would see it."""
 
+_FLOOR_TRUST_S = 10.0
+"""How long (seconds) :meth:`PostgresStore.unrouted_events` trusts what it learnt of which
+events are routed before it looks at the whole log again."""
+
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _ATTEMPTS = 3
 
@@ -981,6 +990,11 @@ class PostgresStore:
         # may make runs claimable, every notification received and every (re)LISTEN; an
         # empty claim records, by its function ids, the _gen read before it, when the next
         # run falls due by time, and when (monotonic) it ran.
+        # The lowest seq an unrouted event may have (routed marks stay set; but a routing
+        # commit may be lost in a server crash, see routing_only: then, when this store
+        # sees a connection die, and every _FLOOR_TRUST_S anyway, it reads from 0 again).
+        self._floor = 0
+        self._floor_read = -_FLOOR_TRUST_S  # when the whole log was last read (monotonic)
         self._gens = itertools.count(1)
         self._gen = 0
         self._idle: dict[tuple[str, ...] | None, tuple[int, int | None, float]] = {}
@@ -1046,6 +1060,7 @@ class PostgresStore:
                 with self._pool.connection() as conn:
                     if _looks_dead(conn) and stale <= self._pool.max_size:
                         stale += 1
+                        self._floor = 0  # the server may have restarted (_FLOOR_TRUST_S)
                         conn.close()  # the pool drops closed connections
                         continue
                     return fn(conn)
@@ -1056,6 +1071,7 @@ class PostgresStore:
             except (PoolClosed, PoolTimeout) as exc:
                 raise self._error(exc) from exc
             except psycopg.OperationalError as exc:
+                self._floor = 0
                 attempt += 1
                 if not idempotent or attempt > 1:
                     raise self._error(exc) from exc
@@ -1149,17 +1165,36 @@ class PostgresStore:
         for this thread's next :meth:`wait_key_paths` call of each name: routing asks for
         them next, and they are valid for these events (read in the same snapshot), so
         routing a batch saves that round trip per name."""
-        rows = self._read(self._q.unrouted_paths, {"limit": max(limit, 0)})
+        query = self._q.unrouted_paths
+        floor = 0
+
+        def read(conn: _Conn) -> list[tuple[Any, ...]]:
+            nonlocal floor
+            floor = self._floor  # after the connection was checked (a dead one resets it)
+            if time.monotonic() - self._floor_read >= _FLOOR_TRUST_S:
+                floor = 0
+                self._floor_read = time.monotonic()
+            return conn.execute(query, {"limit": max(limit, 0), "floor": floor}).fetchall()
+
+        rows = self._run_conn(read, idempotent=True)
         events: list[StoredEvent] = []
         paths: dict[str, set[str]] = {}
+        last = 0
         for row in rows:
-            if row[0] is None:
-                paths.setdefault(row[2], set()).add(row[3])
-            else:
+            if row[0] is not None:
                 events.append(_event(row))
                 paths.setdefault(row[2], set())
+            elif row[2] is not None:
+                paths.setdefault(row[2], set()).add(row[3])
+            else:
+                last = row[4]
         events.sort(key=lambda e: e.seq)
         self._paths.by_name = {name: sorted(p) for name, p in paths.items()}
+        if events:
+            floor = events[0].seq  # every event before it was routed
+        elif limit > 0:
+            floor = last + 1  # every event there is was routed; later ones get higher seqs
+        self._floor = max(self._floor, floor)
         return events
 
     def get_event(self, event_id: str) -> StoredEvent | None:
@@ -1699,6 +1734,7 @@ class PostgresStore:
                 self._listener.close()
             finally:
                 self._listener = None
+                self._floor = 0
                 self._changed()
 
     # ------------------------------------------------------------------ lifecycle
