@@ -327,7 +327,10 @@ def _vacuum(url: str, store: Store) -> Callable[[], None]:
         import psycopg
         from psycopg import sql
 
-        schema = getattr(store, "schema")
+        from stores.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        schema = store.schema
         with psycopg.connect(url, autocommit=True) as conn:
             tables = conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
