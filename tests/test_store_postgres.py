@@ -1001,10 +1001,13 @@ def _claims_reaching_the_server(store: PostgresStore) -> list[int]:
     return sent
 
 
-def test_a_skipped_claim_never_hides_a_claimable_run(pg_url: str, pg_schema: str) -> None:
+def test_a_skipped_claim_never_hides_a_claimable_run(
+    pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An empty claim vouches for the next ones only while nothing that could make a run
     claimable happened: a commit through this store, a notification of another process's
     commit (runs, signals, ended runs), or time reaching the next due run."""
+    monkeypatch.setattr(pg_module, "_IDLE_TRUST_S", 3600.0)  # no timing in this test
     a = PostgresStore(pg_url, schema=pg_schema)
     b = PostgresStore(pg_url, schema=pg_schema)  # another process
     try:
@@ -1061,11 +1064,12 @@ def test_a_skipped_claim_vouches_for_a_short_while(
         create(a, new_run("r1"))
         claim(a, "r1")
         assert a.wait_for_notify(0) is False
+        monkeypatch.setattr(pg_module, "_IDLE_TRUST_S", 3600.0)
         assert a.claim_runs("w", T0, LEASE, 10) == []
         with raw(pg_url) as conn:  # a release that notifies nobody
             conn.execute(sql.SQL("UPDATE {} SET lease_owner = NULL, lease_expires = NULL")
                          .format(sql.Identifier(pg_schema, "runs")))
-        assert a.claim_runs("w", T0, LEASE, 10) == []  # within the 0.1 s: not looked at
+        assert a.claim_runs("w", T0, LEASE, 10) == []  # within the window: not looked at
         monkeypatch.setattr(pg_module, "_IDLE_TRUST_S", 0.0)
         assert [c.run.id for c in a.claim_runs("w", T0, LEASE, 10)] == ["r1"]
     finally:

@@ -937,11 +937,13 @@ _RECONNECT_S = 5.0
 up; the next call that needs a connection starts again at once. Short, so that once the
 server is back, connections come back within seconds rather than after a long backoff."""
 
-_IDLE_TRUST_S = 0.1
+_IDLE_TRUST_S = 1.0
 """How long (seconds) an empty claim vouches for the next ones (see
 :meth:`PostgresStore.claim_runs`): a change that makes a run claimable and that no
 notification announces (a lease released early by another process, a row skipped because
-it was locked) is seen by the next claim after at most this long, as a poll would see it."""
+it was locked) is seen by a claim at most this long after. Longer than a worker's default
+``poll_interval`` (0.5 s), so that an idle worker's own polls keep it fresh: the first event
+after a quiet spell finds it valid."""
 
 _FLOOR_TRUST_S = 10.0
 """How long (seconds) :meth:`PostgresStore.unrouted_events` trusts what it learnt of which
