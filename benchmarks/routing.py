@@ -24,6 +24,13 @@ Usage::
     python benchmarks/routing.py --store sqlite [--synchronous NORMAL]
     python benchmarks/routing.py --store postgres --runs 20000 [--url postgresql://...]
 
+``--profile`` prints the wall time of each store call the two events cost (how many
+round trips a routing poll makes, and which); ``--vacuum`` (PostgreSQL) runs ``VACUUM
+ANALYZE`` once the waiting runs are created, as autovacuum would on a server that runs it
+(a test box may run with ``autovacuum = off``: then the bulk creation's dead index entries
+stay, and every claim and unrouted read of the samples walks them). On PostgreSQL the
+script listens for notifications in a thread, as a worker does (claims rely on it).
+
 SQLite defaults to ``synchronous=NORMAL`` (WAL: no fsync per commit), so the numbers are the
 engine's and the index's, not the disk's; ``--synchronous FULL`` adds a sync per commit.
 On a shared machine wall times include waiting for a CPU, so the CPU time this process
