@@ -10,6 +10,7 @@ a server the tests are skipped with a loud reason, or fail when ``CI=true``.
 from __future__ import annotations
 
 import json
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1148,3 +1149,33 @@ def test_unrouted_events_start_past_the_routed_ones(
         assert [e.id for e in store.unrouted_events(10)] == ["e0"]
     finally:
         store.close()
+
+
+def test_a_claim_that_finds_runs_vouches_for_nothing(
+    pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty claim's word ends with the next claim that finds runs: there may be more
+    (here two runs released behind the store's back, and a notification that only says
+    "events" makes the store look, and find the first of them)."""
+    monkeypatch.setattr(pg_module, "_IDLE_TRUST_S", 3600.0)
+    a = PostgresStore(pg_url, schema=pg_schema)
+    try:
+        create(a, new_run("r1"), new_run("r2"))
+        assert len(a.claim_runs("w", T0, LEASE, 10)) == 2
+        assert a.wait_for_notify(0) is False
+        assert a.claim_runs("w", T0, LEASE, 10) == []
+        with raw(pg_url) as conn:
+            conn.execute(sql.SQL("UPDATE {} SET lease_owner = NULL, lease_expires = NULL")
+                         .format(sql.Identifier(pg_schema, "runs")))
+            assert a.claim_runs("w", T0, LEASE, 10) == []  # not announced: not looked at
+            conn.execute("SELECT pg_notify(%s, 'events')", (pg_schema,))
+        listener = a._listener
+        assert listener is not None
+        poller = select.poll()
+        poller.register(listener.pgconn.socket, select.POLLIN)
+        assert poller.poll(30_000), "the notification did not arrive"
+        assert [c.run.id for c in a.claim_runs("w", T0, LEASE, 1)] == ["r1"]  # unread: looks
+        assert a.wait_for_notify(10) is True  # "events": no run made claimable by it
+        assert [c.run.id for c in a.claim_runs("w", T0, LEASE, 1)] == ["r2"]
+    finally:
+        a.close()

@@ -1497,7 +1497,9 @@ class PostgresStore:
                 cur = conn.execute(query, params)
                 due = conn.execute(next_due, {"now": now})
             rows = cur.fetchall()
-            if not rows:
+            if rows:
+                self._idle.pop(key, None)  # more may be claimable: the next claim looks
+            else:
                 row = due.fetchone()
                 self._idle[key] = (gen, None if row is None else row[0], time.monotonic())
             return self._claims(conn, rows)
