@@ -24,6 +24,13 @@ Usage::
     python benchmarks/routing.py --store sqlite [--synchronous NORMAL]
     python benchmarks/routing.py --store postgres --runs 20000 [--url postgresql://...]
 
+``--profile`` prints the wall time of each store call the two events cost (how many
+round trips a routing poll makes, and which); ``--vacuum`` (PostgreSQL) runs ``VACUUM
+ANALYZE`` once the waiting runs are created, as autovacuum would on a server that runs it
+(a test box may run with ``autovacuum = off``: then the bulk creation's dead index entries
+stay, and every claim and unrouted read of the samples walks them). On PostgreSQL the
+script listens for notifications in a thread, as a worker does (claims rely on it).
+
 SQLite defaults to ``synchronous=NORMAL`` (WAL: no fsync per commit), so the numbers are the
 engine's and the index's, not the disk's; ``--synchronous FULL`` adds a sync per commit.
 On a shared machine wall times include waiting for a CPU, so the CPU time this process
@@ -38,6 +45,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 import uuid
@@ -99,6 +107,23 @@ class Clock:
         return self.t
 
 
+def listen(store: Store) -> threading.Event:
+    """On PostgreSQL, what a worker does beside its loop: a thread blocked in
+    ``wait_for_notify`` (the store then knows which claims would find nothing). Set the
+    event returned to stop it (within a second)."""
+    stop = threading.Event()
+    wait = getattr(store, "wait_for_notify", None)
+    if type(store).__name__ != "PostgresStore" or wait is None:
+        return stop
+
+    def loop() -> None:
+        while not stop.is_set():
+            wait(1.0)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return stop
+
+
 def drain(engine: Engine, now: Callable[[], int], *, limit: int, claim_limit: int) -> int:
     """Poll until there is nothing left to do, running every step; returns steps run."""
     steps = 0
@@ -113,8 +138,42 @@ def drain(engine: Engine, now: Callable[[], int], *, limit: int, claim_limit: in
             return steps
 
 
+class CallTimes:
+    """Wall time of each store call made while ``active`` (``--profile``): the store's
+    methods are wrapped on the instance, so every store can be profiled the same way."""
+
+    METHODS = ("unrouted_events", "wait_key_paths", "find_waits", "commit", "claim_runs",
+               "append_events", "next_wake_at")
+
+    def __init__(self, store: Store) -> None:
+        self.active = ""
+        self.times: dict[str, dict[str, list[float]]] = {}
+        for name in self.METHODS:
+            setattr(store, name, self._wrap(name, getattr(store, name)))
+
+    def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return fn(*args, **kwargs)
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                by = self.times.setdefault(self.active, {})
+                by.setdefault(name, []).append(time.perf_counter() - t)
+        return timed
+
+    def report(self, samples: int) -> str:
+        return "\n".join(
+            f"    {phase}: " + "; ".join(
+                f"{name} x{len(ts) / samples:.1f} {_ms(statistics.median(ts))}"
+                for name, ts in by.items())
+            for phase, by in self.times.items())
+
+
 def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000,
-                condition: str = CONDITION) -> dict[str, Any]:
+                condition: str = CONDITION, profile: bool = False,
+                prepare: Callable[[], None] | None = None) -> dict[str, Any]:
     app = App("routing")
 
     def after(k: int) -> int:
@@ -129,6 +188,7 @@ def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000,
 
     now = Clock()
     engine = Engine(app, store, owner="bench", entropy=os.urandom, cache_size=1_000)
+    listening = listen(store)
     t0 = time.perf_counter()
     for start in range(0, runs, 10_000):
         chunk = range(start, min(runs, start + 10_000))
@@ -138,6 +198,9 @@ def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000,
     created = time.perf_counter()
     waiting = len(store.find_waits("bench/go", now()))
     assert waiting == runs, (waiting, runs)
+    if prepare is not None:
+        prepare()
+    calls = CallTimes(store) if profile else None
 
     matching: list[float] = []
     missing: list[float] = []
@@ -154,12 +217,18 @@ def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000,
         t, c = time.perf_counter(), time.process_time()
         engine.send([Event("bench/go", {"k": -1 - i})], now())  # no run waits for it
         c2, t2 = time.process_time(), time.perf_counter()
+        if calls is not None:
+            calls.active = "non-matching poll"
         work = engine.poll(now())
+        if calls is not None:
+            calls.active = ""
         missing.append(time.perf_counter() - t)
         missing_poll.append(time.perf_counter() - t2)
         missing_cpu.append(time.process_time() - c)
         missing_poll_cpu.append(time.process_time() - c2)
         assert work.routed == 1 and not work.steps and not work.claimed, work
+        if calls is not None:
+            calls.active = "matching, end to end"
         t, c = time.perf_counter(), time.process_time()
         engine.send([Event("bench/go", {"k": k})], now())
         ran = 0
@@ -171,6 +240,9 @@ def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000,
                 assert engine.finish_step(s, s.fn(*s.args, **s.kwargs), None, now()) == []
         matching.append(time.perf_counter() - t)
         matching_cpu.append(time.process_time() - c)
+        if calls is not None:
+            calls.active = ""
+    listening.set()
     return {
         "runs": runs,
         "create_s": created - t0,
@@ -183,6 +255,8 @@ def bench_waits(store: Store, runs: int, samples: int, batch: int = 10_000,
         "missing_cpu": statistics.median(missing_cpu),
         "missing_poll_cpu": statistics.median(missing_poll_cpu),
         "missing_poll": statistics.median(missing_poll),
+        "missing_poll_spread": (min(missing_poll), max(missing_poll)),
+        "profile": calls.report(samples) if calls is not None else "",
     }
 
 
@@ -255,6 +329,23 @@ def bench_memory(n: int) -> dict[str, Any]:
             "index_per_wait": (full - base) / n}
 
 
+def _vacuum(url: str, store: Store) -> Callable[[], None]:
+    def run() -> None:
+        import psycopg
+        from psycopg import sql
+
+        from stores.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        schema = store.schema
+        with psycopg.connect(url, autocommit=True) as conn:
+            tables = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+            for (table,) in tables:
+                conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(schema, table)))
+    return run
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", choices=("memory", "sqlite", "postgres"), default="memory")
@@ -269,6 +360,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scan", action="store_true",
                         help="waits on an equivalent condition that cannot be indexed "
                         "(the full scan every event paid before the index), for an A/B")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the wall time of each store call of the non-matching "
+                        "event's routing poll")
+    parser.add_argument("--vacuum", action="store_true",
+                        help="PostgreSQL: VACUUM ANALYZE the tables once the waiting runs "
+                        "are created (what autovacuum does on a server that runs it)")
     args = parser.parse_args(argv)
     print(f"store={args.store} python={sys.version.split()[0]}"
           + (f" synchronous={args.synchronous}" if args.store == "sqlite" else ""))
@@ -278,7 +375,11 @@ def main(argv: list[str] | None = None) -> None:
             # exceed the server's lock table (max_locks_per_transaction).
             batch = 1_000 if args.store == "postgres" else 10_000
             condition = f"({CONDITION}) || false" if args.scan else CONDITION
-            r = bench_waits(store, args.runs, args.samples, batch, condition)
+            prepare = None
+            if args.vacuum and args.store == "postgres":
+                prepare = _vacuum(args.url, store)
+            r = bench_waits(store, args.runs, args.samples, batch, condition, args.profile,
+                            prepare)
         print(f"waits: {r['runs']:,} waiting runs created in {r['create_s']:.1f} s "
               f"({r['runs'] / r['create_s']:,.0f} runs/s, send {r['send_s']:.1f} s)")
         print(f"  matching event, send to the resumed run's next step committed: median "
@@ -287,7 +388,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  non-matching event, send + route: median {_ms(r['missing_median'])}, "
               f"p90 {_ms(r['missing_p90'])} (CPU: median {_ms(r['missing_cpu'])}, of which "
               f"the poll that routes it {_ms(r['missing_poll_cpu'])}); the poll alone (route, "
-              f"wall): median {_ms(r['missing_poll'])}")
+              f"wall): median {_ms(r['missing_poll'])} (min {_ms(r['missing_poll_spread'][0])}, "
+              f"max {_ms(r['missing_poll_spread'][1])})")
+        if r["profile"]:
+            print("  store calls (per event, median wall time):\n" + r["profile"])
     if args.only in (None, "functions"):
         with open_store(args.store, args.url, args.synchronous) as store:
             r = bench_functions(store, args.functions, args.events)

@@ -61,7 +61,7 @@ PINNED: dict[str, list[str]] = {
         "event_is_duplicate",
         "flag_duplicates", "fold_writes", "gcra_rate_limit", "gcra_throttle",
         "is_journal_only", "lease_held", "lone_memo",
-        "new_runs_to_create", "notifies", "pick_limited", "record_changes",
+        "new_runs_to_create", "notifies", "pick_limited", "record_changes", "routing_only",
         "run_events_to_append", "signal_accepted", "slot_has_room", "slot_released",
         "wait_changes", "wait_found", "wait_records",
         "write_accepted",

@@ -10,6 +10,7 @@ a server the tests are skipped with a loud reason, or fail when ``CI=true``.
 from __future__ import annotations
 
 import json
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -982,3 +983,200 @@ def test_a_version_5_schema_keeps_its_runs_through_version_6(pg_url: str,
         assert got is not None and got.traceback == error.traceback
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- the routing poll
+
+
+def _claims_reaching_the_server(store: PostgresStore) -> list[int]:
+    """Count the claims that reach the server (``claim_runs`` may answer an empty claim
+    from what it knows: see ``_nothing_due``)."""
+    sent: list[int] = []
+    real = store._run_conn
+
+    def counting(fn: Callable[..., Any], **kwargs: Any) -> Any:
+        if getattr(fn, "__name__", "") == "claim":
+            sent.append(1)
+        return real(fn, **kwargs)
+
+    store._run_conn = counting  # type: ignore[method-assign]
+    return sent
+
+
+def test_a_skipped_claim_never_hides_a_claimable_run(
+    pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty claim vouches for the next ones only while nothing that could make a run
+    claimable happened: a commit through this store, a notification of another process's
+    commit (runs, signals, ended runs), or time reaching the next due run."""
+    monkeypatch.setattr(pg_module, "_IDLE_TRUST_S", 3600.0)  # no timing in this test
+    a = PostgresStore(pg_url, schema=pg_schema)
+    b = PostgresStore(pg_url, schema=pg_schema)  # another process
+    try:
+        sent = _claims_reaching_the_server(a)
+        assert a.claim_runs("w", T0, LEASE, 10) == []  # no listener: never skipped
+        assert a.claim_runs("w", T0, LEASE, 10) == []
+        assert len(sent) == 2
+        assert a.wait_for_notify(0) is False  # listening, as a worker does
+        assert a.claim_runs("w", T0, LEASE, 10) == []
+        assert a.claim_runs("w", T0, LEASE, 10) == []
+        assert len(sent) == 3  # the second was answered without a round trip
+
+        # Event appends (from anywhere) make no run claimable: still skipped.
+        b.append_events([event_json("e1")], T0)
+        assert a.wait_for_notify(10) is True
+        assert a.claim_runs("w", T0, LEASE, 10) == []
+        assert len(sent) == 3
+
+        # Another process creates a run: once its notification is in, claims look again.
+        create(b, new_run("r1"))
+        assert a.wait_for_notify(10) is True
+        assert [c.run.id for c in a.claim_runs("w", T0, 100, 10)] == ["r1"]
+        assert len(sent) == 4
+
+        # This store's own commits count at once; the lease of r1 runs out at T0 + 100.
+        assert a.claim_runs("w", T0 + 1, LEASE, 10) == []
+        create(a, new_run("r2"))
+        assert [c.run.id for c in a.claim_runs("w", T0 + 2, LEASE, 10)] == ["r2"]
+        assert a.claim_runs("w", T0 + 3, LEASE, 10) == []  # r2's notification is unread
+        assert a.wait_for_notify(10) is True
+        assert a.claim_runs("w", T0 + 3, LEASE, 10) == []
+        n = len(sent)
+        assert a.claim_runs("w", T0 + 99, LEASE, 10) == []
+        assert len(sent) == n  # nothing due before T0 + 100
+        assert [c.run.id for c in a.claim_runs("w2", T0 + 100, LEASE, 10)] == ["r1"]
+
+        # A claim of other functions vouches for nothing about these.
+        assert a.claim_runs("w", T0 + 101, LEASE, 10, ["other"]) == []
+        create(b, new_run("r3", function_id="fn"))
+        assert a.wait_for_notify(10) is True
+        assert [c.run.id for c in a.claim_runs("w", T0 + 102, LEASE, 10, ["fn"])] == ["r3"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_skipped_claim_vouches_for_a_short_while(
+    pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change that no notification announces (here a run written behind the store's
+    back) is seen once the empty claim's word runs out (``_IDLE_TRUST_S``)."""
+    a = PostgresStore(pg_url, schema=pg_schema)
+    try:
+        create(a, new_run("r1"))
+        claim(a, "r1")
+        assert a.wait_for_notify(0) is False
+        monkeypatch.setattr(pg_module, "_IDLE_TRUST_S", 3600.0)
+        assert a.claim_runs("w", T0, LEASE, 10) == []
+        with raw(pg_url) as conn:  # a release that notifies nobody
+            conn.execute(sql.SQL("UPDATE {} SET lease_owner = NULL, lease_expires = NULL")
+                         .format(sql.Identifier(pg_schema, "runs")))
+        assert a.claim_runs("w", T0, LEASE, 10) == []  # within the window: not looked at
+        monkeypatch.setattr(pg_module, "_IDLE_TRUST_S", 0.0)
+        assert [c.run.id for c in a.claim_runs("w", T0, LEASE, 10)] == ["r1"]
+    finally:
+        a.close()
+
+
+def test_unrouted_events_read_the_key_paths_of_their_names(store: PostgresStore) -> None:
+    """Routing asks for the key paths of each name of the events it read: they come with
+    the events (same snapshot), once; asked again, they are read again."""
+    trigger = event_json("t0")
+    store.commit(CommitBatch(now=T0, waits_add=(
+        WaitRecord("r1", 0, "go", "x", trigger, T0 + LEASE, 0, ("data.k=1", "user.id=2")),
+        WaitRecord("r2", 0, "go", "x", trigger, T0 + LEASE, 0, ("data.k=3",)),
+    )))
+    store.append_events([event_json("e1", "go"), event_json("e2", "other")], T0)
+    queries: list[object] = []
+    real = store._run_conn
+
+    def reading(fn: Callable[..., Any], **kwargs: Any) -> Any:
+        queries.append(fn)
+        return real(fn, **kwargs)
+
+    store._run_conn = reading  # type: ignore[method-assign]
+    assert [e.id for e in store.unrouted_events(10)] == ["e1", "e2"]
+    assert store.wait_key_paths("go") == ["data.k", "user.id"]
+    assert store.wait_key_paths("other") == []
+    assert len(queries) == 1
+    assert store.wait_key_paths("go") == ["data.k", "user.id"]  # not kept: read again
+    assert len(queries) == 2
+
+
+def test_unrouted_events_start_past_the_routed_ones(
+    pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read starts at the lowest seq not known to be routed. A routing commit lost in
+    a server crash (``routing_only``: committed without waiting for the flush), simulated
+    here by clearing a mark behind the store's back, is read again once the store saw a
+    connection die, or ``_FLOOR_TRUST_S`` after it last read the whole log."""
+    store = PostgresStore(f"{pg_url}?application_name=fl-{pg_schema}", schema=pg_schema,
+                          pool_min=1, pool_max=1)
+    try:
+        stored = store.append_events([event_json(f"e{i}") for i in range(4)], T0)
+        store.commit(CommitBatch(now=T0, routed_events=(stored[0].seq, stored[1].seq)))
+        assert [e.id for e in store.unrouted_events(10)] == ["e2", "e3"]
+        store.commit(CommitBatch(now=T0, routed_events=(stored[2].seq, stored[3].seq)))
+        assert store.unrouted_events(10) == []
+        assert [e.id for e in store.unrouted_events(0)] == []
+        new = store.append_events([event_json("e4")], T0)
+        assert [e.id for e in store.unrouted_events(10)] == ["e4"]  # later events: seen
+        store.commit(CommitBatch(now=T0, routed_events=(new[0].seq,)))
+
+        def unroute(event_id: str) -> None:
+            with raw(pg_url) as conn:
+                conn.execute(sql.SQL("UPDATE {} SET routed = false WHERE id = %s")
+                             .format(sql.Identifier(pg_schema, "events")), (event_id,))
+
+        unroute("e1")
+        assert store.unrouted_events(10) == []  # behind the floor
+        monkeypatch.setattr(pg_module, "_FLOOR_TRUST_S", 0.0)
+        assert [e.id for e in store.unrouted_events(10)] == ["e1"]
+        store.commit(CommitBatch(now=T0, routed_events=(stored[1].seq,)))
+        monkeypatch.setattr(pg_module, "_FLOOR_TRUST_S", 3600.0)
+        assert store.unrouted_events(10) == []
+        assert store.unrouted_events(10) == []
+
+        unroute("e0")
+        assert store.unrouted_events(10) == []
+        with raw(pg_url) as conn:  # the server "restarts": the store's connection dies
+            pids = [pid for pid, ok in conn.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s", (f"fl-{pg_schema}",)).fetchall() if ok]
+            assert pids
+            wait_until(lambda: not conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            ).fetchone()[0], "the backend to exit")  # type: ignore[index]
+        assert [e.id for e in store.unrouted_events(10)] == ["e0"]
+    finally:
+        store.close()
+
+
+def test_a_claim_that_finds_runs_vouches_for_nothing(
+    pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty claim's word ends with the next claim that finds runs: there may be more
+    (here two runs released behind the store's back, and a notification that only says
+    "events" makes the store look, and find the first of them)."""
+    monkeypatch.setattr(pg_module, "_IDLE_TRUST_S", 3600.0)
+    a = PostgresStore(pg_url, schema=pg_schema)
+    try:
+        create(a, new_run("r1"), new_run("r2"))
+        assert len(a.claim_runs("w", T0, LEASE, 10)) == 2
+        assert a.wait_for_notify(0) is False
+        assert a.claim_runs("w", T0, LEASE, 10) == []
+        with raw(pg_url) as conn:
+            conn.execute(sql.SQL("UPDATE {} SET lease_owner = NULL, lease_expires = NULL")
+                         .format(sql.Identifier(pg_schema, "runs")))
+            assert a.claim_runs("w", T0, LEASE, 10) == []  # not announced: not looked at
+            conn.execute("SELECT pg_notify(%s, 'events')", (pg_schema,))
+        listener = a._listener
+        assert listener is not None
+        poller = select.poll()
+        poller.register(listener.pgconn.socket, select.POLLIN)
+        assert poller.poll(30_000), "the notification did not arrive"
+        assert [c.run.id for c in a.claim_runs("w", T0, LEASE, 1)] == ["r1"]  # unread: looks
+        assert a.wait_for_notify(10) is True  # "events": no run made claimable by it
+        assert [c.run.id for c in a.claim_runs("w", T0, LEASE, 1)] == ["r2"]
+    finally:
+        a.close()

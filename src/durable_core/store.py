@@ -133,6 +133,7 @@ __all__ = [
     "notifies",
     "pick_limited",
     "record_changes",
+    "routing_only",
     "run_events_to_append",
     "signal_accepted",
     "slot_has_room",
@@ -839,6 +840,18 @@ def notifies(batch: CommitBatch) -> bool:
     that was fenced, say)."""
     return bool(batch.events or batch.runs or batch.signals or batch.run_events) or any(
         w.status is not None and w.status in TERMINAL_STATUSES for w in batch.writes)
+
+
+def routing_only(batch: CommitBatch) -> bool:
+    """Whether ``batch`` is what routing commits: events marked routed, with the runs,
+    signals and cancel-on waits routing them made, and nothing else (no run writes, no
+    events appended, no cron cursors). Such a commit is a function of the durable event log
+    and the state before it, and so is redoing it: a store may commit it without waiting
+    for durability (if a server crash loses it, its events are unrouted again and routed
+    again), provided it never loses it while keeping a later commit (a write-ahead log
+    flushed in order does that: a later durable commit makes it durable too)."""
+    return bool(batch.routed_events) and not (
+        batch.writes or batch.events or batch.run_events or batch.cron or batch.waits_remove)
 
 
 def cron_advances(cursors: Iterable[tuple[str, int]]) -> dict[str, int]:

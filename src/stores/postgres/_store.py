@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import select
 import socket
@@ -80,6 +81,7 @@ from durable_core.store import (
     new_runs_to_create,
     notifies,
     pick_limited,
+    routing_only,
     run_events_to_append,
     take_accepted,
     wait_changes,
@@ -426,6 +428,7 @@ class _CoreShape(NamedTuple):
     cron: bool
     notify: bool
     ending: bool = False  # some write ends its run (its signals are deleted)
+    relaxed: bool = False  # committed without waiting for the WAL flush (routing_only)
 
 
 class _Queries:
@@ -531,7 +534,9 @@ class _Queries:
             "ON CONFLICT (function_id, key) DO UPDATE "
             "SET run_id = excluded.run_id, created_at = excluded.created_at"
         )
-        self.notify: LiteralString = "SELECT pg_notify(%s, '')"
+        # Payload 'events': the commit appended events and changed nothing else (no run is
+        # claimable because of it: see claim_runs); '' for every other commit.
+        self.notify: LiteralString = "SELECT pg_notify(%s, 'events')"
         # A claim returns each run with its journal and signals as parallel arrays. They are
         # read in the claiming statement's snapshot, which may predate the run's version it
         # locked (a writer that committed after the statement started but before it reached
@@ -640,6 +645,9 @@ class _Queries:
             "%b::text[], %b::bigint[], %b::text[], %b::bigint[]) AS u(id, p, k1, l1, k2, l2) "
             "WHERE r.id = u.id"
         )
+        # When the next run falls due by time (a timer, a lease running out), read beside a
+        # claim: until then, a claim finds nothing that a notification would not announce.
+        self.next_due = r("SELECT min(due_at) FROM {runs} WHERE due_at > %(now)s")
         # The contract's lease_held, stated in SQL.
         self.renew = r(
             "WITH held AS (SELECT id FROM {runs} WHERE id = ANY(%(ids)b::text[]) "
@@ -651,6 +659,23 @@ class _Queries:
         )
         self.unrouted = r(
             "SELECT " + _EVENT_COLS + " FROM {events} WHERE NOT routed ORDER BY seq LIMIT %s"
+        )
+        # The same, with the key paths (as wait_key_paths) of each name among the events,
+        # read in the same snapshot: rows with a NULL seq are (name, path) pairs, and one
+        # row with a NULL name holds the last seq handed out (in ts). The scan starts at a
+        # seq below which every event is known to be routed (the partial index keeps an
+        # entry per routed event until a vacuum: they are not walked through).
+        self.unrouted_paths = r(
+            "WITH RECURSIVE ev AS MATERIALIZED (SELECT " + _EVENT_COLS + " FROM {events} "
+            "WHERE NOT routed AND seq >= %(floor)s ORDER BY seq LIMIT %(limit)s), "
+            "p(e, k) AS (SELECT n.name, (SELECT min(match_key) FROM {waits} "
+            "WHERE event = n.name AND match_key > '') FROM (SELECT DISTINCT name FROM ev) AS n "
+            "UNION ALL SELECT p.e, (SELECT min(match_key) FROM {waits} WHERE event = p.e "
+            "AND match_key >= split_part(p.k, '=', 1) || '>') FROM p WHERE p.k IS NOT NULL) "
+            "SELECT * FROM ev UNION ALL SELECT NULL, NULL, e, split_part(k, '=', 1), NULL, "
+            "NULL, NULL FROM p WHERE k IS NOT NULL UNION ALL "
+            "SELECT NULL, NULL, NULL, NULL, value, NULL, NULL FROM {counters} "
+            "WHERE name = 'events'"
         )
         self.get_event = r(
             "SELECT " + _EVENT_COLS + " FROM {events} WHERE id = %s AND NOT duplicate "
@@ -975,6 +1000,10 @@ def _core_sql(shape: _CoreShape) -> LiteralString:
         result = "NULL::bigint, ARRAY(SELECT id FROM ok)"
     if shape.notify:
         result += ", pg_notify(%(channel)s, '')"
+    if shape.relaxed:
+        # Local to the transaction (the statement's own, or the explicit one it is in):
+        # the setting holds for its commit.
+        result += ", set_config('synchronous_commit', 'off', true)"
     return "WITH " + ", ".join(ctes) + " SELECT " + result if ctes else "SELECT " + result
 
 
@@ -1103,6 +1132,18 @@ _RECONNECT_S = 5.0
 up; the next call that needs a connection starts again at once. Short, so that once the
 server is back, connections come back within seconds rather than after a long backoff."""
 
+_IDLE_TRUST_S = 1.0
+"""How long (seconds) an empty claim vouches for the next ones (see
+:meth:`PostgresStore.claim_runs`): a change that makes a run claimable and that no
+notification announces (a lease released early by another process, a row skipped because
+it was locked) is seen by a claim at most this long after. Longer than a worker's default
+``poll_interval`` (0.5 s), so that an idle worker's own polls keep it fresh: the first event
+after a quiet spell finds it valid."""
+
+_FLOOR_TRUST_S = 10.0
+"""How long (seconds) :meth:`PostgresStore.unrouted_events` trusts what it learnt of which
+events are routed before it looks at the whole log again."""
+
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _ATTEMPTS = 3
 
@@ -1141,6 +1182,19 @@ class PostgresStore:
             configure=_configure, open=True, name=f"durable-core:{schema}",
             timeout=_POOL_WAIT_S, reconnect_timeout=_RECONNECT_S,
         )
+        self._paths = threading.local()  # key paths read by unrouted_events, by name
+        # Claim skipping: _gen changes (to a new value) after every commit of this store that
+        # may make runs claimable, every notification received and every (re)LISTEN; an
+        # empty claim records, by its function ids, the _gen read before it, when the next
+        # run falls due by time, and when (monotonic) it ran.
+        # The lowest seq an unrouted event may have (routed marks stay set; but a routing
+        # commit may be lost in a server crash, see routing_only: then, when this store
+        # sees a connection die, and every _FLOOR_TRUST_S anyway, it reads from 0 again).
+        self._floor = 0
+        self._floor_read = -_FLOOR_TRUST_S  # when the whole log was last read (monotonic)
+        self._gens = itertools.count(1)
+        self._gen = 0
+        self._idle: dict[tuple[str, ...] | None, tuple[int, int | None, float]] = {}
         self._listen_lock = threading.Lock()
         self._listener: _Conn | None = None
         self._relisten = False  # whether a listening connection was opened before
@@ -1203,6 +1257,7 @@ class PostgresStore:
                 with self._pool.connection() as conn:
                     if _looks_dead(conn) and stale <= self._pool.max_size:
                         stale += 1
+                        self._floor = 0  # the server may have restarted (_FLOOR_TRUST_S)
                         conn.close()  # the pool drops closed connections
                         continue
                     return fn(conn)
@@ -1213,6 +1268,7 @@ class PostgresStore:
             except (PoolClosed, PoolTimeout) as exc:
                 raise self._error(exc) from exc
             except psycopg.OperationalError as exc:
+                self._floor = 0
                 attempt += 1
                 if not idempotent or attempt > 1:
                     raise self._error(exc) from exc
@@ -1300,8 +1356,43 @@ class PostgresStore:
         return out
 
     def unrouted_events(self, limit: int) -> list[StoredEvent]:
-        """See :meth:`durable_core.Store.unrouted_events`."""
-        return [_event(row) for row in self._read(self._q.unrouted, (max(limit, 0),))]
+        """See :meth:`durable_core.Store.unrouted_events`.
+
+        The same statement reads the key paths of the events' names (a skip scan each), kept
+        for this thread's next :meth:`wait_key_paths` call of each name: routing asks for
+        them next, and they are valid for these events (read in the same snapshot), so
+        routing a batch saves that round trip per name."""
+        query = self._q.unrouted_paths
+        floor = 0
+
+        def read(conn: _Conn) -> list[tuple[Any, ...]]:
+            nonlocal floor
+            floor = self._floor  # after the connection was checked (a dead one resets it)
+            if time.monotonic() - self._floor_read >= _FLOOR_TRUST_S:
+                floor = 0
+                self._floor_read = time.monotonic()
+            return conn.execute(query, {"limit": max(limit, 0), "floor": floor}).fetchall()
+
+        rows = self._run_conn(read, idempotent=True)
+        events: list[StoredEvent] = []
+        paths: dict[str, set[str]] = {}
+        last = 0
+        for row in rows:
+            if row[0] is not None:
+                events.append(_event(row))
+                paths.setdefault(row[2], set())
+            elif row[2] is not None:
+                paths.setdefault(row[2], set()).add(row[3])
+            else:
+                last = row[4]
+        events.sort(key=lambda e: e.seq)
+        self._paths.by_name = {name: sorted(p) for name, p in paths.items()}
+        if events:
+            floor = events[0].seq  # every event before it was routed
+        elif limit > 0:
+            floor = last + 1  # every event there is was routed; later ones get higher seqs
+        self._floor = max(self._floor, floor)
+        return events
 
     def get_event(self, event_id: str) -> StoredEvent | None:
         """See :meth:`durable_core.Store.get_event`. Like the reference store, this is the
@@ -1341,6 +1432,16 @@ class PostgresStore:
         for _run_id, text in batch.run_events:
             _parse_event(text)  # a batch that cannot be applied raises before anything
         folded = fold_writes(batch.writes)
+        try:
+            return self._commit(batch, parsed, folded)
+        finally:
+            if batch.runs or batch.signals or batch.writes:
+                self._changed()  # after the commit (or its failure): see _nothing_due
+
+    def _commit(
+        self, batch: CommitBatch, parsed: list[tuple[str, str, int, str]],
+        folded: dict[str, RunChange],
+    ) -> set[str]:
         if not parsed and not batch.runs and not batch.run_events:
             shape, params = self._core(batch, folded, set(), notify=notifies(batch))
             query = self._q.core(shape)
@@ -1525,7 +1626,7 @@ class PostgresStore:
             writes=bool(batch.writes), record=record, consumed=consumed,
             entries=bool(entries), signals=bool(batch.signals), waits_add=bool(ws),
             waits_remove=bool(removed), routed=bool(batch.routed_events), cron=bool(ticks),
-            notify=notify, ending=ending,
+            notify=notify, ending=ending, relaxed=routing_only(batch),
         )
         return shape, params
 
@@ -1632,13 +1733,56 @@ class PostgresStore:
         params: dict[str, Any] = {
             "now": now, "limit": limit, "owner": owner, "expires": now + lease_ms
         }
+        key = None if function_ids is None else tuple(sorted(function_ids))
+        if self._nothing_due(key, now):
+            return []
         query = self._q.claim_runs
         if function_ids is not None:
             query = self._q.claim_runs_of
             params["functions"] = list(function_ids)
-        return self._run_conn(
-            lambda conn: self._claims(conn, conn.execute(query, params).fetchall())
-        )
+        gen = self._gen
+        next_due = self._q.next_due
+
+        def claim(conn: _Conn) -> list[Claim]:
+            with conn.pipeline():  # one round trip for both
+                cur = conn.execute(query, params)
+                due = conn.execute(next_due, {"now": now})
+            rows = cur.fetchall()
+            if rows:
+                self._idle.pop(key, None)  # more may be claimable: the next claim looks
+            else:
+                row = due.fetchone()
+                self._idle[key] = (gen, None if row is None else row[0], time.monotonic())
+            return self._claims(conn, rows)
+
+        return self._run_conn(claim)
+
+    def _nothing_due(self, key: tuple[str, ...] | None, now: int) -> bool:
+        """Whether a claim can be skipped: the last claim of these functions found nothing,
+        less than ``_IDLE_TRUST_S`` ago; nothing falls due by time before ``now``; and
+        since it read the store, this store has committed nothing that may make a run
+        claimable and the listening connection (which must exist: a worker's) has received
+        no notification, nor holds one unread. Every other change is announced by a
+        notification (:func:`durable_core.store.notifies`): new runs, signals, ended runs."""
+        hint = self._idle.get(key)
+        if hint is None or hint[0] != self._gen:
+            return False
+        _gen, due, at = hint
+        if (due is not None and now >= due) or time.monotonic() - at >= _IDLE_TRUST_S:
+            return False
+        listener = self._listener
+        if listener is None:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(listener.pgconn.socket, select.POLLIN)
+            return not poller.poll(0) and hint[0] == self._gen
+        except (OSError, ValueError, psycopg.Error):
+            return False
+
+    def _changed(self) -> None:
+        """Something may have made runs claimable: the next claim reads the store."""
+        self._gen = next(self._gens)
 
     def claim_limited_runs(
         self, owner: str, now: int, lease_ms: int, limit: int, function_ids: Sequence[str],
@@ -1716,7 +1860,11 @@ class PostgresStore:
 
     def wait_key_paths(self, event_name: str) -> list[str]:
         """See :meth:`durable_core.Store.wait_key_paths`: a skip scan of the primary key,
-        one search per path."""
+        one search per path (read with the events by :meth:`unrouted_events` if this
+        thread's last call of it returned events of this name, then not read again)."""
+        kept: dict[str, list[str]] | None = getattr(self._paths, "by_name", None)
+        if kept is not None and event_name in kept:
+            return kept.pop(event_name)
         return sorted({row[0] for row in self._read(self._q.wait_key_paths, {"e": event_name})})
 
     def cancel_reasons(self, run_ids: Sequence[str]) -> dict[str, str]:
@@ -1850,6 +1998,7 @@ class PostgresStore:
             conn.close()
             raise
         self._listener = conn
+        self._changed()  # claims before it heard nothing
         return conn
 
     def _wait(self, conn: _Conn, deadline: float) -> bool:
@@ -1857,9 +2006,12 @@ class PostgresStore:
         wake = self._wake_r.fileno()
         while True:
             pg.consume_input()
-            got = False
-            while pg.notifies() is not None:
+            got = changed = False
+            while (n := pg.notifies()) is not None:
                 got = True
+                changed = changed or n.extra != b"events"
+            if changed:
+                self._changed()
             if got:
                 return True
             remaining = deadline - time.monotonic()
@@ -1875,6 +2027,8 @@ class PostgresStore:
                 self._listener.close()
             finally:
                 self._listener = None
+                self._floor = 0
+                self._changed()
 
     # ------------------------------------------------------------------ lifecycle
 

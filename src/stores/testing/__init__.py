@@ -84,6 +84,7 @@ from durable_core.store import (
     fold_writes,
     lease_held,
     notifies,
+    routing_only,
     wait_found,
     write_accepted,
 )
@@ -1651,6 +1652,21 @@ class StoreConformance(FlowBufferConformance, StartLimitsConformance, Concurrenc
         assert not notifies(CommitBatch(now=T0, writes=(RunWrite("r1", 1, entries(0, 1)),)))
         assert not notifies(CommitBatch(now=T0, writes=(
             RunWrite("r1", 1, status="sleeping", wake_at=T0 + 1),)))
+
+    def test_routing_only_rule(self) -> None:
+        """:func:`durable_core.store.routing_only`: routed marks, with the runs, signals and
+        waits routing made, and nothing else (a store may commit these without a flush)."""
+        routed = CommitBatch(now=T0, routed_events=(1,))
+        assert routing_only(routed)
+        assert routing_only(routed._replace(
+            runs=(new_run("r1"),), signals=(("r2", Signal("event", "k", "{}")),),
+            waits_add=(WaitRecord("r1", -1, "x", None, event_json("e1"), T0 + 1, 1),)))
+        assert not routing_only(CommitBatch(now=T0, runs=(new_run("r1"),)))
+        assert not routing_only(routed._replace(events=(event_json("e1"),)))
+        assert not routing_only(routed._replace(writes=(RunWrite("r1", 1, entries(0, 1)),)))
+        assert not routing_only(routed._replace(run_events=(("r1", event_json("e2")),)))
+        assert not routing_only(routed._replace(cron=(("c", T0),)))
+        assert not routing_only(routed._replace(waits_remove=(("r1", 0),)))
 
     # ------------------------------------------------------------------ stateful
 
