@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from durable_core.base._safelog import safe_logger
 from durable_core.core._flow_buffers import buffer_route, buffered_run_id, take_events
-from durable_core.store import BufferAdd, BufferTake, NewRun, Store, StoredEvent, event_bytes
+from durable_core.store import (
+    Buffer,
+    BufferAdd,
+    BufferTake,
+    NewRun,
+    Store,
+    StoredEvent,
+    event_bytes,
+)
 
 if TYPE_CHECKING:
     from durable_core.core._function import App, Function
@@ -67,8 +75,22 @@ def flush_buffers(engine: Engine, now: int, limit: int = FLUSH_LIMIT) -> int:
     if not ids:
         return 0
     store = engine.store
-    created = 0
-    for buf in store.ready_buffers(now, ids, limit):
+    created = taken = 0
+    while taken < limit:  # again while takes succeed: a backlog may fill several batches
+        bufs = store.ready_buffers(now, ids, limit - taken)
+        n, made = _take_ready(engine, bufs, now)
+        taken += n
+        created += made
+        if not made:
+            break
+    return created
+
+
+def _take_ready(engine: Engine, bufs: list[Buffer], now: int) -> tuple[int, int]:
+    """Hand off these ready buffers: (how many takes were tried, how many succeeded)."""
+    store = engine.store
+    tried = created = 0
+    for buf in bufs:
         st = buf.state
         func = engine.app.functions.get(st.function_id)
         if func is None or not buf.events:
@@ -88,10 +110,11 @@ def flush_buffers(engine: Engine, now: int, limit: int = FLUSH_LIMIT) -> int:
             function_id=st.function_id, events=tuple(e.data for e in events),
             event_ids=tuple(e.id for e in events), created_at=now, idempotency_key=idem,
         )
+        tried += 1
         if store.take_buffer(BufferTake(st.function_id, st.key,
                                         tuple(e.seq for e in events), run), now):
             created += 1
-    return created
+    return tried, created
 
 
 def next_buffer_ready(engine: Engine) -> int | None:
