@@ -11,7 +11,15 @@ from durable_core.base._safelog import safe_logger
 from durable_core.core._flow_buffers import buffer_route, buffered_run_id, take_events
 from durable_core.engine._flow_concurrency import flow_runs
 from durable_core.engine._flow_starts import start_limits
-from durable_core.store import BufferAdd, BufferTake, NewRun, Store, StoredEvent, event_bytes
+from durable_core.store import (
+    Buffer,
+    BufferAdd,
+    BufferTake,
+    NewRun,
+    Store,
+    StoredEvent,
+    event_bytes,
+)
 
 if TYPE_CHECKING:
     from durable_core.core._function import App, Function
@@ -69,10 +77,24 @@ def flush_buffers(engine: Engine, now: int, limit: int = FLUSH_LIMIT) -> int:
     if not ids:
         return 0
     store = engine.store
-    created = 0
-    for buf in store.ready_buffers(now, ids, limit):
+    created = taken = 0
+    while taken < limit:  # again while takes succeed: a backlog may fill several batches
+        bufs = store.ready_buffers(now, ids, limit - taken)
+        n, made = _take_ready(engine, bufs, now)
+        taken += n
+        created += made
+        if not made:
+            break
+    return created
+
+
+def _take_ready(engine: Engine, bufs: list[Buffer], now: int) -> tuple[int, int]:
+    """Hand off these ready buffers: (how many takes were tried, how many succeeded)."""
+    store = engine.store
+    tried = created = 0
+    for buf in bufs:
         st = buf.state
-        func = engine.app.functions.get(st.function_id)
+        func = engine.app._functions.get(st.function_id)  # (app.functions copies)
         if func is None or not buf.events:
             continue
         n = take_events(st.kind, [event_bytes(e) for e in buf.events], st.max_size)
@@ -95,10 +117,11 @@ def flush_buffers(engine: Engine, now: int, limit: int = FLUSH_LIMIT) -> int:
             limits=limits,
         )
         [run] = flow_runs(engine.app, (run,))  # concurrency slots, priority
+        tried += 1
         if store.take_buffer(BufferTake(st.function_id, st.key,
                                         tuple(e.seq for e in events), run), now):
             created += 1
-    return created
+    return tried, created
 
 
 def next_buffer_ready(engine: Engine) -> int | None:
