@@ -35,8 +35,14 @@ import attrs
 from durable_core.base._cel import Expression, compile_expression
 from durable_core.base._durations import format_duration, parse_duration
 from durable_core.base._errors import FunctionConfigError, InvalidEventError, ValidationError
-from durable_core.base._events import MAX_EVENT_NAME_BYTES, Event
-from durable_core.base._serde import check_text
+from durable_core.base._events import (
+    _MAX_TS,
+    _MIN_TS,
+    MAX_EVENT_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    Event,
+)
+from durable_core.base._serde import MAX_JSON_DEPTH, check_text
 from durable_core.core._model import ErrorInfo, RunStatus
 
 __all__ = [
@@ -143,6 +149,9 @@ def system_events(
 def _fit(name: str, event_id: str, data: dict[str, Any], now: int) -> str:
     """The event as JSON, valid as any event must be (size, nesting, Unicode text): trimmed
     if not (see system_events), so a run that ends always emits storable events."""
+    fast = _fits_at_once(name, event_id, data, now)
+    if fast is not None:
+        return fast
     data = dict(data)
     trimmed: list[str] = []
     for drop in ("events", "result", "event", "error"):
@@ -166,6 +175,26 @@ def _fit(name: str, event_id: str, data: dict[str, Any], now: int) -> str:
         data["trimmed"] = [*trimmed, "error"]
         return json.dumps({"name": name, "data": data, "id": event_id, "ts": now},
                           separators=(",", ":"))
+
+
+def _fits_at_once(name: str, event_id: str, data: dict[str, Any], now: int) -> str | None:
+    """The event's JSON text, as ``Event(name, data, ...).to_json()`` gives it, if it is
+    surely valid without building the event (which serializes it twice and walks it): valid
+    Unicode (it encodes), within the size limit, and with fewer brackets than the nesting
+    limit (so it cannot nest deeper). None when unsure: then the event is built and
+    checked (a run's end is on every short run's path)."""
+    if type(now) is not int or not _MIN_TS <= now < _MAX_TS:
+        return None  # Event refuses the time: the slow path says how
+    try:
+        text = json.dumps({"name": name, "data": data, "id": event_id, "ts": now},
+                          separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+            return None
+        if len(text.encode("utf-8")) > MAX_EVENT_BYTES:
+            return None
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return None
+    return text
 
 
 def _plain(value: Any, limit: int) -> str:
