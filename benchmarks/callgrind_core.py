@@ -10,6 +10,10 @@ the step counts: what is left is the cost of one step (imports and start-up canc
 
 runs both under ``valgrind --tool=callgrind`` and prints the instructions (Ir) per step.
 ``--path worker`` measures the trio worker with the memory store instead (async bodies).
+``--path short`` measures the fixed cost of a short run instead: ``--steps`` runs of
+``--run-steps`` (3) steps each, sent at once (``max_runs`` as many) to the trio worker on a
+SQLite file (``--store memory`` for the memory store), logging at ``--log-level`` (``info``,
+as ``durable worker`` does, to ``/dev/null``); it prints Ir per *run*.
 ``--value dict`` / ``--value dataclass`` make each core step return a small unannotated dict
 or a dataclass its annotation rebuilds, instead of an int: the cost of recording a value
 that is not a plain scalar (the JSON round trip and its check, docs/concepts/types.md).
@@ -133,12 +137,73 @@ def run_worker(n: int) -> None:
     trio.run(main)
 
 
-def _ir(path: str, n: int, value: str = "int") -> int:
+def run_short(n: int, steps: int, store_kind: str, log_level: str) -> None:
+    import trio
+
+    import stores
+    from durable_core import App, Context, Event, on_event
+    from durable_core.drivers._logs import configure_logging
+    from durable_core.drivers._worker import Worker
+
+    app = App("bench", async_bodies="trio")
+
+    async def awork(i: int) -> int:
+        return i + 1
+
+    @app.function(id="short", trigger=on_event("bench/short"))
+    async def short(ctx: Context) -> int:
+        total = 0
+        for i in range(steps):
+            total += await ctx.step.run(f"s{i}", awork, i)
+        return total
+
+    configure_logging(log_level, stream=open(os.devnull, "w"))  # noqa: SIM115
+    with tempfile.TemporaryDirectory() as tmp:
+        inner = (stores.open("memory://") if store_kind == "memory"
+                 else stores.open(f"sqlite:///{tmp}/short.db"))
+        ended = [0]
+        done = trio.Event()
+        token: list[Any] = []
+
+        class Counting:
+            blocking = inner.blocking
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(inner, name)
+
+            def commit(self, batch: Any) -> set[str]:
+                fenced = inner.commit(batch)
+                ended[0] += sum(w.status == "completed" for w in batch.writes)
+                if ended[0] >= n and not done.is_set():
+                    token[0].run_sync_soon(done.set)  # from the commit thread or trio's
+                return fenced
+
+        store = Counting()
+        _freeze()
+
+        async def main() -> None:
+            # A lease far longer than the run (valgrind is ~50x slower): no lease may run out
+            # and make the count depend on the wall time.
+            w = Worker(app, store, max_runs=n, batch_limit=1000,  # type: ignore[arg-type]
+                       poll_interval=0.01, tune_gc=True, lease_ms=3_600_000)
+            token.append(trio.lowlevel.current_trio_token())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(w.run)
+                await w.send([Event("bench/short", {"i": i}) for i in range(n)])
+                await done.wait()
+                w.stop()
+
+        trio.run(main)
+        inner.close()
+
+
+def _ir(path: str, n: int, value: str = "int", extra: tuple[str, ...] = ()) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             sys.executable, __file__, "--path", path, "--steps", str(n), "--value", value],
+             sys.executable, __file__, "--path", path, "--steps", str(n), "--value", value,
+             *extra],
             check=True, capture_output=True, env=dict(os.environ, PYTHONHASHSEED="0"),
         )
         with open(out) as f:
@@ -150,7 +215,11 @@ def _ir(path: str, n: int, value: str = "int") -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--path", choices=["core", "worker"], default="core")
+    p.add_argument("--path", choices=["core", "worker", "short"], default="core")
+    p.add_argument("--run-steps", type=int, default=3, help="steps per run (--path short)")
+    p.add_argument("--store", choices=["sqlite", "memory"], default="sqlite",
+                   help="the store of --path short")
+    p.add_argument("--log-level", default="info", help="logging of --path short")
     p.add_argument("--measure", action="store_true", help="run under callgrind, print Ir/step")
     p.add_argument("--value", choices=["int", "dict", "dataclass"], default="int",
                    help="what each step body returns (core path): an int (the default), "
@@ -159,16 +228,28 @@ def main() -> int:
     if not args.measure:
         if args.path == "core":
             run_core(args.steps, args.value)
+        elif args.path == "short":
+            run_short(args.steps, args.run_steps, args.store, args.log_level)
         else:
             run_worker(args.steps)
         return 0
     half = args.steps // 2
     # A first run outside callgrind writes the .pyc files: compiling a changed module in
     # one of the measured runs only would count as steps.
+    extra: tuple[str, ...] = ()
+    if args.path == "short":
+        extra = ("--run-steps", str(args.run_steps), "--store", args.store,
+                 "--log-level", args.log_level)
     subprocess.run([sys.executable, __file__, "--path", args.path, "--steps", "1",
-                    "--value", args.value], check=True)
-    big, small = _ir(args.path, args.steps, args.value), _ir(args.path, half, args.value)
+                    "--value", args.value, *extra], check=True)
+    big = _ir(args.path, args.steps, args.value, extra)
+    small = _ir(args.path, half, args.value, extra)
     label = args.path if args.value == "int" else f"{args.path} ({args.value} outputs)"
+    if args.path == "short":
+        print(f"short ({args.run_steps}-step runs, {args.store}, log {args.log_level}): "
+              f"{(big - small) / (args.steps - half):,.0f} Ir/run "
+              f"(total {big:,} at {args.steps} runs, {small:,} at {half})")
+        return 0
     print(f"{label}: {(big - small) / (args.steps - half):,.0f} Ir/step "
           f"(total {big:,} at {args.steps} steps, {small:,} at {half})")
     return 0
