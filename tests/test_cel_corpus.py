@@ -541,6 +541,18 @@ def _expressions(leaf: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.recursive(leaf, extend, max_leaves=5)
 
 
+def test_an_expression_cel_python_crashes_on_fails_the_same_way_for_callers() -> None:
+    """Found by the test below: cel-python raises IndexError inside itself on ``&&`` of two
+    errors; the compiled program reports the no-overload error CEL specifies, and a caller
+    sees InvalidExpressionError either way."""
+    for source in ("(0 && !{})", "!{} && 0"):
+        expression = compile_expression(source, field="f", variables=VARIABLES)
+        activation = {"event": {}, "async": {}}
+        assert reference(expression, activation)[0] == "raised"
+        assert compiled(expression, activation) == ("error", TypeError)
+        _check(source, activation)
+
+
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_expressions(literals | paths), events, events)
 def test_generated_expressions_agree(source: str, event: dict[str, Any], async_: Any) -> None:
