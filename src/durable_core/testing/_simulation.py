@@ -154,7 +154,8 @@ class _FaultyStore:
             self.sim._fail("a buffer take applied twice")
         return ok
 
-    def _write(self, apply: Callable[[], Any]) -> Any:
+    def _before_write(self) -> int:
+        """Count a write and raise the faults planned before it; returns its number."""
         sim = self.sim
         k = sim.stats["commits"]
         sim.stats["commits"] += 1
@@ -165,6 +166,12 @@ class _FaultyStore:
         if k in plan.failed_writes:
             sim.stats["failed_writes"] += 1
             raise StoreError("injected fault: the write failed cleanly")
+        return k
+
+    def _write(self, apply: Callable[[], Any]) -> Any:
+        sim = self.sim
+        plan = sim.plan
+        k = self._before_write()
         out = apply()
         if k in plan.unknown_writes:
             sim.stats["unknown_writes"] += 1
@@ -176,15 +183,8 @@ class _FaultyStore:
 
     def commit(self, batch: CommitBatch) -> set[str]:
         sim = self.sim
-        k = sim.stats["commits"]
-        sim.stats["commits"] += 1
         plan = sim.plan
-        if k in plan.crash_before_commit:
-            sim.stats["crashes"] += 1
-            raise _Crash()
-        if k in plan.failed_writes:
-            sim.stats["failed_writes"] += 1
-            raise StoreError("injected fault: the write failed cleanly")
+        k = self._before_write()
         if sim.planted_bug == "lose_acknowledged_writes":
             lock = getattr(self.inner, "_lock", None)
             memo = {} if lock is None else {id(lock): threading.RLock()}
